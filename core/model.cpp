@@ -1,0 +1,387 @@
+#include "core/model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <iomanip>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/rng.h"
+
+namespace sq {
+
+namespace {
+
+int64_t conv_macs(const ConvGeom& g) {
+  return int64_t(g.K) * g.C * g.R * g.S * g.P() * g.Q();
+}
+
+// Max-pools follow conv1 and these Fire modules (index 0 = fire2).
+bool pool_after_fire(Arch a, int i) {
+  return a == Arch::kV10 ? (i == 2 || i == 6) : (i == 1 || i == 3);
+}
+
+}  // namespace
+
+Model::Model(const ModelConfig& cfg, int max_batch) : cfg_(cfg), max_batch_(max_batch) {
+  cfg_.validate();
+  if (max_batch < 1) fail("batch size must be at least 1, got ", max_batch);
+  plan();
+}
+
+void Model::plan() {
+  const ModelConfig& c = cfg_;
+  acts_.push_back({c.in_c, c.in_h, c.in_w});  // act 0: the input
+  int cur = 0;
+  int feature = 0;  // torchvision's index into `features`
+  auto new_act = [&](int ch, int h, int w) {
+    if (h < 1 || w < 1)
+      fail("input ", c.in_c, "x", c.in_h, "x", c.in_w, " is too small for ", arch_name(c.arch),
+           " with the ", stem_name(c.stem), " stem (a layer's output would be empty)");
+    acts_.push_back({ch, h, w});
+    return int(acts_.size()) - 1;
+  };
+  auto add_pool = [&](const std::string& name) {
+    Layer l;
+    l.kind = LayerKind::kMaxPool;
+    l.name = name;
+    l.key = "features." + std::to_string(feature++);
+    const ActShape a = acts_[cur];
+    l.pool = PoolGeom{1, a.c, a.h, a.w, 3, 2, 0, true};
+    l.in = cur;
+    l.out = cur = new_act(a.c, l.pool.P(), l.pool.Q());
+    l.param_begin = l.param_end = layout_.total;
+    layers_.push_back(l);
+  };
+  auto add_conv = [&](const std::string& name, const std::string& key, int K, int k, int stride,
+                      int pad) {
+    Layer l;
+    l.kind = LayerKind::kConv;
+    l.name = name;
+    l.key = key;
+    const ActShape a = acts_[cur];
+    l.conv = ConvGeom{1, a.c, a.h, a.w, K, k, k, stride, pad};
+    l.in = cur;
+    l.out = cur = new_act(K, l.conv.P(), l.conv.Q());
+    l.param_begin = layout_.total;
+    l.w = layout_.add(key + ".weight", {K, a.c, k, k});
+    l.b = layout_.add(key + ".bias", {K});
+    l.param_end = layout_.total;
+    l.params = int64_t(l.param_end - l.param_begin);
+    l.macs = conv_macs(l.conv);
+    layers_.push_back(l);
+  };
+
+  // conv1 (+ ReLU) and the first pool.
+  const bool v10 = c.arch == Arch::kV10;
+  const int c1 = v10 ? 96 : 64;
+  if (c.stem == Stem::kSmall)
+    add_conv("conv1", "features.0", c1, 3, 1, 1);
+  else
+    add_conv("conv1", "features.0", c1, v10 ? 7 : 3, 2, 0);
+  feature = 2;  // features.1 is the ReLU
+  add_pool("pool1");
+
+  // fire2 .. fire9
+  auto fires = fire_channels(c);
+  int pools = 1;
+  for (int i = 0; i < 8; ++i) {
+    Layer l;
+    l.kind = LayerKind::kFire;
+    l.name = "fire" + std::to_string(i + 2);
+    l.key = "features." + std::to_string(feature++);
+    const ActShape a = acts_[cur];
+    const FireChannels& f = fires[i];
+    l.fire = FireGeom{1, a.c, a.h, a.w, f.s, f.e1, f.e3};
+    const int out_c = f.e1 + f.e3;
+    l.in = cur;
+    l.squeeze_act = new_act(f.s, a.h, a.w);
+    l.param_begin = layout_.total;
+    l.ws = layout_.add(l.key + ".squeeze.weight", {f.s, a.c, 1, 1});
+    l.bs = layout_.add(l.key + ".squeeze.bias", {f.s});
+    if (f.e1 > 0) {
+      l.w1 = layout_.add(l.key + ".expand1x1.weight", {f.e1, f.s, 1, 1});
+      l.b1 = layout_.add(l.key + ".expand1x1.bias", {f.e1});
+    }
+    if (f.e3 > 0) {
+      l.w3 = layout_.add(l.key + ".expand3x3.weight", {f.e3, f.s, 3, 3});
+      l.b3 = layout_.add(l.key + ".expand3x3.bias", {f.e3});
+    }
+    l.macs = conv_macs(l.fire.squeeze()) + conv_macs(l.fire.expand1()) +
+             conv_macs(l.fire.expand3());
+    const bool identity_site = (i % 2 == 1);  // fire3, 5, 7, 9
+    if (c.bypass != Bypass::kNone && identity_site) {
+      if (a.c != out_c)
+        fail("simple bypass around ", l.name, " needs equal input and output channels, got ",
+             a.c, " and ", out_c, " (choose metaparameters that keep them equal)");
+      l.bypass = Bypass::kSimple;
+    } else if (c.bypass == Bypass::kComplex) {
+      l.bypass = Bypass::kComplex;
+      l.bypass_conv = ConvGeom{1, a.c, a.h, a.w, out_c, 1, 1, 1, 0};
+      l.bw = layout_.add(l.key + ".bypass.weight", {out_c, a.c, 1, 1});
+      l.bb = layout_.add(l.key + ".bypass.bias", {out_c});
+      l.macs += conv_macs(l.bypass_conv);
+    }
+    if (l.bypass != Bypass::kNone) l.fire_act = new_act(out_c, a.h, a.w);
+    l.out = cur = new_act(out_c, a.h, a.w);
+    l.param_end = layout_.total;
+    l.params = int64_t(l.param_end - l.param_begin);
+    layers_.push_back(l);
+    if (pool_after_fire(c.arch, i)) add_pool("pool" + std::to_string(++pools));
+  }
+
+  // classifier: dropout, conv10 (+ ReLU), global average pool.
+  {
+    Layer l;
+    l.kind = LayerKind::kDropout;
+    l.name = "dropout";
+    l.key = "classifier.0";
+    const ActShape a = acts_[cur];
+    l.in = cur;
+    l.out = cur = new_act(a.c, a.h, a.w);
+    l.param_begin = l.param_end = layout_.total;
+    layers_.push_back(l);
+  }
+  add_conv("conv10", "classifier.1", c.num_classes, 1, 1, 0);
+  {
+    Layer l;
+    l.kind = LayerKind::kAvgPool;
+    l.name = "avgpool";
+    l.key = "classifier.3";
+    l.in = cur;
+    l.out = cur = new_act(c.num_classes, 1, 1);  // stored (N, classes)
+    l.param_begin = l.param_end = layout_.total;
+    layers_.push_back(l);
+  }
+
+  // Activation arena and workspace, sized once for max_batch.
+  size_t total = 0, largest = 0;
+  for (const ActShape& a : acts_) {
+    act_offset_.push_back(total);
+    size_t n = size_t(a.per_sample()) * max_batch_;
+    total += n;
+    largest = std::max(largest, n);
+  }
+  size_t ws = 0;
+  for (Layer& l : layers_) {
+    if (l.kind == LayerKind::kConv) {
+      ConvGeom g = l.conv;
+      g.N = max_batch_;
+      ws = std::max(ws, conv_workspace(g));
+    } else if (l.kind == LayerKind::kFire) {
+      FireGeom f = l.fire;
+      f.N = max_batch_;
+      ws = std::max(ws, fire_workspace(f));
+      if (l.bypass == Bypass::kComplex) {
+        ConvGeom g = l.bypass_conv;
+        g.N = max_batch_;
+        ws = std::max(ws, conv_workspace(g));
+      }
+    }
+  }
+  arena_.assign(total, 0.0f);
+  grad_a_.assign(largest, 0.0f);
+  grad_b_.assign(largest, 0.0f);
+  ws_.assign(std::max<size_t>(ws, 1), 0.0f);
+}
+
+size_t Model::arena_bytes() const {
+  return (arena_.size() + grad_a_.size() + grad_b_.size() + ws_.size()) * sizeof(float);
+}
+
+void Model::init_params(float* params, const std::string& scheme, uint64_t seed) const {
+  if (scheme != "torchvision" && scheme != "xavier")
+    fail("unknown init '", scheme, "' (known: torchvision, xavier)");
+  for (size_t t = 0; t < layout_.tensors.size(); ++t) {
+    const ParamSpec& p = layout_.tensors[t];
+    float* w = params + p.offset;
+    if (p.shape.size() == 1) {  // bias
+      std::fill(w, w + p.count, 0.0f);
+      continue;
+    }
+    SplitMix rng(sample_key(seed, RngStream::kInit, 0, t));
+    if (p.name == "classifier.1.weight") {  // conv10 ~ N(0, 0.01), as both references do
+      for (size_t i = 0; i < p.count; ++i) w[i] = float(0.01 * rng.normal());
+      continue;
+    }
+    const double fan_in = double(p.count) / double(p.shape[0]);
+    // kaiming_uniform_ (a=0): bound = sqrt(2) * sqrt(3 / fan_in); Caffe xavier: sqrt(3 / fan_in).
+    const double bound = scheme == "torchvision" ? std::sqrt(6.0 / fan_in) : std::sqrt(3.0 / fan_in);
+    for (size_t i = 0; i < p.count; ++i) w[i] = float((2.0 * rng.uniform() - 1.0) * bound);
+  }
+}
+
+const float* Model::forward(const float* params, const float* input, int N, bool train,
+                            const uint64_t* dropout_keys) {
+  SQ_ASSERT(N >= 1 && N <= max_batch_, "batch ", N, " outside [1, ", max_batch_, "]");
+  n_ = N;
+  std::memcpy(act(0), input, sizeof(float) * size_t(acts_[0].per_sample()) * N);
+  const float* P = params;
+  float* ws = ws_.data();
+  for (const Layer& l : layers_) {
+    const ActShape& ain = acts_[l.in];
+    const size_t n_in = size_t(ain.per_sample()) * N;
+    switch (l.kind) {
+      case LayerKind::kConv: {
+        ConvGeom g = l.conv;
+        g.N = N;
+        conv_forward(g, act(l.in), P + l.w, P + l.b, act(l.out), true, ws);
+        break;
+      }
+      case LayerKind::kMaxPool: {
+        PoolGeom g = l.pool;
+        g.N = N;
+        maxpool_forward(g, act(l.in), act(l.out));
+        break;
+      }
+      case LayerKind::kFire: {
+        FireGeom f = l.fire;
+        f.N = N;
+        FireParams<const float> fp{P + l.ws, P + l.bs, P + l.w1, P + l.b1, P + l.w3, P + l.b3};
+        float* y = l.bypass == Bypass::kNone ? act(l.out) : act(l.fire_act);
+        fire_forward(f, act(l.in), fp, act(l.squeeze_act), y, ws);
+        if (l.bypass == Bypass::kSimple) {
+          std::memcpy(act(l.out), act(l.in), sizeof(float) * n_in);
+          add_inplace(act(l.out), y, n_in);
+        } else if (l.bypass == Bypass::kComplex) {
+          ConvGeom g = l.bypass_conv;
+          g.N = N;
+          conv_forward(g, act(l.in), P + l.bw, P + l.bb, act(l.out), false, ws);
+          add_inplace(act(l.out), y, size_t(acts_[l.out].per_sample()) * N);
+        }
+        break;
+      }
+      case LayerKind::kDropout:
+        if (train && cfg_.dropout > 0.0)
+          dropout_forward(N, ain.c, ain.h * ain.w, float(cfg_.dropout), dropout_keys, act(l.in),
+                          act(l.out));
+        else
+          std::memcpy(act(l.out), act(l.in), sizeof(float) * n_in);
+        break;
+      case LayerKind::kAvgPool:
+        avgpool_forward(N, ain.c, ain.h * ain.w, act(l.in), act(l.out));
+        break;
+    }
+  }
+  return act(layers_.back().out);
+}
+
+void Model::backward(const float* params, const float* dlogits, float* grads, int N,
+                     const uint64_t* dropout_keys, const std::function<void(size_t)>& on_ready) {
+  SQ_ASSERT(N == n_, "backward batch ", N, " differs from the forward's ", n_);
+  const float* P = params;
+  float* G = grads;
+  float* ws = ws_.data();
+  float* dcur = grad_a_.data();   // gradient w.r.t. the current layer's output
+  float* dprev = grad_b_.data();  // gradient w.r.t. its input
+  std::memcpy(dcur, dlogits, sizeof(float) * size_t(cfg_.num_classes) * N);
+  for (size_t li = layers_.size(); li-- > 0;) {
+    const Layer& l = layers_[li];
+    const ActShape& ain = acts_[l.in];
+    const size_t n_in = size_t(ain.per_sample()) * N;
+    const bool first = (li == 0);  // the input needs no gradient
+    switch (l.kind) {
+      case LayerKind::kAvgPool:
+        avgpool_backward(N, ain.c, ain.h * ain.w, dcur, dprev);
+        break;
+      case LayerKind::kConv: {
+        ConvGeom g = l.conv;
+        g.N = N;
+        relu_backward(dcur, act(l.out), dcur, size_t(acts_[l.out].per_sample()) * N);
+        conv_backward(g, act(l.in), P + l.w, dcur, G + l.w, G + l.b, first ? nullptr : dprev,
+                      false, ws);
+        break;
+      }
+      case LayerKind::kDropout:
+        if (cfg_.dropout > 0.0)
+          dropout_backward(N, ain.c, ain.h * ain.w, float(cfg_.dropout), dropout_keys, dcur, dprev);
+        else
+          std::memcpy(dprev, dcur, sizeof(float) * n_in);
+        break;
+      case LayerKind::kMaxPool: {
+        PoolGeom g = l.pool;
+        g.N = N;
+        maxpool_backward(g, act(l.in), dcur, dprev);
+        break;
+      }
+      case LayerKind::kFire: {
+        FireGeom f = l.fire;
+        f.N = N;
+        FireParams<const float> fp{P + l.ws, P + l.bs, P + l.w1, P + l.b1, P + l.w3, P + l.b3};
+        FireParams<float> fg{G + l.ws, G + l.bs, G + l.w1, G + l.b1, G + l.w3, G + l.b3};
+        const float* y = l.bypass == Bypass::kNone ? act(l.out) : act(l.fire_act);
+        // With a bypass, d(out) flows unchanged both into the Fire module and into the bypass.
+        fire_backward(f, act(l.in), fp, act(l.squeeze_act), y, dcur, fg, dprev, false, ws);
+        if (l.bypass == Bypass::kSimple) {
+          add_inplace(dprev, dcur, n_in);
+        } else if (l.bypass == Bypass::kComplex) {
+          ConvGeom g = l.bypass_conv;
+          g.N = N;
+          conv_backward(g, act(l.in), P + l.bw, dcur, G + l.bw, G + l.bb, dprev, true, ws);
+        }
+        break;
+      }
+    }
+    if (l.param_end > l.param_begin && on_ready) on_ready(l.param_begin);
+    std::swap(dcur, dprev);
+  }
+}
+
+int64_t total_macs(const Model& m) {
+  int64_t t = 0;
+  for (const Layer& l : m.layers()) t += l.macs;
+  return t;
+}
+
+std::string model_table(const Model& m) {
+  std::ostringstream os;
+  const ModelConfig& c = m.config();
+  os << arch_name(c.arch) << "  stem " << stem_name(c.stem) << "  bypass " << bypass_name(c.bypass)
+     << "  input " << c.in_c << "x" << c.in_h << "x" << c.in_w << "  classes " << c.num_classes
+     << "\n";
+  os << "metaparameters: base_e " << c.base_e << ", incr_e " << c.incr_e << ", pct_3x3 "
+     << c.pct_3x3 << ", freq " << c.freq << ", SR " << c.sr << "\n";
+  os << std::left << std::setw(9) << "layer" << std::setw(14) << "module" << std::setw(24)
+     << "filters" << std::right << std::setw(16) << "output" << std::setw(12) << "params"
+     << std::setw(16) << "MACs" << "\n";
+  int64_t params = 0, macs = 0;
+  for (const Layer& l : m.layers()) {
+    const ActShape& o = m.acts()[l.out];
+    std::string filters;
+    switch (l.kind) {
+      case LayerKind::kConv:
+        filters = str(l.conv.K, "x", l.conv.R, "x", l.conv.S, "/", l.conv.stride,
+                      l.conv.pad ? str(" pad ", l.conv.pad) : std::string());
+        break;
+      case LayerKind::kMaxPool:
+        filters = "max 3x3/2 ceil";
+        break;
+      case LayerKind::kFire:
+        filters = str("s", l.fire.S, " e", l.fire.E1, "+", l.fire.E3,
+                      l.bypass == Bypass::kSimple    ? " +id"
+                      : l.bypass == Bypass::kComplex ? " +1x1"
+                                                     : "");
+        break;
+      case LayerKind::kDropout:
+        filters = str("p ", c.dropout);
+        break;
+      case LayerKind::kAvgPool:
+        filters = "global avg";
+        break;
+    }
+    std::string shape = str(o.c, "x", o.h, "x", o.w);
+    os << std::left << std::setw(9) << l.name << std::setw(14) << l.key << std::setw(24) << filters
+       << std::right << std::setw(16) << shape << std::setw(12) << (l.params ? str(l.params) : "")
+       << std::setw(16) << (l.macs ? str(l.macs) : "") << "\n";
+    params += l.params;
+    macs += l.macs;
+  }
+  os << std::left << std::setw(63) << "total" << std::right << std::setw(12) << params
+     << std::setw(16) << macs << "\n";
+  os << "parameters: " << params << " (" << std::fixed << std::setprecision(2)
+     << params * 4.0 / 1e6 << " MB fp32); multiply-accumulates per image: " << macs << "\n";
+  return os.str();
+}
+
+}  // namespace sq

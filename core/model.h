@@ -1,0 +1,96 @@
+// The network: a layer table derived from a ModelConfig, the parameter layout (one flat buffer,
+// tensors as named views in forward order), an activation plan (one arena, sized once for the
+// largest batch), and forward/backward over them. Device-agnostic in shape; today it calls the
+// CPU ops of kernels/ops.h.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "core/params.h"
+#include "kernels/ops.h"
+
+namespace sq {
+
+enum class LayerKind { kConv, kMaxPool, kFire, kDropout, kAvgPool };
+
+struct Layer {
+  LayerKind kind;
+  std::string name;    // "conv1", "pool1", "fire2", ..., "dropout", "conv10", "avgpool"
+  std::string key;     // torchvision module prefix: "features.0", "features.3", "classifier.1"
+  int in = -1, out = -1;  // activation ids (per-sample shapes in Model::acts)
+  // kConv (conv1, conv10: always followed by ReLU)
+  ConvGeom conv;
+  size_t w = 0, b = 0;  // parameter offsets
+  // kFire
+  FireGeom fire;
+  int squeeze_act = -1;  // s: (S, N, H, W)
+  size_t ws = 0, bs = 0, w1 = 0, b1 = 0, w3 = 0, b3 = 0;
+  Bypass bypass = Bypass::kNone;  // around this fire: none, identity (kSimple) or 1x1 conv (kComplex)
+  int fire_act = -1;              // with a bypass: the fire's own output, before the add
+  ConvGeom bypass_conv;
+  size_t bw = 0, bb = 0;
+  // kMaxPool
+  PoolGeom pool;
+  // bookkeeping for `squeeze info` (per sample)
+  int64_t params = 0;
+  int64_t macs = 0;
+  size_t param_begin = 0, param_end = 0;  // this layer's slice of the flat buffer
+};
+
+struct ActShape {
+  int c = 0, h = 0, w = 0;
+  int64_t per_sample() const { return int64_t(c) * h * w; }
+};
+
+class Model {
+ public:
+  // Plans parameters and activations for batches of up to max_batch samples.
+  Model(const ModelConfig& cfg, int max_batch);
+
+  const ModelConfig& config() const { return cfg_; }
+  const ParamLayout& layout() const { return layout_; }
+  const std::vector<Layer>& layers() const { return layers_; }
+  const std::vector<ActShape>& acts() const { return acts_; }
+  int max_batch() const { return max_batch_; }
+  size_t arena_bytes() const;  // activations + gradients + workspace, bytes
+
+  // Fills params (layout().total floats). "torchvision": kaiming-uniform convs, zero biases;
+  // "xavier": Caffe's xavier filler (uniform +-sqrt(3/fan_in)), zero biases; both: conv10
+  // ~ N(0, 0.01). Draws are keyed by (seed, tensor), independent of anything else.
+  void init_params(float* params, const std::string& scheme, uint64_t seed) const;
+
+  // input (in_c, N, in_h, in_w) channel-major. train: dropout active with per-sample keys
+  // dropout_keys[N]. Returns logits (N, num_classes), valid until the next forward.
+  const float* forward(const float* params, const float* input, int N, bool train,
+                       const uint64_t* dropout_keys);
+
+  // After forward(train=true) with the same N: dlogits (N, num_classes) -> grads += dL/dparams.
+  // on_ready(offset): called as soon as every gradient at flat offsets >= offset is final
+  // (gradients complete back to front, so offset only decreases) — the reducer's hook.
+  void backward(const float* params, const float* dlogits, float* grads, int N,
+                const uint64_t* dropout_keys, const std::function<void(size_t)>& on_ready = {});
+
+ private:
+  float* act(int id) { return arena_.data() + act_offset_[id]; }
+  void plan();
+
+  ModelConfig cfg_;
+  int max_batch_;
+  ParamLayout layout_;
+  std::vector<Layer> layers_;
+  std::vector<ActShape> acts_;
+  std::vector<size_t> act_offset_;  // in floats, into arena_ (sized for max_batch)
+  std::vector<float> arena_;        // all activations
+  std::vector<float> grad_a_, grad_b_;  // ping-pong activation gradients
+  std::vector<float> ws_;               // op workspace
+  int n_ = 0;                           // batch of the last forward
+};
+
+// Per-layer table like the paper's Table 1 (for `squeeze info`).
+std::string model_table(const Model& m);
+int64_t total_macs(const Model& m);
+
+}  // namespace sq

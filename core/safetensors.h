@@ -1,0 +1,45 @@
+// safetensors: 8-byte little-endian header length, a JSON header mapping each tensor name to
+// {dtype, shape, data_offsets} (plus an optional "__metadata__" string map), then the raw
+// little-endian data. The reader validates every field; weights speak PyTorch through it.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace sq {
+
+struct TensorData {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::vector<float> data;  // converted to float32 whatever the stored dtype
+};
+
+struct SafetensorsFile {
+  std::map<std::string, std::string> metadata;
+  std::vector<TensorData> tensors;  // in data-offset order
+  const TensorData* find(const std::string& name) const;
+};
+
+struct TensorRef {  // a tensor to write, viewing caller memory
+  std::string name;
+  std::vector<int64_t> shape;
+  const float* data;
+};
+
+// Writes F32 tensors, packed in the given order, atomically (see atomic_write_file).
+void write_safetensors(const std::string& path, const std::vector<TensorRef>& tensors,
+                       const std::map<std::string, std::string>& metadata);
+
+// Reads and validates: file length, header length bounds, JSON syntax, each entry's dtype
+// (F32, F64, F16, BF16 accepted and converted to float), shape (non-negative, product fits),
+// data_offsets (ordered, in bounds, matching dtype size * element count, tensors contiguous and
+// non-overlapping, covering the data section exactly). Any fault: sq::Error "<path>: <what>".
+SafetensorsFile read_safetensors(const std::string& path);
+
+// Writes bytes to `path` atomically: a temporary file in the same directory, fsync, rename,
+// fsync of the directory. On any failure the old file (if any) is untouched and the
+// temporary removed; throws sq::Error naming the path and the errno text.
+void atomic_write_file(const std::string& path, const void* data, size_t size);
+
+}  // namespace sq

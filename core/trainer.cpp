@@ -1,0 +1,388 @@
+#include "core/trainer.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sys/stat.h>
+
+#include "core/checkpoint.h"
+#include "core/safetensors.h"
+#include "core/error.h"
+#include "core/rng.h"
+
+namespace sq {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Running sums of one epoch's training metrics (kept in the checkpoint for exact resume).
+struct EpochSums {
+  double loss = 0, correct = 0, seen = 0;
+};
+
+std::string fmt17(double v) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
+double parse_double(const Metadata& m, const std::string& key, const std::string& path) {
+  auto it = m.find(key);
+  if (it == m.end()) fail(path, ": checkpoint lacks metadata '", key, "'");
+  try {
+    size_t used = 0;
+    double v = std::stod(it->second, &used);
+    if (used != it->second.size()) throw std::invalid_argument("trailing");
+    return v;
+  } catch (const std::exception&) {
+    fail(path, ": checkpoint metadata '", key, "' is not a number: '", it->second, "'");
+  }
+}
+
+void make_dirs(const std::string& dir) {
+  std::string cur;
+  for (size_t i = 0; i <= dir.size(); ++i) {
+    if (i == dir.size() || dir[i] == '/') {
+      if (!cur.empty() && ::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST)
+        fail(cur, ": cannot create directory: ", std::strerror(errno));
+    }
+    if (i < dir.size()) cur += dir[i];
+  }
+}
+
+}  // namespace
+
+void TrainConfig::validate() const {
+  if (epochs < 1) fail("--epochs must be at least 1, got ", epochs);
+  if (batch < 1) fail("--batch-size must be at least 1, got ", batch);
+  if (batch > 65536) fail("--batch-size must be at most 65536, got ", batch);
+  if (!(momentum >= 0.0 && momentum < 1.0)) fail("--momentum must be in [0, 1), got ", momentum);
+  if (!(weight_decay >= 0.0)) fail("--weight-decay must not be negative, got ", weight_decay);
+  if (init != "torchvision" && init != "xavier")
+    fail("unknown --init '", init, "' (known: torchvision, xavier)");
+  if (stem != "auto" && stem != "imagenet" && stem != "small")
+    fail("unknown --stem '", stem, "' (known: auto, imagenet, small)");
+  if (augment.crop_pad < 0 || augment.crop_pad > 64)
+    fail("--crop-pad must be in [0, 64], got ", augment.crop_pad);
+  if (train_limit < 0) fail("--train-limit must not be negative, got ", train_limit);
+  if (test_limit < 0) fail("--test-limit must not be negative, got ", test_limit);
+  sq::validate(schedule);
+  // The model's own metaparameters are checked once the data set fixes its input shape.
+}
+
+nlohmann::json to_json(const TrainConfig& c) {
+  const char* fmt = c.data == DataFormat::kFashionMnist ? "fashion-mnist"
+                    : c.data == DataFormat::kMnist      ? "mnist"
+                                                        : "cifar10";
+  return {{"model", to_json(c.model)},
+          {"stem", c.stem},
+          {"dataset", fmt},
+          {"epochs", c.epochs},
+          {"batch", c.batch},
+          {"schedule", {{"kind", c.schedule.kind}, {"lr", c.schedule.lr},
+                        {"warmup", c.schedule.warmup}, {"step_size", c.schedule.step_size},
+                        {"gamma", c.schedule.gamma}}},
+          {"momentum", c.momentum},
+          {"weight_decay", c.weight_decay},
+          {"init", c.init},
+          {"seed", c.seed},
+          {"crop_pad", c.augment.crop_pad},
+          {"hflip", c.augment.hflip},
+          {"shuffle", c.shuffle},
+          {"train_limit", c.train_limit},
+          {"test_limit", c.test_limit}};
+}
+
+TrainConfig train_config_from_json(const nlohmann::json& j) {
+  TrainConfig c;
+  try {
+    c.model = model_config_from_json(j.at("model"));
+    c.stem = j.at("stem").get<std::string>();
+    c.data = parse_data_format(j.at("dataset").get<std::string>());
+    c.epochs = j.at("epochs").get<int>();
+    c.batch = j.at("batch").get<int>();
+    const auto& s = j.at("schedule");
+    c.schedule.kind = s.at("kind").get<std::string>();
+    c.schedule.lr = s.at("lr").get<double>();
+    c.schedule.warmup = s.at("warmup").get<int64_t>();
+    c.schedule.step_size = s.at("step_size").get<int64_t>();
+    c.schedule.gamma = s.at("gamma").get<double>();
+    c.momentum = j.at("momentum").get<double>();
+    c.weight_decay = j.at("weight_decay").get<double>();
+    c.init = j.at("init").get<std::string>();
+    c.seed = j.at("seed").get<uint64_t>();
+    c.augment.crop_pad = j.at("crop_pad").get<int>();
+    c.augment.hflip = j.at("hflip").get<bool>();
+    c.shuffle = j.at("shuffle").get<bool>();
+    c.train_limit = j.at("train_limit").get<int64_t>();
+    c.test_limit = j.at("test_limit").get<int64_t>();
+  } catch (const nlohmann::json::exception& e) {
+    fail("training config: ", e.what());
+  }
+  c.validate();
+  return c;
+}
+
+void adapt_model_to_data(ModelConfig& m, const std::string& stem, const Dataset& d) {
+  m.in_c = d.c;
+  m.in_h = d.h;
+  m.in_w = d.w;
+  m.num_classes = d.num_classes;
+  if (stem == "auto")
+    m.stem = std::max(d.h, d.w) <= 64 ? Stem::kSmall : Stem::kImageNet;
+  else
+    m.stem = parse_stem(stem);
+  m.validate();
+}
+
+EvalResult evaluate(Model& model, const float* params, const Dataset& test,
+                    const Normalization& norm, int batch, int64_t limit) {
+  const int64_t n = limit > 0 ? std::min(limit, test.n) : test.n;
+  batch = std::min(batch, model.max_batch());
+  const int K = model.config().num_classes;
+  const size_t in_per_sample = size_t(test.c) * test.h * test.w;
+  std::vector<float> input(in_per_sample * batch);
+  std::vector<int32_t> labels(batch);
+  std::vector<int64_t> idx(batch);
+  std::vector<float> dlogits(size_t(K) * batch);
+  EvalResult r;
+  double loss = 0;
+  int64_t correct = 0;
+  for (int64_t start = 0; start < n; start += batch) {
+    const int N = int(std::min<int64_t>(batch, n - start));
+    for (int i = 0; i < N; ++i) idx[i] = start + i;
+    assemble_batch(test, idx.data(), N, norm, Augment{}, 0, 0, input.data(), labels.data());
+    const float* logits = model.forward(params, input.data(), N, false, nullptr);
+    int c = 0;
+    loss += softmax_xent(N, K, logits, labels.data(), 1.0f, dlogits.data(), &c);
+    correct += c;
+  }
+  r.samples = n;
+  r.loss = n ? loss / double(n) : 0.0;
+  r.accuracy = n ? double(correct) / double(n) : 0.0;
+  return r;
+}
+
+TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
+  const bool root = comm.rank() == 0;
+  const int world = comm.size();
+  Metadata resume_meta;
+  if (!opt.resume.empty()) {
+    // The checkpoint's settings define the run; only how it runs comes from the command line.
+    resume_meta = read_safetensors(opt.resume).metadata;
+    auto it = resume_meta.find("squeeze.train_config");
+    if (it == resume_meta.end()) fail(opt.resume, ": checkpoint lacks its training config");
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(it->second);
+    } catch (const nlohmann::json::exception& e) {
+      fail(opt.resume, ": training config is not valid JSON: ", e.what());
+    }
+    cfg = train_config_from_json(j);
+  }
+  cfg.validate();
+  if (cfg.batch % world != 0)
+    fail("--batch-size ", cfg.batch, " is not divisible by the world size ", world);
+
+  const std::string dir = cfg.data_dir.empty() ? default_data_dir(cfg.data) : cfg.data_dir;
+  DataSplit data = load_dataset(cfg.data, dir);
+  if (cfg.train_limit > 0 && cfg.train_limit < data.train.n) {
+    data.train.n = cfg.train_limit;
+    data.train.images.resize(size_t(cfg.train_limit) * data.train.c * data.train.h * data.train.w);
+    data.train.labels.resize(size_t(cfg.train_limit));
+  }
+  adapt_model_to_data(cfg.model, cfg.stem, data.train);
+  const Normalization norm = compute_normalization(data.train);
+
+  const int local_batch = cfg.batch / world;
+  Model model(cfg.model, local_batch);
+  const ParamLayout& layout = model.layout();
+  std::vector<float> params(layout.total), grads(layout.total), momentum(layout.total, 0.0f);
+
+  const int64_t n_train = data.train.n;
+  if (n_train < world) fail("more ranks (", world, ") than training samples (", n_train, ")");
+  const int64_t steps_per_epoch = (n_train + cfg.batch - 1) / cfg.batch;
+  const int64_t total_steps = steps_per_epoch * cfg.epochs;
+
+  int64_t step = 0;
+  EpochSums sums;
+  if (!opt.resume.empty()) {
+    load_checkpoint(opt.resume, layout, params.data(), momentum.data());
+    step = int64_t(parse_double(resume_meta, "squeeze.step", opt.resume));
+    sums.loss = parse_double(resume_meta, "squeeze.epoch_loss_sum", opt.resume);
+    sums.correct = parse_double(resume_meta, "squeeze.epoch_correct", opt.resume);
+    sums.seen = parse_double(resume_meta, "squeeze.epoch_seen", opt.resume);
+    if (step < 0 || step > total_steps) fail(opt.resume, ": step ", step, " outside the run");
+  } else {
+    model.init_params(params.data(), cfg.init, cfg.seed);
+  }
+  comm.broadcast(params.data(), params.size(), 0);
+
+  std::string metrics_path, ckpt_path, weights_path;
+  if (root && !opt.out_dir.empty()) {
+    make_dirs(opt.out_dir);
+    metrics_path = opt.out_dir + "/metrics.jsonl";
+    ckpt_path = opt.out_dir + "/checkpoint.safetensors";
+    weights_path = opt.out_dir + "/weights.safetensors";
+    if (opt.resume.empty()) std::ofstream(metrics_path, std::ios::trunc);
+  }
+  const nlohmann::json cfg_json = to_json(cfg);
+  auto meta_common = [&]() {
+    Metadata m;
+    m["squeeze.model"] = to_json(cfg.model).dump();
+    nlohmann::json nj = {{"mean", norm.mean}, {"std", norm.stddev}};
+    m["squeeze.normalization"] = nj.dump();
+    return m;
+  };
+  auto save = [&](int64_t at_step) {
+    if (ckpt_path.empty()) return;
+    Metadata m = meta_common();
+    m["squeeze.train_config"] = cfg_json.dump();
+    m["squeeze.step"] = std::to_string(at_step);
+    m["squeeze.epoch_loss_sum"] = fmt17(sums.loss);
+    m["squeeze.epoch_correct"] = fmt17(sums.correct);
+    m["squeeze.epoch_seen"] = fmt17(sums.seen);
+    save_checkpoint(ckpt_path, layout, params.data(), momentum.data(), m);
+  };
+
+  if (root && !opt.quiet) {
+    std::printf("model %s (%s stem, bypass %s): %zu parameters, input %dx%dx%d, %d classes\n",
+                arch_name(cfg.model.arch).c_str(), stem_name(cfg.model.stem).c_str(),
+                bypass_name(cfg.model.bypass).c_str(), layout.total, cfg.model.in_c,
+                cfg.model.in_h, cfg.model.in_w, cfg.model.num_classes);
+    std::printf("data %s: %lld train, %lld test from %s; batch %d, %lld steps/epoch, %d epochs\n",
+                data.train.name.c_str(), (long long)n_train, (long long)data.test.n, dir.c_str(),
+                cfg.batch, (long long)steps_per_epoch, cfg.epochs);
+    std::printf("allocating %.1f MiB for activations, gradients and workspace\n",
+                model.arena_bytes() / 1048576.0);
+    if (!opt.resume.empty()) std::printf("resumed from %s at step %lld\n", opt.resume.c_str(), (long long)step);
+    std::fflush(stdout);
+  }
+
+  const int K = cfg.model.num_classes;
+  const size_t in_per_sample = size_t(data.train.c) * data.train.h * data.train.w;
+  std::vector<float> input(in_per_sample * local_batch);
+  std::vector<int32_t> labels(local_batch);
+  std::vector<uint64_t> keys(local_batch);
+  std::vector<float> dlogits(size_t(K) * local_batch);
+
+  TrainResult result;
+  auto epoch_t0 = Clock::now();
+  int64_t epoch_images = 0;
+  auto last_progress = Clock::now();
+  const int64_t stop_at = opt.max_steps > 0 ? std::min(opt.max_steps, total_steps) : total_steps;
+  std::vector<int64_t> order;
+  int64_t order_epoch = -1;
+
+  while (step < stop_at) {
+    const int64_t epoch = step / steps_per_epoch;
+    const int64_t b = step % steps_per_epoch;
+    if (order_epoch != epoch) {
+      order = epoch_order(n_train, cfg.seed, epoch, cfg.shuffle);
+      order_epoch = epoch;
+    }
+    // The global batch is [b*B, min((b+1)*B, n)) of this epoch's order; the ragged last batch is
+    // smaller and split as evenly as possible. This rank takes its contiguous share.
+    const int64_t g0 = b * cfg.batch, g1 = std::min(n_train, g0 + cfg.batch);
+    const int64_t gN = g1 - g0;
+    const int64_t r0 = g0 + gN * comm.rank() / world, r1 = g0 + gN * (comm.rank() + 1) / world;
+    const int N = int(r1 - r0);
+    const double lr = lr_at(cfg.schedule, step, total_steps);
+
+    std::fill(grads.begin(), grads.end(), 0.0f);
+    double stats[2] = {0, 0};
+    if (N > 0) {
+      assemble_batch(data.train, order.data() + r0, N, norm, cfg.augment, cfg.seed, epoch,
+                     input.data(), labels.data());
+      for (int i = 0; i < N; ++i)
+        keys[i] = sample_key(cfg.seed, RngStream::kDropout, uint64_t(epoch), uint64_t(order[r0 + i]));
+      const float* logits = model.forward(params.data(), input.data(), N, true, keys.data());
+      int correct = 0;
+      stats[0] = softmax_xent(N, K, logits, labels.data(), 1.0f / float(gN), dlogits.data(), &correct);
+      stats[1] = correct;
+      model.backward(params.data(), dlogits.data(), grads.data(), N, keys.data());
+    }
+    comm.allreduce(grads.data(), grads.size(), ReduceOp::kSum);
+    comm.allreduce_sum(stats, 2);
+    if (!std::isfinite(stats[0]))
+      fail("training diverged: loss is ", stats[0], " at step ", step, " (epoch ", epoch + 1,
+           "); try a lower --lr");
+    sgd_momentum_update(params.size(), params.data(), grads.data(), momentum.data(), float(lr),
+                        float(cfg.momentum), float(cfg.weight_decay));
+    sums.loss += stats[0];
+    sums.correct += stats[1];
+    sums.seen += double(gN);
+    epoch_images += gN;
+    ++step;
+
+    if (root && opt.progress && seconds_since(last_progress) > 0.5) {
+      last_progress = Clock::now();
+      std::printf("\r\033[Kepoch %lld/%d  step %lld/%lld  loss %.4f  acc %.2f%%  %.0f img/s",
+                  (long long)epoch + 1, cfg.epochs, (long long)b + 1, (long long)steps_per_epoch,
+                  sums.loss / sums.seen, 100.0 * sums.correct / sums.seen,
+                  epoch_images / seconds_since(epoch_t0));
+      std::fflush(stdout);
+    }
+
+    const bool epoch_end = step % steps_per_epoch == 0;
+    if (epoch_end) {
+      const double train_seconds = seconds_since(epoch_t0);
+      EpochMetrics em;
+      em.epoch = epoch + 1;
+      em.step = step;
+      em.lr = lr;
+      em.train_loss = sums.loss / sums.seen;
+      em.train_acc = sums.correct / sums.seen;
+      em.images_per_s = epoch_images / train_seconds;
+      EvalResult ev = evaluate(model, params.data(), data.test, norm, local_batch, cfg.test_limit);
+      em.test_loss = ev.loss;
+      em.test_acc = ev.accuracy;
+      em.seconds = seconds_since(epoch_t0);
+      result.epochs.push_back(em);
+      sums = EpochSums{};
+      if (root) {
+        if (opt.progress) std::printf("\r\033[K");
+        if (!opt.quiet) {
+          std::printf("epoch %3lld  loss %.4f  train acc %.4f  test loss %.4f  test acc %.4f  "
+                      "lr %.5f  %.0f img/s  %.1f s\n",
+                      (long long)em.epoch, em.train_loss, em.train_acc, em.test_loss, em.test_acc,
+                      em.lr, em.images_per_s, em.seconds);
+          std::fflush(stdout);
+        }
+        if (!metrics_path.empty()) {
+          nlohmann::json j = {{"epoch", em.epoch}, {"step", em.step}, {"lr", em.lr},
+                              {"train_loss", em.train_loss}, {"train_acc", em.train_acc},
+                              {"test_loss", em.test_loss}, {"test_acc", em.test_acc},
+                              {"images_per_s", em.images_per_s}, {"seconds", em.seconds}};
+          std::ofstream(metrics_path, std::ios::app) << j.dump() << "\n";
+        }
+        save(step);
+      }
+      epoch_t0 = Clock::now();
+      epoch_images = 0;
+    }
+  }
+  if (root && opt.progress) std::printf("\r\033[K");
+  if (root && step % steps_per_epoch != 0) save(step);  // stopped mid-epoch (--max-steps)
+  if (root && !weights_path.empty()) {
+    Metadata m = meta_common();
+    export_weights(weights_path, layout, params.data(), m);
+  }
+  result.steps = step;
+  result.params = std::move(params);
+  result.model = cfg.model;
+  return result;
+}
+
+}  // namespace sq

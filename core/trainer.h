@@ -1,0 +1,82 @@
+// The training loop: data order, batch assembly, forward, loss, backward, gradient averaging
+// through the communicator, fused SGD, schedule, metrics, checkpoints and exact resume.
+//
+// Every random draw is keyed by (seed, epoch, global sample index), so a run's trajectory is a
+// function of its settings alone, and a checkpoint needs no generator state: it holds the
+// parameters, momentum, the step, the position in the epoch and the epoch's running metrics.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "core/config.h"
+#include "core/data.h"
+#include "core/model.h"
+#include "core/schedule.h"
+#include "nlohmann/json_fwd.hpp"
+
+namespace sq {
+
+struct TrainConfig {
+  ModelConfig model;        // input shape and classes are taken from the data set
+  std::string stem = "auto";  // auto: small for inputs of at most 64 px, imagenet otherwise
+  DataFormat data = DataFormat::kFashionMnist;
+  std::string data_dir;     // empty: the format's default
+  int epochs = 2;
+  int batch = 64;           // global batch
+  Schedule schedule;
+  double momentum = 0.9;
+  double weight_decay = 2e-4;
+  std::string init = "torchvision";
+  uint64_t seed = 1;
+  Augment augment;
+  bool shuffle = true;
+  int64_t train_limit = 0;  // use only the first N training samples (0: all)
+  int64_t test_limit = 0;   // evaluate on the first N test samples (0: all)
+
+  void validate() const;  // throws sq::Error naming the bad setting
+};
+
+nlohmann::json to_json(const TrainConfig& c);
+TrainConfig train_config_from_json(const nlohmann::json& j);
+
+struct RunOptions {  // how to run, not what to compute: never changes the trajectory
+  std::string out_dir;       // metrics.jsonl, checkpoint.safetensors, weights.safetensors
+  std::string resume;        // checkpoint to continue from
+  int64_t max_steps = 0;     // stop (and checkpoint) after this global step (0: run to the end)
+  bool progress = false;     // live progress line
+  bool quiet = false;        // no per-epoch lines (tests)
+};
+
+struct EpochMetrics {
+  int64_t epoch = 0;  // 1-based, completed
+  int64_t step = 0;
+  double lr = 0, train_loss = 0, train_acc = 0, test_loss = 0, test_acc = 0;
+  double images_per_s = 0, seconds = 0;
+};
+
+struct TrainResult {
+  std::vector<EpochMetrics> epochs;
+  int64_t steps = 0;
+  std::vector<float> params;  // final parameters
+  ModelConfig model;
+};
+
+// Loads the data set, builds the model, trains, evaluates each epoch.
+TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm);
+
+// Test-set loss and accuracy of `params` (batches of `batch`, no dropout, no augmentation).
+struct EvalResult {
+  double loss = 0, accuracy = 0;
+  int64_t samples = 0;
+};
+EvalResult evaluate(Model& model, const float* params, const Dataset& test,
+                    const Normalization& norm, int batch, int64_t limit = 0);
+
+// Fills the model config's input shape and class count from a data set and resolves "auto".
+void adapt_model_to_data(ModelConfig& m, const std::string& stem, const Dataset& d);
+
+}  // namespace sq

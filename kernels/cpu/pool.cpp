@@ -1,0 +1,155 @@
+// Max pooling (PyTorch's ceil_mode rule) and global average pooling, channel-major.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "core/error.h"
+#include "kernels/ops.h"
+
+namespace sq {
+
+namespace {
+
+using i64 = int64_t;
+
+// Loops over fewer elements than this run on one thread: waking the team costs more.
+constexpr i64 kParallelMin = 1 << 15;
+
+inline int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+// PyTorch's pooling_output_shape (dilation 1): floor or ceil of (L + 2*pad - k) / stride, + 1;
+// in ceil mode a last window that starts in the (right) padding is dropped.
+int pool_out(int L, int k, int stride, int pad, bool ceil_mode) {
+  int out = floor_div(L + 2 * pad - k + (ceil_mode ? stride - 1 : 0), stride) + 1;
+  if (ceil_mode && (out - 1) * stride >= L + pad) --out;
+  return out;
+}
+
+void check_geom(const PoolGeom& g) {
+  SQ_ASSERT(g.k > 0 && g.stride > 0 && g.pad >= 0 && 2 * g.pad <= g.k,
+            "bad pool geometry: k=", g.k, " stride=", g.stride, " pad=", g.pad);
+  SQ_ASSERT(g.P() > 0 && g.Q() > 0, "pool output is empty: H=", g.H, " W=", g.W);
+}
+
+// Window [h0, h1) x [w0, w1) of output (p, q), clipped to the input.
+struct Window {
+  int h0, h1, w0, w1;
+};
+inline Window window(const PoolGeom& g, int p, int q) {
+  const int hs = p * g.stride - g.pad, ws = q * g.stride - g.pad;
+  return {std::max(hs, 0), std::min(hs + g.k, g.H), std::max(ws, 0), std::min(ws + g.k, g.W)};
+}
+
+// Offset (h*W + w) of the window's first maximum, row-major ties to the first; NaN wins, as in
+// PyTorch's CPU kernel.
+template <class T>
+inline i64 argmax(const PoolGeom& g, const T* plane, const Window& win, T& best) {
+  i64 idx = i64(win.h0) * g.W + win.w0;
+  best = -std::numeric_limits<T>::infinity();
+  for (int h = win.h0; h < win.h1; ++h) {
+    const T* row = plane + i64(h) * g.W;
+    for (int w = win.w0; w < win.w1; ++w) {
+      const T v = row[w];
+      if (v > best || std::isnan(v)) {
+        best = v;
+        idx = i64(h) * g.W + w;
+        if (std::isnan(v)) return idx;
+      }
+    }
+  }
+  return idx;
+}
+
+}  // namespace
+
+int PoolGeom::P() const { return pool_out(H, k, stride, pad, ceil_mode); }
+int PoolGeom::Q() const { return pool_out(W, k, stride, pad, ceil_mode); }
+
+template <class T>
+void maxpool_forward(const PoolGeom& g, const T* x, T* y) {
+  check_geom(g);
+  const int P = g.P(), Q = g.Q();
+  const i64 HW = i64(g.H) * g.W, PQ = i64(P) * Q;
+  const i64 work = i64(g.C) * g.N * (PQ * g.k * g.k + HW);
+#pragma omp parallel for collapse(2) schedule(static) if (work > kParallelMin)
+  for (int c = 0; c < g.C; ++c) {
+    for (int n = 0; n < g.N; ++n) {
+      const i64 plane = i64(c) * g.N + n;
+      const T* xp = x + plane * HW;
+      T* yp = y + plane * PQ;
+      for (int p = 0; p < P; ++p) {
+        for (int q = 0; q < Q; ++q) {
+          T best;
+          argmax(g, xp, window(g, p, q), best);
+          yp[i64(p) * Q + q] = best;
+        }
+      }
+    }
+  }
+}
+
+template <class T>
+void maxpool_backward(const PoolGeom& g, const T* x, const T* dy, T* dx) {
+  check_geom(g);
+  const int P = g.P(), Q = g.Q();
+  const i64 HW = i64(g.H) * g.W, PQ = i64(P) * Q;
+  const i64 work = i64(g.C) * g.N * (PQ * g.k * g.k + HW);
+#pragma omp parallel for collapse(2) schedule(static) if (work > kParallelMin)
+  for (int c = 0; c < g.C; ++c) {
+    for (int n = 0; n < g.N; ++n) {
+      const i64 plane = i64(c) * g.N + n;
+      const T* xp = x + plane * HW;
+      const T* dyp = dy + plane * PQ;
+      T* dxp = dx + plane * HW;
+      std::fill(dxp, dxp + HW, T(0));
+      for (int p = 0; p < P; ++p) {
+        for (int q = 0; q < Q; ++q) {
+          T best;
+          dxp[argmax(g, xp, window(g, p, q), best)] += dyp[i64(p) * Q + q];
+        }
+      }
+    }
+  }
+}
+
+template <class T>
+void avgpool_forward(int N, int C, int HW, const T* x, T* y) {
+  SQ_ASSERT(HW > 0, "avgpool over an empty plane");
+  const double inv = 1.0 / HW;
+#pragma omp parallel for collapse(2) schedule(static) if (i64(N) * C * HW > kParallelMin)
+  for (int c = 0; c < C; ++c) {
+    for (int n = 0; n < N; ++n) {
+      const T* xp = x + (i64(c) * N + n) * HW;
+      double acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int i = 0; i < HW; ++i) acc += double(xp[i]);
+      y[i64(n) * C + c] = static_cast<T>(acc * inv);
+    }
+  }
+}
+
+template <class T>
+void avgpool_backward(int N, int C, int HW, const T* dy, T* dx) {
+  SQ_ASSERT(HW > 0, "avgpool over an empty plane");
+  const T inv = T(1) / T(HW);
+#pragma omp parallel for collapse(2) schedule(static) if (i64(N) * C * HW > kParallelMin)
+  for (int c = 0; c < C; ++c) {
+    for (int n = 0; n < N; ++n) {
+      T* dxp = dx + (i64(c) * N + n) * HW;
+      const T v = dy[i64(n) * C + c] * inv;
+      std::fill(dxp, dxp + HW, v);
+    }
+  }
+}
+
+#define SQ_INSTANTIATE(T)                                                      \
+  template void maxpool_forward<T>(const PoolGeom&, const T*, T*);             \
+  template void maxpool_backward<T>(const PoolGeom&, const T*, const T*, T*);  \
+  template void avgpool_forward<T>(int, int, int, const T*, T*);               \
+  template void avgpool_backward<T>(int, int, int, const T*, T*);
+SQ_INSTANTIATE(float)
+SQ_INSTANTIATE(double)
+#undef SQ_INSTANTIATE
+
+}  // namespace sq

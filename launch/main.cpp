@@ -1,0 +1,208 @@
+// squeeze: the command line. `squeeze train` trains (single process here; under mpirun in the
+// data-parallel issue), `squeeze eval` evaluates weights on a test set, `squeeze info` prints a
+// model's layer table. Library code throws sq::Error; this file turns it into one line on
+// stderr and a non-zero exit.
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "comm/communicator.h"
+#include "core/checkpoint.h"
+#include "core/error.h"
+#include "core/model.h"
+#include "core/safetensors.h"
+#include "core/trainer.h"
+#include "launch/threads.h"
+
+namespace {
+
+using namespace sq;
+
+// Flags that shape the model, shared by train, eval and info.
+struct ModelFlags {
+  std::string model = "squeezenet1.0";
+  std::string stem = "auto";
+  std::string bypass = "none";
+  int base_e = 128, incr_e = 128, freq = 2;
+  double pct_3x3 = 0.5, sr = 0.125, dropout = 0.5;
+
+  void add(CLI::App* app) {
+    app->add_option("--model", model, "squeezenet1.0 | squeezenet1.1")->capture_default_str();
+    app->add_option("--stem", stem, "auto | imagenet | small (auto: small for inputs <= 64 px)")
+        ->capture_default_str();
+    app->add_option("--bypass", bypass, "none | simple | complex")->capture_default_str();
+    app->add_option("--base-e", base_e, "metaparameter base_e")->capture_default_str();
+    app->add_option("--incr-e", incr_e, "metaparameter incr_e")->capture_default_str();
+    app->add_option("--pct-3x3", pct_3x3, "metaparameter pct_3x3 in [0, 1]")->capture_default_str();
+    app->add_option("--freq", freq, "metaparameter freq")->capture_default_str();
+    app->add_option("--sr", sr, "squeeze ratio SR in (0, 1]")->capture_default_str();
+    app->add_option("--dropout", dropout, "dropout before conv10, in [0, 1)")->capture_default_str();
+  }
+  ModelConfig config() const {
+    ModelConfig c = preset(model);
+    c.bypass = parse_bypass(bypass);
+    c.base_e = base_e;
+    c.incr_e = incr_e;
+    c.pct_3x3 = pct_3x3;
+    c.freq = freq;
+    c.sr = sr;
+    c.dropout = dropout;
+    if (stem != "auto") c.stem = parse_stem(stem);
+    return c;
+  }
+};
+
+int run_info(const ModelFlags& mf, const std::string& input, int classes, const std::string& weights) {
+  ModelConfig c;
+  if (!weights.empty()) {
+    SafetensorsFile f = read_safetensors(weights);
+    auto it = f.metadata.find("squeeze.model");
+    if (it == f.metadata.end()) fail(weights, ": no squeeze.model metadata; pass --model flags instead");
+    c = model_config_from_json(nlohmann::json::parse(it->second));
+  } else {
+    c = mf.config();
+    int ch = 0, h = 0, w = 0;
+    char x1 = 0, x2 = 0;
+    if (std::sscanf(input.c_str(), "%d%c%d%c%d", &ch, &x1, &h, &x2, &w) != 5 || x1 != 'x' || x2 != 'x')
+      fail("--input must look like 3x224x224, got '", input, "'");
+    c.in_c = ch;
+    c.in_h = h;
+    c.in_w = w;
+    c.num_classes = classes;
+    if (mf.stem == "auto") c.stem = std::max(h, w) <= 64 ? Stem::kSmall : Stem::kImageNet;
+  }
+  Model m(c, 1);
+  std::fputs(model_table(m).c_str(), stdout);
+  return 0;
+}
+
+int run_eval(const ModelFlags& mf, const std::string& weights, const std::string& dataset,
+             const std::string& data_dir, int batch) {
+  if (batch < 1) fail("--batch-size must be at least 1, got ", batch);
+  SafetensorsFile f = read_safetensors(weights);
+  const DataFormat fmt = parse_data_format(dataset);
+  DataSplit data = load_dataset(fmt, data_dir.empty() ? default_data_dir(fmt) : data_dir);
+  ModelConfig c;
+  auto it = f.metadata.find("squeeze.model");
+  if (it != f.metadata.end()) {
+    c = model_config_from_json(nlohmann::json::parse(it->second));
+  } else {
+    c = mf.config();
+    adapt_model_to_data(c, mf.stem, data.train);
+  }
+  if (c.in_c != data.test.c || c.in_h != data.test.h || c.in_w != data.test.w ||
+      c.num_classes != data.test.num_classes)
+    fail(weights, ": model expects ", c.in_c, "x", c.in_h, "x", c.in_w, " inputs and ",
+         c.num_classes, " classes; ", data.test.name, " has ", data.test.c, "x", data.test.h, "x",
+         data.test.w, " and ", data.test.num_classes);
+  Normalization norm;
+  auto nit = f.metadata.find("squeeze.normalization");
+  if (nit != f.metadata.end()) {
+    auto j = nlohmann::json::parse(nit->second);
+    norm.mean = j.at("mean").get<std::vector<float>>();
+    norm.stddev = j.at("std").get<std::vector<float>>();
+  } else {
+    norm = compute_normalization(data.train);
+  }
+  Model m(c, batch);
+  std::vector<float> params(m.layout().total);
+  import_weights(weights, m.layout(), params.data());
+  EvalResult r = evaluate(m, params.data(), data.test, norm, batch);
+  std::printf("%s on %s: %lld samples, loss %.4f, accuracy %.4f\n", weights.c_str(),
+              data.test.name.c_str(), (long long)r.samples, r.loss, r.accuracy);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"squeeze: data-parallel SqueezeNet training (CPU reference engine)"};
+  app.require_subcommand(1);
+  int threads = 0;
+  app.add_option("--threads", threads, "CPU threads (0: all cores)");
+
+  // train
+  CLI::App* train_cmd = app.add_subcommand("train", "train a SqueezeNet (default: Fashion-MNIST)");
+  ModelFlags train_model;
+  train_model.add(train_cmd);
+  TrainConfig tc;
+  RunOptions ro;
+  std::string dataset = "fashion-mnist";
+  ro.out_dir = "runs/squeeze";
+  train_cmd->add_option("--dataset", dataset, "fashion-mnist | mnist | cifar10")->capture_default_str();
+  train_cmd->add_option("--data-dir", tc.data_dir, "directory of the data files (default: Debian's)");
+  train_cmd->add_option("--epochs", tc.epochs, "epochs")->capture_default_str();
+  train_cmd->add_option("--batch-size", tc.batch, "global batch size")->capture_default_str();
+  train_cmd->add_option("--lr", tc.schedule.lr, "base learning rate")->capture_default_str();
+  train_cmd->add_option("--schedule", tc.schedule.kind, "poly | cosine | step | constant")->capture_default_str();
+  train_cmd->add_option("--warmup-steps", tc.schedule.warmup, "linear warm-up steps")->capture_default_str();
+  train_cmd->add_option("--step-size", tc.schedule.step_size, "steps between decays (step schedule; 0: a third of the run)");
+  train_cmd->add_option("--gamma", tc.schedule.gamma, "decay factor (step schedule)")->capture_default_str();
+  train_cmd->add_option("--momentum", tc.momentum, "SGD momentum")->capture_default_str();
+  train_cmd->add_option("--weight-decay", tc.weight_decay, "L2 weight decay")->capture_default_str();
+  train_cmd->add_option("--init", tc.init, "torchvision | xavier")->capture_default_str();
+  train_cmd->add_option("--seed", tc.seed, "seed of every random draw")->capture_default_str();
+  train_cmd->add_option("--crop-pad", tc.augment.crop_pad, "random crop with this zero padding (0: off)")->capture_default_str();
+  train_cmd->add_flag("--hflip", tc.augment.hflip, "random horizontal flips");
+  train_cmd->add_option("--train-limit", tc.train_limit, "train on the first N samples only (0: all)");
+  train_cmd->add_option("--test-limit", tc.test_limit, "evaluate on the first N test samples (0: all)");
+  train_cmd->add_option("--out", ro.out_dir, "directory for metrics.jsonl, checkpoint and weights ('' : none)")->capture_default_str();
+  train_cmd->add_option("--resume", ro.resume, "continue from this checkpoint (its settings are used)");
+  train_cmd->add_option("--max-steps", ro.max_steps, "stop after this global step, with a checkpoint");
+
+  // eval
+  CLI::App* eval = app.add_subcommand("eval", "evaluate weights on a test set");
+  ModelFlags eval_model;
+  eval_model.add(eval);
+  std::string eval_weights, eval_dataset = "fashion-mnist", eval_dir;
+  int eval_batch = 256;
+  eval->add_option("--weights", eval_weights, "safetensors weights or checkpoint")->required();
+  eval->add_option("--dataset", eval_dataset, "fashion-mnist | mnist | cifar10")->capture_default_str();
+  eval->add_option("--data-dir", eval_dir, "directory of the data files");
+  eval->add_option("--batch-size", eval_batch, "batch size")->capture_default_str();
+
+  // info
+  CLI::App* info = app.add_subcommand("info", "print a model's layers, parameters and MACs");
+  ModelFlags info_model;
+  info_model.add(info);
+  std::string info_input = "3x224x224", info_weights;
+  int info_classes = 1000;
+  info->add_option("--input", info_input, "input CxHxW")->capture_default_str();
+  info->add_option("--classes", info_classes, "number of classes")->capture_default_str();
+  info->add_option("--weights", info_weights, "describe the model stored in this file instead");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+
+  try {
+    set_threads(threads);
+    if (*train_cmd) {
+      tc.data = parse_data_format(dataset);
+      tc.model = train_model.config();
+      tc.stem = train_model.stem;
+      tc.validate();
+      ro.progress = isatty(STDOUT_FILENO);
+      auto comm = make_local_communicator();
+      TrainResult r = sq::train(tc, ro, *comm);
+      if (!r.epochs.empty())
+        std::printf("final test accuracy %.4f after %lld steps\n", r.epochs.back().test_acc,
+                    (long long)r.steps);
+      return 0;
+    }
+    if (*eval) return run_eval(eval_model, eval_weights, eval_dataset, eval_dir, eval_batch);
+    if (*info) return run_info(info_model, info_input, info_classes, info_weights);
+  } catch (const sq::Error& e) {
+    std::fprintf(stderr, "squeeze: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "squeeze: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,197 @@
+// The model family against the reference facts of ../shared/DESIGN.md: parameter counts per
+// layer and in total, conv MACs, torchvision key names, the flat layout, and config validation.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <numeric>
+
+#include "core/config.h"
+#include "core/error.h"
+#include "core/model.h"
+
+using namespace sq;
+
+namespace {
+
+int64_t count_params(const ModelConfig& c) { return int64_t(Model(c, 1).layout().total); }
+
+std::map<std::string, int64_t> per_layer(const Model& m) {
+  std::map<std::string, int64_t> out;
+  for (const Layer& l : m.layers()) out[l.name] = l.params;
+  return out;
+}
+
+}  // namespace
+
+TEST(Model, SqueezeNet10ParameterCountsPerLayer) {
+  Model m(preset("squeezenet1.0"), 1);
+  auto p = per_layer(m);
+  EXPECT_EQ(p["conv1"], 14208);
+  EXPECT_EQ(p["fire2"], 11920);
+  EXPECT_EQ(p["fire3"], 12432);
+  EXPECT_EQ(p["fire4"], 45344);
+  EXPECT_EQ(p["fire5"], 49440);
+  EXPECT_EQ(p["fire6"], 104880);
+  EXPECT_EQ(p["fire7"], 111024);
+  EXPECT_EQ(p["fire8"], 188992);
+  EXPECT_EQ(p["fire9"], 197184);
+  EXPECT_EQ(p["conv10"], 513000);
+  EXPECT_EQ(m.layout().total, 1248424u);
+}
+
+TEST(Model, SqueezeNet10Shapes) {
+  Model m(preset("squeezenet1.0"), 1);
+  std::map<std::string, std::string> shape;
+  for (const Layer& l : m.layers()) {
+    const ActShape& a = m.acts()[l.out];
+    shape[l.name] = str(a.c, "x", a.h, "x", a.w);
+  }
+  EXPECT_EQ(shape["conv1"], "96x109x109");
+  EXPECT_EQ(shape["pool1"], "96x54x54");
+  EXPECT_EQ(shape["fire4"], "256x54x54");
+  EXPECT_EQ(shape["pool2"], "256x27x27");
+  EXPECT_EQ(shape["fire8"], "512x27x27");
+  EXPECT_EQ(shape["pool3"], "512x13x13");
+  EXPECT_EQ(shape["fire9"], "512x13x13");
+  EXPECT_EQ(shape["conv10"], "1000x13x13");
+}
+
+TEST(Model, TotalsAndMacs) {
+  EXPECT_EQ(count_params(preset("squeezenet1.1")), 1235496);
+  EXPECT_EQ(total_macs(Model(preset("squeezenet1.0"), 1)), 818924576);
+  EXPECT_EQ(total_macs(Model(preset("squeezenet1.1"), 1)), 349151936);
+}
+
+TEST(Model, MetaparameterSweep) {
+  ModelConfig c = preset("squeezenet1.0");
+  const std::pair<double, int64_t> sr_counts[] = {
+      {0.25, 1967080}, {0.5, 3404392}, {0.75, 4841704}, {1.0, 6279016}};
+  for (auto [sr, expected] : sr_counts) {
+    c.sr = sr;
+    EXPECT_EQ(count_params(c), expected) << "SR " << sr;
+  }
+  c.sr = 0.5;
+  c.pct_3x3 = 0.25;
+  EXPECT_EQ(count_params(c), 2421352);
+}
+
+TEST(Model, FireChannelsFollowTheFormula) {
+  ModelConfig c = preset("squeezenet1.0");
+  c.base_e = 64;
+  c.incr_e = 32;
+  c.freq = 3;
+  c.pct_3x3 = 0.75;
+  c.sr = 0.25;
+  auto f = fire_channels(c);
+  ASSERT_EQ(f.size(), 8u);
+  for (int i = 0; i < 8; ++i) {
+    int e = 64 + 32 * (i / 3);
+    EXPECT_EQ(f[i].e3, int(std::lround(0.75 * e)));
+    EXPECT_EQ(f[i].e1 + f[i].e3, e);
+    EXPECT_EQ(f[i].s, int(std::lround(0.25 * e)));
+  }
+}
+
+TEST(Model, BypassVariants) {
+  ModelConfig c = preset("squeezenet1.0");
+  c.bypass = Bypass::kSimple;
+  EXPECT_EQ(count_params(c), 1248424);
+  c.bypass = Bypass::kComplex;
+  EXPECT_EQ(count_params(c), 1589672);
+  Model m(c, 1);
+  EXPECT_NE(m.layout().find("features.3.bypass.weight"), nullptr);   // fire2
+  EXPECT_EQ(m.layout().find("features.4.bypass.weight"), nullptr);   // fire3: identity
+}
+
+TEST(Model, TorchvisionKeysInForwardOrderAndContiguous) {
+  Model m(preset("squeezenet1.0"), 1);
+  const auto& t = m.layout().tensors;
+  ASSERT_EQ(t.size(), 52u);  // conv1, 8 fires x 3 convs, conv10: 26 convs x (weight, bias)
+  EXPECT_EQ(t.front().name, "features.0.weight");
+  EXPECT_EQ(t[2].name, "features.3.squeeze.weight");
+  EXPECT_EQ(t[4].name, "features.3.expand1x1.weight");
+  EXPECT_EQ(t[6].name, "features.3.expand3x3.weight");
+  EXPECT_EQ(t.back().name, "classifier.1.bias");
+  EXPECT_NE(m.layout().find("features.12.expand3x3.weight"), nullptr);  // fire9 in 1.0
+  size_t off = 0;
+  for (const auto& p : t) {
+    EXPECT_EQ(p.offset, off) << p.name;
+    off += p.count;
+  }
+  EXPECT_EQ(off, m.layout().total);
+  Model m11(preset("squeezenet1.1"), 1);
+  EXPECT_NE(m11.layout().find("features.12.squeeze.weight"), nullptr);
+  EXPECT_EQ(m11.layout().find("features.3.squeeze.weight")->shape,
+            (std::vector<int64_t>{16, 64, 1, 1}));
+}
+
+TEST(Model, SmallStemFitsFashionMnist) {
+  ModelConfig c = preset("squeezenet1.0");
+  c.stem = Stem::kSmall;
+  c.in_c = 1;
+  c.in_h = c.in_w = 28;
+  c.num_classes = 10;
+  Model m(c, 2);
+  const ActShape& out = m.acts()[m.layers().back().out];
+  EXPECT_EQ(out.c, 10);
+  EXPECT_EQ(m.acts()[m.layers()[0].out].h, 28);  // 3x3 stride 1 pad 1 keeps the size
+  EXPECT_EQ(m.layout().find("features.0.weight")->shape, (std::vector<int64_t>{96, 1, 3, 3}));
+}
+
+TEST(Model, BadConfigsAreRefusedWithTheirName) {
+  auto expect_error = [](ModelConfig c, const std::string& word) {
+    try {
+      Model m(c, 1);
+      FAIL() << "accepted a bad config; expected an error mentioning " << word;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(word), std::string::npos) << e.what();
+    }
+  };
+  ModelConfig c = preset("squeezenet1.0");
+  c.sr = 0.0;
+  expect_error(c, "--sr");
+  c = preset("squeezenet1.0");
+  c.sr = 1.5;
+  expect_error(c, "--sr");
+  c = preset("squeezenet1.0");
+  c.pct_3x3 = -0.1;
+  expect_error(c, "--pct-3x3");
+  c = preset("squeezenet1.0");
+  c.pct_3x3 = 1.01;
+  expect_error(c, "--pct-3x3");
+  c = preset("squeezenet1.0");
+  c.in_h = c.in_w = 8;  // too small for the ImageNet stem
+  expect_error(c, "too small");
+  c = preset("squeezenet1.0");
+  c.num_classes = 0;
+  expect_error(c, "classes");
+  EXPECT_THROW(preset("squeezenet2.0"), Error);
+  EXPECT_THROW(Model(preset("squeezenet1.0"), 0), Error);
+}
+
+TEST(Model, InitSchemesHaveTheirScales) {
+  Model m(preset("squeezenet1.0"), 1);
+  std::vector<float> p(m.layout().total);
+  for (const char* scheme : {"torchvision", "xavier"}) {
+    m.init_params(p.data(), scheme, 7);
+    const ParamSpec* w = m.layout().find("features.5.expand3x3.weight");  // fan_in 32*9
+    double bound = std::string(scheme) == "torchvision" ? std::sqrt(6.0 / 288) : std::sqrt(3.0 / 288);
+    double sumsq = 0;
+    float maxabs = 0;
+    for (size_t i = 0; i < w->count; ++i) {
+      sumsq += double(p[w->offset + i]) * p[w->offset + i];
+      maxabs = std::max(maxabs, std::abs(p[w->offset + i]));
+    }
+    EXPECT_LE(maxabs, bound);
+    EXPECT_GT(maxabs, 0.95 * bound);
+    EXPECT_NEAR(std::sqrt(sumsq / w->count), bound / std::sqrt(3.0), 0.02 * bound) << scheme;
+    const ParamSpec* c10 = m.layout().find("classifier.1.weight");
+    double s2 = 0;
+    for (size_t i = 0; i < c10->count; ++i) s2 += double(p[c10->offset + i]) * p[c10->offset + i];
+    EXPECT_NEAR(std::sqrt(s2 / c10->count), 0.01, 0.0005);
+    const ParamSpec* b = m.layout().find("features.5.expand3x3.bias");
+    for (size_t i = 0; i < b->count; ++i) EXPECT_EQ(p[b->offset + i], 0.0f);
+  }
+  EXPECT_THROW(m.init_params(p.data(), "he", 1), Error);
+}

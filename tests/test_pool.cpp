@@ -1,0 +1,171 @@
+// Tests of max pooling (PyTorch's ceil_mode shapes, values, first-maximum routing) and global
+// average pooling.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kernels/ops.h"
+#include "tests/ops_testing.h"
+
+namespace sq {
+namespace {
+
+using testing_ops::check_grad;
+using testing_ops::expect_close;
+using testing_ops::random_vec;
+
+PoolGeom pool_geom(int N, int C, int H, int W, int k, int stride, int pad, bool ceil_mode = true) {
+  PoolGeom g;
+  g.N = N, g.C = C, g.H = H, g.W = W, g.k = k, g.stride = stride, g.pad = pad;
+  g.ceil_mode = ceil_mode;
+  return g;
+}
+
+TEST(MaxPool, OutputShapesFollowPyTorchCeilMode) {
+  // 3x3/2 ceil mode, the sizes of SqueezeNet v1.0 and v1.1 and a few more.
+  const int cases[][2] = {{109, 54}, {111, 55}, {55, 27}, {54, 27}, {56, 28},
+                          {27, 13},  {13, 6},   {7, 3},   {4, 2},   {3, 1}};
+  for (auto& c : cases) {
+    const PoolGeom g = pool_geom(1, 1, c[0], c[0], 3, 2, 0);
+    EXPECT_EQ(g.P(), c[1]) << "H=" << c[0];
+    EXPECT_EQ(g.Q(), c[1]) << "W=" << c[0];
+  }
+  const PoolGeom rect = pool_geom(1, 1, 54, 13, 3, 2, 0);
+  EXPECT_EQ(rect.P(), 27);
+  EXPECT_EQ(rect.Q(), 6);
+  EXPECT_EQ(pool_geom(1, 1, 54, 54, 3, 2, 0, false).P(), 26);  // floor mode
+  EXPECT_EQ(pool_geom(1, 1, 55, 55, 3, 2, 0, false).P(), 27);
+  // Padded, the last-window drop rule triggers: H=5, k2/2 pad 1: ceil(5/2)+1 = 4, but the
+  // 4th window would start at 3*2-1 = 5, in the right padding (3*2 >= 5+1): dropped -> 3.
+  EXPECT_EQ(pool_geom(1, 1, 5, 5, 2, 2, 1).P(), 3);
+  EXPECT_EQ(pool_geom(1, 1, 5, 5, 2, 2, 1, false).P(), 3);
+  // H=3, k2/2 pad 1: ceil(3/2)+1 = 3, 3rd window starts at 3 (padding): dropped -> 2.
+  EXPECT_EQ(pool_geom(1, 1, 3, 3, 2, 2, 1).P(), 2);
+  // H=1, k4/3 pad 2: ceil(1/3)+1 = 2, 2nd window starts at 1 (padding): dropped -> 1.
+  EXPECT_EQ(pool_geom(1, 1, 1, 1, 4, 3, 2).P(), 1);
+  // Padded without the drop: H=6, k3/2 pad 1: ceil(5/2)+1 = 4, last window starts at 5 < 6.
+  EXPECT_EQ(pool_geom(1, 1, 6, 6, 3, 2, 1).P(), 4);
+  EXPECT_EQ(pool_geom(1, 1, 6, 6, 3, 2, 1, false).P(), 3);
+  EXPECT_EQ(pool_geom(1, 1, 7, 7, 3, 3, 1).P(), 3);  // ceil(6/3)+1 = 3, starts at 5
+  EXPECT_EQ(pool_geom(1, 1, 2, 2, 2, 2, 1).P(), 2);  // ceil(2/2)+1 = 2, starts at 1
+}
+
+// Naive max over the clipped window.
+template <class T>
+std::vector<T> naive_maxpool(const PoolGeom& g, const std::vector<T>& x) {
+  const int P = g.P(), Q = g.Q();
+  std::vector<T> y(size_t(g.C) * g.N * P * Q);
+  for (int c = 0; c < g.C; ++c)
+    for (int n = 0; n < g.N; ++n)
+      for (int p = 0; p < P; ++p)
+        for (int q = 0; q < Q; ++q) {
+          T m = -std::numeric_limits<T>::infinity();
+          for (int i = 0; i < g.k; ++i)
+            for (int j = 0; j < g.k; ++j) {
+              const int h = p * g.stride - g.pad + i, w = q * g.stride - g.pad + j;
+              if (h >= 0 && h < g.H && w >= 0 && w < g.W)
+                m = std::max(m, x[((size_t(c) * g.N + n) * g.H + h) * g.W + w]);
+            }
+          y[((size_t(c) * g.N + n) * P + p) * Q + q] = m;
+        }
+  return y;
+}
+
+std::vector<PoolGeom> pool_cases() {
+  return {pool_geom(2, 3, 13, 13, 3, 2, 0), pool_geom(3, 2, 54, 11, 3, 2, 0),
+          pool_geom(1, 2, 5, 6, 2, 2, 1),   pool_geom(2, 2, 6, 7, 3, 2, 1),
+          pool_geom(2, 3, 9, 8, 3, 2, 1, false), pool_geom(1, 1, 7, 7, 3, 3, 1)};
+}
+
+TEST(MaxPool, ForwardMatchesNaive) {
+  uint64_t seed = 800;
+  for (const PoolGeom& g : pool_cases()) {
+    const auto x = random_vec<float>(size_t(g.C) * g.N * g.H * g.W, seed++);
+    std::vector<float> y(size_t(g.C) * g.N * g.P() * g.Q(), 7.f);
+    maxpool_forward<float>(g, x.data(), y.data());
+    expect_close(y, naive_maxpool(g, x), 0.0, "maxpool");
+  }
+}
+
+TEST(MaxPool, BackwardFiniteDifferencesDouble) {
+  uint64_t seed = 900;
+  for (const PoolGeom& g : pool_cases()) {
+    auto x = random_vec<double>(size_t(g.C) * g.N * g.H * g.W, seed++);
+    const size_t ny = size_t(g.C) * g.N * g.P() * g.Q();
+    const auto r = random_vec<double>(ny, seed++);
+    std::vector<double> y(ny), dx(x.size(), 3.0);
+    auto loss = [&]() {
+      maxpool_forward<double>(g, x.data(), y.data());
+      double L = 0;
+      for (size_t i = 0; i < ny; ++i) L += r[i] * y[i];
+      return L;
+    };
+    maxpool_backward<double>(g, x.data(), r.data(), dx.data());
+    check_grad("maxpool dx", x, dx, loss);
+  }
+}
+
+TEST(MaxPool, TiesRouteToFirstMaximum) {
+  // All-equal planes: each window's gradient goes to its first (top-left, clipped) element.
+  const PoolGeom g = pool_geom(2, 2, 7, 6, 3, 2, 1);
+  const int P = g.P(), Q = g.Q();
+  std::vector<float> x(size_t(g.C) * g.N * g.H * g.W, 0.5f);
+  const auto dy = random_vec<float>(size_t(g.C) * g.N * P * Q, 950);
+  std::vector<float> dx(x.size(), 1.f), ref(x.size(), 0.f);
+  for (int plane = 0; plane < g.C * g.N; ++plane)
+    for (int p = 0; p < P; ++p)
+      for (int q = 0; q < Q; ++q) {
+        const int h = std::max(p * g.stride - g.pad, 0), w = std::max(q * g.stride - g.pad, 0);
+        ref[(size_t(plane) * g.H + h) * g.W + w] += dy[(size_t(plane) * P + p) * Q + q];
+      }
+  maxpool_backward<float>(g, x.data(), dy.data(), dx.data());
+  expect_close(dx, ref, 1e-6, "tied maxpool dx");
+  // A tie inside one window between a later and an earlier element: the earlier one wins.
+  const PoolGeom g1 = pool_geom(1, 1, 3, 3, 3, 2, 0);
+  const std::vector<float> x1 = {0, 2, 1, 2, 0, 2, 1, 1, 2};
+  const std::vector<float> dy1 = {5.f};
+  std::vector<float> dx1(9, -1.f);
+  maxpool_backward<float>(g1, x1.data(), dy1.data(), dx1.data());
+  EXPECT_EQ(dx1, (std::vector<float>{0, 5, 0, 0, 0, 0, 0, 0, 0}));
+}
+
+TEST(AvgPool, ForwardNaiveAndBackwardFiniteDifferences) {
+  const int N = 3, C = 5, HW = 13;
+  auto x = random_vec<double>(size_t(C) * N * HW, 960);
+  std::vector<double> y(size_t(N) * C);
+  avgpool_forward<double>(N, C, HW, x.data(), y.data());
+  for (int n = 0; n < N; ++n)
+    for (int c = 0; c < C; ++c) {
+      double s = 0;
+      for (int i = 0; i < HW; ++i) s += x[(size_t(c) * N + n) * HW + i];
+      EXPECT_NEAR(y[size_t(n) * C + c], s / HW, 1e-14);  // batch-major output
+    }
+  const auto r = random_vec<double>(y.size(), 961);
+  std::vector<double> dx(x.size(), 2.0);
+  avgpool_backward<double>(N, C, HW, r.data(), dx.data());
+  auto loss = [&]() {
+    avgpool_forward<double>(N, C, HW, x.data(), y.data());
+    double L = 0;
+    for (size_t i = 0; i < y.size(); ++i) L += r[i] * y[i];
+    return L;
+  };
+  check_grad("avgpool dx", x, dx, loss, 1e-6, 1e-6, 600);
+}
+
+TEST(AvgPool, FloatLargeThreaded) {
+  const int N = 16, C = 1000, HW = 169;
+  const auto x = random_vec<float>(size_t(C) * N * HW, 970);
+  std::vector<float> y(size_t(N) * C);
+  avgpool_forward<float>(N, C, HW, x.data(), y.data());
+  for (int n = 0; n < N; n += 5)
+    for (int c = 0; c < C; c += 37) {
+      double s = 0;
+      for (int i = 0; i < HW; ++i) s += x[(size_t(c) * N + n) * HW + i];
+      EXPECT_NEAR(y[size_t(n) * C + c], s / HW, 1e-6);
+    }
+}
+
+}  // namespace
+}  // namespace sq
