@@ -61,6 +61,32 @@ inline i64 argmax(const PoolGeom& g, const T* plane, const Window& win, T& best)
   return idx;
 }
 
+// The common case, a 3x3 window wholly inside the input: unrolled and branch-free, with the same
+// semantics as argmax() (first maximum in row-major order; the first NaN wins).
+template <class T>
+inline i64 argmax3x3(const T* plane, i64 W, i64 off, T& best) {
+  i64 idx = off;
+  T m = plane[off];
+  const i64 offs[8] = {1, 2, W, W + 1, W + 2, 2 * W, 2 * W + 1, 2 * W + 2};
+  for (int j = 0; j < 8; ++j) {
+    const T v = plane[off + offs[j]];
+    const bool take = (v > m) | ((v != v) & (m == m));
+    m = take ? v : m;
+    idx = take ? off + offs[j] : idx;
+  }
+  best = m;
+  return idx;
+}
+
+// argmax of output (p, q), taking the unrolled path when the window is a whole 3x3 inside.
+template <class T>
+inline i64 window_argmax(const PoolGeom& g, const T* plane, int p, int q, T& best) {
+  const int hs = p * g.stride - g.pad, ws = q * g.stride - g.pad;
+  if (g.k == 3 && hs >= 0 && ws >= 0 && hs + 3 <= g.H && ws + 3 <= g.W)
+    return argmax3x3(plane, g.W, i64(hs) * g.W + ws, best);
+  return argmax(g, plane, window(g, p, q), best);
+}
+
 }  // namespace
 
 int PoolGeom::P() const { return pool_out(H, k, stride, pad, ceil_mode); }
@@ -81,7 +107,7 @@ void maxpool_forward(const PoolGeom& g, const T* x, T* y) {
       for (int p = 0; p < P; ++p) {
         for (int q = 0; q < Q; ++q) {
           T best;
-          argmax(g, xp, window(g, p, q), best);
+          window_argmax(g, xp, p, q, best);
           yp[i64(p) * Q + q] = best;
         }
       }
@@ -106,7 +132,7 @@ void maxpool_backward(const PoolGeom& g, const T* x, const T* dy, T* dx) {
       for (int p = 0; p < P; ++p) {
         for (int q = 0; q < Q; ++q) {
           T best;
-          dxp[argmax(g, xp, window(g, p, q), best)] += dyp[i64(p) * Q + q];
+          dxp[window_argmax(g, xp, p, q, best)] += dyp[i64(p) * Q + q];
         }
       }
     }
