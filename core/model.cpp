@@ -24,13 +24,15 @@ bool pool_after_fire(Arch a, int i) {
 
 }  // namespace
 
-Model::Model(const ModelConfig& cfg, int max_batch) : cfg_(cfg), max_batch_(max_batch) {
+template <class T>
+BasicModel<T>::BasicModel(const ModelConfig& cfg, int max_batch) : cfg_(cfg), max_batch_(max_batch) {
   cfg_.validate();
   if (max_batch < 1) fail("batch size must be at least 1, got ", max_batch);
   plan();
 }
 
-void Model::plan() {
+template <class T>
+void BasicModel<T>::plan() {
   const ModelConfig& c = cfg_;
   acts_.push_back({c.in_c, c.in_h, c.in_w});  // act 0: the input
   int cur = 0;
@@ -180,45 +182,48 @@ void Model::plan() {
       }
     }
   }
-  arena_.assign(total, 0.0f);
-  grad_a_.assign(largest, 0.0f);
-  grad_b_.assign(largest, 0.0f);
-  ws_.assign(std::max<size_t>(ws, 1), 0.0f);
+  arena_.assign(total, T(0));
+  grad_a_.assign(largest, T(0));
+  grad_b_.assign(largest, T(0));
+  ws_.assign(std::max<size_t>(ws, 1), T(0));
 }
 
-size_t Model::arena_bytes() const {
-  return (arena_.size() + grad_a_.size() + grad_b_.size() + ws_.size()) * sizeof(float);
+template <class T>
+size_t BasicModel<T>::arena_bytes() const {
+  return (arena_.size() + grad_a_.size() + grad_b_.size() + ws_.size()) * sizeof(T);
 }
 
-void Model::init_params(float* params, const std::string& scheme, uint64_t seed) const {
+template <class T>
+void BasicModel<T>::init_params(T* params, const std::string& scheme, uint64_t seed) const {
   if (scheme != "torchvision" && scheme != "xavier")
     fail("unknown init '", scheme, "' (known: torchvision, xavier)");
   for (size_t t = 0; t < layout_.tensors.size(); ++t) {
     const ParamSpec& p = layout_.tensors[t];
-    float* w = params + p.offset;
+    T* w = params + p.offset;
     if (p.shape.size() == 1) {  // bias
-      std::fill(w, w + p.count, 0.0f);
+      std::fill(w, w + p.count, T(0));
       continue;
     }
     SplitMix rng(sample_key(seed, RngStream::kInit, 0, t));
     if (p.name == "classifier.1.weight") {  // conv10 ~ N(0, 0.01), as both references do
-      for (size_t i = 0; i < p.count; ++i) w[i] = float(0.01 * rng.normal());
+      for (size_t i = 0; i < p.count; ++i) w[i] = T(0.01 * rng.normal());
       continue;
     }
     const double fan_in = double(p.count) / double(p.shape[0]);
     // kaiming_uniform_ (a=0): bound = sqrt(2) * sqrt(3 / fan_in); Caffe xavier: sqrt(3 / fan_in).
     const double bound = scheme == "torchvision" ? std::sqrt(6.0 / fan_in) : std::sqrt(3.0 / fan_in);
-    for (size_t i = 0; i < p.count; ++i) w[i] = float((2.0 * rng.uniform() - 1.0) * bound);
+    for (size_t i = 0; i < p.count; ++i) w[i] = T((2.0 * rng.uniform() - 1.0) * bound);
   }
 }
 
-const float* Model::forward(const float* params, const float* input, int N, bool train,
+template <class T>
+const T* BasicModel<T>::forward(const T* params, const T* input, int N, bool train,
                             const uint64_t* dropout_keys) {
   SQ_ASSERT(N >= 1 && N <= max_batch_, "batch ", N, " outside [1, ", max_batch_, "]");
   n_ = N;
-  std::memcpy(act(0), input, sizeof(float) * size_t(acts_[0].per_sample()) * N);
-  const float* P = params;
-  float* ws = ws_.data();
+  std::memcpy(act(0), input, sizeof(T) * size_t(acts_[0].per_sample()) * N);
+  const T* P = params;
+  T* ws = ws_.data();
   for (const Layer& l : layers_) {
     const ActShape& ain = acts_[l.in];
     const size_t n_in = size_t(ain.per_sample()) * N;
@@ -238,11 +243,11 @@ const float* Model::forward(const float* params, const float* input, int N, bool
       case LayerKind::kFire: {
         FireGeom f = l.fire;
         f.N = N;
-        FireParams<const float> fp{P + l.ws, P + l.bs, P + l.w1, P + l.b1, P + l.w3, P + l.b3};
-        float* y = l.bypass == Bypass::kNone ? act(l.out) : act(l.fire_act);
+        FireParams<const T> fp{P + l.ws, P + l.bs, P + l.w1, P + l.b1, P + l.w3, P + l.b3};
+        T* y = l.bypass == Bypass::kNone ? act(l.out) : act(l.fire_act);
         fire_forward(f, act(l.in), fp, act(l.squeeze_act), y, ws);
         if (l.bypass == Bypass::kSimple) {
-          std::memcpy(act(l.out), act(l.in), sizeof(float) * n_in);
+          std::memcpy(act(l.out), act(l.in), sizeof(T) * n_in);
           add_inplace(act(l.out), y, n_in);
         } else if (l.bypass == Bypass::kComplex) {
           ConvGeom g = l.bypass_conv;
@@ -254,10 +259,10 @@ const float* Model::forward(const float* params, const float* input, int N, bool
       }
       case LayerKind::kDropout:
         if (train && cfg_.dropout > 0.0)
-          dropout_forward(N, ain.c, ain.h * ain.w, float(cfg_.dropout), dropout_keys, act(l.in),
+          dropout_forward(N, ain.c, ain.h * ain.w, T(cfg_.dropout), dropout_keys, act(l.in),
                           act(l.out));
         else
-          std::memcpy(act(l.out), act(l.in), sizeof(float) * n_in);
+          std::memcpy(act(l.out), act(l.in), sizeof(T) * n_in);
         break;
       case LayerKind::kAvgPool:
         avgpool_forward(N, ain.c, ain.h * ain.w, act(l.in), act(l.out));
@@ -267,15 +272,16 @@ const float* Model::forward(const float* params, const float* input, int N, bool
   return act(layers_.back().out);
 }
 
-void Model::backward(const float* params, const float* dlogits, float* grads, int N,
+template <class T>
+void BasicModel<T>::backward(const T* params, const T* dlogits, T* grads, int N,
                      const uint64_t* dropout_keys, const std::function<void(size_t)>& on_ready) {
   SQ_ASSERT(N == n_, "backward batch ", N, " differs from the forward's ", n_);
-  const float* P = params;
-  float* G = grads;
-  float* ws = ws_.data();
-  float* dcur = grad_a_.data();   // gradient w.r.t. the current layer's output
-  float* dprev = grad_b_.data();  // gradient w.r.t. its input
-  std::memcpy(dcur, dlogits, sizeof(float) * size_t(cfg_.num_classes) * N);
+  const T* P = params;
+  T* G = grads;
+  T* ws = ws_.data();
+  T* dcur = grad_a_.data();   // gradient w.r.t. the current layer's output
+  T* dprev = grad_b_.data();  // gradient w.r.t. its input
+  std::memcpy(dcur, dlogits, sizeof(T) * size_t(cfg_.num_classes) * N);
   for (size_t li = layers_.size(); li-- > 0;) {
     const Layer& l = layers_[li];
     const ActShape& ain = acts_[l.in];
@@ -295,9 +301,9 @@ void Model::backward(const float* params, const float* dlogits, float* grads, in
       }
       case LayerKind::kDropout:
         if (cfg_.dropout > 0.0)
-          dropout_backward(N, ain.c, ain.h * ain.w, float(cfg_.dropout), dropout_keys, dcur, dprev);
+          dropout_backward(N, ain.c, ain.h * ain.w, T(cfg_.dropout), dropout_keys, dcur, dprev);
         else
-          std::memcpy(dprev, dcur, sizeof(float) * n_in);
+          std::memcpy(dprev, dcur, sizeof(T) * n_in);
         break;
       case LayerKind::kMaxPool: {
         PoolGeom g = l.pool;
@@ -308,9 +314,9 @@ void Model::backward(const float* params, const float* dlogits, float* grads, in
       case LayerKind::kFire: {
         FireGeom f = l.fire;
         f.N = N;
-        FireParams<const float> fp{P + l.ws, P + l.bs, P + l.w1, P + l.b1, P + l.w3, P + l.b3};
-        FireParams<float> fg{G + l.ws, G + l.bs, G + l.w1, G + l.b1, G + l.w3, G + l.b3};
-        const float* y = l.bypass == Bypass::kNone ? act(l.out) : act(l.fire_act);
+        FireParams<const T> fp{P + l.ws, P + l.bs, P + l.w1, P + l.b1, P + l.w3, P + l.b3};
+        FireParams<T> fg{G + l.ws, G + l.bs, G + l.w1, G + l.b1, G + l.w3, G + l.b3};
+        const T* y = l.bypass == Bypass::kNone ? act(l.out) : act(l.fire_act);
         // With a bypass, d(out) flows unchanged both into the Fire module and into the bypass.
         fire_backward(f, act(l.in), fp, act(l.squeeze_act), y, dcur, fg, dprev, false, ws);
         if (l.bypass == Bypass::kSimple) {
@@ -328,13 +334,15 @@ void Model::backward(const float* params, const float* dlogits, float* grads, in
   }
 }
 
-int64_t total_macs(const Model& m) {
+template <class T>
+int64_t total_macs(const BasicModel<T>& m) {
   int64_t t = 0;
   for (const Layer& l : m.layers()) t += l.macs;
   return t;
 }
 
-std::string model_table(const Model& m) {
+template <class T>
+std::string model_table(const BasicModel<T>& m) {
   std::ostringstream os;
   const ModelConfig& c = m.config();
   os << arch_name(c.arch) << "  stem " << stem_name(c.stem) << "  bypass " << bypass_name(c.bypass)
@@ -383,5 +391,12 @@ std::string model_table(const Model& m) {
      << params * 4.0 / 1e6 << " MB fp32); multiply-accumulates per image: " << macs << "\n";
   return os.str();
 }
+
+template class BasicModel<float>;
+template class BasicModel<double>;
+template std::string model_table(const BasicModel<float>&);
+template std::string model_table(const BasicModel<double>&);
+template int64_t total_macs(const BasicModel<float>&);
+template int64_t total_macs(const BasicModel<double>&);
 
 }  // namespace sq

@@ -45,10 +45,12 @@ struct ActShape {
   int64_t per_sample() const { return int64_t(c) * h * w; }
 };
 
-class Model {
+// T = float trains; T = double is the reference precision of the tests (same code, same ops).
+template <class T>
+class BasicModel {
  public:
   // Plans parameters and activations for batches of up to max_batch samples.
-  Model(const ModelConfig& cfg, int max_batch);
+  BasicModel(const ModelConfig& cfg, int max_batch);
 
   const ModelConfig& config() const { return cfg_; }
   const ParamLayout& layout() const { return layout_; }
@@ -57,24 +59,24 @@ class Model {
   int max_batch() const { return max_batch_; }
   size_t arena_bytes() const;  // activations + gradients + workspace, bytes
 
-  // Fills params (layout().total floats). "torchvision": kaiming-uniform convs, zero biases;
+  // Fills params (layout().total values). "torchvision": kaiming-uniform convs, zero biases;
   // "xavier": Caffe's xavier filler (uniform +-sqrt(3/fan_in)), zero biases; both: conv10
   // ~ N(0, 0.01). Draws are keyed by (seed, tensor), independent of anything else.
-  void init_params(float* params, const std::string& scheme, uint64_t seed) const;
+  void init_params(T* params, const std::string& scheme, uint64_t seed) const;
 
   // input (in_c, N, in_h, in_w) channel-major. train: dropout active with per-sample keys
   // dropout_keys[N]. Returns logits (N, num_classes), valid until the next forward.
-  const float* forward(const float* params, const float* input, int N, bool train,
+  const T* forward(const T* params, const T* input, int N, bool train,
                        const uint64_t* dropout_keys);
 
   // After forward(train=true) with the same N: dlogits (N, num_classes) -> grads += dL/dparams.
   // on_ready(offset): called as soon as every gradient at flat offsets >= offset is final
   // (gradients complete back to front, so offset only decreases) — the reducer's hook.
-  void backward(const float* params, const float* dlogits, float* grads, int N,
+  void backward(const T* params, const T* dlogits, T* grads, int N,
                 const uint64_t* dropout_keys, const std::function<void(size_t)>& on_ready = {});
 
  private:
-  float* act(int id) { return arena_.data() + act_offset_[id]; }
+  T* act(int id) { return arena_.data() + act_offset_[id]; }
   void plan();
 
   ModelConfig cfg_;
@@ -83,14 +85,20 @@ class Model {
   std::vector<Layer> layers_;
   std::vector<ActShape> acts_;
   std::vector<size_t> act_offset_;  // in floats, into arena_ (sized for max_batch)
-  std::vector<float> arena_;        // all activations
-  std::vector<float> grad_a_, grad_b_;  // ping-pong activation gradients
-  std::vector<float> ws_;               // op workspace
+  std::vector<T> arena_;        // all activations
+  std::vector<T> grad_a_, grad_b_;  // ping-pong activation gradients
+  std::vector<T> ws_;               // op workspace
   int n_ = 0;                           // batch of the last forward
 };
 
+using Model = BasicModel<float>;
+extern template class BasicModel<float>;
+extern template class BasicModel<double>;
+
 // Per-layer table like the paper's Table 1 (for `squeeze info`).
-std::string model_table(const Model& m);
-int64_t total_macs(const Model& m);
+template <class T>
+std::string model_table(const BasicModel<T>& m);
+template <class T>
+int64_t total_macs(const BasicModel<T>& m);
 
 }  // namespace sq

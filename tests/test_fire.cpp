@@ -122,6 +122,25 @@ TEST(Fire, BackwardMatchesNaiveWithChunkedExpand3) {
   check_backward_vs_naive(g, 630, true);
 }
 
+// pct_3x3 = 0 or 1 gives Fire modules with only one expand branch (E3 = 0 resp. E1 = 0).
+TEST(Fire, OneEmptyExpandBranch) {
+  uint64_t seed = 640;
+  for (const FireGeom& g : {fire_geom(2, 5, 5, 4, 3, 0, 6), fire_geom(2, 5, 5, 4, 3, 6, 0)}) {
+    const Layout L(g);
+    const auto x = random_vec<float>(size_t(g.C) * g.N * g.H * g.W, seed++);
+    const auto p = random_vec<float>(L.total, seed++);
+    std::vector<float> s_ref, y_ref;
+    naive_fire_forward(g, L, x, p, s_ref, y_ref);
+    std::vector<float> s(s_ref.size(), 9.f), y(y_ref.size(), 9.f);
+    auto ws = guarded<float>(fire_workspace(g));
+    fire_forward<float>(g, x.data(), L.view<const float>(p.data()), s.data(), y.data(), ws.data());
+    expect_guard_intact(ws, fire_workspace(g));
+    expect_close(y, y_ref, 1e-5, "y");
+    check_backward_vs_naive(g, seed++, false);
+    check_backward_vs_naive(g, seed++, true);
+  }
+}
+
 TEST(Fire, FiniteDifferencesDouble) {
   const FireGeom g = fire_geom(2, 5, 5, 4, 3, 4, 4);
   const Layout L(g);
