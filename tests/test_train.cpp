@@ -137,22 +137,28 @@ INSTANTIATE_TEST_SUITE_P(Variants, ModelGradient,
                                            GradCase{Bypass::kNone, 0.0},
                                            GradCase{Bypass::kSimple, 1.0}));
 
+// A few hundred real images, several passes: the default model (squeezenet1.0 with the small
+// stem) must fit them measurably. Dropout is off and the learning rate low so that the test
+// measures the engine, not SqueezeNet's slow, seed-dependent start (docs/RESULTS.md).
 TEST(Train, ShortRunOnFashionMnistLowersTheLoss) {
   if (!have_fashion()) GTEST_SKIP() << "Fashion-MNIST not installed at " << kFashion;
-  TrainConfig c;  // squeezenet1.0 with the small stem, as `squeeze train` uses it
-  c.epochs = 3;
+  TrainConfig c;
+  c.model.dropout = 0.0;
+  c.epochs = 6;
   c.batch = 32;
-  c.schedule.lr = 0.01;
-  c.schedule.warmup = 5;
-  c.train_limit = 384;
+  c.schedule.lr = 0.005;
+  c.train_limit = 320;
   c.test_limit = 300;
   RunOptions o;
   o.quiet = true;
   auto comm = make_local_communicator();
   TrainResult r = train(c, o, *comm);
-  ASSERT_EQ(r.epochs.size(), 3u);
-  EXPECT_LT(r.epochs.back().train_loss, 0.85 * r.epochs.front().train_loss);
-  EXPECT_LT(r.epochs.back().test_loss, std::log(10.0));  // better than chance
+  ASSERT_EQ(r.epochs.size(), 6u);
+  for (const EpochMetrics& e : r.epochs)
+    std::printf("epoch %lld: train loss %.4f acc %.3f, test loss %.4f acc %.3f\n",
+                (long long)e.epoch, e.train_loss, e.train_acc, e.test_loss, e.test_acc);
+  EXPECT_LT(r.epochs.back().train_loss, 0.8 * r.epochs.front().train_loss);
+  EXPECT_LT(r.epochs.back().test_loss, 0.9 * std::log(10.0));  // clearly better than chance
   EXPECT_GT(r.epochs.back().test_acc, 0.3);
 }
 
