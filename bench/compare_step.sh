@@ -79,18 +79,32 @@ run_torch() {  # config rep
     { echo "compare_step.sh: pytorch_step.py failed for $1:" >&2; cat "$raw/torch_${1}_$2.err" >&2; exit 1; }
 }
 
+# Share of the machine's CPU time that others used during one second in which neither side runs
+# (the load average would count the benchmark's own threads).
+background_busy() {
+  local a b
+  read -r -a a < <(head -1 /proc/stat)
+  sleep 1
+  read -r -a b < <(head -1 /proc/stat)
+  local total=0 i
+  for ((i = 1; i < ${#a[@]}; i++)); do total=$((total + b[i] - a[i])); done
+  local idle=$((b[4] - a[4] + b[5] - a[5]))
+  echo $(( total > 0 ? 100 * (total - idle) / total : 0 ))
+}
+
 for c in $configs; do
   for ((r = 1; r <= reps; r++)); do
+    busy="$(background_busy)"
+    echo "$busy" >>"$raw/busy_between.txt"
     if ((r % 2 == 1)); then run_ours "$c" "$r"; run_torch "$c" "$r"
     else run_torch "$c" "$r"; run_ours "$c" "$r"; fi
-    load="$(cut -d' ' -f1 /proc/loadavg)"
-    echo "$load" >>"$raw/load_during.txt"
+    load="background ${busy}% busy"
     "$python" -c '
 import json, sys
 o = json.load(open(sys.argv[1]))["benchmarks"][0]["items_per_second"]
 t = json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])["images_per_s"]
 print(f"  {sys.argv[3]:<14} rep {sys.argv[4]}/{sys.argv[5]}: squeeze {o:9.2f} img/s   PyTorch {t:9.2f} img/s"
-      f"   ratio {o / t:5.2f}   (load {sys.argv[6]})")' \
+      f"   ratio {o / t:5.2f}   ({sys.argv[6]})")' \
       "$raw/ours_${c}_$r.json" "$raw/torch_${c}_$r.json" "$c" "$r" "$reps" "$load" >&2
   done
 done
@@ -117,7 +131,7 @@ for c in configs.split():
         "squeeze_runs": ours, "pytorch_runs": torch,
         "ratio_runs": [o / t for o, t in zip(ours, torch)],
     })
-load = [l.split() for l in open(f"{raw}/load_during.txt")]
+busy = [int(l) for l in open(f"{raw}/busy_between.txt")]
 with open(f"{raw}/pytorch_info.txt") as f:
     info_txt = f.read()
 try:
@@ -125,7 +139,7 @@ try:
 except Exception:
     info = {}
 result = {"stamp": stamp, "threads": int(threads), "batch": int(batch), "min_time_s": float(min_time),
-          "cores": os.cpu_count(), "load_avg_1min_during": [float(l[0]) for l in load],
+          "cores": os.cpu_count(), "background_cpu_busy_pct": busy,
           "pytorch": info, "results": rows}
 json_path, csv_path = f"{out}/compare_step_{stamp}.json", f"{out}/compare_step_{stamp}.csv"
 with open(json_path, "w") as f:
@@ -144,9 +158,8 @@ for r in rows:
     rr = r["ratio_runs"]
     print(f"{r['config']:<15}{r['squeeze_img_s']:>15.2f}{r['pytorch_img_s']:>15.2f}{r['ratio']:>8.2f}  "
           f"{min(rr):>6.2f}-{max(rr):<6.2f}  {'yes' if r['ratio'] >= 1.5 else 'no'}")
-print(f"load average (1 min) during the runs: {min(result['load_avg_1min_during']):.2f}-"
-      f"{max(result['load_avg_1min_during']):.2f} on {os.cpu_count()} cores"
-      + ("  [NOISY: other load on the machine]" if max(result['load_avg_1min_during']) > 0.5 * (os.cpu_count() or 1) + 0.5 else ""))
+print(f"other processes' CPU use, sampled for 1 s before each repetition: {min(busy)}-{max(busy)}% "
+      f"of {os.cpu_count()} cores" + ("  [NOISY: other load on the machine]" if max(busy) > 10 else ""))
 print(f"wrote {json_path} and {csv_path} (raw outputs in {raw})")
 EOF
 

@@ -76,7 +76,11 @@ std::vector<T> naive_maxpool(const PoolGeom& g, const std::vector<T>& x) {
 std::vector<PoolGeom> pool_cases() {
   return {pool_geom(2, 3, 13, 13, 3, 2, 0), pool_geom(3, 2, 54, 11, 3, 2, 0),
           pool_geom(1, 2, 5, 6, 2, 2, 1),   pool_geom(2, 2, 6, 7, 3, 2, 1),
-          pool_geom(2, 3, 9, 8, 3, 2, 1, false), pool_geom(1, 1, 7, 7, 3, 3, 1)};
+          pool_geom(2, 3, 9, 8, 3, 2, 1, false), pool_geom(1, 1, 7, 7, 3, 3, 1),
+          // squeezenet1.0's pool1 plane (vectorised interior, ceil-mode last column and row),
+          // stride 1 with padding, and a row wider than one 256-column piece
+          pool_geom(2, 1, 111, 111, 3, 2, 0), pool_geom(1, 2, 10, 13, 3, 1, 1),
+          pool_geom(1, 1, 3, 530, 3, 2, 1)};
 }
 
 TEST(MaxPool, ForwardMatchesNaive) {
@@ -129,6 +133,46 @@ TEST(MaxPool, TiesRouteToFirstMaximum) {
   std::vector<float> dx1(9, -1.f);
   maxpool_backward<float>(g1, x1.data(), dy1.data(), dx1.data());
   EXPECT_EQ(dx1, (std::vector<float>{0, 5, 0, 0, 0, 0, 0, 0, 0}));
+}
+
+TEST(MaxPool, NaNWinsAndRoutesToTheFirstNaN) {
+  // As PyTorch's CPU kernel: a window holding a NaN outputs NaN, and its gradient goes to the
+  // window's first NaN in row-major order; otherwise to the first maximum. Checked against a
+  // scalar reference on a squeezenet-sized plane (the vectorised path) with NaNs sprinkled in.
+  const PoolGeom g = pool_geom(1, 2, 57, 57, 3, 2, 0);
+  const int P = g.P(), Q = g.Q();
+  auto x = random_vec<float>(size_t(g.C) * g.N * g.H * g.W, 990);
+  for (size_t i = 0; i < x.size(); i += 37) x[i] = std::numeric_limits<float>::quiet_NaN();
+  const auto dy = random_vec<float>(size_t(g.C) * g.N * P * Q, 991);
+  std::vector<float> y(dy.size()), dx(x.size(), 9.f), ref_dx(x.size(), 0.f);
+  maxpool_forward<float>(g, x.data(), y.data());
+  maxpool_backward<float>(g, x.data(), dy.data(), dx.data());
+  int nan_windows = 0;
+  for (int plane = 0; plane < g.C * g.N; ++plane)
+    for (int p = 0; p < P; ++p)
+      for (int q = 0; q < Q; ++q) {
+        size_t best_i = 0;
+        float best = -std::numeric_limits<float>::infinity();
+        bool found_nan = false;
+        for (int i = 0; i < g.k && !found_nan; ++i)
+          for (int j = 0; j < g.k && !found_nan; ++j) {
+            const int h = p * g.stride + i, w = q * g.stride + j;
+            if (h >= g.H || w >= g.W) continue;
+            const size_t at = (size_t(plane) * g.H + h) * g.W + w;
+            if (std::isnan(x[at])) found_nan = true, best_i = at, best = x[at];
+            else if (x[at] > best || (i == 0 && j == 0)) best = x[at], best_i = at;
+          }
+        const size_t o = (size_t(plane) * P + p) * Q + q;
+        if (found_nan) {
+          ++nan_windows;
+          EXPECT_TRUE(std::isnan(y[o])) << "window " << plane << "," << p << "," << q;
+        } else {
+          EXPECT_EQ(y[o], best) << "window " << plane << "," << p << "," << q;
+        }
+        ref_dx[best_i] += dy[o];
+      }
+  EXPECT_GT(nan_windows, 50);
+  expect_close(dx, ref_dx, 1e-6, "maxpool dx with NaNs");
 }
 
 TEST(AvgPool, ForwardNaiveAndBackwardFiniteDifferences) {

@@ -87,6 +87,89 @@ inline i64 window_argmax(const PoolGeom& g, const T* plane, int p, int q, T& bes
   return argmax(g, plane, window(g, p, q), best);
 }
 
+// Widest output row the stack buffers of pool_row() hold; wider rows go through it in pieces.
+constexpr int kRowChunk = 256;
+
+// Columns [q_lo, q_hi) whose windows lie wholly inside the input horizontally.
+inline void interior_cols(const PoolGeom& g, int Q, int& q_lo, int& q_hi) {
+  q_lo = (g.pad + g.stride - 1) / g.stride;
+  q_hi = g.W + g.pad - g.k >= 0 ? std::min(Q, (g.W + g.pad - g.k) / g.stride + 1) : 0;
+  if (q_hi < q_lo) q_hi = q_lo = 0;
+}
+
+// Output row p, columns [qb, qe) (at most kRowChunk) of one plane: max value m[q - qb] and its
+// input offset idx[q - qb] (h*W + w), with argmax()'s semantics (first maximum in row-major
+// window order; the first NaN wins). Where the windows lie wholly inside the input (rows, and
+// columns [q_lo, q_hi)) a vectorised path runs: for each window offset (dh, dw) in row-major
+// order, one strided pass over q.
+template <class T, int S>
+void pool_row(const PoolGeom& g, const T* plane, int p, int qb, int qe, int q_lo, int q_hi,
+              T* m, int32_t* idx) {
+  const int hs = p * S - g.pad;
+  int a = std::max(qb, q_lo), b = std::min(qe, q_hi);  // the vectorised range
+  if (!(hs >= 0 && hs + g.k <= g.H) || a >= b) a = b = qe;
+  for (int q = qb; q < qe; ++q) {
+    if (q == a) q = b;
+    if (q >= qe) break;
+    T best;
+    idx[q - qb] = int32_t(argmax(g, plane, window(g, p, q), best));
+    m[q - qb] = best;
+  }
+  if (a >= b) return;
+  const int W = g.W;
+  T* __restrict mm = m - qb;
+  int32_t* __restrict ii = idx - qb;
+  {
+    const int32_t base = int32_t(i64(hs) * W - g.pad + a * S);  // >= 0: a >= q_lo
+    const T* __restrict row = plane + base;
+#pragma omp simd
+    for (int q = a; q < b; ++q) {
+      mm[q] = row[(q - a) * S];
+      ii[q] = base + (q - a) * S;
+    }
+  }
+  for (int dh = 0; dh < g.k; ++dh) {
+    for (int dw = dh == 0 ? 1 : 0; dw < g.k; ++dw) {
+      const int32_t base = int32_t(i64(hs + dh) * W - g.pad + dw + a * S);
+      const T* __restrict row = plane + base;
+#pragma omp simd
+      for (int q = a; q < b; ++q) {
+        const T v = row[(q - a) * S];
+        const T cur = mm[q];
+        const bool take = (v > cur) | ((v != v) & (cur == cur));
+        mm[q] = take ? v : cur;
+        ii[q] = take ? base + (q - a) * S : ii[q];
+      }
+    }
+  }
+}
+
+// Calls f(p, qb, n, m, idx) for every piece [qb, qb + n) of every output row of one plane, m and
+// idx holding the piece's max values and their input offsets.
+template <class T, class F>
+void for_each_row(const PoolGeom& g, const T* plane, int P, int Q, F&& f) {
+  int q_lo, q_hi;
+  interior_cols(g, Q, q_lo, q_hi);
+  T m[kRowChunk];
+  int32_t idx[kRowChunk];
+  for (int p = 0; p < P; ++p) {
+    for (int qb = 0; qb < Q; qb += kRowChunk) {
+      const int qe = std::min(Q, qb + kRowChunk);
+      if (g.stride == 2)
+        pool_row<T, 2>(g, plane, p, qb, qe, q_lo, q_hi, m, idx);
+      else if (g.stride == 1)
+        pool_row<T, 1>(g, plane, p, qb, qe, q_lo, q_hi, m, idx);
+      else
+        for (int q = qb; q < qe; ++q) {
+          T best;
+          idx[q - qb] = int32_t(window_argmax(g, plane, p, q, best));
+          m[q - qb] = best;
+        }
+      f(p, qb, qe - qb, m, idx);
+    }
+  }
+}
+
 }  // namespace
 
 int PoolGeom::P() const { return pool_out(H, k, stride, pad, ceil_mode); }
@@ -102,15 +185,11 @@ void maxpool_forward(const PoolGeom& g, const T* x, T* y) {
   for (int c = 0; c < g.C; ++c) {
     for (int n = 0; n < g.N; ++n) {
       const i64 plane = i64(c) * g.N + n;
-      const T* xp = x + plane * HW;
       T* yp = y + plane * PQ;
-      for (int p = 0; p < P; ++p) {
-        for (int q = 0; q < Q; ++q) {
-          T best;
-          window_argmax(g, xp, p, q, best);
-          yp[i64(p) * Q + q] = best;
-        }
-      }
+      for_each_row(g, x + plane * HW, P, Q,
+                   [&](int p, int qb, int cnt, const T* m, const int32_t*) {
+                     std::copy(m, m + cnt, yp + i64(p) * Q + qb);
+                   });
     }
   }
 }
@@ -125,16 +204,14 @@ void maxpool_backward(const PoolGeom& g, const T* x, const T* dy, T* dx) {
   for (int c = 0; c < g.C; ++c) {
     for (int n = 0; n < g.N; ++n) {
       const i64 plane = i64(c) * g.N + n;
-      const T* xp = x + plane * HW;
       const T* dyp = dy + plane * PQ;
       T* dxp = dx + plane * HW;
       std::fill(dxp, dxp + HW, T(0));
-      for (int p = 0; p < P; ++p) {
-        for (int q = 0; q < Q; ++q) {
-          T best;
-          dxp[window_argmax(g, xp, p, q, best)] += dyp[i64(p) * Q + q];
-        }
-      }
+      for_each_row(g, x + plane * HW, P, Q,
+                   [&](int p, int qb, int cnt, const T*, const int32_t* idx) {
+                     const T* d = dyp + i64(p) * Q + qb;
+                     for (int q = 0; q < cnt; ++q) dxp[idx[q]] += d[q];
+                   });
     }
   }
 }
