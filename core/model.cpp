@@ -195,8 +195,8 @@ size_t BasicModel<T>::arena_bytes() const {
 
 template <class T>
 void BasicModel<T>::init_params(T* params, const std::string& scheme, uint64_t seed) const {
-  if (scheme != "torchvision" && scheme != "xavier")
-    fail("unknown init '", scheme, "' (known: torchvision, xavier)");
+  if (scheme != "torchvision" && scheme != "xavier" && scheme != "lsuv")
+    fail("unknown init '", scheme, "' (known: torchvision, xavier, lsuv)");
   for (size_t t = 0; t < layout_.tensors.size(); ++t) {
     const ParamSpec& p = layout_.tensors[t];
     T* w = params + p.offset;
@@ -211,8 +211,57 @@ void BasicModel<T>::init_params(T* params, const std::string& scheme, uint64_t s
     }
     const double fan_in = double(p.count) / double(p.shape[0]);
     // kaiming_uniform_ (a=0): bound = sqrt(2) * sqrt(3 / fan_in); Caffe xavier: sqrt(3 / fan_in).
-    const double bound = scheme == "torchvision" ? std::sqrt(6.0 / fan_in) : std::sqrt(3.0 / fan_in);
+    const double bound = scheme == "xavier" ? std::sqrt(3.0 / fan_in) : std::sqrt(6.0 / fan_in);
     for (size_t i = 0; i < p.count; ++i) w[i] = T((2.0 * rng.uniform() - 1.0) * bound);
+  }
+}
+
+template <class T>
+void BasicModel<T>::lsuv_rescale(T* params, const T* input, int N, double target) {
+  SQ_ASSERT(target > 0, "lsuv target must be positive");
+  struct Unit {
+    size_t w, b;       // weight and bias offsets
+    int act;           // activation holding the unit's output
+    size_t off, len;   // its slice of that activation, per the batch (elements)
+    std::string name;
+  };
+  std::vector<Unit> units;
+  auto count_at = [&](size_t offset) {
+    for (const ParamSpec& p : layout_.tensors)
+      if (p.offset == offset) return p.count;
+    SQ_ASSERT(false, "no tensor at offset ", offset);
+    return size_t(0);
+  };
+  for (const Layer& l : layers_) {
+    if (l.kind == LayerKind::kConv) {
+      units.push_back({l.w, l.b, l.out, 0, size_t(acts_[l.out].per_sample()) * N, l.name});
+    } else if (l.kind == LayerKind::kFire) {
+      const FireGeom& f = l.fire;
+      const size_t plane = size_t(f.H) * f.W * N;
+      const int y = l.bypass == Bypass::kNone ? l.out : l.fire_act;
+      units.push_back({l.ws, l.bs, l.squeeze_act, 0, size_t(f.S) * plane, l.name + ".squeeze"});
+      if (f.E1 > 0) units.push_back({l.w1, l.b1, y, 0, size_t(f.E1) * plane, l.name + ".expand1x1"});
+      if (f.E3 > 0)
+        units.push_back({l.w3, l.b3, y, size_t(f.E1) * plane, size_t(f.E3) * plane,
+                         l.name + ".expand3x3"});
+    }
+  }
+  for (const Unit& u : units) {
+    const size_t nw = count_at(u.w), nb = count_at(u.b);
+    for (int iter = 0; iter < 4; ++iter) {
+      forward(params, input, N, false, nullptr);
+      const T* out = act(u.act) + u.off;
+      double ms = 0;
+      for (size_t i = 0; i < u.len; ++i) ms += double(out[i]) * double(out[i]);
+      ms /= double(u.len);
+      if (!(ms > 0) || !std::isfinite(ms))
+        fail("--init lsuv: ", u.name, " outputs ", ms > 0 ? "non-finite values" : "only zeros",
+             " on the initialisation batch; use --init torchvision");
+      if (std::abs(ms / target - 1.0) < 0.02) break;
+      const T scale = T(std::sqrt(target / ms));
+      for (size_t i = 0; i < nw; ++i) params[u.w + i] *= scale;
+      for (size_t i = 0; i < nb; ++i) params[u.b + i] *= scale;
+    }
   }
 }
 

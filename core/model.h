@@ -57,12 +57,20 @@ class BasicModel {
   const std::vector<Layer>& layers() const { return layers_; }
   const std::vector<ActShape>& acts() const { return acts_; }
   int max_batch() const { return max_batch_; }
+  // Activation `id` of the last forward ((C, N, H, W) channel-major, N of that forward).
+  const T* activation(int id) const { return arena_.data() + act_offset_[id]; }
   size_t arena_bytes() const;  // activations + gradients + workspace, bytes
 
   // Fills params (layout().total values). "torchvision": kaiming-uniform convs, zero biases;
   // "xavier": Caffe's xavier filler (uniform +-sqrt(3/fan_in)), zero biases; both: conv10
   // ~ N(0, 0.01). Draws are keyed by (seed, tensor), independent of anything else.
   void init_params(T* params, const std::string& scheme, uint64_t seed) const;
+
+  // Layer-sequential unit-variance rescaling (LSUV, Mishkin & Matas 2016) after init_params:
+  // in forward order, each conv's weights and biases are scaled until the mean square of its
+  // ReLU output on `input` (N samples) is `target` (0.5: a pre-activation of unit variance).
+  // Data-dependent; conv10 included, so the initial logits are O(1) instead of O(0.01).
+  void lsuv_rescale(T* params, const T* input, int N, double target = 0.5);
 
   // input (in_c, N, in_h, in_w) channel-major. train: dropout active with per-sample keys
   // dropout_keys[N]. Returns logits (N, num_classes), valid until the next forward.

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstring>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -29,6 +30,7 @@ double seconds_since(Clock::time_point t0) {
 // Running sums of one epoch's training metrics (kept in the checkpoint for exact resume).
 struct EpochSums {
   double loss = 0, correct = 0, seen = 0;
+  int64_t clipped = 0;  // steps whose gradient norm was clipped
 };
 
 std::string fmt17(double v) {
@@ -69,8 +71,10 @@ void TrainConfig::validate() const {
   if (batch > 65536) fail("--batch-size must be at most 65536, got ", batch);
   if (!(momentum >= 0.0 && momentum < 1.0)) fail("--momentum must be in [0, 1), got ", momentum);
   if (!(weight_decay >= 0.0)) fail("--weight-decay must not be negative, got ", weight_decay);
-  if (init != "torchvision" && init != "xavier")
-    fail("unknown --init '", init, "' (known: torchvision, xavier)");
+  if (!(clip_grad_norm >= 0.0 && std::isfinite(clip_grad_norm)))
+    fail("--clip-grad-norm must be a finite number >= 0 (0: off), got ", clip_grad_norm);
+  if (init != "torchvision" && init != "xavier" && init != "lsuv")
+    fail("unknown --init '", init, "' (known: torchvision, xavier, lsuv)");
   if (stem != "auto" && stem != "imagenet" && stem != "small")
     fail("unknown --stem '", stem, "' (known: auto, imagenet, small)");
   if (augment.crop_pad < 0 || augment.crop_pad > 64)
@@ -95,6 +99,7 @@ nlohmann::json to_json(const TrainConfig& c) {
                         {"gamma", c.schedule.gamma}}},
           {"momentum", c.momentum},
           {"weight_decay", c.weight_decay},
+          {"clip_grad_norm", c.clip_grad_norm},
           {"init", c.init},
           {"seed", c.seed},
           {"crop_pad", c.augment.crop_pad},
@@ -120,6 +125,7 @@ TrainConfig train_config_from_json(const nlohmann::json& j) {
     c.schedule.gamma = s.at("gamma").get<double>();
     c.momentum = j.at("momentum").get<double>();
     c.weight_decay = j.at("weight_decay").get<double>();
+    c.clip_grad_norm = j.at("clip_grad_norm").get<double>();
     c.init = j.at("init").get<std::string>();
     c.seed = j.at("seed").get<uint64_t>();
     c.augment.crop_pad = j.at("crop_pad").get<int>();
@@ -223,9 +229,19 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     sums.loss = parse_double(resume_meta, "squeeze.epoch_loss_sum", opt.resume);
     sums.correct = parse_double(resume_meta, "squeeze.epoch_correct", opt.resume);
     sums.seen = parse_double(resume_meta, "squeeze.epoch_seen", opt.resume);
+    sums.clipped = int64_t(parse_double(resume_meta, "squeeze.epoch_clipped", opt.resume));
     if (step < 0 || step > total_steps) fail(opt.resume, ": step ", step, " outside the run");
   } else {
     model.init_params(params.data(), cfg.init, cfg.seed);
+    if (cfg.init == "lsuv") {
+      // Rescaled on the first batch of epoch 1 (rank 0's values reach every rank below).
+      const int n = int(std::min<int64_t>(local_batch, data.train.n));
+      const std::vector<int64_t> first = epoch_order(data.train.n, cfg.seed, 0, cfg.shuffle);
+      std::vector<float> x(size_t(data.train.c) * data.train.h * data.train.w * n);
+      std::vector<int32_t> y(n);
+      assemble_batch(data.train, first.data(), n, norm, Augment{}, cfg.seed, 0, x.data(), y.data());
+      model.lsuv_rescale(params.data(), x.data(), n);
+    }
   }
   comm.broadcast(params.data(), params.size(), 0);
 
@@ -253,6 +269,7 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     m["squeeze.epoch_loss_sum"] = fmt17(sums.loss);
     m["squeeze.epoch_correct"] = fmt17(sums.correct);
     m["squeeze.epoch_seen"] = fmt17(sums.seen);
+    m["squeeze.epoch_clipped"] = std::to_string(sums.clipped);
     save_checkpoint(ckpt_path, layout, params.data(), momentum.data(), m);
   };
 
@@ -318,6 +335,13 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     if (!std::isfinite(stats[0]))
       fail("training diverged: loss is ", stats[0], " at step ", step, " (epoch ", epoch + 1,
            "); try a lower --lr");
+    if (cfg.clip_grad_norm > 0) {  // on the averaged gradient: the same on every rank
+      const double norm = std::sqrt(sum_of_squares(grads.data(), grads.size()));
+      if (norm > cfg.clip_grad_norm) {
+        scale_inplace(grads.data(), float(cfg.clip_grad_norm / norm), grads.size());
+        ++sums.clipped;
+      }
+    }
     sgd_momentum_update(params.size(), params.data(), grads.data(), momentum.data(), float(lr),
                         float(cfg.momentum), float(cfg.weight_decay));
     sums.loss += stats[0];
@@ -345,6 +369,7 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
       em.train_loss = sums.loss / sums.seen;
       em.train_acc = sums.correct / sums.seen;
       em.images_per_s = epoch_images / train_seconds;
+      em.clipped_steps = sums.clipped;
       EvalResult ev = evaluate(model, params.data(), data.test, norm, local_batch, cfg.test_limit);
       em.test_loss = ev.loss;
       em.test_acc = ev.accuracy;
@@ -358,13 +383,18 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
                       "lr %.5f  %.0f img/s  %.1f s\n",
                       (long long)em.epoch, em.train_loss, em.train_acc, em.test_loss, em.test_acc,
                       em.lr, em.images_per_s, em.seconds);
+          if (cfg.clip_grad_norm > 0)
+            std::printf("           gradient norm clipped to %g in %lld of %lld steps\n",
+                        cfg.clip_grad_norm, (long long)em.clipped_steps,
+                        (long long)steps_per_epoch);
           std::fflush(stdout);
         }
         if (!metrics_path.empty()) {
           nlohmann::json j = {{"epoch", em.epoch}, {"step", em.step}, {"lr", em.lr},
                               {"train_loss", em.train_loss}, {"train_acc", em.train_acc},
                               {"test_loss", em.test_loss}, {"test_acc", em.test_acc},
-                              {"images_per_s", em.images_per_s}, {"seconds", em.seconds}};
+                              {"images_per_s", em.images_per_s}, {"seconds", em.seconds},
+                              {"clipped_steps", em.clipped_steps}};
           std::ofstream(metrics_path, std::ios::app) << j.dump() << "\n";
         }
         save(step);

@@ -25,12 +25,13 @@ struct TrainConfig {
   std::string stem = "auto";  // auto: small for inputs of at most 64 px, imagenet otherwise
   DataFormat data = DataFormat::kFashionMnist;
   std::string data_dir;     // empty: the format's default
-  int epochs = 2;
-  int batch = 64;           // global batch
-  Schedule schedule;
+  int epochs = 3;
+  int batch = 128;          // global batch
+  Schedule schedule = [] { Schedule s; s.lr = 0.02; return s; }();  // poly from 0.02 (docs/RESULTS.md)
   double momentum = 0.9;
   double weight_decay = 2e-4;
-  std::string init = "torchvision";
+  double clip_grad_norm = 2;  // > 0: scale the averaged gradient to at most this global L2 norm
+  std::string init = "lsuv";
   uint64_t seed = 1;
   Augment augment;
   bool shuffle = true;
@@ -56,6 +57,7 @@ struct EpochMetrics {
   int64_t step = 0;
   double lr = 0, train_loss = 0, train_acc = 0, test_loss = 0, test_acc = 0;
   double images_per_s = 0, seconds = 0;
+  int64_t clipped_steps = 0;  // steps of this epoch whose gradient norm was clipped
 };
 
 struct TrainResult {

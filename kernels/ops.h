@@ -65,6 +65,12 @@ void relu_backward(const T* dy, const T* y, T* dz, size_t n);
 template <class T>
 void add_inplace(T* y, const T* x, size_t n);
 
+// sum x[i]^2 accumulated in double (gradient-norm clipping), and x *= s.
+template <class T>
+double sum_of_squares(const T* x, size_t n);
+template <class T>
+void scale_inplace(T* x, T s, size_t n);
+
 // ---- Fire module ----------------------------------------------------------------------------
 // squeeze: s = relu(conv1x1(x) + bs)              s: (S, N, H, W)
 // expand:  y[0:E1]     = relu(conv1x1(s) + b1)     y: (E1 + E3, N, H, W), written in place:

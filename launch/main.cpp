@@ -138,12 +138,15 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--batch-size", tc.batch, "global batch size")->capture_default_str();
   train_cmd->add_option("--lr", tc.schedule.lr, "base learning rate")->capture_default_str();
   train_cmd->add_option("--schedule", tc.schedule.kind, "poly | cosine | step | constant")->capture_default_str();
+  train_cmd->add_option("--clip-grad-norm", tc.clip_grad_norm,
+                        "clip the averaged gradient to this global L2 norm (0: off)")
+      ->capture_default_str();
   train_cmd->add_option("--warmup-steps", tc.schedule.warmup, "linear warm-up steps")->capture_default_str();
   train_cmd->add_option("--step-size", tc.schedule.step_size, "steps between decays (step schedule; 0: a third of the run)");
   train_cmd->add_option("--gamma", tc.schedule.gamma, "decay factor (step schedule)")->capture_default_str();
   train_cmd->add_option("--momentum", tc.momentum, "SGD momentum")->capture_default_str();
   train_cmd->add_option("--weight-decay", tc.weight_decay, "L2 weight decay")->capture_default_str();
-  train_cmd->add_option("--init", tc.init, "torchvision | xavier")->capture_default_str();
+  train_cmd->add_option("--init", tc.init, "torchvision | xavier | lsuv (data-dependent, see docs/RESULTS.md)")->capture_default_str();
   train_cmd->add_option("--seed", tc.seed, "seed of every random draw")->capture_default_str();
   train_cmd->add_option("--crop-pad", tc.augment.crop_pad, "random crop with this zero padding (0: off)")->capture_default_str();
   train_cmd->add_flag("--hflip", tc.augment.hflip, "random horizontal flips");

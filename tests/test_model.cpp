@@ -9,6 +9,7 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "core/model.h"
+#include "core/rng.h"
 
 using namespace sq;
 
@@ -194,4 +195,47 @@ TEST(Model, InitSchemesHaveTheirScales) {
     for (size_t i = 0; i < b->count; ++i) EXPECT_EQ(p[b->offset + i], 0.0f);
   }
   EXPECT_THROW(m.init_params(p.data(), "he", 1), Error);
+}
+
+TEST(Model, LsuvGivesEveryConvItsTargetMeanSquare) {
+  // After --init lsuv every conv's ReLU output (conv1, each squeeze and expand, conv10) has mean
+  // square 0.5 on the batch it was fitted on; the torchvision init it starts from does not.
+  for (Bypass bypass : {Bypass::kNone, Bypass::kSimple}) {
+    ModelConfig c = preset("squeezenet1.0");
+    c.stem = Stem::kSmall;
+    c.in_c = 1, c.in_h = c.in_w = 28, c.num_classes = 10, c.bypass = bypass;
+    const int N = 6;
+    Model m(c, N);
+    std::vector<float> p(m.layout().total), x(size_t(N) * 28 * 28);
+    SplitMix rng(99);
+    for (float& v : x) v = float(rng.normal());
+    m.init_params(p.data(), "torchvision", 3);
+    auto mean_squares = [&]() {
+      std::vector<std::pair<std::string, double>> out;
+      m.forward(p.data(), x.data(), N, false, nullptr);
+      auto ms = [&](const std::string& name, int act, size_t off, size_t len) {
+        const float* a = m.activation(act) + off;
+        double s = 0;
+        for (size_t i = 0; i < len; ++i) s += double(a[i]) * a[i];
+        out.emplace_back(name, s / double(len));
+      };
+      for (const Layer& l : m.layers()) {
+        if (l.kind == LayerKind::kConv) ms(l.name, l.out, 0, size_t(m.acts()[l.out].per_sample()) * N);
+        if (l.kind != LayerKind::kFire) continue;
+        const size_t plane = size_t(l.fire.H) * l.fire.W * N;
+        const int y = l.bypass == Bypass::kNone ? l.out : l.fire_act;
+        ms(l.name + ".squeeze", l.squeeze_act, 0, l.fire.S * plane);
+        ms(l.name + ".expand1x1", y, 0, l.fire.E1 * plane);
+        ms(l.name + ".expand3x3", y, l.fire.E1 * plane, l.fire.E3 * plane);
+      }
+      return out;
+    };
+    const auto before = mean_squares();
+    ASSERT_EQ(before.size(), 26u);  // conv1, 8 x 3 fire convs, conv10
+    double worst = 0;  // the plain init is far from the target somewhere
+    for (const auto& [name, v] : before) worst = std::max(worst, std::abs(std::log(v / 0.5)));
+    EXPECT_GT(worst, std::log(2.0));
+    m.lsuv_rescale(p.data(), x.data(), N);
+    for (const auto& [name, v] : mean_squares()) EXPECT_NEAR(v, 0.5, 0.5 * 0.03) << name;
+  }
 }

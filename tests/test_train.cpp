@@ -162,6 +162,40 @@ TEST(Train, ShortRunOnFashionMnistLowersTheLoss) {
   EXPECT_GT(r.epochs.back().test_acc, 0.3);
 }
 
+// --clip-grad-norm: with momentum and weight decay off, the first step moves the parameters by
+// exactly lr * min(|g|, clip) in L2 norm, along the gradient.
+TEST(Train, GradientClippingBoundsTheStep) {
+  if (!have_fashion()) GTEST_SKIP() << "Fashion-MNIST not installed at " << kFashion;
+  auto comm = make_local_communicator();
+  auto step_norm = [&](double clip) {
+    TrainConfig c = small_config();
+    c.momentum = 0;
+    c.weight_decay = 0;
+    c.schedule.warmup = 0;
+    c.schedule.kind = "constant";
+    c.schedule.lr = 0.1;
+    c.clip_grad_norm = clip;
+    c.init = "torchvision";  // data-independent, so the test can rebuild the start
+    RunOptions o;
+    o.quiet = true;
+    o.max_steps = 1;
+    TrainResult r = train(c, o, *comm);
+    Model m(r.model, 1);
+    std::vector<float> p0(m.layout().total);
+    m.init_params(p0.data(), c.init, c.seed);
+    double d2 = 0;
+    for (size_t i = 0; i < p0.size(); ++i) d2 += double(r.params[i] - p0[i]) * (r.params[i] - p0[i]);
+    return std::sqrt(d2);
+  };
+  const double free_step = step_norm(0);  // lr * |g|
+  ASSERT_GT(free_step, 0.1 * 0.05);       // |g| > 0.05, so a clip of 0.01 is active
+  EXPECT_NEAR(step_norm(0.01), 0.1 * 0.01, 0.1 * 0.01 * 1e-3);
+  EXPECT_NEAR(step_norm(1e6), free_step, free_step * 1e-6);  // a loose bound changes nothing
+  TrainConfig bad = small_config();
+  bad.clip_grad_norm = -1;
+  EXPECT_THROW(bad.validate(), Error);
+}
+
 TEST(Train, ResumeIsBitIdentical) {
   if (!have_fashion()) GTEST_SKIP() << "Fashion-MNIST not installed at " << kFashion;
   auto comm = make_local_communicator();
