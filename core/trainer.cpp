@@ -7,7 +7,6 @@
 #include <chrono>
 #include <cstring>
 #include <cmath>
-#include <cstdlib>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
