@@ -1,10 +1,16 @@
 // The communicator: collectives over the ranks of a data-parallel job. Asynchronous (a request
-// to wait on) so the gradient reducer can overlap them with backward. This issue ships the
-// world-size-1 backend, which completes everything at once; MPI and NCCL backends implement the
-// same interface, so core/ never needs #ifdefs.
+// to wait on) so the gradient reducer can overlap them with backward. Backends: world size 1
+// (everything completes at once, no MPI calls) and MPI (comm/mpi.h); NCCL implements the same
+// interface, so core/ never needs #ifdefs.
+//
+// Contract, as for MPI: every rank issues the same collectives in the same order; a buffer
+// handed to an asynchronous collective stays untouched until its request's wait() returns.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <memory>
+#include <string>
+#include <vector>
 
 namespace sq {
 
@@ -13,6 +19,7 @@ enum class ReduceOp { kSum, kAvg };
 class CommRequest {
  public:
   virtual ~CommRequest() = default;
+  // Blocks until the collective is complete; rethrows its failure as sq::Error.
   virtual void wait() = 0;
 };
 
@@ -21,17 +28,30 @@ class Communicator {
   virtual ~Communicator() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
-  // In-place allreduce of n floats; the buffer must stay untouched until wait() returns.
+  virtual std::string name() const = 0;  // "local", "mpi (communication thread)", ...
+  // In-place allreduce of n floats.
   virtual std::unique_ptr<CommRequest> allreduce_async(float* buf, size_t n, ReduceOp op) = 0;
   // Blocking in-place sum of a few doubles (metrics: loss sums, correct counts).
   virtual void allreduce_sum(double* buf, size_t n) = 0;
   virtual void broadcast(float* buf, size_t n, int root) = 0;
+  // Every rank's value, indexed by rank (replica checksums).
+  virtual std::vector<uint64_t> allgather(uint64_t value) = 0;
   virtual void barrier() = 0;
+  // Lets a backend without a progress thread advance its outstanding collectives; the reducer
+  // calls it between layers of backward. A no-op where progress is automatic.
+  virtual void poll() {}
 
   void allreduce(float* buf, size_t n, ReduceOp op) { allreduce_async(buf, n, op)->wait(); }
 };
 
 // Rank 0 of 1: every collective is the identity.
 std::unique_ptr<Communicator> make_local_communicator();
+
+// A 64-bit checksum of a float buffer's bytes (order-sensitive), for replica agreement.
+uint64_t checksum(const float* x, size_t n);
+
+// Gathers every rank's checksum of `params` and throws sq::Error naming the first rank that
+// disagrees with rank 0 and `when` ("at start", "after step 100").
+void verify_replicas(Communicator& comm, const float* params, size_t n, const std::string& when);
 
 }  // namespace sq

@@ -217,7 +217,8 @@ void BasicModel<T>::init_params(T* params, const std::string& scheme, uint64_t s
 }
 
 template <class T>
-void BasicModel<T>::lsuv_rescale(T* params, const T* input, int N, double target) {
+void BasicModel<T>::lsuv_rescale(T* params, const T* input, int N, double target,
+                                 const std::function<void(double*, size_t)>& allreduce_sum) {
   SQ_ASSERT(target > 0, "lsuv target must be positive");
   struct Unit {
     size_t w, b;       // weight and bias offsets
@@ -249,11 +250,14 @@ void BasicModel<T>::lsuv_rescale(T* params, const T* input, int N, double target
   for (const Unit& u : units) {
     const size_t nw = count_at(u.w), nb = count_at(u.b);
     for (int iter = 0; iter < 4; ++iter) {
-      forward(params, input, N, false, nullptr);
-      const T* out = act(u.act) + u.off;
-      double ms = 0;
-      for (size_t i = 0; i < u.len; ++i) ms += double(out[i]) * double(out[i]);
-      ms /= double(u.len);
+      double stat[2] = {0, double(u.len)};  // sum of squares, count
+      if (N > 0) {
+        forward(params, input, N, false, nullptr);
+        const T* out = act(u.act) + u.off;
+        for (size_t i = 0; i < u.len; ++i) stat[0] += double(out[i]) * double(out[i]);
+      }
+      if (allreduce_sum) allreduce_sum(stat, 2);
+      const double ms = stat[1] > 0 ? stat[0] / stat[1] : 0.0;
       if (!(ms > 0) || !std::isfinite(ms))
         fail("--init lsuv: ", u.name, " outputs ", ms > 0 ? "non-finite values" : "only zeros",
              " on the initialisation batch; use --init torchvision");

@@ -70,7 +70,10 @@ class BasicModel {
   // in forward order, each conv's weights and biases are scaled until the mean square of its
   // ReLU output on `input` (N samples) is `target` (0.5: a pre-activation of unit variance).
   // Data-dependent; conv10 included, so the initial logits are O(1) instead of O(0.01).
-  void lsuv_rescale(T* params, const T* input, int N, double target = 0.5);
+  // Data-parallel: each rank passes its share of the batch (N may be 0) and `allreduce_sum`, which
+  // sums the per-rank statistics, so every rank applies the same scales.
+  void lsuv_rescale(T* params, const T* input, int N, double target = 0.5,
+                    const std::function<void(double*, size_t)>& allreduce_sum = {});
 
   // input (in_c, N, in_h, in_w) channel-major. train: dropout active with per-sample keys
   // dropout_keys[N]. Returns logits (N, num_classes), valid until the next forward.

@@ -12,6 +12,9 @@
 #include <nlohmann/json.hpp>
 #include <sys/stat.h>
 
+#include <csignal>
+
+#include "comm/reducer.h"
 #include "core/checkpoint.h"
 #include "core/safetensors.h"
 #include "core/error.h"
@@ -151,9 +154,29 @@ void adapt_model_to_data(ModelConfig& m, const std::string& stem, const Dataset&
   m.validate();
 }
 
+FaultInjection parse_fault(const std::string& s) {
+  FaultInjection f;
+  long long step = -1;
+  int rank = -1;
+  char kind[16] = {0};
+  if (std::sscanf(s.c_str(), "%d:%lld:%15s", &rank, &step, kind) != 3 || rank < 0 || step < 0)
+    fail("--inject-fault must look like RANK:STEP:KIND, got '", s, "'");
+  const std::string k = kind;
+  if (k == "throw") f.kind = FaultInjection::Kind::kThrow;
+  else if (k == "kill") f.kind = FaultInjection::Kind::kKill;
+  else if (k == "nan") f.kind = FaultInjection::Kind::kNan;
+  else if (k == "desync") f.kind = FaultInjection::Kind::kDesync;
+  else fail("--inject-fault kind must be throw, kill, nan or desync, got '", k, "'");
+  f.rank = rank;
+  f.step = step;
+  return f;
+}
+
 EvalResult evaluate(Model& model, const float* params, const Dataset& test,
-                    const Normalization& norm, int batch, int64_t limit) {
+                    const Normalization& norm, int batch, int64_t limit, Communicator* comm) {
   const int64_t n = limit > 0 ? std::min(limit, test.n) : test.n;
+  const int world = comm ? comm->size() : 1, rank = comm ? comm->rank() : 0;
+  const int64_t s0 = n * rank / world, s1 = n * (rank + 1) / world;
   batch = std::min(batch, model.max_batch());
   const int K = model.config().num_classes;
   const size_t in_per_sample = size_t(test.c) * test.h * test.w;
@@ -164,14 +187,20 @@ EvalResult evaluate(Model& model, const float* params, const Dataset& test,
   EvalResult r;
   double loss = 0;
   int64_t correct = 0;
-  for (int64_t start = 0; start < n; start += batch) {
-    const int N = int(std::min<int64_t>(batch, n - start));
+  for (int64_t start = s0; start < s1; start += batch) {
+    const int N = int(std::min<int64_t>(batch, s1 - start));
     for (int i = 0; i < N; ++i) idx[i] = start + i;
     assemble_batch(test, idx.data(), N, norm, Augment{}, 0, 0, input.data(), labels.data());
     const float* logits = model.forward(params, input.data(), N, false, nullptr);
     int c = 0;
     loss += softmax_xent(N, K, logits, labels.data(), 1.0f, dlogits.data(), &c);
     correct += c;
+  }
+  if (world > 1) {
+    double sums[2] = {loss, double(correct)};
+    comm->allreduce_sum(sums, 2);
+    loss = sums[0];
+    correct = int64_t(sums[1]);
   }
   r.samples = n;
   r.loss = n ? loss / double(n) : 0.0;
@@ -233,16 +262,26 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
   } else {
     model.init_params(params.data(), cfg.init, cfg.seed);
     if (cfg.init == "lsuv") {
-      // Rescaled on the first batch of epoch 1 (rank 0's values reach every rank below).
-      const int n = int(std::min<int64_t>(local_batch, data.train.n));
-      const std::vector<int64_t> first = epoch_order(data.train.n, cfg.seed, 0, cfg.shuffle);
+      // Rescaled on the first global batch of epoch 1, each rank forwarding its share and the
+      // statistics summed over ranks: the same at any world size.
+      const int64_t g1 = std::min<int64_t>(cfg.batch, n_train);
+      const int64_t r0 = g1 * comm.rank() / world, r1 = g1 * (comm.rank() + 1) / world;
+      const int n = int(r1 - r0);
+      const std::vector<int64_t> first = epoch_order(n_train, cfg.seed, 0, cfg.shuffle);
       std::vector<float> x(size_t(data.train.c) * data.train.h * data.train.w * n);
       std::vector<int32_t> y(n);
-      assemble_batch(data.train, first.data(), n, norm, Augment{}, cfg.seed, 0, x.data(), y.data());
-      model.lsuv_rescale(params.data(), x.data(), n);
+      assemble_batch(data.train, first.data() + r0, n, norm, Augment{}, cfg.seed, 0, x.data(),
+                     y.data());
+      model.lsuv_rescale(params.data(), x.data(), n, 0.5,
+                         [&](double* v, size_t k) { comm.allreduce_sum(v, k); });
     }
   }
   comm.broadcast(params.data(), params.size(), 0);
+  comm.broadcast(momentum.data(), momentum.size(), 0);
+  verify_replicas(comm, params.data(), params.size(), "at start");
+  GradReducer reducer(comm, grads.data(),
+                      plan_buckets(tensor_bounds(layout), size_t(opt.bucket_mib * 1048576.0 / 4)),
+                      ReduceOp::kSum, opt.overlap);
 
   std::string metrics_path, ckpt_path, weights_path;
   if (root && !opt.out_dir.empty()) {
@@ -282,6 +321,10 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
                 cfg.batch, (long long)steps_per_epoch, cfg.epochs);
     std::printf("allocating %.1f MiB for activations, gradients and workspace\n",
                 model.arena_bytes() / 1048576.0);
+    if (world > 1)
+      std::printf("%d ranks over %s: local batch %d, gradient in %zu bucket(s) of up to %g MiB, %s\n",
+                  world, comm.name().c_str(), local_batch, reducer.plan().size(), opt.bucket_mib,
+                  opt.overlap ? "overlapped with backward" : "after backward");
     if (!opt.resume.empty()) std::printf("resumed from %s at step %lld\n", opt.resume.c_str(), (long long)step);
     std::fflush(stdout);
   }
@@ -316,6 +359,21 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     const int N = int(r1 - r0);
     const double lr = lr_at(cfg.schedule, step, total_steps);
 
+    if (opt.fault.kind != FaultInjection::Kind::kNone && opt.fault.rank == comm.rank() &&
+        opt.fault.step == step) {
+      switch (opt.fault.kind) {
+        case FaultInjection::Kind::kThrow:
+          fail("injected fault at step ", step);
+        case FaultInjection::Kind::kKill:
+          std::raise(SIGKILL);
+          break;
+        case FaultInjection::Kind::kDesync:
+          params[0] += 1.0f;
+          break;
+        default:
+          break;
+      }
+    }
     std::fill(grads.begin(), grads.end(), 0.0f);
     double stats[2] = {0, 0};
     if (N > 0) {
@@ -327,9 +385,13 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
       int correct = 0;
       stats[0] = softmax_xent(N, K, logits, labels.data(), 1.0f / float(gN), dlogits.data(), &correct);
       stats[1] = correct;
-      model.backward(params.data(), dlogits.data(), grads.data(), N, keys.data());
+      model.backward(params.data(), dlogits.data(), grads.data(), N, keys.data(),
+                     [&](size_t offset) { reducer.ready(offset); });
     }
-    comm.allreduce(grads.data(), grads.size(), ReduceOp::kSum);
+    if (opt.fault.kind == FaultInjection::Kind::kNan && opt.fault.rank == comm.rank() &&
+        opt.fault.step == step)
+      stats[0] = std::nan("");
+    reducer.finish();
     comm.allreduce_sum(stats, 2);
     if (!std::isfinite(stats[0]))
       fail("training diverged: loss is ", stats[0], " at step ", step, " (epoch ", epoch + 1,
@@ -348,6 +410,8 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     sums.seen += double(gN);
     epoch_images += gN;
     ++step;
+    if (opt.check_replicas_every > 0 && step % opt.check_replicas_every == 0)
+      verify_replicas(comm, params.data(), params.size(), str("after step ", step));
 
     if (root && opt.progress && seconds_since(last_progress) > 0.5) {
       last_progress = Clock::now();
@@ -369,7 +433,8 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
       em.train_acc = sums.correct / sums.seen;
       em.images_per_s = epoch_images / train_seconds;
       em.clipped_steps = sums.clipped;
-      EvalResult ev = evaluate(model, params.data(), data.test, norm, local_batch, cfg.test_limit);
+      EvalResult ev =
+          evaluate(model, params.data(), data.test, norm, local_batch, cfg.test_limit, &comm);
       em.test_loss = ev.loss;
       em.test_acc = ev.accuracy;
       em.seconds = seconds_since(epoch_t0);

@@ -44,12 +44,29 @@ struct TrainConfig {
 nlohmann::json to_json(const TrainConfig& c);
 TrainConfig train_config_from_json(const nlohmann::json& j);
 
+// A deliberate failure on one rank at one step, for the tests of whole-job failure handling
+// (`squeeze train --inject-fault RANK:STEP:KIND`).
+struct FaultInjection {
+  enum class Kind { kNone, kThrow, kKill, kNan, kDesync };
+  Kind kind = Kind::kNone;
+  int rank = 0;
+  int64_t step = 0;
+};
+FaultInjection parse_fault(const std::string& s);  // "1:3:throw"; throws sq::Error
+
+// Default gradient bucket: docs/BENCHMARKS.md ("Bucket size") has the measurement behind it.
+constexpr double kDefaultBucketMiB = 1.0;
+
 struct RunOptions {  // how to run, not what to compute: never changes the trajectory
   std::string out_dir;       // metrics.jsonl, checkpoint.safetensors, weights.safetensors
   std::string resume;        // checkpoint to continue from
   int64_t max_steps = 0;     // stop (and checkpoint) after this global step (0: run to the end)
   bool progress = false;     // live progress line
   bool quiet = false;        // no per-epoch lines (tests)
+  double bucket_mib = kDefaultBucketMiB;  // gradient bucket cap (0: one bucket for the model)
+  bool overlap = true;       // start each bucket's allreduce during backward
+  int64_t check_replicas_every = 0;  // also verify replica checksums every K steps (0: at start only)
+  FaultInjection fault;
 };
 
 struct EpochMetrics {
@@ -75,8 +92,11 @@ struct EvalResult {
   double loss = 0, accuracy = 0;
   int64_t samples = 0;
 };
+// With a communicator of several ranks, each rank evaluates a contiguous share of the samples
+// and the sums are reduced, so every rank gets the whole test set's figures.
 EvalResult evaluate(Model& model, const float* params, const Dataset& test,
-                    const Normalization& norm, int batch, int64_t limit = 0);
+                    const Normalization& norm, int batch, int64_t limit = 0,
+                    Communicator* comm = nullptr);
 
 // Fills the model config's input shape and class count from a data set and resolves "auto".
 void adapt_model_to_data(ModelConfig& m, const std::string& stem, const Dataset& d);

@@ -1,7 +1,7 @@
-// squeeze: the command line. `squeeze train` trains (single process here; under mpirun in the
-// data-parallel issue), `squeeze eval` evaluates weights on a test set, `squeeze info` prints a
-// model's layer table. Library code throws sq::Error; this file turns it into one line on
-// stderr and a non-zero exit.
+// squeeze: the command line. `squeeze train` trains (one process, or one rank of
+// `mpirun -np N squeeze train`), `squeeze eval` evaluates weights on a test set, `squeeze info`
+// prints a model's layer table. Library code throws sq::Error; this file turns it into one line
+// on stderr and a non-zero exit of the whole job (launch/job.h).
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -15,6 +15,7 @@
 #include "core/model.h"
 #include "core/safetensors.h"
 #include "core/trainer.h"
+#include "launch/job.h"
 #include "launch/threads.h"
 
 namespace {
@@ -80,7 +81,7 @@ int run_info(const ModelFlags& mf, const std::string& input, int classes, const 
 }
 
 int run_eval(const ModelFlags& mf, const std::string& weights, const std::string& dataset,
-             const std::string& data_dir, int batch) {
+             const std::string& data_dir, int batch, Communicator& comm) {
   if (batch < 1) fail("--batch-size must be at least 1, got ", batch);
   SafetensorsFile f = read_safetensors(weights);
   const DataFormat fmt = parse_data_format(dataset);
@@ -110,8 +111,9 @@ int run_eval(const ModelFlags& mf, const std::string& weights, const std::string
   Model m(c, batch);
   std::vector<float> params(m.layout().total);
   import_weights(weights, m.layout(), params.data());
-  EvalResult r = evaluate(m, params.data(), data.test, norm, batch);
-  std::printf("%s on %s: %lld samples, loss %.4f, accuracy %.4f\n", weights.c_str(),
+  EvalResult r = evaluate(m, params.data(), data.test, norm, batch, 0, &comm);
+  if (comm.rank() == 0)
+    std::printf("%s on %s: %lld samples, loss %.4f, accuracy %.4f\n", weights.c_str(),
               data.test.name.c_str(), (long long)r.samples, r.loss, r.accuracy);
   return 0;
 }
@@ -119,10 +121,17 @@ int run_eval(const ModelFlags& mf, const std::string& weights, const std::string
 }  // namespace
 
 int main(int argc, char** argv) {
+  Job job;
+  try {
+    job = start_job(&argc, &argv);
+  } catch (const std::exception& e) {
+    fail_job(job, e.what());
+  }
   CLI::App app{"squeeze: data-parallel SqueezeNet training (CPU reference engine)"};
   app.require_subcommand(1);
   int threads = 0;
-  app.add_option("--threads", threads, "CPU threads (0: all cores)");
+  app.add_option("--threads", threads,
+                 "CPU threads per rank (0: all cores; under mpirun, the host's cores shared by its ranks)");
 
   // train
   CLI::App* train_cmd = app.add_subcommand("train", "train a SqueezeNet (default: Fashion-MNIST)");
@@ -155,6 +164,20 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--out", ro.out_dir, "directory for metrics.jsonl, checkpoint and weights ('' : none)")->capture_default_str();
   train_cmd->add_option("--resume", ro.resume, "continue from this checkpoint (its settings are used)");
   train_cmd->add_option("--max-steps", ro.max_steps, "stop after this global step, with a checkpoint");
+  std::string mpi_progress = "thread", fault;
+  train_cmd->add_option("--bucket-mib", ro.bucket_mib,
+                        "gradient bucket size for the allreduce (0: one bucket)")
+      ->capture_default_str();
+  train_cmd->add_option("--overlap", ro.overlap,
+                        "start each bucket's allreduce during backward (false: after it)")
+      ->capture_default_str();
+  train_cmd->add_option("--mpi-progress", mpi_progress,
+                        "thread | nonblocking: how allreduces progress during backward")
+      ->capture_default_str();
+  train_cmd->add_option("--check-replicas", ro.check_replicas_every,
+                        "verify every K steps that all ranks hold the same parameters (0: at start only)");
+  train_cmd->add_option("--inject-fault", fault, "RANK:STEP:throw|kill|nan|desync (failure-handling tests)")
+      ->group("");
 
   // eval
   CLI::App* eval = app.add_subcommand("eval", "evaluate weights on a test set");
@@ -180,32 +203,44 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // The same on every rank: rank 0 speaks for the job.
+    const int rc = job.root() ? app.exit(e) : e.get_exit_code();
+    end_job(job);
+    return rc;
   }
 
+  // Outlives the try block: a failing rank must reach MPI_Abort before the communicator's
+  // destructor, which could otherwise wait on a collective that the other ranks never join.
+  std::unique_ptr<Communicator> comm;
   try {
-    set_threads(threads);
+    set_threads(threads == 0 ? default_threads(job) : threads);
     if (*train_cmd) {
       tc.data = parse_data_format(dataset);
       tc.model = train_model.config();
       tc.stem = train_model.stem;
       tc.validate();
-      ro.progress = isatty(STDOUT_FILENO);
-      auto comm = make_local_communicator();
+      // Under mpirun a rank's stdout is a pty whatever mpirun's own stdout is: no live line there.
+      ro.progress = !job.mpi && isatty(STDOUT_FILENO);
+      ro.quiet = !job.root();
+      if (!fault.empty()) ro.fault = parse_fault(fault);
+      if (ro.bucket_mib < 0) fail("--bucket-mib must not be negative, got ", ro.bucket_mib);
+      if (ro.check_replicas_every < 0)
+        fail("--check-replicas must not be negative, got ", ro.check_replicas_every);
+      comm = make_job_communicator(job, parse_mpi_progress(mpi_progress));
       TrainResult r = sq::train(tc, ro, *comm);
-      if (!r.epochs.empty())
+      if (job.root() && !r.epochs.empty())
         std::printf("final test accuracy %.4f after %lld steps\n", r.epochs.back().test_acc,
                     (long long)r.steps);
-      return 0;
+    } else if (*eval) {
+      comm = make_job_communicator(job, MpiProgress::kThread);
+      run_eval(eval_model, eval_weights, eval_dataset, eval_dir, eval_batch, *comm);
+    } else if (*info && job.root()) {
+      run_info(info_model, info_input, info_classes, info_weights);
     }
-    if (*eval) return run_eval(eval_model, eval_weights, eval_dataset, eval_dir, eval_batch);
-    if (*info) return run_info(info_model, info_input, info_classes, info_weights);
-  } catch (const sq::Error& e) {
-    std::fprintf(stderr, "squeeze: error: %s\n", e.what());
-    return 1;
+    comm.reset();
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "squeeze: error: %s\n", e.what());
-    return 1;
+    fail_job(job, e.what());
   }
+  end_job(job);
   return 0;
 }
