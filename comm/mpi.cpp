@@ -3,6 +3,7 @@
 #include <mpi.h>
 
 #include <climits>
+#include <cstdlib>
 #include <condition_variable>
 #include <deque>
 #include <exception>
@@ -259,6 +260,10 @@ class MpiCommunicator final : public Communicator {
 bool mpi_built() { return true; }
 
 MpiWorld mpi_init(int* argc, char*** argv) {
+  // Open MPI's blocking collectives busy-poll. The communication thread shares its rank's cores
+  // with compute, and spinning there slows backward by more than overlap saves; yielding when
+  // idle is measured in docs/BENCHMARKS.md ("Progress"). An explicit setting wins.
+  setenv("OMPI_MCA_mpi_yield_when_idle", "1", 0);
   MpiWorld w;
   SQ_MPI(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &w.thread_level));
   SQ_MPI(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
