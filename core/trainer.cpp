@@ -359,21 +359,12 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     const int N = int(r1 - r0);
     const double lr = lr_at(cfg.schedule, step, total_steps);
 
-    if (opt.fault.kind != FaultInjection::Kind::kNone && opt.fault.rank == comm.rank() &&
-        opt.fault.step == step) {
-      switch (opt.fault.kind) {
-        case FaultInjection::Kind::kThrow:
-          fail("injected fault at step ", step);
-        case FaultInjection::Kind::kKill:
-          std::raise(SIGKILL);
-          break;
-        case FaultInjection::Kind::kDesync:
-          params[0] += 1.0f;
-          break;
-        default:
-          break;
-      }
-    }
+    using Fault = FaultInjection::Kind;
+    const Fault fault =
+        opt.fault.rank == comm.rank() && opt.fault.step == step ? opt.fault.kind : Fault::kNone;
+    if (fault == Fault::kThrow) fail("injected fault at step ", step);
+    if (fault == Fault::kKill) std::raise(SIGKILL);
+    if (fault == Fault::kDesync) params[0] += 1.0f;
     std::fill(grads.begin(), grads.end(), 0.0f);
     double stats[2] = {0, 0};
     if (N > 0) {
@@ -388,9 +379,7 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
       model.backward(params.data(), dlogits.data(), grads.data(), N, keys.data(),
                      [&](size_t offset) { reducer.ready(offset); });
     }
-    if (opt.fault.kind == FaultInjection::Kind::kNan && opt.fault.rank == comm.rank() &&
-        opt.fault.step == step)
-      stats[0] = std::nan("");
+    if (fault == Fault::kNan) stats[0] = std::nan("");
     reducer.finish();
     comm.allreduce_sum(stats, 2);
     if (!std::isfinite(stats[0]))

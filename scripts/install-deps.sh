@@ -4,7 +4,8 @@
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config
       libopenblas-openmp-dev zlib1g-dev nlohmann-json3-dev libcli11-dev
-      libgtest-dev libbenchmark-dev dataset-fashion-mnist openmpi-bin libopenmpi-dev)
+      libgtest-dev libbenchmark-dev dataset-fashion-mnist openmpi-bin libopenmpi-dev
+      procps)  # pgrep in the failure-handling tests
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
