@@ -5,17 +5,24 @@
 #pragma once
 #include <cstdint>
 
+// The hash functions also run in CUDA kernels (dropout masks on the GPU are the CPU's masks).
+#ifdef __CUDACC__
+#define SQ_HOST_DEVICE __host__ __device__
+#else
+#define SQ_HOST_DEVICE
+#endif
+
 namespace sq {
 
 // SplitMix64 finaliser: a bijective 64-bit mix with good avalanche.
-inline uint64_t mix64(uint64_t z) {
+SQ_HOST_DEVICE inline uint64_t mix64(uint64_t z) {
   z += 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
 }
 
-inline uint64_t hash_combine(uint64_t a, uint64_t b) { return mix64(a ^ mix64(b)); }
+SQ_HOST_DEVICE inline uint64_t hash_combine(uint64_t a, uint64_t b) { return mix64(a ^ mix64(b)); }
 
 // Streams keep independent uses of one seed apart.
 enum class RngStream : uint64_t {
@@ -31,7 +38,7 @@ inline uint64_t sample_key(uint64_t seed, RngStream stream, uint64_t epoch, uint
 }
 
 // Uniform in [0, 1) from the top 24 bits of a hash (exact in float).
-inline float uniform01(uint64_t h) { return static_cast<float>(h >> 40) * (1.0f / 16777216.0f); }
+SQ_HOST_DEVICE inline float uniform01(uint64_t h) { return static_cast<float>(h >> 40) * (1.0f / 16777216.0f); }
 
 // A small sequential generator for set-up work (initialisation, shuffles), seeded by a key.
 struct SplitMix {

@@ -1,0 +1,230 @@
+// Convolution as implicit GEMM: no im2col buffer; the GEMM tile loader computes each operand
+// element from the tensors directly. One tiled kernel (64x64 outputs per block, 16-deep k-steps,
+// 4x4 outputs per thread, fp32 FMA) serves the three products:
+//   forward        Y  (K x N*P*Q) = W (K x C*R*S) * col(X)            + bias, ReLU epilogue
+//   backward data  dX (C x N*H*W) = W^T (C x K*R*S) * "col"(dZ)        (stride-aware gather)
+//   backward wts   dW (K x C*R*S) += dZ (K x N*P*Q) * col(X)^T         (split-K, fixed-order sum)
+// This is the portable fp32 baseline the fused Fire kernels and the tensor-core path are measured
+// against; its time against cuDNN is recorded in docs/BENCHMARKS.md once a GPU is lent.
+#include <algorithm>
+
+#include "core/error.h"
+#include "kernels/cuda/common.cuh"
+
+namespace sq {
+namespace cuda {
+
+namespace {
+
+constexpr int BM = 64, BN = 64, BK = 16, kGemmThreads = 256;
+
+struct Geo {
+  int N, C, H, W, K, R, S, stride, pad, P, Q;
+};
+
+Geo geo_of(const ConvGeom& g) {
+  SQ_ASSERT(g.N >= 0 && g.C > 0 && g.K > 0 && g.R > 0 && g.S > 0 && g.stride > 0 && g.pad >= 0,
+            "bad conv geometry");
+  SQ_ASSERT(g.P() > 0 && g.Q() > 0, "conv output is empty");
+  return {g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, g.P(), g.Q()};
+}
+
+// Forward: A = w (K x CRS), B(k, n) = x at (c, img, p*st - pad + r, q*st - pad + s).
+struct FwdOp {
+  Geo g;
+  const float *x, *w, *b;
+  float* y;
+  bool relu;
+  int M, N, Kd;
+  __device__ float a(int m, int k) const { return w[size_t(m) * Kd + k]; }
+  __device__ float bval(int k, int n) const {
+    const int RS = g.R * g.S, PQ = g.P * g.Q;
+    const int c = k / RS, rs = k % RS, r = rs / g.S, s = rs % g.S;
+    const int img = n / PQ, pq = n % PQ, p = pq / g.Q, q = pq % g.Q;
+    const int h = p * g.stride - g.pad + r, wc = q * g.stride - g.pad + s;
+    if (h < 0 || h >= g.H || wc < 0 || wc >= g.W) return 0.0f;
+    return x[((size_t(c) * g.N + img) * g.H + h) * g.W + wc];
+  }
+  __device__ void store(int m, int n, float v, int) const {
+    if (b) v += b[m];
+    if (relu) v = v > 0.0f ? v : 0.0f;
+    y[size_t(m) * N + n] = v;
+  }
+};
+
+// Backward data: A(c, (k, r, s)) = w[k, c, r, s]; B((k, r, s), (img, h, w)) = dz at
+// (k, img, p, q) with h = p*st - pad + r, w = q*st - pad + s, where such p, q exist.
+struct DataOp {
+  Geo g;
+  const float *w, *dz;
+  float* dx;
+  bool accumulate;
+  int M, N, Kd;
+  __device__ float a(int m, int k) const {
+    const int RS = g.R * g.S;
+    const int ko = k / RS, rs = k % RS;
+    return w[(size_t(ko) * g.C + m) * RS + rs];
+  }
+  __device__ float bval(int k, int n) const {
+    const int RS = g.R * g.S, HW = g.H * g.W;
+    const int ko = k / RS, rs = k % RS, r = rs / g.S, s = rs % g.S;
+    const int img = n / HW, hw = n % HW, h = hw / g.W, wc = hw % g.W;
+    const int ph = h + g.pad - r, qw = wc + g.pad - s;
+    if (ph < 0 || qw < 0 || ph % g.stride || qw % g.stride) return 0.0f;
+    const int p = ph / g.stride, q = qw / g.stride;
+    if (p >= g.P || q >= g.Q) return 0.0f;
+    return dz[((size_t(ko) * g.N + img) * g.P + p) * g.Q + q];
+  }
+  __device__ void store(int m, int n, float v, int) const {
+    float* o = dx + size_t(m) * N + n;
+    *o = accumulate ? *o + v : v;
+  }
+};
+
+// Backward weights, one split-K slice per blockIdx.z: A = dz (K x NPQ), B((img,p,q), (c,r,s)) =
+// x at (c, img, p*st - pad + r, q*st - pad + s). Partial sums go to ws[z][m][n].
+struct WeightOp {
+  Geo g;
+  const float *x, *dz;
+  float* ws;
+  int M, N, Kd;
+  __device__ float a(int m, int k) const { return dz[size_t(m) * Kd + k]; }
+  __device__ float bval(int k, int n) const {
+    const int RS = g.R * g.S, PQ = g.P * g.Q;
+    const int img = k / PQ, pq = k % PQ, p = pq / g.Q, q = pq % g.Q;
+    const int c = n / RS, rs = n % RS, r = rs / g.S, s = rs % g.S;
+    const int h = p * g.stride - g.pad + r, wc = q * g.stride - g.pad + s;
+    if (h < 0 || h >= g.H || wc < 0 || wc >= g.W) return 0.0f;
+    return x[((size_t(c) * g.N + img) * g.H + h) * g.W + wc];
+  }
+  __device__ void store(int m, int n, float v, int z) const {
+    ws[(size_t(z) * M + m) * N + n] = v;
+  }
+};
+
+template <class Op>
+__global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk) {
+  __shared__ float As[BK][BM + 4];
+  __shared__ float Bs[BK][BN + 4];
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  const int kb = blockIdx.z * k_chunk, ke = min(op.Kd, kb + k_chunk);
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  float acc[4][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+  for (int k0 = kb; k0 < ke; k0 += BK) {
+    for (int l = threadIdx.x; l < BM * BK; l += kGemmThreads) {
+      const int mm = l / BK, kk = l % BK, m = m0 + mm, k = k0 + kk;
+      As[kk][mm] = (m < op.M && k < ke) ? op.a(m, k) : 0.0f;
+    }
+    for (int l = threadIdx.x; l < BK * BN; l += kGemmThreads) {
+      const int kk = l / BN, nn = l % BN, k = k0 + kk, n = n0 + nn;
+      Bs[kk][nn] = (n < op.N && k < ke) ? op.bval(k, n) : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+      float av[4], bv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) av[i] = As[kk][ty * 4 + i];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) bv[j] = Bs[kk][tx * 4 + j];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int m = m0 + ty * 4 + i, n = n0 + tx * 4 + j;
+      if (m < op.M && n < op.N) op.store(m, n, acc[i][j], blockIdx.z);
+    }
+}
+
+template <class Op>
+void launch_igemm(const Op& op, int splits, cudaStream_t s, const char* what) {
+  if (op.M == 0 || op.N == 0) return;
+  const int chunk = (op.Kd + splits - 1) / splits;
+  const dim3 grid((op.N + BN - 1) / BN, (op.M + BM - 1) / BM, splits);
+  igemm_kernel<Op><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+  SQ_CUDA_LAUNCH(what);
+}
+
+// dw[i] += sum over z of ws[z][i], z in order.
+__global__ void splitk_reduce_kernel(const float* ws, int splits, size_t mn, float* dw) {
+  SQ_GRID_STRIDE(i, mn) {
+    float acc = 0.0f;
+    for (int z = 0; z < splits; ++z) acc += ws[size_t(z) * mn + i];
+    dw[i] += acc;
+  }
+}
+
+// db[k] += sum of dz[k, :] (one block per k, fixed-order tree).
+__global__ void bias_grad_kernel(const float* dz, size_t npq, float* db) {
+  __shared__ float sh[kThreads];
+  const float* row = dz + size_t(blockIdx.x) * npq;
+  float acc = 0.0f;
+  for (size_t i = threadIdx.x; i < npq; i += blockDim.x) acc += row[i];
+  sh[threadIdx.x] = acc;
+  __syncthreads();
+  for (int w = kThreads / 2; w > 0; w /= 2) {
+    if (threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) db[blockIdx.x] += sh[0];
+}
+
+// Split-K factor of the weight gradient: enough blocks to fill a large GPU, long enough slices.
+int weight_splits(const Geo& g) {
+  const long long tiles = (long long)((g.K + BM - 1) / BM) * ((g.C * g.R * g.S + BN - 1) / BN);
+  const long long kd = (long long)g.N * g.P * g.Q;
+  long long z = std::min<long long>(32, std::max<long long>(1, kd / 1024));
+  z = std::min<long long>(z, std::max<long long>(1, 1024 / tiles));
+  return int(z);
+}
+
+}  // namespace
+
+void conv_forward(const ConvGeom& cg, const float* x, const float* w, const float* b, float* y,
+                  bool relu, cudaStream_t s) {
+  if (cg.N == 0) return;
+  const Geo g = geo_of(cg);
+  FwdOp op{g, x, w, b, y, relu, g.K, g.N * g.P * g.Q, g.C * g.R * g.S};
+  launch_igemm(op, 1, s, "conv_forward");
+}
+
+size_t conv_backward_workspace(const ConvGeom& cg) {
+  if (cg.N == 0) return 0;
+  const Geo g = geo_of(cg);
+  return size_t(weight_splits(g)) * g.K * g.C * g.R * g.S;
+}
+
+void conv_backward(const ConvGeom& cg, const float* x, const float* w, const float* dz, float* dw,
+                   float* db, float* dx, bool accumulate, float* ws, cudaStream_t s) {
+  if (cg.N == 0) return;
+  const Geo g = geo_of(cg);
+  const int npq = g.N * g.P * g.Q, crs = g.C * g.R * g.S;
+  const int splits = weight_splits(g);
+  WeightOp wop{g, x, dz, ws, g.K, crs, npq};
+  launch_igemm(wop, splits, s, "conv_backward (weights)");
+  const size_t mn = size_t(g.K) * crs;
+  splitk_reduce_kernel<<<blocks_for(mn), kThreads, 0, s>>>(ws, splits, mn, dw);
+  SQ_CUDA_LAUNCH("conv_backward (split-K sum)");
+  if (db) {
+    bias_grad_kernel<<<g.K, kThreads, 0, s>>>(dz, size_t(npq), db);
+    SQ_CUDA_LAUNCH("conv_backward (bias)");
+  }
+  if (dx) {
+    DataOp dop{g, w, dz, dx, accumulate, g.C, g.N * g.H * g.W, g.K * g.R * g.S};
+    launch_igemm(dop, 1, s, "conv_backward (data)");
+  }
+}
+
+}  // namespace cuda
+}  // namespace sq

@@ -1,0 +1,92 @@
+// The CUDA ops: the same operations, geometry structs and layout contract as kernels/ops.h
+// (channel-major activations, PyTorch weight layout, parameter gradients accumulate), on device
+// pointers, asynchronous on a stream, float only (the CPU ops in double are the tests' oracle).
+// Plain C++: included by host code and tests; the kernels live in kernels/cuda/*.cu.
+//
+// Determinism: no op uses floating-point atomics. Reductions (weight gradients, bias gradients,
+// loss sums, the gradient norm) go through fixed-order partial sums, so a step on the GPU gives
+// the same bits every time.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "kernels/ops.h"
+
+namespace sq {
+namespace cuda {
+
+// ---- runtime --------------------------------------------------------------------------------
+// Throws sq::Error "file:line: what: CUDA error text" when e is not cudaSuccess.
+void check(cudaError_t e, const char* what, const char* file, int line);
+#define SQ_CUDA(call) ::sq::cuda::check((call), #call, __FILE__, __LINE__)
+// After a kernel launch: the launch's own error (configuration, no code for this GPU).
+#define SQ_CUDA_LAUNCH(name) ::sq::cuda::check(cudaGetLastError(), name, __FILE__, __LINE__)
+
+// Number of usable GPUs; 0 with the reason in *why (no driver, no device, ...).
+int device_count(std::string* why);
+// Selects `device` and checks that this build has code for it; throws sq::Error naming the GPU,
+// its compute capability and the architectures built, or why there is no GPU.
+void use_device(int device);
+
+// ---- element-wise ---------------------------------------------------------------------------
+void relu_backward(const float* dy, const float* y, float* dz, size_t n, cudaStream_t s);
+void add_inplace(float* y, const float* x, size_t n, cudaStream_t s);
+void scale_inplace(float* x, float a, size_t n, cudaStream_t s);
+// *out (device, one double) = sum x[i]^2, in a fixed order. ws: sum_of_squares_workspace()
+// doubles of device memory.
+size_t sum_of_squares_workspace();
+void sum_of_squares(const float* x, size_t n, double* out, double* ws, cudaStream_t s);
+// The fused SGD step of kernels/ops.h over the flat buffers.
+void sgd_momentum_update(size_t n, float* param, const float* grad, float* velocity, float lr,
+                         float momentum, float weight_decay, cudaStream_t s);
+
+// ---- pooling --------------------------------------------------------------------------------
+void maxpool_forward(const PoolGeom& g, const float* x, float* y, cudaStream_t s);
+// Gathers, per input element, dy of the windows whose first maximum it is (no atomics; the
+// windows in row-major order, as the CPU op adds them).
+void maxpool_backward(const PoolGeom& g, const float* x, const float* dy, float* dx,
+                      cudaStream_t s);
+void avgpool_forward(int N, int C, int HW, const float* x, float* y, cudaStream_t s);
+void avgpool_backward(int N, int C, int HW, const float* dy, float* dx, cudaStream_t s);
+
+// ---- dropout (sample_keys on the device; masks identical to the CPU op's) -----------------
+void dropout_forward(int N, int C, int HW, float p, const uint64_t* sample_keys, const float* x,
+                     float* y, cudaStream_t s);
+void dropout_backward(int N, int C, int HW, float p, const uint64_t* sample_keys,
+                      const float* dy, float* dx, cudaStream_t s);
+
+// ---- loss -----------------------------------------------------------------------------------
+// As kernels/ops.h's softmax_xent; labels on the device. Writes result[0] = the loss sum and
+// result[1] = the number of correct arg-maxes (device doubles) instead of returning them.
+// ws: softmax_xent_workspace(N) doubles.
+size_t softmax_xent_workspace(int N);
+void softmax_xent(int N, int K, const float* logits, const int32_t* labels, float grad_scale,
+                  float* dlogits, double* result, double* ws, cudaStream_t s);
+
+// ---- convolution (implicit GEMM: no im2col buffer) ------------------------------------------
+// y = conv(x, w) + b (b may be null), then ReLU if relu. Shapes as kernels/ops.h.
+void conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y,
+                  bool relu, cudaStream_t s);
+// dw += ..., db += ... (may be null), dx = or += (accumulate) the input gradient (may be null).
+// ws: conv_backward_workspace(g) floats (the split-K partial sums of dw).
+size_t conv_backward_workspace(const ConvGeom& g);
+void conv_backward(const ConvGeom& g, const float* x, const float* w, const float* dz, float* dw,
+                   float* db, float* dx, bool accumulate, float* ws, cudaStream_t s);
+
+// ---- Fire module ----------------------------------------------------------------------------
+// As kernels/ops.h: squeeze 1x1 + ReLU into s, expand 1x1 and 3x3 + ReLU straight into their
+// channel slices of y. This first version composes the implicit-GEMM convolutions; the fused
+// kernels (squeeze tile kept on chip for both expands) replace it behind the same declarations.
+// ws: fire_workspace(g) floats.
+size_t fire_workspace(const FireGeom& g);
+void fire_forward(const FireGeom& g, const float* x, FireParams<const float> p, float* s,
+                  float* y, cudaStream_t st);
+void fire_backward(const FireGeom& g, const float* x, FireParams<const float> p, const float* s,
+                   const float* y, const float* dy, FireParams<float> grad, float* dx,
+                   bool accumulate, float* ws, cudaStream_t st);
+
+}  // namespace cuda
+}  // namespace sq

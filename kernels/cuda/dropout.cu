@@ -1,0 +1,53 @@
+// Inverted dropout with the CPU op's counter-based masks: element e = c*HW + hw of sample n is
+// kept iff uniform01(hash_combine(sample_keys[n], e)) >= p.
+#include "core/error.h"
+#include "core/rng.h"
+#include "kernels/cuda/common.cuh"
+
+namespace sq {
+namespace cuda {
+
+namespace {
+
+__global__ void dropout_kernel(int N, int C, int HW, float p, float scale, const uint64_t* keys,
+                               const float* in, float* out) {
+  const size_t total = size_t(C) * N * HW;
+  SQ_GRID_STRIDE(i, total) {
+    const int hw = int(i % HW);
+    const size_t cn = i / HW;
+    const int n = int(cn % N), c = int(cn / N);
+    const uint64_t e = uint64_t(c) * uint64_t(HW) + uint64_t(hw);
+    const bool keep = uniform01(hash_combine(keys[n], e)) >= p;
+    out[i] = keep ? __fmul_rn(in[i], scale) : 0.0f;
+  }
+}
+
+void apply(int N, int C, int HW, float p, const uint64_t* keys, const float* in, float* out,
+           cudaStream_t s, const char* what) {
+  SQ_ASSERT(p >= 0.0f && p < 1.0f, "dropout p must be in [0, 1), got ", p);
+  const size_t total = size_t(C) * N * HW;
+  if (total == 0) return;
+  if (p == 0.0f) {
+    if (in != out) SQ_CUDA(cudaMemcpyAsync(out, in, total * sizeof(float), cudaMemcpyDeviceToDevice, s));
+    return;
+  }
+  SQ_ASSERT(keys != nullptr, "dropout: sample keys required");
+  const float scale = 1.0f / (1.0f - p);
+  dropout_kernel<<<blocks_for(total), kThreads, 0, s>>>(N, C, HW, p, scale, keys, in, out);
+  SQ_CUDA_LAUNCH(what);
+}
+
+}  // namespace
+
+void dropout_forward(int N, int C, int HW, float p, const uint64_t* sample_keys, const float* x,
+                     float* y, cudaStream_t s) {
+  apply(N, C, HW, p, sample_keys, x, y, s, "dropout_forward");
+}
+
+void dropout_backward(int N, int C, int HW, float p, const uint64_t* sample_keys,
+                      const float* dy, float* dx, cudaStream_t s) {
+  apply(N, C, HW, p, sample_keys, dy, dx, s, "dropout_backward");
+}
+
+}  // namespace cuda
+}  // namespace sq

@@ -1,0 +1,52 @@
+// The Fire module on the GPU, composed from the implicit-GEMM convolutions: the expands write
+// their channel slices of the output directly (no concat pass), and the squeeze output's
+// gradient is the expand 1x1's backward-data result plus the expand 3x3's, summed in place.
+#include <algorithm>
+
+#include "kernels/cuda/common.cuh"
+
+namespace sq {
+namespace cuda {
+
+namespace {
+size_t nhw(const FireGeom& g) { return size_t(g.N) * g.H * g.W; }
+}  // namespace
+
+size_t fire_workspace(const FireGeom& g) {
+  // dz of the expands (E1 + E3 planes), ds of the squeeze (S planes), the conv scratch.
+  size_t conv = conv_backward_workspace(g.squeeze());
+  if (g.E1 > 0) conv = std::max(conv, conv_backward_workspace(g.expand1()));
+  if (g.E3 > 0) conv = std::max(conv, conv_backward_workspace(g.expand3()));
+  return size_t(g.E1 + g.E3 + g.S) * nhw(g) + conv;
+}
+
+void fire_forward(const FireGeom& g, const float* x, FireParams<const float> p, float* s,
+                  float* y, cudaStream_t st) {
+  conv_forward(g.squeeze(), x, p.ws, p.bs, s, true, st);
+  if (g.E1 > 0) conv_forward(g.expand1(), s, p.w1, p.b1, y, true, st);
+  if (g.E3 > 0) conv_forward(g.expand3(), s, p.w3, p.b3, y + size_t(g.E1) * nhw(g), true, st);
+}
+
+void fire_backward(const FireGeom& g, const float* x, FireParams<const float> p, const float* s,
+                   const float* y, const float* dy, FireParams<float> grad, float* dx,
+                   bool accumulate, float* ws, cudaStream_t st) {
+  const size_t plane = nhw(g);
+  float* dz = ws;                                     // (E1 + E3, N, H, W)
+  float* ds = dz + size_t(g.E1 + g.E3) * plane;       // (S, N, H, W)
+  float* conv_ws = ds + size_t(g.S) * plane;
+  relu_backward(dy, y, dz, size_t(g.E1 + g.E3) * plane, st);
+  bool wrote = false;
+  if (g.E1 > 0) {
+    conv_backward(g.expand1(), s, p.w1, dz, grad.w1, grad.b1, ds, false, conv_ws, st);
+    wrote = true;
+  }
+  if (g.E3 > 0) {
+    conv_backward(g.expand3(), s, p.w3, dz + size_t(g.E1) * plane, grad.w3, grad.b3, ds, wrote,
+                  conv_ws, st);
+  }
+  relu_backward(ds, s, ds, size_t(g.S) * plane, st);
+  conv_backward(g.squeeze(), x, p.ws, ds, grad.ws, grad.bs, dx, accumulate, conv_ws, st);
+}
+
+}  // namespace cuda
+}  // namespace sq

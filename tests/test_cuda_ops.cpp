@@ -1,0 +1,377 @@
+// Every CUDA kernel against the CPU op (the reference, in double where rounding matters) on fresh
+// random inputs, at every shape squeezenet1.0, squeezenet1.1 and the small-image configuration
+// use, with odd batch sizes. Skips, saying why, when there is no GPU or no CUDA in the build.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <random>
+#include <set>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "core/config.h"
+#include "core/error.h"
+#include "core/model.h"
+#include "core/rng.h"
+#include "kernels/ops.h"
+
+#ifdef SQUEEZE_HAVE_CUDA
+#include "kernels/cuda/cuda_ops.h"
+#endif
+
+using namespace sq;
+
+#ifndef SQUEEZE_HAVE_CUDA
+
+TEST(CudaOps, Skipped) { GTEST_SKIP() << "built without CUDA (no nvcc found by CMake)"; }
+
+#else
+
+namespace {
+
+// Skips the test when no GPU can be used, with the runtime's reason.
+#define REQUIRE_GPU()                                                          \
+  do {                                                                         \
+    std::string why_;                                                          \
+    if (cuda::device_count(&why_) == 0) GTEST_SKIP() << "no GPU: " << why_;    \
+    cuda::use_device(0);                                                       \
+  } while (0)
+
+template <class T>
+struct Dev {  // a device buffer, freed on scope exit
+  T* p = nullptr;
+  size_t n = 0;
+  explicit Dev(size_t count) : n(count) {
+    SQ_CUDA(cudaMalloc(reinterpret_cast<void**>(&p), std::max<size_t>(n, 1) * sizeof(T)));
+  }
+  explicit Dev(const std::vector<T>& v) : Dev(v.size()) { upload(v); }
+  ~Dev() { cudaFree(p); }
+  Dev(const Dev&) = delete;
+  Dev& operator=(const Dev&) = delete;
+  void upload(const std::vector<T>& v) {
+    SQ_CUDA(cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  std::vector<T> get() const {
+    std::vector<T> v(n);
+    SQ_CUDA(cudaDeviceSynchronize());
+    SQ_CUDA(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return v;
+  }
+};
+
+std::mt19937& rng() {
+  static std::mt19937 r(20261126);
+  return r;
+}
+std::vector<float> randn(size_t n, float scale = 1.0f) {
+  std::normal_distribution<float> nd(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = nd(rng());
+  return v;
+}
+std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+
+// GPU float result against the double reference: norm-wise relative error and the largest
+// element error relative to the reference's largest magnitude.
+void expect_close(const std::vector<float>& got, const std::vector<double>& ref, double tol,
+                  const std::string& what) {
+  ASSERT_EQ(got.size(), ref.size()) << what;
+  double d2 = 0, r2 = 0, dmax = 0, rmax = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double d = double(got[i]) - ref[i];
+    ASSERT_FALSE(std::isnan(got[i])) << what << ": NaN at " << i;
+    d2 += d * d;
+    r2 += ref[i] * ref[i];
+    dmax = std::max(dmax, std::abs(d));
+    rmax = std::max(rmax, std::abs(ref[i]));
+  }
+  const double rel = r2 > 0 ? std::sqrt(d2 / r2) : std::sqrt(d2);
+  EXPECT_LE(rel, tol) << what << ": norm-relative error";
+  EXPECT_LE(dmax, 10 * tol * std::max(rmax, 1e-30)) << what << ": largest element error";
+}
+
+void expect_equal(const std::vector<float>& got, const std::vector<float>& ref,
+                  const std::string& what) {
+  ASSERT_EQ(got.size(), ref.size()) << what;
+  size_t bad = 0, first = 0;
+  for (size_t i = 0; i < ref.size(); ++i)
+    if (std::memcmp(&got[i], &ref[i], sizeof(float)) != 0 && !(got[i] == ref[i]))
+      if (bad++ == 0) first = i;
+  EXPECT_EQ(bad, 0u) << what << ": first difference at " << first << ": " << got[first]
+                     << " vs " << ref[first];
+}
+
+// The shapes the model family uses, from the models themselves.
+struct Shapes {
+  std::vector<std::pair<std::string, ConvGeom>> convs;
+  std::vector<std::pair<std::string, FireGeom>> fires;
+  std::vector<std::pair<std::string, PoolGeom>> pools;
+  std::vector<std::tuple<std::string, int, int, int>> avgpools;  // name, N, C, HW
+  std::vector<std::tuple<std::string, int, int>> losses;         // name, N, K
+};
+
+Shapes model_shapes() {
+  Shapes sh;
+  std::set<std::string> seen;
+  auto add_model = [&](const std::string& tag, ModelConfig c, int N) {
+    Model m(c, N);
+    for (const Layer& l : m.layers()) {
+      const std::string name = tag + " " + l.name + " N=" + std::to_string(N);
+      auto once = [&](const std::string& key) { return seen.insert(key).second; };
+      if (l.kind == LayerKind::kConv) {
+        ConvGeom g = l.conv;
+        g.N = N;
+        sh.convs.push_back({name, g});
+      } else if (l.kind == LayerKind::kFire) {
+        FireGeom f = l.fire;
+        f.N = N;
+        sh.fires.push_back({name, f});
+        if (l.bypass == Bypass::kComplex) {
+          ConvGeom g = l.bypass_conv;
+          g.N = N;
+          sh.convs.push_back({name + " bypass", g});
+        }
+      } else if (l.kind == LayerKind::kMaxPool) {
+        PoolGeom g = l.pool;
+        g.N = N;
+        sh.pools.push_back({name, g});
+      } else if (l.kind == LayerKind::kAvgPool) {
+        const ActShape& a = m.acts()[l.in];
+        if (once("avg" + std::to_string(N) + std::to_string(a.c) + std::to_string(a.h)))
+          sh.avgpools.push_back({name, N, a.c, a.h * a.w});
+      }
+    }
+    sh.losses.push_back({tag, N, c.num_classes});
+  };
+  for (int N : {1, 3}) {
+    add_model("squeezenet1.0", preset("squeezenet1.0"), N);
+    add_model("squeezenet1.1", preset("squeezenet1.1"), N);
+  }
+  ModelConfig small = preset("squeezenet1.0");
+  small.stem = Stem::kSmall;
+  small.in_c = 1, small.in_h = 28, small.in_w = 28, small.num_classes = 10;
+  small.bypass = Bypass::kComplex;
+  for (int N : {5, 32}) add_model("fmnist complex", small, N);
+  ModelConfig cifar = preset("squeezenet1.1");
+  cifar.stem = Stem::kSmall;
+  cifar.in_c = 3, cifar.in_h = 32, cifar.in_w = 32, cifar.num_classes = 10;
+  add_model("cifar10 1.1", cifar, 7);
+  return sh;
+}
+
+const Shapes& shapes() {
+  static const Shapes s = model_shapes();
+  return s;
+}
+
+constexpr double kTol = 2e-5;  // fp32 sums of up to ~1e5 terms against the double reference
+
+}  // namespace
+
+TEST(CudaOps, Convolution) {
+  REQUIRE_GPU();
+  for (const auto& [name, g] : shapes().convs) {
+    SCOPED_TRACE(name);
+    const size_t nx = size_t(g.C) * g.N * g.H * g.W, nw = size_t(g.K) * g.C * g.R * g.S;
+    const size_t ny = size_t(g.K) * g.N * g.P() * g.Q();
+    const std::vector<float> x = randn(nx), w = randn(nw, 0.1f), b = randn(g.K, 0.1f);
+    const std::vector<float> dz = randn(ny), dw0 = randn(nw), db0 = randn(g.K), dx0 = randn(nx);
+    // CPU reference in double.
+    std::vector<double> yd(ny), ws(conv_workspace(g) + 1);
+    conv_forward<double>(g, to_double(x).data(), to_double(w).data(), to_double(b).data(),
+                         yd.data(), true, ws.data());
+    std::vector<double> dwd = to_double(dw0), dbd = to_double(db0), dxd = to_double(dx0);
+    conv_backward<double>(g, to_double(x).data(), to_double(w).data(), to_double(dz).data(),
+                          dwd.data(), dbd.data(), dxd.data(), /*accumulate=*/true, ws.data());
+    // GPU.
+    Dev<float> X(x), Wt(w), B(b), Y(ny), DZ(dz), DW(dw0), DB(db0), DX(dx0);
+    Dev<float> WS(cuda::conv_backward_workspace(g));
+    cuda::conv_forward(g, X.p, Wt.p, B.p, Y.p, true, nullptr);
+    cuda::conv_backward(g, X.p, Wt.p, DZ.p, DW.p, DB.p, DX.p, true, WS.p, nullptr);
+    expect_close(Y.get(), yd, kTol, "forward (bias, ReLU)");
+    expect_close(DW.get(), dwd, kTol, "weight gradient (accumulated)");
+    expect_close(DB.get(), dbd, kTol, "bias gradient (accumulated)");
+    expect_close(DX.get(), dxd, kTol, "input gradient (accumulated)");
+    // Written (not accumulated) input gradient, no bias, no ReLU.
+    std::vector<double> yd2(ny), dxd2(nx), dwd2(nw, 0.0);
+    conv_forward<double>(g, to_double(x).data(), to_double(w).data(), nullptr, yd2.data(), false,
+                         ws.data());
+    conv_backward<double>(g, to_double(x).data(), to_double(w).data(), to_double(dz).data(),
+                          dwd2.data(), nullptr, dxd2.data(), false, ws.data());
+    Dev<float> Y2(ny), DX2(nx), DW2(std::vector<float>(nw, 0.0f));
+    cuda::conv_forward(g, X.p, Wt.p, nullptr, Y2.p, false, nullptr);
+    cuda::conv_backward(g, X.p, Wt.p, DZ.p, DW2.p, nullptr, DX2.p, false, WS.p, nullptr);
+    expect_close(Y2.get(), yd2, kTol, "forward (no bias, no ReLU)");
+    expect_close(DX2.get(), dxd2, kTol, "input gradient (written)");
+    expect_close(DW2.get(), dwd2, kTol, "weight gradient (from zero)");
+  }
+}
+
+TEST(CudaOps, FireModule) {
+  REQUIRE_GPU();
+  for (const auto& [name, f] : shapes().fires) {
+    SCOPED_TRACE(name);
+    const size_t plane = size_t(f.N) * f.H * f.W;
+    const size_t nx = size_t(f.C) * plane, ns = size_t(f.S) * plane;
+    const size_t ny = size_t(f.E1 + f.E3) * plane;
+    const size_t sizes[6] = {size_t(f.S) * f.C, size_t(f.S), size_t(f.E1) * f.S, size_t(f.E1),
+                             size_t(f.E3) * f.S * 9, size_t(f.E3)};
+    std::vector<std::vector<float>> pv(6), gv(6);
+    for (int i = 0; i < 6; ++i) {
+      pv[i] = randn(sizes[i], i % 2 ? 0.1f : 0.2f);
+      gv[i] = randn(sizes[i]);
+    }
+    const std::vector<float> x = randn(nx), dy = randn(ny), dx0 = randn(nx);
+    // CPU reference in double.
+    std::vector<std::vector<double>> pd(6), gd(6);
+    for (int i = 0; i < 6; ++i) pd[i] = to_double(pv[i]), gd[i] = to_double(gv[i]);
+    FireParams<const double> P{pd[0].data(), pd[1].data(), pd[2].data(),
+                               pd[3].data(), pd[4].data(), pd[5].data()};
+    FireParams<double> G{gd[0].data(), gd[1].data(), gd[2].data(),
+                         gd[3].data(), gd[4].data(), gd[5].data()};
+    std::vector<double> sd(ns), yd(ny), dxd = to_double(dx0), ws(fire_workspace(f) + 1);
+    const std::vector<double> xd = to_double(x);
+    fire_forward<double>(f, xd.data(), P, sd.data(), yd.data(), ws.data());
+    // GPU.
+    std::vector<std::unique_ptr<Dev<float>>> dp, dg;
+    for (int i = 0; i < 6; ++i) {
+      dp.push_back(std::make_unique<Dev<float>>(pv[i]));
+      dg.push_back(std::make_unique<Dev<float>>(gv[i]));
+    }
+    FireParams<const float> dP{dp[0]->p, dp[1]->p, dp[2]->p, dp[3]->p, dp[4]->p, dp[5]->p};
+    FireParams<float> dG{dg[0]->p, dg[1]->p, dg[2]->p, dg[3]->p, dg[4]->p, dg[5]->p};
+    Dev<float> X(x), S(ns), Y(ny), DY(dy), DX(dx0), WS(cuda::fire_workspace(f));
+    cuda::fire_forward(f, X.p, dP, S.p, Y.p, nullptr);
+    const std::vector<float> s_gpu = S.get(), y_gpu = Y.get();
+    expect_close(s_gpu, sd, kTol, "squeeze output");
+    expect_close(y_gpu, yd, kTol, "expand output (both slices)");
+    // The reference backward takes the GPU's own forward outputs, so that both apply the same
+    // ReLU masks (an output within rounding of 0 may be positive on one side only).
+    fire_backward<double>(f, xd.data(), P, to_double(s_gpu).data(), to_double(y_gpu).data(),
+                          to_double(dy).data(), G, dxd.data(), true, ws.data());
+    cuda::fire_backward(f, X.p, dP, S.p, Y.p, DY.p, dG, DX.p, true, WS.p, nullptr);
+    const char* names[6] = {"squeeze w", "squeeze b", "expand1x1 w", "expand1x1 b",
+                            "expand3x3 w", "expand3x3 b"};
+    for (int i = 0; i < 6; ++i) expect_close(dg[i]->get(), gd[i], 1e-4, names[i]);
+    expect_close(DX.get(), dxd, 1e-4, "input gradient (accumulated)");
+  }
+}
+
+TEST(CudaOps, MaxPoolMatchesTheCpuBitForBit) {
+  REQUIRE_GPU();
+  for (const auto& [name, g] : shapes().pools) {
+    SCOPED_TRACE(name);
+    const size_t nx = size_t(g.C) * g.N * g.H * g.W, ny = size_t(g.C) * g.N * g.P() * g.Q();
+    std::vector<float> x = randn(nx);
+    // Ties and NaNs: quantise some values so windows hold equal maxima; plant a few NaNs.
+    for (size_t i = 0; i < nx; i += 3) x[i] = std::round(x[i]);
+    for (size_t i = 17; i < nx; i += 9973) x[i] = std::nanf("");
+    const std::vector<float> dy = randn(ny);
+    std::vector<float> y(ny), dx(nx);
+    maxpool_forward<float>(g, x.data(), y.data());
+    maxpool_backward<float>(g, x.data(), dy.data(), dx.data());
+    Dev<float> X(x), Y(ny), DY(dy), DX(nx);
+    cuda::maxpool_forward(g, X.p, Y.p, nullptr);
+    cuda::maxpool_backward(g, X.p, DY.p, DX.p, nullptr);
+    expect_equal(Y.get(), y, "forward");
+    expect_equal(DX.get(), dx, "backward");
+  }
+}
+
+TEST(CudaOps, AvgPoolDropoutElementwiseMatchTheCpuBitForBit) {
+  REQUIRE_GPU();
+  for (const auto& [name, N, C, HW] : shapes().avgpools) {
+    SCOPED_TRACE(name);
+    const std::vector<float> x = randn(size_t(C) * N * HW), dy = randn(size_t(N) * C);
+    std::vector<float> y(size_t(N) * C), dx(x.size());
+    avgpool_forward<float>(N, C, HW, x.data(), y.data());
+    avgpool_backward<float>(N, C, HW, dy.data(), dx.data());
+    Dev<float> X(x), Y(y.size()), DY(dy), DX(dx.size());
+    cuda::avgpool_forward(N, C, HW, X.p, Y.p, nullptr);
+    cuda::avgpool_backward(N, C, HW, DY.p, DX.p, nullptr);
+    expect_equal(Y.get(), y, "avgpool forward");
+    expect_equal(DX.get(), dx, "avgpool backward");
+  }
+  // Dropout at conv10's input shapes (512 channels) with per-sample keys.
+  for (auto [N, HW] : {std::pair<int, int>{3, 169}, {5, 9}, {32, 9}}) {
+    const int C = 512;
+    std::vector<uint64_t> keys(N);
+    for (int n = 0; n < N; ++n) keys[n] = sample_key(7, RngStream::kDropout, 2, uint64_t(100 + n));
+    const std::vector<float> x = randn(size_t(C) * N * HW);
+    for (float p : {0.0f, 0.5f, 0.3f}) {
+      std::vector<float> y(x.size()), dx(x.size());
+      dropout_forward<float>(N, C, HW, p, keys.data(), x.data(), y.data());
+      dropout_backward<float>(N, C, HW, p, keys.data(), x.data(), dx.data());
+      Dev<uint64_t> K(keys);
+      Dev<float> X(x), Y(x.size()), DX(x.size());
+      cuda::dropout_forward(N, C, HW, p, K.p, X.p, Y.p, nullptr);
+      cuda::dropout_backward(N, C, HW, p, K.p, X.p, DX.p, nullptr);
+      expect_equal(Y.get(), y, "dropout forward p=" + std::to_string(p));
+      expect_equal(DX.get(), dx, "dropout backward p=" + std::to_string(p));
+    }
+  }
+  // ReLU backward, bypass add, scale, SGD: exact; sum of squares: to double rounding.
+  const size_t n = 1248424;
+  const std::vector<float> a = randn(n), b = randn(n), c = randn(n);
+  std::vector<float> z(n), s = a, p = a, v = b;
+  relu_backward<float>(b.data(), a.data(), z.data(), n);
+  add_inplace<float>(s.data(), c.data(), n);
+  sgd_momentum_update<float>(n, p.data(), c.data(), v.data(), 0.04f, 0.9f, 2e-4f);
+  Dev<float> A(a), B(b), C(c), Z(n), S(a), P(a), V(b), Q(a);
+  cuda::relu_backward(B.p, A.p, Z.p, n, nullptr);
+  cuda::add_inplace(S.p, C.p, n, nullptr);
+  cuda::scale_inplace(Q.p, 0.375f, n, nullptr);
+  cuda::sgd_momentum_update(n, P.p, C.p, V.p, 0.04f, 0.9f, 2e-4f, nullptr);
+  expect_equal(Z.get(), z, "relu_backward");
+  expect_equal(S.get(), s, "add_inplace");
+  std::vector<float> q = a;
+  scale_inplace<float>(q.data(), 0.375f, n);
+  expect_equal(Q.get(), q, "scale_inplace");
+  expect_equal(P.get(), p, "sgd parameters");
+  expect_equal(V.get(), v, "sgd momentum");
+  Dev<double> OUT(1), WS(cuda::sum_of_squares_workspace());
+  cuda::sum_of_squares(A.p, n, OUT.p, WS.p, nullptr);
+  const double want = sum_of_squares<float>(a.data(), n);
+  EXPECT_NEAR(OUT.get()[0], want, 1e-12 * want);
+}
+
+TEST(CudaOps, SoftmaxCrossEntropy) {
+  REQUIRE_GPU();
+  for (const auto& [name, N, K] : shapes().losses) {
+    SCOPED_TRACE(name + " N=" + std::to_string(N));
+    std::vector<float> z = randn(size_t(N) * K, 3.0f);
+    std::vector<int32_t> labels(N);
+    for (int n = 0; n < N; ++n) labels[n] = int32_t(rng()() % unsigned(K));
+    if (N > 1) z[size_t(K) + 3] = z[size_t(K) + 5] = 50.0f;  // a tie: the first maximum wins
+    std::vector<float> d(z.size());
+    int correct = 0;
+    const double loss = softmax_xent<float>(N, K, z.data(), labels.data(), 1.0f / 7, d.data(),
+                                            &correct);
+    Dev<float> Z(z), D(z.size());
+    Dev<int32_t> L(labels);
+    Dev<double> R(2), WS(cuda::softmax_xent_workspace(N));
+    cuda::softmax_xent(N, K, Z.p, L.p, 1.0f / 7, D.p, R.p, WS.p, nullptr);
+    const std::vector<double> r = R.get();
+    EXPECT_NEAR(r[0], loss, 1e-12 * std::abs(loss));
+    EXPECT_EQ(r[1], double(correct));
+    expect_close(D.get(), to_double(d), 1e-6, "dlogits");
+  }
+}
+
+TEST(CudaOps, NoGpuIsAClearError) {
+  std::string why;
+  if (cuda::device_count(&why) > 0) GTEST_SKIP() << "a GPU is present";
+  try {
+    cuda::use_device(0);
+    ADD_FAILURE() << "use_device without a GPU did not throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no usable GPU"), std::string::npos) << e.what();
+  }
+}
+
+#endif  // SQUEEZE_HAVE_CUDA
