@@ -15,6 +15,10 @@
 #include "core/model.h"
 #include "core/safetensors.h"
 #include "core/trainer.h"
+#ifdef SQUEEZE_HAVE_CUDA
+#include "core/cuda_model.h"
+#include "kernels/cuda/cuda_ops.h"
+#endif
 #include "launch/job.h"
 #include "launch/threads.h"
 
@@ -118,6 +122,35 @@ int run_eval(const ModelFlags& mf, const std::string& weights, const std::string
   return 0;
 }
 
+// --device cuda --check-layers: one batch through the GPU and the CPU model, each layer's error.
+int run_check_layers(TrainConfig tc, const Job& job) {
+#ifndef SQUEEZE_HAVE_CUDA
+  (void)tc, (void)job;
+  fail("--device cuda: this squeeze was built without CUDA (CMake found no nvcc)");
+#else
+  cuda::use_device(job.world.local_rank);
+  const std::string dir = tc.data_dir.empty() ? default_data_dir(tc.data) : tc.data_dir;
+  const DataSplit data = load_dataset(tc.data, dir);
+  adapt_model_to_data(tc.model, tc.stem, data.train);
+  const int N = tc.batch / job.size();
+  const double tol = 1e-4;
+  const std::vector<LayerCheck> rows = check_layers(tc.model, N, tc.seed, tol);
+  int bad = 0;
+  if (job.root())
+    std::printf("--check-layers: %s, batch %d, random inputs; relative error GPU vs CPU "
+                "(tolerance %g)\n%-10s %14s %14s\n",
+                arch_name(tc.model.arch).c_str(), N, tol, "layer", "forward", "param grad");
+  for (const LayerCheck& r : rows) {
+    bad += !r.ok;
+    if (job.root())
+      std::printf("%-10s %14.3e %14.3e%s\n", r.layer.c_str(), r.forward_err, r.backward_err,
+                  r.ok ? "" : "   <-- FAILS");
+  }
+  if (bad) fail("--check-layers: ", bad, " layer(s) of ", rows.size(), " past tolerance ", tol);
+  return 0;
+#endif
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -164,7 +197,13 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--out", ro.out_dir, "directory for metrics.jsonl, checkpoint and weights ('' : none)")->capture_default_str();
   train_cmd->add_option("--resume", ro.resume, "continue from this checkpoint (its settings are used)");
   train_cmd->add_option("--max-steps", ro.max_steps, "stop after this global step, with a checkpoint");
-  std::string mpi_progress = "thread", fault;
+  std::string mpi_progress = "thread", fault, device = "cpu";
+  bool check_layers_flag = false;
+  train_cmd->add_option("--device", device, "cpu | cuda (one GPU per rank, by local rank)")
+      ->capture_default_str();
+  train_cmd->add_flag("--check-layers", check_layers_flag,
+                      "with --device cuda: run one batch on the GPU and on the CPU and print each "
+                      "layer's forward and backward relative error; fail past 1e-4");
   train_cmd->add_option("--bucket-mib", ro.bucket_mib,
                         "gradient bucket size for the allreduce (0: one bucket)")
       ->capture_default_str();
@@ -223,6 +262,17 @@ int main(int argc, char** argv) {
       ro.progress = !job.mpi && isatty(STDOUT_FILENO);
       ro.quiet = !job.root();
       if (!fault.empty()) ro.fault = parse_fault(fault);
+      if (device != "cpu" && device != "cuda")
+        fail("unknown --device '", device, "' (known: cpu, cuda)");
+      if (check_layers_flag && device != "cuda") fail("--check-layers needs --device cuda");
+      if (check_layers_flag) {
+        run_check_layers(tc, job);
+        end_job(job);
+        return 0;
+      }
+      if (device == "cuda")
+        fail("--device cuda trains only after the GPU trainer lands (issue 4, in progress); "
+             "--device cuda --check-layers runs the GPU kernels against the CPU today");
       if (ro.bucket_mib < 0) fail("--bucket-mib must not be negative, got ", ro.bucket_mib);
       if (ro.check_replicas_every < 0)
         fail("--check-replicas must not be negative, got ", ro.check_replicas_every);

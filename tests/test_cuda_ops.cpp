@@ -21,6 +21,7 @@
 #include "kernels/ops.h"
 
 #ifdef SQUEEZE_HAVE_CUDA
+#include "core/cuda_model.h"
 #include "kernels/cuda/cuda_ops.h"
 #endif
 
@@ -361,6 +362,70 @@ TEST(CudaOps, SoftmaxCrossEntropy) {
     EXPECT_EQ(r[1], double(correct));
     expect_close(D.get(), to_double(d), 1e-6, "dlogits");
   }
+}
+
+// The whole model, layer by layer (--check-layers' function), on every configuration.
+TEST(CudaModel, EveryLayerMatchesTheCpuModel) {
+  REQUIRE_GPU();
+  std::vector<std::pair<ModelConfig, int>> cases;
+  cases.push_back({preset("squeezenet1.0"), 2});
+  cases.push_back({preset("squeezenet1.1"), 3});
+  ModelConfig small = preset("squeezenet1.0");
+  small.stem = Stem::kSmall;
+  small.in_c = 1, small.in_h = 28, small.in_w = 28, small.num_classes = 10;
+  for (Bypass b : {Bypass::kNone, Bypass::kSimple, Bypass::kComplex}) {
+    small.bypass = b;
+    cases.push_back({small, 33});
+  }
+  for (const auto& [cfg, N] : cases) {
+    SCOPED_TRACE(arch_name(cfg.arch) + " bypass " + bypass_name(cfg.bypass));
+    for (const LayerCheck& r : check_layers(cfg, N, 5, 1e-4))
+      EXPECT_TRUE(r.ok) << r.layer << ": forward " << r.forward_err << ", param grad "
+                        << r.backward_err;
+  }
+}
+
+// Several SGD steps on the GPU (model, loss, fused update) against the same steps on the CPU.
+TEST(CudaModel, TrainingStepsFollowTheCpu) {
+  REQUIRE_GPU();
+  ModelConfig cfg = preset("squeezenet1.1");
+  cfg.stem = Stem::kSmall;
+  cfg.in_c = 1, cfg.in_h = 28, cfg.in_w = 28, cfg.num_classes = 10;
+  const int N = 17, K = 10, steps = 4;
+  Model cpu(cfg, N);
+  CudaModel gpu(cfg, N);
+  const size_t T = cpu.layout().total;
+  std::vector<float> p(T), v(T, 0.0f), g(T);
+  cpu.init_params(p.data(), "torchvision", 9);
+  Dev<float> P(p), V(v), G(T), DL(size_t(N) * K);
+  Dev<double> R(2), LWS(cuda::softmax_xent_workspace(N));
+  std::vector<float> dl(size_t(N) * K);
+  for (int step = 0; step < steps; ++step) {
+    const std::vector<float> x = randn(size_t(N) * 28 * 28);
+    std::vector<int32_t> y(N);
+    std::vector<uint64_t> keys(N);
+    for (int n = 0; n < N; ++n) {
+      y[n] = int32_t(rng()() % K);
+      keys[n] = sample_key(3, RngStream::kDropout, uint64_t(step), uint64_t(n));
+    }
+    std::fill(g.begin(), g.end(), 0.0f);
+    const float* logits = cpu.forward(p.data(), x.data(), N, true, keys.data());
+    const double loss = softmax_xent<float>(N, K, logits, y.data(), 1.0f / N, dl.data(), nullptr);
+    cpu.backward(p.data(), dl.data(), g.data(), N, keys.data());
+    sgd_momentum_update<float>(T, p.data(), g.data(), v.data(), 0.05f, 0.9f, 2e-4f);
+
+    Dev<float> X(x);
+    Dev<int32_t> Y(y);
+    Dev<uint64_t> KEYS(keys);
+    SQ_CUDA(cudaMemset(G.p, 0, T * sizeof(float)));
+    const float* gl = gpu.forward(P.p, X.p, N, true, KEYS.p);
+    cuda::softmax_xent(N, K, gl, Y.p, 1.0f / N, DL.p, R.p, LWS.p, nullptr);
+    gpu.backward(P.p, DL.p, G.p, N, KEYS.p);
+    cuda::sgd_momentum_update(T, P.p, G.p, V.p, 0.05f, 0.9f, 2e-4f, nullptr);
+    EXPECT_NEAR(R.get()[0], loss, 1e-4 * loss) << "loss of step " << step;
+  }
+  expect_close(P.get(), to_double(p), 1e-4, "parameters after the steps");
+  expect_close(V.get(), to_double(v), 1e-4, "momentum after the steps");
 }
 
 TEST(CudaOps, NoGpuIsAClearError) {

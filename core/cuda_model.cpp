@@ -1,0 +1,269 @@
+#ifdef SQUEEZE_HAVE_CUDA
+#include "core/cuda_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "kernels/cuda/cuda_ops.h"
+
+namespace sq {
+
+CudaModel::CudaModel(const ModelConfig& cfg, int max_batch, cudaStream_t stream)
+    : plan_(cfg, 1), max_batch_(max_batch), stream_(stream) {
+  SQ_ASSERT(max_batch >= 1, "max_batch must be positive");
+  size_t total = 0, largest = 0;
+  for (const ActShape& a : plan_.acts()) {
+    act_offset_.push_back(total);
+    const size_t n = size_t(a.per_sample()) * max_batch_;
+    total += n;
+    largest = std::max(largest, n);
+  }
+  size_t ws = 1;
+  for (const Layer& l : plan_.layers()) {
+    if (l.kind == LayerKind::kConv) {
+      ConvGeom g = l.conv;
+      g.N = max_batch_;
+      ws = std::max(ws, cuda::conv_backward_workspace(g));
+    } else if (l.kind == LayerKind::kFire) {
+      FireGeom f = l.fire;
+      f.N = max_batch_;
+      ws = std::max(ws, cuda::fire_workspace(f));
+      if (l.bypass == Bypass::kComplex) {
+        ConvGeom g = l.bypass_conv;
+        g.N = max_batch_;
+        ws = std::max(ws, cuda::conv_backward_workspace(g));
+      }
+    }
+  }
+  const size_t floats = total + 2 * largest + ws;
+  bytes_ = floats * sizeof(float);
+  SQ_CUDA(cudaMalloc(reinterpret_cast<void**>(&arena_), bytes_));
+  grad_a_ = arena_ + total;
+  grad_b_ = grad_a_ + largest;
+  ws_ = grad_b_ + largest;
+}
+
+CudaModel::~CudaModel() { cudaFree(arena_); }
+
+const float* CudaModel::forward(const float* params, const float* input, int N, bool train,
+                                const uint64_t* dropout_keys) {
+  SQ_ASSERT(N >= 1 && N <= max_batch_, "batch ", N, " outside [1, ", max_batch_, "]");
+  n_ = N;
+  const std::vector<ActShape>& acts = plan_.acts();
+  const ModelConfig& cfg = plan_.config();
+  cudaStream_t s = stream_;
+  SQ_CUDA(cudaMemcpyAsync(act(0), input, sizeof(float) * size_t(acts[0].per_sample()) * N,
+                          cudaMemcpyDeviceToDevice, s));
+  const float* P = params;
+  for (const Layer& l : plan_.layers()) {
+    const ActShape& ain = acts[size_t(l.in)];
+    const size_t n_in = size_t(ain.per_sample()) * N;
+    switch (l.kind) {
+      case LayerKind::kConv: {
+        ConvGeom g = l.conv;
+        g.N = N;
+        cuda::conv_forward(g, act(l.in), P + l.w, P + l.b, act(l.out), true, s);
+        break;
+      }
+      case LayerKind::kMaxPool: {
+        PoolGeom g = l.pool;
+        g.N = N;
+        cuda::maxpool_forward(g, act(l.in), act(l.out), s);
+        break;
+      }
+      case LayerKind::kFire: {
+        FireGeom f = l.fire;
+        f.N = N;
+        FireParams<const float> fp{P + l.ws, P + l.bs, P + l.w1, P + l.b1, P + l.w3, P + l.b3};
+        float* y = l.bypass == Bypass::kNone ? act(l.out) : act(l.fire_act);
+        cuda::fire_forward(f, act(l.in), fp, act(l.squeeze_act), y, s);
+        if (l.bypass == Bypass::kSimple) {
+          SQ_CUDA(cudaMemcpyAsync(act(l.out), act(l.in), sizeof(float) * n_in,
+                                  cudaMemcpyDeviceToDevice, s));
+          cuda::add_inplace(act(l.out), y, n_in, s);
+        } else if (l.bypass == Bypass::kComplex) {
+          ConvGeom g = l.bypass_conv;
+          g.N = N;
+          cuda::conv_forward(g, act(l.in), P + l.bw, P + l.bb, act(l.out), false, s);
+          cuda::add_inplace(act(l.out), y, size_t(acts[size_t(l.out)].per_sample()) * N, s);
+        }
+        break;
+      }
+      case LayerKind::kDropout:
+        if (train && cfg.dropout > 0.0)
+          cuda::dropout_forward(N, ain.c, ain.h * ain.w, float(cfg.dropout), dropout_keys,
+                                act(l.in), act(l.out), s);
+        else
+          SQ_CUDA(cudaMemcpyAsync(act(l.out), act(l.in), sizeof(float) * n_in,
+                                  cudaMemcpyDeviceToDevice, s));
+        break;
+      case LayerKind::kAvgPool:
+        cuda::avgpool_forward(N, ain.c, ain.h * ain.w, act(l.in), act(l.out), s);
+        break;
+    }
+  }
+  return act(plan_.layers().back().out);
+}
+
+void CudaModel::backward(const float* params, const float* dlogits, float* grads, int N,
+                         const uint64_t* dropout_keys,
+                         const std::function<void(size_t)>& on_ready) {
+  SQ_ASSERT(N == n_, "backward batch ", N, " differs from the forward's ", n_);
+  const std::vector<ActShape>& acts = plan_.acts();
+  const std::vector<Layer>& layers = plan_.layers();
+  const ModelConfig& cfg = plan_.config();
+  cudaStream_t s = stream_;
+  const float* P = params;
+  float* G = grads;
+  float* dcur = grad_a_;
+  float* dprev = grad_b_;
+  SQ_CUDA(cudaMemcpyAsync(dcur, dlogits, sizeof(float) * size_t(cfg.num_classes) * N,
+                          cudaMemcpyDeviceToDevice, s));
+  for (size_t li = layers.size(); li-- > 0;) {
+    const Layer& l = layers[li];
+    const ActShape& ain = acts[size_t(l.in)];
+    const size_t n_in = size_t(ain.per_sample()) * N;
+    const bool first = li == 0;
+    switch (l.kind) {
+      case LayerKind::kAvgPool:
+        cuda::avgpool_backward(N, ain.c, ain.h * ain.w, dcur, dprev, s);
+        break;
+      case LayerKind::kConv: {
+        ConvGeom g = l.conv;
+        g.N = N;
+        cuda::relu_backward(dcur, act(l.out), dcur, size_t(acts[size_t(l.out)].per_sample()) * N, s);
+        cuda::conv_backward(g, act(l.in), P + l.w, dcur, G + l.w, G + l.b,
+                            first ? nullptr : dprev, false, ws_, s);
+        break;
+      }
+      case LayerKind::kDropout:
+        if (cfg.dropout > 0.0)
+          cuda::dropout_backward(N, ain.c, ain.h * ain.w, float(cfg.dropout), dropout_keys, dcur,
+                                 dprev, s);
+        else
+          SQ_CUDA(cudaMemcpyAsync(dprev, dcur, sizeof(float) * n_in, cudaMemcpyDeviceToDevice, s));
+        break;
+      case LayerKind::kMaxPool: {
+        PoolGeom g = l.pool;
+        g.N = N;
+        cuda::maxpool_backward(g, act(l.in), dcur, dprev, s);
+        break;
+      }
+      case LayerKind::kFire: {
+        FireGeom f = l.fire;
+        f.N = N;
+        FireParams<const float> fp{P + l.ws, P + l.bs, P + l.w1, P + l.b1, P + l.w3, P + l.b3};
+        FireParams<float> fg{G + l.ws, G + l.bs, G + l.w1, G + l.b1, G + l.w3, G + l.b3};
+        const float* y = l.bypass == Bypass::kNone ? act(l.out) : act(l.fire_act);
+        cuda::fire_backward(f, act(l.in), fp, act(l.squeeze_act), y, dcur, fg, dprev, false, ws_,
+                            s);
+        if (l.bypass == Bypass::kSimple) {
+          cuda::add_inplace(dprev, dcur, n_in, s);
+        } else if (l.bypass == Bypass::kComplex) {
+          ConvGeom g = l.bypass_conv;
+          g.N = N;
+          cuda::conv_backward(g, act(l.in), P + l.bw, dcur, G + l.bw, G + l.bb, dprev, true, ws_, s);
+        }
+        break;
+      }
+    }
+    if (l.param_end > l.param_begin && on_ready) on_ready(l.param_begin);
+    std::swap(dcur, dprev);
+  }
+}
+
+namespace {
+
+template <class T>
+struct DeviceVec {  // a device copy of a host vector, freed on scope exit
+  T* p = nullptr;
+  size_t n = 0;
+  explicit DeviceVec(size_t count) : n(count) {
+    SQ_CUDA(cudaMalloc(reinterpret_cast<void**>(&p), std::max<size_t>(n, 1) * sizeof(T)));
+  }
+  explicit DeviceVec(const std::vector<T>& v) : DeviceVec(v.size()) {
+    SQ_CUDA(cudaMemcpy(p, v.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  ~DeviceVec() { cudaFree(p); }
+  DeviceVec(const DeviceVec&) = delete;
+  DeviceVec& operator=(const DeviceVec&) = delete;
+};
+
+std::vector<float> download(const float* p, size_t n) {
+  std::vector<float> v(n);
+  SQ_CUDA(cudaDeviceSynchronize());
+  SQ_CUDA(cudaMemcpy(v.data(), p, n * sizeof(float), cudaMemcpyDeviceToHost));
+  return v;
+}
+
+double rel_err(const float* got, const float* ref, size_t n) {
+  double d = 0, r = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double e = double(got[i]) - double(ref[i]);
+    d += e * e;
+    r += double(ref[i]) * double(ref[i]);
+  }
+  if (!std::isfinite(d)) return INFINITY;
+  return r > 0 ? std::sqrt(d / r) : std::sqrt(d);
+}
+
+}  // namespace
+
+std::vector<LayerCheck> check_layers(const ModelConfig& cfg, int N, uint64_t seed,
+                                     double tolerance) {
+  Model cpu(cfg, N);
+  CudaModel gpu(cfg, N);
+  const ParamLayout& layout = cpu.layout();
+  std::vector<float> params(layout.total);
+  cpu.init_params(params.data(), "torchvision", seed);
+  std::mt19937 rng{uint32_t(seed)};
+  std::normal_distribution<float> nd;
+  std::vector<float> input(size_t(cfg.in_c) * N * cfg.in_h * cfg.in_w);
+  for (float& x : input) x = nd(rng);
+  std::vector<int32_t> labels(N);
+  std::vector<uint64_t> keys(N);
+  for (int n = 0; n < N; ++n) {
+    labels[n] = int32_t(n % cfg.num_classes);
+    keys[n] = sample_key(seed, RngStream::kDropout, 0, uint64_t(n));
+  }
+  const int K = cfg.num_classes;
+  const float scale = 1.0f / float(N);
+
+  std::vector<float> dlogits(size_t(K) * N), grads(layout.total, 0.0f);
+  const float* logits = cpu.forward(params.data(), input.data(), N, true, keys.data());
+  softmax_xent(N, K, logits, labels.data(), scale, dlogits.data(), static_cast<int*>(nullptr));
+
+  DeviceVec<float> dparams(params), dinput(input), dgrads(std::vector<float>(layout.total, 0.0f));
+  DeviceVec<float> ddlogits(dlogits.size());
+  DeviceVec<int32_t> dlabels(labels);
+  DeviceVec<uint64_t> dkeys(keys);
+  DeviceVec<double> dloss(2), dws(cuda::softmax_xent_workspace(N));
+  const float* glogits = gpu.forward(dparams.p, dinput.p, N, true, dkeys.p);
+  cuda::softmax_xent(N, K, glogits, dlabels.p, scale, ddlogits.p, dloss.p, dws.p, gpu.stream());
+
+  std::vector<LayerCheck> out;
+  for (const Layer& l : cpu.layers()) {
+    LayerCheck c;
+    c.layer = l.name;
+    const size_t n = size_t(cpu.acts()[size_t(l.out)].per_sample()) * N;
+    c.forward_err = rel_err(download(gpu.activation(l.out), n).data(), cpu.activation(l.out), n);
+    out.push_back(c);
+  }
+  cpu.backward(params.data(), dlogits.data(), grads.data(), N, keys.data());
+  gpu.backward(dparams.p, ddlogits.p, dgrads.p, N, dkeys.p);
+  const std::vector<float> ggrads = download(dgrads.p, layout.total);
+  for (size_t i = 0; i < out.size(); ++i) {
+    const Layer& l = cpu.layers()[i];
+    if (l.param_end > l.param_begin)
+      out[i].backward_err = rel_err(ggrads.data() + l.param_begin, grads.data() + l.param_begin,
+                                    l.param_end - l.param_begin);
+    out[i].ok = out[i].forward_err <= tolerance && out[i].backward_err <= tolerance;
+  }
+  return out;
+}
+
+}  // namespace sq
+#endif

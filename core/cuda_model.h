@@ -1,0 +1,73 @@
+// The model on one GPU: the host model's layer table and parameter layout (core/model.h),
+// activations, activation gradients and workspaces planned once in device memory, forward and
+// backward with the CUDA ops (kernels/cuda/cuda_ops.h) on one stream. Nothing is allocated and
+// nothing synchronises with the host inside forward or backward. Built with CUDA only.
+#pragma once
+#ifdef SQUEEZE_HAVE_CUDA
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/model.h"
+
+namespace sq {
+
+class CudaModel {
+ public:
+  CudaModel(const ModelConfig& cfg, int max_batch, cudaStream_t stream = nullptr);
+  ~CudaModel();
+  CudaModel(const CudaModel&) = delete;
+  CudaModel& operator=(const CudaModel&) = delete;
+
+  const ModelConfig& config() const { return plan_.config(); }
+  const ParamLayout& layout() const { return plan_.layout(); }
+  const std::vector<Layer>& layers() const { return plan_.layers(); }
+  const std::vector<ActShape>& acts() const { return plan_.acts(); }
+  int max_batch() const { return max_batch_; }
+  size_t device_bytes() const { return bytes_; }
+  cudaStream_t stream() const { return stream_; }
+
+  // Device pointers throughout. input (in_c, N, in_h, in_w); dropout_keys[N] on the device.
+  // Returns the device logits (N, classes), valid until the next forward.
+  const float* forward(const float* params, const float* input, int N, bool train,
+                       const uint64_t* dropout_keys);
+  // grads += dL/dparams (device); on_ready(offset) after each layer with parameters, as the
+  // host model's (the hook runs on the host when the layer's kernels are queued, not finished).
+  void backward(const float* params, const float* dlogits, float* grads, int N,
+                const uint64_t* dropout_keys, const std::function<void(size_t)>& on_ready = {});
+
+  // Activation `id` of the last forward, on the device ((C, N, H, W), N of that forward).
+  const float* activation(int id) const { return arena_ + act_offset_[size_t(id)]; }
+
+ private:
+  float* act(int id) { return arena_ + act_offset_[size_t(id)]; }
+
+  Model plan_;  // batch-1 host model: the layer table, shapes and layout (its arena is small)
+  int max_batch_;
+  cudaStream_t stream_;
+  std::vector<size_t> act_offset_;
+  float* arena_ = nullptr;  // every activation, for max_batch
+  float* grad_a_ = nullptr;  // ping-pong activation gradients
+  float* grad_b_ = nullptr;
+  float* ws_ = nullptr;      // op workspace
+  size_t bytes_ = 0;
+  int n_ = 0;
+};
+
+// --check-layers: one batch through the GPU model and the CPU model from the same parameters and
+// inputs; per layer the relative error (norm-wise) of its output and of its parameter gradient.
+struct LayerCheck {
+  std::string layer;
+  double forward_err = 0;   // ||gpu - cpu|| / ||cpu|| of the layer's output
+  double backward_err = 0;  // the same for the layer's parameter gradient (0: no parameters)
+  bool ok = true;
+};
+// Tolerance 1e-4 on both; dropout is active with the same keys on both sides.
+std::vector<LayerCheck> check_layers(const ModelConfig& cfg, int N, uint64_t seed,
+                                     double tolerance = 1e-4);
+
+}  // namespace sq
+#endif

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU path in one call (run ON the lent GPU machine, from the repository root, after
+# scripts/gpu_deps.sh ran here and `.device` is carried): unpack the carried Debian packages,
+# build with CUDA for the GPU at hand, run every GPU test, and run --check-layers on the
+# model configurations. Results (logs, GPU description) go to $OUT when it is set.
+#
+#   device run: bash scripts/gpu_check.sh        (carry: [".device"], timeout ~ 600 s)
+#
+# Still to come with issue 4: the Fire-shape benchmark against cuDNN and the training
+# throughput against PyTorch (docs/BENCHMARKS.md, "GPU").
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/sq_gpu_out}
+mkdir -p "$OUT"
+DEPS=/tmp/sqdeps
+rm -rf "$DEPS" && mkdir -p "$DEPS"
+for f in .device/debs/*.deb; do dpkg -x "$f" "$DEPS"; done
+export LD_LIBRARY_PATH="$DEPS/usr/lib/x86_64-linux-gnu/openblas-openmp:$DEPS/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+{
+  date -u
+  nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv
+  nvcc --version | tail -1
+} 2>&1 | tee "$OUT/gpu.txt"
+cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
+set -e
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$DEPS/usr" \
+  -DCMAKE_CUDA_ARCHITECTURES="${cap:-90}" -DSQUEEZE_BUILD_BENCH=OFF -DSQUEEZE_WITH_MPI=OFF \
+  > "$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
+cmake --build build-gpu -j"$(nproc)" --target squeeze test_cuda_ops > "$OUT/build.log" 2>&1 \
+  || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
+set +e
+status=0
+build-gpu/test_cuda_ops 2>&1 | tee "$OUT/test_cuda_ops.log" | grep -E "^\[ *(OK|FAILED|SKIPPED|PASSED) " 
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+data=$DEPS/usr/share/datasets/fashion-mnist
+for args in "--model squeezenet1.0" "--model squeezenet1.1" "--model squeezenet1.0 --bypass complex"; do
+  echo "## squeeze train --device cuda --check-layers $args --batch-size 32" | tee -a "$OUT/check_layers.log"
+  build-gpu/squeeze train --device cuda --check-layers $args --batch-size 32 --data-dir "$data" \
+    2>&1 | tee -a "$OUT/check_layers.log" || status=1
+done
+echo "gpu_check: $([ $status = 0 ] && echo PASSED || echo FAILED)"
+exit $status
