@@ -15,6 +15,7 @@
 #include <csignal>
 
 #include "comm/reducer.h"
+#include "core/device_step.h"
 #include "core/checkpoint.h"
 #include "core/safetensors.h"
 #include "core/error.h"
@@ -173,7 +174,8 @@ FaultInjection parse_fault(const std::string& s) {
 }
 
 EvalResult evaluate(Model& model, const float* params, const Dataset& test,
-                    const Normalization& norm, int batch, int64_t limit, Communicator* comm) {
+                    const Normalization& norm, int batch, int64_t limit, Communicator* comm,
+                    DeviceStep* device) {
   const int64_t n = limit > 0 ? std::min(limit, test.n) : test.n;
   const int world = comm ? comm->size() : 1, rank = comm ? comm->rank() : 0;
   const int64_t s0 = n * rank / world, s1 = n * (rank + 1) / world;
@@ -191,6 +193,13 @@ EvalResult evaluate(Model& model, const float* params, const Dataset& test,
     const int N = int(std::min<int64_t>(batch, s1 - start));
     for (int i = 0; i < N; ++i) idx[i] = start + i;
     assemble_batch(test, idx.data(), N, norm, Augment{}, 0, 0, input.data(), labels.data());
+    if (device) {
+      double st[2] = {0, 0};
+      device->evaluate_batch(input.data(), labels.data(), N, st);
+      loss += st[0];
+      correct += int64_t(st[1]);
+      continue;
+    }
     const float* logits = model.forward(params, input.data(), N, false, nullptr);
     int c = 0;
     loss += softmax_xent(N, K, logits, labels.data(), 1.0f, dlogits.data(), &c);
@@ -279,6 +288,16 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
   comm.broadcast(params.data(), params.size(), 0);
   comm.broadcast(momentum.data(), momentum.size(), 0);
   verify_replicas(comm, params.data(), params.size(), "at start");
+  // --device cuda: parameters, gradients and momentum live on the GPU from here on; the host
+  // vectors are refreshed where the host needs them (checkpoints, replica checks, the result).
+  std::unique_ptr<DeviceStep> dev;
+  if (opt.cuda) {
+    dev = make_cuda_step(cfg.model, local_batch, opt.gpu);
+    dev->upload(params.data(), momentum.data());
+  }
+  auto sync_host = [&] {
+    if (dev) dev->download(params.data(), momentum.data());
+  };
   GradReducer reducer(comm, grads.data(),
                       plan_buckets(tensor_bounds(layout), size_t(opt.bucket_mib * 1048576.0 / 4)),
                       ReduceOp::kSum, opt.overlap);
@@ -308,6 +327,7 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     m["squeeze.epoch_correct"] = fmt17(sums.correct);
     m["squeeze.epoch_seen"] = fmt17(sums.seen);
     m["squeeze.epoch_clipped"] = std::to_string(sums.clipped);
+    sync_host();
     save_checkpoint(ckpt_path, layout, params.data(), momentum.data(), m);
   };
 
@@ -321,6 +341,9 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
                 cfg.batch, (long long)steps_per_epoch, cfg.epochs);
     std::printf("allocating %.1f MiB for activations, gradients and workspace\n",
                 model.arena_bytes() / 1048576.0);
+    if (dev)
+      std::printf("training on %s: %.1f MiB of device memory\n", dev->name().c_str(),
+                  dev->device_bytes() / 1048576.0);
     if (world > 1)
       std::printf("%d ranks over %s: local batch %d, gradient in %zu bucket(s) of up to %g MiB, %s\n",
                   world, comm.name().c_str(), local_batch, reducer.plan().size(), opt.bucket_mib,
@@ -364,43 +387,67 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
         opt.fault.rank == comm.rank() && opt.fault.step == step ? opt.fault.kind : Fault::kNone;
     if (fault == Fault::kThrow) fail("injected fault at step ", step);
     if (fault == Fault::kKill) std::raise(SIGKILL);
-    if (fault == Fault::kDesync) params[0] += 1.0f;
-    std::fill(grads.begin(), grads.end(), 0.0f);
+    if (fault == Fault::kDesync) {
+      sync_host();
+      params[0] += 1.0f;
+      if (dev) dev->upload(params.data(), nullptr);
+    }
     double stats[2] = {0, 0};
     if (N > 0) {
       assemble_batch(data.train, order.data() + r0, N, norm, cfg.augment, cfg.seed, epoch,
                      input.data(), labels.data());
       for (int i = 0; i < N; ++i)
         keys[i] = sample_key(cfg.seed, RngStream::kDropout, uint64_t(epoch), uint64_t(order[r0 + i]));
-      const float* logits = model.forward(params.data(), input.data(), N, true, keys.data());
-      int correct = 0;
-      stats[0] = softmax_xent(N, K, logits, labels.data(), 1.0f / float(gN), dlogits.data(), &correct);
-      stats[1] = correct;
-      model.backward(params.data(), dlogits.data(), grads.data(), N, keys.data(),
-                     [&](size_t offset) { reducer.ready(offset); });
     }
-    if (fault == Fault::kNan) stats[0] = std::nan("");
-    reducer.finish();
+    if (dev) {
+      dev->forward_backward(input.data(), labels.data(), keys.data(), N, 1.0f / float(gN), stats);
+      if (fault == Fault::kNan) stats[0] = std::nan("");
+      // Several ranks: the gradient goes through the host to the communicator, after backward
+      // (the NCCL issue reduces device buffers in place, overlapped with backward).
+      if (world > 1) dev->reduce_through_host(grads.data(), [&](float*) { reducer.finish(); });
+    } else {
+      std::fill(grads.begin(), grads.end(), 0.0f);
+      if (N > 0) {
+        const float* logits = model.forward(params.data(), input.data(), N, true, keys.data());
+        int correct = 0;
+        stats[0] = softmax_xent(N, K, logits, labels.data(), 1.0f / float(gN), dlogits.data(), &correct);
+        stats[1] = correct;
+        model.backward(params.data(), dlogits.data(), grads.data(), N, keys.data(),
+                       [&](size_t offset) { reducer.ready(offset); });
+      }
+      if (fault == Fault::kNan) stats[0] = std::nan("");
+      reducer.finish();
+    }
     comm.allreduce_sum(stats, 2);
     if (!std::isfinite(stats[0]))
       fail("training diverged: loss is ", stats[0], " at step ", step, " (epoch ", epoch + 1,
            "); try a lower --lr");
     if (cfg.clip_grad_norm > 0) {  // on the averaged gradient: the same on every rank
-      const double norm = std::sqrt(sum_of_squares(grads.data(), grads.size()));
+      const double norm =
+          std::sqrt(dev ? dev->grad_sq_norm() : sum_of_squares(grads.data(), grads.size()));
       if (norm > cfg.clip_grad_norm) {
-        scale_inplace(grads.data(), float(cfg.clip_grad_norm / norm), grads.size());
+        const float scale = float(cfg.clip_grad_norm / norm);
+        if (dev)
+          dev->scale_grads(scale);
+        else
+          scale_inplace(grads.data(), scale, grads.size());
         ++sums.clipped;
       }
     }
-    sgd_momentum_update(params.size(), params.data(), grads.data(), momentum.data(), float(lr),
-                        float(cfg.momentum), float(cfg.weight_decay));
+    if (dev)
+      dev->sgd(float(lr), float(cfg.momentum), float(cfg.weight_decay));
+    else
+      sgd_momentum_update(params.size(), params.data(), grads.data(), momentum.data(), float(lr),
+                          float(cfg.momentum), float(cfg.weight_decay));
     sums.loss += stats[0];
     sums.correct += stats[1];
     sums.seen += double(gN);
     epoch_images += gN;
     ++step;
-    if (opt.check_replicas_every > 0 && step % opt.check_replicas_every == 0)
+    if (opt.check_replicas_every > 0 && step % opt.check_replicas_every == 0) {
+      sync_host();
       verify_replicas(comm, params.data(), params.size(), str("after step ", step));
+    }
 
     if (root && opt.progress && seconds_since(last_progress) > 0.5) {
       last_progress = Clock::now();
@@ -423,7 +470,8 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
       em.images_per_s = epoch_images / train_seconds;
       em.clipped_steps = sums.clipped;
       EvalResult ev =
-          evaluate(model, params.data(), data.test, norm, local_batch, cfg.test_limit, &comm);
+          evaluate(model, params.data(), data.test, norm, local_batch, cfg.test_limit, &comm,
+                   dev.get());
       em.test_loss = ev.loss;
       em.test_acc = ev.accuracy;
       em.seconds = seconds_since(epoch_t0);
@@ -457,6 +505,7 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     }
   }
   if (root && opt.progress) std::printf("\r\033[K");
+  sync_host();
   if (root && step % steps_per_epoch != 0) save(step);  // stopped mid-epoch (--max-steps)
   if (root && !weights_path.empty()) {
     Metadata m = meta_common();

@@ -66,6 +66,8 @@ struct RunOptions {  // how to run, not what to compute: never changes the traje
   double bucket_mib = kDefaultBucketMiB;  // gradient bucket cap (0: one bucket for the model)
   bool overlap = true;       // start each bucket's allreduce during backward
   int64_t check_replicas_every = 0;  // also verify replica checksums every K steps (0: at start only)
+  bool cuda = false;         // the step on GPU `gpu` (model, loss, clipping, SGD on the device)
+  int gpu = 0;
   FaultInjection fault;
 };
 
@@ -94,9 +96,11 @@ struct EvalResult {
 };
 // With a communicator of several ranks, each rank evaluates a contiguous share of the samples
 // and the sums are reduced, so every rank gets the whole test set's figures.
+// With `device`, the device's model and parameters are used (params is then ignored).
+class DeviceStep;
 EvalResult evaluate(Model& model, const float* params, const Dataset& test,
                     const Normalization& norm, int batch, int64_t limit = 0,
-                    Communicator* comm = nullptr);
+                    Communicator* comm = nullptr, DeviceStep* device = nullptr);
 
 // Fills the model config's input shape and class count from a data set and resolves "auto".
 void adapt_model_to_data(ModelConfig& m, const std::string& stem, const Dataset& d);

@@ -270,9 +270,8 @@ int main(int argc, char** argv) {
         end_job(job);
         return 0;
       }
-      if (device == "cuda")
-        fail("--device cuda trains only after the GPU trainer lands (issue 4, in progress); "
-             "--device cuda --check-layers runs the GPU kernels against the CPU today");
+      ro.cuda = device == "cuda";
+      ro.gpu = job.world.local_rank;  // one GPU per rank
       if (ro.bucket_mib < 0) fail("--bucket-mib must not be negative, got ", ro.bucket_mib);
       if (ro.check_replicas_every < 0)
         fail("--check-replicas must not be negative, got ", ro.check_replicas_every);

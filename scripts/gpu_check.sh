@@ -30,6 +30,7 @@ cmake --build build-gpu -j"$(nproc)" --target squeeze test_cuda_ops > "$OUT/buil
   || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
 set +e
 status=0
+export SQUEEZE_FASHION_MNIST=$DEPS/usr/share/datasets/fashion-mnist
 build-gpu/test_cuda_ops 2>&1 | tee "$OUT/test_cuda_ops.log" | grep -E "^\[ *(OK|FAILED|SKIPPED|PASSED) " 
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 data=$DEPS/usr/share/datasets/fashion-mnist
@@ -38,5 +39,9 @@ for args in "--model squeezenet1.0" "--model squeezenet1.1" "--model squeezenet1
   build-gpu/squeeze train --device cuda --check-layers $args --batch-size 32 --data-dir "$data" \
     2>&1 | tee -a "$OUT/check_layers.log" || status=1
 done
+# One epoch of the default job on the GPU (fp32, first kernels): images/s and accuracy.
+echo "## squeeze train --device cuda --epochs 1" | tee "$OUT/train.log"
+build-gpu/squeeze train --device cuda --epochs 1 --data-dir "$data" --out /tmp/sq_gpu_run \
+  2>&1 | tee -a "$OUT/train.log" | grep -vE "^.\[K" || status=1
 echo "gpu_check: $([ $status = 0 ] && echo PASSED || echo FAILED)"
 exit $status

@@ -2,9 +2,11 @@
 // random inputs, at every shape squeezenet1.0, squeezenet1.1 and the small-image configuration
 // use, with odd batch sizes. Skips, saying why, when there is no GPU or no CUDA in the build.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -18,6 +20,8 @@
 #include "core/error.h"
 #include "core/model.h"
 #include "core/rng.h"
+#include "core/trainer.h"
+#include "comm/communicator.h"
 #include "kernels/ops.h"
 
 #ifdef SQUEEZE_HAVE_CUDA
@@ -426,6 +430,41 @@ TEST(CudaModel, TrainingStepsFollowTheCpu) {
   }
   expect_close(P.get(), to_double(p), 1e-4, "parameters after the steps");
   expect_close(V.get(), to_double(v), 1e-4, "momentum after the steps");
+}
+
+// squeeze train --device cuda against the CPU trainer: one epoch of real Fashion-MNIST with the
+// default recipe (LSUV, dropout, augmentation, clipping), a low learning rate as in the
+// multi-rank equivalence test (tests/mpi/test_mpi.cpp explains why).
+TEST(CudaTrainer, OneEpochFollowsTheCpuTrainer) {
+  REQUIRE_GPU();
+  // SQUEEZE_FASHION_MNIST: where scripts/gpu_check.sh unpacked the data set on the GPU machine.
+  const char* env = std::getenv("SQUEEZE_FASHION_MNIST");
+  const std::string dir = env ? env : "/usr/share/datasets/fashion-mnist";
+  struct stat st;
+  if (::stat((dir + "/train-images-idx3-ubyte.gz").c_str(), &st) != 0)
+    GTEST_SKIP() << "Fashion-MNIST not found in " << dir;
+  TrainConfig c;
+  c.data_dir = dir;
+  c.model = preset("squeezenet1.0");
+  c.model.base_e = 32;
+  c.model.incr_e = 32;
+  c.epochs = 1;
+  c.batch = 32;
+  c.schedule.lr = 0.002;
+  c.train_limit = 200;
+  c.test_limit = 200;
+  c.augment.crop_pad = 2;
+  c.augment.hflip = true;
+  RunOptions o;
+  o.quiet = true;
+  auto comm = make_local_communicator();
+  const TrainResult cpu = train(c, o, *comm);
+  o.cuda = true;
+  const TrainResult gpu = train(c, o, *comm);
+  ASSERT_EQ(gpu.steps, cpu.steps);
+  expect_close(gpu.params, to_double(cpu.params), 1e-4, "parameters after one epoch");
+  EXPECT_NEAR(gpu.epochs[0].train_loss, cpu.epochs[0].train_loss, 1e-4 * cpu.epochs[0].train_loss);
+  EXPECT_NEAR(gpu.epochs[0].test_acc, cpu.epochs[0].test_acc, 1.0 / 200 + 1e-12);
 }
 
 TEST(CudaOps, NoGpuIsAClearError) {

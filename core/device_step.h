@@ -1,0 +1,42 @@
+// The training step on an accelerator, as the trainer sees it: parameters, gradients and
+// momentum live on the device; the trainer assembles batches on the host and drives the step.
+// CUDA implements it (core/cuda_step.cpp); a build without CUDA gets core/cuda_step_none.cpp,
+// which refuses with a clear error, so the trainer needs no #ifdefs.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "core/config.h"
+
+namespace sq {
+
+class DeviceStep {
+ public:
+  virtual ~DeviceStep() = default;
+  virtual std::string name() const = 0;  // "cuda:0 (NVIDIA H100 80GB HBM3)"
+  virtual size_t device_bytes() const = 0;
+  // Host <-> device copies of the flat buffers (momentum may be null). Synchronous.
+  virtual void upload(const float* params, const float* momentum) = 0;
+  virtual void download(float* params, float* momentum) = 0;
+  // Zeroes the gradients; then, for N > 0, forward (train), loss scaled by grad_scale,
+  // backward, the host inputs copied in first; stats[0] += loss sum, stats[1] += correct
+  // (waits for the step).
+  virtual void forward_backward(const float* input, const int32_t* labels, const uint64_t* keys,
+                                int N, float grad_scale, double* stats) = 0;
+  // The gradients through the host, for a host-side reduction: download into host, call
+  // reduce(host), upload the result.
+  virtual void reduce_through_host(float* host, const std::function<void(float*)>& reduce) = 0;
+  virtual double grad_sq_norm() = 0;     // waits for the value
+  virtual void scale_grads(float s) = 0;
+  virtual void sgd(float lr, float momentum, float weight_decay) = 0;
+  // Forward without dropout: stats[0] += loss sum, stats[1] += correct.
+  virtual void evaluate_batch(const float* input, const int32_t* labels, int N, double* stats) = 0;
+};
+
+// The step on GPU `device` (this process's local rank) for batches of up to max_batch.
+std::unique_ptr<DeviceStep> make_cuda_step(const ModelConfig& cfg, int max_batch, int device);
+
+}  // namespace sq
