@@ -197,7 +197,10 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--out", ro.out_dir, "directory for metrics.jsonl, checkpoint and weights ('' : none)")->capture_default_str();
   train_cmd->add_option("--resume", ro.resume, "continue from this checkpoint (its settings are used)");
   train_cmd->add_option("--max-steps", ro.max_steps, "stop after this global step, with a checkpoint");
-  std::string mpi_progress = "thread", fault, device = "cpu";
+  std::string mpi_progress = "thread", fault, device = "cpu", conv = "own";
+  train_cmd->add_option("--conv", conv,
+                        "own | cudnn: the GPU's convolutions (cuDNN: the baseline, fp32)")
+      ->capture_default_str();
   bool check_layers_flag = false;
   train_cmd->add_option("--device", device, "cpu | cuda (one GPU per rank, by local rank)")
       ->capture_default_str();
@@ -265,6 +268,13 @@ int main(int argc, char** argv) {
       if (device != "cpu" && device != "cuda")
         fail("unknown --device '", device, "' (known: cpu, cuda)");
       if (check_layers_flag && device != "cuda") fail("--check-layers needs --device cuda");
+      if (conv != "own" && conv != "cudnn") fail("unknown --conv '", conv, "' (known: own, cudnn)");
+      if (conv == "cudnn") {
+        if (device != "cuda") fail("--conv cudnn needs --device cuda");
+#ifdef SQUEEZE_HAVE_CUDA
+        cuda::set_conv_impl(cuda::ConvImpl::kCudnn);
+#endif
+      }
       if (check_layers_flag) {
         run_check_layers(tc, job);
         end_job(job);

@@ -217,6 +217,33 @@ TEST(CudaOps, Convolution) {
   }
 }
 
+// cuDNN, the second oracle: the same convolutions, forward and both backward products.
+TEST(CudaOps, CudnnAgreesWithTheOwnConvolution) {
+  REQUIRE_GPU();
+  if (!cuda::cudnn_built()) GTEST_SKIP() << "built without cuDNN";
+  for (const auto& [name, g] : shapes().convs) {
+    SCOPED_TRACE(name);
+    const size_t nx = size_t(g.C) * g.N * g.H * g.W, nw = size_t(g.K) * g.C * g.R * g.S;
+    const size_t ny = size_t(g.K) * g.N * g.P() * g.Q();
+    const std::vector<float> x = randn(nx), w = randn(nw, 0.1f), b = randn(g.K, 0.1f);
+    const std::vector<float> dz = randn(ny), dw0 = randn(nw), db0 = randn(g.K), dx0 = randn(nx);
+    std::vector<std::vector<float>> out[2];
+    for (int impl = 0; impl < 2; ++impl) {
+      cuda::set_conv_impl(impl ? cuda::ConvImpl::kCudnn : cuda::ConvImpl::kOwn);
+      Dev<float> X(x), Wt(w), B(b), Y(ny), DZ(dz), DW(dw0), DB(db0), DX(dx0);
+      Dev<float> WS(cuda::conv_backward_workspace(g));
+      cuda::conv_forward(g, X.p, Wt.p, B.p, Y.p, true, nullptr);
+      cuda::conv_backward(g, X.p, Wt.p, DZ.p, DW.p, DB.p, DX.p, impl == 1, WS.p, nullptr);
+      out[impl] = {Y.get(), DW.get(), DB.get(), DX.get()};
+    }
+    cuda::set_conv_impl(cuda::ConvImpl::kOwn);
+    // Own: dx written; cuDNN: dx accumulated onto dx0. Bring the own result to the same sum.
+    for (size_t i = 0; i < nx; ++i) out[0][3][i] += dx0[i];
+    const char* what[4] = {"forward", "weight gradient", "bias gradient", "input gradient"};
+    for (int k = 0; k < 4; ++k) expect_close(out[1][k], to_double(out[0][k]), kTol, what[k]);
+  }
+}
+
 TEST(CudaOps, FireModule) {
   REQUIRE_GPU();
   for (const auto& [name, f] : shapes().fires) {

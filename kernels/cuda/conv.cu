@@ -189,11 +189,21 @@ int weight_splits(const Geo& g) {
   return int(z);
 }
 
+ConvImpl g_impl = ConvImpl::kOwn;
+
 }  // namespace
+
+void set_conv_impl(ConvImpl impl) {
+  if (impl == ConvImpl::kCudnn && !cudnn_built())
+    fail("--conv cudnn: this squeeze was built without cuDNN (CMake found no cudnn.h)");
+  g_impl = impl;
+}
+ConvImpl conv_impl() { return g_impl; }
 
 void conv_forward(const ConvGeom& cg, const float* x, const float* w, const float* b, float* y,
                   bool relu, cudaStream_t s) {
   if (cg.N == 0) return;
+  if (g_impl == ConvImpl::kCudnn) return cudnn_conv_forward(cg, x, w, b, y, relu, s);
   const Geo g = geo_of(cg);
   FwdOp op{g, x, w, b, y, relu, g.K, g.N * g.P * g.Q, g.C * g.R * g.S};
   launch_igemm(op, 1, s, "conv_forward");
@@ -208,6 +218,7 @@ size_t conv_backward_workspace(const ConvGeom& cg) {
 void conv_backward(const ConvGeom& cg, const float* x, const float* w, const float* dz, float* dw,
                    float* db, float* dx, bool accumulate, float* ws, cudaStream_t s) {
   if (cg.N == 0) return;
+  if (g_impl == ConvImpl::kCudnn) return cudnn_conv_backward(cg, x, w, dz, dw, db, dx, accumulate, s);
   const Geo g = geo_of(cg);
   const int npq = g.N * g.P * g.Q, crs = g.C * g.R * g.S;
   const int splits = weight_splits(g);

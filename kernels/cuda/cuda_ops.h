@@ -67,6 +67,20 @@ void softmax_xent(int N, int K, const float* logits, const int32_t* labels, floa
                   float* dlogits, double* result, double* ws, cudaStream_t s);
 
 // ---- convolution (implicit GEMM: no im2col buffer) ------------------------------------------
+// Which implementation conv_forward / conv_backward (and so the Fire module) run, process-wide:
+// the project's own kernels, or cuDNN (the benchmarks' baseline and the tests' second oracle;
+// fp32 without TF32, "equal precision"). cuDNN keeps its own per-shape plans and workspaces,
+// made on first use of a shape.
+enum class ConvImpl { kOwn, kCudnn };
+bool cudnn_built();  // this build links cuDNN
+void set_conv_impl(ConvImpl impl);  // throws sq::Error for kCudnn in a build without cuDNN
+ConvImpl conv_impl();
+// The cuDNN implementation itself (kernels/cuda/conv_cudnn.cpp), same contract as below.
+void cudnn_conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b,
+                        float* y, bool relu, cudaStream_t s);
+void cudnn_conv_backward(const ConvGeom& g, const float* x, const float* w, const float* dz,
+                         float* dw, float* db, float* dx, bool accumulate, cudaStream_t s);
+
 // y = conv(x, w) + b (b may be null), then ReLU if relu. Shapes as kernels/ops.h.
 void conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y,
                   bool relu, cudaStream_t s);

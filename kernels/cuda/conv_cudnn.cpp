@@ -1,0 +1,167 @@
+// The cuDNN implementation of the convolution, behind the same contract as the project's own
+// (kernels/cuda/cuda_ops.h): channel-major (C, N, H, W) activations described to cuDNN by
+// strides, PyTorch's (K, C, R, S) filters, parameter gradients accumulated (beta = 1). fp32
+// arithmetic without TF32 (CUDNN_FMA_MATH), so that it is compared at equal precision. One plan
+// per geometry (descriptors, the fastest algorithms cuDNN finds, one workspace), made on the
+// first call with that geometry.
+#include "kernels/cuda/cuda_ops.h"
+#include "core/error.h"
+
+#ifndef SQUEEZE_HAVE_CUDNN
+
+namespace sq {
+namespace cuda {
+bool cudnn_built() { return false; }
+void cudnn_conv_forward(const ConvGeom&, const float*, const float*, const float*, float*, bool,
+                        cudaStream_t) {
+  fail("cuDNN convolution: this squeeze was built without cuDNN");
+}
+void cudnn_conv_backward(const ConvGeom&, const float*, const float*, const float*, float*,
+                         float*, float*, bool, cudaStream_t) {
+  fail("cuDNN convolution: this squeeze was built without cuDNN");
+}
+}  // namespace cuda
+}  // namespace sq
+
+#else
+
+#include <cuda_runtime_api.h>
+#include <cudnn.h>
+
+#include <map>
+#include <mutex>
+#include <tuple>
+
+namespace sq {
+namespace cuda {
+
+namespace {
+
+void check_cudnn(cudnnStatus_t st, const char* what, const char* file, int line) {
+  if (st != CUDNN_STATUS_SUCCESS) fail(file, ":", line, ": ", what, ": ", cudnnGetErrorString(st));
+}
+#define SQ_CUDNN(call) check_cudnn((call), #call, __FILE__, __LINE__)
+
+struct Plan {
+  cudnnTensorDescriptor_t x = nullptr, y = nullptr, bias = nullptr;
+  cudnnFilterDescriptor_t w = nullptr;
+  cudnnConvolutionDescriptor_t conv = nullptr;
+  cudnnActivationDescriptor_t relu = nullptr;
+  cudnnConvolutionFwdAlgo_t fwd{};
+  cudnnConvolutionBwdDataAlgo_t bwd_data{};
+  cudnnConvolutionBwdFilterAlgo_t bwd_filter{};
+  void* ws = nullptr;
+  size_t ws_bytes = 0;
+};
+
+using Key = std::tuple<int, int, int, int, int, int, int, int, int, int>;
+
+struct State {
+  std::mutex m;
+  int device = -1;
+  cudnnHandle_t handle = nullptr;
+  std::map<Key, Plan> plans;
+};
+State& state() {
+  static State s;
+  return s;
+}
+
+// Channel-major (C, N, H, W) as cuDNN's (n, c, h, w) with strides.
+void set_cnhw(cudnnTensorDescriptor_t d, int N, int C, int H, int W) {
+  SQ_CUDNN(cudnnSetTensor4dDescriptorEx(d, CUDNN_DATA_FLOAT, N, C, H, W, H * W, N * H * W, W, 1));
+}
+
+constexpr size_t kMaxWorkspace = size_t(1) << 30;
+
+Plan& plan_for(const ConvGeom& g) {
+  State& st = state();
+  int dev = 0;
+  SQ_CUDA(cudaGetDevice(&dev));
+  if (!st.handle || st.device != dev) {
+    SQ_CUDNN(cudnnCreate(&st.handle));
+    st.device = dev;
+    st.plans.clear();
+  }
+  const Key key{g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, dev};
+  auto it = st.plans.find(key);
+  if (it != st.plans.end()) return it->second;
+  Plan p;
+  SQ_CUDNN(cudnnCreateTensorDescriptor(&p.x));
+  SQ_CUDNN(cudnnCreateTensorDescriptor(&p.y));
+  SQ_CUDNN(cudnnCreateTensorDescriptor(&p.bias));
+  SQ_CUDNN(cudnnCreateFilterDescriptor(&p.w));
+  SQ_CUDNN(cudnnCreateConvolutionDescriptor(&p.conv));
+  SQ_CUDNN(cudnnCreateActivationDescriptor(&p.relu));
+  set_cnhw(p.x, g.N, g.C, g.H, g.W);
+  set_cnhw(p.y, g.N, g.K, g.P(), g.Q());
+  SQ_CUDNN(cudnnSetTensor4dDescriptor(p.bias, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, g.K, 1, 1));
+  SQ_CUDNN(cudnnSetFilter4dDescriptor(p.w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, g.K, g.C, g.R, g.S));
+  SQ_CUDNN(cudnnSetConvolution2dDescriptor(p.conv, g.pad, g.pad, g.stride, g.stride, 1, 1,
+                                           CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+  SQ_CUDNN(cudnnSetConvolutionMathType(p.conv, CUDNN_FMA_MATH));
+  SQ_CUDNN(cudnnSetActivationDescriptor(p.relu, CUDNN_ACTIVATION_RELU, CUDNN_NOT_PROPAGATE_NAN, 0.0));
+  // The fastest algorithm of each kind whose workspace fits (cuDNN times them on this GPU).
+  constexpr int kMax = 16;
+  int n = 0;
+  cudnnConvolutionFwdAlgoPerf_t fperf[kMax];
+  SQ_CUDNN(cudnnFindConvolutionForwardAlgorithm(st.handle, p.x, p.w, p.conv, p.y, kMax, &n, fperf));
+  bool found = false;
+  for (int i = 0; i < n && !found; ++i)
+    if (fperf[i].status == CUDNN_STATUS_SUCCESS && fperf[i].memory <= kMaxWorkspace)
+      p.fwd = fperf[i].algo, p.ws_bytes = std::max(p.ws_bytes, fperf[i].memory), found = true;
+  if (!found) fail("cuDNN has no forward algorithm for this convolution");
+  cudnnConvolutionBwdDataAlgoPerf_t dperf[kMax];
+  SQ_CUDNN(cudnnFindConvolutionBackwardDataAlgorithm(st.handle, p.w, p.y, p.conv, p.x, kMax, &n, dperf));
+  found = false;
+  for (int i = 0; i < n && !found; ++i)
+    if (dperf[i].status == CUDNN_STATUS_SUCCESS && dperf[i].memory <= kMaxWorkspace)
+      p.bwd_data = dperf[i].algo, p.ws_bytes = std::max(p.ws_bytes, dperf[i].memory), found = true;
+  if (!found) fail("cuDNN has no backward-data algorithm for this convolution");
+  cudnnConvolutionBwdFilterAlgoPerf_t wperf[kMax];
+  SQ_CUDNN(cudnnFindConvolutionBackwardFilterAlgorithm(st.handle, p.x, p.y, p.conv, p.w, kMax, &n, wperf));
+  found = false;
+  for (int i = 0; i < n && !found; ++i)
+    if (wperf[i].status == CUDNN_STATUS_SUCCESS && wperf[i].memory <= kMaxWorkspace)
+      p.bwd_filter = wperf[i].algo, p.ws_bytes = std::max(p.ws_bytes, wperf[i].memory), found = true;
+  if (!found) fail("cuDNN has no backward-filter algorithm for this convolution");
+  if (p.ws_bytes) SQ_CUDA(cudaMalloc(&p.ws, p.ws_bytes));
+  return st.plans.emplace(key, p).first->second;
+}
+
+}  // namespace
+
+bool cudnn_built() { return true; }
+
+void cudnn_conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b,
+                        float* y, bool relu, cudaStream_t s) {
+  std::lock_guard<std::mutex> lock(state().m);
+  Plan& p = plan_for(g);
+  cudnnHandle_t h = state().handle;
+  SQ_CUDNN(cudnnSetStream(h, s));
+  const float one = 1.0f, zero = 0.0f;
+  SQ_CUDNN(cudnnConvolutionForward(h, &one, p.x, x, p.w, w, p.conv, p.fwd, p.ws, p.ws_bytes,
+                                   &zero, p.y, y));
+  if (b) SQ_CUDNN(cudnnAddTensor(h, &one, p.bias, b, &one, p.y, y));
+  if (relu) SQ_CUDNN(cudnnActivationForward(h, p.relu, &one, p.y, y, &zero, p.y, y));
+}
+
+void cudnn_conv_backward(const ConvGeom& g, const float* x, const float* w, const float* dz,
+                         float* dw, float* db, float* dx, bool accumulate, cudaStream_t s) {
+  std::lock_guard<std::mutex> lock(state().m);
+  Plan& p = plan_for(g);
+  cudnnHandle_t h = state().handle;
+  SQ_CUDNN(cudnnSetStream(h, s));
+  const float one = 1.0f, zero = 0.0f;
+  SQ_CUDNN(cudnnConvolutionBackwardFilter(h, &one, p.x, x, p.y, dz, p.conv, p.bwd_filter, p.ws,
+                                          p.ws_bytes, &one, p.w, dw));
+  if (db) SQ_CUDNN(cudnnConvolutionBackwardBias(h, &one, p.y, dz, &one, p.bias, db));
+  if (dx)
+    SQ_CUDNN(cudnnConvolutionBackwardData(h, &one, p.w, w, p.y, dz, p.conv, p.bwd_data, p.ws,
+                                          p.ws_bytes, accumulate ? &one : &zero, p.x, dx));
+}
+
+}  // namespace cuda
+}  // namespace sq
+
+#endif  // SQUEEZE_HAVE_CUDNN
