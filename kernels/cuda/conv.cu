@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/igemm_ops.h"
 
 namespace sq {
 namespace cuda {
@@ -18,89 +19,12 @@ namespace {
 
 constexpr int BM = 64, BN = 64, BK = 16, kGemmThreads = 256;
 
-struct Geo {
-  int N, C, H, W, K, R, S, stride, pad, P, Q;
-};
-
 Geo geo_of(const ConvGeom& g) {
   SQ_ASSERT(g.N >= 0 && g.C > 0 && g.K > 0 && g.R > 0 && g.S > 0 && g.stride > 0 && g.pad >= 0,
             "bad conv geometry");
   SQ_ASSERT(g.P() > 0 && g.Q() > 0, "conv output is empty");
   return {g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, g.P(), g.Q()};
 }
-
-// Forward: A = w (K x CRS), B(k, n) = x at (c, img, p*st - pad + r, q*st - pad + s).
-struct FwdOp {
-  Geo g;
-  const float *x, *w, *b;
-  float* y;
-  bool relu;
-  int M, N, Kd;
-  __device__ float a(int m, int k) const { return w[size_t(m) * Kd + k]; }
-  __device__ float bval(int k, int n) const {
-    const int RS = g.R * g.S, PQ = g.P * g.Q;
-    const int c = k / RS, rs = k % RS, r = rs / g.S, s = rs % g.S;
-    const int img = n / PQ, pq = n % PQ, p = pq / g.Q, q = pq % g.Q;
-    const int h = p * g.stride - g.pad + r, wc = q * g.stride - g.pad + s;
-    if (h < 0 || h >= g.H || wc < 0 || wc >= g.W) return 0.0f;
-    return x[((size_t(c) * g.N + img) * g.H + h) * g.W + wc];
-  }
-  __device__ void store(int m, int n, float v, int) const {
-    if (b) v += b[m];
-    if (relu) v = v > 0.0f ? v : 0.0f;
-    y[size_t(m) * N + n] = v;
-  }
-};
-
-// Backward data: A(c, (k, r, s)) = w[k, c, r, s]; B((k, r, s), (img, h, w)) = dz at
-// (k, img, p, q) with h = p*st - pad + r, w = q*st - pad + s, where such p, q exist.
-struct DataOp {
-  Geo g;
-  const float *w, *dz;
-  float* dx;
-  bool accumulate;
-  int M, N, Kd;
-  __device__ float a(int m, int k) const {
-    const int RS = g.R * g.S;
-    const int ko = k / RS, rs = k % RS;
-    return w[(size_t(ko) * g.C + m) * RS + rs];
-  }
-  __device__ float bval(int k, int n) const {
-    const int RS = g.R * g.S, HW = g.H * g.W;
-    const int ko = k / RS, rs = k % RS, r = rs / g.S, s = rs % g.S;
-    const int img = n / HW, hw = n % HW, h = hw / g.W, wc = hw % g.W;
-    const int ph = h + g.pad - r, qw = wc + g.pad - s;
-    if (ph < 0 || qw < 0 || ph % g.stride || qw % g.stride) return 0.0f;
-    const int p = ph / g.stride, q = qw / g.stride;
-    if (p >= g.P || q >= g.Q) return 0.0f;
-    return dz[((size_t(ko) * g.N + img) * g.P + p) * g.Q + q];
-  }
-  __device__ void store(int m, int n, float v, int) const {
-    float* o = dx + size_t(m) * N + n;
-    *o = accumulate ? *o + v : v;
-  }
-};
-
-// Backward weights, one split-K slice per blockIdx.z: A = dz (K x NPQ), B((img,p,q), (c,r,s)) =
-// x at (c, img, p*st - pad + r, q*st - pad + s). Partial sums go to ws[z][m][n].
-struct WeightOp {
-  Geo g;
-  const float *x, *dz;
-  float* ws;
-  int M, N, Kd;
-  __device__ float a(int m, int k) const { return dz[size_t(m) * Kd + k]; }
-  __device__ float bval(int k, int n) const {
-    const int RS = g.R * g.S, PQ = g.P * g.Q;
-    const int img = k / PQ, pq = k % PQ, p = pq / g.Q, q = pq % g.Q;
-    const int c = n / RS, rs = n % RS, r = rs / g.S, s = rs % g.S;
-    const int h = p * g.stride - g.pad + r, wc = q * g.stride - g.pad + s;
-    if (h < 0 || h >= g.H || wc < 0 || wc >= g.W) return 0.0f;
-    return x[((size_t(c) * g.N + img) * g.H + h) * g.W + wc];
-  }
-  __device__ void store(int m, int n, float v, int z) const {
-    ws[(size_t(z) * M + m) * N + n] = v;
-  }
-};
 
 template <class Op>
 __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk) {

@@ -2,6 +2,7 @@
 // as in the CPU op) and the global average pool.
 #include "core/error.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/pool_index.h"
 
 namespace sq {
 namespace cuda {
@@ -49,11 +50,9 @@ __global__ void maxpool_backward_kernel(PoolArgs a, const float* x, const float*
     const size_t plane = i / (size_t(a.H) * a.W);
     const float* xp = x + plane * a.H * a.W;
     const float* dyp = dy + plane * a.P * a.Q;
-    // p with p*stride - pad <= h < p*stride - pad + k
-    const int p_lo = max(0, (h + a.pad - a.k + a.stride) / a.stride);
-    const int p_hi = min(a.P - 1, (h + a.pad) / a.stride);
-    const int q_lo = max(0, (w + a.pad - a.k + a.stride) / a.stride);
-    const int q_hi = min(a.Q - 1, (w + a.pad) / a.stride);
+    int p_lo, p_hi, q_lo, q_hi;
+    windows_containing(h, a.k, a.stride, a.pad, a.P, &p_lo, &p_hi);
+    windows_containing(w, a.k, a.stride, a.pad, a.Q, &q_lo, &q_hi);
     const int self = h * a.W + w;
     float g = 0.0f;
     for (int p = p_lo; p <= p_hi; ++p)

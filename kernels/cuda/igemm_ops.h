@@ -1,0 +1,92 @@
+// The three products of the implicit-GEMM convolution as operand loaders: each says how to
+// read element (m, k) of A, element (k, n) of B straight from the tensors, and where output
+// (m, n) goes. Host and device code: kernels/cuda/conv.cu runs them in its tiled kernel, and
+// tests/test_igemm.cpp runs them in a plain loop on the CPU against the CPU convolution, so the
+// index arithmetic is checked on machines without a GPU.
+#pragma once
+#include <cstddef>
+
+#include "core/rng.h"  // SQ_HOST_DEVICE
+
+namespace sq {
+namespace cuda {
+
+struct Geo {
+  int N, C, H, W, K, R, S, stride, pad, P, Q;
+};
+
+// Forward: A = w (K x CRS), B(k, n) = x at (c, img, p*st - pad + r, q*st - pad + s).
+struct FwdOp {
+  Geo g;
+  const float *x, *w, *b;
+  float* y;
+  bool relu;
+  int M, N, Kd;
+  SQ_HOST_DEVICE float a(int m, int k) const { return w[size_t(m) * Kd + k]; }
+  SQ_HOST_DEVICE float bval(int k, int n) const {
+    const int RS = g.R * g.S, PQ = g.P * g.Q;
+    const int c = k / RS, rs = k % RS, r = rs / g.S, s = rs % g.S;
+    const int img = n / PQ, pq = n % PQ, p = pq / g.Q, q = pq % g.Q;
+    const int h = p * g.stride - g.pad + r, wc = q * g.stride - g.pad + s;
+    if (h < 0 || h >= g.H || wc < 0 || wc >= g.W) return 0.0f;
+    return x[((size_t(c) * g.N + img) * g.H + h) * g.W + wc];
+  }
+  SQ_HOST_DEVICE void store(int m, int n, float v, int) const {
+    if (b) v += b[m];
+    if (relu) v = v > 0.0f ? v : 0.0f;
+    y[size_t(m) * N + n] = v;
+  }
+};
+
+// Backward data: A(c, (k, r, s)) = w[k, c, r, s]; B((k, r, s), (img, h, w)) = dz at
+// (k, img, p, q) with h = p*st - pad + r, w = q*st - pad + s, where such p, q exist.
+struct DataOp {
+  Geo g;
+  const float *w, *dz;
+  float* dx;
+  bool accumulate;
+  int M, N, Kd;
+  SQ_HOST_DEVICE float a(int m, int k) const {
+    const int RS = g.R * g.S;
+    const int ko = k / RS, rs = k % RS;
+    return w[(size_t(ko) * g.C + m) * RS + rs];
+  }
+  SQ_HOST_DEVICE float bval(int k, int n) const {
+    const int RS = g.R * g.S, HW = g.H * g.W;
+    const int ko = k / RS, rs = k % RS, r = rs / g.S, s = rs % g.S;
+    const int img = n / HW, hw = n % HW, h = hw / g.W, wc = hw % g.W;
+    const int ph = h + g.pad - r, qw = wc + g.pad - s;
+    if (ph < 0 || qw < 0 || ph % g.stride || qw % g.stride) return 0.0f;
+    const int p = ph / g.stride, q = qw / g.stride;
+    if (p >= g.P || q >= g.Q) return 0.0f;
+    return dz[((size_t(ko) * g.N + img) * g.P + p) * g.Q + q];
+  }
+  SQ_HOST_DEVICE void store(int m, int n, float v, int) const {
+    float* o = dx + size_t(m) * N + n;
+    *o = accumulate ? *o + v : v;
+  }
+};
+
+// Backward weights, one split-K slice per blockIdx.z: A = dz (K x NPQ), B((img,p,q), (c,r,s)) =
+// x at (c, img, p*st - pad + r, q*st - pad + s). Partial sums go to ws[z][m][n].
+struct WeightOp {
+  Geo g;
+  const float *x, *dz;
+  float* ws;
+  int M, N, Kd;
+  SQ_HOST_DEVICE float a(int m, int k) const { return dz[size_t(m) * Kd + k]; }
+  SQ_HOST_DEVICE float bval(int k, int n) const {
+    const int RS = g.R * g.S, PQ = g.P * g.Q;
+    const int img = k / PQ, pq = k % PQ, p = pq / g.Q, q = pq % g.Q;
+    const int c = n / RS, rs = n % RS, r = rs / g.S, s = rs % g.S;
+    const int h = p * g.stride - g.pad + r, wc = q * g.stride - g.pad + s;
+    if (h < 0 || h >= g.H || wc < 0 || wc >= g.W) return 0.0f;
+    return x[((size_t(c) * g.N + img) * g.H + h) * g.W + wc];
+  }
+  SQ_HOST_DEVICE void store(int m, int n, float v, int z) const {
+    ws[(size_t(z) * M + m) * N + n] = v;
+  }
+};
+
+}  // namespace cuda
+}  // namespace sq
