@@ -1,5 +1,5 @@
-// CPU ops with forward and backward, the numerical reference of squeeze. The CUDA kernels of a
-// later issue implement the same declarations in kernels/cuda/.
+// CPU ops with forward and backward, the numerical reference of squeeze. kernels/cuda/cuda_ops.h
+// implements the same ops, with these geometry structs and contracts, on device pointers.
 //
 // Layout contract: activations are "channel-major" (C, N, H, W): channel outermost, then the
 // image in the batch, then rows and columns. A channel slice of an activation is therefore one
