@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <sys/stat.h>
 
@@ -179,7 +180,7 @@ EvalResult evaluate(Model& model, const float* params, const Dataset& test,
   const int64_t n = limit > 0 ? std::min(limit, test.n) : test.n;
   const int world = comm ? comm->size() : 1, rank = comm ? comm->rank() : 0;
   const int64_t s0 = n * rank / world, s1 = n * (rank + 1) / world;
-  batch = std::min(batch, model.max_batch());
+  if (!device) batch = std::min(batch, model.max_batch());
   const int K = model.config().num_classes;
   const size_t in_per_sample = size_t(test.c) * test.h * test.w;
   std::vector<float> input(in_per_sample * batch);
@@ -249,7 +250,8 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
   const Normalization norm = compute_normalization(data.train);
 
   const int local_batch = cfg.batch / world;
-  Model model(cfg.model, local_batch);
+  // On the GPU the host model only lends its layer table and layout (and LSUV a temporary one).
+  Model model(cfg.model, opt.cuda ? 1 : local_batch);
   const ParamLayout& layout = model.layout();
   std::vector<float> params(layout.total), grads(layout.total), momentum(layout.total, 0.0f);
 
@@ -281,8 +283,11 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
       std::vector<int32_t> y(n);
       assemble_batch(data.train, first.data() + r0, n, norm, Augment{}, cfg.seed, 0, x.data(),
                      y.data());
-      model.lsuv_rescale(params.data(), x.data(), n, 0.5,
-                         [&](double* v, size_t k) { comm.allreduce_sum(v, k); });
+      std::optional<Model> lsuv_model;  // the GPU run's host model is too small for the batch
+      if (n > model.max_batch()) lsuv_model.emplace(cfg.model, n);
+      (lsuv_model ? *lsuv_model : model)
+          .lsuv_rescale(params.data(), x.data(), n, 0.5,
+                        [&](double* v, size_t k) { comm.allreduce_sum(v, k); });
     }
   }
   comm.broadcast(params.data(), params.size(), 0);
@@ -339,8 +344,9 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     std::printf("data %s: %lld train, %lld test from %s; batch %d, %lld steps/epoch, %d epochs\n",
                 data.train.name.c_str(), (long long)n_train, (long long)data.test.n, dir.c_str(),
                 cfg.batch, (long long)steps_per_epoch, cfg.epochs);
-    std::printf("allocating %.1f MiB for activations, gradients and workspace\n",
-                model.arena_bytes() / 1048576.0);
+    if (!dev)
+      std::printf("allocating %.1f MiB for activations, gradients and workspace\n",
+                  model.arena_bytes() / 1048576.0);
     if (dev)
       std::printf("training on %s: %.1f MiB of device memory\n", dev->name().c_str(),
                   dev->device_bytes() / 1048576.0);
