@@ -1,9 +1,9 @@
 // GPU benchmarks of issue 4 (run by scripts/gpu_check.sh on the lent GPU machine):
 //  1. every Fire shape of squeezenet1.0 at batch 128 (3x224x224): forward and forward+backward
-//     time of the project's kernels against cuDNN (fp32 both), with achieved GB/s of the
-//     minimal traffic and TFLOP/s, for the notes file's floors;
+//     time of the project's kernels against cuDNN, at fp32 and at TF32 (and own BF16), with the
+//     forward FLOPs and minimal bytes for the notes file's floors;
 //  2. training steps (forward, loss, backward, fused SGD) of squeezenet1.0 and 1.1 at 224x224
-//     and the Fashion-MNIST configuration, batch 128, images/s, own and cuDNN convolutions.
+//     and the Fashion-MNIST configuration, batch 128, images/s, for the same variants.
 // Timing: CUDA events around each repetition on one stream, 3 warm-up reps, median of --reps.
 //   build/bench_gpu [--reps N] [--json FILE]
 #include <cstdio>
@@ -92,18 +92,43 @@ int main(int argc, char** argv) {
     cuda::use_device(0);
     cudaDeviceProp prop;
     SQ_CUDA(cudaGetDeviceProperties(&prop, 0));
-    std::printf("bench_gpu: %s (sm_%d%d), %d reps, median; fp32 without TF32 on both sides\n\n",
-                prop.name, prop.major, prop.minor, reps);
+    std::printf("bench_gpu: %s (sm_%d%d), %d reps, median of CUDA-event times\n\n", prop.name,
+                prop.major, prop.minor, reps);
     nlohmann::json out = {{"device", prop.name}, {"fire", nlohmann::json::array()},
                           {"train", nlohmann::json::array()}};
     const bool have_cudnn = cuda::cudnn_built();
 
+    // Variants: (implementation, multiply). cuDNN has no BF16 variant on fp32 tensors.
+    struct Variant {
+      const char* name;
+      cuda::ConvImpl impl;
+      cuda::ConvMath math;
+    };
+    std::vector<Variant> variants = {{"own fp32", cuda::ConvImpl::kOwn, cuda::ConvMath::kFp32},
+                                     {"own tf32", cuda::ConvImpl::kOwn, cuda::ConvMath::kTf32},
+                                     {"own bf16", cuda::ConvImpl::kOwn, cuda::ConvMath::kBf16}};
+    if (have_cudnn) {
+      variants.insert(variants.begin() + 1, {"cuDNN fp32", cuda::ConvImpl::kCudnn, cuda::ConvMath::kFp32});
+      variants.insert(variants.begin() + 3, {"cuDNN tf32", cuda::ConvImpl::kCudnn, cuda::ConvMath::kTf32});
+    }
+    auto use = [](const Variant& v) {
+      cuda::set_conv_impl(v.impl);
+      cuda::set_conv_math(v.math);
+    };
+    auto header = [&](const char* first, const char* unit) {
+      std::printf("| %s |", first);
+      for (const Variant& v : variants) std::printf(" %s %s |", v.name, unit);
+      std::printf("\n|---|");
+      for (size_t i = 0; i < variants.size(); ++i) std::printf("---:|");
+      std::printf("\n");
+    };
+
     // ---- 1. Fire modules of squeezenet1.0 at batch 128 ------------------------------------
     const int N = 128;
     Model plan(preset("squeezenet1.0"), 1);
-    std::printf("| fire (batch %d) | C→S→E1+E3 @ HxW | GFLOP fwd | MB min traffic | own fwd ms | "
-                "cuDNN fwd ms | own fwd+bwd ms | cuDNN fwd+bwd ms | own/cuDNN (fwd+bwd) |\n"
-                "|---|---|---:|---:|---:|---:|---:|---:|---:|\n", N);
+    std::printf("Fire modules, batch %d: forward ms / forward+backward ms (GFLOP forward and "
+                "minimal MB moved in the first column)\n\n", N);
+    header("fire: C→S→E1+E3 @ HxW, GFLOP, MB", "fwd / fwd+bwd ms");
     for (const Layer& l : plan.layers()) {
       if (l.kind != LayerKind::kFire) continue;
       FireGeom f = l.fire;
@@ -111,73 +136,73 @@ int main(int argc, char** argv) {
       const size_t plane = size_t(N) * f.H * f.W;
       const size_t nx = size_t(f.C) * plane, ns = size_t(f.S) * plane,
                    ny = size_t(f.E1 + f.E3) * plane;
-      const size_t np = size_t(f.S) * (f.C + 1) + size_t(f.E1) * (f.S + 1) + size_t(f.E3) * (9 * f.S + 1);
+      const size_t o_bs = size_t(f.S) * f.C, o_w1 = o_bs + f.S, o_b1 = o_w1 + size_t(f.E1) * f.S,
+                   o_w3 = o_b1 + f.E1, o_b3 = o_w3 + size_t(f.E3) * 9 * f.S, np = o_b3 + f.E3;
       Buf x(nx, 1.0f), s(ns), y(ny), dy(ny, 1.0f), dx(nx), prm(np), grd(np);
       Buf ws(cuda::fire_workspace(f));
-      float* P = prm.p;
-      FireParams<const float> fp{P, P + size_t(f.S) * f.C, P + size_t(f.S) * (f.C + 1),
-                                 P + size_t(f.S) * (f.C + 1) + size_t(f.E1) * f.S,
-                                 P + size_t(f.S) * (f.C + 1) + size_t(f.E1) * (f.S + 1),
-                                 P + size_t(f.S) * (f.C + 1) + size_t(f.E1) * (f.S + 1) + size_t(f.E3) * 9 * f.S};
+      const float* P = prm.p;
+      FireParams<const float> fp{P, P + o_bs, P + o_w1, P + o_b1, P + o_w3, P + o_b3};
       float* G = grd.p;
-      FireParams<float> fg{G, G + (fp.bs - P), G + (fp.w1 - P), G + (fp.b1 - P), G + (fp.w3 - P),
-                           G + (fp.b3 - P)};
+      FireParams<float> fg{G, G + o_bs, G + o_w1, G + o_b1, G + o_w3, G + o_b3};
       const double macs = double(plane) * (double(f.S) * f.C + double(f.E1) * f.S + 9.0 * f.E3 * f.S);
       const double min_bytes = 4.0 * (nx + 2.0 * ns + ny);  // read x, write and read s, write y
-      double t[2][2] = {{0, 0}, {0, 0}};
-      for (int impl = 0; impl < (have_cudnn ? 2 : 1); ++impl) {
-        cuda::set_conv_impl(impl ? cuda::ConvImpl::kCudnn : cuda::ConvImpl::kOwn);
-        t[impl][0] = time_ms(reps, [&] { cuda::fire_forward(f, x.p, fp, s.p, y.p, nullptr); });
-        t[impl][1] = time_ms(reps, [&] {
+      char shape[128];
+      std::snprintf(shape, sizeof shape, "%s: %d→%d→%d+%d @ %dx%d, %.2f, %.0f", l.name.c_str(),
+                    f.C, f.S, f.E1, f.E3, f.H, f.W, 2 * macs / 1e9, min_bytes / 1e6);
+      std::printf("| %s |", shape);
+      nlohmann::json row = {{"layer", l.name}, {"gflop_fwd", 2 * macs / 1e9}, {"min_mb", min_bytes / 1e6}};
+      for (const Variant& v : variants) {
+        use(v);
+        const double fwd = time_ms(reps, [&] { cuda::fire_forward(f, x.p, fp, s.p, y.p, nullptr); });
+        const double both = time_ms(reps, [&] {
           cuda::fire_forward(f, x.p, fp, s.p, y.p, nullptr);
           cuda::fire_backward(f, x.p, fp, s.p, y.p, dy.p, fg, dx.p, false, ws.p, nullptr);
         });
+        std::printf(" %.3f / %.3f |", fwd, both);
+        row[std::string(v.name) + " fwd ms"] = fwd;
+        row[std::string(v.name) + " fwd+bwd ms"] = both;
       }
-      cuda::set_conv_impl(cuda::ConvImpl::kOwn);
-      char shape[96];
-      std::snprintf(shape, sizeof shape, "%d→%d→%d+%d @ %dx%d", f.C, f.S, f.E1, f.E3, f.H, f.W);
-      std::printf("| %s | %s | %.2f | %.1f | %.3f | %.3f | %.3f | %.3f | %.2f |\n", l.name.c_str(),
-                  shape, 2 * macs / 1e9, min_bytes / 1e6, t[0][0], t[1][0], t[0][1], t[1][1],
-                  t[1][1] > 0 ? t[0][1] / t[1][1] : 0.0);
-      out["fire"].push_back({{"layer", l.name}, {"shape", shape}, {"gflop_fwd", 2 * macs / 1e9},
-                             {"min_mb", min_bytes / 1e6}, {"own_fwd_ms", t[0][0]},
-                             {"cudnn_fwd_ms", t[1][0]}, {"own_fwdbwd_ms", t[0][1]},
-                             {"cudnn_fwdbwd_ms", t[1][1]}});
+      std::printf("\n");
+      out["fire"].push_back(row);
     }
 
     // ---- 2. training steps, batch 128 -------------------------------------------------------
-    std::printf("\n| training step (batch %d) | own img/s | cuDNN img/s |\n|---|---:|---:|\n", N);
+    std::printf("\nTraining step (forward, loss, backward, SGD), batch %d, images/s\n\n", N);
+    header("config", "img/s");
     std::vector<std::pair<std::string, ModelConfig>> cfgs = {
         {"squeezenet1.0 224x224", preset("squeezenet1.0")},
         {"squeezenet1.1 224x224", preset("squeezenet1.1")},
         {"fmnist (1.0, small stem, 28x28)", fmnist_config()}};
     for (const auto& [name, cfg] : cfgs) {
-      double ips[2] = {0, 0};
-      for (int impl = 0; impl < (have_cudnn ? 2 : 1); ++impl) {
-        cuda::set_conv_impl(impl ? cuda::ConvImpl::kCudnn : cuda::ConvImpl::kOwn);
+      std::printf("| %s |", name.c_str());
+      nlohmann::json row = {{"config", name}};
+      Model host(cfg, 1);
+      std::vector<float> params(host.layout().total), mom(host.layout().total, 0.0f);
+      host.init_params(params.data(), "torchvision", 1);
+      std::vector<float> input(size_t(cfg.in_c) * cfg.in_h * cfg.in_w * N);
+      std::mt19937 r(3);
+      std::normal_distribution<float> nd;
+      for (float& v : input) v = nd(r);
+      std::vector<int32_t> labels(N);
+      std::vector<uint64_t> keys(N);
+      for (int n = 0; n < N; ++n) labels[n] = n % cfg.num_classes, keys[n] = uint64_t(n) * 7919;
+      for (const Variant& v : variants) {
+        use(v);
         auto step = make_cuda_step(cfg, N, 0);
-        Model host(cfg, 1);
-        std::vector<float> params(host.layout().total), mom(host.layout().total, 0.0f);
-        host.init_params(params.data(), "torchvision", 1);
         step->upload(params.data(), mom.data());
-        std::vector<float> input(size_t(cfg.in_c) * cfg.in_h * cfg.in_w * N);
-        std::mt19937 r(3);
-        std::normal_distribution<float> nd;
-        for (float& v : input) v = nd(r);
-        std::vector<int32_t> labels(N);
-        std::vector<uint64_t> keys(N);
-        for (int n = 0; n < N; ++n) labels[n] = n % cfg.num_classes, keys[n] = uint64_t(n) * 7919;
         const double ms = time_ms(reps, [&] {
           double st[2] = {0, 0};
           step->forward_backward(input.data(), labels.data(), keys.data(), N, 1.0f / N, st);
           step->sgd(0.01f, 0.9f, 2e-4f);
         });
-        ips[impl] = N / (ms / 1e3);
+        std::printf(" %.0f |", N / (ms / 1e3));
+        row[std::string(v.name) + " img/s"] = N / (ms / 1e3);
       }
-      cuda::set_conv_impl(cuda::ConvImpl::kOwn);
-      std::printf("| %s | %.0f | %.0f |\n", name.c_str(), ips[0], ips[1]);
-      out["train"].push_back({{"config", name}, {"own_img_s", ips[0]}, {"cudnn_img_s", ips[1]}});
+      std::printf("\n");
+      out["train"].push_back(row);
     }
+    cuda::set_conv_impl(cuda::ConvImpl::kOwn);
+    cuda::set_conv_math(cuda::ConvMath::kFp32);
     if (!json_path.empty()) std::ofstream(json_path) << out.dump(2) << "\n";
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_gpu: %s\n", e.what());

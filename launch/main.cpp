@@ -197,7 +197,11 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--out", ro.out_dir, "directory for metrics.jsonl, checkpoint and weights ('' : none)")->capture_default_str();
   train_cmd->add_option("--resume", ro.resume, "continue from this checkpoint (its settings are used)");
   train_cmd->add_option("--max-steps", ro.max_steps, "stop after this global step, with a checkpoint");
-  std::string mpi_progress = "thread", fault, device = "cpu", conv = "own";
+  std::string mpi_progress = "thread", fault, device = "cpu", conv = "own", precision = "fp32";
+  train_cmd->add_option("--precision", precision,
+                        "fp32 | tf32 | bf16: the GPU convolutions' multiply (tensor cores for "
+                        "tf32/bf16, fp32 accumulation and storage)")
+      ->capture_default_str();
   train_cmd->add_option("--conv", conv,
                         "own | cudnn: the GPU's convolutions (cuDNN: the baseline, fp32)")
       ->capture_default_str();
@@ -269,12 +273,17 @@ int main(int argc, char** argv) {
         fail("unknown --device '", device, "' (known: cpu, cuda)");
       if (check_layers_flag && device != "cuda") fail("--check-layers needs --device cuda");
       if (conv != "own" && conv != "cudnn") fail("unknown --conv '", conv, "' (known: own, cudnn)");
-      if (conv == "cudnn") {
-        if (device != "cuda") fail("--conv cudnn needs --device cuda");
+      if (precision != "fp32" && precision != "tf32" && precision != "bf16")
+        fail("unknown --precision '", precision, "' (known: fp32, tf32, bf16)");
+      if (conv == "cudnn" && device != "cuda") fail("--conv cudnn needs --device cuda");
+      if (precision != "fp32" && device != "cuda")
+        fail("--precision ", precision, " needs --device cuda");
 #ifdef SQUEEZE_HAVE_CUDA
-        cuda::set_conv_impl(cuda::ConvImpl::kCudnn);
+      if (conv == "cudnn") cuda::set_conv_impl(cuda::ConvImpl::kCudnn);
+      cuda::set_conv_math(precision == "tf32"   ? cuda::ConvMath::kTf32
+                          : precision == "bf16" ? cuda::ConvMath::kBf16
+                                                : cuda::ConvMath::kFp32);
 #endif
-      }
       if (check_layers_flag) {
         run_check_layers(tc, job);
         end_job(job);

@@ -244,6 +244,36 @@ TEST(CudaOps, CudnnAgreesWithTheOwnConvolution) {
   }
 }
 
+// The tensor-core multiply (TF32 / BF16 operands, fp32 accumulation) against the double
+// reference, with the operand rounding's expected error: about 2^-11 (TF32) and 2^-8 (BF16)
+// relative per product, so 3e-3 and 2e-2 norm-wise.
+TEST(CudaOps, TensorCoreConvolution) {
+  REQUIRE_GPU();
+  for (auto [math, tol] : {std::pair<cuda::ConvMath, double>{cuda::ConvMath::kTf32, 3e-3},
+                           {cuda::ConvMath::kBf16, 2e-2}}) {
+    cuda::set_conv_math(math);
+    for (const auto& [name, g] : shapes().convs) {
+      SCOPED_TRACE(name + (math == cuda::ConvMath::kTf32 ? " tf32" : " bf16"));
+      const size_t nx = size_t(g.C) * g.N * g.H * g.W, nw = size_t(g.K) * g.C * g.R * g.S;
+      const size_t ny = size_t(g.K) * g.N * g.P() * g.Q();
+      const std::vector<float> x = randn(nx), w = randn(nw, 0.1f), dz = randn(ny);
+      std::vector<double> yd(ny), dwd(nw, 0.0), dxd(nx), ws(conv_workspace(g) + 1);
+      conv_forward<double>(g, to_double(x).data(), to_double(w).data(), nullptr, yd.data(), false,
+                           ws.data());
+      conv_backward<double>(g, to_double(x).data(), to_double(w).data(), to_double(dz).data(),
+                            dwd.data(), nullptr, dxd.data(), false, ws.data());
+      Dev<float> X(x), Wt(w), Y(ny), DZ(dz), DW(std::vector<float>(nw, 0.0f)), DX(nx);
+      Dev<float> WS(cuda::conv_backward_workspace(g));
+      cuda::conv_forward(g, X.p, Wt.p, nullptr, Y.p, false, nullptr);
+      cuda::conv_backward(g, X.p, Wt.p, DZ.p, DW.p, nullptr, DX.p, false, WS.p, nullptr);
+      expect_close(Y.get(), yd, tol, "forward");
+      expect_close(DW.get(), dwd, tol, "weight gradient");
+      expect_close(DX.get(), dxd, tol, "input gradient");
+    }
+  }
+  cuda::set_conv_math(cuda::ConvMath::kFp32);
+}
+
 TEST(CudaOps, FireModule) {
   REQUIRE_GPU();
   for (const auto& [name, f] : shapes().fires) {

@@ -6,6 +6,9 @@
 //   backward wts   dW (K x C*R*S) += dZ (K x N*P*Q) * col(X)^T         (split-K, fixed-order sum)
 // This is the portable fp32 baseline the fused Fire kernels and the tensor-core path are measured
 // against; its time against cuDNN is recorded in docs/BENCHMARKS.md once a GPU is lent.
+#include <cuda_bf16.h>
+#include <mma.h>
+
 #include <algorithm>
 
 #include "core/error.h"
@@ -14,6 +17,8 @@
 
 namespace sq {
 namespace cuda {
+
+using namespace nvcuda;
 
 namespace {
 
@@ -71,12 +76,90 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk)
     }
 }
 
+// ---- tensor-core variant (TF32 or BF16 operands, fp32 accumulation) --------------------------
+// The same 64x64 block tile and loaders; operands are rounded to the tensor-core type as they
+// enter shared memory, eight warps each own two 16x16 accumulator tiles (WMMA), and the
+// accumulators pass through shared memory to the op's epilogue. Storage stays fp32 (the master
+// weights and activations); only the multiply's inputs are TF32/BF16.
+struct Tf32 {
+  using Elem = float;
+  using Frag = wmma::precision::tf32;
+  static constexpr int K = 8, Pad = 4;
+  __device__ static Elem cvt(float v) { return v; }  // rounded to tf32 in the fragment
+  template <class F>
+  __device__ static void round(F& f) {
+    for (int i = 0; i < f.num_elements; ++i) f.x[i] = wmma::__float_to_tf32(f.x[i]);
+  }
+};
+struct Bf16 {
+  using Elem = __nv_bfloat16;
+  using Frag = __nv_bfloat16;
+  static constexpr int K = 16, Pad = 8;
+  __device__ static Elem cvt(float v) { return __float2bfloat16_rn(v); }
+  template <class F>
+  __device__ static void round(F&) {}
+};
+
+template <class Op, class Prec>
+__global__ void __launch_bounds__(kGemmThreads) igemm_tc_kernel(Op op, int k_chunk) {
+  using E = typename Prec::Elem;
+  constexpr int LDA = BK + Prec::Pad, LDB = BN + Prec::Pad, LDC = BN + 4;
+  __shared__ __align__(32) E As[BM * LDA];  // (m, k) row-major
+  __shared__ __align__(32) E Bs[BK * LDB];  // (k, n) row-major
+  __shared__ __align__(32) float Cs[BM * LDC];
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  const int kb = blockIdx.z * k_chunk, ke = min(op.Kd, kb + k_chunk);
+  const int warp = threadIdx.x / 32, wm = (warp / 2) * 16, wn = (warp % 2) * 32;
+  wmma::fragment<wmma::accumulator, 16, 16, Prec::K, float> acc[2];
+  wmma::fill_fragment(acc[0], 0.0f);
+  wmma::fill_fragment(acc[1], 0.0f);
+  for (int k0 = kb; k0 < ke; k0 += BK) {
+    for (int l = threadIdx.x; l < BM * BK; l += kGemmThreads) {
+      const int mm = l / BK, kk = l % BK, m = m0 + mm, k = k0 + kk;
+      As[mm * LDA + kk] = Prec::cvt((m < op.M && k < ke) ? op.a(m, k) : 0.0f);
+    }
+    for (int l = threadIdx.x; l < BK * BN; l += kGemmThreads) {
+      const int kk = l / BN, nn = l % BN, k = k0 + kk, n = n0 + nn;
+      Bs[kk * LDB + nn] = Prec::cvt((n < op.N && k < ke) ? op.bval(k, n) : 0.0f);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += Prec::K) {
+      wmma::fragment<wmma::matrix_a, 16, 16, Prec::K, typename Prec::Frag, wmma::row_major> a;
+      wmma::load_matrix_sync(a, As + wm * LDA + kk, LDA);
+      Prec::round(a);
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+        wmma::fragment<wmma::matrix_b, 16, 16, Prec::K, typename Prec::Frag, wmma::row_major> b;
+        wmma::load_matrix_sync(b, Bs + kk * LDB + wn + 16 * t, LDB);
+        Prec::round(b);
+        wmma::mma_sync(acc[t], a, b, acc[t]);
+      }
+    }
+    __syncthreads();
+  }
+  wmma::store_matrix_sync(Cs + wm * LDC + wn, acc[0], LDC, wmma::mem_row_major);
+  wmma::store_matrix_sync(Cs + wm * LDC + wn + 16, acc[1], LDC, wmma::mem_row_major);
+  __syncthreads();
+  for (int l = threadIdx.x; l < BM * BN; l += kGemmThreads) {
+    const int mm = l / BN, nn = l % BN, m = m0 + mm, n = n0 + nn;
+    if (m < op.M && n < op.N) op.store(m, n, Cs[mm * LDC + nn], blockIdx.z);
+  }
+}
+
+ConvMath g_math = ConvMath::kFp32;
+
 template <class Op>
 void launch_igemm(const Op& op, int splits, cudaStream_t s, const char* what) {
   if (op.M == 0 || op.N == 0) return;
   const int chunk = (op.Kd + splits - 1) / splits;
   const dim3 grid((op.N + BN - 1) / BN, (op.M + BM - 1) / BM, splits);
-  igemm_kernel<Op><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+  if (g_math == ConvMath::kTf32)
+    igemm_tc_kernel<Op, Tf32><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+  else if (g_math == ConvMath::kBf16)
+    igemm_tc_kernel<Op, Bf16><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+  else
+    igemm_kernel<Op><<<grid, kGemmThreads, 0, s>>>(op, chunk);
   SQ_CUDA_LAUNCH(what);
 }
 
@@ -123,6 +206,8 @@ void set_conv_impl(ConvImpl impl) {
   g_impl = impl;
 }
 ConvImpl conv_impl() { return g_impl; }
+void set_conv_math(ConvMath m) { g_math = m; }
+ConvMath conv_math() { return g_math; }
 
 void conv_forward(const ConvGeom& cg, const float* x, const float* w, const float* b, float* y,
                   bool relu, cudaStream_t s) {

@@ -1,7 +1,8 @@
 // The cuDNN implementation of the convolution, behind the same contract as the project's own
 // (kernels/cuda/cuda_ops.h): channel-major (C, N, H, W) activations described to cuDNN by
 // strides, PyTorch's (K, C, R, S) filters, parameter gradients accumulated (beta = 1). fp32
-// arithmetic without TF32 (CUDNN_FMA_MATH), so that it is compared at equal precision. One plan
+// arithmetic without TF32 (CUDNN_FMA_MATH) unless --precision tf32 (tensor-op math), so that it
+// is compared at equal precision. One plan
 // per geometry (descriptors, the fastest algorithms cuDNN finds, one workspace), made on the
 // first call with that geometry.
 #include "kernels/cuda/cuda_ops.h"
@@ -54,7 +55,7 @@ struct Plan {
   size_t ws_bytes = 0;
 };
 
-using Key = std::tuple<int, int, int, int, int, int, int, int, int, int>;
+using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int>;
 
 struct State {
   std::mutex m;
@@ -83,7 +84,8 @@ Plan& plan_for(const ConvGeom& g) {
     st.device = dev;
     st.plans.clear();
   }
-  const Key key{g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, dev};
+  const bool tf32 = conv_math() == ConvMath::kTf32;
+  const Key key{g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, dev, tf32 ? 1 : 0};
   auto it = st.plans.find(key);
   if (it != st.plans.end()) return it->second;
   Plan p;
@@ -99,7 +101,7 @@ Plan& plan_for(const ConvGeom& g) {
   SQ_CUDNN(cudnnSetFilter4dDescriptor(p.w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, g.K, g.C, g.R, g.S));
   SQ_CUDNN(cudnnSetConvolution2dDescriptor(p.conv, g.pad, g.pad, g.stride, g.stride, 1, 1,
                                            CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
-  SQ_CUDNN(cudnnSetConvolutionMathType(p.conv, CUDNN_FMA_MATH));
+  SQ_CUDNN(cudnnSetConvolutionMathType(p.conv, tf32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH));
   SQ_CUDNN(cudnnSetActivationDescriptor(p.relu, CUDNN_ACTIVATION_RELU, CUDNN_NOT_PROPAGATE_NAN, 0.0));
   // The fastest algorithm of each kind whose workspace fits (cuDNN times them on this GPU).
   constexpr int kMax = 16;

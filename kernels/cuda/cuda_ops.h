@@ -75,6 +75,13 @@ enum class ConvImpl { kOwn, kCudnn };
 bool cudnn_built();  // this build links cuDNN
 void set_conv_impl(ConvImpl impl);  // throws sq::Error for kCudnn in a build without cuDNN
 ConvImpl conv_impl();
+// The own convolution's multiply: fp32 FMA (default), or tensor cores with TF32 or BF16 operands
+// (rounded from the fp32 tensors as they are loaded) and fp32 accumulation; storage, master
+// weights and every other op stay fp32. cuDNN honours kTf32 (tensor-op math) and runs kBf16
+// as fp32 (its BF16 path needs BF16 tensors).
+enum class ConvMath { kFp32, kTf32, kBf16 };
+void set_conv_math(ConvMath m);
+ConvMath conv_math();
 // The cuDNN implementation itself (kernels/cuda/conv_cudnn.cpp), same contract as below.
 void cudnn_conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b,
                         float* y, bool relu, cudaStream_t s);
