@@ -16,11 +16,31 @@ namespace sq {
 
 enum class ReduceOp { kSum, kAvg };
 
+class Communicator;
+
+// A handle to an outstanding asynchronous collective: a slot in its communicator's pool of
+// requests, so that starting and waiting allocate nothing once the pool has grown to the
+// number of collectives in flight. Move-only; wait() exactly once (a handle destroyed unwaited
+// keeps its slot busy until the communicator goes).
 class CommRequest {
  public:
-  virtual ~CommRequest() = default;
+  CommRequest() = default;  // already complete
+  CommRequest(Communicator* comm, uint32_t slot) : comm_(comm), slot_(slot) {}
+  CommRequest(CommRequest&& o) noexcept : comm_(o.comm_), slot_(o.slot_) { o.comm_ = nullptr; }
+  CommRequest& operator=(CommRequest&& o) noexcept {
+    comm_ = o.comm_;
+    slot_ = o.slot_;
+    o.comm_ = nullptr;
+    return *this;
+  }
+  CommRequest(const CommRequest&) = delete;
+  CommRequest& operator=(const CommRequest&) = delete;
   // Blocks until the collective is complete; rethrows its failure as sq::Error.
-  virtual void wait() = 0;
+  inline void wait();
+
+ private:
+  Communicator* comm_ = nullptr;
+  uint32_t slot_ = 0;
 };
 
 class Communicator {
@@ -30,7 +50,7 @@ class Communicator {
   virtual int size() const = 0;
   virtual std::string name() const = 0;  // "local", "mpi (communication thread)", ...
   // In-place allreduce of n floats.
-  virtual std::unique_ptr<CommRequest> allreduce_async(float* buf, size_t n, ReduceOp op) = 0;
+  virtual CommRequest allreduce_async(float* buf, size_t n, ReduceOp op) = 0;
   // Blocking in-place sum of a few doubles (metrics: loss sums, correct counts).
   virtual void allreduce_sum(double* buf, size_t n) = 0;
   virtual void broadcast(float* buf, size_t n, int root) = 0;
@@ -41,8 +61,20 @@ class Communicator {
   // calls it between layers of backward. A no-op where progress is automatic.
   virtual void poll() {}
 
-  void allreduce(float* buf, size_t n, ReduceOp op) { allreduce_async(buf, n, op)->wait(); }
+  void allreduce(float* buf, size_t n, ReduceOp op) { allreduce_async(buf, n, op).wait(); }
+
+ protected:
+  friend class CommRequest;
+  // Completes the request in `slot` (only backends that hand out slots are asked).
+  virtual void wait_slot(uint32_t slot) = 0;
 };
+
+void CommRequest::wait() {
+  if (!comm_) return;
+  Communicator* c = comm_;
+  comm_ = nullptr;
+  c->wait_slot(slot_);
+}
 
 // Rank 0 of 1: every collective is the identity.
 std::unique_ptr<Communicator> make_local_communicator();

@@ -7,7 +7,6 @@
 #include <condition_variable>
 #include <deque>
 #include <exception>
-#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -39,104 +38,27 @@ void scale(float* buf, size_t n, float s) {
   for (size_t i = 0; i < n; ++i) buf[i] *= s;
 }
 
-// ---- communication thread: one FIFO of tasks, executed in submission order -----------------
+// ---- the communicator ---------------------------------------------------------------------
+// Requests live in a pool of slots that grows to the number of collectives in flight and is then
+// reused: a steady-state training step allocates nothing here.
 
-struct Task {
-  std::function<void()> fn;
-  std::mutex m;
-  std::condition_variable cv;
+enum class Op { kAllreduce, kSumDoubles, kBcast, kAllgather, kBarrier };
+
+struct Slot {
+  // What to do (thread mode: read by the communication thread).
+  Op op = Op::kBarrier;
+  float* buf = nullptr;
+  double* dbuf = nullptr;
+  size_t n = 0;
+  float post = 1.0f;  // 1/size for kAvg
+  int root = 0;
+  uint64_t value = 0;
+  uint64_t* out = nullptr;
+  // State.
+  bool in_use = false;
   bool done = false;
   std::exception_ptr error;
-
-  void finish(std::exception_ptr e) {
-    std::lock_guard<std::mutex> g(m);
-    error = e;
-    done = true;
-    cv.notify_all();
-  }
-  void wait() {
-    std::unique_lock<std::mutex> g(m);
-    cv.wait(g, [&] { return done; });
-    if (error) std::rethrow_exception(error);
-  }
-};
-
-struct Worker {
-  std::mutex m;
-  std::condition_variable cv;
-  std::deque<std::shared_ptr<Task>> queue;
-  bool stop = false;
-  bool busy = false;
-
-  static void loop(std::shared_ptr<Worker> w) {
-    for (;;) {
-      std::shared_ptr<Task> t;
-      {
-        std::unique_lock<std::mutex> g(w->m);
-        w->cv.wait(g, [&] { return w->stop || !w->queue.empty(); });
-        if (w->queue.empty()) return;  // stop requested and nothing left
-        t = std::move(w->queue.front());
-        w->queue.pop_front();
-        w->busy = true;
-      }
-      std::exception_ptr e;
-      try {
-        t->fn();
-      } catch (...) {
-        e = std::current_exception();
-      }
-      {
-        std::lock_guard<std::mutex> g(w->m);
-        w->busy = false;
-      }
-      t->finish(e);
-    }
-  }
-};
-
-struct TaskRequest final : CommRequest {
-  std::shared_ptr<Task> task;
-  explicit TaskRequest(std::shared_ptr<Task> t) : task(std::move(t)) {}
-  void wait() override { task->wait(); }
-};
-
-// ---- nonblocking collectives ------------------------------------------------------------------
-
-struct NonblockingRequest final : CommRequest {
-  std::vector<MPI_Request> reqs;
-  float* buf = nullptr;
-  size_t n = 0;
-  float post_scale = 1.0f;  // 1/size for kAvg
-  bool complete = false;
-  std::vector<NonblockingRequest*>* live = nullptr;
-
-  ~NonblockingRequest() override { unlist(); }
-  void unlist() {
-    if (!live) return;
-    for (auto& p : *live)
-      if (p == this) {
-        p = live->back();
-        live->pop_back();
-        break;
-      }
-    live = nullptr;
-  }
-  bool test() {
-    if (complete) return true;
-    int flag = 0;
-    SQ_MPI(MPI_Testall(int(reqs.size()), reqs.data(), &flag, MPI_STATUSES_IGNORE));
-    complete = flag != 0;
-    return complete;
-  }
-  void wait() override {
-    if (!complete) SQ_MPI(MPI_Waitall(int(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE));
-    complete = true;
-    unlist();
-    if (post_scale != 1.0f) {
-      scale(buf, n, post_scale);
-      post_scale = 1.0f;
-    }
-  }
+  std::vector<MPI_Request> reqs;  // nonblocking mode; capacity kept across uses
 };
 
 class MpiCommunicator final : public Communicator {
@@ -152,8 +74,11 @@ class MpiCommunicator final : public Communicator {
       if (level < MPI_THREAD_SERIALIZED)
         fail("--mpi-progress thread needs MPI_THREAD_SERIALIZED or better; this MPI library "
              "provides level ", level, ": use --mpi-progress nonblocking");
-      worker_ = std::make_shared<Worker>();
-      thread_ = std::thread(Worker::loop, worker_);
+      state_ = std::make_shared<Shared>();
+      state_->comm = comm_;
+      thread_ = std::thread(worker_loop, state_);
+    } else {
+      state_ = std::make_shared<Shared>();
     }
   }
 
@@ -161,10 +86,10 @@ class MpiCommunicator final : public Communicator {
     if (!thread_.joinable()) return;
     bool idle;
     {
-      std::lock_guard<std::mutex> g(worker_->m);
-      worker_->stop = true;
-      idle = worker_->queue.empty() && !worker_->busy;
-      worker_->cv.notify_all();
+      std::lock_guard<std::mutex> g(state_->m);
+      state_->stop = true;
+      idle = state_->queue_count == 0 && !state_->busy;
+      state_->work.notify_all();
     }
     // A thread still inside a collective that other ranks will never join (this rank is
     // failing) is left behind: the job is about to be aborted, and joining would hang.
@@ -181,78 +106,229 @@ class MpiCommunicator final : public Communicator {
                                              : "mpi (nonblocking, polled)";
   }
 
-  std::unique_ptr<CommRequest> allreduce_async(float* buf, size_t n, ReduceOp op) override {
+  CommRequest allreduce_async(float* buf, size_t n, ReduceOp op) override {
     const float post = op == ReduceOp::kAvg ? 1.0f / float(size_) : 1.0f;
     if (progress_ == MpiProgress::kThread) {
-      MPI_Comm c = comm_;
-      return std::make_unique<TaskRequest>(submit([c, buf, n, post] {
-        for (size_t o = 0; o < n; o += kMaxCount)
-          SQ_MPI(MPI_Allreduce(MPI_IN_PLACE, buf + o, int(std::min(kMaxCount, n - o)), MPI_FLOAT,
-                               MPI_SUM, c));
-        if (post != 1.0f) scale(buf, n, post);
-      }));
+      const uint32_t id = submit([&](Slot& t) {
+        t.op = Op::kAllreduce;
+        t.buf = buf;
+        t.n = n;
+        t.post = post;
+      });
+      return CommRequest(this, id);
     }
-    auto r = std::make_unique<NonblockingRequest>();
-    r->buf = buf;
-    r->n = n;
-    r->post_scale = post;
+    Shared& st = *state_;
+    const uint32_t id = st.acquire();
+    Slot& t = *st.slots[id];
+    t.buf = buf;
+    t.n = n;
+    t.post = post;
+    t.reqs.clear();
     for (size_t o = 0; o < n; o += kMaxCount) {
-      r->reqs.emplace_back();
+      t.reqs.emplace_back();
       SQ_MPI(MPI_Iallreduce(MPI_IN_PLACE, buf + o, int(std::min(kMaxCount, n - o)), MPI_FLOAT,
-                            MPI_SUM, comm_, &r->reqs.back()));
+                            MPI_SUM, comm_, &t.reqs.back()));
     }
-    r->live = &live_;
-    live_.push_back(r.get());
-    return r;
+    st.live.push_back(id);
+    return CommRequest(this, id);
   }
 
   void poll() override {
-    for (size_t i = 0; i < live_.size(); ++i)
-      if (!live_[i]->test()) break;  // one incomplete test drives the progress engine
+    if (progress_ != MpiProgress::kNonblocking) return;
+    Shared& st = *state_;
+    for (uint32_t id : st.live) {  // one incomplete test drives the progress engine
+      Slot& t = *st.slots[id];
+      if (t.done) continue;
+      int flag = 0;
+      SQ_MPI(MPI_Testall(int(t.reqs.size()), t.reqs.data(), &flag, MPI_STATUSES_IGNORE));
+      if (!flag) break;
+      t.done = true;
+    }
   }
 
   void allreduce_sum(double* buf, size_t n) override {
-    run([&] { SQ_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, int(n), MPI_DOUBLE, MPI_SUM, comm_)); });
+    run([&](Slot& t) {
+      t.op = Op::kSumDoubles;
+      t.dbuf = buf;
+      t.n = n;
+    });
   }
   void broadcast(float* buf, size_t n, int root) override {
-    run([&] {
-      for (size_t o = 0; o < n; o += kMaxCount)
-        SQ_MPI(MPI_Bcast(buf + o, int(std::min(kMaxCount, n - o)), MPI_FLOAT, root, comm_));
+    run([&](Slot& t) {
+      t.op = Op::kBcast;
+      t.buf = buf;
+      t.n = n;
+      t.root = root;
     });
   }
   std::vector<uint64_t> allgather(uint64_t value) override {
     std::vector<uint64_t> all(size_t(size_), 0);
-    run([&] { SQ_MPI(MPI_Allgather(&value, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, comm_)); });
+    run([&](Slot& t) {
+      t.op = Op::kAllgather;
+      t.value = value;
+      t.out = all.data();
+    });
     return all;
   }
   void barrier() override {
-    run([&] { SQ_MPI(MPI_Barrier(comm_)); });
+    run([&](Slot& t) { t.op = Op::kBarrier; });
+  }
+
+ protected:
+  void wait_slot(uint32_t id) override {
+    Shared& st = *state_;
+    if (progress_ == MpiProgress::kThread) {
+      std::exception_ptr e;
+      {
+        std::unique_lock<std::mutex> g(st.m);
+        Slot& t = *st.slots[id];
+        st.finished.wait(g, [&] { return t.done; });
+        e = t.error;
+        st.release(id);
+      }
+      if (e) std::rethrow_exception(e);
+      return;
+    }
+    Slot& t = *st.slots[id];
+    if (!t.done) SQ_MPI(MPI_Waitall(int(t.reqs.size()), t.reqs.data(), MPI_STATUSES_IGNORE));
+    if (t.post != 1.0f) scale(t.buf, t.n, t.post);
+    for (size_t i = 0; i < st.live.size(); ++i)
+      if (st.live[i] == id) {
+        st.live.erase(st.live.begin() + std::ptrdiff_t(i));  // no reallocation
+        break;
+      }
+    st.release(id);
   }
 
  private:
-  std::shared_ptr<Task> submit(std::function<void()> fn) {
-    auto t = std::make_shared<Task>();
-    t->fn = std::move(fn);
-    std::lock_guard<std::mutex> g(worker_->m);
-    worker_->queue.push_back(t);
-    worker_->cv.notify_one();
-    return t;
+  // State shared with the communication thread (which outlives a detached communicator).
+  struct Shared {
+    std::mutex m;
+    std::condition_variable work, finished;
+    std::vector<std::unique_ptr<Slot>> slots;
+    std::vector<uint32_t> free;   // capacity = slots.size()
+    std::vector<uint32_t> queue;  // ring of slot ids (thread mode)
+    size_t queue_head = 0, queue_count = 0;
+    std::vector<uint32_t> live;   // started nonblocking slots, in start order
+    bool stop = false, busy = false;
+    MPI_Comm comm = MPI_COMM_NULL;
+
+    uint32_t acquire() {  // (thread mode: under m)
+      if (free.empty()) {
+        slots.push_back(std::make_unique<Slot>());
+        free.reserve(slots.size());
+        live.reserve(slots.size());
+        return uint32_t(slots.size() - 1);
+      }
+      const uint32_t id = free.back();
+      free.pop_back();
+      Slot& t = *slots[id];
+      t.in_use = true;
+      t.done = false;
+      t.error = nullptr;
+      return id;
+    }
+    void release(uint32_t id) {
+      slots[id]->in_use = false;
+      free.push_back(id);
+    }
+    void push(uint32_t id) {  // under m
+      if (queue_count == queue.size()) {  // grow the ring, keeping its order
+        std::vector<uint32_t> bigger(std::max<size_t>(16, 2 * queue.size()));
+        for (size_t i = 0; i < queue_count; ++i) bigger[i] = queue[(queue_head + i) % queue.size()];
+        queue.swap(bigger);
+        queue_head = 0;
+      }
+      queue[(queue_head + queue_count) % queue.size()] = id;
+      ++queue_count;
+    }
+  };
+
+  template <class Fill>
+  uint32_t submit(Fill fill) {
+    Shared& st = *state_;
+    std::lock_guard<std::mutex> g(st.m);
+    const uint32_t id = st.acquire();
+    Slot& t = *st.slots[id];
+    t.in_use = true;
+    t.done = false;
+    t.error = nullptr;
+    fill(t);
+    st.push(id);
+    st.work.notify_one();
+    return id;
   }
+
   // A blocking collective: on the communication thread when there is one, so that it is
   // ordered after the asynchronous collectives issued before it.
-  void run(const std::function<void()>& fn) {
-    if (progress_ == MpiProgress::kThread)
-      submit(fn)->wait();
-    else
-      fn();
+  template <class Fill>
+  void run(Fill fill) {
+    if (progress_ == MpiProgress::kThread) {
+      wait_slot(submit(fill));
+      return;
+    }
+    Slot t;
+    fill(t);
+    execute(t, comm_);
+  }
+
+  static void execute(Slot& t, MPI_Comm c) {
+    switch (t.op) {
+      case Op::kAllreduce:
+        for (size_t o = 0; o < t.n; o += kMaxCount)
+          SQ_MPI(MPI_Allreduce(MPI_IN_PLACE, t.buf + o, int(std::min(kMaxCount, t.n - o)),
+                               MPI_FLOAT, MPI_SUM, c));
+        if (t.post != 1.0f) scale(t.buf, t.n, t.post);
+        break;
+      case Op::kSumDoubles:
+        SQ_MPI(MPI_Allreduce(MPI_IN_PLACE, t.dbuf, int(t.n), MPI_DOUBLE, MPI_SUM, c));
+        break;
+      case Op::kBcast:
+        for (size_t o = 0; o < t.n; o += kMaxCount)
+          SQ_MPI(MPI_Bcast(t.buf + o, int(std::min(kMaxCount, t.n - o)), MPI_FLOAT, t.root, c));
+        break;
+      case Op::kAllgather:
+        SQ_MPI(MPI_Allgather(&t.value, 1, MPI_UINT64_T, t.out, 1, MPI_UINT64_T, c));
+        break;
+      case Op::kBarrier:
+        SQ_MPI(MPI_Barrier(c));
+        break;
+    }
+  }
+
+  static void worker_loop(std::shared_ptr<Shared> st) {
+    for (;;) {
+      Slot* t;
+      {
+        std::unique_lock<std::mutex> g(st->m);
+        st->work.wait(g, [&] { return st->stop || st->queue_count > 0; });
+        if (st->queue_count == 0) return;  // stop requested and nothing left
+        t = st->slots[st->queue[st->queue_head]].get();
+        st->queue_head = (st->queue_head + 1) % st->queue.size();
+        --st->queue_count;
+        st->busy = true;
+      }
+      std::exception_ptr e;
+      try {
+        execute(*t, st->comm);
+      } catch (...) {
+        e = std::current_exception();
+      }
+      {
+        std::lock_guard<std::mutex> g(st->m);
+        st->busy = false;
+        t->error = e;
+        t->done = true;
+      }
+      st->finished.notify_all();
+    }
   }
 
   MpiProgress progress_;
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1;
-  std::shared_ptr<Worker> worker_;
+  std::shared_ptr<Shared> state_;
   std::thread thread_;
-  std::vector<NonblockingRequest*> live_;
 };
 
 }  // namespace

@@ -50,7 +50,7 @@ void GradReducer::ready(size_t offset) {
 void GradReducer::finish() {
   while (next_ < plan_.size()) start(next_++);
   const auto t0 = std::chrono::steady_clock::now();
-  for (auto& r : pending_) r->wait();
+  for (CommRequest& r : pending_) r.wait();
   last_wait_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   pending_.clear();
   next_ = 0;

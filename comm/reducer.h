@@ -51,7 +51,7 @@ class GradReducer {
   ReduceOp op_;
   bool overlap_;
   size_t next_ = 0;  // next bucket to start
-  std::vector<std::unique_ptr<CommRequest>> pending_;
+  std::vector<CommRequest> pending_;  // capacity: one per bucket, reserved
   double last_wait_s_ = 0;
 };
 

@@ -28,9 +28,6 @@ class RecordingComm final : public Communicator {
     std::vector<float> at_start;
     int polls_before;
   };
-  struct Done final : CommRequest {
-    void wait() override {}
-  };
   std::vector<Call> calls;
   std::vector<uint64_t> gathered;  // what allgather answers (one entry per pretend rank)
   int polls = 0;
@@ -38,9 +35,9 @@ class RecordingComm final : public Communicator {
   int rank() const override { return 0; }
   int size() const override { return 1; }
   std::string name() const override { return "recording"; }
-  std::unique_ptr<CommRequest> allreduce_async(float* buf, size_t n, ReduceOp) override {
+  CommRequest allreduce_async(float* buf, size_t n, ReduceOp) override {
     calls.push_back({buf, n, std::vector<float>(buf, buf + n), polls});
-    return std::make_unique<Done>();
+    return CommRequest();
   }
   void allreduce_sum(double*, size_t) override {}
   void broadcast(float*, size_t, int) override {}
@@ -51,6 +48,9 @@ class RecordingComm final : public Communicator {
   }
   void barrier() override {}
   void poll() override { ++polls; }
+
+ protected:
+  void wait_slot(uint32_t) override {}
 };
 
 void expect_exact_cover(const std::vector<Bucket>& plan, const std::vector<size_t>& bounds,

@@ -6,7 +6,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <new>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -18,6 +21,18 @@
 #include "core/trainer.h"
 
 using namespace sq;
+
+// Counts C++ heap allocations, for the test that a steady-state step allocates nothing. (GCC
+// cannot see that this operator new pairs with the free() below.)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+static std::atomic<long> g_news{0};
+void* operator new(std::size_t n) {
+  g_news.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 namespace {
 
@@ -57,7 +72,7 @@ TEST_P(Collectives, AllreduceIsExactOnEveryRank) {
     std::vector<float> sum(n), avg(n);
     for (size_t i = 0; i < n; ++i) sum[i] = avg[i] = value(R, i);
     comm->allreduce(sum.data(), n, ReduceOp::kSum);
-    comm->allreduce_async(avg.data(), n, ReduceOp::kAvg)->wait();
+    comm->allreduce_async(avg.data(), n, ReduceOp::kAvg).wait();
     size_t bad_sum = 0, bad_avg = 0;
     for (size_t i = 0; i < n; ++i) {
       float expect = 0;
@@ -78,7 +93,7 @@ TEST_P(Collectives, OutstandingRequestsCompleteInAnyWaitOrder) {
   const size_t n = 300000;
   std::vector<float> buf(n);
   for (size_t i = 0; i < n; ++i) buf[i] = value(R, i);
-  std::vector<std::unique_ptr<CommRequest>> reqs;
+  std::vector<CommRequest> reqs;
   const size_t cuts[] = {0, 1, 4000, 70000, 250000, n};
   for (int k = 4; k >= 0; --k) {
     reqs.push_back(comm->allreduce_async(buf.data() + cuts[k], cuts[k + 1] - cuts[k], ReduceOp::kSum));
@@ -88,7 +103,7 @@ TEST_P(Collectives, OutstandingRequestsCompleteInAnyWaitOrder) {
   comm->allreduce_sum(d, 2);
   EXPECT_EQ(d[0], P * (P - 1) / 2.0);
   EXPECT_EQ(d[1], double(P));
-  for (size_t k = reqs.size(); k-- > 0;) reqs[k]->wait();
+  for (size_t k = reqs.size(); k-- > 0;) reqs[k].wait();
   size_t bad = 0;
   for (size_t i = 0; i < n; ++i) {
     float expect = 0;
@@ -134,6 +149,27 @@ TEST_P(Collectives, ReducerEqualsOneAllreduce) {
     EXPECT_EQ(0, std::memcmp(work.data(), whole.data(), n * sizeof(float)))
         << (overlap ? "overlapped" : "after backward") << ", rank " << R;
   }
+}
+
+// After warm-up, a step's communication — every bucket started from backward's hook, the wait,
+// the metric sums — allocates nothing (the request pool has grown to what is in flight).
+TEST_P(Collectives, ASteadyStateStepAllocatesNothing) {
+  auto comm = make_mpi_communicator(GetParam());
+  std::vector<size_t> bounds{0};
+  for (int i = 0; i < 20; ++i) bounds.push_back(bounds.back() + 5000 + size_t(i) * 300);
+  std::vector<float> g(bounds.back(), 1.0f);
+  GradReducer red(*comm, g.data(), plan_buckets(bounds, 20000), ReduceOp::kSum, true);
+  ASSERT_GT(red.plan().size(), 3u);
+  auto step = [&] {
+    for (size_t k = bounds.size() - 1; k-- > 0;) red.ready(bounds[k]);
+    red.finish();
+    double stats[2] = {1, 2};
+    comm->allreduce_sum(stats, 2);
+  };
+  for (int i = 0; i < 3; ++i) step();
+  const long before = g_news.load();
+  for (int i = 0; i < 10; ++i) step();
+  EXPECT_EQ(g_news.load() - before, 0) << "heap allocations in 10 steady-state steps";
 }
 
 INSTANTIATE_TEST_SUITE_P(Mpi, Collectives,
