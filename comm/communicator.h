@@ -61,7 +61,8 @@ class Communicator {
   // calls it between layers of backward. A no-op where progress is automatic.
   virtual void poll() {}
 
-  void allreduce(float* buf, size_t n, ReduceOp op) { allreduce_async(buf, n, op).wait(); }
+  // Blocking allreduce (a backend may run it on the calling thread when nothing is in flight).
+  virtual void allreduce(float* buf, size_t n, ReduceOp op) { allreduce_async(buf, n, op).wait(); }
 
  protected:
   friend class CommRequest;

@@ -133,6 +133,16 @@ class MpiCommunicator final : public Communicator {
     return CommRequest(this, id);
   }
 
+  void allreduce(float* buf, size_t n, ReduceOp op) override {
+    const float post = op == ReduceOp::kAvg ? 1.0f / float(size_) : 1.0f;
+    run([&](Slot& t) {
+      t.op = Op::kAllreduce;
+      t.buf = buf;
+      t.n = n;
+      t.post = post;
+    });
+  }
+
   void poll() override {
     if (progress_ != MpiProgress::kNonblocking) return;
     Shared& st = *state_;
@@ -259,13 +269,22 @@ class MpiCommunicator final : public Communicator {
     return id;
   }
 
-  // A blocking collective: on the communication thread when there is one, so that it is
-  // ordered after the asynchronous collectives issued before it.
+  // A blocking collective. With a communication thread that has collectives queued or in
+  // flight, it queues behind them (the order must be the same on every rank); with the thread
+  // idle, it runs here, saving the hand-off (tens of microseconds: 5 % of a 1 ms allreduce).
+  // Only this thread submits, so the thread stays idle meanwhile: calls never overlap.
   template <class Fill>
   void run(Fill fill) {
     if (progress_ == MpiProgress::kThread) {
-      wait_slot(submit(fill));
-      return;
+      bool idle;
+      {
+        std::lock_guard<std::mutex> g(state_->m);
+        idle = state_->queue_count == 0 && !state_->busy;
+      }
+      if (!idle) {
+        wait_slot(submit(fill));
+        return;
+      }
     }
     Slot t;
     fill(t);
