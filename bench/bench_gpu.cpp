@@ -31,23 +31,20 @@ int main() {
 #include "core/error.h"
 #include "core/model.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/device_buffer.h"
 
 namespace {
 
 using namespace sq;
 
-struct Buf {
-  float* p = nullptr;
-  explicit Buf(size_t n, float scale = 0.1f) {
-    SQ_CUDA(cudaMalloc(reinterpret_cast<void**>(&p), std::max<size_t>(n, 1) * sizeof(float)));
-    std::vector<float> h(n);
-    std::mt19937 r{uint32_t(n)};
-    std::normal_distribution<float> nd(0.0f, scale);
-    for (float& x : h) x = nd(r);
-    SQ_CUDA(cudaMemcpy(p, h.data(), n * sizeof(float), cudaMemcpyHostToDevice));
-  }
-  ~Buf() { cudaFree(p); }
-};
+// A device buffer of n normal(0, scale) values.
+cuda::DeviceBuffer<float> random_buffer(size_t n, float scale = 0.1f) {
+  std::vector<float> h(n);
+  std::mt19937 r{uint32_t(n)};
+  std::normal_distribution<float> nd(0.0f, scale);
+  for (float& x : h) x = nd(r);
+  return cuda::DeviceBuffer<float>(h);
+}
 
 // Median milliseconds of fn over reps, after 3 warm-up calls.
 double time_ms(int reps, const std::function<void()>& fn) {
@@ -138,11 +135,12 @@ int main(int argc, char** argv) {
                    ny = size_t(f.E1 + f.E3) * plane;
       const size_t o_bs = size_t(f.S) * f.C, o_w1 = o_bs + f.S, o_b1 = o_w1 + size_t(f.E1) * f.S,
                    o_w3 = o_b1 + f.E1, o_b3 = o_w3 + size_t(f.E3) * 9 * f.S, np = o_b3 + f.E3;
-      Buf x(nx, 1.0f), s(ns), y(ny), dy(ny, 1.0f), dx(nx), prm(np), grd(np);
-      Buf ws(cuda::fire_workspace(f));
-      const float* P = prm.p;
+      auto x = random_buffer(nx, 1.0f), s = random_buffer(ns), y = random_buffer(ny),
+           dy = random_buffer(ny, 1.0f), dx = random_buffer(nx), prm = random_buffer(np),
+           grd = random_buffer(np), ws = random_buffer(cuda::fire_workspace(f));
+      const float* P = prm.get();
       FireParams<const float> fp{P, P + o_bs, P + o_w1, P + o_b1, P + o_w3, P + o_b3};
-      float* G = grd.p;
+      float* G = grd.get();
       FireParams<float> fg{G, G + o_bs, G + o_w1, G + o_b1, G + o_w3, G + o_b3};
       const double macs = double(plane) * (double(f.S) * f.C + double(f.E1) * f.S + 9.0 * f.E3 * f.S);
       const double min_bytes = 4.0 * (nx + 2.0 * ns + ny);  // read x, write and read s, write y
@@ -153,10 +151,10 @@ int main(int argc, char** argv) {
       nlohmann::json row = {{"layer", l.name}, {"gflop_fwd", 2 * macs / 1e9}, {"min_mb", min_bytes / 1e6}};
       for (const Variant& v : variants) {
         use(v);
-        const double fwd = time_ms(reps, [&] { cuda::fire_forward(f, x.p, fp, s.p, y.p, nullptr); });
+        const double fwd = time_ms(reps, [&] { cuda::fire_forward(f, x.get(), fp, s.get(), y.get(), nullptr); });
         const double both = time_ms(reps, [&] {
-          cuda::fire_forward(f, x.p, fp, s.p, y.p, nullptr);
-          cuda::fire_backward(f, x.p, fp, s.p, y.p, dy.p, fg, dx.p, false, ws.p, nullptr);
+          cuda::fire_forward(f, x.get(), fp, s.get(), y.get(), nullptr);
+          cuda::fire_backward(f, x.get(), fp, s.get(), y.get(), dy.get(), fg, dx.get(), false, ws.get(), nullptr);
         });
         std::printf(" %.3f / %.3f |", fwd, both);
         row[std::string(v.name) + " fwd ms"] = fwd;

@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/device_buffer.h"
 
 namespace sq {
 
@@ -177,28 +178,6 @@ void CudaModel::backward(const float* params, const float* dlogits, float* grads
 
 namespace {
 
-template <class T>
-struct DeviceVec {  // a device copy of a host vector, freed on scope exit
-  T* p = nullptr;
-  size_t n = 0;
-  explicit DeviceVec(size_t count) : n(count) {
-    SQ_CUDA(cudaMalloc(reinterpret_cast<void**>(&p), std::max<size_t>(n, 1) * sizeof(T)));
-  }
-  explicit DeviceVec(const std::vector<T>& v) : DeviceVec(v.size()) {
-    SQ_CUDA(cudaMemcpy(p, v.data(), n * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  ~DeviceVec() { cudaFree(p); }
-  DeviceVec(const DeviceVec&) = delete;
-  DeviceVec& operator=(const DeviceVec&) = delete;
-};
-
-std::vector<float> download(const float* p, size_t n) {
-  std::vector<float> v(n);
-  SQ_CUDA(cudaDeviceSynchronize());
-  SQ_CUDA(cudaMemcpy(v.data(), p, n * sizeof(float), cudaMemcpyDeviceToHost));
-  return v;
-}
-
 double rel_err(const float* got, const float* ref, size_t n) {
   double d = 0, r = 0;
   for (size_t i = 0; i < n; ++i) {
@@ -236,25 +215,28 @@ std::vector<LayerCheck> check_layers(const ModelConfig& cfg, int N, uint64_t see
   const float* logits = cpu.forward(params.data(), input.data(), N, true, keys.data());
   softmax_xent(N, K, logits, labels.data(), scale, dlogits.data(), static_cast<int*>(nullptr));
 
-  DeviceVec<float> dparams(params), dinput(input), dgrads(std::vector<float>(layout.total, 0.0f));
-  DeviceVec<float> ddlogits(dlogits.size());
-  DeviceVec<int32_t> dlabels(labels);
-  DeviceVec<uint64_t> dkeys(keys);
-  DeviceVec<double> dloss(2), dws(cuda::softmax_xent_workspace(N));
-  const float* glogits = gpu.forward(dparams.p, dinput.p, N, true, dkeys.p);
-  cuda::softmax_xent(N, K, glogits, dlabels.p, scale, ddlogits.p, dloss.p, dws.p, gpu.stream());
+  using cuda::DeviceBuffer;
+  DeviceBuffer<float> dparams(params), dinput(input), dgrads(std::vector<float>(layout.total, 0.0f));
+  DeviceBuffer<float> ddlogits(dlogits.size());
+  DeviceBuffer<int32_t> dlabels(labels);
+  DeviceBuffer<uint64_t> dkeys(keys);
+  DeviceBuffer<double> dloss(2), dws(cuda::softmax_xent_workspace(N));
+  const float* glogits = gpu.forward(dparams.get(), dinput.get(), N, true, dkeys.get());
+  cuda::softmax_xent(N, K, glogits, dlabels.get(), scale, ddlogits.get(), dloss.get(), dws.get(),
+                     gpu.stream());
 
   std::vector<LayerCheck> out;
   for (const Layer& l : cpu.layers()) {
     LayerCheck c;
     c.layer = l.name;
     const size_t n = size_t(cpu.acts()[size_t(l.out)].per_sample()) * N;
-    c.forward_err = rel_err(download(gpu.activation(l.out), n).data(), cpu.activation(l.out), n);
+    c.forward_err =
+        rel_err(cuda::download(gpu.activation(l.out), n).data(), cpu.activation(l.out), n);
     out.push_back(c);
   }
   cpu.backward(params.data(), dlogits.data(), grads.data(), N, keys.data());
-  gpu.backward(dparams.p, ddlogits.p, dgrads.p, N, dkeys.p);
-  const std::vector<float> ggrads = download(dgrads.p, layout.total);
+  gpu.backward(dparams.get(), ddlogits.get(), dgrads.get(), N, dkeys.get());
+  const std::vector<float> ggrads = dgrads.download();
   for (size_t i = 0; i < out.size(); ++i) {
     const Layer& l = cpu.layers()[i];
     if (l.param_end > l.param_begin)

@@ -27,6 +27,7 @@
 #ifdef SQUEEZE_HAVE_CUDA
 #include "core/cuda_model.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/device_buffer.h"
 #endif
 
 using namespace sq;
@@ -48,26 +49,7 @@ namespace {
   } while (0)
 
 template <class T>
-struct Dev {  // a device buffer, freed on scope exit
-  T* p = nullptr;
-  size_t n = 0;
-  explicit Dev(size_t count) : n(count) {
-    SQ_CUDA(cudaMalloc(reinterpret_cast<void**>(&p), std::max<size_t>(n, 1) * sizeof(T)));
-  }
-  explicit Dev(const std::vector<T>& v) : Dev(v.size()) { upload(v); }
-  ~Dev() { cudaFree(p); }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-  void upload(const std::vector<T>& v) {
-    SQ_CUDA(cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  std::vector<T> get() const {
-    std::vector<T> v(n);
-    SQ_CUDA(cudaDeviceSynchronize());
-    SQ_CUDA(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
-    return v;
-  }
-};
+using Dev = cuda::DeviceBuffer<T>;
 
 std::mt19937& rng() {
   static std::mt19937 r(20261126);
@@ -196,12 +178,12 @@ TEST(CudaOps, Convolution) {
     // GPU.
     Dev<float> X(x), Wt(w), B(b), Y(ny), DZ(dz), DW(dw0), DB(db0), DX(dx0);
     Dev<float> WS(cuda::conv_backward_workspace(g));
-    cuda::conv_forward(g, X.p, Wt.p, B.p, Y.p, true, nullptr);
-    cuda::conv_backward(g, X.p, Wt.p, DZ.p, DW.p, DB.p, DX.p, true, WS.p, nullptr);
-    expect_close(Y.get(), yd, kTol, "forward (bias, ReLU)");
-    expect_close(DW.get(), dwd, kTol, "weight gradient (accumulated)");
-    expect_close(DB.get(), dbd, kTol, "bias gradient (accumulated)");
-    expect_close(DX.get(), dxd, kTol, "input gradient (accumulated)");
+    cuda::conv_forward(g, X.get(), Wt.get(), B.get(), Y.get(), true, nullptr);
+    cuda::conv_backward(g, X.get(), Wt.get(), DZ.get(), DW.get(), DB.get(), DX.get(), true, WS.get(), nullptr);
+    expect_close(Y.download(), yd, kTol, "forward (bias, ReLU)");
+    expect_close(DW.download(), dwd, kTol, "weight gradient (accumulated)");
+    expect_close(DB.download(), dbd, kTol, "bias gradient (accumulated)");
+    expect_close(DX.download(), dxd, kTol, "input gradient (accumulated)");
     // Written (not accumulated) input gradient, no bias, no ReLU.
     std::vector<double> yd2(ny), dxd2(nx), dwd2(nw, 0.0);
     conv_forward<double>(g, to_double(x).data(), to_double(w).data(), nullptr, yd2.data(), false,
@@ -209,11 +191,11 @@ TEST(CudaOps, Convolution) {
     conv_backward<double>(g, to_double(x).data(), to_double(w).data(), to_double(dz).data(),
                           dwd2.data(), nullptr, dxd2.data(), false, ws.data());
     Dev<float> Y2(ny), DX2(nx), DW2(std::vector<float>(nw, 0.0f));
-    cuda::conv_forward(g, X.p, Wt.p, nullptr, Y2.p, false, nullptr);
-    cuda::conv_backward(g, X.p, Wt.p, DZ.p, DW2.p, nullptr, DX2.p, false, WS.p, nullptr);
-    expect_close(Y2.get(), yd2, kTol, "forward (no bias, no ReLU)");
-    expect_close(DX2.get(), dxd2, kTol, "input gradient (written)");
-    expect_close(DW2.get(), dwd2, kTol, "weight gradient (from zero)");
+    cuda::conv_forward(g, X.get(), Wt.get(), nullptr, Y2.get(), false, nullptr);
+    cuda::conv_backward(g, X.get(), Wt.get(), DZ.get(), DW2.get(), nullptr, DX2.get(), false, WS.get(), nullptr);
+    expect_close(Y2.download(), yd2, kTol, "forward (no bias, no ReLU)");
+    expect_close(DX2.download(), dxd2, kTol, "input gradient (written)");
+    expect_close(DW2.download(), dwd2, kTol, "weight gradient (from zero)");
   }
 }
 
@@ -232,9 +214,9 @@ TEST(CudaOps, CudnnAgreesWithTheOwnConvolution) {
       cuda::set_conv_impl(impl ? cuda::ConvImpl::kCudnn : cuda::ConvImpl::kOwn);
       Dev<float> X(x), Wt(w), B(b), Y(ny), DZ(dz), DW(dw0), DB(db0), DX(dx0);
       Dev<float> WS(cuda::conv_backward_workspace(g));
-      cuda::conv_forward(g, X.p, Wt.p, B.p, Y.p, true, nullptr);
-      cuda::conv_backward(g, X.p, Wt.p, DZ.p, DW.p, DB.p, DX.p, impl == 1, WS.p, nullptr);
-      out[impl] = {Y.get(), DW.get(), DB.get(), DX.get()};
+      cuda::conv_forward(g, X.get(), Wt.get(), B.get(), Y.get(), true, nullptr);
+      cuda::conv_backward(g, X.get(), Wt.get(), DZ.get(), DW.get(), DB.get(), DX.get(), impl == 1, WS.get(), nullptr);
+      out[impl] = {Y.download(), DW.download(), DB.download(), DX.download()};
     }
     cuda::set_conv_impl(cuda::ConvImpl::kOwn);
     // Own: dx written; cuDNN: dx accumulated onto dx0. Bring the own result to the same sum.
@@ -264,11 +246,11 @@ TEST(CudaOps, TensorCoreConvolution) {
                             dwd.data(), nullptr, dxd.data(), false, ws.data());
       Dev<float> X(x), Wt(w), Y(ny), DZ(dz), DW(std::vector<float>(nw, 0.0f)), DX(nx);
       Dev<float> WS(cuda::conv_backward_workspace(g));
-      cuda::conv_forward(g, X.p, Wt.p, nullptr, Y.p, false, nullptr);
-      cuda::conv_backward(g, X.p, Wt.p, DZ.p, DW.p, nullptr, DX.p, false, WS.p, nullptr);
-      expect_close(Y.get(), yd, tol, "forward");
-      expect_close(DW.get(), dwd, tol, "weight gradient");
-      expect_close(DX.get(), dxd, tol, "input gradient");
+      cuda::conv_forward(g, X.get(), Wt.get(), nullptr, Y.get(), false, nullptr);
+      cuda::conv_backward(g, X.get(), Wt.get(), DZ.get(), DW.get(), nullptr, DX.get(), false, WS.get(), nullptr);
+      expect_close(Y.download(), yd, tol, "forward");
+      expect_close(DW.download(), dwd, tol, "weight gradient");
+      expect_close(DX.download(), dxd, tol, "input gradient");
     }
   }
   cuda::set_conv_math(cuda::ConvMath::kFp32);
@@ -305,22 +287,22 @@ TEST(CudaOps, FireModule) {
       dp.push_back(std::make_unique<Dev<float>>(pv[i]));
       dg.push_back(std::make_unique<Dev<float>>(gv[i]));
     }
-    FireParams<const float> dP{dp[0]->p, dp[1]->p, dp[2]->p, dp[3]->p, dp[4]->p, dp[5]->p};
-    FireParams<float> dG{dg[0]->p, dg[1]->p, dg[2]->p, dg[3]->p, dg[4]->p, dg[5]->p};
+    FireParams<const float> dP{dp[0]->get(), dp[1]->get(), dp[2]->get(), dp[3]->get(), dp[4]->get(), dp[5]->get()};
+    FireParams<float> dG{dg[0]->get(), dg[1]->get(), dg[2]->get(), dg[3]->get(), dg[4]->get(), dg[5]->get()};
     Dev<float> X(x), S(ns), Y(ny), DY(dy), DX(dx0), WS(cuda::fire_workspace(f));
-    cuda::fire_forward(f, X.p, dP, S.p, Y.p, nullptr);
-    const std::vector<float> s_gpu = S.get(), y_gpu = Y.get();
+    cuda::fire_forward(f, X.get(), dP, S.get(), Y.get(), nullptr);
+    const std::vector<float> s_gpu = S.download(), y_gpu = Y.download();
     expect_close(s_gpu, sd, kTol, "squeeze output");
     expect_close(y_gpu, yd, kTol, "expand output (both slices)");
     // The reference backward takes the GPU's own forward outputs, so that both apply the same
     // ReLU masks (an output within rounding of 0 may be positive on one side only).
     fire_backward<double>(f, xd.data(), P, to_double(s_gpu).data(), to_double(y_gpu).data(),
                           to_double(dy).data(), G, dxd.data(), true, ws.data());
-    cuda::fire_backward(f, X.p, dP, S.p, Y.p, DY.p, dG, DX.p, true, WS.p, nullptr);
+    cuda::fire_backward(f, X.get(), dP, S.get(), Y.get(), DY.get(), dG, DX.get(), true, WS.get(), nullptr);
     const char* names[6] = {"squeeze w", "squeeze b", "expand1x1 w", "expand1x1 b",
                             "expand3x3 w", "expand3x3 b"};
-    for (int i = 0; i < 6; ++i) expect_close(dg[i]->get(), gd[i], 1e-4, names[i]);
-    expect_close(DX.get(), dxd, 1e-4, "input gradient (accumulated)");
+    for (int i = 0; i < 6; ++i) expect_close(dg[i]->download(), gd[i], 1e-4, names[i]);
+    expect_close(DX.download(), dxd, 1e-4, "input gradient (accumulated)");
   }
 }
 
@@ -338,10 +320,10 @@ TEST(CudaOps, MaxPoolMatchesTheCpuBitForBit) {
     maxpool_forward<float>(g, x.data(), y.data());
     maxpool_backward<float>(g, x.data(), dy.data(), dx.data());
     Dev<float> X(x), Y(ny), DY(dy), DX(nx);
-    cuda::maxpool_forward(g, X.p, Y.p, nullptr);
-    cuda::maxpool_backward(g, X.p, DY.p, DX.p, nullptr);
-    expect_equal(Y.get(), y, "forward");
-    expect_equal(DX.get(), dx, "backward");
+    cuda::maxpool_forward(g, X.get(), Y.get(), nullptr);
+    cuda::maxpool_backward(g, X.get(), DY.get(), DX.get(), nullptr);
+    expect_equal(Y.download(), y, "forward");
+    expect_equal(DX.download(), dx, "backward");
   }
 }
 
@@ -354,10 +336,10 @@ TEST(CudaOps, AvgPoolDropoutElementwiseMatchTheCpuBitForBit) {
     avgpool_forward<float>(N, C, HW, x.data(), y.data());
     avgpool_backward<float>(N, C, HW, dy.data(), dx.data());
     Dev<float> X(x), Y(y.size()), DY(dy), DX(dx.size());
-    cuda::avgpool_forward(N, C, HW, X.p, Y.p, nullptr);
-    cuda::avgpool_backward(N, C, HW, DY.p, DX.p, nullptr);
-    expect_equal(Y.get(), y, "avgpool forward");
-    expect_equal(DX.get(), dx, "avgpool backward");
+    cuda::avgpool_forward(N, C, HW, X.get(), Y.get(), nullptr);
+    cuda::avgpool_backward(N, C, HW, DY.get(), DX.get(), nullptr);
+    expect_equal(Y.download(), y, "avgpool forward");
+    expect_equal(DX.download(), dx, "avgpool backward");
   }
   // Dropout at conv10's input shapes (512 channels) with per-sample keys.
   for (auto [N, HW] : {std::pair<int, int>{3, 169}, {5, 9}, {32, 9}}) {
@@ -371,10 +353,10 @@ TEST(CudaOps, AvgPoolDropoutElementwiseMatchTheCpuBitForBit) {
       dropout_backward<float>(N, C, HW, p, keys.data(), x.data(), dx.data());
       Dev<uint64_t> K(keys);
       Dev<float> X(x), Y(x.size()), DX(x.size());
-      cuda::dropout_forward(N, C, HW, p, K.p, X.p, Y.p, nullptr);
-      cuda::dropout_backward(N, C, HW, p, K.p, X.p, DX.p, nullptr);
-      expect_equal(Y.get(), y, "dropout forward p=" + std::to_string(p));
-      expect_equal(DX.get(), dx, "dropout backward p=" + std::to_string(p));
+      cuda::dropout_forward(N, C, HW, p, K.get(), X.get(), Y.get(), nullptr);
+      cuda::dropout_backward(N, C, HW, p, K.get(), X.get(), DX.get(), nullptr);
+      expect_equal(Y.download(), y, "dropout forward p=" + std::to_string(p));
+      expect_equal(DX.download(), dx, "dropout backward p=" + std::to_string(p));
     }
   }
   // ReLU backward, bypass add, scale, SGD: exact; sum of squares: to double rounding.
@@ -385,21 +367,21 @@ TEST(CudaOps, AvgPoolDropoutElementwiseMatchTheCpuBitForBit) {
   add_inplace<float>(s.data(), c.data(), n);
   sgd_momentum_update<float>(n, p.data(), c.data(), v.data(), 0.04f, 0.9f, 2e-4f);
   Dev<float> A(a), B(b), C(c), Z(n), S(a), P(a), V(b), Q(a);
-  cuda::relu_backward(B.p, A.p, Z.p, n, nullptr);
-  cuda::add_inplace(S.p, C.p, n, nullptr);
-  cuda::scale_inplace(Q.p, 0.375f, n, nullptr);
-  cuda::sgd_momentum_update(n, P.p, C.p, V.p, 0.04f, 0.9f, 2e-4f, nullptr);
-  expect_equal(Z.get(), z, "relu_backward");
-  expect_equal(S.get(), s, "add_inplace");
+  cuda::relu_backward(B.get(), A.get(), Z.get(), n, nullptr);
+  cuda::add_inplace(S.get(), C.get(), n, nullptr);
+  cuda::scale_inplace(Q.get(), 0.375f, n, nullptr);
+  cuda::sgd_momentum_update(n, P.get(), C.get(), V.get(), 0.04f, 0.9f, 2e-4f, nullptr);
+  expect_equal(Z.download(), z, "relu_backward");
+  expect_equal(S.download(), s, "add_inplace");
   std::vector<float> q = a;
   scale_inplace<float>(q.data(), 0.375f, n);
-  expect_equal(Q.get(), q, "scale_inplace");
-  expect_equal(P.get(), p, "sgd parameters");
-  expect_equal(V.get(), v, "sgd momentum");
+  expect_equal(Q.download(), q, "scale_inplace");
+  expect_equal(P.download(), p, "sgd parameters");
+  expect_equal(V.download(), v, "sgd momentum");
   Dev<double> OUT(1), WS(cuda::sum_of_squares_workspace());
-  cuda::sum_of_squares(A.p, n, OUT.p, WS.p, nullptr);
+  cuda::sum_of_squares(A.get(), n, OUT.get(), WS.get(), nullptr);
   const double want = sum_of_squares<float>(a.data(), n);
-  EXPECT_NEAR(OUT.get()[0], want, 1e-12 * want);
+  EXPECT_NEAR(OUT.download()[0], want, 1e-12 * want);
 }
 
 TEST(CudaOps, SoftmaxCrossEntropy) {
@@ -417,11 +399,11 @@ TEST(CudaOps, SoftmaxCrossEntropy) {
     Dev<float> Z(z), D(z.size());
     Dev<int32_t> L(labels);
     Dev<double> R(2), WS(cuda::softmax_xent_workspace(N));
-    cuda::softmax_xent(N, K, Z.p, L.p, 1.0f / 7, D.p, R.p, WS.p, nullptr);
-    const std::vector<double> r = R.get();
+    cuda::softmax_xent(N, K, Z.get(), L.get(), 1.0f / 7, D.get(), R.get(), WS.get(), nullptr);
+    const std::vector<double> r = R.download();
     EXPECT_NEAR(r[0], loss, 1e-12 * std::abs(loss));
     EXPECT_EQ(r[1], double(correct));
-    expect_close(D.get(), to_double(d), 1e-6, "dlogits");
+    expect_close(D.download(), to_double(d), 1e-6, "dlogits");
   }
 }
 
@@ -478,15 +460,15 @@ TEST(CudaModel, TrainingStepsFollowTheCpu) {
     Dev<float> X(x);
     Dev<int32_t> Y(y);
     Dev<uint64_t> KEYS(keys);
-    SQ_CUDA(cudaMemset(G.p, 0, T * sizeof(float)));
-    const float* gl = gpu.forward(P.p, X.p, N, true, KEYS.p);
-    cuda::softmax_xent(N, K, gl, Y.p, 1.0f / N, DL.p, R.p, LWS.p, nullptr);
-    gpu.backward(P.p, DL.p, G.p, N, KEYS.p);
-    cuda::sgd_momentum_update(T, P.p, G.p, V.p, 0.05f, 0.9f, 2e-4f, nullptr);
-    EXPECT_NEAR(R.get()[0], loss, 1e-4 * loss) << "loss of step " << step;
+    SQ_CUDA(cudaMemset(G.get(), 0, T * sizeof(float)));
+    const float* gl = gpu.forward(P.get(), X.get(), N, true, KEYS.get());
+    cuda::softmax_xent(N, K, gl, Y.get(), 1.0f / N, DL.get(), R.get(), LWS.get(), nullptr);
+    gpu.backward(P.get(), DL.get(), G.get(), N, KEYS.get());
+    cuda::sgd_momentum_update(T, P.get(), G.get(), V.get(), 0.05f, 0.9f, 2e-4f, nullptr);
+    EXPECT_NEAR(R.download()[0], loss, 1e-4 * loss) << "loss of step " << step;
   }
-  expect_close(P.get(), to_double(p), 1e-4, "parameters after the steps");
-  expect_close(V.get(), to_double(v), 1e-4, "momentum after the steps");
+  expect_close(P.download(), to_double(p), 1e-4, "parameters after the steps");
+  expect_close(V.download(), to_double(v), 1e-4, "momentum after the steps");
 }
 
 // squeeze train --device cuda against the CPU trainer: one epoch of real Fashion-MNIST with the
