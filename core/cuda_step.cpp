@@ -54,18 +54,29 @@ class CudaStep final : public DeviceStep {
     if (momentum) SQ_CUDA(cudaMemcpy(momentum, momentum_.get(), n_ * sizeof(float), cudaMemcpyDeviceToHost));
   }
 
-  void forward_backward(const float* input, const int32_t* labels, const uint64_t* keys, int N,
-                        float grad_scale, double* stats) override {
+  void launch(const float* input, const int32_t* labels, const uint64_t* keys, int N,
+              float grad_scale) override {
     SQ_CUDA(cudaMemsetAsync(grads_.get(), 0, n_ * sizeof(float), stream_.s));
+    pending_ = N > 0;
     if (N == 0) return;  // a rank with no share of a ragged batch contributes zeros
     stage(input, labels, N);
     std::memcpy(host_keys_.get(), keys, sizeof(uint64_t) * size_t(N));
     SQ_CUDA(cudaMemcpyAsync(keys_.get(), host_keys_.get(), sizeof(uint64_t) * size_t(N),
                             cudaMemcpyHostToDevice, stream_.s));
     const float* logits = model_.forward(params_.get(), input_.get(), N, true, keys_.get());
-    cuda::softmax_xent(N, K_, logits, labels_.get(), grad_scale, dlogits_.get(), result_.get(), loss_ws_.get(), stream_.s);
+    cuda::softmax_xent(N, K_, logits, labels_.get(), grad_scale, dlogits_.get(), result_.get(),
+                       loss_ws_.get(), stream_.s);
     model_.backward(params_.get(), dlogits_.get(), grads_.get(), N, keys_.get());
-    read_result(stats);
+    SQ_CUDA(cudaMemcpyAsync(host_result_.get(), result_.get(), 2 * sizeof(double),
+                            cudaMemcpyDeviceToHost, stream_.s));
+  }
+
+  void finish(double* stats) override {
+    SQ_CUDA(cudaStreamSynchronize(stream_.s));
+    if (!pending_) return;
+    stats[0] += host_result_.get()[0];
+    stats[1] += host_result_.get()[1];
+    pending_ = false;
   }
 
   void reduce_through_host(float* host, const std::function<void(float*)>& reduce) override {
@@ -110,7 +121,7 @@ class CudaStep final : public DeviceStep {
     return s;
   }
   // Host batch -> pinned staging -> device, on the stream. (The staging buffer is reused by the
-  // next step only after this step's read_result synchronised.)
+  // next step only after this step's finish or read_result synchronised.)
   void stage(const float* input, const int32_t* labels, int N) {
     SQ_ASSERT(N >= 1 && N <= max_batch_, "batch ", N, " outside [1, ", max_batch_, "]");
     const size_t in = in_per_sample_ * size_t(N);
@@ -142,6 +153,7 @@ class CudaStep final : public DeviceStep {
   cuda::PinnedBuffer<int32_t> host_labels_;
   cuda::PinnedBuffer<uint64_t> host_keys_;
   cuda::PinnedBuffer<double> host_result_;
+  bool pending_ = false;  // a launched step's stats are on their way to host_result_
 };
 
 }  // namespace

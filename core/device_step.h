@@ -24,8 +24,16 @@ class DeviceStep {
   // Zeroes the gradients; then, for N > 0, forward (train), loss scaled by grad_scale,
   // backward, the host inputs copied in first; stats[0] += loss sum, stats[1] += correct
   // (waits for the step).
-  virtual void forward_backward(const float* input, const int32_t* labels, const uint64_t* keys,
-                                int N, float grad_scale, double* stats) = 0;
+  void forward_backward(const float* input, const int32_t* labels, const uint64_t* keys, int N,
+                        float grad_scale, double* stats) {
+    launch(input, labels, keys, N, grad_scale);
+    finish(stats);
+  }
+  // The same in two halves: launch queues the step and returns (the host batch is copied out
+  // before it returns, so the caller may refill it); finish waits for it and adds its stats.
+  virtual void launch(const float* input, const int32_t* labels, const uint64_t* keys, int N,
+                      float grad_scale) = 0;
+  virtual void finish(double* stats) = 0;
   // The gradients through the host, for a host-side reduction: download into host, call
   // reduce(host), upload the result.
   virtual void reduce_through_host(float* host, const std::function<void(float*)>& reduce) = 0;

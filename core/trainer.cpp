@@ -360,9 +360,19 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
 
   const int K = cfg.model.num_classes;
   const size_t in_per_sample = size_t(data.train.c) * data.train.h * data.train.w;
-  std::vector<float> input(in_per_sample * local_batch);
-  std::vector<int32_t> labels(local_batch);
-  std::vector<uint64_t> keys(local_batch);
+  // A step's batch on the host. On the GPU, `next` receives the following step's batch while
+  // the GPU computes the current one (the host's share of the step overlaps the device's).
+  struct HostBatch {
+    std::vector<float> input;
+    std::vector<int32_t> labels;
+    std::vector<uint64_t> keys;
+    int64_t step = -1;  // whose batch it holds
+  };
+  auto make_batch = [&] {
+    return HostBatch{std::vector<float>(in_per_sample * local_batch),
+                     std::vector<int32_t>(local_batch), std::vector<uint64_t>(local_batch)};
+  };
+  HostBatch cur = make_batch(), next = dev ? make_batch() : HostBatch{};
   std::vector<float> dlogits(size_t(K) * local_batch);
 
   TrainResult result;
@@ -372,20 +382,39 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
   const int64_t stop_at = opt.max_steps > 0 ? std::min(opt.max_steps, total_steps) : total_steps;
   std::vector<int64_t> order;
   int64_t order_epoch = -1;
+  // This rank's share of step s: the global batch is [b*B, min((b+1)*B, n)) of the epoch's
+  // order; the ragged last batch is smaller and split as evenly as possible; this rank takes its
+  // contiguous share [r0, r0 + N).
+  struct Share {
+    int64_t epoch, gN, r0;
+    int N;
+  };
+  auto share_of = [&](int64_t s) {
+    const int64_t epoch = s / steps_per_epoch, b = s % steps_per_epoch;
+    const int64_t g0 = b * cfg.batch, g1 = std::min(n_train, g0 + cfg.batch), gN = g1 - g0;
+    const int64_t r0 = g0 + gN * comm.rank() / world, r1 = g0 + gN * (comm.rank() + 1) / world;
+    return Share{epoch, gN, r0, int(r1 - r0)};
+  };
+  auto assemble = [&](int64_t s, HostBatch& hb) {
+    const Share sh = share_of(s);
+    if (order_epoch != sh.epoch) {
+      order = epoch_order(n_train, cfg.seed, sh.epoch, cfg.shuffle);
+      order_epoch = sh.epoch;
+    }
+    if (sh.N > 0) {
+      assemble_batch(data.train, order.data() + sh.r0, sh.N, norm, cfg.augment, cfg.seed,
+                     sh.epoch, hb.input.data(), hb.labels.data());
+      for (int i = 0; i < sh.N; ++i)
+        hb.keys[i] = sample_key(cfg.seed, RngStream::kDropout, uint64_t(sh.epoch),
+                                uint64_t(order[sh.r0 + i]));
+    }
+    hb.step = s;
+  };
 
   while (step < stop_at) {
-    const int64_t epoch = step / steps_per_epoch;
-    const int64_t b = step % steps_per_epoch;
-    if (order_epoch != epoch) {
-      order = epoch_order(n_train, cfg.seed, epoch, cfg.shuffle);
-      order_epoch = epoch;
-    }
-    // The global batch is [b*B, min((b+1)*B, n)) of this epoch's order; the ragged last batch is
-    // smaller and split as evenly as possible. This rank takes its contiguous share.
-    const int64_t g0 = b * cfg.batch, g1 = std::min(n_train, g0 + cfg.batch);
-    const int64_t gN = g1 - g0;
-    const int64_t r0 = g0 + gN * comm.rank() / world, r1 = g0 + gN * (comm.rank() + 1) / world;
-    const int N = int(r1 - r0);
+    const Share share = share_of(step);
+    const int64_t epoch = share.epoch, b = step % steps_per_epoch, gN = share.gN;
+    const int N = share.N;
     const double lr = lr_at(cfg.schedule, step, total_steps);
 
     using Fault = FaultInjection::Kind;
@@ -399,14 +428,12 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
       if (dev) dev->upload(params.data(), nullptr);
     }
     double stats[2] = {0, 0};
-    if (N > 0) {
-      assemble_batch(data.train, order.data() + r0, N, norm, cfg.augment, cfg.seed, epoch,
-                     input.data(), labels.data());
-      for (int i = 0; i < N; ++i)
-        keys[i] = sample_key(cfg.seed, RngStream::kDropout, uint64_t(epoch), uint64_t(order[r0 + i]));
-    }
+    if (cur.step != step) assemble(step, cur);
     if (dev) {
-      dev->forward_backward(input.data(), labels.data(), keys.data(), N, 1.0f / float(gN), stats);
+      dev->launch(cur.input.data(), cur.labels.data(), cur.keys.data(), N, 1.0f / float(gN));
+      if (step + 1 < stop_at) assemble(step + 1, next);  // while the GPU computes this step
+      dev->finish(stats);
+      std::swap(cur, next);
       if (fault == Fault::kNan) stats[0] = std::nan("");
       // Several ranks: the gradient goes through the host to the communicator, after backward
       // (the NCCL issue reduces device buffers in place, overlapped with backward).
@@ -414,11 +441,13 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     } else {
       std::fill(grads.begin(), grads.end(), 0.0f);
       if (N > 0) {
-        const float* logits = model.forward(params.data(), input.data(), N, true, keys.data());
+        const float* logits =
+            model.forward(params.data(), cur.input.data(), N, true, cur.keys.data());
         int correct = 0;
-        stats[0] = softmax_xent(N, K, logits, labels.data(), 1.0f / float(gN), dlogits.data(), &correct);
+        stats[0] = softmax_xent(N, K, logits, cur.labels.data(), 1.0f / float(gN), dlogits.data(),
+                                &correct);
         stats[1] = correct;
-        model.backward(params.data(), dlogits.data(), grads.data(), N, keys.data(),
+        model.backward(params.data(), dlogits.data(), grads.data(), N, cur.keys.data(),
                        [&](size_t offset) { reducer.ready(offset); });
       }
       if (fault == Fault::kNan) stats[0] = std::nan("");
