@@ -60,6 +60,15 @@ class Communicator {
   // Lets a backend without a progress thread advance its outstanding collectives; the reducer
   // calls it between layers of backward. A no-op where progress is automatic.
   virtual void poll() {}
+  // Collectives started between group_begin and group_end may be fused by the backend (NCCL
+  // groups); the reducer brackets the buckets that become ready together.
+  virtual void group_begin() {}
+  virtual void group_end() {}
+  // True when allreduce_async takes device buffers (NCCL); its blocking collectives still take
+  // host buffers. set_compute_stream: the stream whose work an allreduce must follow (a
+  // cudaStream_t, opaque here so that core/ needs no CUDA headers).
+  virtual bool device_buffers() const { return false; }
+  virtual void set_compute_stream(void* /*stream*/) {}
 
   // Blocking allreduce (a backend may run it on the calling thread when nothing is in flight).
   virtual void allreduce(float* buf, size_t n, ReduceOp op) { allreduce_async(buf, n, op).wait(); }

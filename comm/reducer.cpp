@@ -43,12 +43,20 @@ void GradReducer::start(size_t i) {
 
 void GradReducer::ready(size_t offset) {
   if (!overlap_) return;
-  while (next_ < plan_.size() && plan_[next_].begin >= offset) start(next_++);
+  if (next_ < plan_.size() && plan_[next_].begin >= offset) {
+    comm_.group_begin();
+    while (next_ < plan_.size() && plan_[next_].begin >= offset) start(next_++);
+    comm_.group_end();
+  }
   comm_.poll();
 }
 
 void GradReducer::finish() {
-  while (next_ < plan_.size()) start(next_++);
+  if (next_ < plan_.size()) {
+    comm_.group_begin();
+    while (next_ < plan_.size()) start(next_++);
+    comm_.group_end();
+  }
   const auto t0 = std::chrono::steady_clock::now();
   for (CommRequest& r : pending_) r.wait();
   last_wait_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

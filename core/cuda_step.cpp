@@ -55,10 +55,13 @@ class CudaStep final : public DeviceStep {
   }
 
   void launch(const float* input, const int32_t* labels, const uint64_t* keys, int N,
-              float grad_scale) override {
+              float grad_scale, const std::function<void(size_t)>& on_ready) override {
     SQ_CUDA(cudaMemsetAsync(grads_.get(), 0, n_ * sizeof(float), stream_.s));
     pending_ = N > 0;
-    if (N == 0) return;  // a rank with no share of a ragged batch contributes zeros
+    if (N == 0) {  // a rank with no share of a ragged batch contributes zeros
+      if (on_ready) on_ready(0);
+      return;
+    }
     stage(input, labels, N);
     std::memcpy(host_keys_.get(), keys, sizeof(uint64_t) * size_t(N));
     SQ_CUDA(cudaMemcpyAsync(keys_.get(), host_keys_.get(), sizeof(uint64_t) * size_t(N),
@@ -66,7 +69,7 @@ class CudaStep final : public DeviceStep {
     const float* logits = model_.forward(params_.get(), input_.get(), N, true, keys_.get());
     cuda::softmax_xent(N, K_, logits, labels_.get(), grad_scale, dlogits_.get(), result_.get(),
                        loss_ws_.get(), stream_.s);
-    model_.backward(params_.get(), dlogits_.get(), grads_.get(), N, keys_.get());
+    model_.backward(params_.get(), dlogits_.get(), grads_.get(), N, keys_.get(), on_ready);
     SQ_CUDA(cudaMemcpyAsync(host_result_.get(), result_.get(), 2 * sizeof(double),
                             cudaMemcpyDeviceToHost, stream_.s));
   }
@@ -78,6 +81,9 @@ class CudaStep final : public DeviceStep {
     stats[1] += host_result_.get()[1];
     pending_ = false;
   }
+
+  float* device_grads() override { return grads_.get(); }
+  void* stream() override { return stream_.s; }
 
   void reduce_through_host(float* host, const std::function<void(float*)>& reduce) override {
     SQ_CUDA(cudaMemcpyAsync(host, grads_.get(), n_ * sizeof(float), cudaMemcpyDeviceToHost, stream_.s));

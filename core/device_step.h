@@ -31,9 +31,13 @@ class DeviceStep {
   }
   // The same in two halves: launch queues the step and returns (the host batch is copied out
   // before it returns, so the caller may refill it); finish waits for it and adds its stats.
+  // on_ready(offset): backward's readiness hook (core/model.h), called as each layer's kernels
+  // are queued, for a reducer on device_grads() (NCCL).
   virtual void launch(const float* input, const int32_t* labels, const uint64_t* keys, int N,
-                      float grad_scale) = 0;
+                      float grad_scale, const std::function<void(size_t)>& on_ready = {}) = 0;
   virtual void finish(double* stats) = 0;
+  virtual float* device_grads() = 0;  // the flat gradient buffer on the device
+  virtual void* stream() = 0;         // the step's cudaStream_t, opaque
   // The gradients through the host, for a host-side reduction: download into host, call
   // reduce(host), upload the result.
   virtual void reduce_through_host(float* host, const std::function<void(float*)>& reduce) = 0;

@@ -306,6 +306,13 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
   GradReducer reducer(comm, grads.data(),
                       plan_buckets(tensor_bounds(layout), size_t(opt.bucket_mib * 1048576.0 / 4)),
                       ReduceOp::kSum, opt.overlap);
+  // With a communicator that reduces device buffers (NCCL), the same buckets of the device
+  // gradients, started from the GPU backward's hook.
+  std::optional<GradReducer> dev_reducer;
+  if (dev && comm.device_buffers()) {
+    comm.set_compute_stream(dev->stream());
+    dev_reducer.emplace(comm, dev->device_grads(), reducer.plan(), ReduceOp::kSum, opt.overlap);
+  }
 
   std::string metrics_path, ckpt_path, weights_path;
   if (root && !opt.out_dir.empty()) {
@@ -430,14 +437,17 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     double stats[2] = {0, 0};
     if (cur.step != step) assemble(step, cur);
     if (dev) {
-      dev->launch(cur.input.data(), cur.labels.data(), cur.keys.data(), N, 1.0f / float(gN));
+      std::function<void(size_t)> hook;
+      if (dev_reducer) hook = [&](size_t offset) { dev_reducer->ready(offset); };
+      dev->launch(cur.input.data(), cur.labels.data(), cur.keys.data(), N, 1.0f / float(gN), hook);
       if (step + 1 < stop_at) assemble(step + 1, next);  // while the GPU computes this step
+      if (dev_reducer) dev_reducer->finish();  // device buffers, in place (NCCL)
       dev->finish(stats);
       std::swap(cur, next);
       if (fault == Fault::kNan) stats[0] = std::nan("");
-      // Several ranks: the gradient goes through the host to the communicator, after backward
-      // (the NCCL issue reduces device buffers in place, overlapped with backward).
-      if (world > 1) dev->reduce_through_host(grads.data(), [&](float*) { reducer.finish(); });
+      // Several ranks without NCCL: the gradient goes through the host, after backward.
+      if (world > 1 && !dev_reducer)
+        dev->reduce_through_host(grads.data(), [&](float*) { reducer.finish(); });
     } else {
       std::fill(grads.begin(), grads.end(), 0.0f);
       if (N > 0) {

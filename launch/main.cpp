@@ -19,6 +19,7 @@
 #include "core/cuda_model.h"
 #include "kernels/cuda/cuda_ops.h"
 #endif
+#include "comm/nccl.h"
 #include "launch/job.h"
 #include "launch/threads.h"
 
@@ -206,6 +207,10 @@ int main(int argc, char** argv) {
                         "own | cudnn: the GPU's convolutions (cuDNN: the baseline, fp32)")
       ->capture_default_str();
   bool check_layers_flag = false;
+  double nccl_timeout = 300;
+  train_cmd->add_option("--nccl-timeout", nccl_timeout,
+                        "seconds a GPU allreduce may wait before the job is aborted")
+      ->capture_default_str();
   train_cmd->add_option("--device", device, "cpu | cuda (one GPU per rank, by local rank)")
       ->capture_default_str();
   train_cmd->add_flag("--check-layers", check_layers_flag,
@@ -294,7 +299,27 @@ int main(int argc, char** argv) {
       if (ro.bucket_mib < 0) fail("--bucket-mib must not be negative, got ", ro.bucket_mib);
       if (ro.check_replicas_every < 0)
         fail("--check-replicas must not be negative, got ", ro.check_replicas_every);
+      if (!(nccl_timeout > 0)) fail("--nccl-timeout must be positive, got ", nccl_timeout);
       comm = make_job_communicator(job, parse_mpi_progress(mpi_progress));
+#ifdef SQUEEZE_HAVE_CUDA
+      if (ro.cuda && job.mpi) {
+        // NCCL when every rank can use it (decided together: a split decision would hang);
+        // otherwise the MPI backend through host memory, said at start-up.
+        std::string why;
+        const int gpus = cuda::device_count(&why);
+        if (gpus > 0) ro.gpu = job.world.local_rank % gpus;
+        const std::string reason = nccl_unusable_reason(job.world, gpus);
+        double unusable = reason.empty() ? 0.0 : 1.0;
+        comm->allreduce_sum(&unusable, 1);
+        if (unusable == 0.0) {
+          comm = make_nccl_communicator(job.world, ro.gpu, nccl_timeout);
+        } else if (job.root()) {
+          std::printf("NCCL not used (%s; %g rank(s) cannot use it): gradients go over MPI "
+                      "through host memory\n",
+                      reason.empty() ? "other hosts" : reason.c_str(), unusable);
+        }
+      }
+#endif
       TrainResult r = sq::train(tc, ro, *comm);
       if (job.root() && !r.epochs.empty())
         std::printf("final test accuracy %.4f after %lld steps\n", r.epochs.back().test_acc,

@@ -19,6 +19,10 @@
 #include "comm/reducer.h"
 #include "core/error.h"
 #include "core/trainer.h"
+#ifdef SQUEEZE_HAVE_NCCL
+#include "comm/nccl.h"
+#include "kernels/cuda/device_buffer.h"
+#endif
 
 using namespace sq;
 
@@ -301,6 +305,54 @@ TEST(Train, BadWorldShapesAreClearErrorsOnEveryRank) {
     EXPECT_NE(std::string(e.what()).find("more ranks"), std::string::npos) << e.what();
   }
 }
+
+#ifdef SQUEEZE_HAVE_NCCL
+// NCCL on device buffers: exact sums, and the bucketed reducer started from a simulated
+// backward gives the same result as the MPI backend on the same inputs. Skipped (on every rank
+// together) without a GPU per rank or where NCCL refuses ranks sharing a GPU.
+TEST(Nccl, DeviceAllreduceAndBucketsMatchTheMpiBackend) {
+  auto mpi = make_mpi_communicator(MpiProgress::kThread);
+  std::string why;
+  const int gpus = cuda::device_count(&why);
+  const std::string reason = nccl_unusable_reason(g_world, gpus);
+  double unusable = reason.empty() ? 0.0 : 1.0;
+  mpi->allreduce_sum(&unusable, 1);
+  if (unusable > 0) GTEST_SKIP() << "NCCL unusable here: " << (reason.empty() ? "elsewhere" : reason);
+  const int device = g_world.local_rank % gpus;
+  auto nccl = make_nccl_communicator(g_world, device, 60.0);
+  cudaStream_t stream;
+  SQ_CUDA(cudaStreamCreate(&stream));
+  nccl->set_compute_stream(stream);
+  const int P = nccl->size(), R = nccl->rank();
+  std::vector<size_t> bounds{0};
+  for (int i = 0; i < 25; ++i) bounds.push_back(bounds.back() + 3000 + size_t(i) * 977);
+  const size_t n = bounds.back();
+  std::vector<float> host(n), expect(n, 0.0f);
+  for (size_t i = 0; i < n; ++i) host[i] = value(R, i);
+  for (int r = 0; r < P; ++r)
+    for (size_t i = 0; i < n; ++i) expect[i] += value(r, i);
+  for (bool overlap : {true, false}) {
+    cuda::DeviceBuffer<float> g(host);
+    GradReducer red(*nccl, g.get(), plan_buckets(bounds, 20000), ReduceOp::kSum, overlap);
+    for (size_t k = bounds.size() - 1; k-- > 0;) red.ready(bounds[k]);
+    red.finish();
+    SQ_CUDA(cudaStreamSynchronize(stream));
+    EXPECT_EQ(g.download(), expect) << (overlap ? "overlapped" : "after") << ", rank " << R;
+  }
+  std::vector<float> via_mpi = host;
+  mpi->allreduce(via_mpi.data(), n, ReduceOp::kSum);
+  EXPECT_EQ(via_mpi, expect);
+  cuda::DeviceBuffer<float> avg(host);
+  nccl->allreduce_async(avg.get(), n, ReduceOp::kAvg).wait();
+  SQ_CUDA(cudaStreamSynchronize(stream));
+  const std::vector<float> a = avg.download();
+  size_t bad = 0;
+  for (size_t i = 0; i < n; ++i) bad += std::abs(a[i] - expect[i] / float(P)) > 1e-6f * std::abs(expect[i]);
+  EXPECT_EQ(bad, 0u) << "ncclAvg on rank " << R;
+  nccl.reset();
+  cudaStreamDestroy(stream);
+}
+#endif
 
 namespace {
 // Ranks other than 0 print only their failures, prefixed with the rank.
