@@ -23,6 +23,8 @@
 // v(i, r) = (7i + 13r) mod 251, whose sum over ranks is exact in float; every element is checked
 // on every rank, and a method is "ok" only if it is on all ranks.
 // Rank 0 prints a markdown table; --json FILE also writes the rows as JSON.
+#include "bench/mpi_bench.h"
+
 #ifdef SQUEEZE_HAVE_MPI
 #include <mpi.h>
 
@@ -50,11 +52,7 @@ const char* const kMethodNames[kMethods] = {"raw MPI_Allreduce", "ours, thread",
 
 float value(size_t i, int rank) { return float((7 * (i % 251) + 13 * size_t(rank)) % 251); }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+using sq::bench::median;
 
 struct Args {
   int reps = 20;
@@ -245,19 +243,6 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench_allreduce: %s\n", e.what());
-    sq::mpi_abort(1);
-  }
-}
+#endif  // SQUEEZE_HAVE_MPI
 
-#else  // !SQUEEZE_HAVE_MPI
-#include <cstdio>
-int main() {
-  std::printf("bench_allreduce: built without MPI\n");
-  return 1;
-}
-#endif
+SQ_MPI_BENCH_MAIN("bench_allreduce")

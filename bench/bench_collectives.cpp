@@ -24,6 +24,8 @@
 // table shows the median over reps. algbw = bytes / time, busbw = algbw * 2(p-1)/p (nccl-tests'
 // allreduce bus bandwidth: the per-link traffic of a ring, comparable to the link's speed).
 // --check-only: the correctness pass alone (one call per size and method), exit 1 on any FAIL.
+#include "bench/mpi_bench.h"
+
 #ifdef SQUEEZE_HAVE_MPI
 #include <mpi.h>
 
@@ -58,11 +60,7 @@ struct Size {
 
 float value(size_t i, int rank) { return float((7 * (i % 64) + 13 * size_t(rank)) % 64); }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+using sq::bench::median;
 
 struct Args {
   size_t max_bytes = size_t(256) << 20;
@@ -339,19 +337,6 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench_collectives: %s\n", e.what());
-    sq::mpi_abort(1);
-  }
-}
+#endif  // SQUEEZE_HAVE_MPI
 
-#else  // !SQUEEZE_HAVE_MPI
-#include <cstdio>
-int main() {
-  std::printf("bench_collectives: built without MPI\n");
-  return 1;
-}
-#endif
+SQ_MPI_BENCH_MAIN("bench_collectives")

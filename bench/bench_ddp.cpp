@@ -49,6 +49,8 @@
 // where the step's noise is not), to choose the default cap, and ddp/squeezenet/thread/after at
 // --bucket-mib as the reference of every row's hidden share.
 // --threads: OpenMP/OpenBLAS threads per rank; default: cores / ranks on this host (at least 1).
+#include "bench/mpi_bench.h"
+
 #ifdef SQUEEZE_HAVE_MPI
 #include <mpi.h>
 #include <sched.h>
@@ -174,11 +176,7 @@ sq::ModelConfig model_config(const std::string& name) {
 
 size_t cap_floats(double mib) { return size_t(mib * 1048576.0 / 4); }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+using sq::bench::median;
 
 struct Mode {
   enum Kind { kCompute, kDdp, kBareCall, kBareBuckets } kind = kCompute;
@@ -571,19 +569,6 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench_ddp: %s\n", e.what());
-    sq::mpi_abort(1);
-  }
-}
+#endif  // SQUEEZE_HAVE_MPI
 
-#else  // !SQUEEZE_HAVE_MPI
-#include <cstdio>
-int main() {
-  std::printf("bench_ddp: built without MPI\n");
-  return 1;
-}
-#endif
+SQ_MPI_BENCH_MAIN("bench_ddp")
