@@ -13,6 +13,17 @@ namespace cuda {
 
 struct Geo {
   int N, C, H, W, K, R, S, stride, pad, P, Q;
+
+  // Element (crs, npq) of col(x), the im2col matrix (C*R*S x N*P*Q) of x (C, N, H, W): the
+  // input under filter tap (r, s) of output pixel (img, p, q), or 0 in the padding.
+  SQ_HOST_DEVICE float col(const float* x, int crs, int npq) const {
+    const int RS = R * S, PQ = P * Q;
+    const int c = crs / RS, rs = crs % RS, r = rs / S, s = rs % S;
+    const int img = npq / PQ, pq = npq % PQ, p = pq / Q, q = pq % Q;
+    const int h = p * stride - pad + r, wc = q * stride - pad + s;
+    if (h < 0 || h >= H || wc < 0 || wc >= W) return 0.0f;
+    return x[((size_t(c) * N + img) * H + h) * W + wc];
+  }
 };
 
 // Forward: A = w (K x CRS), B(k, n) = x at (c, img, p*st - pad + r, q*st - pad + s).
@@ -23,14 +34,7 @@ struct FwdOp {
   bool relu;
   int M, N, Kd;
   SQ_HOST_DEVICE float a(int m, int k) const { return w[size_t(m) * Kd + k]; }
-  SQ_HOST_DEVICE float bval(int k, int n) const {
-    const int RS = g.R * g.S, PQ = g.P * g.Q;
-    const int c = k / RS, rs = k % RS, r = rs / g.S, s = rs % g.S;
-    const int img = n / PQ, pq = n % PQ, p = pq / g.Q, q = pq % g.Q;
-    const int h = p * g.stride - g.pad + r, wc = q * g.stride - g.pad + s;
-    if (h < 0 || h >= g.H || wc < 0 || wc >= g.W) return 0.0f;
-    return x[((size_t(c) * g.N + img) * g.H + h) * g.W + wc];
-  }
+  SQ_HOST_DEVICE float bval(int k, int n) const { return g.col(x, k, n); }
   SQ_HOST_DEVICE void store(int m, int n, float v, int) const {
     if (b) v += b[m];
     if (relu) v = v > 0.0f ? v : 0.0f;
@@ -75,14 +79,7 @@ struct WeightOp {
   float* ws;
   int M, N, Kd;
   SQ_HOST_DEVICE float a(int m, int k) const { return dz[size_t(m) * Kd + k]; }
-  SQ_HOST_DEVICE float bval(int k, int n) const {
-    const int RS = g.R * g.S, PQ = g.P * g.Q;
-    const int img = k / PQ, pq = k % PQ, p = pq / g.Q, q = pq % g.Q;
-    const int c = n / RS, rs = n % RS, r = rs / g.S, s = rs % g.S;
-    const int h = p * g.stride - g.pad + r, wc = q * g.stride - g.pad + s;
-    if (h < 0 || h >= g.H || wc < 0 || wc >= g.W) return 0.0f;
-    return x[((size_t(c) * g.N + img) * g.H + h) * g.W + wc];
-  }
+  SQ_HOST_DEVICE float bval(int k, int n) const { return g.col(x, n, k); }  // col(x)^T
   SQ_HOST_DEVICE void store(int m, int n, float v, int z) const {
     ws[(size_t(z) * M + m) * N + n] = v;
   }
