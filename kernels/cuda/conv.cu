@@ -178,13 +178,8 @@ __global__ void bias_grad_kernel(const float* dz, size_t npq, float* db) {
   const float* row = dz + size_t(blockIdx.x) * npq;
   float acc = 0.0f;
   for (size_t i = threadIdx.x; i < npq; i += blockDim.x) acc += row[i];
-  sh[threadIdx.x] = acc;
-  __syncthreads();
-  for (int w = kThreads / 2; w > 0; w /= 2) {
-    if (threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) db[blockIdx.x] += sh[0];
+  const float total = block_sum(acc, sh);
+  if (threadIdx.x == 0) db[blockIdx.x] += total;
 }
 
 // Split-K factor of the weight gradient: enough blocks to fill a large GPU, long enough slices.

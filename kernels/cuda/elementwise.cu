@@ -26,26 +26,16 @@ __global__ void sum_squares_partial(const float* x, size_t n, double* partial) {
   __shared__ double sh[kThreads];
   double acc = 0;
   SQ_GRID_STRIDE(i, n) acc += double(x[i]) * double(x[i]);
-  sh[threadIdx.x] = acc;
-  __syncthreads();
-  for (int w = kThreads / 2; w > 0; w /= 2) {
-    if (threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) partial[blockIdx.x] = sh[0];
+  const double total = block_sum(acc, sh);
+  if (threadIdx.x == 0) partial[blockIdx.x] = total;
 }
 
 __global__ void sum_partials(const double* partial, int m, double* out) {
   __shared__ double sh[kThreads];
   double acc = 0;
   for (int i = threadIdx.x; i < m; i += blockDim.x) acc += partial[i];
-  sh[threadIdx.x] = acc;
-  __syncthreads();
-  for (int w = kThreads / 2; w > 0; w /= 2) {
-    if (threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) *out = sh[0];
+  const double total = block_sum(acc, sh);
+  if (threadIdx.x == 0) *out = total;
 }
 
 __global__ void sgd_kernel(size_t n, float* param, const float* grad, float* velocity, float lr,

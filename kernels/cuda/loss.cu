@@ -42,13 +42,7 @@ __global__ void xent_kernel(int K, const float* logits, const int32_t* labels, f
   __syncthreads();
   double acc = 0;
   for (int k = threadIdx.x; k < K; k += blockDim.x) acc += exp(double(z[k]) - double(mx));
-  sd[threadIdx.x] = acc;
-  __syncthreads();
-  for (int w = kLossThreads / 2; w > 0; w /= 2) {
-    if (threadIdx.x < w) sd[threadIdx.x] += sd[threadIdx.x + w];
-    __syncthreads();
-  }
-  const double sum = sd[0];
+  const double sum = block_sum(acc, sd);
   const int y = labels[n];
   if (threadIdx.x == 0) {
     per_sample[2 * size_t(n)] = log(sum) - (double(z[y]) - double(mx));
