@@ -75,6 +75,18 @@ void set_cnhw(cudnnTensorDescriptor_t d, int N, int C, int H, int W) {
 
 constexpr size_t kMaxWorkspace = size_t(1) << 30;
 
+// The first (fastest) successful result of a cudnnFind*Algorithm whose workspace fits; grows
+// *ws_bytes to it.
+template <class Perf>
+auto fastest(const Perf* perf, int n, size_t* ws_bytes, const char* kind) -> decltype(perf->algo) {
+  for (int i = 0; i < n; ++i)
+    if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= kMaxWorkspace) {
+      *ws_bytes = std::max(*ws_bytes, perf[i].memory);
+      return perf[i].algo;
+    }
+  fail("cuDNN has no ", kind, " algorithm for this convolution");
+}
+
 Plan& plan_for(const ConvGeom& g) {
   State& st = state();
   int dev = 0;
@@ -108,25 +120,13 @@ Plan& plan_for(const ConvGeom& g) {
   int n = 0;
   cudnnConvolutionFwdAlgoPerf_t fperf[kMax];
   SQ_CUDNN(cudnnFindConvolutionForwardAlgorithm(st.handle, p.x, p.w, p.conv, p.y, kMax, &n, fperf));
-  bool found = false;
-  for (int i = 0; i < n && !found; ++i)
-    if (fperf[i].status == CUDNN_STATUS_SUCCESS && fperf[i].memory <= kMaxWorkspace)
-      p.fwd = fperf[i].algo, p.ws_bytes = std::max(p.ws_bytes, fperf[i].memory), found = true;
-  if (!found) fail("cuDNN has no forward algorithm for this convolution");
+  p.fwd = fastest(fperf, n, &p.ws_bytes, "forward");
   cudnnConvolutionBwdDataAlgoPerf_t dperf[kMax];
   SQ_CUDNN(cudnnFindConvolutionBackwardDataAlgorithm(st.handle, p.w, p.y, p.conv, p.x, kMax, &n, dperf));
-  found = false;
-  for (int i = 0; i < n && !found; ++i)
-    if (dperf[i].status == CUDNN_STATUS_SUCCESS && dperf[i].memory <= kMaxWorkspace)
-      p.bwd_data = dperf[i].algo, p.ws_bytes = std::max(p.ws_bytes, dperf[i].memory), found = true;
-  if (!found) fail("cuDNN has no backward-data algorithm for this convolution");
+  p.bwd_data = fastest(dperf, n, &p.ws_bytes, "backward-data");
   cudnnConvolutionBwdFilterAlgoPerf_t wperf[kMax];
   SQ_CUDNN(cudnnFindConvolutionBackwardFilterAlgorithm(st.handle, p.x, p.y, p.conv, p.w, kMax, &n, wperf));
-  found = false;
-  for (int i = 0; i < n && !found; ++i)
-    if (wperf[i].status == CUDNN_STATUS_SUCCESS && wperf[i].memory <= kMaxWorkspace)
-      p.bwd_filter = wperf[i].algo, p.ws_bytes = std::max(p.ws_bytes, wperf[i].memory), found = true;
-  if (!found) fail("cuDNN has no backward-filter algorithm for this convolution");
+  p.bwd_filter = fastest(wperf, n, &p.ws_bytes, "backward-filter");
   if (p.ws_bytes) SQ_CUDA(cudaMalloc(&p.ws, p.ws_bytes));
   return st.plans.emplace(key, p).first->second;
 }
