@@ -17,6 +17,7 @@ int main() {
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -68,6 +69,21 @@ double time_ms(int reps, const std::function<void()>& fn) {
   return t[t.size() / 2];
 }
 
+// Median host milliseconds of fn over reps (fn waits for its own work), after 3 warm-up calls.
+double host_ms(int reps, const std::function<void()>& fn) {
+  for (int i = 0; i < 3; ++i) fn();
+  SQ_CUDA(cudaDeviceSynchronize());
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    fn();
+    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  SQ_CUDA(cudaDeviceSynchronize());
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
 ModelConfig fmnist_config() {
   ModelConfig c = preset("squeezenet1.0");
   c.stem = Stem::kSmall;
@@ -94,6 +110,26 @@ int main(int argc, char** argv) {
     nlohmann::json out = {{"device", prop.name}, {"fire", nlohmann::json::array()},
                           {"train", nlohmann::json::array()}};
     const bool have_cudnn = cuda::cudnn_built();
+
+    // ---- 0. the memory ceilings: device copy (bytes read + written) and pinned host -> device
+    {
+      const size_t n = size_t(256) << 20;  // 1 GiB of floats each way
+      cuda::DeviceBuffer<float> a(n), b(n);
+      SQ_CUDA(cudaMemset(a.get(), 1, n * sizeof(float)));
+      const double d2d = time_ms(reps, [&] {
+        SQ_CUDA(cudaMemcpyAsync(b.get(), a.get(), n * sizeof(float), cudaMemcpyDeviceToDevice));
+      });
+      const size_t m = size_t(32) << 20;  // 128 MiB, about a batch of 224x224 images
+      cuda::PinnedBuffer<float> h(m);
+      std::memset(h.get(), 1, m * sizeof(float));
+      const double h2d = time_ms(reps, [&] {
+        SQ_CUDA(cudaMemcpyAsync(a.get(), h.get(), m * sizeof(float), cudaMemcpyHostToDevice));
+      });
+      std::printf("device copy: %.0f GB/s (read + write); pinned host to device: %.1f GB/s\n\n",
+                  2.0 * n * sizeof(float) / d2d / 1e6, m * sizeof(float) / h2d / 1e6);
+      out["copy_gbs"] = 2.0 * n * sizeof(float) / d2d / 1e6;
+      out["h2d_gbs"] = m * sizeof(float) / h2d / 1e6;
+    }
 
     // Variants: (implementation, multiply). cuDNN has no BF16 variant on fp32 tensors.
     struct Variant {
@@ -188,9 +224,14 @@ int main(int argc, char** argv) {
         use(v);
         auto step = make_cuda_step(cfg, N, 0);
         step->upload(params.data(), mom.data());
-        const double ms = time_ms(reps, [&] {
+        // As the trainer runs it: the step on the prefetched batch, the next batch's copy to
+        // the device during it, the SGD update; host clock per step (finish() waits).
+        step->prefetch(input.data(), labels.data(), keys.data(), N);
+        const double ms = host_ms(reps, [&] {
           double st[2] = {0, 0};
-          step->forward_backward(input.data(), labels.data(), keys.data(), N, 1.0f / N, st);
+          step->launch(nullptr, labels.data(), keys.data(), N, 1.0f / N);
+          step->prefetch(input.data(), labels.data(), keys.data(), N);
+          step->finish(st);
           step->sgd(0.01f, 0.9f, 2e-4f);
         });
         std::printf(" %.0f |", N / (ms / 1e3));

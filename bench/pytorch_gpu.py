@@ -63,23 +63,33 @@ def main():
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    rows = []
+    names = ["squeezenet1.0", "squeezenet1.1", "fmnist"]
+    rows = {n: {"config": n, "eager_img_s": None, "compile_img_s": None} for n in names}
+
+    def save():  # after every measurement: a time limit keeps what was measured
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(list(rows.values()), f, indent=2)
+
     print(f"pytorch_gpu: torch {torch.__version__}, {torch.cuda.get_device_name(0)}, batch {a.batch}, "
           f"median of {a.steps} steps, TF32 on, channels_last, cudnn.benchmark")
-    print("| config | eager img/s | torch.compile img/s |\n|---|---:|---:|")
-    for name in ["squeezenet1.0", "squeezenet1.1", "fmnist"]:
-        eager = images_per_s(name, a.batch, a.steps, False)
-        comp = None
-        if not a.no_compile:
+    # Eager first for every configuration, then torch.compile (slow to compile).
+    for mode in ["eager"] + ([] if a.no_compile else ["compile"]):
+        for name in names:
+            t = time.perf_counter()
             try:
-                comp = images_per_s(name, a.batch, a.steps, True)
+                r = images_per_s(name, a.batch, a.steps, mode == "compile")
             except Exception as e:  # report, don't hide: compile can fail without a toolchain
-                print(f"torch.compile failed for {name}: {type(e).__name__}: {e}")
-        rows.append({"config": name, "eager_img_s": eager, "compile_img_s": comp})
-        print(f"| {name} | {eager:.0f} | {comp:.0f} |" if comp else f"| {name} | {eager:.0f} | - |")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=2)
+                print(f"{mode} failed for {name}: {type(e).__name__}: {e}")
+                continue
+            rows[name][f"{mode}_img_s"] = r
+            print(f"{name} {mode}: {r:.0f} img/s ({time.perf_counter() - t:.0f} s with warm-up)")
+            save()
+    print("| config | eager img/s | torch.compile img/s |\n|---|---:|---:|")
+    for r in rows.values():
+        c = f"{r['compile_img_s']:.0f}" if r["compile_img_s"] else "-"
+        e = f"{r['eager_img_s']:.0f}" if r["eager_img_s"] else "-"
+        print(f"| {r['config']} | {e} | {c} |")
 
 
 if __name__ == "__main__":

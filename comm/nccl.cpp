@@ -171,12 +171,15 @@ bool nccl_built() { return true; }
 std::string nccl_unusable_reason(const MpiWorld& w, int gpus_on_host) {
   if (gpus_on_host <= 0) return "no GPU on host " + w.host;
   if (w.local_size <= gpus_on_host) return "";
+  // The library loaded at run time decides, not the header the build saw.
+  int version = 0;
+  if (ncclGetVersion(&version) != ncclSuccess) version = NCCL_VERSION_CODE;
   const char* multi = std::getenv("NCCL_MULTI_RANK_GPU_ENABLE");
-  const bool allowed = NCCL_VERSION_CODE >= NCCL_VERSION(2, 30, 0) && multi && !std::strcmp(multi, "1");
+  const bool allowed = version >= NCCL_VERSION(2, 30, 0) && multi && !std::strcmp(multi, "1");
   if (allowed) return "";
   return std::to_string(w.local_size) + " ranks share " + std::to_string(gpus_on_host) +
-         " GPU(s) on host " + w.host + ", which NCCL " + std::to_string(NCCL_MAJOR) + "." +
-         std::to_string(NCCL_MINOR) +
+         " GPU(s) on host " + w.host + ", which NCCL " + std::to_string(version / 10000) + "." +
+         std::to_string(version / 100 % 100) +
          " refuses (from 2.30 only with NCCL_MULTI_RANK_GPU_ENABLE=1)";
 }
 

@@ -1,6 +1,9 @@
-// The training step on one GPU: the CUDA model, the flat buffers in device memory, pinned host
-// staging for the batch, and one stream. Host synchronisation only where a value is needed on
-// the host: the loss statistics at the end of the step and the gradient norm for clipping.
+// The training step on one GPU: the CUDA model, the flat buffers in device memory, two staging
+// slots for batches (pinned host memory and device memory), the compute stream and a copy
+// stream. prefetch() copies the next batch into the slot the running step does not read, on the
+// copy stream, while the step computes; launch(nullptr) makes the compute stream wait for that
+// copy by an event. Host synchronisation only where a value is needed on the host: the loss
+// statistics at the end of the step and the gradient norm for clipping.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -21,18 +24,18 @@ class CudaStep final : public DeviceStep {
   CudaStep(const ModelConfig& cfg, int max_batch, int device)
       : device_((cuda::use_device(device), device)),
         stream_(make_stream()),
+        copy_stream_(make_stream()),
         model_(cfg, max_batch, stream_.s),
         max_batch_(max_batch),
         K_(cfg.num_classes),
         n_(model_.layout().total),
         in_per_sample_(size_t(cfg.in_c) * cfg.in_h * cfg.in_w),
         params_(n_), grads_(n_), momentum_(n_),
-        input_(in_per_sample_ * size_t(max_batch)), dlogits_(size_t(K_) * size_t(max_batch)),
-        labels_(size_t(max_batch)), keys_(size_t(max_batch)),
+        dlogits_(size_t(K_) * size_t(max_batch)),
         result_(4), loss_ws_(cuda::softmax_xent_workspace(max_batch)),
         sum_ws_(cuda::sum_of_squares_workspace()),
-        host_input_(in_per_sample_ * size_t(max_batch)), host_labels_(size_t(max_batch)),
-        host_keys_(size_t(max_batch)), host_result_(4) {
+        slots_{Slot(in_per_sample_, max_batch), Slot(in_per_sample_, max_batch)},
+        host_result_(4) {
     cudaDeviceProp prop;
     SQ_CUDA(cudaGetDeviceProperties(&prop, device));
     name_ = "cuda:" + std::to_string(device) + " (" + prop.name + ")";
@@ -41,7 +44,7 @@ class CudaStep final : public DeviceStep {
   std::string name() const override { return name_; }
   size_t device_bytes() const override {
     return model_.device_bytes() + 3 * n_ * sizeof(float) +
-           (in_per_sample_ + size_t(K_)) * max_batch_ * sizeof(float);
+           (2 * in_per_sample_ + size_t(K_)) * max_batch_ * sizeof(float);
   }
 
   void upload(const float* params, const float* momentum) override {
@@ -62,16 +65,45 @@ class CudaStep final : public DeviceStep {
       if (on_ready) on_ready(0);
       return;
     }
-    stage(input, labels, N);
-    std::memcpy(host_keys_.get(), keys, sizeof(uint64_t) * size_t(N));
-    SQ_CUDA(cudaMemcpyAsync(keys_.get(), host_keys_.get(), sizeof(uint64_t) * size_t(N),
-                            cudaMemcpyHostToDevice, stream_.s));
-    const float* logits = model_.forward(params_.get(), input_.get(), N, true, keys_.get());
-    cuda::softmax_xent(N, K_, logits, labels_.get(), grad_scale, dlogits_.get(), result_.get(),
+    if (input) {
+      prefetch(input, labels, keys, N);
+    } else {
+      SQ_ASSERT(prefetched_ == N, "launch of a prefetched batch of ", N, " but ",
+                prefetched_ < 0 ? std::string("none was prefetched") : str(prefetched_, " was"));
+    }
+    prefetched_ = -1;
+    cur_ = 1 - cur_;  // the slot prefetch() filled
+    Slot& sl = slots_[cur_];
+    SQ_CUDA(cudaStreamWaitEvent(stream_.s, sl.copied.get(), 0));
+    const float* logits = model_.forward(params_.get(), sl.input.get(), N, true, sl.keys.get());
+    cuda::softmax_xent(N, K_, logits, sl.labels.get(), grad_scale, dlogits_.get(), result_.get(),
                        loss_ws_.get(), stream_.s);
-    model_.backward(params_.get(), dlogits_.get(), grads_.get(), N, keys_.get(), on_ready);
+    model_.backward(params_.get(), dlogits_.get(), grads_.get(), N, sl.keys.get(), on_ready);
+    SQ_CUDA(cudaEventRecord(sl.consumed.get(), stream_.s));  // the slot may be refilled now
     SQ_CUDA(cudaMemcpyAsync(host_result_.get(), result_.get(), 2 * sizeof(double),
                             cudaMemcpyDeviceToHost, stream_.s));
+  }
+
+  void prefetch(const float* input, const int32_t* labels, const uint64_t* keys, int N) override {
+    SQ_ASSERT(N >= 1 && N <= max_batch_, "batch ", N, " outside [1, ", max_batch_, "]");
+    Slot& sl = slots_[1 - cur_];  // not the slot of the step in flight
+    // The host side of the slot is free once its last copy is done (long ago, in a pipeline).
+    SQ_CUDA(cudaEventSynchronize(sl.copied.get()));
+    const size_t in = in_per_sample_ * size_t(N);
+    std::memcpy(sl.host_input.get(), input, in * sizeof(float));
+    std::memcpy(sl.host_labels.get(), labels, size_t(N) * sizeof(int32_t));
+    if (keys) std::memcpy(sl.host_keys.get(), keys, size_t(N) * sizeof(uint64_t));
+    else std::memset(sl.host_keys.get(), 0, size_t(N) * sizeof(uint64_t));
+    // The device side is free once the step that last read it is done.
+    SQ_CUDA(cudaStreamWaitEvent(copy_stream_.s, sl.consumed.get(), 0));
+    SQ_CUDA(cudaMemcpyAsync(sl.input.get(), sl.host_input.get(), in * sizeof(float),
+                            cudaMemcpyHostToDevice, copy_stream_.s));
+    SQ_CUDA(cudaMemcpyAsync(sl.labels.get(), sl.host_labels.get(), size_t(N) * sizeof(int32_t),
+                            cudaMemcpyHostToDevice, copy_stream_.s));
+    SQ_CUDA(cudaMemcpyAsync(sl.keys.get(), sl.host_keys.get(), size_t(N) * sizeof(uint64_t),
+                            cudaMemcpyHostToDevice, copy_stream_.s));
+    SQ_CUDA(cudaEventRecord(sl.copied.get(), copy_stream_.s));
+    prefetched_ = N;
   }
 
   void finish(double* stats) override {
@@ -104,10 +136,22 @@ class CudaStep final : public DeviceStep {
     cuda::sgd_momentum_update(n_, params_.get(), grads_.get(), momentum_.get(), lr, momentum, weight_decay, stream_.s);
   }
 
+  // Evaluation stages through the slot of the last step (finished, since finish() waited), on
+  // the compute stream, and leaves a prefetched batch in the other slot alone.
   void evaluate_batch(const float* input, const int32_t* labels, int N, double* stats) override {
-    stage(input, labels, N);
-    const float* logits = model_.forward(params_.get(), input_.get(), N, false, nullptr);
-    cuda::softmax_xent(N, K_, logits, labels_.get(), 1.0f, nullptr, result_.get(), loss_ws_.get(), stream_.s);
+    SQ_ASSERT(N >= 1 && N <= max_batch_, "batch ", N, " outside [1, ", max_batch_, "]");
+    Slot& sl = slots_[cur_];
+    SQ_CUDA(cudaEventSynchronize(sl.copied.get()));
+    SQ_CUDA(cudaStreamSynchronize(stream_.s));  // the pinned buffers were last read by this stream
+    const size_t in = in_per_sample_ * size_t(N);
+    std::memcpy(sl.host_input.get(), input, in * sizeof(float));
+    std::memcpy(sl.host_labels.get(), labels, size_t(N) * sizeof(int32_t));
+    SQ_CUDA(cudaMemcpyAsync(sl.input.get(), sl.host_input.get(), in * sizeof(float), cudaMemcpyHostToDevice,
+                            stream_.s));
+    SQ_CUDA(cudaMemcpyAsync(sl.labels.get(), sl.host_labels.get(), size_t(N) * sizeof(int32_t),
+                            cudaMemcpyHostToDevice, stream_.s));
+    const float* logits = model_.forward(params_.get(), sl.input.get(), N, false, nullptr);
+    cuda::softmax_xent(N, K_, logits, sl.labels.get(), 1.0f, nullptr, result_.get(), loss_ws_.get(), stream_.s);
     read_result(stats);
   }
 
@@ -126,17 +170,22 @@ class CudaStep final : public DeviceStep {
     SQ_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
     return s;
   }
-  // Host batch -> pinned staging -> device, on the stream. (The staging buffer is reused by the
-  // next step only after this step's finish or read_result synchronised.)
-  void stage(const float* input, const int32_t* labels, int N) {
-    SQ_ASSERT(N >= 1 && N <= max_batch_, "batch ", N, " outside [1, ", max_batch_, "]");
-    const size_t in = in_per_sample_ * size_t(N);
-    std::memcpy(host_input_.get(), input, in * sizeof(float));
-    std::memcpy(host_labels_.get(), labels, size_t(N) * sizeof(int32_t));
-    SQ_CUDA(cudaMemcpyAsync(input_.get(), host_input_.get(), in * sizeof(float), cudaMemcpyHostToDevice, stream_.s));
-    SQ_CUDA(cudaMemcpyAsync(labels_.get(), host_labels_.get(), size_t(N) * sizeof(int32_t),
-                            cudaMemcpyHostToDevice, stream_.s));
-  }
+  // One staging slot: a batch in pinned host memory and on the device; `copied` is recorded on
+  // the copy stream after its host-to-device copy, `consumed` on the compute stream after the
+  // step that read it.
+  struct Slot {
+    Slot(size_t per_sample, int max_batch)
+        : input(per_sample * size_t(max_batch)), labels(size_t(max_batch)), keys(size_t(max_batch)),
+          host_input(per_sample * size_t(max_batch)), host_labels(size_t(max_batch)),
+          host_keys(size_t(max_batch)) {}
+    cuda::DeviceBuffer<float> input;
+    cuda::DeviceBuffer<int32_t> labels;
+    cuda::DeviceBuffer<uint64_t> keys;
+    cuda::PinnedBuffer<float> host_input;
+    cuda::PinnedBuffer<int32_t> host_labels;
+    cuda::PinnedBuffer<uint64_t> host_keys;
+    cuda::Event copied, consumed;
+  };
   void read_result(double* stats) {
     SQ_CUDA(cudaMemcpyAsync(host_result_.get(), result_.get(), 2 * sizeof(double), cudaMemcpyDeviceToHost,
                             stream_.s));
@@ -147,18 +196,16 @@ class CudaStep final : public DeviceStep {
 
   std::string name_;
   int device_;
-  Stream stream_;
+  Stream stream_, copy_stream_;
   CudaModel model_;
   int max_batch_, K_;
   size_t n_, in_per_sample_;
-  cuda::DeviceBuffer<float> params_, grads_, momentum_, input_, dlogits_;
-  cuda::DeviceBuffer<int32_t> labels_;
-  cuda::DeviceBuffer<uint64_t> keys_;
+  cuda::DeviceBuffer<float> params_, grads_, momentum_, dlogits_;
   cuda::DeviceBuffer<double> result_, loss_ws_, sum_ws_;
-  cuda::PinnedBuffer<float> host_input_;
-  cuda::PinnedBuffer<int32_t> host_labels_;
-  cuda::PinnedBuffer<uint64_t> host_keys_;
+  Slot slots_[2];
   cuda::PinnedBuffer<double> host_result_;
+  int cur_ = 1;          // the slot of the last launched step; prefetch() fills the other
+  int prefetched_ = -1;  // N of the batch waiting in slot 1 - cur_, or -1
   bool pending_ = false;  // a launched step's stats are on their way to host_result_
 };
 

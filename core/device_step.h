@@ -33,8 +33,14 @@ class DeviceStep {
   // before it returns, so the caller may refill it); finish waits for it and adds its stats.
   // on_ready(offset): backward's readiness hook (core/model.h), called as each layer's kernels
   // are queued, for a reducer on device_grads() (NCCL).
+  // input == nullptr: the step takes the batch of the last prefetch() (labels and keys are then
+  // ignored, and N must be the prefetched N).
   virtual void launch(const float* input, const int32_t* labels, const uint64_t* keys, int N,
                       float grad_scale, const std::function<void(size_t)>& on_ready = {}) = 0;
+  // Copies the next batch out of the host buffers (which the caller may refill on return) and
+  // starts its host-to-device copy on a stream of its own, so that it overlaps the step in
+  // flight; the next launch(nullptr, ...) waits for that copy on the device, not the host.
+  virtual void prefetch(const float* input, const int32_t* labels, const uint64_t* keys, int N) = 0;
   virtual void finish(double* stats) = 0;
   virtual float* device_grads() = 0;  // the flat gradient buffer on the device
   virtual void* stream() = 0;         // the step's cudaStream_t, opaque

@@ -418,6 +418,7 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     hb.step = s;
   };
 
+  int64_t prefetched = -1;  // the step whose batch the device step holds from prefetch()
   while (step < stop_at) {
     const Share share = share_of(step);
     const int64_t epoch = share.epoch, b = step % steps_per_epoch, gN = share.gN;
@@ -439,8 +440,18 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     if (dev) {
       std::function<void(size_t)> hook;
       if (dev_reducer) hook = [&](size_t offset) { dev_reducer->ready(offset); };
-      dev->launch(cur.input.data(), cur.labels.data(), cur.keys.data(), N, 1.0f / float(gN), hook);
-      if (step + 1 < stop_at) assemble(step + 1, next);  // while the GPU computes this step
+      // The batch is on the device already when the last step prefetched it.
+      const bool staged = prefetched == step && N > 0;
+      dev->launch(staged ? nullptr : cur.input.data(), cur.labels.data(), cur.keys.data(), N,
+                  1.0f / float(gN), hook);
+      if (step + 1 < stop_at) {  // while the GPU computes this step: the next batch, copied
+        assemble(step + 1, next);  // to the device on its own stream
+        const int next_n = share_of(step + 1).N;
+        if (next_n > 0) {
+          dev->prefetch(next.input.data(), next.labels.data(), next.keys.data(), next_n);
+          prefetched = step + 1;
+        }
+      }
       if (dev_reducer) dev_reducer->finish();  // device buffers, in place (NCCL)
       dev->finish(stats);
       std::swap(cur, next);

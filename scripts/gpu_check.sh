@@ -2,62 +2,102 @@
 # The GPU path on the lent GPU machine, from the repository root, after scripts/gpu_deps.sh ran
 # here and with `.device` carried:
 #
-#   bash scripts/gpu_check.sh [all|test|bench]      (device run, timeout_s up to 600)
+#   bash scripts/gpu_check.sh [PHASE...]        (device run; phases in the order given)
 #
-# Always: unpack the carried Debian packages, build for the GPU at hand with CUDA and cuDNN (the
-# toolkit's, else the PyTorch wheel's). test: every GPU test (test_cuda_ops), --check-layers on
-# three configurations, one epoch of `squeeze train --device cuda`. bench: bench_gpu (Fire
-# shapes own vs cuDNN at fp32/TF32/BF16, training images/s) and bench/pytorch_gpu.py (PyTorch
-# eager and torch.compile on the same GPU; NO_COMPILE=1 skips compile). all: both (may need
-# close to 10 minutes: run the phases as two calls if time is short). Logs and JSON go to $OUT.
+# Phases (default: test nccl bench pytorch):
+#   test     every GPU test (test_cuda_ops), --check-layers on three configurations, one epoch
+#            of `squeeze train --device cuda`
+#   nccl     the NCCL test of test_mpi at 1 rank (and at 2 ranks on the one GPU, which NCCL
+#            refuses before 2.30), `mpirun -np 1 squeeze train --device cuda` over NCCL
+#   bench    bench_gpu: Fire shapes own vs cuDNN at fp32/TF32/BF16, training images/s
+#   pytorch  bench/pytorch_gpu.py: PyTorch eager and torch.compile on the same GPU
+# Uses the binaries in .device/bin when they run here, else builds (a minute or two; without
+# MPI, so the nccl phase then fails). Each phase
+# has a time limit (PHASE_LIMIT_S, default 150 s) so that a hang costs one phase, not the lease.
+# Everything printed also goes to $OUT/gpu_check.log; JSON results to $OUT/*.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-phase=${1:-all}
+phases=${*:-test nccl bench pytorch}
 OUT=${OUT:-/tmp/sq_gpu_out}
 mkdir -p "$OUT"
+exec > >(tee -a "$OUT/gpu_check.log") 2>&1
+limit=${PHASE_LIMIT_S:-150}
+t0=$(date +%s)
+elapsed() { echo "$(( $(date +%s) - t0 )) s"; }
+
+# --- the carried Debian packages, relocated ----------------------------------------------------
 DEPS=/tmp/sqdeps
 if [ ! -d "$DEPS/usr" ]; then
   mkdir -p "$DEPS"
   for f in .device/debs/*.deb; do dpkg -x "$f" "$DEPS"; done
 fi
-cudnn_root=$(python3 -c "import nvidia.cudnn as c; print(list(c.__path__)[0])" 2>/dev/null || true)
-export LD_LIBRARY_PATH="$DEPS/usr/lib/x86_64-linux-gnu/openblas-openmp:$DEPS/usr/lib/x86_64-linux-gnu${cudnn_root:+:$cudnn_root/lib}:${LD_LIBRARY_PATH:-}"
+lib=$DEPS/usr/lib/x86_64-linux-gnu
+nv=$(python3 -c "import nvidia, os; print(list(nvidia.__path__)[0])" 2>/dev/null || true)
+nvlibs=$(ls -d "$nv"/*/lib 2>/dev/null | tr '\n' ':')
+export LD_LIBRARY_PATH="$lib/openblas-openmp:$lib:$lib/openmpi/lib:$nvlibs${LD_LIBRARY_PATH:-}"
+export OPAL_PREFIX=$DEPS/usr PATH=$DEPS/usr/bin:$PATH
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+export OMPI_MCA_mca_base_component_show_load_errors=0 OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader
 export SQUEEZE_FASHION_MNIST=$DEPS/usr/share/datasets/fashion-mnist
-{
-  date -u
-  nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv
-  nvcc --version | tail -1
-  echo "cuDNN root: ${cudnn_root:-none in Python, the CUDA toolkit}"
-} 2>&1 | tee "$OUT/gpu.txt"
-cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
-t0=$(date +%s)
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$DEPS/usr" \
-  ${cudnn_root:+-DCUDNN_ROOT=$cudnn_root} -DCMAKE_CUDA_ARCHITECTURES="${cap:-90}" \
-  -DSQUEEZE_WITH_MPI=OFF > "$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
-grep -E "CUDA kernels|OpenBLAS" "$OUT/configure.log"
-cmake --build build-gpu -j"$(nproc)" --target squeeze test_cuda_ops bench_gpu > "$OUT/build.log" 2>&1 \
-  || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
-echo "built in $(( $(date +%s) - t0 )) s"
+data=$SQUEEZE_FASHION_MNIST
+date -u
+nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
+nvcc --version | tail -1
+lscpu | grep -E "^Model name|^CPU\(s\)"
+python3 -c "import torch; print('torch', torch.__version__, 'cuDNN', torch.backends.cudnn.version(), 'NCCL', torch.cuda.nccl.version())" 2>&1
+
+# --- binaries: carried, else built here ----------------------------------------------------------
+B=.device/bin
+if ! { [ -x $B/squeeze ] && $B/squeeze --help > /dev/null 2>&1 && ! ldd $B/test_cuda_ops $B/test_mpi | grep -q "not found"; }; then
+  echo "carried binaries do not run here ($(ldd $B/squeeze 2>&1 | grep 'not found' | head -3 | tr '\n' ' ')); building"
+  cudnn_root=$(python3 -c "import nvidia.cudnn as c; print(list(c.__path__)[0])" 2>/dev/null || true)
+  cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
+  cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$DEPS/usr" \
+    -DSQUEEZE_WITH_MPI=OFF ${cudnn_root:+-DCUDNN_ROOT=$cudnn_root} \
+    -DCMAKE_CUDA_ARCHITECTURES="${cap:-90}" > /tmp/configure.log 2>&1 || { tail -30 /tmp/configure.log; exit 1; }
+  grep -E "CUDA kernels" /tmp/configure.log  # (no MPI headers carried: the nccl phase fails)
+  cmake --build build-gpu -j"$(nproc)" --target squeeze test_cuda_ops bench_gpu \
+    > /tmp/build.log 2>&1 || { grep -E "error" -A3 /tmp/build.log | head -60; exit 1; }
+  B=build-gpu
+fi
+echo "binaries: $B ($(cat $B/COMMIT 2>/dev/null | tr '\n' ' ')), ready after $(elapsed)"
 status=0
+run() {  # run LABEL CMD...: time-limited, its result in the summary
+  echo; echo "## $1 ($(elapsed))"; local label=$1; shift
+  timeout -k 5 "$limit" "$@"; local rc=$?
+  [ $rc = 0 ] || { status=1; echo "!! $label: exit $rc"; }
+  summary+=("$label: $([ $rc = 0 ] && echo ok || echo "FAILED ($rc)")")
+}
+summary=()
 
-if [ "$phase" = all ] || [ "$phase" = test ]; then
-  build-gpu/test_cuda_ops 2>&1 | tee "$OUT/test_cuda_ops.log" | grep -E "^\[ *(OK|FAILED|SKIPPED|PASSED) "
-  [ "${PIPESTATUS[0]}" = 0 ] || status=1
-  data=$SQUEEZE_FASHION_MNIST
-  for args in "--model squeezenet1.0" "--model squeezenet1.1" "--model squeezenet1.0 --bypass complex"; do
-    echo "## squeeze train --device cuda --check-layers $args --batch-size 32" | tee -a "$OUT/check_layers.log"
-    build-gpu/squeeze train --device cuda --check-layers $args --batch-size 32 --data-dir "$data" \
-      2>&1 | tee -a "$OUT/check_layers.log" || status=1
-  done
-  echo "## squeeze train --device cuda --epochs 1" | tee "$OUT/train.log"
-  build-gpu/squeeze train --device cuda --epochs 1 --data-dir "$data" --out /tmp/sq_gpu_run \
-    2>&1 | tee -a "$OUT/train.log" | grep -vE "^.\[K" || status=1
-fi
-
-if [ "$phase" = all ] || [ "$phase" = bench ]; then
-  build-gpu/bench_gpu --reps 20 --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.log" || status=1
-  python3 bench/pytorch_gpu.py --steps 20 ${NO_COMPILE:+--no-compile} --json "$OUT/pytorch_gpu.json" \
-    2>&1 | tee "$OUT/pytorch_gpu.log" || status=1
-fi
-echo "gpu_check $phase: $([ $status = 0 ] && echo PASSED || echo FAILED) after $(( $(date +%s) - t0 )) s"
+for phase in $phases; do
+  case $phase in
+  test)
+    run test_cuda_ops $B/test_cuda_ops --gtest_color=no
+    for args in "--model squeezenet1.0" "--model squeezenet1.1" "--model squeezenet1.0 --bypass complex"; do
+      run "check-layers $args" $B/squeeze train --device cuda --check-layers $args --batch-size 32 --data-dir "$data"
+    done
+    run "train --device cuda, 1 epoch" $B/squeeze train --device cuda --epochs 1 --data-dir "$data" \
+      --out /tmp/sq_gpu_run
+    ;;
+  nccl)
+    run "test_mpi Nccl, 1 rank" mpirun -np 1 $B/test_mpi --gtest_color=no --gtest_filter='Nccl.*:Mpi/*'
+    NCCL_MULTI_RANK_GPU_ENABLE=1 run "test_mpi Nccl, 2 ranks on 1 GPU" \
+      mpirun -np 2 -x NCCL_MULTI_RANK_GPU_ENABLE $B/test_mpi --gtest_color=no --gtest_filter='Nccl.*'
+    run "mpirun -np 1 train --device cuda (NCCL)" mpirun -np 1 $B/squeeze train --device cuda \
+      --epochs 1 --data-dir "$data" --out /tmp/sq_gpu_nccl
+    ;;
+  bench)
+    run bench_gpu $B/bench_gpu --reps 20 --json "$OUT/bench_gpu.json"
+    ;;
+  pytorch)
+    PYTHONUNBUFFERED=1 run pytorch_gpu python3 bench/pytorch_gpu.py --steps 20 \
+      ${NO_COMPILE:+--no-compile} --json "$OUT/pytorch_gpu.json"
+    ;;
+  *) echo "unknown phase $phase"; status=1 ;;
+  esac
+done
+echo; echo "## summary after $(elapsed)"
+printf '%s\n' "${summary[@]}"
+echo "gpu_check $phases: $([ $status = 0 ] && echo PASSED || echo FAILED)"
 exit $status

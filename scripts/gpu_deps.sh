@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
-# Run HERE (a Debian machine with internet) before using the lent GPU machine: downloads the
-# Debian packages the GPU machine lacks (it has nvcc, cmake, ninja, but no BLAS, GoogleTest,
-# JSON, CLI11 or data set, and no internet) into .device/debs, which git ignores and
-# scripts/gpu_check.sh unpacks there. About 46 MB; name `.device` in the device tool's `carry`.
+# Run HERE (a Debian machine with internet and the CUDA toolkit) before using the lent GPU
+# machine, which has nvcc, cmake and ninja but no BLAS, GoogleTest, JSON, CLI11, MPI or data set,
+# and no internet. It fills the git-ignored .device/ (about 55 MB; name `.device` in the device
+# tool's `carry`), which scripts/gpu_check.sh uses there:
+#   .device/debs  Debian packages: OpenBLAS, Open MPI's run time (relocated there by OPAL_PREFIX),
+#                 Fashion-MNIST, and the headers for a build there;
+#   .device/bin   squeeze, test_cuda_ops, test_mpi, bench_gpu and bench_collectives built here
+#                 for sm_90 (x86-64-v3, not -march=native), so that the lease is not spent
+#                 compiling; gpu_check.sh builds there instead when these do not run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mkdir -p .device/debs
-cd .device/debs
-apt-get download libopenblas0-openmp libopenblas-openmp-dev libopenblas-dev libopenblas0 \
-  libgfortran5 nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev zlib1g-dev \
-  dataset-fashion-mnist 2> >(grep -v "unsandboxed" >&2)
-ls -la
+mkdir -p .device/debs .device/bin
+(cd .device/debs && apt-get download libopenblas0-openmp libopenblas-openmp-dev libopenblas-dev \
+  libopenblas0 libgfortran5 nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev zlib1g-dev \
+  dataset-fashion-mnist libopenmpi3 openmpi-bin openmpi-common libhwloc15 libevent-core-2.1-7 \
+  libevent-pthreads-2.1-7 libpmix2 libnuma1 libmunge2 2> >(grep -v "unsandboxed" >&2))
+cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DSQUEEZE_NATIVE=OFF \
+  -DCMAKE_CXX_FLAGS="-march=x86-64-v3" -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null
+bins="squeeze test_cuda_ops test_mpi bench_gpu bench_collectives"
+cmake --build build-device -j"$(nproc)" --target $bins
+for b in $bins; do strip -o .device/bin/$b build-device/$b; done
+git rev-parse HEAD > .device/bin/COMMIT
+git diff --quiet || echo "(uncommitted changes)" >> .device/bin/COMMIT
+du -sh .device/debs .device/bin

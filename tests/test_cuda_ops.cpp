@@ -26,6 +26,7 @@
 
 #ifdef SQUEEZE_HAVE_CUDA
 #include "core/cuda_model.h"
+#include "core/device_step.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/device_buffer.h"
 #endif
@@ -469,6 +470,73 @@ TEST(CudaModel, TrainingStepsFollowTheCpu) {
   }
   expect_close(P.download(), to_double(p), 1e-4, "parameters after the steps");
   expect_close(V.download(), to_double(v), 1e-4, "momentum after the steps");
+}
+
+// The pipelined step (the next batch prefetched on the copy stream while a step runs, an
+// evaluation in between) computes exactly what the plain step computes on the same batches, and
+// prefetch() has copied the batch out before it returns (the host buffer is poisoned after).
+TEST(CudaStep, PrefetchedBatchesGiveTheSameStepsBitForBit) {
+  REQUIRE_GPU();
+  ModelConfig cfg = preset("squeezenet1.1");
+  cfg.stem = Stem::kSmall;
+  cfg.in_c = 1, cfg.in_h = 28, cfg.in_w = 28, cfg.num_classes = 10;
+  const int N = 13, steps = 5;
+  const size_t per = 28 * 28;
+  Model host(cfg, 1);
+  std::vector<float> p(host.layout().total), v(p.size(), 0.0f);
+  host.init_params(p.data(), "torchvision", 4);
+  std::vector<std::vector<float>> xs;
+  std::vector<std::vector<int32_t>> ys;
+  std::vector<std::vector<uint64_t>> ks;
+  for (int s = 0; s < steps; ++s) {
+    xs.push_back(randn(per * N));
+    ys.emplace_back(N);
+    ks.emplace_back(N);
+    for (int n = 0; n < N; ++n) ys[s][n] = int32_t(rng()() % 10), ks[s][n] = rng()();
+  }
+  auto plain = make_cuda_step(cfg, N, 0), piped = make_cuda_step(cfg, N, 0);
+  plain->upload(p.data(), v.data());
+  piped->upload(p.data(), v.data());
+  std::vector<float> buf(per * N);
+  std::vector<int32_t> lab(N);
+  std::vector<uint64_t> key(N);
+  auto fill = [&](int s) {
+    buf = xs[s], lab = ys[s], key = ks[s];
+  };
+  auto poison = [&] {
+    std::fill(buf.begin(), buf.end(), std::nanf(""));
+    std::fill(lab.begin(), lab.end(), -1);
+    std::fill(key.begin(), key.end(), 0);
+  };
+  fill(0);
+  piped->prefetch(buf.data(), lab.data(), key.data(), N);
+  poison();
+  for (int s = 0; s < steps; ++s) {
+    double a[2] = {0, 0}, b[2] = {0, 0};
+    plain->forward_backward(xs[s].data(), ys[s].data(), ks[s].data(), N, 1.0f / N, a);
+    plain->sgd(0.05f, 0.9f, 2e-4f);
+    piped->launch(nullptr, nullptr, nullptr, N, 1.0f / N);
+    if (s + 1 < steps) {
+      fill(s + 1);
+      piped->prefetch(buf.data(), lab.data(), key.data(), N);
+      poison();
+    }
+    piped->finish(b);
+    piped->sgd(0.05f, 0.9f, 2e-4f);
+    EXPECT_EQ(a[0], b[0]) << "loss of step " << s;
+    EXPECT_EQ(a[1], b[1]) << "correct of step " << s;
+    if (s == 2) {  // an evaluation between steps leaves the prefetched batch alone
+      double ea[2] = {0, 0}, eb[2] = {0, 0};
+      plain->evaluate_batch(xs[0].data(), ys[0].data(), N, ea);
+      piped->evaluate_batch(xs[0].data(), ys[0].data(), N, eb);
+      EXPECT_EQ(ea[0], eb[0]);
+    }
+  }
+  std::vector<float> pa(p.size()), pb(p.size());
+  plain->download(pa.data(), nullptr);
+  piped->download(pb.data(), nullptr);
+  EXPECT_EQ(pa, pb);
+  EXPECT_THROW(piped->launch(nullptr, nullptr, nullptr, N, 1.0f / N), Error);  // none prefetched
 }
 
 // squeeze train --device cuda against the CPU trainer: one epoch of real Fashion-MNIST with the

@@ -63,12 +63,32 @@ class PinnedBuffer {  // page-locked host memory, for asynchronous copies
   ~PinnedBuffer() {
     if (p_) cudaFreeHost(p_);
   }
+  PinnedBuffer(PinnedBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)) {}
+  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {
+    std::swap(p_, o.p_);
+    return *this;
+  }
   PinnedBuffer(const PinnedBuffer&) = delete;
   PinnedBuffer& operator=(const PinnedBuffer&) = delete;
   T* get() const { return p_; }
 
  private:
   T* p_ = nullptr;
+};
+
+// An owned CUDA event without timing (for ordering streams), destroyed on scope exit.
+class Event {
+ public:
+  Event() { SQ_CUDA(cudaEventCreateWithFlags(&e_, cudaEventDisableTiming)); }
+  ~Event() {
+    if (e_) cudaEventDestroy(e_);
+  }
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  cudaEvent_t get() const { return e_; }
+
+ private:
+  cudaEvent_t e_ = nullptr;
 };
 
 }  // namespace cuda
