@@ -28,6 +28,7 @@ int main() {
 #include <vector>
 
 #include "core/config.h"
+#include "core/cuda_model.h"
 #include "core/device_step.h"
 #include "core/error.h"
 #include "core/model.h"
@@ -38,12 +39,15 @@ namespace {
 
 using namespace sq;
 
-// A device buffer of n normal(0, scale) values.
+// A device buffer of n values uniform in (-scale, scale)*sqrt(3) (variance scale^2), from a
+// cheap hash: the buffers reach 10^8 floats and only need to be non-zero, non-constant data.
 cuda::DeviceBuffer<float> random_buffer(size_t n, float scale = 0.1f) {
   std::vector<float> h(n);
-  std::mt19937 r{uint32_t(n)};
-  std::normal_distribution<float> nd(0.0f, scale);
-  for (float& x : h) x = nd(r);
+  uint64_t z = 0x9E3779B97F4A7C15ull ^ n;
+  for (float& x : h) {
+    z ^= z << 13, z ^= z >> 7, z ^= z << 17;  // xorshift64
+    x = scale * 1.7320508f * (float(z >> 40) * (2.0f / 16777216.0f) - 1.0f);
+  }
   return cuda::DeviceBuffer<float>(h);
 }
 
@@ -187,17 +191,69 @@ int main(int argc, char** argv) {
       nlohmann::json row = {{"layer", l.name}, {"gflop_fwd", 2 * macs / 1e9}, {"min_mb", min_bytes / 1e6}};
       for (const Variant& v : variants) {
         use(v);
-        const double fwd = time_ms(reps, [&] { cuda::fire_forward(f, x.get(), fp, s.get(), y.get(), nullptr); });
-        const double both = time_ms(reps, [&] {
-          cuda::fire_forward(f, x.get(), fp, s.get(), y.get(), nullptr);
-          cuda::fire_backward(f, x.get(), fp, s.get(), y.get(), dy.get(), fg, dx.get(), false, ws.get(), nullptr);
-        });
-        std::printf(" %.3f / %.3f |", fwd, both);
-        row[std::string(v.name) + " fwd ms"] = fwd;
-        row[std::string(v.name) + " fwd+bwd ms"] = both;
+        try {
+          const double fwd = time_ms(reps, [&] { cuda::fire_forward(f, x.get(), fp, s.get(), y.get(), nullptr); });
+          const double both = time_ms(reps, [&] {
+            cuda::fire_forward(f, x.get(), fp, s.get(), y.get(), nullptr);
+            cuda::fire_backward(f, x.get(), fp, s.get(), y.get(), dy.get(), fg, dx.get(), false, ws.get(), nullptr);
+          });
+          std::printf(" %.3f / %.3f |", fwd, both);
+          row[std::string(v.name) + " fwd ms"] = fwd;
+          row[std::string(v.name) + " fwd+bwd ms"] = both;
+        } catch (const std::exception& e) {
+          std::printf(" failed |");
+          std::fprintf(stderr, "bench_gpu: %s, %s: %s\n", l.name.c_str(), v.name, e.what());
+        }
       }
       std::printf("\n");
       out["fire"].push_back(row);
+    }
+
+    // ---- 1b. every convolution of squeezenet1.0 at batch 128, forward and backward apart ------
+    std::printf("\nConvolutions of squeezenet1.0, batch %d: forward ms / backward ms (weights, bias "
+                "and input gradient)\n\n", N);
+    header("conv: C→K RxS/stride @ HxW", "fwd / bwd ms");
+    out["conv"] = nlohmann::json::array();
+    {
+      std::vector<std::pair<std::string, ConvGeom>> convs;
+      for (const Layer& l : plan.layers()) {
+        if (l.kind == LayerKind::kConv) convs.push_back({l.name, l.conv});
+        if (l.kind != LayerKind::kFire) continue;
+        convs.push_back({l.name + " squeeze", l.fire.squeeze()});
+        convs.push_back({l.name + " expand1x1", l.fire.expand1()});
+        convs.push_back({l.name + " expand3x3", l.fire.expand3()});
+      }
+      for (auto [name, g] : convs) {
+        g.N = N;
+        const size_t nx = size_t(g.C) * N * g.H * g.W, ny = size_t(g.K) * N * g.P() * g.Q(),
+                     nw = size_t(g.K) * g.C * g.R * g.S;
+        auto x = random_buffer(nx, 1.0f), y = random_buffer(ny), dz = random_buffer(ny, 1.0f),
+             dx = random_buffer(nx), w = random_buffer(nw), b = random_buffer(g.K),
+             dw = random_buffer(nw), db = random_buffer(g.K),
+             ws = random_buffer(cuda::conv_backward_workspace(g));
+        std::printf("| %s: %d→%d %dx%d/%d @ %dx%d |", name.c_str(), g.C, g.K, g.R, g.S, g.stride, g.H, g.W);
+        nlohmann::json row = {{"conv", name}, {"gflop_fwd", 2.0 * ny * g.C * g.R * g.S / 1e9}};
+        for (const Variant& v : variants) {
+          use(v);
+          try {
+            const double fwd = time_ms(reps, [&] {
+              cuda::conv_forward(g, x.get(), w.get(), b.get(), y.get(), true, nullptr);
+            });
+            const double bwd = time_ms(reps, [&] {
+              cuda::conv_backward(g, x.get(), w.get(), dz.get(), dw.get(), db.get(), dx.get(), false,
+                                  ws.get(), nullptr);
+            });
+            std::printf(" %.3f / %.3f |", fwd, bwd);
+            row[std::string(v.name) + " fwd ms"] = fwd;
+            row[std::string(v.name) + " bwd ms"] = bwd;
+          } catch (const std::exception& e) {
+            std::printf(" failed |");
+            std::fprintf(stderr, "bench_gpu: %s, %s: %s\n", name.c_str(), v.name, e.what());
+          }
+        }
+        std::printf("\n");
+        out["conv"].push_back(row);
+      }
     }
 
     // ---- 2. training steps, batch 128 -------------------------------------------------------
@@ -222,6 +278,7 @@ int main(int argc, char** argv) {
       for (int n = 0; n < N; ++n) labels[n] = n % cfg.num_classes, keys[n] = uint64_t(n) * 7919;
       for (const Variant& v : variants) {
         use(v);
+        try {
         auto step = make_cuda_step(cfg, N, 0);
         step->upload(params.data(), mom.data());
         // As the trainer runs it: the step on the prefetched batch, the next batch's copy to
@@ -236,10 +293,79 @@ int main(int argc, char** argv) {
         });
         std::printf(" %.0f |", N / (ms / 1e3));
         row[std::string(v.name) + " img/s"] = N / (ms / 1e3);
+        } catch (const std::exception& e) {
+          std::printf(" failed |");
+          std::fprintf(stderr, "bench_gpu: %s, %s: %s\n", name.c_str(), v.name, e.what());
+        }
       }
       std::printf("\n");
       out["train"].push_back(row);
     }
+    // ---- 3. where a squeezenet1.0 training step's time goes: per layer, forward and backward --
+    std::printf("\nsqueezenet1.0 training step, batch %d, per layer (ms, median of %d; the first "
+                "backward row includes the loss)\n\n", N, reps);
+    out["layers"] = nlohmann::json::array();
+    {
+      const ModelConfig cfg = preset("squeezenet1.0");
+      Model host(cfg, 1);
+      std::vector<float> params(host.layout().total);
+      host.init_params(params.data(), "torchvision", 1);
+      cuda::DeviceBuffer<float> P(params), G(params.size()), DL(size_t(N) * cfg.num_classes);
+      auto X = random_buffer(size_t(cfg.in_c) * cfg.in_h * cfg.in_w * N, 1.0f);
+      std::vector<int32_t> labels(N);
+      std::vector<uint64_t> keys(N);
+      for (int n = 0; n < N; ++n) labels[n] = n % cfg.num_classes, keys[n] = uint64_t(n) * 7919;
+      cuda::DeviceBuffer<int32_t> Y(labels);
+      cuda::DeviceBuffer<uint64_t> KEYS(keys);
+      cuda::DeviceBuffer<double> R(2), LWS(cuda::softmax_xent_workspace(N));
+      std::vector<std::string> names;
+      std::vector<std::vector<std::vector<float>>> times;  // [variant][label][rep]
+      for (const Variant& v : variants) {
+        use(v);
+        times.emplace_back();
+        try {
+          CudaModel m(cfg, N);
+          m.set_profiling(true);
+          for (int r = 0; r < reps + 3; ++r) {
+            const float* logits = m.forward(P.get(), X.get(), N, true, KEYS.get());
+            cuda::softmax_xent(N, cfg.num_classes, logits, Y.get(), 1.0f / N, DL.get(), R.get(),
+                               LWS.get(), nullptr);
+            m.backward(P.get(), DL.get(), G.get(), N, KEYS.get());
+            const auto t = m.layer_times();
+            if (r < 3) continue;
+            if (names.empty())
+              for (const auto& [label, ms] : t) names.push_back(label);
+            times.back().resize(t.size());
+            for (size_t i = 0; i < t.size(); ++i) times.back()[i].push_back(t[i].second);
+          }
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "bench_gpu: layer profile, %s: %s\n", v.name, e.what());
+        }
+      }
+      header("layer", "ms");
+      std::vector<double> total(variants.size(), 0.0);
+      for (size_t i = 0; i < names.size(); ++i) {
+        std::printf("| %s |", names[i].c_str());
+        nlohmann::json row = {{"layer", names[i]}};
+        for (size_t vi = 0; vi < variants.size(); ++vi) {
+          if (times[vi].size() <= i) {
+            std::printf(" - |");
+            continue;
+          }
+          std::vector<float> t = times[vi][i];
+          std::sort(t.begin(), t.end());
+          std::printf(" %.3f |", t[t.size() / 2]);
+          total[vi] += t[t.size() / 2];
+          row[std::string(variants[vi].name) + " ms"] = t[t.size() / 2];
+        }
+        std::printf("\n");
+        out["layers"].push_back(row);
+      }
+      std::printf("| sum of medians |");
+      for (double t : total) std::printf(" %.3f |", t);
+      std::printf("\n");
+    }
+
     cuda::set_conv_impl(cuda::ConvImpl::kOwn);
     cuda::set_conv_math(cuda::ConvMath::kFp32);
     if (!json_path.empty()) std::ofstream(json_path) << out.dump(2) << "\n";

@@ -47,7 +47,39 @@ CudaModel::CudaModel(const ModelConfig& cfg, int max_batch, cudaStream_t stream)
   ws_ = grad_b_ + largest;
 }
 
-CudaModel::~CudaModel() { cudaFree(arena_); }
+CudaModel::~CudaModel() {
+  set_profiling(false);
+  cudaFree(arena_);
+}
+
+void CudaModel::set_profiling(bool on) {
+  for (cudaEvent_t e : prof_events_) cudaEventDestroy(e);
+  prof_events_.clear();
+  prof_labels_.clear();
+  if (!on) return;
+  prof_events_.resize(2 * plan_.layers().size() + 1);
+  for (cudaEvent_t& e : prof_events_) SQ_CUDA(cudaEventCreate(&e));
+}
+
+void CudaModel::mark(const std::string& label) {
+  if (prof_events_.empty()) return;
+  if (label.empty()) prof_next_ = 0, prof_labels_.clear();  // the start of a forward
+  if (prof_next_ >= prof_events_.size()) return;
+  SQ_CUDA(cudaEventRecord(prof_events_[prof_next_++], stream_));
+  prof_labels_.push_back(label);
+}
+
+std::vector<std::pair<std::string, float>> CudaModel::layer_times() {
+  std::vector<std::pair<std::string, float>> out;
+  if (prof_next_ == 0) return out;
+  SQ_CUDA(cudaEventSynchronize(prof_events_[prof_next_ - 1]));
+  for (size_t i = 1; i < prof_next_; ++i) {
+    float ms = 0;
+    SQ_CUDA(cudaEventElapsedTime(&ms, prof_events_[i - 1], prof_events_[i]));
+    out.push_back({prof_labels_[i], ms});
+  }
+  return out;
+}
 
 const float* CudaModel::forward(const float* params, const float* input, int N, bool train,
                                 const uint64_t* dropout_keys) {
@@ -56,6 +88,7 @@ const float* CudaModel::forward(const float* params, const float* input, int N, 
   const std::vector<ActShape>& acts = plan_.acts();
   const ModelConfig& cfg = plan_.config();
   cudaStream_t s = stream_;
+  mark("");
   SQ_CUDA(cudaMemcpyAsync(act(0), input, sizeof(float) * size_t(acts[0].per_sample()) * N,
                           cudaMemcpyDeviceToDevice, s));
   const float* P = params;
@@ -105,6 +138,7 @@ const float* CudaModel::forward(const float* params, const float* input, int N, 
         cuda::avgpool_forward(N, ain.c, ain.h * ain.w, act(l.in), act(l.out), s);
         break;
     }
+    mark(l.name + " fwd");
   }
   return act(plan_.layers().back().out);
 }
@@ -171,9 +205,17 @@ void CudaModel::backward(const float* params, const float* dlogits, float* grads
         break;
       }
     }
+    mark(l.name + " bwd");
     if (l.param_end > l.param_begin && on_ready) on_ready(l.param_begin);
     std::swap(dcur, dprev);
   }
+}
+
+void CudaModel::load_activation(int id, const float* host) {
+  SQ_ASSERT(id >= 0 && size_t(id) < act_offset_.size() && n_ > 0, "no activation ", id);
+  SQ_CUDA(cudaStreamSynchronize(stream_));
+  SQ_CUDA(cudaMemcpy(act(id), host, sizeof(float) * size_t(plan_.acts()[size_t(id)].per_sample()) * n_,
+                     cudaMemcpyHostToDevice));
 }
 
 namespace {
@@ -234,6 +276,8 @@ std::vector<LayerCheck> check_layers(const ModelConfig& cfg, int N, uint64_t see
         rel_err(cuda::download(gpu.activation(l.out), n).data(), cpu.activation(l.out), n);
     out.push_back(c);
   }
+  for (size_t id = 0; id < cpu.acts().size(); ++id) gpu.load_activation(int(id), cpu.activation(int(id)));
+  ddlogits.upload(dlogits.data());
   cpu.backward(params.data(), dlogits.data(), grads.data(), N, keys.data());
   gpu.backward(dparams.get(), ddlogits.get(), dgrads.get(), N, dkeys.get());
   const std::vector<float> ggrads = dgrads.download();

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/model.h"
@@ -41,6 +42,15 @@ class CudaModel {
 
   // Activation `id` of the last forward, on the device ((C, N, H, W), N of that forward).
   const float* activation(int id) const { return arena_ + act_offset_[size_t(id)]; }
+  // Per-layer timing for benchmarks: while on, forward and backward record a CUDA event after
+  // each layer; layer_times() then waits and returns (layer name + " fwd"/" bwd", ms) in the
+  // order run. Off by default (no events in a training step).
+  void set_profiling(bool on);
+  std::vector<std::pair<std::string, float>> layer_times();
+
+  // Overwrites activation `id` of the last forward with host values (synchronous): --check-layers
+  // runs the GPU backward on the CPU's activations.
+  void load_activation(int id, const float* host);
 
  private:
   float* act(int id) { return arena_ + act_offset_[size_t(id)]; }
@@ -55,10 +65,18 @@ class CudaModel {
   float* ws_ = nullptr;      // op workspace
   size_t bytes_ = 0;
   int n_ = 0;
+  // Profiling: events[0] before the forward, then one per layer run; their labels.
+  std::vector<cudaEvent_t> prof_events_;
+  std::vector<std::string> prof_labels_;
+  size_t prof_next_ = 0;
+  void mark(const std::string& label);
 };
 
 // --check-layers: one batch through the GPU model and the CPU model from the same parameters and
 // inputs; per layer the relative error (norm-wise) of its output and of its parameter gradient.
+// The GPU backward runs on the CPU's activations: the forward outputs differ by rounding, and
+// where two values of a max-pool window are that close, the two sides would route the gradient
+// to different inputs (max-pool's backward is discontinuous), an error no kernel made.
 struct LayerCheck {
   std::string layer;
   double forward_err = 0;   // ||gpu - cpu|| / ||cpu|| of the layer's output

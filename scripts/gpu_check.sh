@@ -11,6 +11,7 @@
 #            refuses before 2.30), `mpirun -np 1 squeeze train --device cuda` over NCCL
 #   bench    bench_gpu: Fire shapes own vs cuDNN at fp32/TF32/BF16, training images/s
 #   pytorch  bench/pytorch_gpu.py: PyTorch eager and torch.compile on the same GPU
+#   sanitize compute-sanitizer memcheck over small GPU training steps (every kernel of a model)
 # Uses the binaries in .device/bin when they run here, else builds (a minute or two; without
 # MPI, so the nccl phase then fails). Each phase
 # has a time limit (PHASE_LIMIT_S, default 150 s) so that a hang costs one phase, not the lease.
@@ -37,7 +38,7 @@ nvlibs=$(ls -d "$nv"/*/lib 2>/dev/null | tr '\n' ':')
 export LD_LIBRARY_PATH="$lib/openblas-openmp:$lib:$lib/openmpi/lib:$nvlibs${LD_LIBRARY_PATH:-}"
 export OPAL_PREFIX=$DEPS/usr PATH=$DEPS/usr/bin:$PATH
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export OMPI_MCA_mca_base_component_show_load_errors=0 OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader
+export OMPI_MCA_mca_base_component_show_load_errors=0 PMIX_MCA_pcompress_base_silence_warning=1 OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader
 export SQUEEZE_FASHION_MNIST=$DEPS/usr/share/datasets/fashion-mnist
 data=$SQUEEZE_FASHION_MNIST
 date -u
@@ -93,6 +94,11 @@ for phase in $phases; do
   pytorch)
     PYTHONUNBUFFERED=1 run pytorch_gpu python3 bench/pytorch_gpu.py --steps 20 \
       ${NO_COMPILE:+--no-compile} --json "$OUT/pytorch_gpu.json"
+    ;;
+  sanitize)
+    run "compute-sanitizer memcheck (small model steps)" compute-sanitizer --tool memcheck \
+      --error-exitcode 1 $B/test_cuda_ops --gtest_color=no \
+      --gtest_filter='CudaModel.TrainingStepsFollowTheCpu:CudaStep.*:CudaOps.SoftmaxCrossEntropy'
     ;;
   *) echo "unknown phase $phase"; status=1 ;;
   esac

@@ -45,7 +45,9 @@ TEST(ImplicitGemm, LoadersReproduceTheCpuConvolution) {
       {2, 3, 23, 23, 8, 7, 7, 2, 0},  // conv1 of squeezenet1.0
       {3, 3, 17, 17, 5, 3, 3, 2, 0},  // conv1 of squeezenet1.1
       {2, 4, 9, 9, 6, 3, 3, 1, 1},    // expand 3x3
-      {3, 7, 6, 5, 4, 1, 1, 1, 0},    // 1x1, H != W
+      {3, 7, 6, 5, 4, 1, 1, 1, 0},    // 1x1, H != W (the pointwise path)
+      {2, 5, 7, 7, 3, 1, 1, 2, 0},    // 1x1 at stride 2 (not pointwise)
+      {2, 3, 5, 6, 4, 1, 1, 1, 1},    // 1x1 with padding (not pointwise)
       {2, 3, 11, 8, 5, 5, 3, 3, 2},   // odd kernel, stride 3, padding 2
       {1, 2, 4, 4, 3, 3, 3, 2, 1},    // padding larger than what stride covers
   };

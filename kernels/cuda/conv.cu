@@ -49,7 +49,8 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk)
       As[kk][mm] = (m < op.M && k < ke) ? op.a(m, k) : 0.0f;
     }
     for (int l = threadIdx.x; l < BK * BN; l += kGemmThreads) {
-      const int kk = l / BN, nn = l % BN, k = k0 + kk, n = n0 + nn;
+      const int kk = Op::kBAlongK ? l % BK : l / BN, nn = Op::kBAlongK ? l / BK : l % BN;
+      const int k = k0 + kk, n = n0 + nn;
       Bs[kk][nn] = (n < op.N && k < ke) ? op.bval(k, n) : 0.0f;
     }
     __syncthreads();
@@ -119,7 +120,8 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_tc_kernel(Op op, int k_chu
       As[mm * LDA + kk] = Prec::cvt((m < op.M && k < ke) ? op.a(m, k) : 0.0f);
     }
     for (int l = threadIdx.x; l < BK * BN; l += kGemmThreads) {
-      const int kk = l / BN, nn = l % BN, k = k0 + kk, n = n0 + nn;
+      const int kk = Op::kBAlongK ? l % BK : l / BN, nn = Op::kBAlongK ? l / BK : l % BN;
+      const int k = k0 + kk, n = n0 + nn;
       Bs[kk * LDB + nn] = Prec::cvt((n < op.N && k < ke) ? op.bval(k, n) : 0.0f);
     }
     __syncthreads();
@@ -182,11 +184,13 @@ __global__ void bias_grad_kernel(const float* dz, size_t npq, float* db) {
   if (threadIdx.x == 0) db[blockIdx.x] += total;
 }
 
-// Split-K factor of the weight gradient: enough blocks to fill a large GPU, long enough slices.
+// Split-K factor of the weight gradient: about 1024 blocks (several waves on a 132-SM GPU) and
+// slices of at least 1024 pixels. The weight gradients are small (K x C*R*S) and their reduction
+// deep (N*P*Q, 373,248 for fire2 at batch 128), so most of the parallelism must come from k.
 int weight_splits(const Geo& g) {
   const long long tiles = (long long)((g.K + BM - 1) / BM) * ((g.C * g.R * g.S + BN - 1) / BN);
   const long long kd = (long long)g.N * g.P * g.Q;
-  long long z = std::min<long long>(32, std::max<long long>(1, kd / 1024));
+  long long z = std::min<long long>(256, std::max<long long>(1, kd / 1024));
   z = std::min<long long>(z, std::max<long long>(1, 1024 / tiles));
   return int(z);
 }

@@ -14,9 +14,14 @@ namespace cuda {
 struct Geo {
   int N, C, H, W, K, R, S, stride, pad, P, Q;
 
+  // A 1x1 filter at stride 1 without padding: col(x) is x itself, read without index division.
+  // (A run-time test, but the same for every thread of a launch: no divergence.)
+  SQ_HOST_DEVICE bool pointwise() const { return R == 1 && S == 1 && stride == 1 && pad == 0; }
+
   // Element (crs, npq) of col(x), the im2col matrix (C*R*S x N*P*Q) of x (C, N, H, W): the
   // input under filter tap (r, s) of output pixel (img, p, q), or 0 in the padding.
   SQ_HOST_DEVICE float col(const float* x, int crs, int npq) const {
+    if (pointwise()) return x[size_t(crs) * N * P * Q + npq];
     const int RS = R * S, PQ = P * Q;
     const int c = crs / RS, rs = crs % RS, r = rs / S, s = rs % S;
     const int img = npq / PQ, pq = npq % PQ, p = pq / Q, q = pq % Q;
@@ -27,7 +32,10 @@ struct Geo {
 };
 
 // Forward: A = w (K x CRS), B(k, n) = x at (c, img, p*st - pad + r, q*st - pad + s).
+// kBAlongK: B's elements are adjacent in memory along k (not n), so the tile loader lets
+// neighbouring threads take neighbouring k for coalesced reads.
 struct FwdOp {
+  static constexpr bool kBAlongK = false;
   Geo g;
   const float *x, *w, *b;
   float* y;
@@ -45,17 +53,20 @@ struct FwdOp {
 // Backward data: A(c, (k, r, s)) = w[k, c, r, s]; B((k, r, s), (img, h, w)) = dz at
 // (k, img, p, q) with h = p*st - pad + r, w = q*st - pad + s, where such p, q exist.
 struct DataOp {
+  static constexpr bool kBAlongK = false;
   Geo g;
   const float *w, *dz;
   float* dx;
   bool accumulate;
   int M, N, Kd;
   SQ_HOST_DEVICE float a(int m, int k) const {
+    if (g.pointwise()) return w[size_t(k) * g.C + m];
     const int RS = g.R * g.S;
     const int ko = k / RS, rs = k % RS;
     return w[(size_t(ko) * g.C + m) * RS + rs];
   }
   SQ_HOST_DEVICE float bval(int k, int n) const {
+    if (g.pointwise()) return dz[size_t(k) * N + n];
     const int RS = g.R * g.S, HW = g.H * g.W;
     const int ko = k / RS, rs = k % RS, r = rs / g.S, s = rs % g.S;
     const int img = n / HW, hw = n % HW, h = hw / g.W, wc = hw % g.W;
@@ -74,6 +85,7 @@ struct DataOp {
 // Backward weights, one split-K slice per blockIdx.z: A = dz (K x NPQ), B((img,p,q), (c,r,s)) =
 // x at (c, img, p*st - pad + r, q*st - pad + s). Partial sums go to ws[z][m][n].
 struct WeightOp {
+  static constexpr bool kBAlongK = true;  // col(x)^T: k runs along the pixels
   Geo g;
   const float *x, *dz;
   float* ws;
