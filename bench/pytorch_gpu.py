@@ -53,6 +53,31 @@ def images_per_s(name, batch, steps, compile_):
     return batch / times[len(times) // 2]
 
 
+def matmul_ceilings():
+    """The arithmetic ceilings for the notes' floors: fp32 (no TF32), TF32 and bf16 products."""
+    out = {}
+    n = 8192
+    for name, dtype, tf32 in [("fp32", torch.float32, False), ("tf32", torch.float32, True),
+                              ("bf16", torch.bfloat16, False)]:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        x = torch.randn(n, n, device="cuda", dtype=dtype)
+        y = torch.randn(n, n, device="cuda", dtype=dtype)
+        for _ in range(3):
+            x @ y
+        ts = []
+        for _ in range(10):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            x @ y
+            e.record()
+            e.synchronize()
+            ts.append(s.elapsed_time(e))
+        ts.sort()
+        out[name] = 2 * n ** 3 / (ts[len(ts) // 2] * 1e-3) / 1e12
+    torch.backends.cuda.matmul.allow_tf32 = True
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
@@ -66,13 +91,19 @@ def main():
     names = ["squeezenet1.0", "squeezenet1.1", "fmnist"]
     rows = {n: {"config": n, "eager_img_s": None, "compile_img_s": None} for n in names}
 
+    ceilings = {}
+
     def save():  # after every measurement: a time limit keeps what was measured
         if a.json:
             with open(a.json, "w") as f:
-                json.dump(list(rows.values()), f, indent=2)
+                json.dump({"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+                           "matmul_tflops": ceilings, "rows": list(rows.values())}, f, indent=2)
 
     print(f"pytorch_gpu: torch {torch.__version__}, {torch.cuda.get_device_name(0)}, batch {a.batch}, "
           f"median of {a.steps} steps, TF32 on, channels_last, cudnn.benchmark")
+    ceilings.update(matmul_ceilings())
+    print("matrix-product ceilings (8192^3, random data, median of 10): " +
+          ", ".join(f"{k} {v:.0f} TFLOP/s" for k, v in ceilings.items()))
     # Eager first for every configuration, then torch.compile (slow to compile).
     for mode in ["eager"] + ([] if a.no_compile else ["compile"]):
         for name in names:

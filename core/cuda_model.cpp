@@ -39,12 +39,19 @@ CudaModel::CudaModel(const ModelConfig& cfg, int max_batch, cudaStream_t stream)
       }
     }
   }
+  size_t idx_bytes = 0;
+  for (const Layer& l : plan_.layers()) {
+    pool_idx_offset_.push_back(idx_bytes);
+    if (l.kind == LayerKind::kMaxPool)
+      idx_bytes += size_t(plan_.acts()[size_t(l.out)].per_sample()) * max_batch_;
+  }
   const size_t floats = total + 2 * largest + ws;
-  bytes_ = floats * sizeof(float);
+  bytes_ = floats * sizeof(float) + idx_bytes;
   SQ_CUDA(cudaMalloc(reinterpret_cast<void**>(&arena_), bytes_));
   grad_a_ = arena_ + total;
   grad_b_ = grad_a_ + largest;
   ws_ = grad_b_ + largest;
+  pool_idx_ = reinterpret_cast<uint8_t*>(ws_ + ws);
 }
 
 CudaModel::~CudaModel() {
@@ -105,7 +112,7 @@ const float* CudaModel::forward(const float* params, const float* input, int N, 
       case LayerKind::kMaxPool: {
         PoolGeom g = l.pool;
         g.N = N;
-        cuda::maxpool_forward(g, act(l.in), act(l.out), s);
+        cuda::maxpool_forward(g, act(l.in), act(l.out), pool_idx_ + pool_idx_offset_[size_t(&l - plan_.layers().data())], s);
         break;
       }
       case LayerKind::kFire: {
@@ -184,7 +191,7 @@ void CudaModel::backward(const float* params, const float* dlogits, float* grads
       case LayerKind::kMaxPool: {
         PoolGeom g = l.pool;
         g.N = N;
-        cuda::maxpool_backward(g, act(l.in), dcur, dprev, s);
+        cuda::maxpool_backward(g, pool_idx_ + pool_idx_offset_[li], dcur, dprev, s);
         break;
       }
       case LayerKind::kFire: {
@@ -216,6 +223,16 @@ void CudaModel::load_activation(int id, const float* host) {
   SQ_CUDA(cudaStreamSynchronize(stream_));
   SQ_CUDA(cudaMemcpy(act(id), host, sizeof(float) * size_t(plan_.acts()[size_t(id)].per_sample()) * n_,
                      cudaMemcpyHostToDevice));
+  // The max-pools reading this activation record their window maxima from it afresh (their
+  // outputs come out as the exact maxima of the loaded values).
+  const std::vector<Layer>& layers = plan_.layers();
+  for (size_t li = 0; li < layers.size(); ++li) {
+    if (layers[li].kind != LayerKind::kMaxPool || layers[li].in != id) continue;
+    PoolGeom g = layers[li].pool;
+    g.N = n_;
+    cuda::maxpool_forward(g, act(id), act(layers[li].out), pool_idx_ + pool_idx_offset_[li], stream_);
+  }
+  SQ_CUDA(cudaStreamSynchronize(stream_));
 }
 
 namespace {

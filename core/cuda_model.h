@@ -63,6 +63,8 @@ class CudaModel {
   float* grad_a_ = nullptr;  // ping-pong activation gradients
   float* grad_b_ = nullptr;
   float* ws_ = nullptr;      // op workspace
+  uint8_t* pool_idx_ = nullptr;         // each max-pool's recorded window maxima (bytes)
+  std::vector<size_t> pool_idx_offset_;  // per layer, into pool_idx_
   size_t bytes_ = 0;
   int n_ = 0;
   // Profiling: events[0] before the forward, then one per layer run; their labels.

@@ -6,7 +6,7 @@
 #
 # Phases (default: test nccl bench pytorch):
 #   test     every GPU test (test_cuda_ops), --check-layers on three configurations, one epoch
-#            of `squeeze train --device cuda`
+#            `squeeze train --device cuda` (the default job: 3 epochs of Fashion-MNIST)
 #   nccl     the NCCL test of test_mpi at 1 rank (and at 2 ranks on the one GPU, which NCCL
 #            refuses before 2.30), `mpirun -np 1 squeeze train --device cuda` over NCCL
 #   bench    bench_gpu: Fire shapes own vs cuDNN at fp32/TF32/BF16, training images/s
@@ -78,7 +78,7 @@ for phase in $phases; do
     for args in "--model squeezenet1.0" "--model squeezenet1.1" "--model squeezenet1.0 --bypass complex"; do
       run "check-layers $args" $B/squeeze train --device cuda --check-layers $args --batch-size 32 --data-dir "$data"
     done
-    run "train --device cuda, 1 epoch" $B/squeeze train --device cuda --epochs 1 --data-dir "$data" \
+    run "train --device cuda (the default job)" $B/squeeze train --device cuda --data-dir "$data" \
       --out /tmp/sq_gpu_run
     ;;
   nccl)

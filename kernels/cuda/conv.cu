@@ -31,36 +31,38 @@ Geo geo_of(const ConvGeom& g) {
   return {g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, g.P(), g.Q()};
 }
 
-template <class Op>
+// The fp32 kernel's block tile is TM x TN outputs (64x64, or 32x128 and 16x256 for products
+// with few rows: a squeeze's forward, an expand's input gradient), 4x4 per thread.
+template <class Op, int TM, int TN>
 __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk) {
-  __shared__ float As[BK][BM + 4];
-  __shared__ float Bs[BK][BN + 4];
-  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  static_assert((TM / 4) * (TN / 4) == kGemmThreads, "one 4x4 block of outputs per thread");
+  constexpr int TX = TN / 4;
+  __shared__ __align__(16) float As[BK][TM + 4];
+  __shared__ __align__(16) float Bs[BK][TN + 4];
+  const int m0 = blockIdx.y * TM, n0 = blockIdx.x * TN;
   const int kb = blockIdx.z * k_chunk, ke = min(op.Kd, kb + k_chunk);
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
   float acc[4][4];
 #pragma unroll
   for (int i = 0; i < 4; ++i)
 #pragma unroll
     for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
   for (int k0 = kb; k0 < ke; k0 += BK) {
-    for (int l = threadIdx.x; l < BM * BK; l += kGemmThreads) {
+    for (int l = threadIdx.x; l < TM * BK; l += kGemmThreads) {
       const int mm = l / BK, kk = l % BK, m = m0 + mm, k = k0 + kk;
       As[kk][mm] = (m < op.M && k < ke) ? op.a(m, k) : 0.0f;
     }
-    for (int l = threadIdx.x; l < BK * BN; l += kGemmThreads) {
-      const int kk = Op::kBAlongK ? l % BK : l / BN, nn = Op::kBAlongK ? l / BK : l % BN;
+    for (int l = threadIdx.x; l < BK * TN; l += kGemmThreads) {
+      const int kk = Op::kBAlongK ? l % BK : l / TN, nn = Op::kBAlongK ? l / BK : l % TN;
       const int k = k0 + kk, n = n0 + nn;
       Bs[kk][nn] = (n < op.N && k < ke) ? op.bval(k, n) : 0.0f;
     }
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
-      float av[4], bv[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) av[i] = As[kk][ty * 4 + i];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) bv[j] = Bs[kk][tx * 4 + j];
+      const float4 a4 = *reinterpret_cast<const float4*>(&As[kk][ty * 4]);
+      const float4 b4 = *reinterpret_cast<const float4*>(&Bs[kk][tx * 4]);
+      const float av[4] = {a4.x, a4.y, a4.z, a4.w}, bv[4] = {b4.x, b4.y, b4.z, b4.w};
 #pragma unroll
       for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -151,17 +153,40 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_tc_kernel(Op op, int k_chu
 
 ConvMath g_math = ConvMath::kFp32;
 
+// The fp32 block tile with the least padding for an M x N product (ties: the square one).
+struct Tile {
+  int m, n;
+};
+Tile pick_tile(int M, int N) {
+  Tile best{BM, BN};
+  long long best_area = -1;
+  for (Tile t : {Tile{64, 64}, Tile{32, 128}, Tile{16, 256}}) {
+    const long long area = (long long)((M + t.m - 1) / t.m) * t.m * ((N + t.n - 1) / t.n) * t.n;
+    if (best_area < 0 || area < best_area) best = t, best_area = area;
+  }
+  return best;
+}
+
 template <class Op>
 void launch_igemm(const Op& op, int splits, cudaStream_t s, const char* what) {
   if (op.M == 0 || op.N == 0) return;
   const int chunk = (op.Kd + splits - 1) / splits;
-  const dim3 grid((op.N + BN - 1) / BN, (op.M + BM - 1) / BM, splits);
-  if (g_math == ConvMath::kTf32)
-    igemm_tc_kernel<Op, Tf32><<<grid, kGemmThreads, 0, s>>>(op, chunk);
-  else if (g_math == ConvMath::kBf16)
-    igemm_tc_kernel<Op, Bf16><<<grid, kGemmThreads, 0, s>>>(op, chunk);
-  else
-    igemm_kernel<Op><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+  if (g_math == ConvMath::kTf32 || g_math == ConvMath::kBf16) {
+    const dim3 grid((op.N + BN - 1) / BN, (op.M + BM - 1) / BM, splits);
+    if (g_math == ConvMath::kTf32)
+      igemm_tc_kernel<Op, Tf32><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+    else
+      igemm_tc_kernel<Op, Bf16><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+  } else {
+    const Tile t = pick_tile(op.M, op.N);
+    const dim3 grid((op.N + t.n - 1) / t.n, (op.M + t.m - 1) / t.m, splits);
+    if (t.m == 16)
+      igemm_kernel<Op, 16, 256><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+    else if (t.m == 32)
+      igemm_kernel<Op, 32, 128><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+    else
+      igemm_kernel<Op, 64, 64><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+  }
   SQ_CUDA_LAUNCH(what);
 }
 
@@ -174,21 +199,43 @@ __global__ void splitk_reduce_kernel(const float* ws, int splits, size_t mn, flo
   }
 }
 
-// db[k] += sum of dz[k, :] (one block per k, fixed-order tree).
-__global__ void bias_grad_kernel(const float* dz, size_t npq, float* db) {
+// The bias gradient in two fixed-order passes: partial[k][c] = sum of chunk c of dz[k, :] (a
+// block per (k, c), four independent loads in flight per thread), then db[k] += the partials of
+// row k in order. One block per k alone left most of a large GPU idle on rows of 10^5 to 10^6.
+__global__ void bias_partial_kernel(const float* dz, size_t npq, size_t chunk, float* partial) {
   __shared__ float sh[kThreads];
   const float* row = dz + size_t(blockIdx.x) * npq;
-  float acc = 0.0f;
-  for (size_t i = threadIdx.x; i < npq; i += blockDim.x) acc += row[i];
-  const float total = block_sum(acc, sh);
-  if (threadIdx.x == 0) db[blockIdx.x] += total;
+  const size_t b = size_t(blockIdx.y) * chunk, e = b + chunk < npq ? b + chunk : npq;
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  size_t i = b + threadIdx.x;
+  for (; i + 3 * kThreads < e; i += 4 * kThreads) {
+#pragma unroll
+    for (int u = 0; u < 4; ++u) acc[u] += row[i + u * kThreads];
+  }
+  for (; i < e; i += kThreads) acc[0] += row[i];
+  const float total = block_sum((acc[0] + acc[1]) + (acc[2] + acc[3]), sh);
+  if (threadIdx.x == 0) partial[size_t(blockIdx.x) * gridDim.y + blockIdx.y] = total;
+}
+
+__global__ void bias_finish_kernel(const float* partial, int K, int chunks, float* db) {
+  SQ_GRID_STRIDE(k, size_t(K)) {
+    float acc = 0.0f;
+    for (int c = 0; c < chunks; ++c) acc += partial[k * chunks + c];
+    db[k] += acc;
+  }
+}
+
+// Chunks per row of the bias gradient: about 2048 blocks in all, chunks of at least 8192.
+int bias_chunks(int K, long long npq) {
+  return int(std::max<long long>(1, std::min<long long>(npq / 8192, 2048 / K)));
 }
 
 // Split-K factor of the weight gradient: about 1024 blocks (several waves on a 132-SM GPU) and
 // slices of at least 1024 pixels. The weight gradients are small (K x C*R*S) and their reduction
 // deep (N*P*Q, 373,248 for fire2 at batch 128), so most of the parallelism must come from k.
 int weight_splits(const Geo& g) {
-  const long long tiles = (long long)((g.K + BM - 1) / BM) * ((g.C * g.R * g.S + BN - 1) / BN);
+  const Tile t = pick_tile(g.K, g.C * g.R * g.S);
+  const long long tiles = (long long)((g.K + t.m - 1) / t.m) * ((g.C * g.R * g.S + t.n - 1) / t.n);
   const long long kd = (long long)g.N * g.P * g.Q;
   long long z = std::min<long long>(256, std::max<long long>(1, kd / 1024));
   z = std::min<long long>(z, std::max<long long>(1, 1024 / tiles));
@@ -220,7 +267,8 @@ void conv_forward(const ConvGeom& cg, const float* x, const float* w, const floa
 size_t conv_backward_workspace(const ConvGeom& cg) {
   if (cg.N == 0) return 0;
   const Geo g = geo_of(cg);
-  return size_t(weight_splits(g)) * g.K * g.C * g.R * g.S;
+  return size_t(weight_splits(g)) * g.K * g.C * g.R * g.S +
+         size_t(g.K) * bias_chunks(g.K, (long long)g.N * g.P * g.Q);
 }
 
 void conv_backward(const ConvGeom& cg, const float* x, const float* w, const float* dz, float* dw,
@@ -236,7 +284,12 @@ void conv_backward(const ConvGeom& cg, const float* x, const float* w, const flo
   splitk_reduce_kernel<<<blocks_for(mn), kThreads, 0, s>>>(ws, splits, mn, dw);
   SQ_CUDA_LAUNCH("conv_backward (split-K sum)");
   if (db) {
-    bias_grad_kernel<<<g.K, kThreads, 0, s>>>(dz, size_t(npq), db);
+    const int chunks = bias_chunks(g.K, npq);
+    const size_t chunk = (size_t(npq) + chunks - 1) / chunks;
+    float* partial = ws + size_t(splits) * mn;
+    bias_partial_kernel<<<dim3(g.K, chunks), kThreads, 0, s>>>(dz, size_t(npq), chunk, partial);
+    SQ_CUDA_LAUNCH("conv_backward (bias partial sums)");
+    bias_finish_kernel<<<blocks_for(size_t(g.K)), kThreads, 0, s>>>(partial, g.K, chunks, db);
     SQ_CUDA_LAUNCH("conv_backward (bias)");
   }
   if (dx) {

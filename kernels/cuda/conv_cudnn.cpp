@@ -1,10 +1,16 @@
 // The cuDNN implementation of the convolution, behind the same contract as the project's own
-// (kernels/cuda/cuda_ops.h): channel-major (C, N, H, W) activations described to cuDNN by
-// strides, PyTorch's (K, C, R, S) filters, parameter gradients accumulated (beta = 1). fp32
-// arithmetic without TF32 (CUDNN_FMA_MATH) unless --precision tf32 (tensor-op math), so that it
-// is compared at equal precision. One plan
-// per geometry (descriptors, the fastest algorithms cuDNN finds, one workspace), made on the
-// first call with that geometry.
+// (kernels/cuda/cuda_ops.h): channel-major (C, N, H, W) activations, PyTorch's (K, C, R, S)
+// filters, parameter gradients accumulated (beta = 1). fp32 arithmetic without TF32
+// (CUDNN_FMA_MATH) unless --precision tf32 (tensor-op math), so that it is compared at equal
+// precision. One plan per geometry (descriptors, the fastest algorithms cuDNN finds, one
+// workspace), made on the first call with that geometry.
+// Layouts: cuDNN 9.19 has no backward-data algorithm at all for the channel-major layout
+// described by strides (every algorithm NOT_SUPPORTED, seen on an H200, 2026-11-26), while
+// forward and backward-filter accept it. So a 1x1 stride-1 convolution is described as what it
+// is, one packed NCHW image of C channels and N*H rows, for all three products; any other
+// convolution keeps the strided description for forward and backward-filter, and its backward
+// data runs on packed NCHW copies: dz transposed in, dx transposed out (two passes over dz and
+// dx that the timings include).
 #include "kernels/cuda/cuda_ops.h"
 #include "core/error.h"
 
@@ -46,7 +52,10 @@ void check_cudnn(cudnnStatus_t st, const char* what, const char* file, int line)
 #define SQ_CUDNN(call) check_cudnn((call), #call, __FILE__, __LINE__)
 
 struct Plan {
+  bool pointwise = false;
+  bool fwd_nchw = false, filter_nchw = false;  // the product runs on packed NCHW copies
   cudnnTensorDescriptor_t x = nullptr, y = nullptr, bias = nullptr;
+  cudnnTensorDescriptor_t x_nchw = nullptr, y_nchw = nullptr;  // packed, for backward data
   cudnnFilterDescriptor_t w = nullptr;
   // One convolution descriptor per product: a product may fall back to cuDNN's default math.
   cudnnConvolutionDescriptor_t conv = nullptr, conv_data = nullptr, conv_filter = nullptr;
@@ -56,6 +65,7 @@ struct Plan {
   cudnnConvolutionBwdFilterAlgo_t bwd_filter{};
   void* ws = nullptr;
   size_t ws_bytes = 0;
+  float* staging = nullptr;  // not pointwise: x or dx, then y or dz, in NCHW
 };
 
 using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int>;
@@ -101,26 +111,16 @@ std::string geometry(const ConvGeom& g) {
              " on ", g.N, "x", g.H, "x", g.W);
 }
 
-// Finds the fastest algorithm of one product with the plan's math; where that math has none
-// (seen: fp32 FMA-only math and backward data on this channel-major layout), once more with
-// cuDNN's default math, said on stderr, since that math may use TF32 on Ampere and later.
+// One product's search on one layout with one math type: true when an algorithm was found; else
+// the statuses appended to *why.
 template <class Find, class Algo>
-void find_product(const ConvGeom& g, cudnnConvolutionDescriptor_t conv, cudnnMathType_t math,
-                  const char* kind, size_t* ws_bytes, Algo* algo, Find find) {
-  std::string why;
-  if (find(conv, ws_bytes, algo, &why)) return;
-  if (math != CUDNN_DEFAULT_MATH) {
-    SQ_CUDNN(cudnnSetConvolutionMathType(conv, CUDNN_DEFAULT_MATH));
-    std::string why2;
-    if (find(conv, ws_bytes, algo, &why2)) {
-      std::fprintf(stderr, "squeeze: cuDNN: no %s algorithm with %s math for %s (%s); using "
-                   "cuDNN's default math for it\n", kind,
-                   math == CUDNN_FMA_MATH ? "FMA-only (fp32)" : "tensor-op", geometry(g).c_str(), why.c_str());
-      return;
-    }
-    why += "; with default math: " + why2;
-  }
-  fail("cuDNN has no ", kind, " algorithm for ", geometry(g), " (", why, ")");
+bool try_product(cudnnConvolutionDescriptor_t conv, cudnnMathType_t math, const char* layout,
+                 size_t* ws_bytes, Algo* algo, std::string* why, Find find) {
+  SQ_CUDNN(cudnnSetConvolutionMathType(conv, math));
+  std::string w;
+  if (find(conv, ws_bytes, algo, &w)) return true;
+  *why += str(why->empty() ? "" : "; ", layout, math == CUDNN_DEFAULT_MATH ? ", default math: " : ": ", w);
+  return false;
 }
 
 Plan& plan_for(const ConvGeom& g) {
@@ -140,13 +140,23 @@ Plan& plan_for(const ConvGeom& g) {
   SQ_CUDNN(cudnnCreateTensorDescriptor(&p.x));
   SQ_CUDNN(cudnnCreateTensorDescriptor(&p.y));
   SQ_CUDNN(cudnnCreateTensorDescriptor(&p.bias));
+  SQ_CUDNN(cudnnCreateTensorDescriptor(&p.x_nchw));
+  SQ_CUDNN(cudnnCreateTensorDescriptor(&p.y_nchw));
   SQ_CUDNN(cudnnCreateFilterDescriptor(&p.w));
   SQ_CUDNN(cudnnCreateConvolutionDescriptor(&p.conv));
   SQ_CUDNN(cudnnCreateConvolutionDescriptor(&p.conv_data));
   SQ_CUDNN(cudnnCreateConvolutionDescriptor(&p.conv_filter));
   SQ_CUDNN(cudnnCreateActivationDescriptor(&p.relu));
-  set_cnhw(p.x, g.N, g.C, g.H, g.W);
-  set_cnhw(p.y, g.N, g.K, g.P(), g.Q());
+  p.pointwise = g.R == 1 && g.S == 1 && g.stride == 1 && g.pad == 0;
+  if (p.pointwise) {  // (C, N, H, W) is the packed NCHW image (1, C, N*H, W)
+    SQ_CUDNN(cudnnSetTensor4dDescriptor(p.x, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, g.C, g.N * g.H, g.W));
+    SQ_CUDNN(cudnnSetTensor4dDescriptor(p.y, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, g.K, g.N * g.H, g.W));
+  } else {
+    set_cnhw(p.x, g.N, g.C, g.H, g.W);
+    set_cnhw(p.y, g.N, g.K, g.P(), g.Q());
+  }
+  SQ_CUDNN(cudnnSetTensor4dDescriptor(p.x_nchw, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, g.N, g.C, g.H, g.W));
+  SQ_CUDNN(cudnnSetTensor4dDescriptor(p.y_nchw, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, g.N, g.K, g.P(), g.Q()));
   SQ_CUDNN(cudnnSetTensor4dDescriptor(p.bias, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, g.K, 1, 1));
   SQ_CUDNN(cudnnSetFilter4dDescriptor(p.w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, g.K, g.C, g.R, g.S));
   const cudnnMathType_t math = tf32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
@@ -156,29 +166,66 @@ Plan& plan_for(const ConvGeom& g) {
     SQ_CUDNN(cudnnSetConvolutionMathType(c, math));
   }
   SQ_CUDNN(cudnnSetActivationDescriptor(p.relu, CUDNN_ACTIVATION_RELU, CUDNN_NOT_PROPAGATE_NAN, 0.0));
-  // The fastest algorithm of each kind whose workspace fits (cuDNN times them on this GPU).
+  // The fastest algorithm of each kind whose workspace fits (cuDNN times them on this GPU), on
+  // the strided channel-major description where cuDNN takes it, else on packed NCHW copies.
   constexpr int kMax = 16;
-  find_product(g, p.conv, math, "forward", &p.ws_bytes, &p.fwd,
-               [&](cudnnConvolutionDescriptor_t c, size_t* ws, auto* algo, std::string* why) {
-                 int n = 0;
-                 cudnnConvolutionFwdAlgoPerf_t perf[kMax];
-                 SQ_CUDNN(cudnnFindConvolutionForwardAlgorithm(st.handle, p.x, p.w, c, p.y, kMax, &n, perf));
-                 return fastest(perf, n, ws, algo, why);
-               });
-  find_product(g, p.conv_data, math, "backward-data", &p.ws_bytes, &p.bwd_data,
-               [&](cudnnConvolutionDescriptor_t c, size_t* ws, auto* algo, std::string* why) {
-                 int n = 0;
-                 cudnnConvolutionBwdDataAlgoPerf_t perf[kMax];
-                 SQ_CUDNN(cudnnFindConvolutionBackwardDataAlgorithm(st.handle, p.w, p.y, c, p.x, kMax, &n, perf));
-                 return fastest(perf, n, ws, algo, why);
-               });
-  find_product(g, p.conv_filter, math, "backward-filter", &p.ws_bytes, &p.bwd_filter,
-               [&](cudnnConvolutionDescriptor_t c, size_t* ws, auto* algo, std::string* why) {
-                 int n = 0;
-                 cudnnConvolutionBwdFilterAlgoPerf_t perf[kMax];
-                 SQ_CUDNN(cudnnFindConvolutionBackwardFilterAlgorithm(st.handle, p.x, p.y, c, p.w, kMax, &n, perf));
-                 return fastest(perf, n, ws, algo, why);
-               });
+  // Order of preference: the plan's math on the strided layout, on packed NCHW copies, then
+  // cuDNN's default math (which may use TF32 on Ampere and later: said on stderr).
+  auto search = [&](const char* kind, cudnnConvolutionDescriptor_t conv, bool strided_ok,
+                    bool* nchw, auto* algo, const auto& find) {
+    std::string why;
+    for (cudnnMathType_t m : {math, CUDNN_DEFAULT_MATH}) {
+      if (m == CUDNN_DEFAULT_MATH && math == CUDNN_DEFAULT_MATH) break;
+      for (bool packed : {false, true}) {
+        if (!packed && !strided_ok) continue;
+        if (packed && p.pointwise) continue;  // pointwise: the plan's layout is packed already
+        const cudnnTensorDescriptor_t xd = packed ? p.x_nchw : p.x, yd = packed ? p.y_nchw : p.y;
+        if (try_product(conv, m, packed ? "NCHW copies" : "own layout", &p.ws_bytes, algo, &why,
+                        [&](cudnnConvolutionDescriptor_t c, size_t* ws, auto* a, std::string* w) {
+                          return find(c, xd, yd, ws, a, w);
+                        })) {
+          *nchw = packed;
+          if (m != math)
+            std::fprintf(stderr, "squeeze: cuDNN: no %s algorithm with %s math for %s (%s); using "
+                         "cuDNN's default math for it\n", kind,
+                         math == CUDNN_FMA_MATH ? "FMA-only (fp32)" : "tensor-op", geometry(g).c_str(),
+                         why.c_str());
+          return;
+        }
+      }
+    }
+    fail("cuDNN has no ", kind, " algorithm for ", geometry(g), " (", why, ")");
+  };
+  search("forward", p.conv, true, &p.fwd_nchw, &p.fwd,
+         [&](cudnnConvolutionDescriptor_t c, cudnnTensorDescriptor_t xd, cudnnTensorDescriptor_t yd,
+             size_t* ws, auto* algo, std::string* why) {
+           int n = 0;
+           cudnnConvolutionFwdAlgoPerf_t perf[kMax];
+           SQ_CUDNN(cudnnFindConvolutionForwardAlgorithm(st.handle, xd, p.w, c, yd, kMax, &n, perf));
+           return fastest(perf, n, ws, algo, why);
+         });
+  // Backward data never on the strided layout: it has no algorithm at all there.
+  bool data_nchw = false;
+  search("backward-data", p.conv_data, p.pointwise, &data_nchw, &p.bwd_data,
+         [&](cudnnConvolutionDescriptor_t c, cudnnTensorDescriptor_t xd, cudnnTensorDescriptor_t yd,
+             size_t* ws, auto* algo, std::string* why) {
+           int n = 0;
+           cudnnConvolutionBwdDataAlgoPerf_t perf[kMax];
+           SQ_CUDNN(cudnnFindConvolutionBackwardDataAlgorithm(st.handle, p.w, yd, c, xd, kMax, &n, perf));
+           return fastest(perf, n, ws, algo, why);
+         });
+  search("backward-filter", p.conv_filter, true, &p.filter_nchw, &p.bwd_filter,
+         [&](cudnnConvolutionDescriptor_t c, cudnnTensorDescriptor_t xd, cudnnTensorDescriptor_t yd,
+             size_t* ws, auto* algo, std::string* why) {
+           int n = 0;
+           cudnnConvolutionBwdFilterAlgoPerf_t perf[kMax];
+           SQ_CUDNN(cudnnFindConvolutionBackwardFilterAlgorithm(st.handle, xd, yd, c, p.w, kMax, &n, perf));
+           return fastest(perf, n, ws, algo, why);
+         });
+  if (!p.pointwise) {
+    const size_t nx = size_t(g.C) * g.N * g.H * g.W, ny = size_t(g.K) * g.N * g.P() * g.Q();
+    SQ_CUDA(cudaMalloc(reinterpret_cast<void**>(&p.staging), (nx + ny) * sizeof(float)));
+  }
   if (p.ws_bytes) SQ_CUDA(cudaMalloc(&p.ws, p.ws_bytes));
   return st.plans.emplace(key, p).first->second;
 }
@@ -194,10 +241,20 @@ void cudnn_conv_forward(const ConvGeom& g, const float* x, const float* w, const
   cudnnHandle_t h = state().handle;
   SQ_CUDNN(cudnnSetStream(h, s));
   const float one = 1.0f, zero = 0.0f;
-  SQ_CUDNN(cudnnConvolutionForward(h, &one, p.x, x, p.w, w, p.conv, p.fwd, p.ws, p.ws_bytes,
-                                   &zero, p.y, y));
-  if (b) SQ_CUDNN(cudnnAddTensor(h, &one, p.bias, b, &one, p.y, y));
-  if (relu) SQ_CUDNN(cudnnActivationForward(h, p.relu, &one, p.y, y, &zero, p.y, y));
+  const size_t nx = size_t(g.C) * g.N * g.H * g.W;
+  // Staging: x (or dx) in NCHW first, then y (or dz) in NCHW.
+  const float* xin = x;
+  float* yout = y;
+  cudnnTensorDescriptor_t xd = p.x, yd = p.y;
+  if (p.fwd_nchw) {
+    swap_outer(x, g.C, g.N, size_t(g.H) * g.W, p.staging, false, s);
+    xin = p.staging, yout = p.staging + nx, xd = p.x_nchw, yd = p.y_nchw;
+  }
+  SQ_CUDNN(cudnnConvolutionForward(h, &one, xd, xin, p.w, w, p.conv, p.fwd, p.ws, p.ws_bytes,
+                                   &zero, yd, yout));
+  if (b) SQ_CUDNN(cudnnAddTensor(h, &one, p.bias, b, &one, yd, yout));
+  if (relu) SQ_CUDNN(cudnnActivationForward(h, p.relu, &one, yd, yout, &zero, yd, yout));
+  if (p.fwd_nchw) swap_outer(yout, g.N, g.K, size_t(g.P()) * g.Q(), y, false, s);
 }
 
 void cudnn_conv_backward(const ConvGeom& g, const float* x, const float* w, const float* dz,
@@ -207,12 +264,33 @@ void cudnn_conv_backward(const ConvGeom& g, const float* x, const float* w, cons
   cudnnHandle_t h = state().handle;
   SQ_CUDNN(cudnnSetStream(h, s));
   const float one = 1.0f, zero = 0.0f;
-  SQ_CUDNN(cudnnConvolutionBackwardFilter(h, &one, p.x, x, p.y, dz, p.conv_filter, p.bwd_filter, p.ws,
-                                          p.ws_bytes, &one, p.w, dw));
-  if (db) SQ_CUDNN(cudnnConvolutionBackwardBias(h, &one, p.y, dz, &one, p.bias, db));
-  if (dx)
-    SQ_CUDNN(cudnnConvolutionBackwardData(h, &one, p.w, w, p.y, dz, p.conv_data, p.bwd_data, p.ws,
-                                          p.ws_bytes, accumulate ? &one : &zero, p.x, dx));
+  if (p.pointwise) {
+    SQ_CUDNN(cudnnConvolutionBackwardFilter(h, &one, p.x, x, p.y, dz, p.conv_filter, p.bwd_filter,
+                                            p.ws, p.ws_bytes, &one, p.w, dw));
+    if (db) SQ_CUDNN(cudnnConvolutionBackwardBias(h, &one, p.y, dz, &one, p.bias, db));
+    if (dx)
+      SQ_CUDNN(cudnnConvolutionBackwardData(h, &one, p.w, w, p.y, dz, p.conv_data, p.bwd_data, p.ws,
+                                            p.ws_bytes, accumulate ? &one : &zero, p.x, dx));
+    return;
+  }
+  // dz to NCHW once; the bias gradient and backward data read that copy.
+  const size_t nx = size_t(g.C) * g.N * g.H * g.W;
+  float* x_nchw = p.staging;  // x for the filter (if it needs the copy), then dx
+  float* dz_nchw = p.staging + nx;
+  swap_outer(dz, g.K, g.N, size_t(g.P()) * g.Q(), dz_nchw, false, s);
+  if (p.filter_nchw) {
+    swap_outer(x, g.C, g.N, size_t(g.H) * g.W, x_nchw, false, s);
+    SQ_CUDNN(cudnnConvolutionBackwardFilter(h, &one, p.x_nchw, x_nchw, p.y_nchw, dz_nchw, p.conv_filter,
+                                            p.bwd_filter, p.ws, p.ws_bytes, &one, p.w, dw));
+  } else {
+    SQ_CUDNN(cudnnConvolutionBackwardFilter(h, &one, p.x, x, p.y, dz, p.conv_filter, p.bwd_filter,
+                                            p.ws, p.ws_bytes, &one, p.w, dw));
+  }
+  if (db) SQ_CUDNN(cudnnConvolutionBackwardBias(h, &one, p.y_nchw, dz_nchw, &one, p.bias, db));
+  if (!dx) return;
+  SQ_CUDNN(cudnnConvolutionBackwardData(h, &one, p.w, w, p.y_nchw, dz_nchw, p.conv_data, p.bwd_data,
+                                        p.ws, p.ws_bytes, &zero, p.x_nchw, x_nchw));
+  swap_outer(x_nchw, g.N, g.C, size_t(g.H) * g.W, dx, accumulate, s);
 }
 
 }  // namespace cuda

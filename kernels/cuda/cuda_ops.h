@@ -34,6 +34,10 @@ void use_device(int device);
 // ---- element-wise ---------------------------------------------------------------------------
 void relu_backward(const float* dy, const float* y, float* dz, size_t n, cudaStream_t s);
 void add_inplace(float* y, const float* x, size_t n, cudaStream_t s);
+// dst (B, A, inner) = src (A, B, inner) with the outer two axes swapped (+= if accumulate): the
+// channel-major (C, N, H, W) layout to cuDNN's NCHW and back.
+void swap_outer(const float* src, int A, int B, size_t inner, float* dst, bool accumulate,
+                cudaStream_t s);
 void scale_inplace(float* x, float a, size_t n, cudaStream_t s);
 // *out (device, one double) = sum x[i]^2, in a fixed order. ws: sum_of_squares_workspace()
 // doubles of device memory.
@@ -44,10 +48,12 @@ void sgd_momentum_update(size_t n, float* param, const float* grad, float* veloc
                          float momentum, float weight_decay, cudaStream_t s);
 
 // ---- pooling --------------------------------------------------------------------------------
-void maxpool_forward(const PoolGeom& g, const float* x, float* y, cudaStream_t s);
-// Gathers, per input element, dy of the windows whose first maximum it is (no atomics; the
-// windows in row-major order, as the CPU op adds them).
-void maxpool_backward(const PoolGeom& g, const float* x, const float* dy, float* dx,
+// argmax (C*N*P*Q bytes, may be null): each window's first maximum, as its offset r*k + s in
+// the window, for the backward.
+void maxpool_forward(const PoolGeom& g, const float* x, float* y, uint8_t* argmax, cudaStream_t s);
+// Gathers, per input element, dy of the windows whose recorded first maximum it is (no atomics;
+// the windows in row-major order, as the CPU op adds them).
+void maxpool_backward(const PoolGeom& g, const uint8_t* argmax, const float* dy, float* dx,
                       cudaStream_t s);
 void avgpool_forward(int N, int C, int HW, const float* x, float* y, cudaStream_t s);
 void avgpool_backward(int N, int C, int HW, const float* dy, float* dx, cudaStream_t s);

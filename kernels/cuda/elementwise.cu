@@ -57,6 +57,27 @@ void relu_backward(const float* dy, const float* y, float* dz, size_t n, cudaStr
   SQ_CUDA_LAUNCH("relu_backward");
 }
 
+namespace {
+__global__ void swap_outer_kernel(const float* src, int A, int B, size_t inner, float* dst,
+                                  bool accumulate) {
+  const size_t total = size_t(A) * B * inner;
+  SQ_GRID_STRIDE(i, total) {  // i runs over dst (b, a, j): the writes are coalesced
+    const size_t j = i % inner, ba = i / inner;
+    const size_t a = ba % A, b = ba / A;
+    const float v = src[(a * B + b) * inner + j];
+    dst[i] = accumulate ? dst[i] + v : v;
+  }
+}
+}  // namespace
+
+void swap_outer(const float* src, int A, int B, size_t inner, float* dst, bool accumulate,
+                cudaStream_t s) {
+  const size_t total = size_t(A) * B * inner;
+  if (total == 0) return;
+  swap_outer_kernel<<<blocks_for(total), kThreads, 0, s>>>(src, A, B, inner, dst, accumulate);
+  SQ_CUDA_LAUNCH("swap_outer");
+}
+
 void add_inplace(float* y, const float* x, size_t n, cudaStream_t s) {
   if (n == 0) return;
   add_kernel<<<blocks_for(n), kThreads, 0, s>>>(y, x, n);

@@ -71,8 +71,12 @@ struct DataOp {
     const int ko = k / RS, rs = k % RS, r = rs / g.S, s = rs % g.S;
     const int img = n / HW, hw = n % HW, h = hw / g.W, wc = hw % g.W;
     const int ph = h + g.pad - r, qw = wc + g.pad - s;
-    if (ph < 0 || qw < 0 || ph % g.stride || qw % g.stride) return 0.0f;
-    const int p = ph / g.stride, q = qw / g.stride;
+    if (ph < 0 || qw < 0) return 0.0f;
+    int p = ph, q = qw;
+    if (g.stride != 1) {  // (no integer division at stride 1, the Fire's 3x3)
+      if (ph % g.stride || qw % g.stride) return 0.0f;
+      p = ph / g.stride, q = qw / g.stride;
+    }
     if (p >= g.P || q >= g.Q) return 0.0f;
     return dz[((size_t(ko) * g.N + img) * g.P + p) * g.Q + q];
   }
