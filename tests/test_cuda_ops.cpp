@@ -245,6 +245,28 @@ TEST(CudaOps, CudnnAgreesWithTheOwnConvolution) {
   }
 }
 
+// cuDNN after the stream of an earlier call is gone (a training step's stream dies with the
+// step): a new geometry's algorithm search must not run on the dead stream. Seen on the H200 as
+// INTERNAL_ERROR from every search of the next configuration, and once as a crash.
+TEST(CudaOps, CudnnOutlivesTheStreamsItRanOn) {
+  REQUIRE_GPU();
+  if (!cuda::cudnn_built()) GTEST_SKIP() << "built without cuDNN";
+  cuda::set_conv_impl(cuda::ConvImpl::kCudnn);
+  for (int round = 0; round < 2; ++round) {
+    ConvGeom g{3 + round, 8, 12, 12, 16, 3, 3, 1, 1};  // a new geometry each round
+    const size_t nx = size_t(g.C) * g.N * g.H * g.W, nw = size_t(g.K) * g.C * g.R * g.S;
+    const size_t ny = size_t(g.K) * g.N * g.P() * g.Q();
+    Dev<float> X(randn(nx)), Wt(randn(nw, 0.1f)), Y(ny), DZ(randn(ny)), DW(nw), DX(nx);
+    cudaStream_t st;
+    SQ_CUDA(cudaStreamCreate(&st));
+    cuda::conv_forward(g, X.get(), Wt.get(), nullptr, Y.get(), false, st);
+    cuda::conv_backward(g, X.get(), Wt.get(), DZ.get(), DW.get(), nullptr, DX.get(), false, nullptr, st);
+    SQ_CUDA(cudaStreamSynchronize(st));
+    SQ_CUDA(cudaStreamDestroy(st));
+  }
+  cuda::set_conv_impl(cuda::ConvImpl::kOwn);
+}
+
 // The tensor-core multiply (TF32 / BF16 operands, fp32 accumulation) against the double
 // reference, with the operand rounding's expected error: about 2^-11 (TF32) and 2^-8 (BF16)
 // relative per product, so 3e-3 and 2e-2 norm-wise.

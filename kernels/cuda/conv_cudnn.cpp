@@ -123,7 +123,11 @@ bool try_product(cudnnConvolutionDescriptor_t conv, cudnnMathType_t math, const 
   return false;
 }
 
-Plan& plan_for(const ConvGeom& g) {
+// The handle for the current device, set to stream s. Every use sets the stream first: a stream
+// set by an earlier call may have been destroyed since (a training step's stream outlives none
+// of the steps after it), and cuDNN's algorithm searches run on the handle's stream (seen on the
+// H200: INTERNAL_ERROR from every search, and once a crash, after a step's stream was gone).
+cudnnHandle_t handle_on(cudaStream_t s) {
   State& st = state();
   int dev = 0;
   SQ_CUDA(cudaGetDevice(&dev));
@@ -132,6 +136,14 @@ Plan& plan_for(const ConvGeom& g) {
     st.device = dev;
     st.plans.clear();
   }
+  SQ_CUDNN(cudnnSetStream(st.handle, s));
+  return st.handle;
+}
+
+Plan& plan_for(const ConvGeom& g) {
+  State& st = state();
+  int dev = 0;
+  SQ_CUDA(cudaGetDevice(&dev));
   const bool tf32 = conv_math() == ConvMath::kTf32;
   const Key key{g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, dev, tf32 ? 1 : 0};
   auto it = st.plans.find(key);
@@ -237,9 +249,8 @@ bool cudnn_built() { return true; }
 void cudnn_conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b,
                         float* y, bool relu, cudaStream_t s) {
   std::lock_guard<std::mutex> lock(state().m);
+  cudnnHandle_t h = handle_on(s);  // before plan_for: its searches run on the handle's stream
   Plan& p = plan_for(g);
-  cudnnHandle_t h = state().handle;
-  SQ_CUDNN(cudnnSetStream(h, s));
   const float one = 1.0f, zero = 0.0f;
   const size_t nx = size_t(g.C) * g.N * g.H * g.W;
   // Staging: x (or dx) in NCHW first, then y (or dz) in NCHW.
@@ -260,9 +271,8 @@ void cudnn_conv_forward(const ConvGeom& g, const float* x, const float* w, const
 void cudnn_conv_backward(const ConvGeom& g, const float* x, const float* w, const float* dz,
                          float* dw, float* db, float* dx, bool accumulate, cudaStream_t s) {
   std::lock_guard<std::mutex> lock(state().m);
+  cudnnHandle_t h = handle_on(s);  // before plan_for: its searches run on the handle's stream
   Plan& p = plan_for(g);
-  cudnnHandle_t h = state().handle;
-  SQ_CUDNN(cudnnSetStream(h, s));
   const float one = 1.0f, zero = 0.0f;
   if (p.pointwise) {
     SQ_CUDNN(cudnnConvolutionBackwardFilter(h, &one, p.x, x, p.y, dz, p.conv_filter, p.bwd_filter,
