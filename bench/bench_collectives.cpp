@@ -1,5 +1,5 @@
 // Collective benchmark in the manner of nccl-tests: in-place float sum allreduce over a sweep of
-// sizes, for our MPI backend against the raw MPI call it wraps.
+// sizes, for our MPI and NCCL backends against the raw MPI call the MPI backend wraps.
 //
 //   mpirun -np P build-bench/bench_collectives [--max-bytes N] [--min-bytes N] [--check-only]
 //                                              [--json FILE] [--csv FILE] [--target-ms T]
@@ -7,12 +7,16 @@
 // Sizes: 8 B .. --max-bytes (default 256 MiB) by factors of 2 (2 .. 64 Mi floats), plus the named
 // gradient sizes "squeezenet1.0 gradients" (1,248,424 floats), "squeezenet1.1 gradients"
 // (1,235,496) and "alexnet gradients" (61,100,840) where they fit under --max-bytes.
-// Methods (MPI backend; the NCCL backend is not built yet):
+// Methods:
 //   raw           MPI_Allreduce(MPI_IN_PLACE, buf, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD)
 //   thread        our Communicator, MpiProgress::kThread: allreduce_async(...).wait()
 //                 (through the communication thread, as the reducer's buckets go)
 //   nonblocking   our Communicator, MpiProgress::kNonblocking: allreduce_async(...).wait()
 //                 (MPI_Iallreduce + wait)
+//   nccl          our NCCL communicator on a device buffer (GPU local rank): allreduce_async(...)
+//                 .wait(), which returns once the GPU has finished it; only in a build with NCCL,
+//                 and only where every rank has a GPU NCCL accepts (decided by all ranks together,
+//                 the reason printed otherwise). Refill and check go through host copies, untimed.
 //
 // Correctness (every size, every method, before timing): rank r holds v(i, r) = (7i + 13r) mod 64,
 // small integers whose sum over ranks is exact in float; every element is checked on every rank;
@@ -38,6 +42,7 @@
 #include <ctime>
 #include <exception>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -45,13 +50,24 @@
 
 #include "comm/communicator.h"
 #include "comm/mpi.h"
+#ifdef SQUEEZE_HAVE_NCCL
+#include <cuda_runtime_api.h>
+
+#include "comm/nccl.h"
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/device_buffer.h"
+#endif
 
 namespace {
 
-constexpr int kMethods = 3;
-const char* const kMethodNames[kMethods] = {"raw MPI_Allreduce", "ours, thread",
-                                            "ours, nonblocking"};
-const char* const kMethodKeys[kMethods] = {"raw", "thread", "nonblocking"};
+// One way to allreduce: fill(src, n) loads the inputs (untimed), run(n) is the timed call,
+// read(dst, n) fetches the result.
+struct Method {
+  std::string key, name, backend;
+  std::function<void(const float*, size_t)> fill;
+  std::function<void(size_t)> run;
+  std::function<void(float*, size_t)> read;
+};
 
 struct Size {
   size_t count;      // floats
@@ -142,22 +158,62 @@ int run(int argc, char** argv) {
   const int p = world.size;
   auto thread_comm = sq::make_mpi_communicator(sq::MpiProgress::kThread);
   auto nb_comm = sq::make_mpi_communicator(sq::MpiProgress::kNonblocking);
-
-  auto call = [&](int method, float* buf, size_t n) {
-    switch (method) {
-      case 0:
-        if (MPI_Allreduce(MPI_IN_PLACE, buf, int(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD) !=
-            MPI_SUCCESS)
-          sq::fail("MPI_Allreduce failed");
-        break;
-      case 1:
-        thread_comm->allreduce_async(buf, n, sq::ReduceOp::kSum).wait();
-        break;
-      default:
-        nb_comm->allreduce_async(buf, n, sq::ReduceOp::kSum).wait();
-        break;
+  const size_t max_count_all = sizes(args).empty() ? 0 : sizes(args).back().count;
+  std::vector<float> host_buf(max_count_all);
+  auto host_fill = [&](const float* src, size_t n) { std::memcpy(host_buf.data(), src, n * 4); };
+  auto host_read = [&](float* dst, size_t n) { std::memcpy(dst, host_buf.data(), n * 4); };
+  std::vector<Method> methods;
+  methods.push_back({"raw", "raw MPI_Allreduce", "mpi", host_fill,
+                     [&](size_t n) {
+                       if (MPI_Allreduce(MPI_IN_PLACE, host_buf.data(), int(n), MPI_FLOAT, MPI_SUM,
+                                         MPI_COMM_WORLD) != MPI_SUCCESS)
+                         sq::fail("MPI_Allreduce failed");
+                     },
+                     host_read});
+  methods.push_back({"thread", "ours, thread", "mpi", host_fill,
+                     [&](size_t n) {
+                       thread_comm->allreduce_async(host_buf.data(), n, sq::ReduceOp::kSum).wait();
+                     },
+                     host_read});
+  methods.push_back({"nonblocking", "ours, nonblocking", "mpi", host_fill,
+                     [&](size_t n) {
+                       nb_comm->allreduce_async(host_buf.data(), n, sq::ReduceOp::kSum).wait();
+                     },
+                     host_read});
+  std::string nccl_note = "not built (no NCCL, CUDA or MPI found by CMake)";
+#ifdef SQUEEZE_HAVE_NCCL
+  std::unique_ptr<sq::Communicator> nccl_comm;
+  sq::cuda::DeviceBuffer<float> dev_buf;
+  cudaStream_t stream = nullptr;
+  {
+    std::string why;
+    const int gpus = sq::cuda::device_count(&why);
+    std::string reason = gpus > 0 ? sq::nccl_unusable_reason(world, gpus) : "no GPU (" + why + ")";
+    double unusable = reason.empty() ? 0.0 : 1.0;
+    thread_comm->allreduce_sum(&unusable, 1);  // all ranks take NCCL, or none does
+    if (unusable > 0) {
+      nccl_note = "skipped: " + (reason.empty() ? std::string("unusable on another rank") : reason);
+    } else {
+      nccl_note = "";
+      nccl_comm = sq::make_nccl_communicator(world, world.local_rank % gpus, 60.0);
+      SQ_CUDA(cudaStreamCreate(&stream));
+      nccl_comm->set_compute_stream(stream);
+      dev_buf = sq::cuda::DeviceBuffer<float>(std::max<size_t>(max_count_all, 1));
+      methods.push_back({"nccl", "ours, NCCL (device buffer)", "nccl",
+                         [&](const float* src, size_t n) {
+                           SQ_CUDA(cudaMemcpy(dev_buf.get(), src, n * 4, cudaMemcpyHostToDevice));
+                         },
+                         [&](size_t n) {
+                           nccl_comm->allreduce_async(dev_buf.get(), n, sq::ReduceOp::kSum).wait();
+                         },
+                         [&](float* dst, size_t n) {
+                           SQ_CUDA(cudaStreamSynchronize(stream));
+                           SQ_CUDA(cudaMemcpy(dst, dev_buf.get(), n * 4, cudaMemcpyDeviceToHost));
+                         }});
     }
-  };
+  }
+#endif
+  const int kMethods = int(methods.size());
 
   char lib[MPI_MAX_LIBRARY_VERSION_STRING];
   int liblen = 0;
@@ -174,8 +230,9 @@ int run(int argc, char** argv) {
                 args.check_only ? "correctness pass only (--check-only)"
                                 : "time: median over reps of the slowest rank, us");
     std::printf("#\n");
+    if (!nccl_note.empty()) std::printf("# NCCL method: %s\n", nccl_note.c_str());
     std::printf("# %10s %10s %5s %5s %-23s", "size", "count", "type", "redop", "name");
-    for (int m = 0; m < kMethods; ++m) std::printf(" | %-32s", kMethodNames[m]);
+    for (int m = 0; m < kMethods; ++m) std::printf(" | %-32s", methods[m].name.c_str());
     std::printf(" |\n# %10s %10s %5s %5s %-23s", "(B)", "(elements)", "", "", "");
     for (int m = 0; m < kMethods; ++m)
       std::printf(" | %9s %6s %6s %6s %3s", args.check_only ? "" : "time", "algbw", "busbw",
@@ -190,22 +247,26 @@ int run(int argc, char** argv) {
 
   const size_t max_count = sz.empty() ? 0 : sz.back().count;
   if (max_count > size_t(INT_MAX)) sq::fail("sizes above INT_MAX floats are not supported");
-  std::vector<float> buf(max_count), src(max_count);
+  std::vector<float> buf(max_count), src(max_count);  // inputs and results on the host
 
   nlohmann::json rows = nlohmann::json::array();
   std::string csv = "bytes,count,type,redop,name,method,reps,time_us,min_us,algbw_GBps,busbw_GBps,wrong,ok\n";
   bool all_ok = true;
-  double busbw_sum[kMethods] = {0, 0, 0};
+  std::vector<double> busbw_sum(static_cast<size_t>(kMethods), 0.0);
   int busbw_n = 0;
   for (const Size& s : sz) {
     const size_t n = s.count;
     const size_t bytes = n * 4;
 
     // Correctness: every method, every element, every rank.
-    long long wrong[kMethods];
+    std::vector<long long> wrong(static_cast<size_t>(kMethods), 0);
     for (int m = 0; m < kMethods; ++m) {
       for (size_t i = 0; i < n; ++i) buf[i] = value(i, world.rank);
-      call(m, buf.data(), n);
+      std::fill(buf.begin() + long(n), buf.end(), 0.0f);
+      methods[m].fill(buf.data(), n);
+      methods[m].run(n);
+      std::fill(buf.begin(), buf.begin() + long(n), -1.0f);  // what read() does not write stays wrong
+      methods[m].read(buf.data(), n);
       long long bad = 0;
       for (size_t i = 0; i < n; ++i) {
         float want = 0;
@@ -213,7 +274,7 @@ int run(int argc, char** argv) {
         if (buf[i] != want) {
           if (bad == 0)
             std::fprintf(stderr, "rank %d: %s of %zu floats: element %zu is %.9g, want %.9g\n",
-                         world.rank, kMethodNames[m], n, i, double(buf[i]), double(want));
+                         world.rank, methods[m].name.c_str(), n, i, double(buf[i]), double(want));
           ++bad;
         }
       }
@@ -222,22 +283,23 @@ int run(int argc, char** argv) {
     }
 
     // Timing, interleaved.
-    double med[kMethods] = {0, 0, 0}, mn[kMethods] = {0, 0, 0};
+    std::vector<double> med(static_cast<size_t>(kMethods), 0.0), mn(static_cast<size_t>(kMethods), 0.0);
     int reps = 0;
     if (!args.check_only) {
       for (size_t i = 0; i < n; ++i) src[i] = 0.25f * float((i + size_t(world.rank)) % 8);
       auto timed = [&](int m) {
-        std::memcpy(buf.data(), src.data(), bytes);
+        methods[m].fill(src.data(), n);
+        methods[m].read(buf.data(), 0);  // (waits for the device where there is one)
         MPI_Barrier(MPI_COMM_WORLD);
         const double t0 = MPI_Wtime();
-        call(m, buf.data(), n);
+        methods[m].run(n);
         return MPI_Wtime() - t0;
       };
-      double warm[kMethods], warm_max[kMethods];
+      std::vector<double> warm(static_cast<size_t>(kMethods)), warm_max(static_cast<size_t>(kMethods));
       for (int w = 0; w < 2; ++w)
         for (int m = 0; m < kMethods; ++m) warm[m] = timed(m);
-      MPI_Allreduce(warm, warm_max, kMethods, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-      const double slowest = *std::max_element(warm_max, warm_max + kMethods);
+      MPI_Allreduce(warm.data(), warm_max.data(), kMethods, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+      const double slowest = *std::max_element(warm_max.begin(), warm_max.end());
       reps = int(std::clamp(args.target_ms * 1e-3 / std::max(slowest, 1e-7), 5.0, 2000.0));
       std::vector<double> local(size_t(reps) * kMethods), worst(local.size());
       for (int rep = 0; rep < reps; ++rep)
@@ -272,9 +334,9 @@ int run(int argc, char** argv) {
                               {"type", "float"},
                               {"redop", "sum"},
                               {"name", s.name},
-                              {"method", kMethodKeys[m]},
-                              {"method_name", kMethodNames[m]},
-                              {"backend", "mpi"},
+                              {"method", methods[m].key},
+                              {"method_name", methods[m].name},
+                              {"backend", methods[m].backend},
                               {"ranks", p},
                               {"wrong", wrong[m]},
                               {"ok", wrong[m] == 0}};
@@ -288,7 +350,7 @@ int run(int argc, char** argv) {
         rows.push_back(row);
         char line[512];
         std::snprintf(line, sizeof line, "%zu,%zu,float,sum,%s,%s,%d,%.3f,%.3f,%.4f,%.4f,%lld,%d\n",
-                      bytes, n, s.name.c_str(), kMethodKeys[m], reps, med[m] * 1e6, mn[m] * 1e6,
+                      bytes, n, s.name.c_str(), methods[m].key.c_str(), reps, med[m] * 1e6, mn[m] * 1e6,
                       algbw, busbw, wrong[m], wrong[m] == 0 ? 1 : 0);
         csv += line;
       }
@@ -303,12 +365,13 @@ int run(int argc, char** argv) {
     if (!args.check_only && busbw_n > 0)
       for (int m = 0; m < kMethods; ++m)
         std::printf("# Avg bus bandwidth (power-of-two sizes), %-17s : %.4f GB/s\n",
-                    kMethodNames[m], busbw_sum[m] / busbw_n);
+                    methods[m].name.c_str(), busbw_sum[m] / busbw_n);
     std::printf("#\n");
     std::fflush(stdout);
     const nlohmann::json doc = {{"benchmark", "collectives"},
                                 {"collective", "allreduce"},
-                                {"backend", "mpi"},
+                                {"backends", kMethods > 3 ? "mpi, nccl" : "mpi"},
+                                {"nccl", nccl_note.empty() ? std::string("measured") : nccl_note},
                                 {"ranks", p},
                                 {"local_ranks", world.local_size},
                                 {"host", world.host},
@@ -329,6 +392,11 @@ int run(int argc, char** argv) {
       if (!f) sq::fail("cannot write ", args.csv);
     }
   }
+#ifdef SQUEEZE_HAVE_NCCL
+  methods.clear();
+  nccl_comm.reset();
+  if (stream) cudaStreamDestroy(stream);
+#endif
   thread_comm.reset();
   nb_comm.reset();
   sq::mpi_finalize();

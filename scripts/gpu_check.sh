@@ -8,7 +8,8 @@
 #   test     every GPU test (test_cuda_ops), --check-layers on three configurations, one epoch
 #            `squeeze train --device cuda` (the default job: 3 epochs of Fashion-MNIST)
 #   nccl     the NCCL test of test_mpi at 1 rank (and at 2 ranks on the one GPU, which NCCL
-#            refuses before 2.30), `mpirun -np 1 squeeze train --device cuda` over NCCL
+#            refuses before 2.30), bench_collectives at 1 rank (MPI and NCCL methods),
+#            `mpirun -np 1 squeeze train --device cuda` over NCCL
 #   bench    bench_gpu: Fire shapes own vs cuDNN at fp32/TF32/BF16, training images/s
 #   pytorch  bench/pytorch_gpu.py: PyTorch eager and torch.compile on the same GPU
 #   sanitize compute-sanitizer memcheck over small GPU training steps (every kernel of a model)
@@ -85,6 +86,8 @@ for phase in $phases; do
     run "test_mpi Nccl, 1 rank" mpirun -np 1 $B/test_mpi --gtest_color=no --gtest_filter='Nccl.*:Mpi/*'
     NCCL_MULTI_RANK_GPU_ENABLE=1 run "test_mpi Nccl, 2 ranks on 1 GPU" \
       mpirun -np 2 -x NCCL_MULTI_RANK_GPU_ENABLE $B/test_mpi --gtest_color=no --gtest_filter='Nccl.*'
+    run "bench_collectives, 1 rank (NCCL's call cost; no link at one rank)" mpirun -np 1 \
+      $B/bench_collectives --max-bytes 268435456 --target-ms 20 --json "$OUT/collectives_np1.json"
     run "mpirun -np 1 train --device cuda (NCCL)" mpirun -np 1 $B/squeeze train --device cuda \
       --epochs 1 --data-dir "$data" --out /tmp/sq_gpu_nccl
     ;;
