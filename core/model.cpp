@@ -25,14 +25,15 @@ bool pool_after_fire(Arch a, int i) {
 }  // namespace
 
 template <class T>
-BasicModel<T>::BasicModel(const ModelConfig& cfg, int max_batch) : cfg_(cfg), max_batch_(max_batch) {
+BasicModel<T>::BasicModel(const ModelConfig& cfg, int max_batch, bool allocate)
+    : cfg_(cfg), max_batch_(max_batch) {
   cfg_.validate();
   if (max_batch < 1) fail("batch size must be at least 1, got ", max_batch);
-  plan();
+  plan(allocate);
 }
 
 template <class T>
-void BasicModel<T>::plan() {
+void BasicModel<T>::plan(bool allocate) {
   const ModelConfig& c = cfg_;
   acts_.push_back({c.in_c, c.in_h, c.in_w});  // act 0: the input
   int cur = 0;
@@ -182,6 +183,7 @@ void BasicModel<T>::plan() {
       }
     }
   }
+  if (!allocate) return;
   arena_.assign(total, T(0));
   grad_a_.assign(largest, T(0));
   grad_b_.assign(largest, T(0));

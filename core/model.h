@@ -49,8 +49,10 @@ struct ActShape {
 template <class T>
 class BasicModel {
  public:
-  // Plans parameters and activations for batches of up to max_batch samples.
-  BasicModel(const ModelConfig& cfg, int max_batch);
+  // Plans parameters and activations for batches of up to max_batch samples. Without
+  // `allocate`, only the layer table and the parameter layout (no activation memory: forward and
+  // backward must not be called), for reading files of models of any size.
+  BasicModel(const ModelConfig& cfg, int max_batch, bool allocate = true);
 
   const ModelConfig& config() const { return cfg_; }
   const ParamLayout& layout() const { return layout_; }
@@ -88,7 +90,7 @@ class BasicModel {
 
  private:
   T* act(int id) { return arena_.data() + act_offset_[id]; }
-  void plan();
+  void plan(bool allocate);
 
   ModelConfig cfg_;
   int max_batch_;

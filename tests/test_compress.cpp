@@ -1,0 +1,435 @@
+// Deep Compression (core/compress.h, core/huffman.h): the paper's pruning schedule and its kept
+// count, magnitude masks against brute force, k-means on data with known clusters, the centroid
+// gradient against finite differences, Huffman codes, exact encode/decode, and every class of
+// damaged or foreign file refused with a one-line error.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <zlib.h>
+
+#include "core/compress.h"
+#include "core/error.h"
+#include "core/huffman.h"
+#include "core/model.h"
+
+namespace {
+
+using namespace sq;
+
+std::mt19937& rng() {
+  static std::mt19937 r(std::random_device{}());
+  return r;
+}
+
+std::vector<float> random_params(const Model& m) {
+  std::vector<float> p(m.layout().total);
+  m.init_params(p.data(), "torchvision", rng()());
+  std::normal_distribution<float> nd(0.0f, 0.05f);
+  for (const ParamSpec& t : m.layout().tensors)  // non-zero biases, so "exact" is tested
+    if (t.shape.size() == 1)
+      for (size_t i = 0; i < t.count; ++i) p[t.offset + i] = nd(rng());
+  return p;
+}
+
+ModelConfig tiny_config() {  // a few thousand parameters: every byte of its file can be damaged
+  ModelConfig c = preset("squeezenet1.1");
+  c.stem = Stem::kSmall;
+  c.in_c = 1, c.in_h = 28, c.in_w = 28, c.num_classes = 10;
+  c.base_e = 16, c.incr_e = 8, c.bypass = Bypass::kComplex;
+  return c;
+}
+
+// ---- pruning ----------------------------------------------------------------------------------
+
+TEST(Prune, PaperScheduleKeeps421098OfSqueezeNet10) {
+  const Model m(preset("squeezenet1.0"), 1, false);
+  ASSERT_EQ(m.layout().total, 1248424u);
+  const PruneSchedule s = parse_schedule("paper", m);
+  size_t kept = m.layout().total;
+  for (const WeightTensor& t : weight_tensors(m)) {
+    auto it = s.find(t.name);
+    if (it != s.end()) kept -= t.count - kept_count(t.count, it->second);
+  }
+  EXPECT_EQ(kept, 421098u);  // the paper's Table 1 (biases kept)
+  // And the mask built from real weights keeps exactly that many.
+  const std::vector<float> p = random_params(m);
+  const std::vector<uint8_t> mask = magnitude_mask(m, p.data(), s);
+  EXPECT_EQ(size_t(std::count(mask.begin(), mask.end(), uint8_t(1))), 421098u);
+}
+
+TEST(Prune, MaskKeepsTheLargestMagnitudesOfEachScheduledTensor) {
+  const Model m(tiny_config(), 1, false);
+  std::vector<float> p = random_params(m);
+  const std::vector<WeightTensor> wt = weight_tensors(m);
+  ASSERT_GE(wt.size(), 20u);
+  // Ties: planted equal magnitudes of both signs in the first tensor.
+  for (size_t i = 0; i < 6; ++i) p[wt[0].offset + i] = (i % 2 ? -0.5f : 0.5f);
+  PruneSchedule s;
+  for (size_t t = 0; t < wt.size(); t += 2) s[wt[t].name] = 0.1 + 0.8 * double(t) / wt.size();
+  const std::vector<uint8_t> mask = magnitude_mask(m, p.data(), s);
+  for (size_t t = 0; t < wt.size(); ++t) {
+    SCOPED_TRACE(wt[t].name);
+    const WeightTensor& w = wt[t];
+    auto it = s.find(w.name);
+    const size_t keep = it == s.end() ? w.count : kept_count(w.count, it->second);
+    // Brute force: element i is kept iff fewer than `keep` elements rank before it, where j ranks
+    // before i when |w_j| > |w_i|, or equal and j < i.
+    for (size_t i = 0; i < w.count; ++i) {
+      size_t before = 0;
+      for (size_t j = 0; j < w.count; ++j) {
+        const float a = std::fabs(p[w.offset + j]), b = std::fabs(p[w.offset + i]);
+        before += a > b || (a == b && j < i);
+      }
+      ASSERT_EQ(mask[w.offset + i], before < keep ? 1 : 0) << "element " << i;
+    }
+  }
+  for (const ParamSpec& t : m.layout().tensors)  // biases are never pruned
+    if (t.shape.size() == 1) {
+      for (size_t i = 0; i < t.count; ++i) EXPECT_EQ(mask[t.offset + i], 1);
+    }
+}
+
+TEST(Prune, SchedulesAreCheckedAgainstTheModel) {
+  const Model m(preset("squeezenet1.0"), 1, false);
+  EXPECT_EQ(parse_schedule("fire2.expand3x3=0.5,conv10=0", m).size(), 2u);
+  EXPECT_TRUE(parse_schedule("none", m).empty());
+  for (const char* bad : {"fire2.expand3x3", "fire22.squeeze=0.5", "conv10=1.5", "conv10=-0.1",
+                          "conv10=abc", "conv10=0.5x", "conv10=0.5,conv10=0.4", "conv10="}) {
+    SCOPED_TRACE(bad);
+    try {
+      parse_schedule(bad, m);
+      ADD_FAILURE() << "accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("prune schedule"), std::string::npos) << e.what();
+    }
+  }
+}
+
+// ---- k-means -----------------------------------------------------------------------------------
+
+// Clusters spread over the range, as linear initialisation expects (it starts one centroid in
+// each quarter of [min, max]; weight distributions have that shape, and the paper chose the
+// linear start for it, to keep the rare large weights).
+TEST(KMeans, RecoversWellSeparatedClusters) {
+  const std::vector<double> means = {-1.0, -0.1, 0.7, 2.0};
+  std::vector<float> x;
+  std::vector<int> truth;
+  std::normal_distribution<double> nd(0.0, 0.02);
+  for (int i = 0; i < 4000; ++i) {
+    const int c = int(rng()() % 4);
+    x.push_back(float(means[size_t(c)] + nd(rng())));
+    truth.push_back(c);
+  }
+  const KMeans km = kmeans_1d(x.data(), x.size(), 4);
+  ASSERT_EQ(km.centroids.size(), 4u);
+  std::vector<double> sum(4, 0), cnt(4, 0);
+  for (size_t i = 0; i < x.size(); ++i) sum[size_t(truth[i])] += x[i], ++cnt[size_t(truth[i])];
+  for (int c = 0; c < 4; ++c) {
+    // Every point of true cluster c got the centroid nearest mean c, which is that cluster's
+    // sample mean.
+    const float want = float(sum[size_t(c)] / cnt[size_t(c)]);
+    int code = -1;
+    for (size_t i = 0; i < x.size(); ++i)
+      if (truth[i] == c) {
+        if (code < 0) code = km.codes[i];
+        ASSERT_EQ(km.codes[i], code) << "cluster " << c << " split";
+      }
+    EXPECT_NEAR(km.centroids[size_t(code)], want, 1e-5);
+  }
+  EXPECT_LT(km.iterations, 100);
+}
+
+TEST(KMeans, EndsAtAFixedPointWithLinearInitialisation) {
+  std::vector<float> x(20000);
+  std::exponential_distribution<float> ex(3.0f);
+  for (float& v : x) v = (rng()() % 2 ? 1 : -1) * ex(rng());
+  for (int k : {4, 64, 256}) {
+    SCOPED_TRACE(k);
+    const KMeans km = kmeans_1d(x.data(), x.size(), k);
+    // Every value's centroid is a nearest one, and every used centroid is its members' mean.
+    std::vector<double> sum(size_t(k), 0), cnt(size_t(k), 0);
+    for (size_t i = 0; i < x.size(); ++i) {
+      const float own = std::fabs(x[i] - km.centroids[km.codes[i]]);
+      for (float c : km.centroids) ASSERT_LE(own, std::fabs(x[i] - c) + 1e-6f);
+      sum[km.codes[i]] += x[i], ++cnt[km.codes[i]];
+    }
+    for (int j = 0; j < k; ++j)
+      if (cnt[size_t(j)] > 0) {
+        EXPECT_NEAR(km.centroids[size_t(j)], sum[size_t(j)] / cnt[size_t(j)], 1e-5);
+      }
+  }
+  // The linear initialisation: with one iteration the centroids are spread evenly over [min, max].
+  const KMeans one = kmeans_1d(x.data(), x.size(), 5, 1);
+  const auto [lo, hi] = std::minmax_element(x.begin(), x.end());
+  for (int j = 0; j < 5; ++j) EXPECT_NEAR(one.centroids[size_t(j)], *lo + (*hi - *lo) * j / 4.0f, 1e-6);
+}
+
+// ---- trained quantization: the centroid gradient -------------------------------------------------
+
+TEST(Quantize, CentroidGradientIsTheSumOfItsMembersGradients) {
+  const Model m(tiny_config(), 1, false);
+  const std::vector<float> p = random_params(m);
+  const std::vector<uint8_t> mask = magnitude_mask(m, p.data(), parse_schedule("fire3.expand3x3=0.4,conv10=0.3", m));
+  const CompressedModel cm = quantize(m, p.data(), mask, 4);
+  // L(w) = sum_i a_i w_i + b_i w_i^2 / 2 over the flat buffer: dL/dw_i = a_i + b_i w_i.
+  std::vector<double> a(p.size()), b(p.size());
+  std::normal_distribution<double> nd;
+  for (size_t i = 0; i < p.size(); ++i) a[i] = nd(rng()), b[i] = nd(rng());
+  auto loss = [&](const std::vector<float>& w) {
+    double l = 0;
+    for (size_t i = 0; i < w.size(); ++i) l += a[i] * w[i] + 0.5 * b[i] * double(w[i]) * w[i];
+    return l;
+  };
+  const std::vector<float> w = dequantize(cm, m);
+  std::vector<float> g(w.size());
+  for (size_t i = 0; i < w.size(); ++i) g[i] = float(a[i] + b[i] * w[i]);
+  const auto cg = centroid_gradients(cm, m, g.data());
+  // Independent reference: central differences of L in each centroid (L is quadratic: exact up to
+  // rounding), for a few centroids of a few tensors.
+  for (size_t t : {size_t(0), size_t(3), cm.weights.size() - 1}) {
+    for (size_t k = 0; k < cm.weights[t].codebook.size(); k += 5) {
+      CompressedModel up = cm, down = cm;
+      const float h = 1e-2f;
+      up.weights[t].codebook[k] += h;
+      down.weights[t].codebook[k] -= h;
+      const double fd = (loss(dequantize(up, m)) - loss(dequantize(down, m))) /
+                        double(up.weights[t].codebook[k] - down.weights[t].codebook[k]);
+      EXPECT_NEAR(cg[t][k], fd, 1e-3 * (1 + std::fabs(fd))) << "tensor " << t << " centroid " << k;
+    }
+  }
+}
+
+// ---- Huffman -------------------------------------------------------------------------------------
+
+TEST(Huffman, RoundTripsAndRespectsTheLengthLimit) {
+  for (int trial = 0; trial < 6; ++trial) {
+    SCOPED_TRACE(trial);
+    const size_t n = trial < 3 ? 257 : 65;
+    std::vector<uint64_t> f(n, 0);
+    if (trial == 2) {  // Fibonacci frequencies: unbounded lengths would reach 40 and more
+      uint64_t x = 1, y = 1;
+      for (size_t s = 0; s < 45; ++s) f[s] = x, std::swap(x, y), y += x;
+    } else if (trial == 5) {
+      f[7] = 1000;  // a lone symbol
+    } else {
+      std::geometric_distribution<int> geo(0.08);
+      for (int i = 0; i < 20000; ++i) ++f[size_t(std::min<int>(geo(rng()), int(n) - 1))];
+    }
+    const std::vector<uint8_t> len = huffman_lengths(f);
+    double kraft = 0;
+    for (size_t s = 0; s < n; ++s) {
+      EXPECT_EQ(len[s] > 0, f[s] > 0) << "symbol " << s;
+      EXPECT_LE(len[s], kMaxCodeLength);
+      if (len[s]) kraft += std::ldexp(1.0, -len[s]);
+    }
+    EXPECT_LE(kraft, 1.0 + 1e-12);
+    std::vector<int> msg;
+    for (size_t s = 0; s < n; ++s)
+      for (uint64_t i = 0; i < std::min<uint64_t>(f[s], 50); ++i) msg.push_back(int(s));
+    std::shuffle(msg.begin(), msg.end(), rng());
+    HuffmanEncoder enc(len);
+    BitWriter w;
+    for (int s : msg) enc.put(w, s);
+    HuffmanDecoder dec(len, "test");
+    BitReader r(w.bytes().data(), w.bits(), "test");
+    for (int s : msg) ASSERT_EQ(dec.get(r), s);
+    EXPECT_EQ(r.position(), w.bits());
+    EXPECT_THROW(dec.get(r), Error);  // past the end
+  }
+  // An unbounded optimum where it fits: mean length within one bit of the entropy.
+  std::vector<uint64_t> f = {400, 200, 100, 50, 25, 12, 6, 3, 2, 1, 1};
+  const std::vector<uint8_t> len = huffman_lengths(f);
+  double total = 0, bits = 0, h = 0;
+  for (uint64_t x : f) total += double(x);
+  for (size_t s = 0; s < f.size(); ++s) bits += double(f[s]) * len[s], h -= f[s] / total * std::log2(f[s] / total);
+  EXPECT_LT(bits / total, h + 1);
+  EXPECT_THROW(HuffmanDecoder({1, 1, 1}, "x"), Error);  // oversubscribed
+  EXPECT_THROW(HuffmanDecoder({0, 0}, "x"), Error);     // empty
+  EXPECT_THROW(HuffmanDecoder({16, 1}, "x"), Error);    // too long
+}
+
+// ---- the file --------------------------------------------------------------------------------------
+
+void expect_same(const CompressedModel& a, const CompressedModel& b) {
+  ASSERT_EQ(a.weights.size(), b.weights.size());
+  for (size_t t = 0; t < a.weights.size(); ++t) {
+    EXPECT_EQ(a.weights[t].positions, b.weights[t].positions) << t;
+    EXPECT_EQ(a.weights[t].codes, b.weights[t].codes) << t;
+    EXPECT_EQ(a.weights[t].codebook, b.weights[t].codebook) << t;
+  }
+  EXPECT_EQ(a.exact, b.exact);
+  EXPECT_EQ(a.index_bits, b.index_bits);
+}
+
+TEST(CompressedFile, EncodeDecodeIsExact) {
+  struct Case {
+    ModelConfig cfg;
+    std::string schedule;
+    int bits, index_bits;
+  };
+  ModelConfig fm = preset("squeezenet1.0");
+  fm.stem = Stem::kSmall, fm.in_c = 1, fm.in_h = fm.in_w = 28, fm.num_classes = 10;
+  const Case cases[] = {{preset("squeezenet1.0"), "paper", 8, 8},
+                        {preset("squeezenet1.0"), "paper", 6, 8},
+                        {fm, "paper", 2, 3},  // narrow indices: many filler entries
+                        {tiny_config(), "none", 5, 1},
+                        {tiny_config(), "conv10=0,fire2.squeeze=0.01", 3, 12}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.schedule + " bits " + std::to_string(c.bits) + " index " + std::to_string(c.index_bits));
+    const Model m(c.cfg, 1, false);
+    const std::vector<float> p = random_params(m);
+    const std::vector<uint8_t> mask = magnitude_mask(m, p.data(), parse_schedule(c.schedule, m));
+    const CompressedModel cm = quantize(m, p.data(), mask, c.bits, c.index_bits);
+    EncodeReport rep;
+    const std::vector<uint8_t> file = encode_compressed(cm, &rep);
+    EXPECT_EQ(rep.total_bytes, file.size());
+    size_t sum = rep.header_bytes + rep.exact_bytes;
+    for (const SectionSize& s : rep.tensors) sum += s.total();
+    EXPECT_EQ(sum, file.size());
+    const CompressedModel back = decode_compressed(file.data(), file.size(), "mem");
+    expect_same(cm, back);
+    const std::vector<float> w = dequantize(back, m);
+    // Pruned weights are exactly zero; kept ones are a centroid of their tensor's codebook.
+    for (size_t i = 0; i < w.size(); ++i)
+      if (!mask[i]) {
+        ASSERT_EQ(w[i], 0.0f);
+      }
+    EXPECT_EQ(w, dequantize(cm, m));
+  }
+}
+
+// Every prefix, a flipped byte at every position (with the checksum left alone, and recomputed so
+// that the structural checks are reached), and foreign inputs: all refused with sq::Error.
+TEST(CompressedFile, EveryCorruptionIsRefused) {
+  const Model m(tiny_config(), 1, false);
+  const std::vector<float> p = random_params(m);
+  const CompressedModel cm =
+      quantize(m, p.data(), magnitude_mask(m, p.data(), parse_schedule("conv10=0.3", m)), 3, 2);
+  const std::vector<uint8_t> good = encode_compressed(cm);
+  ASSERT_LT(good.size(), 200000u);
+  auto refused = [&](const std::vector<uint8_t>& b, const std::string& what) {
+    try {
+      decode_compressed(b.data(), b.size(), "damaged.sqz");
+      return false;
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      EXPECT_EQ(msg.rfind("damaged.sqz: ", 0), 0u) << what << ": " << msg;
+      EXPECT_EQ(msg.find('\n'), std::string::npos) << what;
+      return true;
+    }
+  };
+  for (size_t n = 0; n < good.size(); ++n) {
+    std::vector<uint8_t> b(good.begin(), good.begin() + long(n));
+    ASSERT_TRUE(refused(b, "truncated at " + std::to_string(n)));
+  }
+  auto fix_crc = [](std::vector<uint8_t>& b) {
+    const uint32_t c = uint32_t(crc32(crc32(0L, Z_NULL, 0), b.data(), uInt(b.size() - 4)));
+    std::memcpy(b.data() + b.size() - 4, &c, 4);
+  };
+  size_t structural = 0;
+  for (size_t i = 0; i + 4 < good.size(); ++i) {
+    std::vector<uint8_t> b = good;
+    b[i] ^= uint8_t(1u << (i % 8));
+    ASSERT_TRUE(refused(b, "flip at " + std::to_string(i)));  // the checksum
+    fix_crc(b);
+    try {  // past the checksum: refused, or decoded to a different but valid model; never a crash
+      decode_compressed(b.data(), b.size(), "damaged.sqz");
+    } catch (const Error&) {
+      ++structural;
+    }
+  }
+  EXPECT_GT(structural, 0u);
+  // Targeted damage to each structural field, checksum recomputed: all refused. Offsets: magic 8,
+  // version 2, model configuration 47, index bits 1 (offset 57), tensor count 2 (58); the first
+  // tensor's section at 60: bits (60), kept (61), entries (65), codebook of 8 floats (69), code
+  // lengths 9 nibbles (101), gap lengths 4 nibbles (106), stream lengths (108, 112).
+  ASSERT_EQ(good[60], 3);
+  auto with = [&](size_t off, const std::vector<uint8_t>& bytes) {
+    std::vector<uint8_t> b = good;
+    std::copy(bytes.begin(), bytes.end(), b.begin() + long(off));
+    fix_crc(b);
+    return b;
+  };
+  auto le32 = [&](size_t off, int64_t delta) {
+    uint32_t v;
+    std::memcpy(&v, good.data() + off, 4);
+    v = uint32_t(int64_t(v) + delta);
+    std::vector<uint8_t> b(4);
+    std::memcpy(b.data(), &v, 4);
+    return with(off, b);
+  };
+  EXPECT_TRUE(refused(with(10, {7}), "unknown architecture"));
+  EXPECT_TRUE(refused(le32(13, 1), "another class count"));
+  EXPECT_TRUE(refused(with(57, {0}), "index bits 0"));
+  EXPECT_TRUE(refused(with(57, {13}), "index bits 13"));
+  EXPECT_TRUE(refused(with(58, {99, 0}), "tensor count"));
+  EXPECT_TRUE(refused(with(60, {9}), "code width 9"));
+  EXPECT_TRUE(refused(with(60, {1}), "code width 1"));
+  EXPECT_TRUE(refused(le32(61, 1), "one more kept weight"));
+  EXPECT_TRUE(refused(le32(61, -1), "one kept weight fewer"));
+  EXPECT_TRUE(refused(le32(65, 1), "one more entry"));
+  EXPECT_TRUE(refused(le32(65, -1), "one entry fewer"));
+  EXPECT_TRUE(refused(le32(65, 1 << 30), "entries beyond the tensor"));
+  EXPECT_TRUE(refused(with(69, {0, 0, 0x80, 0x7f}), "infinite centroid"));
+  EXPECT_TRUE(refused(with(101, {0x11, 0x11, 0x11, 0x11, 0x10}), "oversubscribed code lengths"));
+  EXPECT_TRUE(refused(with(101, {0, 0, 0, 0, 0}), "empty code table"));
+  EXPECT_TRUE(refused(with(106, {0x11, 0x11}), "oversubscribed gap lengths"));
+  EXPECT_TRUE(refused(le32(108, 8), "code stream claims 8 bits more"));
+  EXPECT_TRUE(refused(le32(112, -1), "gap stream a bit short"));
+  EXPECT_TRUE(refused(le32(108, 1 << 30), "code stream past the end"));
+  // One bit more in a stream whose last byte has room for it: only the trailing-bits check sees
+  // it. Sections follow each other from offset 60; a stream length sits 48 bytes into its
+  // section (bits 3, index bits 2).
+  EncodeReport rep;
+  encode_compressed(cm, &rep);
+  size_t start = 60, field = 0;
+  for (const SectionSize& sec : rep.tensors) {
+    for (size_t off : {start + 48, start + 52}) {
+      uint32_t nbits;
+      std::memcpy(&nbits, good.data() + off, 4);
+      if (nbits % 8 != 0 && field == 0) field = off;
+    }
+    start += sec.total();
+  }
+  ASSERT_NE(field, 0u) << "every stream ends on a byte boundary";
+  EXPECT_TRUE(refused(le32(field, 1), "a trailing bit"));
+  std::vector<uint8_t> extra = good;
+  extra.insert(extra.end() - 4, 0);
+  fix_crc(extra);
+  EXPECT_TRUE(refused(extra, "a byte too many"));
+  std::vector<uint8_t> version = good;
+  version[8] = 2;
+  fix_crc(version);
+  EXPECT_TRUE(refused(version, "version 2"));
+  const std::string safetensors = "\x10\0\0\0\0\0\0\0{\"a\":1}         ";
+  EXPECT_TRUE(refused(std::vector<uint8_t>(safetensors.begin(), safetensors.end()), "foreign"));
+  EXPECT_TRUE(refused({}, "empty"));
+}
+
+TEST(CompressedFile, WrittenAtomicallyAndRecognised) {
+  const Model m(tiny_config(), 1, false);
+  const std::vector<float> p = random_params(m);
+  const CompressedModel cm = quantize(m, p.data(), std::vector<uint8_t>(p.size(), 1), 8);
+  char tmpl[] = "/tmp/sq_test_compress_XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string path = std::string(tmpl) + "/m.sqz";
+  write_compressed(path, cm);
+  EXPECT_TRUE(is_compressed_file(path));
+  expect_same(cm, read_compressed(path));
+  EXPECT_FALSE(is_compressed_file(std::string(tmpl) + "/absent"));
+  EXPECT_THROW(read_compressed(std::string(tmpl) + "/absent"), Error);
+  std::remove(path.c_str());
+  ::rmdir(tmpl);
+}
+
+}  // namespace
