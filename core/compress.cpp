@@ -238,9 +238,39 @@ std::vector<std::vector<float>> centroid_gradients(const CompressedModel& cm, co
   return out;
 }
 
+QuantizedConstraint::QuantizedConstraint(CompressedModel& cm, const Model& plan, double momentum)
+    : cm_(cm), wt_(weight_tensors(plan)), plan_(plan), momentum_(momentum) {
+  SQ_ASSERT(wt_.size() == cm.weights.size(), "compressed model does not match the model");
+  for (const QuantizedTensor& q : cm.weights) velocity_.emplace_back(q.codebook.size(), 0.0);
+}
+
+void QuantizedConstraint::after_update(float* params, float* momentum, const float* grads, double lr) {
+  const std::vector<std::vector<float>> g = centroid_gradients(cm_, plan_, grads);
+  for (size_t t = 0; t < wt_.size(); ++t) {
+    QuantizedTensor& q = cm_.weights[t];
+    for (size_t k = 0; k < q.codebook.size(); ++k) {
+      velocity_[t][k] = momentum_ * velocity_[t][k] + double(g[t][k]);
+      q.codebook[k] = float(double(q.codebook[k]) - lr * velocity_[t][k]);
+    }
+    float* w = params + wt_[t].offset;
+    std::fill(w, w + wt_[t].count, 0.0f);
+    std::fill(momentum + wt_[t].offset, momentum + wt_[t].offset + wt_[t].count, 0.0f);
+    for (size_t j = 0; j < q.positions.size(); ++j) w[q.positions[j]] = q.codebook[q.codes[j]];
+  }
+}
+
+void QuantizedConstraint::sync_exact(const float* params) {
+  std::vector<uint8_t> is_weight(plan_.layout().total, 0);
+  for (const WeightTensor& t : wt_) std::fill(is_weight.begin() + long(t.offset), is_weight.begin() + long(t.offset + t.count), 1);
+  cm_.exact.clear();
+  for (size_t i = 0; i < is_weight.size(); ++i)
+    if (!is_weight[i]) cm_.exact.push_back(params[i]);
+}
+
 // ---- the file ---------------------------------------------------------------------------------
 // Layout (little-endian; docs/FORMATS.md, "Compressed models"):
-//   "SQZDEEPC" u16 version, model config, u8 index_bits, u16 tensor count,
+//   "SQZDEEPC" u16 version, model config, u8 normalization channels (0 or in_c) with their
+//   means and standard deviations as f32, u8 index_bits, u16 tensor count,
 //   per weight tensor: u8 bits, u32 kept, u32 entries, 2^bits f32 codebook, code lengths of the
 //     2^bits + 1 symbols (the last: filler) as 4-bit nibbles, gap lengths of the 2^index_bits
 //     symbols as nibbles, u32 code-stream bits, u32 gap-stream bits, the two streams;
@@ -360,6 +390,12 @@ std::vector<uint8_t> encode_compressed(const CompressedModel& cm, EncodeReport* 
   o.bytes(reinterpret_cast<const uint8_t*>(kMagic), 8);
   o.put(kVersion);
   put_config(o, cm.config);
+  SQ_ASSERT(cm.norm_mean.size() == cm.norm_std.size() &&
+                (cm.norm_mean.empty() || int(cm.norm_mean.size()) == cm.config.in_c),
+            "normalization of ", cm.norm_mean.size(), " channels");
+  o.put(uint8_t(cm.norm_mean.size()));
+  for (float v : cm.norm_mean) o.put(v);
+  for (float v : cm.norm_std) o.put(v);
   o.put(uint8_t(cm.index_bits));
   o.put(uint16_t(wt.size()));
   rep.header_bytes = o.b.size();
@@ -444,6 +480,16 @@ CompressedModel decode_compressed(const uint8_t* data, size_t size, const std::s
   in.n = size - 4;  // the sections end where the checksum begins
   CompressedModel cm;
   cm.config = get_config(in);
+  const int nnorm = in.get<uint8_t>("normalization channels");
+  if (nnorm != 0 && nnorm != cm.config.in_c)
+    fail(what, ": normalization of ", nnorm, " channels for ", cm.config.in_c, " input channels");
+  for (std::vector<float>* v : {&cm.norm_mean, &cm.norm_std})
+    for (int c = 0; c < nnorm; ++c) {
+      v->push_back(in.get<float>("normalization"));
+      if (!std::isfinite(v->back())) fail(what, ": normalization value is not finite");
+    }
+  for (float sd : cm.norm_std)
+    if (!(sd > 0)) fail(what, ": normalization standard deviation ", sd, " is not positive");
   cm.index_bits = in.get<uint8_t>("index bits");
   if (cm.index_bits < 1 || cm.index_bits > 12) fail(what, ": index bits ", cm.index_bits, " out of range [1, 12]");
   const uint16_t ntensors = in.get<uint16_t>("tensor count");

@@ -15,6 +15,7 @@
 
 #include "core/config.h"
 #include "core/model.h"
+#include "core/trainer.h"
 
 namespace sq {
 
@@ -63,6 +64,7 @@ struct QuantizedTensor {
 
 struct CompressedModel {
   ModelConfig config;
+  std::vector<float> norm_mean, norm_std;  // the input normalization per channel (may be empty)
   int bits = 8;                          // code width of the weight codebooks (2..8)
   int index_bits = 8;                    // width of the relative index (1..12)
   std::vector<QuantizedTensor> weights;  // one per weight_tensors(), same order
@@ -81,6 +83,40 @@ std::vector<float> dequantize(const CompressedModel& cm, const Model& plan);
 // tensor, as codebook.
 std::vector<std::vector<float>> centroid_gradients(const CompressedModel& cm, const Model& plan,
                                                    const float* grads);
+
+// Pruned retraining: the gradient, the parameters and the momentum of pruned weights are held at
+// zero (with zero momentum and zero weight, weight decay cannot move them either).
+class MaskConstraint : public ParamConstraint {
+ public:
+  explicit MaskConstraint(std::vector<uint8_t> mask) : mask_(std::move(mask)) {}
+  void on_gradient(float* grads) override { apply_mask(grads, mask_); }
+  void after_update(float* params, float* momentum, const float*, double) override {
+    apply_mask(params, mask_);
+    apply_mask(momentum, mask_);
+  }
+
+ private:
+  std::vector<uint8_t> mask_;
+};
+
+// Trained quantization: the weights are shared through cm's codebooks. After each step every
+// centroid moves by SGD with momentum on the sum of its members' gradients (the step's update of
+// the weights themselves is discarded), and the weight tensors are rewritten from the codebooks;
+// biases train as usual. sync_exact() copies the trained biases into cm at the end.
+class QuantizedConstraint : public ParamConstraint {
+ public:
+  QuantizedConstraint(CompressedModel& cm, const Model& plan, double momentum);
+  void on_gradient(float*) override {}
+  void after_update(float* params, float* momentum, const float* grads, double lr) override;
+  void sync_exact(const float* params);
+
+ private:
+  CompressedModel& cm_;
+  std::vector<WeightTensor> wt_;
+  const Model& plan_;
+  double momentum_;
+  std::vector<std::vector<double>> velocity_;  // per tensor, per centroid
+};
 
 // Bytes of one tensor's section in the file, by part.
 struct SectionSize {

@@ -221,6 +221,8 @@ EvalResult evaluate(Model& model, const float* params, const Dataset& test,
 TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
   const bool root = comm.rank() == 0;
   const int world = comm.size();
+  if (opt.constraint && opt.cuda) fail("constrained training (compression retraining) runs on the CPU for now");
+  if (opt.initial_params && !opt.resume.empty()) fail("initial parameters and --resume exclude each other");
   Metadata resume_meta;
   if (!opt.resume.empty()) {
     // The checkpoint's settings define the run; only how it runs comes from the command line.
@@ -270,6 +272,10 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     sums.seen = parse_double(resume_meta, "squeeze.epoch_seen", opt.resume);
     sums.clipped = int64_t(parse_double(resume_meta, "squeeze.epoch_clipped", opt.resume));
     if (step < 0 || step > total_steps) fail(opt.resume, ": step ", step, " outside the run");
+  } else if (opt.initial_params) {
+    if (opt.initial_params->size() != params.size())
+      fail("initial parameters: ", opt.initial_params->size(), " values for a model of ", params.size());
+    params = *opt.initial_params;
   } else {
     model.init_params(params.data(), cfg.init, cfg.seed);
     if (cfg.init == "lsuv") {
@@ -474,6 +480,7 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
       if (fault == Fault::kNan) stats[0] = std::nan("");
       reducer.finish();
     }
+    if (opt.constraint) opt.constraint->on_gradient(grads.data());
     comm.allreduce_sum(stats, 2);
     if (!std::isfinite(stats[0]))
       fail("training diverged: loss is ", stats[0], " at step ", step, " (epoch ", epoch + 1,
@@ -495,6 +502,7 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     else
       sgd_momentum_update(params.size(), params.data(), grads.data(), momentum.data(), float(lr),
                           float(cfg.momentum), float(cfg.weight_decay));
+    if (opt.constraint) opt.constraint->after_update(params.data(), momentum.data(), grads.data(), lr);
     sums.loss += stats[0];
     sums.correct += stats[1];
     sums.seen += double(gN);

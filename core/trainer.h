@@ -54,6 +54,16 @@ struct FaultInjection {
 };
 FaultInjection parse_fault(const std::string& s);  // "1:3:throw"; throws sq::Error
 
+// A constraint on training (Deep Compression's retraining, core/compress.h): sees the averaged
+// gradient before clipping and the update, and the parameters after each update. Every rank
+// applies it to the same values, so replicas stay identical.
+class ParamConstraint {
+ public:
+  virtual ~ParamConstraint() = default;
+  virtual void on_gradient(float* grads) = 0;
+  virtual void after_update(float* params, float* momentum, const float* grads, double lr) = 0;
+};
+
 // Default gradient bucket: docs/BENCHMARKS.md ("Bucket size") has the measurement behind it.
 constexpr double kDefaultBucketMiB = 1.0;
 
@@ -68,6 +78,10 @@ struct RunOptions {  // how to run, not what to compute: never changes the traje
   int64_t check_replicas_every = 0;  // also verify replica checksums every K steps (0: at start only)
   bool cuda = false;         // the step on GPU `gpu` (model, loss, clipping, SGD on the device)
   int gpu = 0;
+  // Start from these parameters instead of cfg.init (not with resume), and constrain every
+  // update (CPU only, for now): squeeze compress's retraining.
+  const std::vector<float>* initial_params = nullptr;
+  ParamConstraint* constraint = nullptr;
   FaultInjection fault;
 };
 

@@ -1,6 +1,6 @@
 // squeeze: the command line. `squeeze train` trains (one process, or one rank of
 // `mpirun -np N squeeze train`), `squeeze eval` evaluates weights on a test set, `squeeze info`
-// prints a model's layer table. Library code throws sq::Error; this file turns it into one line
+// prints a model's layer table, `squeeze compress` applies Deep Compression to trained weights. Library code throws sq::Error; this file turns it into one line
 // on stderr and a non-zero exit of the whole job (launch/job.h).
 #include <unistd.h>
 
@@ -20,6 +20,7 @@
 #include "kernels/cuda/cuda_ops.h"
 #endif
 #include "comm/nccl.h"
+#include "launch/compress.h"
 #include "launch/job.h"
 #include "launch/threads.h"
 
@@ -64,10 +65,19 @@ struct ModelFlags {
 int run_info(const ModelFlags& mf, const std::string& input, int classes, const std::string& weights) {
   ModelConfig c;
   if (!weights.empty()) {
-    SafetensorsFile f = read_safetensors(weights);
-    auto it = f.metadata.find("squeeze.model");
-    if (it == f.metadata.end()) fail(weights, ": no squeeze.model metadata; pass --model flags instead");
-    c = model_config_from_json(nlohmann::json::parse(it->second));
+    const LoadedWeights lw = describe_weights(weights);
+    if (!lw.has_config) fail(weights, ": no squeeze.model metadata; pass --model flags instead");
+    c = lw.config;
+    if (lw.compressed) {
+      const CompressedModel cm = read_compressed(weights);
+      const Model plan(c, 1, false);
+      size_t kept = cm.exact.size(), total = plan.layout().total;
+      for (const QuantizedTensor& q : cm.weights) kept += q.positions.size();
+      std::printf("%s: compressed model (Deep Compression), %zu of %zu parameters kept (%.1f%%), "
+                  "%d-bit codes, %d-bit relative indices\n",
+                  weights.c_str(), kept, total, 100.0 * double(kept) / double(total), cm.bits,
+                  cm.index_bits);
+    }
   } else {
     c = mf.config();
     int ch = 0, h = 0, w = 0;
@@ -88,13 +98,12 @@ int run_info(const ModelFlags& mf, const std::string& input, int classes, const 
 int run_eval(const ModelFlags& mf, const std::string& weights, const std::string& dataset,
              const std::string& data_dir, int batch, Communicator& comm) {
   if (batch < 1) fail("--batch-size must be at least 1, got ", batch);
-  SafetensorsFile f = read_safetensors(weights);
+  const LoadedWeights lw = describe_weights(weights);
   const DataFormat fmt = parse_data_format(dataset);
   DataSplit data = load_dataset(fmt, data_dir.empty() ? default_data_dir(fmt) : data_dir);
   ModelConfig c;
-  auto it = f.metadata.find("squeeze.model");
-  if (it != f.metadata.end()) {
-    c = model_config_from_json(nlohmann::json::parse(it->second));
+  if (lw.has_config) {
+    c = lw.config;
   } else {
     c = mf.config();
     adapt_model_to_data(c, mf.stem, data.train);
@@ -104,18 +113,9 @@ int run_eval(const ModelFlags& mf, const std::string& weights, const std::string
     fail(weights, ": model expects ", c.in_c, "x", c.in_h, "x", c.in_w, " inputs and ",
          c.num_classes, " classes; ", data.test.name, " has ", data.test.c, "x", data.test.h, "x",
          data.test.w, " and ", data.test.num_classes);
-  Normalization norm;
-  auto nit = f.metadata.find("squeeze.normalization");
-  if (nit != f.metadata.end()) {
-    auto j = nlohmann::json::parse(nit->second);
-    norm.mean = j.at("mean").get<std::vector<float>>();
-    norm.stddev = j.at("std").get<std::vector<float>>();
-  } else {
-    norm = compute_normalization(data.train);
-  }
+  const Normalization norm = lw.has_norm ? lw.norm : compute_normalization(data.train);
   Model m(c, batch);
-  std::vector<float> params(m.layout().total);
-  import_weights(weights, m.layout(), params.data());
+  const std::vector<float> params = load_weights_for(weights, m);
   EvalResult r = evaluate(m, params.data(), data.test, norm, batch, 0, &comm);
   if (comm.rank() == 0)
     std::printf("%s on %s: %lld samples, loss %.4f, accuracy %.4f\n", weights.c_str(),
@@ -236,10 +236,30 @@ int main(int argc, char** argv) {
   eval_model.add(eval);
   std::string eval_weights, eval_dataset = "fashion-mnist", eval_dir;
   int eval_batch = 256;
-  eval->add_option("--weights", eval_weights, "safetensors weights or checkpoint")->required();
+  eval->add_option("--weights", eval_weights, "safetensors weights, checkpoint or compressed model")->required();
   eval->add_option("--dataset", eval_dataset, "fashion-mnist | mnist | cifar10")->capture_default_str();
   eval->add_option("--data-dir", eval_dir, "directory of the data files");
   eval->add_option("--batch-size", eval_batch, "batch size")->capture_default_str();
+
+  // compress
+  CLI::App* compress = app.add_subcommand(
+      "compress", "Deep Compression of trained weights: prune, quantize, Huffman-code (docs/COMPRESSION.md)");
+  CompressOptions co;
+  compress->add_option("--weights", co.weights, "trained weights (safetensors from squeeze train)")->required();
+  compress->add_option("--out", co.out, "the compressed model file to write")->required();
+  compress->add_option("--prune", co.prune,
+                       "paper (the paper's Table 1) | none | NAME=FRACTION,... (e.g. conv10=0.2)")
+      ->capture_default_str();
+  compress->add_option("--bits", co.bits, "code width of the per-layer codebooks, 2..8")->capture_default_str();
+  compress->add_option("--index-bits", co.index_bits, "width of the relative indices, 1..12")->capture_default_str();
+  compress->add_option("--dataset", co.dataset,
+                       "report the test accuracy after each stage on this data set (fashion-mnist | mnist | cifar10)");
+  compress->add_option("--data-dir", co.data_dir, "directory of the data files");
+  compress->add_option("--retrain-epochs", co.retrain_epochs,
+                       "retrain this many epochs after pruning (mask held) and after quantization "
+                       "(centroids trained); needs --dataset")
+      ->capture_default_str();
+  compress->add_option("--lr", co.lr, "retraining learning rate (poly schedule, batch 128)")->capture_default_str();
 
   // info
   CLI::App* info = app.add_subcommand("info", "print a model's layers, parameters and MACs");
@@ -249,7 +269,7 @@ int main(int argc, char** argv) {
   int info_classes = 1000;
   info->add_option("--input", info_input, "input CxHxW")->capture_default_str();
   info->add_option("--classes", info_classes, "number of classes")->capture_default_str();
-  info->add_option("--weights", info_weights, "describe the model stored in this file instead");
+  info->add_option("--weights", info_weights, "describe the model stored in this file (weights or compressed) instead");
 
   try {
     app.parse(argc, argv);
@@ -327,6 +347,9 @@ int main(int argc, char** argv) {
     } else if (*eval) {
       comm = make_job_communicator(job, MpiProgress::kThread);
       run_eval(eval_model, eval_weights, eval_dataset, eval_dir, eval_batch, *comm);
+    } else if (*compress) {
+      comm = make_job_communicator(job, MpiProgress::kThread);
+      run_compress(co, *comm);
     } else if (*info && job.root()) {
       run_info(info_model, info_input, info_classes, info_weights);
     }

@@ -21,6 +21,8 @@
 #include "core/error.h"
 #include "core/huffman.h"
 #include "core/model.h"
+#include "core/trainer.h"
+#include "comm/communicator.h"
 
 namespace {
 
@@ -209,6 +211,79 @@ TEST(Quantize, CentroidGradientIsTheSumOfItsMembersGradients) {
   }
 }
 
+// One step of trained quantization, against its definition: each centroid moves by -lr times the
+// sum of its members' gradients (first step: no momentum yet), and the weights follow.
+TEST(Quantize, OneConstrainedStepMovesEachCentroidBySummedGradients) {
+  const Model m(tiny_config(), 1, false);
+  const std::vector<float> p0 = random_params(m);
+  const std::vector<uint8_t> mask = magnitude_mask(m, p0.data(), parse_schedule("conv10=0.5", m));
+  CompressedModel cm = quantize(m, p0.data(), mask, 3);
+  const CompressedModel before = cm;
+  std::vector<float> p = dequantize(cm, m), mom(p.size(), 1.0f), g(p.size());
+  std::normal_distribution<float> nd;
+  for (float& x : g) x = nd(rng());
+  QuantizedConstraint qc(cm, m, 0.9);
+  const double lr = 0.01;
+  qc.after_update(p.data(), mom.data(), g.data(), lr);
+  const std::vector<WeightTensor> wt = weight_tensors(m);
+  for (size_t t = 0; t < wt.size(); ++t) {
+    std::vector<double> sum(before.weights[t].codebook.size(), 0.0);
+    for (size_t j = 0; j < before.weights[t].positions.size(); ++j)
+      sum[before.weights[t].codes[j]] += g[wt[t].offset + before.weights[t].positions[j]];
+    for (size_t k = 0; k < sum.size(); ++k)
+      EXPECT_NEAR(cm.weights[t].codebook[k], before.weights[t].codebook[k] - lr * sum[k], 1e-6)
+          << wt[t].name << " centroid " << k;
+  }
+  const std::vector<float> w = dequantize(cm, m);
+  for (const WeightTensor& t : wt)
+    for (size_t i = 0; i < t.count; ++i) ASSERT_EQ(p[t.offset + i], w[t.offset + i]) << t.name << " " << i;
+}
+
+// Retraining on real Fashion-MNIST: pruned weights stay exactly zero through masked training, and
+// through codebook fine-tuning every weight stays one of its tensor's 2^bits centroids.
+TEST(Retrain, MasksAndCodebooksSurviveTraining) {
+  const char* dir = "/usr/share/datasets/fashion-mnist";
+  if (!std::ifstream(std::string(dir) + "/train-images-idx3-ubyte.gz")) GTEST_SKIP() << "no Fashion-MNIST in " << dir;
+  TrainConfig c;
+  c.data_dir = dir;
+  c.model = tiny_config();
+  c.stem = "small";
+  c.epochs = 1, c.batch = 32, c.train_limit = 256, c.test_limit = 64;
+  c.schedule.lr = 0.01;
+  RunOptions o;
+  o.quiet = true;
+  auto comm = make_local_communicator();
+  const std::vector<float> dense = train(c, o, *comm).params;
+  const Model m(c.model, 1, false);
+  const std::vector<uint8_t> mask = magnitude_mask(m, dense.data(), paper_schedule());
+  std::vector<float> pruned = dense;
+  apply_mask(pruned.data(), mask);
+  MaskConstraint mc(mask);
+  o.initial_params = &pruned;
+  o.constraint = &mc;
+  const std::vector<float> retrained = train(c, o, *comm).params;
+  size_t moved = 0;
+  for (size_t i = 0; i < mask.size(); ++i) {
+    if (!mask[i]) {
+      ASSERT_EQ(retrained[i], 0.0f) << "pruned parameter " << i;
+    }
+    moved += mask[i] && retrained[i] != pruned[i];
+  }
+  EXPECT_GT(moved, mask.size() / 4) << "retraining moved too few kept weights";
+  CompressedModel cm = quantize(m, retrained.data(), mask, 3);
+  const CompressedModel start = cm;
+  const std::vector<float> q = dequantize(cm, m);
+  QuantizedConstraint qc(cm, m, c.momentum);
+  o.initial_params = &q;
+  o.constraint = &qc;
+  const std::vector<float> tuned = train(c, o, *comm).params;
+  qc.sync_exact(tuned.data());
+  EXPECT_EQ(dequantize(cm, m), tuned);  // weights from the codebooks, biases as trained
+  size_t changed = 0;
+  for (size_t t = 0; t < cm.weights.size(); ++t) changed += cm.weights[t].codebook != start.weights[t].codebook;
+  EXPECT_EQ(changed, cm.weights.size()) << "some codebooks did not train";
+}
+
 // ---- Huffman -------------------------------------------------------------------------------------
 
 TEST(Huffman, RoundTripsAndRespectsTheLengthLimit) {
@@ -269,6 +344,8 @@ void expect_same(const CompressedModel& a, const CompressedModel& b) {
   }
   EXPECT_EQ(a.exact, b.exact);
   EXPECT_EQ(a.index_bits, b.index_bits);
+  EXPECT_EQ(a.norm_mean, b.norm_mean);
+  EXPECT_EQ(a.norm_std, b.norm_std);
 }
 
 TEST(CompressedFile, EncodeDecodeIsExact) {
@@ -289,7 +366,8 @@ TEST(CompressedFile, EncodeDecodeIsExact) {
     const Model m(c.cfg, 1, false);
     const std::vector<float> p = random_params(m);
     const std::vector<uint8_t> mask = magnitude_mask(m, p.data(), parse_schedule(c.schedule, m));
-    const CompressedModel cm = quantize(m, p.data(), mask, c.bits, c.index_bits);
+    CompressedModel cm = quantize(m, p.data(), mask, c.bits, c.index_bits);
+    if (c.cfg.in_c == 1) cm.norm_mean = {0.3f}, cm.norm_std = {0.35f};
     EncodeReport rep;
     const std::vector<uint8_t> file = encode_compressed(cm, &rep);
     EXPECT_EQ(rep.total_bytes, file.size());
@@ -313,8 +391,9 @@ TEST(CompressedFile, EncodeDecodeIsExact) {
 TEST(CompressedFile, EveryCorruptionIsRefused) {
   const Model m(tiny_config(), 1, false);
   const std::vector<float> p = random_params(m);
-  const CompressedModel cm =
+  CompressedModel cm =
       quantize(m, p.data(), magnitude_mask(m, p.data(), parse_schedule("conv10=0.3", m)), 3, 2);
+  cm.norm_mean = {0.25f}, cm.norm_std = {0.5f};
   const std::vector<uint8_t> good = encode_compressed(cm);
   ASSERT_LT(good.size(), 200000u);
   auto refused = [&](const std::vector<uint8_t>& b, const std::string& what) {
@@ -350,10 +429,12 @@ TEST(CompressedFile, EveryCorruptionIsRefused) {
   }
   EXPECT_GT(structural, 0u);
   // Targeted damage to each structural field, checksum recomputed: all refused. Offsets: magic 8,
-  // version 2, model configuration 47, index bits 1 (offset 57), tensor count 2 (58); the first
-  // tensor's section at 60: bits (60), kept (61), entries (65), codebook of 8 floats (69), code
-  // lengths 9 nibbles (101), gap lengths 4 nibbles (106), stream lengths (108, 112).
-  ASSERT_EQ(good[60], 3);
+  // version 2, model configuration 47, normalization 1 + 8 (57: one channel), index bits 1 (66),
+  // tensor count 2 (67); the first tensor's section at 69: bits (69), kept (70), entries (74),
+  // codebook of 8 floats (78), code lengths 9 nibbles (110), gap lengths 4 nibbles (115), stream
+  // lengths (117, 121).
+  ASSERT_EQ(good[57], 1);
+  ASSERT_EQ(good[69], 3);
   auto with = [&](size_t off, const std::vector<uint8_t>& bytes) {
     std::vector<uint8_t> b = good;
     std::copy(bytes.begin(), bytes.end(), b.begin() + long(off));
@@ -369,30 +450,32 @@ TEST(CompressedFile, EveryCorruptionIsRefused) {
     return with(off, b);
   };
   EXPECT_TRUE(refused(with(10, {7}), "unknown architecture"));
+  EXPECT_TRUE(refused(with(57, {2}), "normalization of 2 channels"));
+  EXPECT_TRUE(refused(with(62, {0, 0, 0, 0x80}), "normalization deviation -0"));
   EXPECT_TRUE(refused(le32(13, 1), "another class count"));
-  EXPECT_TRUE(refused(with(57, {0}), "index bits 0"));
-  EXPECT_TRUE(refused(with(57, {13}), "index bits 13"));
-  EXPECT_TRUE(refused(with(58, {99, 0}), "tensor count"));
-  EXPECT_TRUE(refused(with(60, {9}), "code width 9"));
-  EXPECT_TRUE(refused(with(60, {1}), "code width 1"));
-  EXPECT_TRUE(refused(le32(61, 1), "one more kept weight"));
-  EXPECT_TRUE(refused(le32(61, -1), "one kept weight fewer"));
-  EXPECT_TRUE(refused(le32(65, 1), "one more entry"));
-  EXPECT_TRUE(refused(le32(65, -1), "one entry fewer"));
-  EXPECT_TRUE(refused(le32(65, 1 << 30), "entries beyond the tensor"));
-  EXPECT_TRUE(refused(with(69, {0, 0, 0x80, 0x7f}), "infinite centroid"));
-  EXPECT_TRUE(refused(with(101, {0x11, 0x11, 0x11, 0x11, 0x10}), "oversubscribed code lengths"));
-  EXPECT_TRUE(refused(with(101, {0, 0, 0, 0, 0}), "empty code table"));
-  EXPECT_TRUE(refused(with(106, {0x11, 0x11}), "oversubscribed gap lengths"));
-  EXPECT_TRUE(refused(le32(108, 8), "code stream claims 8 bits more"));
-  EXPECT_TRUE(refused(le32(112, -1), "gap stream a bit short"));
-  EXPECT_TRUE(refused(le32(108, 1 << 30), "code stream past the end"));
+  EXPECT_TRUE(refused(with(66, {0}), "index bits 0"));
+  EXPECT_TRUE(refused(with(66, {13}), "index bits 13"));
+  EXPECT_TRUE(refused(with(67, {99, 0}), "tensor count"));
+  EXPECT_TRUE(refused(with(69, {9}), "code width 9"));
+  EXPECT_TRUE(refused(with(69, {1}), "code width 1"));
+  EXPECT_TRUE(refused(le32(70, 1), "one more kept weight"));
+  EXPECT_TRUE(refused(le32(70, -1), "one kept weight fewer"));
+  EXPECT_TRUE(refused(le32(74, 1), "one more entry"));
+  EXPECT_TRUE(refused(le32(74, -1), "one entry fewer"));
+  EXPECT_TRUE(refused(le32(74, 1 << 30), "entries beyond the tensor"));
+  EXPECT_TRUE(refused(with(78, {0, 0, 0x80, 0x7f}), "infinite centroid"));
+  EXPECT_TRUE(refused(with(110, {0x11, 0x11, 0x11, 0x11, 0x10}), "oversubscribed code lengths"));
+  EXPECT_TRUE(refused(with(110, {0, 0, 0, 0, 0}), "empty code table"));
+  EXPECT_TRUE(refused(with(115, {0x11, 0x11}), "oversubscribed gap lengths"));
+  EXPECT_TRUE(refused(le32(117, 8), "code stream claims 8 bits more"));
+  EXPECT_TRUE(refused(le32(121, -1), "gap stream a bit short"));
+  EXPECT_TRUE(refused(le32(117, 1 << 30), "code stream past the end"));
   // One bit more in a stream whose last byte has room for it: only the trailing-bits check sees
   // it. Sections follow each other from offset 60; a stream length sits 48 bytes into its
   // section (bits 3, index bits 2).
   EncodeReport rep;
   encode_compressed(cm, &rep);
-  size_t start = 60, field = 0;
+  size_t start = 69, field = 0;
   for (const SectionSize& sec : rep.tensors) {
     for (size_t off : {start + 48, start + 52}) {
       uint32_t nbits;

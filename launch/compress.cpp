@@ -1,0 +1,183 @@
+#include "launch/compress.h"
+
+#include <cstdio>
+#include <optional>
+#include <nlohmann/json.hpp>
+
+#include "core/checkpoint.h"
+#include "core/error.h"
+#include "core/safetensors.h"
+#include "core/trainer.h"
+
+namespace sq {
+
+LoadedWeights describe_weights(const std::string& path) {
+  LoadedWeights w;
+  if (is_compressed_file(path)) {
+    const CompressedModel cm = read_compressed(path);
+    w.compressed = true;
+    w.config = cm.config, w.has_config = true;
+    if (!cm.norm_mean.empty()) w.norm = {cm.norm_mean, cm.norm_std}, w.has_norm = true;
+    return w;
+  }
+  const SafetensorsFile f = read_safetensors(path);
+  auto it = f.metadata.find("squeeze.model");
+  if (it != f.metadata.end()) {
+    w.config = model_config_from_json(nlohmann::json::parse(it->second));
+    w.has_config = true;
+  }
+  auto nit = f.metadata.find("squeeze.normalization");
+  if (nit != f.metadata.end()) {
+    const auto j = nlohmann::json::parse(nit->second);
+    w.norm.mean = j.at("mean").get<std::vector<float>>();
+    w.norm.stddev = j.at("std").get<std::vector<float>>();
+    w.has_norm = true;
+  }
+  return w;
+}
+
+std::vector<float> load_weights_for(const std::string& path, const Model& model) {
+  if (is_compressed_file(path)) {
+    const CompressedModel cm = read_compressed(path);
+    const Model plan(cm.config, 1, false);
+    if (plan.layout().total != model.layout().total)
+      fail(path, ": compressed model of ", plan.layout().total, " parameters, expected ", model.layout().total);
+    return dequantize(cm, plan);
+  }
+  std::vector<float> p(model.layout().total);
+  import_weights(path, model.layout(), p.data());
+  return p;
+}
+
+namespace {
+
+std::string with_commas(size_t n) {
+  std::string s = std::to_string(n);
+  for (int i = int(s.size()) - 3; i > 0; i -= 3) s.insert(size_t(i), ",");
+  return s;
+}
+
+}  // namespace
+
+int run_compress(const CompressOptions& o, Communicator& comm) {
+  if (o.out.empty()) fail("--out: the compressed model file is required");
+  if (o.batch < 1) fail("--batch-size must be at least 1, got ", o.batch);
+  if (o.retrain_epochs < 0) fail("--retrain-epochs must not be negative, got ", o.retrain_epochs);
+  if (o.retrain_epochs > 0 && o.dataset.empty()) fail("--retrain-epochs needs --dataset (the training data)");
+  if (!(o.lr > 0)) fail("--lr must be positive, got ", o.lr);
+  LoadedWeights lw = describe_weights(o.weights);
+  if (lw.compressed) fail(o.weights, ": already a compressed model");
+  if (!lw.has_config) fail(o.weights, ": no squeeze.model metadata (write it with squeeze train)");
+  const Model plan(lw.config, 1, false);
+  std::vector<float> dense(plan.layout().total);
+  import_weights(o.weights, plan.layout(), dense.data());
+  const PruneSchedule schedule = parse_schedule(o.prune, plan);
+  if (o.bits < 2 || o.bits > 8) fail("--bits must be in [2, 8], got ", o.bits);
+  if (o.index_bits < 1 || o.index_bits > 12) fail("--index-bits must be in [1, 12], got ", o.index_bits);
+  const std::vector<uint8_t> mask = magnitude_mask(plan, dense.data(), schedule);
+
+  // Stages: dense -> pruned (-> retrained with the mask) -> quantized (-> centroids fine-tuned).
+  struct Stage {
+    std::string name;
+    std::vector<float> params;
+    double acc = -1;
+  };
+  std::vector<Stage> stages;
+  std::optional<DataSplit> data;
+  Normalization norm = lw.norm;
+  std::optional<Model> eval_model;
+  auto accuracy = [&](const std::vector<float>& p) {
+    if (!data) return -1.0;
+    return evaluate(*eval_model, p.data(), data->test, norm, o.batch, 0, &comm).accuracy;
+  };
+  TrainConfig tc;
+  if (!o.dataset.empty()) {
+    const DataFormat fmt = parse_data_format(o.dataset);
+    data.emplace(load_dataset(fmt, o.data_dir.empty() ? default_data_dir(fmt) : o.data_dir));
+    const ModelConfig& c = lw.config;
+    if (c.in_c != data->test.c || c.in_h != data->test.h || c.in_w != data->test.w ||
+        c.num_classes != data->test.num_classes)
+      fail(o.weights, ": model expects ", c.in_c, "x", c.in_h, "x", c.in_w, " inputs and ",
+           c.num_classes, " classes; ", data->test.name, " has ", data->test.c, "x", data->test.h,
+           "x", data->test.w, " and ", data->test.num_classes);
+    if (!lw.has_norm) norm = compute_normalization(data->train);
+    eval_model.emplace(lw.config, o.batch);
+    tc.data = fmt;
+    tc.data_dir = o.data_dir;
+    tc.model = lw.config;
+    tc.stem = lw.config.stem == Stem::kSmall ? "small" : "imagenet";
+    tc.epochs = o.retrain_epochs;
+    tc.schedule.lr = o.lr;
+  }
+  RunOptions ro;
+  ro.quiet = comm.rank() != 0;
+  auto retrain = [&](const std::vector<float>& start, ParamConstraint& constraint) {
+    ro.initial_params = &start;
+    ro.constraint = &constraint;
+    return train(tc, ro, comm).params;
+  };
+  stages.push_back({"dense", dense, accuracy(dense)});
+  std::vector<float> pruned = dense;
+  apply_mask(pruned.data(), mask);
+  stages.push_back({"pruned", pruned, accuracy(pruned)});
+  if (o.retrain_epochs > 0) {
+    if (comm.rank() == 0) std::printf("retraining the pruned model for %d epoch(s)\n", o.retrain_epochs);
+    MaskConstraint mc(mask);
+    pruned = retrain(pruned, mc);
+    stages.push_back({"pruned, retrained", pruned, accuracy(pruned)});
+  }
+  CompressedModel cm = quantize(plan, pruned.data(), mask, o.bits, o.index_bits);
+  if (lw.has_norm || data) cm.norm_mean = norm.mean, cm.norm_std = norm.stddev;
+  std::vector<float> quantized = dequantize(cm, plan);
+  stages.push_back({"quantized", quantized, accuracy(quantized)});
+  if (o.retrain_epochs > 0) {
+    if (comm.rank() == 0) std::printf("fine-tuning the %d-bit codebooks for %d epoch(s)\n", o.bits, o.retrain_epochs);
+    QuantizedConstraint qc(cm, plan, tc.momentum);
+    const std::vector<float> tuned = retrain(quantized, qc);
+    qc.sync_exact(tuned.data());
+    quantized = dequantize(cm, plan);
+    stages.push_back({"quantized, fine-tuned", quantized, accuracy(quantized)});
+  }
+  EncodeReport rep;
+  if (comm.rank() == 0) write_compressed(o.out, cm, &rep);
+  else encode_compressed(cm, &rep);
+
+  if (comm.rank() != 0) return 0;
+
+  // The paper's Table 1: per layer, parameters before and after pruning, bits, bytes.
+  std::printf("%-18s %10s %10s %7s %5s %10s\n", "tensor", "params", "kept", "kept%", "bits", "bytes");
+  size_t params = 0, kept = 0, entries = 0, weight_bytes = 0, books = 0;
+  for (size_t t = 0; t < rep.tensors.size(); ++t) {
+    const SectionSize& s = rep.tensors[t];
+    std::printf("%-18s %10zu %10zu %6.1f%% %5d %10zu\n", s.name.c_str(), s.params, s.kept,
+                100.0 * double(s.kept) / double(std::max<size_t>(s.params, 1)), o.bits, s.total());
+    params += s.params, kept += s.kept, entries += s.entries, weight_bytes += s.total();
+    books += cm.weights[t].codebook.size() * 4;
+  }
+  const size_t exact = cm.exact.size();
+  std::printf("%-18s %10zu %10zu %6.1f%% %5s %10zu\n", "weights", params, kept,
+              100.0 * double(kept) / double(params), "", weight_bytes);
+  std::printf("%-18s %10zu %10zu %7s %5d %10zu\n", "biases (exact)", exact, exact, "", 32, rep.exact_bytes);
+  std::printf("%-18s %10zu %10zu %6.1f%%\n\n", "total", params + exact, kept + exact,
+              100.0 * double(kept + exact) / double(params + exact));
+  // Sizes after each stage: dense fp32; pruned (fp32 values with their relative indices, filler
+  // entries included); quantized (b-bit codes and indices, the codebooks); Huffman-coded (the file).
+  const double dense_b = 4.0 * double(params + exact);
+  const double pruned_b = double(entries) * (32 + o.index_bits) / 8 + 4.0 * double(exact);
+  const double quant_b = double(entries) * (o.bits + o.index_bits) / 8 + double(books) + 4.0 * double(exact);
+  const double file_b = double(rep.total_bytes);
+  std::printf("size: dense fp32 %s B | pruned %s B | quantized to %d bits %s B | Huffman-coded %s B "
+              "(%.1fx smaller than dense)\n",
+              with_commas(size_t(dense_b)).c_str(), with_commas(size_t(pruned_b)).c_str(), o.bits,
+              with_commas(size_t(quant_b)).c_str(), with_commas(size_t(file_b)).c_str(), dense_b / file_b);
+  if (data) {
+    std::printf("accuracy on %s:", data->test.name.c_str());
+    for (size_t i = 0; i < stages.size(); ++i)
+      std::printf("%s %s %.4f", i ? " |" : "", stages[i].name.c_str(), stages[i].acc);
+    std::printf("\n");
+  }
+  std::printf("wrote %s\n", o.out.c_str());
+  return 0;
+}
+
+}  // namespace sq
