@@ -90,6 +90,14 @@ PruneSchedule parse_schedule(const std::string& spec, const Model& plan) {
   return s;
 }
 
+PruneSchedule step_schedule(const PruneSchedule& target, int step, int steps) {
+  SQ_ASSERT(steps >= 1 && step >= 1 && step <= steps, "pruning step ", step, " of ", steps);
+  PruneSchedule s;
+  for (const auto& [name, f] : target)
+    s[name] = step == steps ? f : 1.0 - (1.0 - f) * double(step) / double(steps);
+  return s;
+}
+
 size_t kept_count(size_t count, double fraction) {
   // Rounded up (the paper's 421,098 for squeezenet1.0 is the sum of ceilings); the epsilon keeps
   // an exact product such as 0.5 * 9216 from rounding up through representation error.

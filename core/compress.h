@@ -34,6 +34,9 @@ PruneSchedule paper_schedule();
 // "paper", "none", or comma-separated NAME=FRACTION entries (applied on top of none); names and
 // fractions are checked against the model (throws sq::Error naming the bad entry).
 PruneSchedule parse_schedule(const std::string& spec, const Model& plan);
+// Step `step` of `steps` (1-based) of pruning in several steps: each tensor's pruned fraction
+// grows linearly to its target (kept 1 - (1 - f) * step / steps); the last step is the schedule.
+PruneSchedule step_schedule(const PruneSchedule& target, int step, int steps);
 // Number of weights a tensor of `count` keeps at `fraction` (rounded up, as the paper's count).
 size_t kept_count(size_t count, double fraction);
 

@@ -74,7 +74,9 @@ int run_compress(const CompressOptions& o, Communicator& comm) {
   const PruneSchedule schedule = parse_schedule(o.prune, plan);
   if (o.bits < 2 || o.bits > 8) fail("--bits must be in [2, 8], got ", o.bits);
   if (o.index_bits < 1 || o.index_bits > 12) fail("--index-bits must be in [1, 12], got ", o.index_bits);
-  const std::vector<uint8_t> mask = magnitude_mask(plan, dense.data(), schedule);
+  if (o.prune_steps < 1) fail("--prune-steps must be at least 1, got ", o.prune_steps);
+  if (o.prune_steps > 1 && o.retrain_epochs == 0) fail("--prune-steps above 1 needs --retrain-epochs");
+  std::vector<uint8_t> mask = magnitude_mask(plan, dense.data(), step_schedule(schedule, 1, o.prune_steps));
 
   // Stages: dense -> pruned (-> retrained with the mask) -> quantized (-> centroids fine-tuned).
   struct Stage {
@@ -118,13 +120,19 @@ int run_compress(const CompressOptions& o, Communicator& comm) {
   };
   stages.push_back({"dense", dense, accuracy(dense)});
   std::vector<float> pruned = dense;
-  apply_mask(pruned.data(), mask);
-  stages.push_back({"pruned", pruned, accuracy(pruned)});
-  if (o.retrain_epochs > 0) {
-    if (comm.rank() == 0) std::printf("retraining the pruned model for %d epoch(s)\n", o.retrain_epochs);
-    MaskConstraint mc(mask);
-    pruned = retrain(pruned, mc);
-    stages.push_back({"pruned, retrained", pruned, accuracy(pruned)});
+  for (int step = 1; step <= o.prune_steps; ++step) {
+    // Each step prunes the retrained weights of the step before: pruned weights are zero and
+    // rank last, so each mask lies inside the one before.
+    if (step > 1) mask = magnitude_mask(plan, pruned.data(), step_schedule(schedule, step, o.prune_steps));
+    const std::string tag = o.prune_steps > 1 ? " (step " + std::to_string(step) + ")" : "";
+    apply_mask(pruned.data(), mask);
+    stages.push_back({"pruned" + tag, pruned, accuracy(pruned)});
+    if (o.retrain_epochs > 0) {
+      if (comm.rank() == 0) std::printf("retraining the pruned model for %d epoch(s)\n", o.retrain_epochs);
+      MaskConstraint mc(mask);
+      pruned = retrain(pruned, mc);
+      stages.push_back({"retrained" + tag, pruned, accuracy(pruned)});
+    }
   }
   CompressedModel cm = quantize(plan, pruned.data(), mask, o.bits, o.index_bits);
   if (lw.has_norm || data) cm.norm_mean = norm.mean, cm.norm_std = norm.stddev;

@@ -19,6 +19,7 @@ struct CompressOptions {
   std::string data_dir;
   int batch = 256;             // evaluation batch
   int retrain_epochs = 0;      // after pruning, and again after quantization (needs dataset)
+  int prune_steps = 1;         // prune in this many steps, retraining after each
   double lr = 0.002;           // retraining: poly schedule from this rate, batch 128
 };
 

@@ -260,6 +260,9 @@ int main(int argc, char** argv) {
                        "(centroids trained); needs --dataset")
       ->capture_default_str();
   compress->add_option("--lr", co.lr, "retraining learning rate (poly schedule, batch 128)")->capture_default_str();
+  compress->add_option("--prune-steps", co.prune_steps,
+                       "prune in this many steps (the pruned fraction growing linearly), retraining after each")
+      ->capture_default_str();
 
   // info
   CLI::App* info = app.add_subcommand("info", "print a model's layers, parameters and MACs");

@@ -101,6 +101,31 @@ TEST(Prune, MaskKeepsTheLargestMagnitudesOfEachScheduledTensor) {
     }
 }
 
+// Pruning in several steps: the kept fraction falls linearly to the target, and a mask computed
+// from the previous step's pruned weights lies inside the previous mask.
+TEST(Prune, StepsShrinkTheMaskInsideTheLastOne) {
+  const Model m(tiny_config(), 1, false);
+  const PruneSchedule target = parse_schedule("fire3.expand3x3=0.3,conv10=0.1", m);
+  const PruneSchedule s1 = step_schedule(target, 1, 3), s2 = step_schedule(target, 2, 3),
+                      s3 = step_schedule(target, 3, 3);
+  EXPECT_NEAR(s1.at("conv10"), 0.7, 1e-12);
+  EXPECT_NEAR(s2.at("conv10"), 0.4, 1e-12);
+  EXPECT_EQ(s3, target);
+  std::vector<float> p = random_params(m);
+  std::vector<uint8_t> prev(p.size(), 1);
+  std::normal_distribution<float> nd(0.0f, 0.01f);
+  for (const PruneSchedule& s : {s1, s2, s3}) {
+    const std::vector<uint8_t> mask = magnitude_mask(m, p.data(), s);
+    for (size_t i = 0; i < p.size(); ++i) ASSERT_LE(mask[i], prev[i]) << "parameter " << i << " came back";
+    apply_mask(p.data(), mask);
+    for (size_t i = 0; i < p.size(); ++i)  // "retraining": the kept weights move a little
+      if (mask[i]) p[i] += nd(rng());
+    prev = mask;
+  }
+  const std::vector<uint8_t> once = magnitude_mask(m, random_params(m).data(), target);
+  EXPECT_EQ(std::count(prev.begin(), prev.end(), 1), std::count(once.begin(), once.end(), 1));
+}
+
 TEST(Prune, SchedulesAreCheckedAgainstTheModel) {
   const Model m(preset("squeezenet1.0"), 1, false);
   EXPECT_EQ(parse_schedule("fire2.expand3x3=0.5,conv10=0", m).size(), 2u);
