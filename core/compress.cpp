@@ -184,6 +184,15 @@ KMeans kmeans_1d(const float* values, size_t n, int k, int max_iter) {
 
 // ---- quantization ---------------------------------------------------------------------------------
 
+namespace {
+// 1 where the flat buffer belongs to a weight tensor, 0 for the exact parameters (biases).
+std::vector<uint8_t> weight_flags(size_t total, const std::vector<WeightTensor>& wt) {
+  std::vector<uint8_t> f(total, 0);
+  for (const WeightTensor& t : wt) std::fill(f.begin() + long(t.offset), f.begin() + long(t.offset + t.count), 1);
+  return f;
+}
+}  // namespace
+
 CompressedModel quantize(const Model& plan, const float* params, const std::vector<uint8_t>& mask,
                          int bits, int index_bits) {
   if (bits < 2 || bits > 8) fail("--bits must be in [2, 8], got ", bits);
@@ -193,20 +202,19 @@ CompressedModel quantize(const Model& plan, const float* params, const std::vect
   cm.config = plan.config();
   cm.bits = bits;
   cm.index_bits = index_bits;
-  std::vector<uint8_t> is_weight(plan.layout().total, 0);
-  for (const WeightTensor& t : weight_tensors(plan)) {
+  const std::vector<WeightTensor> wt = weight_tensors(plan);
+  for (const WeightTensor& t : wt) {
     QuantizedTensor q;
     std::vector<float> kept;
-    for (size_t i = 0; i < t.count; ++i) {
-      is_weight[t.offset + i] = 1;
+    for (size_t i = 0; i < t.count; ++i)
       if (mask[t.offset + i]) q.positions.push_back(uint32_t(i)), kept.push_back(params[t.offset + i]);
-    }
     KMeans km = kmeans_1d(kept.data(), kept.size(), 1 << bits);
     q.codebook = std::move(km.centroids);
     q.codes = std::move(km.codes);
     cm.weights.push_back(std::move(q));
   }
-  for (size_t i = 0; i < plan.layout().total; ++i)
+  const std::vector<uint8_t> is_weight = weight_flags(plan.layout().total, wt);
+  for (size_t i = 0; i < is_weight.size(); ++i)
     if (!is_weight[i]) cm.exact.push_back(params[i]);
   return cm;
 }
@@ -216,10 +224,9 @@ std::vector<float> dequantize(const CompressedModel& cm, const Model& plan) {
   SQ_ASSERT(wt.size() == cm.weights.size(), "compressed model has ", cm.weights.size(),
             " weight tensors, the model ", wt.size());
   std::vector<float> p(plan.layout().total, 0.0f);
-  std::vector<uint8_t> is_weight(p.size(), 0);
+  const std::vector<uint8_t> is_weight = weight_flags(p.size(), wt);
   for (size_t t = 0; t < wt.size(); ++t) {
     const QuantizedTensor& q = cm.weights[t];
-    for (size_t i = 0; i < wt[t].count; ++i) is_weight[wt[t].offset + i] = 1;
     for (size_t j = 0; j < q.positions.size(); ++j)
       p[wt[t].offset + q.positions[j]] = q.codebook[q.codes[j]];
   }
@@ -268,8 +275,7 @@ void QuantizedConstraint::after_update(float* params, float* momentum, const flo
 }
 
 void QuantizedConstraint::sync_exact(const float* params) {
-  std::vector<uint8_t> is_weight(plan_.layout().total, 0);
-  for (const WeightTensor& t : wt_) std::fill(is_weight.begin() + long(t.offset), is_weight.begin() + long(t.offset + t.count), 1);
+  const std::vector<uint8_t> is_weight = weight_flags(plan_.layout().total, wt_);
   cm_.exact.clear();
   for (size_t i = 0; i < is_weight.size(); ++i)
     if (!is_weight[i]) cm_.exact.push_back(params[i]);

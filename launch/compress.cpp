@@ -14,10 +14,10 @@ namespace sq {
 LoadedWeights describe_weights(const std::string& path) {
   LoadedWeights w;
   if (is_compressed_file(path)) {
-    const CompressedModel cm = read_compressed(path);
-    w.compressed = true;
-    w.config = cm.config, w.has_config = true;
-    if (!cm.norm_mean.empty()) w.norm = {cm.norm_mean, cm.norm_std}, w.has_norm = true;
+    w.compressed = read_compressed(path);
+    w.config = w.compressed->config, w.has_config = true;
+    if (!w.compressed->norm_mean.empty())
+      w.norm = {w.compressed->norm_mean, w.compressed->norm_std}, w.has_norm = true;
     return w;
   }
   const SafetensorsFile f = read_safetensors(path);
@@ -36,17 +36,22 @@ LoadedWeights describe_weights(const std::string& path) {
   return w;
 }
 
-std::vector<float> load_weights_for(const std::string& path, const Model& model) {
-  if (is_compressed_file(path)) {
-    const CompressedModel cm = read_compressed(path);
-    const Model plan(cm.config, 1, false);
+std::vector<float> load_weights_for(const LoadedWeights& lw, const std::string& path, const Model& model) {
+  if (lw.compressed) {
+    const Model plan(lw.compressed->config, 1, false);
     if (plan.layout().total != model.layout().total)
       fail(path, ": compressed model of ", plan.layout().total, " parameters, expected ", model.layout().total);
-    return dequantize(cm, plan);
+    return dequantize(*lw.compressed, plan);
   }
   std::vector<float> p(model.layout().total);
   import_weights(path, model.layout(), p.data());
   return p;
+}
+
+void check_model_fits(const std::string& what, const ModelConfig& c, const Dataset& test) {
+  if (c.in_c != test.c || c.in_h != test.h || c.in_w != test.w || c.num_classes != test.num_classes)
+    fail(what, ": model expects ", c.in_c, "x", c.in_h, "x", c.in_w, " inputs and ", c.num_classes,
+         " classes; ", test.name, " has ", test.c, "x", test.h, "x", test.w, " and ", test.num_classes);
 }
 
 namespace {
@@ -96,12 +101,7 @@ int run_compress(const CompressOptions& o, Communicator& comm) {
   if (!o.dataset.empty()) {
     const DataFormat fmt = parse_data_format(o.dataset);
     data.emplace(load_dataset(fmt, o.data_dir.empty() ? default_data_dir(fmt) : o.data_dir));
-    const ModelConfig& c = lw.config;
-    if (c.in_c != data->test.c || c.in_h != data->test.h || c.in_w != data->test.w ||
-        c.num_classes != data->test.num_classes)
-      fail(o.weights, ": model expects ", c.in_c, "x", c.in_h, "x", c.in_w, " inputs and ",
-           c.num_classes, " classes; ", data->test.name, " has ", data->test.c, "x", data->test.h,
-           "x", data->test.w, " and ", data->test.num_classes);
+    check_model_fits(o.weights, lw.config, data->test);
     if (!lw.has_norm) norm = compute_normalization(data->train);
     eval_model.emplace(lw.config, o.batch);
     tc.data = fmt;

@@ -2,6 +2,7 @@
 // model file, with the per-layer table of the paper's Table 1, the size after each stage and,
 // given a data set, the accuracy after each stage.
 #pragma once
+#include <optional>
 #include <string>
 
 #include "comm/communicator.h"
@@ -30,13 +31,14 @@ struct LoadedWeights {
   ModelConfig config;
   bool has_config = false, has_norm = false;
   Normalization norm;
-  std::vector<float> params;  // filled by load_weights_for() once the config is known
-  bool compressed = false;
+  std::optional<CompressedModel> compressed;  // the decoded file, when it is a compressed model
 };
-// Reads the configuration (and normalization) of `path`: safetensors metadata or the
-// compressed file's header.
+// Reads the configuration (and normalization) of `path`: safetensors metadata, or the compressed
+// file (decoded once, kept in `compressed`).
 LoadedWeights describe_weights(const std::string& path);
-// The flat parameters of `path` for `model` (dequantized for a compressed file).
-std::vector<float> load_weights_for(const std::string& path, const Model& model);
+// The flat parameters of `path` (described by lw) for `model` (dequantized for a compressed file).
+std::vector<float> load_weights_for(const LoadedWeights& lw, const std::string& path, const Model& model);
+// Throws sq::Error (naming `what`) unless the model's input shape and classes are the data set's.
+void check_model_fits(const std::string& what, const ModelConfig& c, const Dataset& test);
 
 }  // namespace sq

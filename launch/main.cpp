@@ -69,7 +69,7 @@ int run_info(const ModelFlags& mf, const std::string& input, int classes, const 
     if (!lw.has_config) fail(weights, ": no squeeze.model metadata; pass --model flags instead");
     c = lw.config;
     if (lw.compressed) {
-      const CompressedModel cm = read_compressed(weights);
+      const CompressedModel& cm = *lw.compressed;
       const Model plan(c, 1, false);
       size_t kept = cm.exact.size(), total = plan.layout().total;
       for (const QuantizedTensor& q : cm.weights) kept += q.positions.size();
@@ -108,14 +108,10 @@ int run_eval(const ModelFlags& mf, const std::string& weights, const std::string
     c = mf.config();
     adapt_model_to_data(c, mf.stem, data.train);
   }
-  if (c.in_c != data.test.c || c.in_h != data.test.h || c.in_w != data.test.w ||
-      c.num_classes != data.test.num_classes)
-    fail(weights, ": model expects ", c.in_c, "x", c.in_h, "x", c.in_w, " inputs and ",
-         c.num_classes, " classes; ", data.test.name, " has ", data.test.c, "x", data.test.h, "x",
-         data.test.w, " and ", data.test.num_classes);
+  check_model_fits(weights, c, data.test);
   const Normalization norm = lw.has_norm ? lw.norm : compute_normalization(data.train);
   Model m(c, batch);
-  const std::vector<float> params = load_weights_for(weights, m);
+  const std::vector<float> params = load_weights_for(lw, weights, m);
   EvalResult r = evaluate(m, params.data(), data.test, norm, batch, 0, &comm);
   if (comm.rank() == 0)
     std::printf("%s on %s: %lld samples, loss %.4f, accuracy %.4f\n", weights.c_str(),
