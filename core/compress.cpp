@@ -274,7 +274,8 @@ void QuantizedConstraint::after_update(float* params, float* momentum, const flo
   }
 }
 
-void QuantizedConstraint::sync_exact(const float* params) {
+void QuantizedConstraint::finish(const float* params) {
+  if (dev_) finish_device();
   const std::vector<uint8_t> is_weight = weight_flags(plan_.layout().total, wt_);
   cm_.exact.clear();
   for (size_t i = 0; i < is_weight.size(); ++i)

@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -88,7 +89,8 @@ std::vector<std::vector<float>> centroid_gradients(const CompressedModel& cm, co
                                                    const float* grads);
 
 // Pruned retraining: the gradient, the parameters and the momentum of pruned weights are held at
-// zero (with zero momentum and zero weight, weight decay cannot move them either).
+// zero (with zero momentum and zero weight, weight decay cannot move them either). On a GPU the
+// mask is copied to the device at the first step (core/cuda_compress.cpp).
 class MaskConstraint : public ParamConstraint {
  public:
   explicit MaskConstraint(std::vector<uint8_t> mask) : mask_(std::move(mask)) {}
@@ -97,28 +99,40 @@ class MaskConstraint : public ParamConstraint {
     apply_mask(params, mask_);
     apply_mask(momentum, mask_);
   }
+  void on_gradient_device(float* grads, void* stream) override;
+  void after_update_device(float* params, float* momentum, const float* grads, double lr,
+                           void* stream) override;
 
  private:
+  struct Device;
   std::vector<uint8_t> mask_;
+  std::shared_ptr<Device> dev_;
 };
 
 // Trained quantization: the weights are shared through cm's codebooks. After each step every
 // centroid moves by SGD with momentum on the sum of its members' gradients (the step's update of
 // the weights themselves is discarded), and the weight tensors are rewritten from the codebooks;
-// biases train as usual. sync_exact() copies the trained biases into cm at the end.
+// biases train as usual. finish() brings the trained codebooks into cm (from the device, after
+// training on a GPU) and copies the trained biases (`params`, the trained flat buffer) into it.
 class QuantizedConstraint : public ParamConstraint {
  public:
   QuantizedConstraint(CompressedModel& cm, const Model& plan, double momentum);
   void on_gradient(float*) override {}
   void after_update(float* params, float* momentum, const float* grads, double lr) override;
-  void sync_exact(const float* params);
+  void on_gradient_device(float*, void*) override {}
+  void after_update_device(float* params, float* momentum, const float* grads, double lr,
+                           void* stream) override;
+  void finish(const float* params);
 
  private:
+  struct Device;  // the codebooks, velocities and member lists on the GPU (core/cuda_compress.cpp)
+  void finish_device();  // codebooks and velocities back from the GPU; drops dev_
   CompressedModel& cm_;
   std::vector<WeightTensor> wt_;
   const Model& plan_;
   double momentum_;
   std::vector<std::vector<double>> velocity_;  // per tensor, per centroid
+  std::shared_ptr<Device> dev_;
 };
 
 // Bytes of one tensor's section in the file, by part.

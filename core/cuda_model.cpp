@@ -223,6 +223,7 @@ void CudaModel::load_activation(int id, const float* host) {
   SQ_CUDA(cudaStreamSynchronize(stream_));
   SQ_CUDA(cudaMemcpy(act(id), host, sizeof(float) * size_t(plan_.acts()[size_t(id)].per_sample()) * n_,
                      cudaMemcpyHostToDevice));
+  SQ_CUDA(cudaDeviceSynchronize());  // see DeviceBuffer::upload
   // The max-pools reading this activation record their window maxima from it afresh (their
   // outputs come out as the exact maxima of the loaded values).
   const std::vector<Layer>& layers = plan_.layers();

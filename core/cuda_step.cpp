@@ -50,6 +50,7 @@ class CudaStep final : public DeviceStep {
   void upload(const float* params, const float* momentum) override {
     SQ_CUDA(cudaMemcpy(params_.get(), params, n_ * sizeof(float), cudaMemcpyHostToDevice));
     if (momentum) SQ_CUDA(cudaMemcpy(momentum_.get(), momentum, n_ * sizeof(float), cudaMemcpyHostToDevice));
+    SQ_CUDA(cudaDeviceSynchronize());  // see DeviceBuffer::upload
   }
   void download(float* params, float* momentum) override {
     SQ_CUDA(cudaStreamSynchronize(stream_.s));
@@ -115,6 +116,8 @@ class CudaStep final : public DeviceStep {
   }
 
   float* device_grads() override { return grads_.get(); }
+  float* device_params() override { return params_.get(); }
+  float* device_momentum() override { return momentum_.get(); }
   void* stream() override { return stream_.s; }
 
   void reduce_through_host(float* host, const std::function<void(float*)>& reduce) override {

@@ -43,6 +43,8 @@ class DeviceStep {
   virtual void prefetch(const float* input, const int32_t* labels, const uint64_t* keys, int N) = 0;
   virtual void finish(double* stats) = 0;
   virtual float* device_grads() = 0;  // the flat gradient buffer on the device
+  virtual float* device_params() = 0;
+  virtual float* device_momentum() = 0;
   virtual void* stream() = 0;         // the step's cudaStream_t, opaque
   // The gradients through the host, for a host-side reduction: download into host, call
   // reduce(host), upload the result.

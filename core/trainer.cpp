@@ -218,10 +218,16 @@ EvalResult evaluate(Model& model, const float* params, const Dataset& test,
   return r;
 }
 
+void ParamConstraint::on_gradient_device(float*, void*) {
+  fail("this training constraint has no GPU implementation; train on the CPU");
+}
+void ParamConstraint::after_update_device(float*, float*, const float*, double, void*) {
+  fail("this training constraint has no GPU implementation; train on the CPU");
+}
+
 TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
   const bool root = comm.rank() == 0;
   const int world = comm.size();
-  if (opt.constraint && opt.cuda) fail("constrained training (compression retraining) runs on the CPU for now");
   if (opt.initial_params && !opt.resume.empty()) fail("initial parameters and --resume exclude each other");
   Metadata resume_meta;
   if (!opt.resume.empty()) {
@@ -480,7 +486,12 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
       if (fault == Fault::kNan) stats[0] = std::nan("");
       reducer.finish();
     }
-    if (opt.constraint) opt.constraint->on_gradient(grads.data());
+    if (opt.constraint) {
+      if (dev)
+        opt.constraint->on_gradient_device(dev->device_grads(), dev->stream());
+      else
+        opt.constraint->on_gradient(grads.data());
+    }
     comm.allreduce_sum(stats, 2);
     if (!std::isfinite(stats[0]))
       fail("training diverged: loss is ", stats[0], " at step ", step, " (epoch ", epoch + 1,
@@ -502,7 +513,13 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     else
       sgd_momentum_update(params.size(), params.data(), grads.data(), momentum.data(), float(lr),
                           float(cfg.momentum), float(cfg.weight_decay));
-    if (opt.constraint) opt.constraint->after_update(params.data(), momentum.data(), grads.data(), lr);
+    if (opt.constraint) {
+      if (dev)
+        opt.constraint->after_update_device(dev->device_params(), dev->device_momentum(),
+                                            dev->device_grads(), lr, dev->stream());
+      else
+        opt.constraint->after_update(params.data(), momentum.data(), grads.data(), lr);
+    }
     sums.loss += stats[0];
     sums.correct += stats[1];
     sums.seen += double(gN);

@@ -62,6 +62,11 @@ class ParamConstraint {
   virtual ~ParamConstraint() = default;
   virtual void on_gradient(float* grads) = 0;
   virtual void after_update(float* params, float* momentum, const float* grads, double lr) = 0;
+  // Training on a GPU: the same on the device's flat buffers, queued on `stream` (the step's
+  // cudaStream_t) without host synchronisation. The defaults refuse with sq::Error.
+  virtual void on_gradient_device(float* grads, void* stream);
+  virtual void after_update_device(float* params, float* momentum, const float* grads, double lr,
+                                   void* stream);
 };
 
 // Default gradient bucket: docs/BENCHMARKS.md ("Bucket size") has the measurement behind it.
@@ -79,7 +84,7 @@ struct RunOptions {  // how to run, not what to compute: never changes the traje
   bool cuda = false;         // the step on GPU `gpu` (model, loss, clipping, SGD on the device)
   int gpu = 0;
   // Start from these parameters instead of cfg.init (not with resume), and constrain every
-  // update (CPU only, for now): squeeze compress's retraining.
+  // update (on the CPU or the GPU): squeeze compress's retraining.
   const std::vector<float>* initial_params = nullptr;
   ParamConstraint* constraint = nullptr;
   FaultInjection fault;

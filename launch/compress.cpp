@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/checkpoint.h"
+#include "core/device_step.h"
 #include "core/error.h"
 #include "core/safetensors.h"
 #include "core/trainer.h"
@@ -70,6 +71,7 @@ int run_compress(const CompressOptions& o, Communicator& comm) {
   if (o.retrain_epochs < 0) fail("--retrain-epochs must not be negative, got ", o.retrain_epochs);
   if (o.retrain_epochs > 0 && o.dataset.empty()) fail("--retrain-epochs needs --dataset (the training data)");
   if (!(o.lr > 0)) fail("--lr must be positive, got ", o.lr);
+  if (o.cuda && o.dataset.empty()) fail("--device cuda needs --dataset (without data nothing runs on the GPU)");
   LoadedWeights lw = describe_weights(o.weights);
   if (lw.compressed) fail(o.weights, ": already a compressed model");
   if (!lw.has_config) fail(o.weights, ": no squeeze.model metadata (write it with squeeze train)");
@@ -93,9 +95,11 @@ int run_compress(const CompressOptions& o, Communicator& comm) {
   std::optional<DataSplit> data;
   Normalization norm = lw.norm;
   std::optional<Model> eval_model;
+  std::unique_ptr<DeviceStep> eval_dev;  // --device cuda: the stages are evaluated on the GPU
   auto accuracy = [&](const std::vector<float>& p) {
     if (!data) return -1.0;
-    return evaluate(*eval_model, p.data(), data->test, norm, o.batch, 0, &comm).accuracy;
+    if (eval_dev) eval_dev->upload(p.data(), nullptr);
+    return evaluate(*eval_model, p.data(), data->test, norm, o.batch, 0, &comm, eval_dev.get()).accuracy;
   };
   TrainConfig tc;
   if (!o.dataset.empty()) {
@@ -103,7 +107,8 @@ int run_compress(const CompressOptions& o, Communicator& comm) {
     data.emplace(load_dataset(fmt, o.data_dir.empty() ? default_data_dir(fmt) : o.data_dir));
     check_model_fits(o.weights, lw.config, data->test);
     if (!lw.has_norm) norm = compute_normalization(data->train);
-    eval_model.emplace(lw.config, o.batch);
+    eval_model.emplace(lw.config, o.batch, !o.cuda);  // on the GPU: its layer table only
+    if (o.cuda) eval_dev = make_cuda_step(lw.config, o.batch, o.gpu);
     tc.data = fmt;
     tc.data_dir = o.data_dir;
     tc.model = lw.config;
@@ -113,6 +118,8 @@ int run_compress(const CompressOptions& o, Communicator& comm) {
   }
   RunOptions ro;
   ro.quiet = comm.rank() != 0;
+  ro.cuda = o.cuda;
+  ro.gpu = o.gpu;
   auto retrain = [&](const std::vector<float>& start, ParamConstraint& constraint) {
     ro.initial_params = &start;
     ro.constraint = &constraint;
@@ -142,7 +149,7 @@ int run_compress(const CompressOptions& o, Communicator& comm) {
     if (comm.rank() == 0) std::printf("fine-tuning the %d-bit codebooks for %d epoch(s)\n", o.bits, o.retrain_epochs);
     QuantizedConstraint qc(cm, plan, tc.momentum);
     const std::vector<float> tuned = retrain(quantized, qc);
-    qc.sync_exact(tuned.data());
+    qc.finish(tuned.data());
     quantized = dequantize(cm, plan);
     stages.push_back({"quantized, fine-tuned", quantized, accuracy(quantized)});
   }

@@ -22,6 +22,8 @@ struct CompressOptions {
   int retrain_epochs = 0;      // after pruning, and again after quantization (needs dataset)
   int prune_steps = 1;         // prune in this many steps, retraining after each
   double lr = 0.002;           // retraining: poly schedule from this rate, batch 128
+  bool cuda = false;           // retrain and evaluate on GPU `gpu`
+  int gpu = 0;
 };
 
 int run_compress(const CompressOptions& o, Communicator& comm);

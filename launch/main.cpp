@@ -119,6 +119,30 @@ int run_eval(const ModelFlags& mf, const std::string& weights, const std::string
   return 0;
 }
 
+// Under mpirun with --device cuda: NCCL when every rank can use it (decided together: a split
+// decision would hang), and *gpu = local rank modulo the GPUs; otherwise `comm` (MPI) stays and
+// gradients go through host memory, said at start-up.
+void use_nccl_if_possible(const Job& job, double nccl_timeout, std::unique_ptr<Communicator>& comm,
+                          int& gpu) {
+#ifdef SQUEEZE_HAVE_CUDA
+  std::string why;
+  const int gpus = cuda::device_count(&why);
+  if (gpus > 0) gpu = job.world.local_rank % gpus;
+  const std::string reason = nccl_unusable_reason(job.world, gpus);
+  double unusable = reason.empty() ? 0.0 : 1.0;
+  comm->allreduce_sum(&unusable, 1);
+  if (unusable == 0.0) {
+    comm = make_nccl_communicator(job.world, gpu, nccl_timeout);
+  } else if (job.root()) {
+    std::printf("NCCL not used (%s; %g rank(s) cannot use it): gradients go over MPI "
+                "through host memory\n",
+                reason.empty() ? "other hosts" : reason.c_str(), unusable);
+  }
+#else
+  (void)job, (void)nccl_timeout, (void)comm, (void)gpu;
+#endif
+}
+
 // --device cuda --check-layers: one batch through the GPU and the CPU model, each layer's error.
 int run_check_layers(TrainConfig tc, const Job& job) {
 #ifndef SQUEEZE_HAVE_CUDA
@@ -259,6 +283,10 @@ int main(int argc, char** argv) {
   compress->add_option("--prune-steps", co.prune_steps,
                        "prune in this many steps (the pruned fraction growing linearly), retraining after each")
       ->capture_default_str();
+  std::string compress_device = "cpu";
+  compress->add_option("--device", compress_device,
+                       "cpu | cuda: where retraining and the accuracy figures run (one GPU per rank)")
+      ->capture_default_str();
 
   // info
   CLI::App* info = app.add_subcommand("info", "print a model's layers, parameters and MACs");
@@ -320,25 +348,7 @@ int main(int argc, char** argv) {
         fail("--check-replicas must not be negative, got ", ro.check_replicas_every);
       if (!(nccl_timeout > 0)) fail("--nccl-timeout must be positive, got ", nccl_timeout);
       comm = make_job_communicator(job, parse_mpi_progress(mpi_progress));
-#ifdef SQUEEZE_HAVE_CUDA
-      if (ro.cuda && job.mpi) {
-        // NCCL when every rank can use it (decided together: a split decision would hang);
-        // otherwise the MPI backend through host memory, said at start-up.
-        std::string why;
-        const int gpus = cuda::device_count(&why);
-        if (gpus > 0) ro.gpu = job.world.local_rank % gpus;
-        const std::string reason = nccl_unusable_reason(job.world, gpus);
-        double unusable = reason.empty() ? 0.0 : 1.0;
-        comm->allreduce_sum(&unusable, 1);
-        if (unusable == 0.0) {
-          comm = make_nccl_communicator(job.world, ro.gpu, nccl_timeout);
-        } else if (job.root()) {
-          std::printf("NCCL not used (%s; %g rank(s) cannot use it): gradients go over MPI "
-                      "through host memory\n",
-                      reason.empty() ? "other hosts" : reason.c_str(), unusable);
-        }
-      }
-#endif
+      if (ro.cuda && job.mpi) use_nccl_if_possible(job, nccl_timeout, comm, ro.gpu);
       TrainResult r = sq::train(tc, ro, *comm);
       if (job.root() && !r.epochs.empty())
         std::printf("final test accuracy %.4f after %lld steps\n", r.epochs.back().test_acc,
@@ -347,7 +357,12 @@ int main(int argc, char** argv) {
       comm = make_job_communicator(job, MpiProgress::kThread);
       run_eval(eval_model, eval_weights, eval_dataset, eval_dir, eval_batch, *comm);
     } else if (*compress) {
+      if (compress_device != "cpu" && compress_device != "cuda")
+        fail("unknown --device '", compress_device, "' (known: cpu, cuda)");
+      co.cuda = compress_device == "cuda";
+      co.gpu = job.world.local_rank;
       comm = make_job_communicator(job, MpiProgress::kThread);
+      if (co.cuda && job.mpi) use_nccl_if_possible(job, nccl_timeout, comm, co.gpu);
       run_compress(co, *comm);
     } else if (*info && job.root()) {
       run_info(info_model, info_input, info_classes, info_weights);

@@ -15,8 +15,11 @@
 #include <string>
 #include <vector>
 
+#include <sys/wait.h>
 #include <zlib.h>
+#include <nlohmann/json.hpp>
 
+#include "core/checkpoint.h"
 #include "core/compress.h"
 #include "core/error.h"
 #include "core/huffman.h"
@@ -302,7 +305,7 @@ TEST(Retrain, MasksAndCodebooksSurviveTraining) {
   o.initial_params = &q;
   o.constraint = &qc;
   const std::vector<float> tuned = train(c, o, *comm).params;
-  qc.sync_exact(tuned.data());
+  qc.finish(tuned.data());
   EXPECT_EQ(dequantize(cm, m), tuned);  // weights from the codebooks, biases as trained
   size_t changed = 0;
   for (size_t t = 0; t < cm.weights.size(); ++t) changed += cm.weights[t].codebook != start.weights[t].codebook;
@@ -354,7 +357,7 @@ TEST(Retrain, CompressedModelKeepsItsAccuracyOnFashionMnist) {
   o.initial_params = &q;
   o.constraint = &qc;
   const TrainResult tuned = train(r, o, *comm);
-  qc.sync_exact(tuned.params.data());
+  qc.finish(tuned.params.data());
   const double compressed_acc = tuned.epochs.back().test_acc;
   std::printf("dense %.4f, pruned + 6-bit quantized %.4f\n", dense_acc, compressed_acc);
   EXPECT_GE(compressed_acc, dense_acc - 0.02);
@@ -592,6 +595,57 @@ TEST(CompressedFile, WrittenAtomicallyAndRecognised) {
   EXPECT_THROW(read_compressed(std::string(tmpl) + "/absent"), Error);
   std::remove(path.c_str());
   ::rmdir(tmpl);
+}
+
+// squeeze compress through the binary: a run without data writes a file that decodes to the
+// paper's kept counts, and bad input is a one-line error naming it, with a non-zero exit.
+TEST(Cli, CompressWritesAFileAndRefusesBadInput) {
+  char tmpl[] = "/tmp/sq_test_compress_cli_XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl, weights = dir + "/w.safetensors", out = dir + "/m.sqz";
+  const Model m(tiny_config(), 1, false);
+  const std::vector<float> p = random_params(m);
+  export_weights(weights, m.layout(), p.data(), {{"squeeze.model", to_json(tiny_config()).dump()}});
+  auto run = [&](const std::string& args, std::string* err) {
+    const std::string errfile = dir + "/err.txt";
+    const int status = std::system((std::string(SQUEEZE_BINARY) + " " + args + " > /dev/null 2> " + errfile).c_str());
+    std::ifstream f(errfile);
+    err->assign(std::istreambuf_iterator<char>(f), {});
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  };
+  std::string err;
+  ASSERT_EQ(run("compress --weights " + weights + " --out " + out + " --bits 4", &err), 0) << err;
+  const CompressedModel cm = read_compressed(out);
+  const std::vector<uint8_t> mask = magnitude_mask(m, p.data(), paper_schedule());
+  EXPECT_EQ(cm.bits, 4);
+  const std::vector<float> q = dequantize(cm, m);
+  for (size_t i = 0; i < q.size(); ++i) {
+    if (!mask[i]) {
+      ASSERT_EQ(q[i], 0.0f) << "parameter " << i << " was pruned";
+    }
+  }
+  const std::string base = "compress --weights " + weights + " --out " + dir + "/bad.sqz ";
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"--bits 9", "--bits"},
+      {"--index-bits 0", "--index-bits"},
+      {"--prune fire99.squeeze=0.5", "fire99.squeeze"},
+      {"--retrain-epochs 1", "--dataset"},
+      {"--device tpu", "--device"},
+      {"--device cuda", "--dataset"},
+      {"--prune-steps 2", "--retrain-epochs"},
+  };
+  for (const auto& [args, needle] : bad) {
+    EXPECT_NE(run(base + args, &err), 0) << args;
+    EXPECT_NE(err.find(needle), std::string::npos) << args << ": " << err;
+    EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << args << ": " << err;
+  }
+  EXPECT_NE(run("compress --weights " + dir + "/absent.safetensors --out " + dir + "/bad.sqz", &err), 0);
+  EXPECT_NE(err.find("absent.safetensors"), std::string::npos) << err;
+  EXPECT_NE(run("compress --weights " + out + " --out " + dir + "/bad.sqz", &err), 0);
+  EXPECT_NE(err.find("already a compressed model"), std::string::npos) << err;
+  std::ifstream bad_file(dir + "/bad.sqz");
+  EXPECT_FALSE(bad_file.good()) << "a refused run wrote its output";
+  std::system(("rm -rf '" + dir + "'").c_str());
 }
 
 }  // namespace

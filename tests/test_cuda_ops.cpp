@@ -16,6 +16,7 @@
 #include <tuple>
 #include <vector>
 
+#include "core/compress.h"
 #include "core/config.h"
 #include "core/error.h"
 #include "core/model.h"
@@ -620,6 +621,124 @@ TEST(CudaTrainer, OneEpochFollowsTheCpuTrainer) {
   expect_close(gpu.params, to_double(cpu.params), 1e-4, "parameters after one epoch");
   EXPECT_NEAR(gpu.epochs[0].train_loss, cpu.epochs[0].train_loss, 1e-4 * cpu.epochs[0].train_loss);
   EXPECT_NEAR(gpu.epochs[0].test_acc, cpu.epochs[0].test_acc, 1.0 / 200 + 1e-12);
+}
+
+// Deep Compression's retraining constraints on the device against the CPU's: the mask exactly,
+// and three steps of trained quantization (momentum 0.9, fresh random gradients each step) to
+// the rounding of the centroid sums, which run in another order. Each weight stays exactly one
+// of its tensor's centroids, and finish() brings the device codebooks back.
+TEST(CudaCompress, ConstraintsMatchTheCpuConstraints) {
+  REQUIRE_GPU();
+  ModelConfig mc = preset("squeezenet1.0");
+  mc.base_e = 32, mc.incr_e = 32, mc.num_classes = 10;
+  const Model m(mc, 1, false);
+  const size_t n = m.layout().total;
+  const std::vector<float> p0 = randn(n, 0.05f);
+  const std::vector<uint8_t> mask = magnitude_mask(m, p0.data(), paper_schedule());
+  cudaStream_t s;
+  SQ_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  {
+    std::vector<float> g = randn(n), p = p0, v = randn(n);
+    Dev<float> dg(g), dp(p), dv(v);
+    MaskConstraint host(mask), dev(mask);
+    host.on_gradient(g.data());
+    host.after_update(p.data(), v.data(), g.data(), 0.01);
+    dev.on_gradient_device(dg.get(), s);
+    dev.after_update_device(dp.get(), dv.get(), dg.get(), 0.01, s);
+    SQ_CUDA(cudaStreamSynchronize(s));
+    expect_equal(dg.download(), g, "masked gradient");
+    expect_equal(dp.download(), p, "masked parameters");
+    expect_equal(dv.download(), v, "masked momentum");
+  }
+  CompressedModel cm_host = quantize(m, p0.data(), mask, 5);
+  CompressedModel cm_dev = cm_host;
+  std::vector<float> p = dequantize(cm_host, m), v = randn(n);
+  Dev<float> dp(p), dv(v), dg(n);
+  QuantizedConstraint host(cm_host, m, 0.9), dev(cm_dev, m, 0.9);
+  for (int step = 0; step < 3; ++step) {
+    const std::vector<float> g = randn(n);
+    SQ_CUDA(cudaStreamSynchronize(s));  // the last step has read dg
+    dg.upload(g.data());
+    host.after_update(p.data(), v.data(), g.data(), 0.01);
+    dev.on_gradient_device(dg.get(), s);
+    dev.after_update_device(dp.get(), dv.get(), dg.get(), 0.01, s);
+  }
+  SQ_CUDA(cudaStreamSynchronize(s));
+  const std::vector<float> p_dev = dp.download(), v_dev = dv.download();
+  dev.finish(p_dev.data());
+  host.finish(p.data());
+  for (size_t t = 0; t < cm_host.weights.size(); ++t)
+    expect_close(cm_dev.weights[t].codebook, to_double(cm_host.weights[t].codebook), 1e-6,
+                 "codebook of tensor " + std::to_string(t));
+  expect_equal(p_dev, dequantize(cm_dev, m), "device weights against the device codebooks");
+  expect_close(p_dev, to_double(p), 1e-6, "parameters after three steps");
+  expect_equal(v_dev, v, "momentum (zero for weights, untouched for biases)");
+  SQ_CUDA(cudaStreamDestroy(s));
+}
+
+// squeeze compress's retraining on the GPU against the CPU: one epoch with the pruning mask, then
+// one with 4-bit codebooks, from the same trained weights; pruned weights stay exactly zero and
+// the tuned weights are exactly the trained codebooks.
+TEST(CudaTrainer, CompressionRetrainingFollowsTheCpu) {
+  REQUIRE_GPU();
+  const char* env = std::getenv("SQUEEZE_FASHION_MNIST");
+  const std::string dir = env ? env : "/usr/share/datasets/fashion-mnist";
+  struct stat st;
+  if (::stat((dir + "/train-images-idx3-ubyte.gz").c_str(), &st) != 0)
+    GTEST_SKIP() << "Fashion-MNIST not found in " << dir;
+  TrainConfig c;
+  c.data_dir = dir;
+  c.model = preset("squeezenet1.0");
+  c.model.base_e = 32;
+  c.model.incr_e = 32;
+  c.epochs = 1;
+  c.batch = 32;
+  c.schedule.lr = 0.002;
+  c.train_limit = 200;
+  c.test_limit = 200;
+  RunOptions o;
+  o.quiet = true;
+  auto comm = make_local_communicator();
+  const TrainResult dense = train(c, o, *comm);
+  const Model m(dense.model, 1, false);
+  const std::vector<uint8_t> mask = magnitude_mask(m, dense.params.data(), paper_schedule());
+  std::vector<float> pruned = dense.params;
+  apply_mask(pruned.data(), mask);
+  o.initial_params = &pruned;
+  MaskConstraint mask_cpu(mask), mask_gpu(mask);
+  o.constraint = &mask_cpu;
+  const TrainResult cpu = train(c, o, *comm);
+  o.cuda = true;
+  o.constraint = &mask_gpu;
+  const TrainResult gpu = train(c, o, *comm);
+  expect_close(gpu.params, to_double(cpu.params), 1e-4, "parameters after masked retraining");
+  for (size_t i = 0; i < mask.size(); ++i) {
+    if (!mask[i]) {
+      ASSERT_EQ(gpu.params[i], 0.0f) << "pruned parameter " << i;
+    }
+  }
+  CompressedModel cm_cpu = quantize(m, cpu.params.data(), mask, 4), cm_gpu = cm_cpu;
+  const CompressedModel start = cm_cpu;
+  const std::vector<float> q = dequantize(cm_cpu, m);
+  QuantizedConstraint q_cpu(cm_cpu, m, c.momentum), q_gpu(cm_gpu, m, c.momentum);
+  o.initial_params = &q;
+  o.cuda = false;
+  o.constraint = &q_cpu;
+  const TrainResult tuned_cpu = train(c, o, *comm);
+  o.cuda = true;
+  o.constraint = &q_gpu;
+  const TrainResult tuned_gpu = train(c, o, *comm);
+  q_cpu.finish(tuned_cpu.params.data());
+  q_gpu.finish(tuned_gpu.params.data());
+  expect_equal(tuned_gpu.params, dequantize(cm_gpu, m), "GPU-tuned parameters against their codebooks");
+  expect_close(tuned_gpu.params, to_double(tuned_cpu.params), 1e-4, "parameters after codebook tuning");
+  size_t changed = 0;
+  for (size_t t = 0; t < cm_gpu.weights.size(); ++t) {
+    changed += cm_gpu.weights[t].codebook != start.weights[t].codebook;
+    expect_close(cm_gpu.weights[t].codebook, to_double(cm_cpu.weights[t].codebook), 1e-4,
+                 "codebook of tensor " + std::to_string(t));
+  }
+  EXPECT_EQ(changed, cm_gpu.weights.size()) << "some codebooks did not train on the GPU";
 }
 
 TEST(CudaOps, NoGpuIsAClearError) {

@@ -47,6 +47,22 @@ void sum_of_squares(const float* x, size_t n, double* out, double* ws, cudaStrea
 void sgd_momentum_update(size_t n, float* param, const float* grad, float* velocity, float lr,
                          float momentum, float weight_decay, cudaStream_t s);
 
+// ---- Deep Compression's retraining (core/compress.h) -----------------------------------------
+// x[i] = 0 where mask[i] == 0.
+void apply_mask(float* x, const uint8_t* mask, size_t n, cudaStream_t s);
+// Trained quantization, one step for every centroid g of every tensor (codebook and velocity
+// concatenated): its gradient is the sum of grads[members[j]] for j in [start[g], start[g+1]),
+// summed in double in a fixed order and rounded to float; then velocity = momentum * velocity +
+// gradient and codebook -= lr * velocity, in double (the CPU's QuantizedConstraint, to rounding
+// of the double sum).
+void centroid_sgd(int centroids, const int32_t* start, const int32_t* members, const float* grads,
+                  float* codebook, double* velocity, double lr, double momentum, cudaStream_t s);
+// Per parameter i, centroid_of[i] is a centroid (params[i] = codebook[c]), -1 for a pruned weight
+// (params[i] = 0) or kNotShared (left alone: biases); momentum is zeroed where it is not kNotShared.
+constexpr int32_t kNotShared = -2;
+void write_shared_weights(size_t n, const int32_t* centroid_of, const float* codebook, float* params,
+                          float* momentum, cudaStream_t s);
+
 // ---- pooling --------------------------------------------------------------------------------
 // argmax (C*N*P*Q bytes, may be null): each window's first maximum, as its offset r*k + s in
 // the window, for the backward.

@@ -44,8 +44,12 @@ class DeviceBuffer {
 
   T* get() const { return p_; }
   size_t size() const { return n_; }
+  // Synchronous, also for the non-blocking streams the kernels run on: cudaMemcpy from pageable
+  // memory may return before its DMA (on the legacy stream) has landed, and a non-blocking
+  // stream does not wait for the legacy stream.
   void upload(const T* host) {
     SQ_CUDA(cudaMemcpy(p_, host, n_ * sizeof(T), cudaMemcpyHostToDevice));
+    SQ_CUDA(cudaDeviceSynchronize());
   }
   std::vector<T> download() const { return cuda::download(p_, n_); }
 

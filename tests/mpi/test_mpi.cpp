@@ -17,6 +17,7 @@
 #include "comm/communicator.h"
 #include "comm/mpi.h"
 #include "comm/reducer.h"
+#include "core/compress.h"
 #include "core/error.h"
 #include "core/trainer.h"
 #ifdef SQUEEZE_HAVE_NCCL
@@ -278,6 +279,58 @@ TEST(Train, CheckpointOfNRanksResumesInOneProcess) {
   EXPECT_LT(rel_diff(resumed.params, ref.params), 1e-5);
   comm->barrier();
   if (comm->rank() == 0) std::system(("rm -rf '" + dir + "'").c_str());
+}
+
+// squeeze compress's retraining under mpirun: one epoch with the pruning mask, then one with
+// 4-bit codebooks, at N ranks against one process (to summation order, as above). Pruned weights
+// stay zero and the tuned weights are exactly the codebooks on every rank.
+TEST(Train, CompressionRetrainingAtNRanksMatchesOneProcess) {
+  if (!have_fashion()) GTEST_SKIP() << "Fashion-MNIST not installed at " << kFashion;
+  TrainConfig c = small_config();
+  c.epochs = 1;
+  RunOptions o;
+  o.quiet = true;
+  auto local = make_local_communicator();
+  auto comm = make_mpi_communicator(MpiProgress::kThread);
+  const TrainResult dense = train(c, o, *local);
+  const Model plan(dense.model, 1, false);
+  const std::vector<uint8_t> mask = magnitude_mask(plan, dense.params.data(), paper_schedule());
+  std::vector<float> pruned = dense.params;
+  apply_mask(pruned.data(), mask);
+  o.initial_params = &pruned;
+  MaskConstraint mask_one(mask), mask_many(mask);
+  o.constraint = &mask_one;
+  const TrainResult one = train(c, o, *local);
+  o.constraint = &mask_many;
+  o.check_replicas_every = 2;
+  const TrainResult many = train(c, o, *comm);
+  EXPECT_LT(rel_diff(many.params, one.params), 1e-5);
+  for (size_t i = 0; i < mask.size(); ++i) {
+    if (!mask[i]) {
+      ASSERT_EQ(many.params[i], 0.0f) << "pruned parameter " << i;
+    }
+  }
+
+  CompressedModel cm_one = quantize(plan, one.params.data(), mask, 4), cm_many = cm_one;
+  const std::vector<float> q = dequantize(cm_one, plan);
+  QuantizedConstraint q_one(cm_one, plan, c.momentum), q_many(cm_many, plan, c.momentum);
+  o.initial_params = &q;
+  o.constraint = &q_one;
+  o.check_replicas_every = 0;
+  const TrainResult tuned_one = train(c, o, *local);
+  o.constraint = &q_many;
+  o.check_replicas_every = 2;
+  const TrainResult tuned_many = train(c, o, *comm);
+  q_one.finish(tuned_one.params.data());
+  q_many.finish(tuned_many.params.data());
+  EXPECT_LT(rel_diff(tuned_many.params, tuned_one.params), 1e-5);
+  EXPECT_EQ(dequantize(cm_many, plan), tuned_many.params);
+  std::vector<float> books_one, books_many;
+  for (size_t t = 0; t < cm_one.weights.size(); ++t) {
+    books_one.insert(books_one.end(), cm_one.weights[t].codebook.begin(), cm_one.weights[t].codebook.end());
+    books_many.insert(books_many.end(), cm_many.weights[t].codebook.begin(), cm_many.weights[t].codebook.end());
+  }
+  EXPECT_LT(rel_diff(books_many, books_one), 1e-5);
 }
 
 TEST(Train, BadWorldShapesAreClearErrorsOnEveryRank) {

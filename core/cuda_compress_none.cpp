@@ -1,0 +1,20 @@
+// A build without CUDA: the device side of the compression constraints refuses (the trainer
+// never calls it without a GPU step, which make_cuda_step refuses first).
+#include "core/compress.h"
+#include "core/error.h"
+
+namespace sq {
+
+struct MaskConstraint::Device {};
+struct QuantizedConstraint::Device {};
+
+void MaskConstraint::on_gradient_device(float*, void*) { fail("this build has no CUDA support"); }
+void MaskConstraint::after_update_device(float*, float*, const float*, double, void*) {
+  fail("this build has no CUDA support");
+}
+void QuantizedConstraint::after_update_device(float*, float*, const float*, double, void*) {
+  fail("this build has no CUDA support");
+}
+void QuantizedConstraint::finish_device() { dev_.reset(); }
+
+}  // namespace sq
