@@ -13,6 +13,11 @@
 #   bench    bench_gpu: Fire shapes own vs cuDNN at fp32/TF32/BF16, training images/s
 #   pytorch  bench/pytorch_gpu.py: PyTorch eager and torch.compile on the same GPU
 #   sanitize compute-sanitizer memcheck over small GPU training steps (every kernel of a model)
+#            and the compression constraints' kernels
+#   compress `squeeze compress --device cuda` of the default job's weights (trained first when the
+#            test phase did not run): 6 bits, one epoch of retraining after each stage (its time:
+#            the elapsed stamps of this and the next header);
+#            then the same under `mpirun -np 1` (NCCL)
 # Uses the binaries in .device/bin when they run here, else builds (a minute or two; without
 # MPI, so the nccl phase then fails). Each phase
 # has a time limit (PHASE_LIMIT_S, default 150 s) so that a hang costs one phase, not the lease.
@@ -101,7 +106,16 @@ for phase in $phases; do
   sanitize)
     run "compute-sanitizer memcheck (small model steps)" compute-sanitizer --tool memcheck \
       --error-exitcode 1 $B/test_cuda_ops --gtest_color=no \
-      --gtest_filter='CudaModel.TrainingStepsFollowTheCpu:CudaStep.*:CudaOps.SoftmaxCrossEntropy'
+      --gtest_filter='CudaModel.TrainingStepsFollowTheCpu:CudaStep.*:CudaOps.SoftmaxCrossEntropy:CudaCompress.*'
+    ;;
+  compress)
+    [ -f /tmp/sq_gpu_run/weights.safetensors ] || run "train --device cuda (weights to compress)" \
+      $B/squeeze train --device cuda --data-dir "$data" --out /tmp/sq_gpu_run
+    run "compress --device cuda (6 bits, 1+1 epochs)" $B/squeeze compress --device cuda --weights /tmp/sq_gpu_run/weights.safetensors \
+      --out "$OUT/fmnist6_gpu.sqz" --bits 6 --dataset fashion-mnist --data-dir "$data" --retrain-epochs 1
+    run "mpirun -np 1 compress --device cuda (NCCL)" mpirun -np 1 $B/squeeze compress --device cuda \
+      --weights /tmp/sq_gpu_run/weights.safetensors --out /tmp/fmnist6_nccl.sqz --bits 6 \
+      --dataset fashion-mnist --data-dir "$data" --retrain-epochs 1
     ;;
   *) echo "unknown phase $phase"; status=1 ;;
   esac

@@ -17,12 +17,18 @@ using namespace sq;
 
 namespace {
 
+// C = A * B through the loaders, with the k and n descriptions made once each as the kernel's
+// tables are, then the op's epilogue.
 template <class Op>
-void multiply(const Op& op) {  // C = A * B through the loaders, then the op's epilogue
+void multiply(const Op& op) {
+  std::vector<typename Op::KEnt> ks;
+  std::vector<typename Op::NEnt> ns;
+  for (int k = 0; k < op.Kd; ++k) ks.push_back(op.kent(k));
+  for (int n = 0; n < op.N; ++n) ns.push_back(op.nent(n));
   for (int m = 0; m < op.M; ++m)
     for (int n = 0; n < op.N; ++n) {
       float acc = 0;
-      for (int k = 0; k < op.Kd; ++k) acc += op.a(m, k) * op.bval(k, n);
+      for (int k = 0; k < op.Kd; ++k) acc += op.a(m, k, ks[size_t(k)]) * op.bval(ks[size_t(k)], ns[size_t(n)]);
       op.store(m, n, acc, 0);
     }
 }

@@ -33,12 +33,35 @@ Geo geo_of(const ConvGeom& g) {
 
 // The fp32 kernel's block tile is TM x TN outputs (64x64, or 32x128 and 16x256 for products
 // with few rows: a squeeze's forward, an expand's input gradient), 4x4 per thread.
+// The operand tables of one block (igemm_ops.h): the NEnt of each column of its tile, for the
+// whole kernel, and the KEnts of the k-steps, double-buffered: while the tile of step k0 loads
+// from ktab[cur], threads 0..BK-1 fill ktab[cur ^ 1] for step k0 + BK, which the barrier after
+// the loads publishes.
+template <class Op, int TN>
+struct Tables {
+  typename Op::KEnt k[2][BK];
+  typename Op::NEnt n[TN];
+};
+
+template <class Op, int TN>
+__device__ void fill_ntab(const Op& op, Tables<Op, TN>& t, int n0) {
+  for (int l = threadIdx.x; l < TN; l += kGemmThreads)
+    if (n0 + l < op.N) t.n[l] = op.nent(n0 + l);
+}
+template <class Op, int TN>
+__device__ void fill_ktab(const Op& op, Tables<Op, TN>& t, int buf, int k0, int ke) {
+  if (threadIdx.x < BK && k0 + int(threadIdx.x) < ke) t.k[buf][threadIdx.x] = op.kent(k0 + threadIdx.x);
+}
+
+// The fp32 kernel's block tile is TM x TN outputs (64x64, or 32x128 and 16x256 for products
+// with few rows: a squeeze's forward, an expand's input gradient), 4x4 per thread.
 template <class Op, int TM, int TN>
 __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk) {
   static_assert((TM / 4) * (TN / 4) == kGemmThreads, "one 4x4 block of outputs per thread");
   constexpr int TX = TN / 4;
   __shared__ __align__(16) float As[BK][TM + 4];
   __shared__ __align__(16) float Bs[BK][TN + 4];
+  __shared__ Tables<Op, TN> tab;
   const int m0 = blockIdx.y * TM, n0 = blockIdx.x * TN;
   const int kb = blockIdx.z * k_chunk, ke = min(op.Kd, kb + k_chunk);
   const int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
@@ -47,16 +70,21 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk)
   for (int i = 0; i < 4; ++i)
 #pragma unroll
     for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
-  for (int k0 = kb; k0 < ke; k0 += BK) {
+  fill_ntab(op, tab, n0);
+  fill_ktab(op, tab, 0, kb, ke);
+  __syncthreads();
+  int cur = 0;
+  for (int k0 = kb; k0 < ke; k0 += BK, cur ^= 1) {
     for (int l = threadIdx.x; l < TM * BK; l += kGemmThreads) {
       const int mm = l / BK, kk = l % BK, m = m0 + mm, k = k0 + kk;
-      As[kk][mm] = (m < op.M && k < ke) ? op.a(m, k) : 0.0f;
+      As[kk][mm] = (m < op.M && k < ke) ? op.a(m, k, tab.k[cur][kk]) : 0.0f;
     }
     for (int l = threadIdx.x; l < BK * TN; l += kGemmThreads) {
       const int kk = Op::kBAlongK ? l % BK : l / TN, nn = Op::kBAlongK ? l / BK : l % TN;
       const int k = k0 + kk, n = n0 + nn;
-      Bs[kk][nn] = (n < op.N && k < ke) ? op.bval(k, n) : 0.0f;
+      Bs[kk][nn] = (n < op.N && k < ke) ? op.bval(tab.k[cur][kk], tab.n[nn]) : 0.0f;
     }
+    fill_ktab(op, tab, cur ^ 1, k0 + BK, ke);
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
@@ -110,22 +138,28 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_tc_kernel(Op op, int k_chu
   __shared__ __align__(32) E As[BM * LDA];  // (m, k) row-major
   __shared__ __align__(32) E Bs[BK * LDB];  // (k, n) row-major
   __shared__ __align__(32) float Cs[BM * LDC];
+  __shared__ Tables<Op, BN> tab;
   const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
   const int kb = blockIdx.z * k_chunk, ke = min(op.Kd, kb + k_chunk);
   const int warp = threadIdx.x / 32, wm = (warp / 2) * 16, wn = (warp % 2) * 32;
   wmma::fragment<wmma::accumulator, 16, 16, Prec::K, float> acc[2];
   wmma::fill_fragment(acc[0], 0.0f);
   wmma::fill_fragment(acc[1], 0.0f);
-  for (int k0 = kb; k0 < ke; k0 += BK) {
+  fill_ntab(op, tab, n0);
+  fill_ktab(op, tab, 0, kb, ke);
+  __syncthreads();
+  int cur = 0;
+  for (int k0 = kb; k0 < ke; k0 += BK, cur ^= 1) {
     for (int l = threadIdx.x; l < BM * BK; l += kGemmThreads) {
       const int mm = l / BK, kk = l % BK, m = m0 + mm, k = k0 + kk;
-      As[mm * LDA + kk] = Prec::cvt((m < op.M && k < ke) ? op.a(m, k) : 0.0f);
+      As[mm * LDA + kk] = Prec::cvt((m < op.M && k < ke) ? op.a(m, k, tab.k[cur][kk]) : 0.0f);
     }
     for (int l = threadIdx.x; l < BK * BN; l += kGemmThreads) {
       const int kk = Op::kBAlongK ? l % BK : l / BN, nn = Op::kBAlongK ? l / BK : l % BN;
       const int k = k0 + kk, n = n0 + nn;
-      Bs[kk * LDB + nn] = Prec::cvt((n < op.N && k < ke) ? op.bval(k, n) : 0.0f);
+      Bs[kk * LDB + nn] = Prec::cvt((n < op.N && k < ke) ? op.bval(tab.k[cur][kk], tab.n[nn]) : 0.0f);
     }
+    fill_ktab(op, tab, cur ^ 1, k0 + BK, ke);
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < BK; kk += Prec::K) {
@@ -169,6 +203,8 @@ Tile pick_tile(int M, int) {
 template <class Op>
 void launch_igemm(const Op& op, int splits, cudaStream_t s, const char* what) {
   if (op.M == 0 || op.N == 0) return;
+  if (!fits_int32(op.g))
+    fail(what, ": a tensor of 2^31 or more elements (batch ", op.g.N, "); use a smaller batch per GPU");
   const int chunk = (op.Kd + splits - 1) / splits;
   if (g_math == ConvMath::kTf32 || g_math == ConvMath::kBf16) {
     const dim3 grid((op.N + BN - 1) / BN, (op.M + BM - 1) / BM, splits);

@@ -3,6 +3,13 @@
 // (m, n) goes. Host and device code: kernels/cuda/conv.cu runs them in its tiled kernel, and
 // tests/test_igemm.cpp runs them in a plain loop on the CPU against the CPU convolution, so the
 // index arithmetic is checked on machines without a GPU.
+//
+// No division per element: an element's flat index splits into a part that depends on its k
+// only and a part that depends on its n only. Each op describes a k by a KEnt (kent(k)) and an n
+// by an NEnt (nent(n)), each computed once with the divisions; the kernel keeps a block's NEnts
+// (one per column of its tile) in shared memory for the whole kernel and the KEnts of one k-step
+// (BK of them) in shared memory per step, and a(m, k, KEnt) and bval(KEnt, NEnt) are additions and
+// bounds checks. Offsets are 32-bit: launch checks that every tensor has fewer than 2^31 elements.
 #pragma once
 #include <cstddef>
 
@@ -14,35 +21,48 @@ namespace cuda {
 struct Geo {
   int N, C, H, W, K, R, S, stride, pad, P, Q;
 
-  // A 1x1 filter at stride 1 without padding: col(x) is x itself, read without index division.
-  // (A run-time test, but the same for every thread of a launch: no divergence.)
-  SQ_HOST_DEVICE bool pointwise() const { return R == 1 && S == 1 && stride == 1 && pad == 0; }
-
-  // Element (crs, npq) of col(x), the im2col matrix (C*R*S x N*P*Q) of x (C, N, H, W): the
-  // input under filter tap (r, s) of output pixel (img, p, q), or 0 in the padding.
-  SQ_HOST_DEVICE float col(const float* x, int crs, int npq) const {
-    if (pointwise()) return x[size_t(crs) * N * P * Q + npq];
-    const int RS = R * S, PQ = P * Q;
-    const int c = crs / RS, rs = crs % RS, r = rs / S, s = rs % S;
-    const int img = npq / PQ, pq = npq % PQ, p = pq / Q, q = pq % Q;
-    const int h = p * stride - pad + r, wc = q * stride - pad + s;
-    if (h < 0 || h >= H || wc < 0 || wc >= W) return 0.0f;
-    return x[((size_t(c) * N + img) * H + h) * W + wc];
+  // col(x), the im2col matrix (C*R*S x N*P*Q) of x (C, N, H, W): element (crs, npq) is the input
+  // under filter tap (c, r, s) of output pixel (img, p, q), or 0 in the padding. Its flat index
+  // in x is Tap.off + Pix.off, with c*N*H*W + r*W + s in the tap and img*H*W + h0*W + w0 in the
+  // pixel, h0 = p*stride - pad and w0 = q*stride - pad the corner of the pixel's window.
+  struct Tap {
+    int off, r, s;
+  };
+  struct Pix {
+    int off, h0, w0;
+  };
+  SQ_HOST_DEVICE Tap tap(int crs) const {
+    const int RS = R * S, c = crs / RS, rs = crs - c * RS, r = rs / S, s = rs - r * S;
+    return {c * N * H * W + r * W + s, r, s};
+  }
+  SQ_HOST_DEVICE Pix pix(int npq) const {
+    const int PQ = P * Q, img = npq / PQ, pq = npq - img * PQ, p = pq / Q, q = pq - p * Q;
+    const int h0 = p * stride - pad, w0 = q * stride - pad;
+    return {img * H * W + h0 * W + w0, h0, w0};
+  }
+  SQ_HOST_DEVICE float col(const float* x, const Tap& t, const Pix& p) const {
+    // (unsigned): one comparison for 0 <= h < H; the sum is a valid index only inside.
+    if (unsigned(p.h0 + t.r) >= unsigned(H) || unsigned(p.w0 + t.s) >= unsigned(W)) return 0.0f;
+    return x[t.off + p.off];
   }
 };
 
-// Forward: A = w (K x CRS), B(k, n) = x at (c, img, p*st - pad + r, q*st - pad + s).
+// Forward: A = w (K x CRS), B(k, n) = col(x)(k, n): k a tap, n an output pixel.
 // kBAlongK: B's elements are adjacent in memory along k (not n), so the tile loader lets
 // neighbouring threads take neighbouring k for coalesced reads.
 struct FwdOp {
   static constexpr bool kBAlongK = false;
+  using KEnt = Geo::Tap;
+  using NEnt = Geo::Pix;
   Geo g;
   const float *x, *w, *b;
   float* y;
   bool relu;
   int M, N, Kd;
-  SQ_HOST_DEVICE float a(int m, int k) const { return w[size_t(m) * Kd + k]; }
-  SQ_HOST_DEVICE float bval(int k, int n) const { return g.col(x, k, n); }
+  SQ_HOST_DEVICE KEnt kent(int k) const { return g.tap(k); }
+  SQ_HOST_DEVICE NEnt nent(int n) const { return g.pix(n); }
+  SQ_HOST_DEVICE float a(int m, int k, const KEnt&) const { return w[m * Kd + k]; }
+  SQ_HOST_DEVICE float bval(const KEnt& kt, const NEnt& np) const { return g.col(x, kt, np); }
   SQ_HOST_DEVICE void store(int m, int n, float v, int) const {
     if (b) v += b[m];
     if (relu) v = v > 0.0f ? v : 0.0f;
@@ -50,35 +70,47 @@ struct FwdOp {
   }
 };
 
-// Backward data: A(c, (k, r, s)) = w[k, c, r, s]; B((k, r, s), (img, h, w)) = dz at
-// (k, img, p, q) with h = p*st - pad + r, w = q*st - pad + s, where such p, q exist.
+// Backward data: A(c, (ko, r, s)) = w[ko, c, r, s]; B((ko, r, s), (img, h, w)) = dz at
+// (ko, img, p, q) with h = p*st - pad + r, w = q*st - pad + s, where such p, q exist. At stride 1
+// (every Fire convolution) p = h + pad - r and q = w + pad - s, and the flat index of dz is
+// KEnt.b_off + NEnt.off; other strides also test divisibility (the division then stays).
 struct DataOp {
   static constexpr bool kBAlongK = false;
+  struct KEnt {
+    int a_off;  // ko*C*R*S + r*S + s: A(m, k) = w[a_off + m*R*S]
+    int b_off;  // ko*N*P*Q - r*Q - s (stride 1)
+    int ko_off, r, s;  // ko*N*P*Q, r, s (other strides)
+  };
+  struct NEnt {
+    int off;     // img*P*Q + (h + pad)*Q + (w + pad) (stride 1)
+    int img_off, hp, wp;  // img*P*Q, h + pad, w + pad
+  };
   Geo g;
   const float *w, *dz;
   float* dx;
   bool accumulate;
   int M, N, Kd;
-  SQ_HOST_DEVICE float a(int m, int k) const {
-    if (g.pointwise()) return w[size_t(k) * g.C + m];
-    const int RS = g.R * g.S;
-    const int ko = k / RS, rs = k % RS;
-    return w[(size_t(ko) * g.C + m) * RS + rs];
+  SQ_HOST_DEVICE KEnt kent(int k) const {
+    const int RS = g.R * g.S, ko = k / RS, rs = k - ko * RS, r = rs / g.S, s = rs - r * g.S;
+    const int ko_off = ko * g.N * g.P * g.Q;
+    return {ko * g.C * RS + rs, ko_off - r * g.Q - s, ko_off, r, s};
   }
-  SQ_HOST_DEVICE float bval(int k, int n) const {
-    if (g.pointwise()) return dz[size_t(k) * N + n];
-    const int RS = g.R * g.S, HW = g.H * g.W;
-    const int ko = k / RS, rs = k % RS, r = rs / g.S, s = rs % g.S;
-    const int img = n / HW, hw = n % HW, h = hw / g.W, wc = hw % g.W;
-    const int ph = h + g.pad - r, qw = wc + g.pad - s;
-    if (ph < 0 || qw < 0) return 0.0f;
-    int p = ph, q = qw;
-    if (g.stride != 1) {  // (no integer division at stride 1, the Fire's 3x3)
-      if (ph % g.stride || qw % g.stride) return 0.0f;
-      p = ph / g.stride, q = qw / g.stride;
+  SQ_HOST_DEVICE NEnt nent(int n) const {
+    const int HW = g.H * g.W, img = n / HW, hw = n - img * HW, h = hw / g.W, wc = hw - h * g.W;
+    const int img_off = img * g.P * g.Q, hp = h + g.pad, wp = wc + g.pad;
+    return {img_off + hp * g.Q + wp, img_off, hp, wp};
+  }
+  SQ_HOST_DEVICE float a(int m, int, const KEnt& kt) const { return w[kt.a_off + m * g.R * g.S]; }
+  SQ_HOST_DEVICE float bval(const KEnt& kt, const NEnt& np) const {
+    const int ph = np.hp - kt.r, qw = np.wp - kt.s;
+    if (g.stride == 1) {
+      if (unsigned(ph) >= unsigned(g.P) || unsigned(qw) >= unsigned(g.Q)) return 0.0f;
+      return dz[kt.b_off + np.off];
     }
+    if (ph < 0 || qw < 0 || ph % g.stride || qw % g.stride) return 0.0f;
+    const int p = ph / g.stride, q = qw / g.stride;
     if (p >= g.P || q >= g.Q) return 0.0f;
-    return dz[((size_t(ko) * g.N + img) * g.P + p) * g.Q + q];
+    return dz[kt.ko_off + np.img_off + p * g.Q + q];
   }
   SQ_HOST_DEVICE void store(int m, int n, float v, int) const {
     float* o = dx + size_t(m) * N + n;
@@ -87,19 +119,30 @@ struct DataOp {
 };
 
 // Backward weights, one split-K slice per blockIdx.z: A = dz (K x NPQ), B((img,p,q), (c,r,s)) =
-// x at (c, img, p*st - pad + r, q*st - pad + s). Partial sums go to ws[z][m][n].
+// col(x)^T: k an output pixel, n a tap. Partial sums go to ws[z][m][n].
 struct WeightOp {
   static constexpr bool kBAlongK = true;  // col(x)^T: k runs along the pixels
+  using KEnt = Geo::Pix;
+  using NEnt = Geo::Tap;
   Geo g;
   const float *x, *dz;
   float* ws;
   int M, N, Kd;
-  SQ_HOST_DEVICE float a(int m, int k) const { return dz[size_t(m) * Kd + k]; }
-  SQ_HOST_DEVICE float bval(int k, int n) const { return g.col(x, n, k); }  // col(x)^T
+  SQ_HOST_DEVICE KEnt kent(int k) const { return g.pix(k); }
+  SQ_HOST_DEVICE NEnt nent(int n) const { return g.tap(n); }
+  SQ_HOST_DEVICE float a(int m, int k, const KEnt&) const { return dz[m * Kd + k]; }
+  SQ_HOST_DEVICE float bval(const KEnt& np, const NEnt& kt) const { return g.col(x, kt, np); }
   SQ_HOST_DEVICE void store(int m, int n, float v, int z) const {
     ws[(size_t(z) * M + m) * N + n] = v;
   }
 };
+
+// Every index the loaders form fits in 32 bits (for the launch's check).
+inline bool fits_int32(const Geo& g) {
+  const long long lim = 2147483647LL;
+  return (long long)g.C * g.N * g.H * g.W < lim && (long long)g.K * g.N * g.P * g.Q < lim &&
+         (long long)g.K * g.C * g.R * g.S < lim;
+}
 
 }  // namespace cuda
 }  // namespace sq
