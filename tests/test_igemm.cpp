@@ -1,15 +1,20 @@
 // The index arithmetic of the GPU's implicit-GEMM convolution (kernels/cuda/igemm_ops.h), run on
 // the CPU: the three operand loaders multiplied out in a plain loop must reproduce the CPU
 // convolution's forward, weight gradient and input gradient (in double) for kernels, strides and
-// paddings of every kind. Runs everywhere, GPU or not; the kernel's tiling is checked on a GPU
-// by test_cuda_ops.
+// paddings of every kind; and the fp32 tile kernel itself, run on the CPU thread by thread
+// (tests/simt_host.h). Runs everywhere, GPU or not; test_cuda_ops checks the kernels on a GPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
+#include <string>
 #include <random>
 #include <vector>
 
 #include "kernels/cuda/igemm_ops.h"
+// The tile kernel's source, compiled for the CPU (after simt_host.h).
+#include "tests/simt_host.h"
+#include "kernels/cuda/igemm_kernel.cuh"
 #include "kernels/cuda/pool_index.h"
 #include "kernels/ops.h"
 
@@ -44,48 +49,119 @@ double rel(const std::vector<float>& got, const std::vector<double>& ref) {
 
 }  // namespace
 
-TEST(ImplicitGemm, LoadersReproduceTheCpuConvolution) {
-  std::mt19937 rng(3);
-  std::normal_distribution<float> nd;
-  const ConvGeom cases[] = {
-      {2, 3, 23, 23, 8, 7, 7, 2, 0},  // conv1 of squeezenet1.0
-      {3, 3, 17, 17, 5, 3, 3, 2, 0},  // conv1 of squeezenet1.1
-      {2, 4, 9, 9, 6, 3, 3, 1, 1},    // expand 3x3
-      {3, 7, 6, 5, 4, 1, 1, 1, 0},    // 1x1, H != W (the pointwise path)
-      {2, 5, 7, 7, 3, 1, 1, 2, 0},    // 1x1 at stride 2 (not pointwise)
-      {2, 3, 5, 6, 4, 1, 1, 1, 1},    // 1x1 with padding (not pointwise)
-      {2, 3, 11, 8, 5, 5, 3, 3, 2},   // odd kernel, stride 3, padding 2
-      {1, 2, 4, 4, 3, 3, 3, 2, 1},    // padding larger than what stride covers
-  };
-  for (const ConvGeom& cg : cases) {
-    SCOPED_TRACE("C" + std::to_string(cg.C) + " H" + std::to_string(cg.H) + " K" +
-                 std::to_string(cg.K) + " R" + std::to_string(cg.R) + " stride " +
-                 std::to_string(cg.stride) + " pad " + std::to_string(cg.pad));
+namespace {
+
+// A convolution on fresh random data with its CPU reference (in double) and the three loaders.
+struct Case {
+  ConvGeom cg;
+  cuda::Geo g;
+  std::vector<float> x, w, b, dz;
+  std::vector<double> y_ref, dw_ref, dx_ref;
+  Case(const ConvGeom& c, std::mt19937& rng) : cg(c) {
+    std::normal_distribution<float> nd;
     const int P = cg.P(), Q = cg.Q();
-    const size_t nx = size_t(cg.C) * cg.N * cg.H * cg.W, nw = size_t(cg.K) * cg.C * cg.R * cg.S;
-    const size_t ny = size_t(cg.K) * cg.N * P * Q;
-    std::vector<float> x(nx), w(nw), b(cg.K), dz(ny);
+    g = {cg.N, cg.C, cg.H, cg.W, cg.K, cg.R, cg.S, cg.stride, cg.pad, P, Q};
+    x.resize(size_t(cg.C) * cg.N * cg.H * cg.W);
+    w.resize(size_t(cg.K) * cg.C * cg.R * cg.S);
+    b.resize(size_t(cg.K));
+    dz.resize(size_t(cg.K) * cg.N * P * Q);
     for (auto* v : {&x, &w, &b, &dz})
       for (float& e : *v) e = nd(rng);
     const std::vector<double> xd(x.begin(), x.end()), wd(w.begin(), w.end()),
         bd(b.begin(), b.end()), dzd(dz.begin(), dz.end());
-    std::vector<double> y_ref(ny), dw_ref(nw, 0.0), db_ref(cg.K, 0.0), dx_ref(nx);
-    std::vector<double> ws(conv_workspace(cg) + 1);
+    y_ref.resize(dz.size());
+    dw_ref.assign(w.size(), 0.0);
+    dx_ref.resize(x.size());
+    std::vector<double> db_ref(b.size(), 0.0), ws(conv_workspace(cg) + 1);
     conv_forward<double>(cg, xd.data(), wd.data(), bd.data(), y_ref.data(), true, ws.data());
     conv_backward<double>(cg, xd.data(), wd.data(), dzd.data(), dw_ref.data(), db_ref.data(),
                           dx_ref.data(), false, ws.data());
+  }
+  int npq() const { return g.N * g.P * g.Q; }
+  int crs() const { return g.C * g.R * g.S; }
+  cuda::FwdOp fwd(float* y) const { return {g, x.data(), w.data(), b.data(), y, true, g.K, npq(), crs()}; }
+  cuda::WeightOp wgt(float* ws) const { return {g, x.data(), dz.data(), ws, g.K, crs(), npq()}; }
+  cuda::DataOp data(float* dx) const {
+    return {g, w.data(), dz.data(), dx, false, g.C, g.N * g.H * g.W, g.K * g.R * g.S};
+  }
+  std::string name() const {
+    return "C" + std::to_string(cg.C) + " H" + std::to_string(cg.H) + " K" + std::to_string(cg.K) +
+           " R" + std::to_string(cg.R) + " stride " + std::to_string(cg.stride) + " pad " +
+           std::to_string(cg.pad);
+  }
+};
 
-    const cuda::Geo g{cg.N, cg.C, cg.H, cg.W, cg.K, cg.R, cg.S, cg.stride, cg.pad, P, Q};
-    std::vector<float> y(ny), dw(nw), dx(nx);
-    multiply(cuda::FwdOp{g, x.data(), w.data(), b.data(), y.data(), true, cg.K, cg.N * P * Q,
-                         cg.C * cg.R * cg.S});
-    multiply(cuda::WeightOp{g, x.data(), dz.data(), dw.data(), cg.K, cg.C * cg.R * cg.S,
-                            cg.N * P * Q});
-    multiply(cuda::DataOp{g, w.data(), dz.data(), dx.data(), false, cg.C, cg.N * cg.H * cg.W,
-                          cg.K * cg.R * cg.S});
-    EXPECT_LT(rel(y, y_ref), 1e-6) << "forward";
-    EXPECT_LT(rel(dw, dw_ref), 1e-6) << "weight gradient";
-    EXPECT_LT(rel(dx, dx_ref), 1e-6) << "input gradient";
+const ConvGeom kCases[] = {
+    {2, 3, 23, 23, 8, 7, 7, 2, 0},  // conv1 of squeezenet1.0
+    {3, 3, 17, 17, 5, 3, 3, 2, 0},  // conv1 of squeezenet1.1
+    {2, 4, 9, 9, 6, 3, 3, 1, 1},    // expand 3x3
+    {3, 7, 6, 5, 4, 1, 1, 1, 0},    // 1x1, H != W
+    {2, 5, 7, 7, 3, 1, 1, 2, 0},    // 1x1 at stride 2
+    {2, 3, 5, 6, 4, 1, 1, 1, 1},    // 1x1 with padding
+    {2, 3, 11, 8, 5, 5, 3, 3, 2},   // odd kernel, stride 3, padding 2
+    {1, 2, 4, 4, 3, 3, 3, 2, 1},    // padding larger than what stride covers
+};
+
+}  // namespace
+
+TEST(ImplicitGemm, LoadersReproduceTheCpuConvolution) {
+  std::mt19937 rng(3);
+  for (const ConvGeom& cg : kCases) {
+    const Case c(cg, rng);
+    SCOPED_TRACE(c.name());
+    std::vector<float> y(c.y_ref.size()), dw(c.dw_ref.size()), dx(c.dx_ref.size());
+    multiply(c.fwd(y.data()));
+    multiply(c.wgt(dw.data()));
+    multiply(c.data(dx.data()));
+    EXPECT_LT(rel(y, c.y_ref), 1e-6) << "forward";
+    EXPECT_LT(rel(dw, c.dw_ref), 1e-6) << "weight gradient";
+    EXPECT_LT(rel(dx, c.dx_ref), 1e-6) << "input gradient";
+  }
+}
+
+namespace {
+
+// The GPU's fp32 tile kernel (kernels/cuda/igemm_kernel.cuh) on the CPU (tests/simt_host.h): the
+// grid as conv.cu launches it, split-K slices summed in order as its reduction does.
+template <int TM, int TN, class Op>
+void run_tile_kernel(const Op& op, int splits, bool reverse) {
+  const int chunk = (op.Kd + splits - 1) / splits;
+  const SimtDim3 grid{unsigned((op.N + TN - 1) / TN), unsigned((op.M + TM - 1) / TM), unsigned(splits)};
+  const std::function<void()> body = [&] { cuda::igemm_kernel<Op, TM, TN>(op, chunk); };
+  ASSERT_TRUE(simt::run(grid, cuda::kGemmThreads, body, reverse)) << "threads disagree on barriers";
+}
+
+template <int TM, int TN>
+void check_tiles(const Case& c, bool reverse) {
+  SCOPED_TRACE("tile " + std::to_string(TM) + "x" + std::to_string(TN) + (reverse ? ", reverse" : ""));
+  std::vector<float> y(c.y_ref.size(), NAN), dx(c.dx_ref.size(), NAN);
+  run_tile_kernel<TM, TN>(c.fwd(y.data()), 1, reverse);
+  EXPECT_LT(rel(y, c.y_ref), 1e-6) << "forward";
+  run_tile_kernel<TM, TN>(c.data(dx.data()), 1, reverse);
+  EXPECT_LT(rel(dx, c.dx_ref), 1e-6) << "input gradient";
+  for (int splits : {1, 3}) {
+    std::vector<float> ws(size_t(splits) * c.dw_ref.size(), NAN), dw(c.dw_ref.size(), 0.0f);
+    run_tile_kernel<TM, TN>(c.wgt(ws.data()), splits, reverse);
+    for (int z = 0; z < splits; ++z)
+      for (size_t i = 0; i < dw.size(); ++i) dw[i] += ws[size_t(z) * dw.size() + i];
+    EXPECT_LT(rel(dw, c.dw_ref), 1e-6) << "weight gradient, " << splits << " slice(s)";
+  }
+}
+
+}  // namespace
+
+// The tile kernel itself, every tile shape, threads resumed in both orders (a missing barrier
+// around the shared operand tables gives a wrong product in one of them).
+TEST(ImplicitGemm, TileKernelOnTheCpuReproducesTheCpuConvolution) {
+  std::mt19937 rng(5);
+  for (const ConvGeom& cg : kCases) {
+    const Case c(cg, rng);
+    SCOPED_TRACE(c.name());
+    for (bool reverse : {false, true}) {
+      check_tiles<64, 64>(c, reverse);
+      check_tiles<32, 128>(c, reverse);
+      check_tiles<16, 256>(c, reverse);
+    }
   }
 }
 

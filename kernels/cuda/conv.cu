@@ -13,7 +13,7 @@
 
 #include "core/error.h"
 #include "kernels/cuda/common.cuh"
-#include "kernels/cuda/igemm_ops.h"
+#include "kernels/cuda/igemm_kernel.cuh"
 
 namespace sq {
 namespace cuda {
@@ -22,89 +22,11 @@ using namespace nvcuda;
 
 namespace {
 
-constexpr int BM = 64, BN = 64, BK = 16, kGemmThreads = 256;
-
 Geo geo_of(const ConvGeom& g) {
   SQ_ASSERT(g.N >= 0 && g.C > 0 && g.K > 0 && g.R > 0 && g.S > 0 && g.stride > 0 && g.pad >= 0,
             "bad conv geometry");
   SQ_ASSERT(g.P() > 0 && g.Q() > 0, "conv output is empty");
   return {g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, g.P(), g.Q()};
-}
-
-// The fp32 kernel's block tile is TM x TN outputs (64x64, or 32x128 and 16x256 for products
-// with few rows: a squeeze's forward, an expand's input gradient), 4x4 per thread.
-// The operand tables of one block (igemm_ops.h): the NEnt of each column of its tile, for the
-// whole kernel, and the KEnts of the k-steps, double-buffered: while the tile of step k0 loads
-// from ktab[cur], threads 0..BK-1 fill ktab[cur ^ 1] for step k0 + BK, which the barrier after
-// the loads publishes.
-template <class Op, int TN>
-struct Tables {
-  typename Op::KEnt k[2][BK];
-  typename Op::NEnt n[TN];
-};
-
-template <class Op, int TN>
-__device__ void fill_ntab(const Op& op, Tables<Op, TN>& t, int n0) {
-  for (int l = threadIdx.x; l < TN; l += kGemmThreads)
-    if (n0 + l < op.N) t.n[l] = op.nent(n0 + l);
-}
-template <class Op, int TN>
-__device__ void fill_ktab(const Op& op, Tables<Op, TN>& t, int buf, int k0, int ke) {
-  if (threadIdx.x < BK && k0 + int(threadIdx.x) < ke) t.k[buf][threadIdx.x] = op.kent(k0 + threadIdx.x);
-}
-
-// The fp32 kernel's block tile is TM x TN outputs (64x64, or 32x128 and 16x256 for products
-// with few rows: a squeeze's forward, an expand's input gradient), 4x4 per thread.
-template <class Op, int TM, int TN>
-__global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk) {
-  static_assert((TM / 4) * (TN / 4) == kGemmThreads, "one 4x4 block of outputs per thread");
-  constexpr int TX = TN / 4;
-  __shared__ __align__(16) float As[BK][TM + 4];
-  __shared__ __align__(16) float Bs[BK][TN + 4];
-  __shared__ Tables<Op, TN> tab;
-  const int m0 = blockIdx.y * TM, n0 = blockIdx.x * TN;
-  const int kb = blockIdx.z * k_chunk, ke = min(op.Kd, kb + k_chunk);
-  const int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
-  float acc[4][4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
-  fill_ntab(op, tab, n0);
-  fill_ktab(op, tab, 0, kb, ke);
-  __syncthreads();
-  int cur = 0;
-  for (int k0 = kb; k0 < ke; k0 += BK, cur ^= 1) {
-    for (int l = threadIdx.x; l < TM * BK; l += kGemmThreads) {
-      const int mm = l / BK, kk = l % BK, m = m0 + mm, k = k0 + kk;
-      As[kk][mm] = (m < op.M && k < ke) ? op.a(m, k, tab.k[cur][kk]) : 0.0f;
-    }
-    for (int l = threadIdx.x; l < BK * TN; l += kGemmThreads) {
-      const int kk = Op::kBAlongK ? l % BK : l / TN, nn = Op::kBAlongK ? l / BK : l % TN;
-      const int k = k0 + kk, n = n0 + nn;
-      Bs[kk][nn] = (n < op.N && k < ke) ? op.bval(tab.k[cur][kk], tab.n[nn]) : 0.0f;
-    }
-    fill_ktab(op, tab, cur ^ 1, k0 + BK, ke);
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < BK; ++kk) {
-      const float4 a4 = *reinterpret_cast<const float4*>(&As[kk][ty * 4]);
-      const float4 b4 = *reinterpret_cast<const float4*>(&Bs[kk][tx * 4]);
-      const float av[4] = {a4.x, a4.y, a4.z, a4.w}, bv[4] = {b4.x, b4.y, b4.z, b4.w};
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
-    }
-    __syncthreads();
-  }
-#pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int m = m0 + ty * 4 + i, n = n0 + tx * 4 + j;
-      if (m < op.M && n < op.N) op.store(m, n, acc[i][j], blockIdx.z);
-    }
 }
 
 // ---- tensor-core variant (TF32 or BF16 operands, fp32 accumulation) --------------------------
