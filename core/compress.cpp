@@ -253,6 +253,36 @@ std::vector<std::vector<float>> centroid_gradients(const CompressedModel& cm, co
   return out;
 }
 
+CentroidLists centroid_lists(const CompressedModel& cm, const Model& plan) {
+  const std::vector<WeightTensor> wt = weight_tensors(plan);
+  const size_t n = plan.layout().total;
+  SQ_ASSERT(wt.size() == cm.weights.size(), "compressed model does not match the model");
+  if (n >= size_t(INT32_MAX)) fail("a model of ", n, " parameters is too large for 32-bit member indices");
+  CentroidLists L;
+  for (size_t t = 0; t < wt.size(); ++t) {
+    L.book_offset.push_back(L.codebook.size());
+    L.codebook.insert(L.codebook.end(), cm.weights[t].codebook.begin(), cm.weights[t].codebook.end());
+  }
+  L.start.assign(L.codebook.size() + 1, 0);
+  L.centroid_of.assign(n, kNotShared);
+  for (size_t t = 0; t < wt.size(); ++t) {
+    const QuantizedTensor& q = cm.weights[t];
+    std::fill(L.centroid_of.begin() + long(wt[t].offset), L.centroid_of.begin() + long(wt[t].offset + wt[t].count), -1);
+    for (size_t j = 0; j < q.positions.size(); ++j) {
+      const size_t g = L.book_offset[t] + q.codes[j];
+      ++L.start[g + 1];
+      L.centroid_of[wt[t].offset + q.positions[j]] = int32_t(g);
+    }
+  }
+  for (size_t g = 0; g < L.codebook.size(); ++g) L.start[g + 1] += L.start[g];
+  // Counting sort by centroid; within a centroid the parameters stay in ascending order.
+  L.members.resize(size_t(L.start.back()));
+  std::vector<int32_t> fill(L.start.begin(), L.start.end() - 1);
+  for (size_t i = 0; i < n; ++i)
+    if (L.centroid_of[i] >= 0) L.members[size_t(fill[size_t(L.centroid_of[i])]++)] = int32_t(i);
+  return L;
+}
+
 QuantizedConstraint::QuantizedConstraint(CompressedModel& cm, const Model& plan, double momentum)
     : cm_(cm), wt_(weight_tensors(plan)), plan_(plan), momentum_(momentum) {
   SQ_ASSERT(wt_.size() == cm.weights.size(), "compressed model does not match the model");

@@ -88,6 +88,19 @@ std::vector<float> dequantize(const CompressedModel& cm, const Model& plan);
 std::vector<std::vector<float>> centroid_gradients(const CompressedModel& cm, const Model& plan,
                                                    const float* grads);
 
+// The codebooks and their members as flat lists, for the GPU's trained quantization
+// (kernels/cuda/compress_kernels.cuh): centroid g of the tensors' concatenated codebooks has the
+// members members[start[g] .. start[g+1]), flat parameter indices in ascending order;
+// centroid_of[i] is parameter i's centroid, -1 for a pruned weight, kNotShared outside the weight
+// tensors (biases).
+constexpr int32_t kNotShared = -2;
+struct CentroidLists {
+  std::vector<size_t> book_offset;  // per tensor, its first centroid
+  std::vector<float> codebook;      // concatenated
+  std::vector<int32_t> start, members, centroid_of;
+};
+CentroidLists centroid_lists(const CompressedModel& cm, const Model& plan);
+
 // Pruned retraining: the gradient, the parameters and the momentum of pruned weights are held at
 // zero (with zero momentum and zero weight, weight decay cannot move them either). On a GPU the
 // mask is copied to the device at the first step (core/cuda_compress.cpp).

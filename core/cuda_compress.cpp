@@ -27,8 +27,7 @@ void MaskConstraint::after_update_device(float* params, float* momentum, const f
   cuda::apply_mask(momentum, dev_->mask.get(), mask_.size(), static_cast<cudaStream_t>(stream));
 }
 
-// Every centroid of every tensor has a global index g (the tensors' codebooks concatenated); its
-// members are members[start[g] .. start[g+1]), flat parameter indices in ascending order.
+// The lists of centroid_lists() (core/compress.h) and the velocities, on the device.
 struct QuantizedConstraint::Device {
   std::vector<size_t> book_offset;  // per tensor, its first global centroid
   int centroids = 0;
@@ -42,37 +41,16 @@ void QuantizedConstraint::after_update_device(float* params, float* momentum, co
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   const size_t n = plan_.layout().total;
   if (!dev_) {
-    SQ_ASSERT(n < size_t(INT32_MAX), "a model of ", n, " parameters for 32-bit member indices");
-    auto d = std::make_shared<Device>();
-    std::vector<float> book;
+    const CentroidLists L = centroid_lists(cm_, plan_);
     std::vector<double> vel;
-    for (size_t t = 0; t < wt_.size(); ++t) {
-      d->book_offset.push_back(book.size());
-      book.insert(book.end(), cm_.weights[t].codebook.begin(), cm_.weights[t].codebook.end());
-      vel.insert(vel.end(), velocity_[t].begin(), velocity_[t].end());
-    }
-    SQ_ASSERT(book.size() < size_t(INT32_MAX), "too many centroids");
-    d->centroids = int(book.size());
-    std::vector<int32_t> start(book.size() + 1, 0), centroid_of(n, cuda::kNotShared);
-    for (size_t t = 0; t < wt_.size(); ++t) {
-      const QuantizedTensor& q = cm_.weights[t];
-      std::fill(centroid_of.begin() + long(wt_[t].offset),
-                centroid_of.begin() + long(wt_[t].offset + wt_[t].count), -1);
-      for (size_t j = 0; j < q.positions.size(); ++j) {
-        const size_t g = d->book_offset[t] + q.codes[j];
-        ++start[g + 1];
-        centroid_of[wt_[t].offset + q.positions[j]] = int32_t(g);
-      }
-    }
-    for (size_t g = 0; g < book.size(); ++g) start[g + 1] += start[g];
-    // Counting sort by centroid; within a centroid the parameters stay in ascending order.
-    std::vector<int32_t> members(size_t(start.back())), fill(start.begin(), start.end() - 1);
-    for (size_t i = 0; i < n; ++i)
-      if (centroid_of[i] >= 0) members[size_t(fill[size_t(centroid_of[i])]++)] = int32_t(i);
-    d->start = cuda::DeviceBuffer<int32_t>(start);
-    d->members = cuda::DeviceBuffer<int32_t>(members);
-    d->centroid_of = cuda::DeviceBuffer<int32_t>(centroid_of);
-    d->codebook = cuda::DeviceBuffer<float>(book);
+    for (const std::vector<double>& v : velocity_) vel.insert(vel.end(), v.begin(), v.end());
+    auto d = std::make_shared<Device>();
+    d->book_offset = L.book_offset;
+    d->centroids = int(L.codebook.size());
+    d->start = cuda::DeviceBuffer<int32_t>(L.start);
+    d->members = cuda::DeviceBuffer<int32_t>(L.members);
+    d->centroid_of = cuda::DeviceBuffer<int32_t>(L.centroid_of);
+    d->codebook = cuda::DeviceBuffer<float>(L.codebook);
     d->velocity = cuda::DeviceBuffer<double>(vel);
     dev_ = std::move(d);
   }

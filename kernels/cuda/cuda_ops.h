@@ -58,8 +58,7 @@ void apply_mask(float* x, const uint8_t* mask, size_t n, cudaStream_t s);
 void centroid_sgd(int centroids, const int32_t* start, const int32_t* members, const float* grads,
                   float* codebook, double* velocity, double lr, double momentum, cudaStream_t s);
 // Per parameter i, centroid_of[i] is a centroid (params[i] = codebook[c]), -1 for a pruned weight
-// (params[i] = 0) or kNotShared (left alone: biases); momentum is zeroed where it is not kNotShared.
-constexpr int32_t kNotShared = -2;
+// (params[i] = 0) or below -1 (left alone: biases); momentum is zeroed where it is not below -1.
 void write_shared_weights(size_t n, const int32_t* centroid_of, const float* codebook, float* params,
                           float* momentum, cudaStream_t s);
 

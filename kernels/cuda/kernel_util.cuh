@@ -1,0 +1,31 @@
+// Device helpers of the kernels that need no CUDA runtime header, so kernel sources built on them
+// also compile for the CPU under tests/simt_host.h (the tests that run kernels without a GPU).
+#pragma once
+#include <cstddef>
+
+namespace sq {
+namespace cuda {
+
+constexpr int kThreads = 256;
+
+#define SQ_GRID_STRIDE(i, n)                                                            \
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n);               \
+       i += size_t(blockDim.x) * gridDim.x)
+
+// The sum of every thread's v over the block, in a fixed tree order (deterministic), returned to
+// every thread. sh: blockDim.x elements of shared memory; blockDim.x a power of two.
+template <class T>
+__device__ T block_sum(T v, T* sh) {
+  sh[threadIdx.x] = v;
+  __syncthreads();
+  for (unsigned w = blockDim.x / 2; w > 0; w /= 2) {
+    if (threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
+    __syncthreads();
+  }
+  const T total = sh[0];
+  __syncthreads();  // sh may be reused at once
+  return total;
+}
+
+}  // namespace cuda
+}  // namespace sq
