@@ -4,13 +4,16 @@
 // all threads reach a barrier before any passes it. __shared__ variables become function-static
 // (one copy shared by the block's threads, as on the device). A missing barrier shows as a wrong
 // result when threads run in the order that exposes it: run() takes forward or reverse order.
-// Supports what the project's tile kernels use: threadIdx, blockIdx, blockDim, gridDim, float4,
-// min, fmaf. Include it before the kernel source.
+// Supports what the project's kernels use: threadIdx, blockIdx, blockDim, gridDim, float4, min,
+// fmaf, bfloat16 and WMMA (below). Include it before the kernel source.
 #pragma once
 #include <ucontext.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
+#include <type_traits>
 #include <cstdlib>
 #include <functional>
 #include <vector>
@@ -30,6 +33,83 @@ inline int min(int a, int b) { return a < b ? a : b; }
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
 #define __syncthreads() ::simt::barrier()
+
+// bfloat16 and WMMA, as the tensor-core kernel uses them. A fragment holds its whole tile in every
+// thread (the device's distribution over a warp's threads is unspecified, and the kernel only
+// loads, multiplies and stores whole fragments), so each thread of a warp computes the warp's
+// product; mma accumulates in float, in k order.
+struct __nv_bfloat16 {
+  uint16_t bits;
+};
+inline __nv_bfloat16 __float2bfloat16_rn(float f) {  // round to nearest even (no NaNs here)
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return {uint16_t(u >> 16)};
+}
+inline float simt_to_float(float v) { return v; }
+inline float simt_to_float(__nv_bfloat16 v) {
+  const uint32_t u = uint32_t(v.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+namespace precision {
+struct tf32 {};
+}  // namespace precision
+enum layout_t { mem_row_major };
+
+template <class Use, int M, int N, int K, class T, class Layout = void>
+struct fragment {
+  static constexpr int rows = std::is_same<Use, matrix_b>::value ? K : M;
+  static constexpr int cols = std::is_same<Use, matrix_a>::value ? K : N;
+  static constexpr int num_elements = rows * cols;
+  using elem = typename std::conditional<std::is_same<T, precision::tf32>::value, float, T>::type;
+  elem x[rows * cols];
+};
+template <class F>
+void fill_fragment(F& f, float v) {
+  for (auto& e : f.x) e = v;
+}
+template <class F, class E>
+void load_matrix_sync(F& f, const E* p, unsigned ldm) {
+  for (int r = 0; r < F::rows; ++r)
+    for (int c = 0; c < F::cols; ++c) f.x[r * F::cols + c] = p[size_t(r) * ldm + size_t(c)];
+}
+template <class F>
+void store_matrix_sync(float* p, const F& f, unsigned ldm, layout_t) {
+  for (int r = 0; r < F::rows; ++r)
+    for (int c = 0; c < F::cols; ++c) p[size_t(r) * ldm + size_t(c)] = f.x[r * F::cols + c];
+}
+template <class D, class A, class B, class C>
+void mma_sync(D& d, const A& a, const B& b, const C& c) {
+  float out[D::num_elements];
+  for (int i = 0; i < D::rows; ++i)
+    for (int j = 0; j < D::cols; ++j) {
+      float acc = c.x[i * D::cols + j];
+      for (int k = 0; k < A::cols; ++k)
+        acc += simt_to_float(a.x[i * A::cols + k]) * simt_to_float(b.x[k * B::cols + j]);
+      out[i * D::cols + j] = acc;
+    }
+  for (int e = 0; e < D::num_elements; ++e) d.x[e] = out[e];
+}
+inline float __float_to_tf32(float f) {  // 10 mantissa bits, round to nearest even
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0xFFFu + ((u >> 13) & 1u);
+  u &= 0xFFFFE000u;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+}  // namespace wmma
+}  // namespace nvcuda
 
 namespace simt {
 

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <functional>
 #include <string>
+#include <type_traits>
 #include <random>
 #include <vector>
 
@@ -148,6 +149,30 @@ void check_tiles(const Case& c, bool reverse) {
   }
 }
 
+// The tensor-core kernel (64x64 tiles), with tf32 or bfloat16 operands as tests/simt_host.h rounds
+// them, against the same reference at test_cuda_ops' tolerances for these precisions.
+template <class Prec>
+void check_tensor_core(const Case& c, double tol) {
+  auto run = [](const auto& op, int splits) {
+    using Op = std::decay_t<decltype(op)>;
+    const int chunk = (op.Kd + splits - 1) / splits;
+    const SimtDim3 grid{unsigned((op.N + cuda::BN - 1) / cuda::BN), unsigned((op.M + cuda::BM - 1) / cuda::BM),
+                        unsigned(splits)};
+    const std::function<void()> body = [&] { cuda::igemm_tc_kernel<Op, Prec>(op, chunk); };
+    ASSERT_TRUE(simt::run(grid, cuda::kGemmThreads, body)) << "threads disagree on barriers";
+  };
+  std::vector<float> y(c.y_ref.size(), NAN), dx(c.dx_ref.size(), NAN);
+  std::vector<float> ws(2 * c.dw_ref.size(), NAN), dw(c.dw_ref.size(), 0.0f);
+  run(c.fwd(y.data()), 1);
+  run(c.data(dx.data()), 1);
+  run(c.wgt(ws.data()), 2);
+  for (size_t i = 0; i < dw.size(); ++i) dw[i] = ws[i] + ws[dw.size() + i];
+  EXPECT_LT(rel(y, c.y_ref), tol) << "forward";
+  EXPECT_LT(rel(dx, c.dx_ref), tol) << "input gradient";
+  EXPECT_LT(rel(dw, c.dw_ref), tol) << "weight gradient";
+  EXPECT_GT(rel(y, c.y_ref), 1e-7) << "the operands were not rounded";
+}
+
 }  // namespace
 
 // The tile kernel itself, every tile shape, threads resumed in both orders (a missing barrier
@@ -188,4 +213,20 @@ TEST(PoolIndex, WindowsContainingEveryInputRow) {
               }
             }
           }
+}
+
+TEST(ImplicitGemm, TensorCoreKernelOnTheCpuReproducesTheCpuConvolution) {
+  std::mt19937 rng(7);
+  for (const ConvGeom& cg : kCases) {
+    const Case c(cg, rng);
+    SCOPED_TRACE(c.name());
+    {
+      SCOPED_TRACE("tf32");
+      check_tensor_core<cuda::Tf32>(c, 3e-3);
+    }
+    {
+      SCOPED_TRACE("bf16");
+      check_tensor_core<cuda::Bf16>(c, 2e-2);
+    }
+  }
 }

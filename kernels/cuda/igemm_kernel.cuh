@@ -1,9 +1,14 @@
-// The fp32 tiled implicit-GEMM kernel (kernels/cuda/conv.cu launches it; the tensor-core variant
-// there shares its tables). Kernel source only, no CUDA runtime: tests/test_igemm.cpp compiles
-// this file for the CPU under tests/simt_host.h, which runs every thread of a block as a fiber
-// and __syncthreads() as a switch between them, so the tiling, the operand tables and their
+// The tiled implicit-GEMM kernels, fp32 and tensor-core (kernels/cuda/conv.cu launches them).
+// Kernel source only, no CUDA runtime: tests/test_igemm.cpp compiles this file for the CPU under
+// tests/simt_host.h, which runs every thread of a block as a fiber and __syncthreads() as a switch
+// between them (and stands in for WMMA and bfloat16), so the tiling, the operand tables and their
 // barriers are checked on machines without a GPU.
 #pragma once
+#ifdef __CUDACC__
+#include <cuda_bf16.h>
+#include <mma.h>
+#endif
+
 #include "kernels/cuda/igemm_ops.h"
 
 namespace sq {
@@ -51,9 +56,9 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk)
   const int kb = blockIdx.z * k_chunk, ke = min(op.Kd, kb + k_chunk);
   const int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
   float acc[4][4];
-SQ_UNROLL
+  SQ_UNROLL
   for (int i = 0; i < 4; ++i)
-SQ_UNROLL
+    SQ_UNROLL
     for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
   fill_ntab(op, tab, n0);
   fill_ktab(op, tab, 0, kb, ke);
@@ -71,25 +76,105 @@ SQ_UNROLL
     }
     fill_ktab(op, tab, cur ^ 1, k0 + BK, ke);
     __syncthreads();
-SQ_UNROLL
+    SQ_UNROLL
     for (int kk = 0; kk < BK; ++kk) {
       const float4 a4 = *reinterpret_cast<const float4*>(&As[kk][ty * 4]);
       const float4 b4 = *reinterpret_cast<const float4*>(&Bs[kk][tx * 4]);
       const float av[4] = {a4.x, a4.y, a4.z, a4.w}, bv[4] = {b4.x, b4.y, b4.z, b4.w};
-SQ_UNROLL
+      SQ_UNROLL
       for (int i = 0; i < 4; ++i)
-SQ_UNROLL
+        SQ_UNROLL
         for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
     }
     __syncthreads();
   }
-SQ_UNROLL
+  SQ_UNROLL
   for (int i = 0; i < 4; ++i)
-SQ_UNROLL
+    SQ_UNROLL
     for (int j = 0; j < 4; ++j) {
       const int m = m0 + ty * 4 + i, n = n0 + tx * 4 + j;
       if (m < op.M && n < op.N) op.store(m, n, acc[i][j], blockIdx.z);
     }
+}
+
+namespace wmma = nvcuda::wmma;
+
+// ---- tensor-core variant (TF32 or BF16 operands, fp32 accumulation) --------------------------
+// The same 64x64 block tile and loaders; operands are rounded to the tensor-core type as they
+// enter shared memory, eight warps each own two 16x16 accumulator tiles (WMMA), and the
+// accumulators pass through shared memory to the op's epilogue. Storage stays fp32 (the master
+// weights and activations); only the multiply's inputs are TF32/BF16.
+struct Tf32 {
+  using Elem = float;
+  using Frag = wmma::precision::tf32;
+  static constexpr int K = 8, Pad = 4;
+  __device__ static Elem cvt(float v) { return v; }  // rounded to tf32 in the fragment
+  template <class F>
+  __device__ static void round(F& f) {
+    for (int i = 0; i < f.num_elements; ++i) f.x[i] = wmma::__float_to_tf32(f.x[i]);
+  }
+};
+struct Bf16 {
+  using Elem = __nv_bfloat16;
+  using Frag = __nv_bfloat16;
+  static constexpr int K = 16, Pad = 8;
+  __device__ static Elem cvt(float v) { return __float2bfloat16_rn(v); }
+  template <class F>
+  __device__ static void round(F&) {}
+};
+
+template <class Op, class Prec>
+__global__ void __launch_bounds__(kGemmThreads) igemm_tc_kernel(Op op, int k_chunk) {
+  using E = typename Prec::Elem;
+  constexpr int LDA = BK + Prec::Pad, LDB = BN + Prec::Pad, LDC = BN + 4;
+  __shared__ __align__(32) E As[BM * LDA];  // (m, k) row-major
+  __shared__ __align__(32) E Bs[BK * LDB];  // (k, n) row-major
+  __shared__ __align__(32) float Cs[BM * LDC];
+  __shared__ Tables<Op, BN> tab;
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  const int kb = blockIdx.z * k_chunk, ke = min(op.Kd, kb + k_chunk);
+  const int warp = threadIdx.x / 32, wm = (warp / 2) * 16, wn = (warp % 2) * 32;
+  wmma::fragment<wmma::accumulator, 16, 16, Prec::K, float> acc[2];
+  wmma::fill_fragment(acc[0], 0.0f);
+  wmma::fill_fragment(acc[1], 0.0f);
+  fill_ntab(op, tab, n0);
+  fill_ktab(op, tab, 0, kb, ke);
+  __syncthreads();
+  int cur = 0;
+  for (int k0 = kb; k0 < ke; k0 += BK, cur ^= 1) {
+    for (int l = threadIdx.x; l < BM * BK; l += kGemmThreads) {
+      const int mm = l / BK, kk = l % BK, m = m0 + mm, k = k0 + kk;
+      As[mm * LDA + kk] = Prec::cvt((m < op.M && k < ke) ? op.a(m, k, tab.k[cur][kk]) : 0.0f);
+    }
+    for (int l = threadIdx.x; l < BK * BN; l += kGemmThreads) {
+      const int kk = Op::kBAlongK ? l % BK : l / BN, nn = Op::kBAlongK ? l / BK : l % BN;
+      const int k = k0 + kk, n = n0 + nn;
+      Bs[kk * LDB + nn] = Prec::cvt((n < op.N && k < ke) ? op.bval(tab.k[cur][kk], tab.n[nn]) : 0.0f);
+    }
+    fill_ktab(op, tab, cur ^ 1, k0 + BK, ke);
+    __syncthreads();
+    SQ_UNROLL
+    for (int kk = 0; kk < BK; kk += Prec::K) {
+      wmma::fragment<wmma::matrix_a, 16, 16, Prec::K, typename Prec::Frag, wmma::row_major> a;
+      wmma::load_matrix_sync(a, As + wm * LDA + kk, LDA);
+      Prec::round(a);
+      SQ_UNROLL
+      for (int t = 0; t < 2; ++t) {
+        wmma::fragment<wmma::matrix_b, 16, 16, Prec::K, typename Prec::Frag, wmma::row_major> b;
+        wmma::load_matrix_sync(b, Bs + kk * LDB + wn + 16 * t, LDB);
+        Prec::round(b);
+        wmma::mma_sync(acc[t], a, b, acc[t]);
+      }
+    }
+    __syncthreads();
+  }
+  wmma::store_matrix_sync(Cs + wm * LDC + wn, acc[0], LDC, wmma::mem_row_major);
+  wmma::store_matrix_sync(Cs + wm * LDC + wn + 16, acc[1], LDC, wmma::mem_row_major);
+  __syncthreads();
+  for (int l = threadIdx.x; l < BM * BN; l += kGemmThreads) {
+    const int mm = l / BN, nn = l % BN, m = m0 + mm, n = n0 + nn;
+    if (m < op.M && n < op.N) op.store(m, n, Cs[mm * LDC + nn], blockIdx.z);
+  }
 }
 
 }  // namespace cuda
