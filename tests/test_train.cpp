@@ -4,6 +4,9 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <omp.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -136,6 +139,50 @@ INSTANTIATE_TEST_SUITE_P(Variants, ModelGradient,
                                            GradCase{Bypass::kComplex, 0.5},
                                            GradCase{Bypass::kNone, 0.0},
                                            GradCase{Bypass::kSimple, 1.0}));
+
+// The CPU ops split their work over OpenMP threads (a convolution's images, a pool's planes, the
+// weight gradients' partial sums). CTest runs the test executables with one thread each (two at a
+// time on two cores: docs/ARCHITECTURE.md, "Tests"), so this test runs one float training step at
+// 1 and at 3 threads: a race or a thread-dependent index shows as a difference beyond the
+// reordering of sums (logits and every tensor's gradient agree to 1e-5).
+TEST(Threads, SeveralThreadsComputeTheSameStepAsOne) {
+  ModelConfig c = preset("squeezenet1.0");
+  c.stem = Stem::kSmall;
+  c.in_c = 1, c.in_h = c.in_w = 28, c.num_classes = 10;
+  c.base_e = 32, c.incr_e = 32;
+  c.bypass = Bypass::kComplex;
+  const int N = 7;
+  Model m(c, N);
+  const size_t P = m.layout().total;
+  std::vector<float> params(P), input(size_t(N) * 28 * 28);
+  m.init_params(params.data(), "torchvision", 5);
+  SplitMix rng(17);
+  for (float& x : input) x = float(rng.normal());
+  const std::vector<int32_t> labels = {0, 1, 2, 3, 4, 5, 9};
+  const std::vector<uint64_t> keys = {1, 2, 3, 4, 5, 6, 7};
+  auto step = [&](int threads, std::vector<float>* logits, std::vector<float>* grads) {
+    omp_set_num_threads(threads);
+    const float* l = m.forward(params.data(), input.data(), N, true, keys.data());
+    logits->assign(l, l + size_t(N) * 10);
+    std::vector<float> dlogits(logits->size());
+    softmax_xent(N, 10, logits->data(), labels.data(), 1.0f / N, dlogits.data(), nullptr);
+    grads->assign(P, 0.0f);
+    m.backward(params.data(), dlogits.data(), grads->data(), N, keys.data(), [](size_t) {});
+  };
+  const int before = omp_get_max_threads();
+  std::vector<float> l1, g1, l3, g3;
+  step(1, &l1, &g1);
+  step(3, &l3, &g3);
+  omp_set_num_threads(before);
+  auto rel = [](const float* a, const float* b, size_t n) {
+    double d = 0, r = 0;
+    for (size_t i = 0; i < n; ++i) d += double(a[i] - b[i]) * (a[i] - b[i]), r += double(b[i]) * b[i];
+    return std::sqrt(d / std::max(r, 1e-300));
+  };
+  EXPECT_LT(rel(l3.data(), l1.data(), l1.size()), 1e-5) << "logits";
+  for (const ParamSpec& t : m.layout().tensors)
+    EXPECT_LT(rel(g3.data() + t.offset, g1.data() + t.offset, t.count), 1e-5) << t.name;
+}
 
 // A few hundred real images, several passes: the default model (squeezenet1.0 with the small
 // stem) must fit them measurably. Dropout is off and the learning rate low so that the test
