@@ -5,7 +5,8 @@
 // (one copy shared by the block's threads, as on the device). A missing barrier shows as a wrong
 // result when threads run in the order that exposes it: run() takes forward or reverse order.
 // Supports what the project's kernels use: threadIdx, blockIdx, blockDim, gridDim, float4, min,
-// fmaf, bfloat16 and WMMA (below). Include it before the kernel source.
+// max, isnan, fmaf, exp, log, __fadd_rn/__fmul_rn/__fsub_rn, bfloat16 and WMMA (below). Include it
+// before the kernel source.
 #pragma once
 #include <ucontext.h>
 
@@ -26,6 +27,21 @@ struct float4 {
   float x, y, z, w;
 };
 inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+using std::isnan;
+// Correctly rounded single operations, never contracted into a fused multiply-add.
+inline float __fadd_rn(float a, float b) {
+  volatile float r = a + b;
+  return r;
+}
+inline float __fmul_rn(float a, float b) {
+  volatile float r = a * b;
+  return r;
+}
+inline float __fsub_rn(float a, float b) {
+  volatile float r = a - b;
+  return r;
+}
 
 #define __global__
 #define __device__

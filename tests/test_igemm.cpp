@@ -140,12 +140,30 @@ void check_tiles(const Case& c, bool reverse) {
   EXPECT_LT(rel(y, c.y_ref), 1e-6) << "forward";
   run_tile_kernel<TM, TN>(c.data(dx.data()), 1, reverse);
   EXPECT_LT(rel(dx, c.dx_ref), 1e-6) << "input gradient";
-  for (int splits : {1, 3}) {
+  for (int splits : {1, 3}) {  // the slices, then conv.cu's fixed-order sum of them into dw
     std::vector<float> ws(size_t(splits) * c.dw_ref.size(), NAN), dw(c.dw_ref.size(), 0.0f);
     run_tile_kernel<TM, TN>(c.wgt(ws.data()), splits, reverse);
-    for (int z = 0; z < splits; ++z)
-      for (size_t i = 0; i < dw.size(); ++i) dw[i] += ws[size_t(z) * dw.size() + i];
+    const size_t mn = dw.size();
+    ASSERT_TRUE(simt::run({2, 1, 1}, cuda::kThreads, [&] { cuda::splitk_reduce_kernel(ws.data(), splits, mn, dw.data()); },
+                          reverse));
     EXPECT_LT(rel(dw, c.dw_ref), 1e-6) << "weight gradient, " << splits << " slice(s)";
+  }
+}
+
+// The bias gradient's two passes (a block per row and chunk, then the chunks of each row in
+// order, added onto db) against sums in double.
+void check_bias(const Case& c, int chunks, bool reverse) {
+  const int K = c.g.K, npq = c.npq();
+  const size_t chunk = (size_t(npq) + size_t(chunks) - 1) / size_t(chunks);
+  std::vector<float> partial(size_t(K) * size_t(chunks), NAN), db(size_t(K), 1.0f);
+  ASSERT_TRUE(simt::run({unsigned(K), unsigned(chunks), 1}, cuda::kThreads,
+                        [&] { cuda::bias_partial_kernel(c.dz.data(), size_t(npq), chunk, partial.data()); }, reverse));
+  ASSERT_TRUE(simt::run({1, 1, 1}, cuda::kThreads,
+                        [&] { cuda::bias_finish_kernel(partial.data(), K, chunks, db.data()); }, reverse));
+  for (int k = 0; k < K; ++k) {
+    double want = 1.0;
+    for (int j = 0; j < npq; ++j) want += c.dz[size_t(k) * size_t(npq) + size_t(j)];
+    EXPECT_NEAR(db[size_t(k)], want, 1e-5 * (1.0 + std::fabs(want))) << "bias " << k << ", " << chunks << " chunk(s)";
   }
 }
 
@@ -176,7 +194,8 @@ void check_tensor_core(const Case& c, double tol) {
 }  // namespace
 
 // The tile kernel itself, every tile shape, threads resumed in both orders (a missing barrier
-// around the shared operand tables gives a wrong product in one of them).
+// around the shared operand tables gives a wrong product in one of them), with the split-K sum
+// and the bias gradient.
 TEST(ImplicitGemm, TileKernelOnTheCpuReproducesTheCpuConvolution) {
   std::mt19937 rng(5);
   for (const ConvGeom& cg : kCases) {
@@ -186,6 +205,8 @@ TEST(ImplicitGemm, TileKernelOnTheCpuReproducesTheCpuConvolution) {
       check_tiles<64, 64>(c, reverse);
       check_tiles<32, 128>(c, reverse);
       check_tiles<16, 256>(c, reverse);
+      check_bias(c, 1, reverse);
+      check_bias(c, 3, reverse);
     }
   }
 }

@@ -1,8 +1,10 @@
 // GPU kernel sources run on the CPU (tests/simt_host.h: a fiber per thread, barriers as
 // switches), against the CPU code they stand in for, so they are checked on machines without a
-// GPU: Deep Compression's retraining kernels (kernels/cuda/compress_kernels.cuh) against
-// MaskConstraint and QuantizedConstraint, with the lists of centroid_lists(). (The convolution's
-// tile kernel runs the same way in tests/test_igemm.cpp.)
+// GPU: pooling, dropout, the loss, the element-wise kernels and SGD against the CPU ops (bit for
+// bit where the GPU test demands it), and Deep Compression's retraining kernels against
+// MaskConstraint and QuantizedConstraint, with the lists of centroid_lists(). Launch shapes as in
+// the .cu files where a kernel depends on them. (The convolution's tile kernels run the same way
+// in tests/test_igemm.cpp.) Each kernel runs with its threads in order and in reverse.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -16,6 +18,12 @@
 #include "core/model.h"
 #include "tests/simt_host.h"
 #include "kernels/cuda/compress_kernels.cuh"
+#include "kernels/cuda/dropout_kernels.cuh"
+#include "kernels/cuda/elementwise_kernels.cuh"
+#include "kernels/cuda/loss_kernels.cuh"
+#include "kernels/cuda/pool_kernels.cuh"
+#include "core/rng.h"
+#include "kernels/ops.h"
 
 using namespace sq;
 
@@ -40,8 +48,15 @@ ModelConfig small_model() {  // every kind of weight tensor, a few thousand para
   return c;
 }
 
-void run(unsigned blocks, const std::function<void()>& kernel, bool reverse) {
-  ASSERT_TRUE(simt::run({blocks, 1, 1}, cuda::kThreads, kernel, reverse)) << "threads disagree on barriers";
+void run(unsigned blocks, const std::function<void()>& kernel, bool reverse, int threads = cuda::kThreads) {
+  ASSERT_TRUE(simt::run({blocks, 1, 1}, threads, kernel, reverse)) << "threads disagree on barriers";
+}
+
+void expect_same_bits(const std::vector<float>& got, const std::vector<float>& want, const char* what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t i = 0; i < want.size(); ++i)
+    if (!(got[i] == want[i] || (std::isnan(got[i]) && std::isnan(want[i]))))
+      FAIL() << what << ": first difference at " << i << ": " << got[i] << " vs " << want[i];
 }
 
 }  // namespace
@@ -130,3 +145,124 @@ TEST(CompressKernelsOnCpu, CodebookKernelsMatchQuantizedConstraint) {
     EXPECT_EQ(vk, v);  // zero for weights, untouched for biases
   }
 }
+
+// Max-pool with ties and NaNs (the first maximum wins; a NaN wins), its argmax bytes, and the
+// gather backward; the global average pool. Every pooling of the model family (k 3, stride 2,
+// ceil) and a padded one.
+TEST(KernelsOnCpu, PoolsMatchTheCpuOpsBitForBit) {
+  for (bool reverse : {false, true}) {
+    for (const PoolGeom& g : {PoolGeom{2, 3, 13, 13, 3, 2, 0, true}, PoolGeom{3, 2, 14, 11, 3, 2, 0, true},
+                              PoolGeom{2, 2, 9, 9, 3, 2, 1, true}, PoolGeom{1, 3, 8, 8, 2, 2, 0, false}}) {
+      SCOPED_TRACE("H " + std::to_string(g.H) + " W " + std::to_string(g.W) + " pad " + std::to_string(g.pad) +
+                   (reverse ? ", reverse" : ""));
+      const size_t nx = size_t(g.C) * g.N * g.H * g.W, ny = size_t(g.C) * g.N * g.P() * g.Q();
+      std::vector<float> x = randn(nx);
+      for (size_t i = 0; i < nx; i += 3) x[i] = std::round(x[i]);  // ties
+      for (size_t i = 17; i < nx; i += 101) x[i] = std::nanf("");
+      const std::vector<float> dy = randn(ny);
+      std::vector<float> y(ny), dx(nx);
+      maxpool_forward<float>(g, x.data(), y.data());
+      maxpool_backward<float>(g, x.data(), dy.data(), dx.data());
+      const cuda::PoolArgs a{g.N, g.C, g.H, g.W, g.k, g.stride, g.pad, g.P(), g.Q()};
+      std::vector<float> yk(ny, -1.0f), dxk(nx, -1.0f);
+      std::vector<uint8_t> arg(ny, 255);
+      run(2, [&] { cuda::maxpool_forward_kernel(a, x.data(), yk.data(), arg.data()); }, reverse);
+      run(3, [&] { cuda::maxpool_backward_kernel(a, arg.data(), dy.data(), dxk.data()); }, reverse);
+      expect_same_bits(yk, y, "max-pool forward");
+      expect_same_bits(dxk, dx, "max-pool backward");
+    }
+    const int N = 3, C = 5, HW = 13;
+    const std::vector<float> x = randn(size_t(C) * N * HW), dy = randn(size_t(N) * C);
+    std::vector<float> y(size_t(N) * C), dx(x.size()), yk(y.size()), dxk(dx.size());
+    avgpool_forward<float>(N, C, HW, x.data(), y.data());
+    avgpool_backward<float>(N, C, HW, dy.data(), dx.data());
+    run(1, [&] { cuda::avgpool_forward_kernel(N, C, HW, x.data(), yk.data()); }, reverse);
+    run(2, [&] { cuda::avgpool_backward_kernel(N, C, HW, dy.data(), dxk.data()); }, reverse);
+    expect_same_bits(yk, y, "average-pool forward");
+    expect_same_bits(dxk, dx, "average-pool backward");
+  }
+}
+
+// Dropout's masks from the per-sample keys, the element-wise kernels, the channel-major <-> NCHW
+// swap, SGD (bit for bit), and the two-pass sum of squares (to double rounding).
+TEST(KernelsOnCpu, DropoutElementwiseAndSgdMatchTheCpuOps) {
+  for (bool reverse : {false, true}) {
+    const int N = 3, C = 7, HW = 9;
+    std::vector<uint64_t> keys(N);
+    for (int n = 0; n < N; ++n) keys[size_t(n)] = sample_key(7, RngStream::kDropout, 2, uint64_t(100 + n));
+    const std::vector<float> x = randn(size_t(C) * N * HW);
+    const float p = 0.3f;
+    std::vector<float> y(x.size()), yk(x.size());
+    dropout_forward<float>(N, C, HW, p, keys.data(), x.data(), y.data());
+    run(2, [&] { cuda::dropout_kernel(N, C, HW, p, 1.0f / (1.0f - p), keys.data(), x.data(), yk.data()); }, reverse);
+    expect_same_bits(yk, y, "dropout");
+    EXPECT_GT(std::count(y.begin(), y.end(), 0.0f), 0);
+
+    const size_t n = 5000;
+    const std::vector<float> a = randn(n), b = randn(n), c = randn(n);
+    std::vector<float> z(n), s = a, q = a, pp = a, v = b;
+    relu_backward<float>(b.data(), a.data(), z.data(), n);
+    add_inplace<float>(s.data(), c.data(), n);
+    scale_inplace<float>(q.data(), 0.375f, n);
+    sgd_momentum_update<float>(n, pp.data(), c.data(), v.data(), 0.04f, 0.9f, 2e-4f);
+    std::vector<float> zk(n), sk = a, qk = a, pk = a, vk = b;
+    run(2, [&] { cuda::relu_backward_kernel(b.data(), a.data(), zk.data(), n); }, reverse);
+    run(3, [&] { cuda::add_kernel(sk.data(), c.data(), n); }, reverse);
+    run(1, [&] { cuda::scale_kernel(qk.data(), 0.375f, n); }, reverse);
+    run(2, [&] { cuda::sgd_kernel(n, pk.data(), c.data(), vk.data(), 0.04f, 0.9f, 2e-4f); }, reverse);
+    expect_same_bits(zk, z, "relu_backward");
+    expect_same_bits(sk, s, "add");
+    expect_same_bits(qk, q, "scale");
+    expect_same_bits(pk, pp, "sgd parameters");
+    expect_same_bits(vk, v, "sgd momentum");
+
+    std::vector<double> partial(cuda::kSumBlocks), out(1);
+    run(unsigned(cuda::kSumBlocks), [&] { cuda::sum_squares_partial(a.data(), n, partial.data()); }, reverse);
+    run(1, [&] { cuda::sum_partials(partial.data(), cuda::kSumBlocks, out.data()); }, reverse);
+    const double want = sum_of_squares<float>(a.data(), n);
+    EXPECT_NEAR(out[0], want, 1e-12 * want);
+
+    // (A, B, inner) -> (B, A, inner), and added onto what is there.
+    const int A = 3, B = 4;
+    const size_t inner = 5;
+    const std::vector<float> src = randn(size_t(A) * B * inner), base = randn(src.size());
+    std::vector<float> dst(src.size()), acc = base;
+    run(1, [&] { cuda::swap_outer_kernel(src.data(), A, B, inner, dst.data(), false); }, reverse);
+    run(1, [&] { cuda::swap_outer_kernel(src.data(), A, B, inner, acc.data(), true); }, reverse);
+    for (int ai = 0; ai < A; ++ai)
+      for (int bi = 0; bi < B; ++bi)
+        for (size_t j = 0; j < inner; ++j) {
+          const size_t from = (size_t(ai) * B + bi) * inner + j, to = (size_t(bi) * A + ai) * inner + j;
+          ASSERT_EQ(dst[to], src[from]);
+          ASSERT_EQ(acc[to], base[to] + src[from]);
+        }
+  }
+}
+
+// Softmax cross-entropy with the launch of kernels/cuda/loss.cu (a block of kLossThreads per
+// sample, one thread summing): loss and hits against the CPU op, a tie won by the first maximum,
+// class counts below and above the block's width.
+TEST(KernelsOnCpu, SoftmaxCrossEntropyMatchesTheCpuOp) {
+  for (bool reverse : {false, true})
+    for (int K : {10, 1000}) {
+      SCOPED_TRACE("K " + std::to_string(K) + (reverse ? ", reverse" : ""));
+      const int N = 5;
+      std::vector<float> z = randn(size_t(N) * K, 3.0f);
+      std::vector<int32_t> labels(N);
+      for (int n = 0; n < N; ++n) labels[size_t(n)] = int32_t(rng()() % unsigned(K));
+      z[size_t(K) + 3] = z[size_t(K) + 5] = 50.0f;  // a tie in sample 1
+      labels[1] = 3;
+      std::vector<float> d(z.size()), dk(z.size());
+      int correct = 0;
+      const double loss = softmax_xent<float>(N, K, z.data(), labels.data(), 1.0f / 7, d.data(), &correct);
+      std::vector<double> ws(2 * size_t(N)), r(2);
+      run(unsigned(N), [&] { cuda::xent_kernel(K, z.data(), labels.data(), 1.0f / 7, dk.data(), ws.data()); },
+          reverse, cuda::kLossThreads);
+      run(1, [&] { cuda::xent_sum_kernel(N, ws.data(), r.data()); }, reverse, 32);
+      EXPECT_NEAR(r[0], loss, 1e-12 * std::abs(loss));
+      EXPECT_EQ(r[1], double(correct));
+      EXPECT_GE(correct, 1);  // the tie went to the label
+      for (size_t i = 0; i < d.size(); ++i) ASSERT_NEAR(dk[i], d[i], 1e-6 * (1e-3 + std::fabs(d[i]))) << i;
+    }
+}
+

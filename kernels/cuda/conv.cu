@@ -64,41 +64,6 @@ void launch_igemm(const Op& op, int splits, cudaStream_t s, const char* what) {
   SQ_CUDA_LAUNCH(what);
 }
 
-// dw[i] += sum over z of ws[z][i], z in order.
-__global__ void splitk_reduce_kernel(const float* ws, int splits, size_t mn, float* dw) {
-  SQ_GRID_STRIDE(i, mn) {
-    float acc = 0.0f;
-    for (int z = 0; z < splits; ++z) acc += ws[size_t(z) * mn + i];
-    dw[i] += acc;
-  }
-}
-
-// The bias gradient in two fixed-order passes: partial[k][c] = sum of chunk c of dz[k, :] (a
-// block per (k, c), four independent loads in flight per thread), then db[k] += the partials of
-// row k in order. One block per k alone left most of a large GPU idle on rows of 10^5 to 10^6.
-__global__ void bias_partial_kernel(const float* dz, size_t npq, size_t chunk, float* partial) {
-  __shared__ float sh[kThreads];
-  const float* row = dz + size_t(blockIdx.x) * npq;
-  const size_t b = size_t(blockIdx.y) * chunk, e = b + chunk < npq ? b + chunk : npq;
-  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  size_t i = b + threadIdx.x;
-  for (; i + 3 * kThreads < e; i += 4 * kThreads) {
-#pragma unroll
-    for (int u = 0; u < 4; ++u) acc[u] += row[i + u * kThreads];
-  }
-  for (; i < e; i += kThreads) acc[0] += row[i];
-  const float total = block_sum((acc[0] + acc[1]) + (acc[2] + acc[3]), sh);
-  if (threadIdx.x == 0) partial[size_t(blockIdx.x) * gridDim.y + blockIdx.y] = total;
-}
-
-__global__ void bias_finish_kernel(const float* partial, int K, int chunks, float* db) {
-  SQ_GRID_STRIDE(k, size_t(K)) {
-    float acc = 0.0f;
-    for (int c = 0; c < chunks; ++c) acc += partial[k * chunks + c];
-    db[k] += acc;
-  }
-}
-
 // Chunks per row of the bias gradient: about 2048 blocks in all, chunks of at least 8192.
 int bias_chunks(int K, long long npq) {
   return int(std::max<long long>(1, std::min<long long>(npq / 8192, 2048 / K)));

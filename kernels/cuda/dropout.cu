@@ -3,24 +3,12 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/dropout_kernels.cuh"
 
 namespace sq {
 namespace cuda {
 
 namespace {
-
-__global__ void dropout_kernel(int N, int C, int HW, float p, float scale, const uint64_t* keys,
-                               const float* in, float* out) {
-  const size_t total = size_t(C) * N * HW;
-  SQ_GRID_STRIDE(i, total) {
-    const int hw = int(i % HW);
-    const size_t cn = i / HW;
-    const int n = int(cn % N), c = int(cn / N);
-    const uint64_t e = uint64_t(c) * uint64_t(HW) + uint64_t(hw);
-    const bool keep = uniform01(hash_combine(keys[n], e)) >= p;
-    out[i] = keep ? __fmul_rn(in[i], scale) : 0.0f;
-  }
-}
 
 void apply(int N, int C, int HW, float p, const uint64_t* keys, const float* in, float* out,
            cudaStream_t s, const char* what) {

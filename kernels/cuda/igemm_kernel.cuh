@@ -1,4 +1,5 @@
-// The tiled implicit-GEMM kernels, fp32 and tensor-core (kernels/cuda/conv.cu launches them).
+// The convolution's kernels (kernels/cuda/conv.cu launches them): the tiled implicit GEMM, fp32
+// and tensor-core, the split-K sum and the bias gradient.
 // Kernel source only, no CUDA runtime: tests/test_igemm.cpp compiles this file for the CPU under
 // tests/simt_host.h, which runs every thread of a block as a fiber and __syncthreads() as a switch
 // between them (and stands in for WMMA and bfloat16), so the tiling, the operand tables and their
@@ -10,9 +11,11 @@
 #endif
 
 #include "kernels/cuda/igemm_ops.h"
+#include "kernels/cuda/kernel_util.cuh"
 
 namespace sq {
 namespace cuda {
+namespace {  // internal linkage: one copy per translation unit (conv.cu; the CPU tests)
 
 #ifdef __CUDACC__
 #define SQ_UNROLL _Pragma("unroll")
@@ -97,6 +100,41 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk)
     }
 }
 
+// dw[i] += sum over z of ws[z][i], z in order.
+__global__ void splitk_reduce_kernel(const float* ws, int splits, size_t mn, float* dw) {
+  SQ_GRID_STRIDE(i, mn) {
+    float acc = 0.0f;
+    for (int z = 0; z < splits; ++z) acc += ws[size_t(z) * mn + i];
+    dw[i] += acc;
+  }
+}
+
+// The bias gradient in two fixed-order passes: partial[k][c] = sum of chunk c of dz[k, :] (a
+// block per (k, c), four independent loads in flight per thread), then db[k] += the partials of
+// row k in order. One block per k alone left most of a large GPU idle on rows of 10^5 to 10^6.
+__global__ void bias_partial_kernel(const float* dz, size_t npq, size_t chunk, float* partial) {
+  __shared__ float sh[kThreads];
+  const float* row = dz + size_t(blockIdx.x) * npq;
+  const size_t b = size_t(blockIdx.y) * chunk, e = b + chunk < npq ? b + chunk : npq;
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  size_t i = b + threadIdx.x;
+  for (; i + 3 * kThreads < e; i += 4 * kThreads) {
+    SQ_UNROLL
+    for (int u = 0; u < 4; ++u) acc[u] += row[i + u * kThreads];
+  }
+  for (; i < e; i += kThreads) acc[0] += row[i];
+  const float total = block_sum((acc[0] + acc[1]) + (acc[2] + acc[3]), sh);
+  if (threadIdx.x == 0) partial[size_t(blockIdx.x) * gridDim.y + blockIdx.y] = total;
+}
+
+__global__ void bias_finish_kernel(const float* partial, int K, int chunks, float* db) {
+  SQ_GRID_STRIDE(k, size_t(K)) {
+    float acc = 0.0f;
+    for (int c = 0; c < chunks; ++c) acc += partial[k * chunks + c];
+    db[k] += acc;
+  }
+}
+
 namespace wmma = nvcuda::wmma;
 
 // ---- tensor-core variant (TF32 or BF16 operands, fp32 accumulation) --------------------------
@@ -177,5 +215,6 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_tc_kernel(Op op, int k_chu
   }
 }
 
+}  // namespace
 }  // namespace cuda
 }  // namespace sq
