@@ -99,12 +99,20 @@ ModelConfig fmnist_config() {
 
 int main(int argc, char** argv) {
   int reps = 20;
-  std::string json_path;
+  std::string json_path, sections = "0,1,1b,2,3";
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
-    else { std::fprintf(stderr, "usage: bench_gpu [--reps N] [--json FILE]\n"); return 2; }
+    else if (!std::strcmp(argv[i], "--sections") && i + 1 < argc) sections = argv[++i];
+    else {
+      std::fprintf(stderr, "usage: bench_gpu [--reps N] [--json FILE] [--sections 0,1,1b,2,3]\n");
+      return 2;
+    }
   }
+  // Sections: 0 ceilings, 1 Fire modules, 1b every convolution, 2 training img/s, 3 step profile.
+  auto want = [&](const char* name) {
+    return ("," + sections + ",").find("," + std::string(name) + ",") != std::string::npos;
+  };
   try {
     cuda::use_device(0);
     cudaDeviceProp prop;
@@ -116,7 +124,7 @@ int main(int argc, char** argv) {
     const bool have_cudnn = cuda::cudnn_built();
 
     // ---- 0. the memory ceilings: device copy (bytes read + written) and pinned host -> device
-    {
+    if (want("0")) {
       const size_t n = size_t(256) << 20;  // 1 GiB of floats each way
       cuda::DeviceBuffer<float> a(n), b(n);
       SQ_CUDA(cudaMemset(a.get(), 1, n * sizeof(float)));
@@ -160,210 +168,219 @@ int main(int argc, char** argv) {
       std::printf("\n");
     };
 
-    // ---- 1. Fire modules of squeezenet1.0 at batch 128 ------------------------------------
     const int N = 128;
     Model plan(preset("squeezenet1.0"), 1);
-    std::printf("Fire modules, batch %d: forward ms / forward+backward ms (GFLOP forward and "
-                "minimal MB moved in the first column)\n\n", N);
-    header("fire: C→S→E1+E3 @ HxW, GFLOP, MB", "fwd / fwd+bwd ms");
-    for (const Layer& l : plan.layers()) {
-      if (l.kind != LayerKind::kFire) continue;
-      FireGeom f = l.fire;
-      f.N = N;
-      const size_t plane = size_t(N) * f.H * f.W;
-      const size_t nx = size_t(f.C) * plane, ns = size_t(f.S) * plane,
-                   ny = size_t(f.E1 + f.E3) * plane;
-      const size_t o_bs = size_t(f.S) * f.C, o_w1 = o_bs + f.S, o_b1 = o_w1 + size_t(f.E1) * f.S,
-                   o_w3 = o_b1 + f.E1, o_b3 = o_w3 + size_t(f.E3) * 9 * f.S, np = o_b3 + f.E3;
-      auto x = random_buffer(nx, 1.0f), s = random_buffer(ns), y = random_buffer(ny),
-           dy = random_buffer(ny, 1.0f), dx = random_buffer(nx), prm = random_buffer(np),
-           grd = random_buffer(np), ws = random_buffer(cuda::fire_workspace(f));
-      const float* P = prm.get();
-      FireParams<const float> fp{P, P + o_bs, P + o_w1, P + o_b1, P + o_w3, P + o_b3};
-      float* G = grd.get();
-      FireParams<float> fg{G, G + o_bs, G + o_w1, G + o_b1, G + o_w3, G + o_b3};
-      const double macs = double(plane) * (double(f.S) * f.C + double(f.E1) * f.S + 9.0 * f.E3 * f.S);
-      const double min_bytes = 4.0 * (nx + 2.0 * ns + ny);  // read x, write and read s, write y
-      char shape[128];
-      std::snprintf(shape, sizeof shape, "%s: %d→%d→%d+%d @ %dx%d, %.2f, %.0f", l.name.c_str(),
-                    f.C, f.S, f.E1, f.E3, f.H, f.W, 2 * macs / 1e9, min_bytes / 1e6);
-      std::printf("| %s |", shape);
-      nlohmann::json row = {{"layer", l.name}, {"gflop_fwd", 2 * macs / 1e9}, {"min_mb", min_bytes / 1e6}};
-      for (const Variant& v : variants) {
-        use(v);
-        try {
-          const double fwd = time_ms(reps, [&] { cuda::fire_forward(f, x.get(), fp, s.get(), y.get(), nullptr); });
-          const double both = time_ms(reps, [&] {
-            cuda::fire_forward(f, x.get(), fp, s.get(), y.get(), nullptr);
-            cuda::fire_backward(f, x.get(), fp, s.get(), y.get(), dy.get(), fg, dx.get(), false, ws.get(), nullptr);
-          });
-          std::printf(" %.3f / %.3f |", fwd, both);
-          row[std::string(v.name) + " fwd ms"] = fwd;
-          row[std::string(v.name) + " fwd+bwd ms"] = both;
-        } catch (const std::exception& e) {
-          std::printf(" failed |");
-          std::fprintf(stderr, "bench_gpu: %s, %s: %s\n", l.name.c_str(), v.name, e.what());
-        }
-      }
-      std::printf("\n");
-      out["fire"].push_back(row);
-    }
-
-    // ---- 1b. every convolution of squeezenet1.0 at batch 128, forward and backward apart ------
-    std::printf("\nConvolutions of squeezenet1.0, batch %d: forward ms / backward ms (weights, bias "
-                "and input gradient)\n\n", N);
-    header("conv: C→K RxS/stride @ HxW", "fwd / bwd ms");
-    out["conv"] = nlohmann::json::array();
-    {
-      std::vector<std::pair<std::string, ConvGeom>> convs;
+    // ---- 1. Fire modules of squeezenet1.0 at batch 128 ------------------------------------
+    if (want("1")) {
+      std::printf("Fire modules, batch %d: forward ms / forward+backward ms (GFLOP forward and "
+                  "minimal MB moved in the first column)\n\n", N);
+      header("fire: C→S→E1+E3 @ HxW, GFLOP, MB", "fwd / fwd+bwd ms");
       for (const Layer& l : plan.layers()) {
-        if (l.kind == LayerKind::kConv) convs.push_back({l.name, l.conv});
         if (l.kind != LayerKind::kFire) continue;
-        convs.push_back({l.name + " squeeze", l.fire.squeeze()});
-        convs.push_back({l.name + " expand1x1", l.fire.expand1()});
-        convs.push_back({l.name + " expand3x3", l.fire.expand3()});
-      }
-      for (auto [name, g] : convs) {
-        g.N = N;
-        const size_t nx = size_t(g.C) * N * g.H * g.W, ny = size_t(g.K) * N * g.P() * g.Q(),
-                     nw = size_t(g.K) * g.C * g.R * g.S;
-        auto x = random_buffer(nx, 1.0f), y = random_buffer(ny), dz = random_buffer(ny, 1.0f),
-             dx = random_buffer(nx), w = random_buffer(nw), b = random_buffer(g.K),
-             dw = random_buffer(nw), db = random_buffer(g.K),
-             ws = random_buffer(cuda::conv_backward_workspace(g));
-        std::printf("| %s: %d→%d %dx%d/%d @ %dx%d |", name.c_str(), g.C, g.K, g.R, g.S, g.stride, g.H, g.W);
-        nlohmann::json row = {{"conv", name}, {"gflop_fwd", 2.0 * ny * g.C * g.R * g.S / 1e9}};
+        FireGeom f = l.fire;
+        f.N = N;
+        const size_t plane = size_t(N) * f.H * f.W;
+        const size_t nx = size_t(f.C) * plane, ns = size_t(f.S) * plane,
+                     ny = size_t(f.E1 + f.E3) * plane;
+        const size_t o_bs = size_t(f.S) * f.C, o_w1 = o_bs + f.S, o_b1 = o_w1 + size_t(f.E1) * f.S,
+                     o_w3 = o_b1 + f.E1, o_b3 = o_w3 + size_t(f.E3) * 9 * f.S, np = o_b3 + f.E3;
+        auto x = random_buffer(nx, 1.0f), s = random_buffer(ns), y = random_buffer(ny),
+             dy = random_buffer(ny, 1.0f), dx = random_buffer(nx), prm = random_buffer(np),
+             grd = random_buffer(np), ws = random_buffer(cuda::fire_workspace(f));
+        const float* P = prm.get();
+        FireParams<const float> fp{P, P + o_bs, P + o_w1, P + o_b1, P + o_w3, P + o_b3};
+        float* G = grd.get();
+        FireParams<float> fg{G, G + o_bs, G + o_w1, G + o_b1, G + o_w3, G + o_b3};
+        const double macs = double(plane) * (double(f.S) * f.C + double(f.E1) * f.S + 9.0 * f.E3 * f.S);
+        const double min_bytes = 4.0 * (nx + 2.0 * ns + ny);  // read x, write and read s, write y
+        char shape[128];
+        std::snprintf(shape, sizeof shape, "%s: %d→%d→%d+%d @ %dx%d, %.2f, %.0f", l.name.c_str(),
+                      f.C, f.S, f.E1, f.E3, f.H, f.W, 2 * macs / 1e9, min_bytes / 1e6);
+        std::printf("| %s |", shape);
+        nlohmann::json row = {{"layer", l.name}, {"gflop_fwd", 2 * macs / 1e9}, {"min_mb", min_bytes / 1e6}};
         for (const Variant& v : variants) {
           use(v);
           try {
-            const double fwd = time_ms(reps, [&] {
-              cuda::conv_forward(g, x.get(), w.get(), b.get(), y.get(), true, nullptr);
+            const double fwd = time_ms(reps, [&] { cuda::fire_forward(f, x.get(), fp, s.get(), y.get(), nullptr); });
+            const double both = time_ms(reps, [&] {
+              cuda::fire_forward(f, x.get(), fp, s.get(), y.get(), nullptr);
+              cuda::fire_backward(f, x.get(), fp, s.get(), y.get(), dy.get(), fg, dx.get(), false, ws.get(), nullptr);
             });
-            const double bwd = time_ms(reps, [&] {
-              cuda::conv_backward(g, x.get(), w.get(), dz.get(), dw.get(), db.get(), dx.get(), false,
-                                  ws.get(), nullptr);
-            });
-            std::printf(" %.3f / %.3f |", fwd, bwd);
+            std::printf(" %.3f / %.3f |", fwd, both);
             row[std::string(v.name) + " fwd ms"] = fwd;
-            row[std::string(v.name) + " bwd ms"] = bwd;
+            row[std::string(v.name) + " fwd+bwd ms"] = both;
+          } catch (const std::exception& e) {
+            std::printf(" failed |");
+            std::fprintf(stderr, "bench_gpu: %s, %s: %s\n", l.name.c_str(), v.name, e.what());
+          }
+        }
+        std::printf("\n");
+        out["fire"].push_back(row);
+      }
+    }
+
+    // ---- 1b. every convolution of squeezenet1.0 at batch 128, forward and backward apart ------
+    if (want("1b")) {
+      std::printf("\nConvolutions of squeezenet1.0, batch %d: forward ms / backward ms (weights, bias "
+                  "and input gradient)\n\n", N);
+      header("conv: C→K RxS/stride @ HxW", "fwd / bwd ms");
+      out["conv"] = nlohmann::json::array();
+      {
+        std::vector<std::pair<std::string, ConvGeom>> convs;
+        for (const Layer& l : plan.layers()) {
+          if (l.kind == LayerKind::kConv) convs.push_back({l.name, l.conv});
+          if (l.kind != LayerKind::kFire) continue;
+          convs.push_back({l.name + " squeeze", l.fire.squeeze()});
+          convs.push_back({l.name + " expand1x1", l.fire.expand1()});
+          convs.push_back({l.name + " expand3x3", l.fire.expand3()});
+        }
+        for (auto [name, g] : convs) {
+          g.N = N;
+          const size_t nx = size_t(g.C) * N * g.H * g.W, ny = size_t(g.K) * N * g.P() * g.Q(),
+                       nw = size_t(g.K) * g.C * g.R * g.S;
+          auto x = random_buffer(nx, 1.0f), y = random_buffer(ny), dz = random_buffer(ny, 1.0f),
+               dx = random_buffer(nx), w = random_buffer(nw), b = random_buffer(g.K),
+               dw = random_buffer(nw), db = random_buffer(g.K),
+               ws = random_buffer(cuda::conv_backward_workspace(g));
+          std::printf("| %s: %d→%d %dx%d/%d @ %dx%d |", name.c_str(), g.C, g.K, g.R, g.S, g.stride, g.H, g.W);
+          nlohmann::json row = {{"conv", name}, {"gflop_fwd", 2.0 * ny * g.C * g.R * g.S / 1e9}};
+          for (const Variant& v : variants) {
+            use(v);
+            try {
+              const double fwd = time_ms(reps, [&] {
+                cuda::conv_forward(g, x.get(), w.get(), b.get(), y.get(), true, nullptr);
+              });
+              const double bwd = time_ms(reps, [&] {
+                cuda::conv_backward(g, x.get(), w.get(), dz.get(), dw.get(), db.get(), dx.get(), false,
+                                    ws.get(), nullptr);
+              });
+              std::printf(" %.3f / %.3f |", fwd, bwd);
+              row[std::string(v.name) + " fwd ms"] = fwd;
+              row[std::string(v.name) + " bwd ms"] = bwd;
+            } catch (const std::exception& e) {
+              std::printf(" failed |");
+              std::fprintf(stderr, "bench_gpu: %s, %s: %s\n", name.c_str(), v.name, e.what());
+            }
+          }
+          std::printf("\n");
+          out["conv"].push_back(row);
+        }
+      }
+    }
+
+    // ---- 2. training steps, batch 128 -------------------------------------------------------
+    if (want("2")) {
+      std::printf("\nTraining step (forward, loss, backward, SGD), batch %d, images/s\n\n", N);
+      header("config", "img/s");
+      std::vector<std::pair<std::string, ModelConfig>> cfgs = {
+          {"squeezenet1.0 224x224", preset("squeezenet1.0")},
+          {"squeezenet1.1 224x224", preset("squeezenet1.1")},
+          {"fmnist (1.0, small stem, 28x28)", fmnist_config()}};
+      for (const auto& [name, cfg] : cfgs) {
+        std::printf("| %s |", name.c_str());
+        nlohmann::json row = {{"config", name}};
+        Model host(cfg, 1);
+        std::vector<float> params(host.layout().total), mom(host.layout().total, 0.0f);
+        host.init_params(params.data(), "torchvision", 1);
+        std::vector<float> input(size_t(cfg.in_c) * cfg.in_h * cfg.in_w * N);
+        std::mt19937 r(3);
+        std::normal_distribution<float> nd;
+        for (float& v : input) v = nd(r);
+        std::vector<int32_t> labels(N);
+        std::vector<uint64_t> keys(N);
+        for (int n = 0; n < N; ++n) labels[n] = n % cfg.num_classes, keys[n] = uint64_t(n) * 7919;
+        for (const Variant& v : variants) {
+          use(v);
+          try {
+          auto step = make_cuda_step(cfg, N, 0);
+          step->upload(params.data(), mom.data());
+          // As the trainer runs it: the step on the prefetched batch, the next batch's copy to
+          // the device during it, the SGD update; host clock per step (finish() waits).
+          step->prefetch(input.data(), labels.data(), keys.data(), N);
+          const double ms = host_ms(reps, [&] {
+            double st[2] = {0, 0};
+            step->launch(nullptr, labels.data(), keys.data(), N, 1.0f / N);
+            step->prefetch(input.data(), labels.data(), keys.data(), N);
+            step->finish(st);
+            step->sgd(0.01f, 0.9f, 2e-4f);
+          });
+          std::printf(" %.0f |", N / (ms / 1e3));
+          row[std::string(v.name) + " img/s"] = N / (ms / 1e3);
           } catch (const std::exception& e) {
             std::printf(" failed |");
             std::fprintf(stderr, "bench_gpu: %s, %s: %s\n", name.c_str(), v.name, e.what());
           }
         }
         std::printf("\n");
-        out["conv"].push_back(row);
+        out["train"].push_back(row);
       }
     }
 
-    // ---- 2. training steps, batch 128 -------------------------------------------------------
-    std::printf("\nTraining step (forward, loss, backward, SGD), batch %d, images/s\n\n", N);
-    header("config", "img/s");
-    std::vector<std::pair<std::string, ModelConfig>> cfgs = {
-        {"squeezenet1.0 224x224", preset("squeezenet1.0")},
-        {"squeezenet1.1 224x224", preset("squeezenet1.1")},
-        {"fmnist (1.0, small stem, 28x28)", fmnist_config()}};
-    for (const auto& [name, cfg] : cfgs) {
-      std::printf("| %s |", name.c_str());
-      nlohmann::json row = {{"config", name}};
-      Model host(cfg, 1);
-      std::vector<float> params(host.layout().total), mom(host.layout().total, 0.0f);
-      host.init_params(params.data(), "torchvision", 1);
-      std::vector<float> input(size_t(cfg.in_c) * cfg.in_h * cfg.in_w * N);
-      std::mt19937 r(3);
-      std::normal_distribution<float> nd;
-      for (float& v : input) v = nd(r);
-      std::vector<int32_t> labels(N);
-      std::vector<uint64_t> keys(N);
-      for (int n = 0; n < N; ++n) labels[n] = n % cfg.num_classes, keys[n] = uint64_t(n) * 7919;
-      for (const Variant& v : variants) {
-        use(v);
-        try {
-        auto step = make_cuda_step(cfg, N, 0);
-        step->upload(params.data(), mom.data());
-        // As the trainer runs it: the step on the prefetched batch, the next batch's copy to
-        // the device during it, the SGD update; host clock per step (finish() waits).
-        step->prefetch(input.data(), labels.data(), keys.data(), N);
-        const double ms = host_ms(reps, [&] {
-          double st[2] = {0, 0};
-          step->launch(nullptr, labels.data(), keys.data(), N, 1.0f / N);
-          step->prefetch(input.data(), labels.data(), keys.data(), N);
-          step->finish(st);
-          step->sgd(0.01f, 0.9f, 2e-4f);
-        });
-        std::printf(" %.0f |", N / (ms / 1e3));
-        row[std::string(v.name) + " img/s"] = N / (ms / 1e3);
-        } catch (const std::exception& e) {
-          std::printf(" failed |");
-          std::fprintf(stderr, "bench_gpu: %s, %s: %s\n", name.c_str(), v.name, e.what());
-        }
-      }
-      std::printf("\n");
-      out["train"].push_back(row);
-    }
     // ---- 3. where a squeezenet1.0 training step's time goes: per layer, forward and backward --
-    std::printf("\nsqueezenet1.0 training step, batch %d, per layer (ms, median of %d; the first "
-                "backward row includes the loss)\n\n", N, reps);
-    out["layers"] = nlohmann::json::array();
-    {
-      const ModelConfig cfg = preset("squeezenet1.0");
-      Model host(cfg, 1);
-      std::vector<float> params(host.layout().total);
-      host.init_params(params.data(), "torchvision", 1);
-      cuda::DeviceBuffer<float> P(params), G(params.size()), DL(size_t(N) * cfg.num_classes);
-      auto X = random_buffer(size_t(cfg.in_c) * cfg.in_h * cfg.in_w * N, 1.0f);
-      std::vector<int32_t> labels(N);
-      std::vector<uint64_t> keys(N);
-      for (int n = 0; n < N; ++n) labels[n] = n % cfg.num_classes, keys[n] = uint64_t(n) * 7919;
-      cuda::DeviceBuffer<int32_t> Y(labels);
-      cuda::DeviceBuffer<uint64_t> KEYS(keys);
-      cuda::DeviceBuffer<double> R(2), LWS(cuda::softmax_xent_workspace(N));
-      std::vector<std::string> names;
-      std::vector<std::vector<std::vector<float>>> times;  // [variant][label][rep]
-      for (const Variant& v : variants) {
-        use(v);
-        times.emplace_back();
-        try {
-          CudaModel m(cfg, N);
-          m.set_profiling(true);
-          for (int r = 0; r < reps + 3; ++r) {
-            const float* logits = m.forward(P.get(), X.get(), N, true, KEYS.get());
-            cuda::softmax_xent(N, cfg.num_classes, logits, Y.get(), 1.0f / N, DL.get(), R.get(),
-                               LWS.get(), nullptr);
-            m.backward(P.get(), DL.get(), G.get(), N, KEYS.get());
-            const auto t = m.layer_times();
-            if (r < 3) continue;
-            if (names.empty())
-              for (const auto& [label, ms] : t) names.push_back(label);
-            times.back().resize(t.size());
-            for (size_t i = 0; i < t.size(); ++i) times.back()[i].push_back(t[i].second);
+    if (want("3")) {
+      std::printf("\nsqueezenet1.0 training step, batch %d, per layer (ms, median of %d; the first "
+                  "backward row includes the loss)\n\n", N, reps);
+      out["layers"] = nlohmann::json::array();
+      {
+        const ModelConfig cfg = preset("squeezenet1.0");
+        Model host(cfg, 1);
+        std::vector<float> params(host.layout().total);
+        host.init_params(params.data(), "torchvision", 1);
+        cuda::DeviceBuffer<float> P(params), G(params.size()), DL(size_t(N) * cfg.num_classes);
+        auto X = random_buffer(size_t(cfg.in_c) * cfg.in_h * cfg.in_w * N, 1.0f);
+        std::vector<int32_t> labels(N);
+        std::vector<uint64_t> keys(N);
+        for (int n = 0; n < N; ++n) labels[n] = n % cfg.num_classes, keys[n] = uint64_t(n) * 7919;
+        cuda::DeviceBuffer<int32_t> Y(labels);
+        cuda::DeviceBuffer<uint64_t> KEYS(keys);
+        cuda::DeviceBuffer<double> R(2), LWS(cuda::softmax_xent_workspace(N));
+        std::vector<std::string> names;
+        std::vector<std::vector<std::vector<float>>> times;  // [variant][label][rep]
+        for (const Variant& v : variants) {
+          use(v);
+          times.emplace_back();
+          try {
+            CudaModel m(cfg, N);
+            m.set_profiling(true);
+            for (int r = 0; r < reps + 3; ++r) {
+              const float* logits = m.forward(P.get(), X.get(), N, true, KEYS.get());
+              cuda::softmax_xent(N, cfg.num_classes, logits, Y.get(), 1.0f / N, DL.get(), R.get(),
+                                 LWS.get(), nullptr);
+              m.backward(P.get(), DL.get(), G.get(), N, KEYS.get());
+              const auto t = m.layer_times();
+              if (r < 3) continue;
+              if (names.empty())
+                for (const auto& [label, ms] : t) names.push_back(label);
+              times.back().resize(t.size());
+              for (size_t i = 0; i < t.size(); ++i) times.back()[i].push_back(t[i].second);
+            }
+          } catch (const std::exception& e) {
+            std::fprintf(stderr, "bench_gpu: layer profile, %s: %s\n", v.name, e.what());
           }
-        } catch (const std::exception& e) {
-          std::fprintf(stderr, "bench_gpu: layer profile, %s: %s\n", v.name, e.what());
         }
-      }
-      header("layer", "ms");
-      std::vector<double> total(variants.size(), 0.0);
-      for (size_t i = 0; i < names.size(); ++i) {
-        std::printf("| %s |", names[i].c_str());
-        nlohmann::json row = {{"layer", names[i]}};
-        for (size_t vi = 0; vi < variants.size(); ++vi) {
-          if (times[vi].size() <= i) {
-            std::printf(" - |");
-            continue;
+        header("layer", "ms");
+        std::vector<double> total(variants.size(), 0.0);
+        for (size_t i = 0; i < names.size(); ++i) {
+          std::printf("| %s |", names[i].c_str());
+          nlohmann::json row = {{"layer", names[i]}};
+          for (size_t vi = 0; vi < variants.size(); ++vi) {
+            if (times[vi].size() <= i) {
+              std::printf(" - |");
+              continue;
+            }
+            std::vector<float> t = times[vi][i];
+            std::sort(t.begin(), t.end());
+            std::printf(" %.3f |", t[t.size() / 2]);
+            total[vi] += t[t.size() / 2];
+            row[std::string(variants[vi].name) + " ms"] = t[t.size() / 2];
           }
-          std::vector<float> t = times[vi][i];
-          std::sort(t.begin(), t.end());
-          std::printf(" %.3f |", t[t.size() / 2]);
-          total[vi] += t[t.size() / 2];
-          row[std::string(variants[vi].name) + " ms"] = t[t.size() / 2];
+          std::printf("\n");
+          out["layers"].push_back(row);
         }
+        std::printf("| sum of medians |");
+        for (double t : total) std::printf(" %.3f |", t);
         std::printf("\n");
-        out["layers"].push_back(row);
       }
-      std::printf("| sum of medians |");
-      for (double t : total) std::printf(" %.3f |", t);
-      std::printf("\n");
     }
 
     cuda::set_conv_impl(cuda::ConvImpl::kOwn);

@@ -10,7 +10,8 @@
 #   nccl     the NCCL test of test_mpi at 1 rank (and at 2 ranks on the one GPU, which NCCL
 #            refuses before 2.30), bench_collectives at 1 rank (MPI and NCCL methods),
 #            `mpirun -np 1 squeeze train --device cuda` over NCCL
-#   bench    bench_gpu: Fire shapes own vs cuDNN at fp32/TF32/BF16, training images/s
+#   bench    bench_gpu: Fire shapes own vs cuDNN at fp32/TF32/BF16, training images/s; then the
+#            Fire, convolution and training sections again with SQUEEZE_IGEMM_PREFETCH=0
 #   pytorch  bench/pytorch_gpu.py: PyTorch eager and torch.compile on the same GPU
 #   sanitize compute-sanitizer memcheck over small GPU training steps (every kernel of a model)
 #            and the compression constraints' kernels
@@ -98,6 +99,9 @@ for phase in $phases; do
     ;;
   bench)
     run bench_gpu $B/bench_gpu --reps 20 --json "$OUT/bench_gpu.json"
+    # The fp32 kernel without its register prefetch (docs/KERNELS.md, v4 against v3), same run.
+    SQUEEZE_IGEMM_PREFETCH=0 run "bench_gpu, prefetch off (Fire, convolutions, training)" \
+      $B/bench_gpu --reps 20 --sections 1,1b,2 --json "$OUT/bench_gpu_noprefetch.json"
     ;;
   pytorch)
     PYTHONUNBUFFERED=1 run pytorch_gpu python3 bench/pytorch_gpu.py --steps 20 \

@@ -7,6 +7,8 @@
 // This is the portable fp32 baseline the fused Fire kernels and the tensor-core path are measured
 // against; its time against cuDNN is recorded in docs/BENCHMARKS.md once a GPU is lent.
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "core/error.h"
 #include "kernels/cuda/common.cuh"
@@ -25,6 +27,12 @@ Geo geo_of(const ConvGeom& g) {
 }
 
 ConvMath g_math = ConvMath::kFp32;
+// The fp32 kernel's register prefetch (igemm_kernel.cuh), on unless SQUEEZE_IGEMM_PREFETCH=0: the
+// switch lets one GPU run measure both schedules (docs/KERNELS.md, v4).
+const bool g_prefetch = [] {
+  const char* e = std::getenv("SQUEEZE_IGEMM_PREFETCH");
+  return !(e && std::string(e) == "0");
+}();
 
 // The fp32 block tile: the narrowest one that holds all M rows (16x256 for M <= 16, 32x128 for
 // M <= 32), else 64x64. One row of tiles reads the B operand (the expensive im2col gather) once;
@@ -54,12 +62,21 @@ void launch_igemm(const Op& op, int splits, cudaStream_t s, const char* what) {
   } else {
     const Tile t = pick_tile(op.M, op.N);
     const dim3 grid((op.N + t.n - 1) / t.n, (op.M + t.m - 1) / t.m, splits);
-    if (t.m == 16)
-      igemm_kernel<Op, 16, 256><<<grid, kGemmThreads, 0, s>>>(op, chunk);
-    else if (t.m == 32)
-      igemm_kernel<Op, 32, 128><<<grid, kGemmThreads, 0, s>>>(op, chunk);
-    else
-      igemm_kernel<Op, 64, 64><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+    if (g_prefetch) {
+      if (t.m == 16)
+        igemm_kernel<Op, 16, 256, true><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+      else if (t.m == 32)
+        igemm_kernel<Op, 32, 128, true><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+      else
+        igemm_kernel<Op, 64, 64, true><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+    } else {
+      if (t.m == 16)
+        igemm_kernel<Op, 16, 256, false><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+      else if (t.m == 32)
+        igemm_kernel<Op, 32, 128, false><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+      else
+        igemm_kernel<Op, 64, 64, false><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+    }
   }
   SQ_CUDA_LAUNCH(what);
 }

@@ -26,9 +26,9 @@ namespace {  // internal linkage: one copy per translation unit (conv.cu; the CP
 constexpr int BM = 64, BN = 64, BK = 16, kGemmThreads = 256;
 
 // The operand tables of one block (igemm_ops.h): the NEnt of each column of its tile, for the
-// whole kernel, and the KEnts of the k-steps, double-buffered: while the tile of step k0 loads
-// from ktab[cur], threads 0..BK-1 fill ktab[cur ^ 1] for step k0 + BK, which the barrier after
-// the loads publishes.
+// whole kernel, and the KEnts of the k-steps, double-buffered: threads 0..BK-1 fill the table of
+// step k0 + BK into the buffer step k0 does not use, before the barrier that publishes step k0's
+// tile.
 template <class Op, int TN>
 struct Tables {
   typename Op::KEnt k[2][BK];
@@ -47,11 +47,16 @@ __device__ void fill_ktab(const Op& op, Tables<Op, TN>& tb, int buf, int k0, int
 }
 
 // The fp32 kernel's block tile is TM x TN outputs (64x64, or 32x128 and 16x256 for products
-// with few rows: a squeeze's forward, an expand's input gradient), 4x4 per thread.
-template <class Op, int TM, int TN>
+// with few rows: a squeeze's forward, an expand's input gradient), 4x4 per thread. Each k-step's
+// operand elements pass through registers: with kPrefetch, a thread issues its loads of step
+// k + BK before the products of step k, so their latency hides behind the arithmetic, and stores
+// them to shared memory after the barrier that ends the products (without it, the loads follow
+// that barrier: the v3 schedule, kept for measuring the difference).
+template <class Op, int TM, int TN, bool kPrefetch = true>
 __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk) {
   static_assert((TM / 4) * (TN / 4) == kGemmThreads, "one 4x4 block of outputs per thread");
-  constexpr int TX = TN / 4;
+  constexpr int TX = TN / 4, RA = TM * BK / kGemmThreads, RB = BK * TN / kGemmThreads;
+  static_assert(RA * kGemmThreads == TM * BK && RB * kGemmThreads == BK * TN, "whole loads per thread");
   __shared__ __align__(16) float As[BK][TM + 4];
   __shared__ __align__(16) float Bs[BK][TN + 4];
   __shared__ Tables<Op, TN> tab;
@@ -63,22 +68,53 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk)
   for (int i = 0; i < 4; ++i)
     SQ_UNROLL
     for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+  // Element r of this thread's share of a step: A (mm, kk) and B (kk, nn) of the tile.
+  auto a_at = [](int r, int& mm, int& kk) {
+    const int l = int(threadIdx.x) + r * kGemmThreads;
+    mm = l / BK, kk = l % BK;
+  };
+  auto b_at = [](int r, int& kk, int& nn) {
+    const int l = int(threadIdx.x) + r * kGemmThreads;
+    kk = Op::kBAlongK ? l % BK : l / TN, nn = Op::kBAlongK ? l / BK : l % TN;
+  };
+  float ra[RA], rb[RB];
+  auto load = [&](int k0, int buf) {  // step k0's elements, with the k table in tab.k[buf]
+    SQ_UNROLL
+    for (int r = 0; r < RA; ++r) {
+      int mm, kk;
+      a_at(r, mm, kk);
+      const int m = m0 + mm, k = k0 + kk;
+      ra[r] = (m < op.M && k < ke) ? op.a(m, k, tab.k[buf][kk]) : 0.0f;
+    }
+    SQ_UNROLL
+    for (int r = 0; r < RB; ++r) {
+      int kk, nn;
+      b_at(r, kk, nn);
+      const int k = k0 + kk, n = n0 + nn;
+      rb[r] = (n < op.N && k < ke) ? op.bval(tab.k[buf][kk], tab.n[nn]) : 0.0f;
+    }
+  };
   fill_ntab(op, tab, n0);
   fill_ktab(op, tab, 0, kb, ke);
   __syncthreads();
+  if (kb < ke) load(kb, 0);
   int cur = 0;
   for (int k0 = kb; k0 < ke; k0 += BK, cur ^= 1) {
-    for (int l = threadIdx.x; l < TM * BK; l += kGemmThreads) {
-      const int mm = l / BK, kk = l % BK, m = m0 + mm, k = k0 + kk;
-      As[kk][mm] = (m < op.M && k < ke) ? op.a(m, k, tab.k[cur][kk]) : 0.0f;
+    SQ_UNROLL
+    for (int r = 0; r < RA; ++r) {
+      int mm, kk;
+      a_at(r, mm, kk);
+      As[kk][mm] = ra[r];
     }
-    for (int l = threadIdx.x; l < BK * TN; l += kGemmThreads) {
-      const int kk = Op::kBAlongK ? l % BK : l / TN, nn = Op::kBAlongK ? l / BK : l % TN;
-      const int k = k0 + kk, n = n0 + nn;
-      Bs[kk][nn] = (n < op.N && k < ke) ? op.bval(tab.k[cur][kk], tab.n[nn]) : 0.0f;
+    SQ_UNROLL
+    for (int r = 0; r < RB; ++r) {
+      int kk, nn;
+      b_at(r, kk, nn);
+      Bs[kk][nn] = rb[r];
     }
     fill_ktab(op, tab, cur ^ 1, k0 + BK, ke);
-    __syncthreads();
+    __syncthreads();  // the tile of step k0 and the table of step k0 + BK are visible
+    if (kPrefetch && k0 + BK < ke) load(k0 + BK, cur ^ 1);
     SQ_UNROLL
     for (int kk = 0; kk < BK; ++kk) {
       const float4 a4 = *reinterpret_cast<const float4*>(&As[kk][ty * 4]);
@@ -89,7 +125,8 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk)
         SQ_UNROLL
         for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
     }
-    __syncthreads();
+    __syncthreads();  // every thread is done with the tile before the next is stored
+    if (!kPrefetch && k0 + BK < ke) load(k0 + BK, cur ^ 1);
   }
   SQ_UNROLL
   for (int i = 0; i < 4; ++i)
