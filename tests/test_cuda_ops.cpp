@@ -588,27 +588,32 @@ TEST(CudaStep, PrefetchedBatchesGiveTheSameStepsBitForBit) {
   EXPECT_THROW(piped->launch(nullptr, nullptr, nullptr, N, 1.0f / N), Error);  // none prefetched
 }
 
+// One epoch of a narrow squeezenet1.0 on 200 Fashion-MNIST images, batch 32, a low learning rate
+// (tests/mpi/test_mpi.cpp explains why); false when the data set is not in c->data_dir
+// (SQUEEZE_FASHION_MNIST: where scripts/gpu_check.sh unpacked it on the GPU machine).
+bool small_fashion_run(TrainConfig* c) {
+  const char* env = std::getenv("SQUEEZE_FASHION_MNIST");
+  c->data_dir = env ? env : "/usr/share/datasets/fashion-mnist";
+  struct stat st;
+  if (::stat((c->data_dir + "/train-images-idx3-ubyte.gz").c_str(), &st) != 0) return false;
+  c->model = preset("squeezenet1.0");
+  c->model.base_e = 32;
+  c->model.incr_e = 32;
+  c->epochs = 1;
+  c->batch = 32;
+  c->schedule.lr = 0.002;
+  c->train_limit = 200;
+  c->test_limit = 200;
+  return true;
+}
+
 // squeeze train --device cuda against the CPU trainer: one epoch of real Fashion-MNIST with the
 // default recipe (LSUV, dropout, augmentation, clipping), a low learning rate as in the
 // multi-rank equivalence test (tests/mpi/test_mpi.cpp explains why).
 TEST(CudaTrainer, OneEpochFollowsTheCpuTrainer) {
   REQUIRE_GPU();
-  // SQUEEZE_FASHION_MNIST: where scripts/gpu_check.sh unpacked the data set on the GPU machine.
-  const char* env = std::getenv("SQUEEZE_FASHION_MNIST");
-  const std::string dir = env ? env : "/usr/share/datasets/fashion-mnist";
-  struct stat st;
-  if (::stat((dir + "/train-images-idx3-ubyte.gz").c_str(), &st) != 0)
-    GTEST_SKIP() << "Fashion-MNIST not found in " << dir;
   TrainConfig c;
-  c.data_dir = dir;
-  c.model = preset("squeezenet1.0");
-  c.model.base_e = 32;
-  c.model.incr_e = 32;
-  c.epochs = 1;
-  c.batch = 32;
-  c.schedule.lr = 0.002;
-  c.train_limit = 200;
-  c.test_limit = 200;
+  if (!small_fashion_run(&c)) GTEST_SKIP() << "Fashion-MNIST not found in " << c.data_dir;
   c.augment.crop_pad = 2;
   c.augment.hflip = true;
   RunOptions o;
@@ -681,21 +686,8 @@ TEST(CudaCompress, ConstraintsMatchTheCpuConstraints) {
 // the tuned weights are exactly the trained codebooks.
 TEST(CudaTrainer, CompressionRetrainingFollowsTheCpu) {
   REQUIRE_GPU();
-  const char* env = std::getenv("SQUEEZE_FASHION_MNIST");
-  const std::string dir = env ? env : "/usr/share/datasets/fashion-mnist";
-  struct stat st;
-  if (::stat((dir + "/train-images-idx3-ubyte.gz").c_str(), &st) != 0)
-    GTEST_SKIP() << "Fashion-MNIST not found in " << dir;
   TrainConfig c;
-  c.data_dir = dir;
-  c.model = preset("squeezenet1.0");
-  c.model.base_e = 32;
-  c.model.incr_e = 32;
-  c.epochs = 1;
-  c.batch = 32;
-  c.schedule.lr = 0.002;
-  c.train_limit = 200;
-  c.test_limit = 200;
+  if (!small_fashion_run(&c)) GTEST_SKIP() << "Fashion-MNIST not found in " << c.data_dir;
   RunOptions o;
   o.quiet = true;
   auto comm = make_local_communicator();

@@ -47,6 +47,18 @@ Tile pick_tile(int M, int) {
   return {64, 64};
 }
 
+template <bool kPrefetch, class Op>
+void launch_fp32(const Op& op, int splits, int chunk, cudaStream_t s) {
+  const Tile t = pick_tile(op.M, op.N);
+  const dim3 grid((op.N + t.n - 1) / t.n, (op.M + t.m - 1) / t.m, splits);
+  if (t.m == 16)
+    igemm_kernel<Op, 16, 256, kPrefetch><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+  else if (t.m == 32)
+    igemm_kernel<Op, 32, 128, kPrefetch><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+  else
+    igemm_kernel<Op, 64, 64, kPrefetch><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+}
+
 template <class Op>
 void launch_igemm(const Op& op, int splits, cudaStream_t s, const char* what) {
   if (op.M == 0 || op.N == 0) return;
@@ -60,23 +72,10 @@ void launch_igemm(const Op& op, int splits, cudaStream_t s, const char* what) {
     else
       igemm_tc_kernel<Op, Bf16><<<grid, kGemmThreads, 0, s>>>(op, chunk);
   } else {
-    const Tile t = pick_tile(op.M, op.N);
-    const dim3 grid((op.N + t.n - 1) / t.n, (op.M + t.m - 1) / t.m, splits);
-    if (g_prefetch) {
-      if (t.m == 16)
-        igemm_kernel<Op, 16, 256, true><<<grid, kGemmThreads, 0, s>>>(op, chunk);
-      else if (t.m == 32)
-        igemm_kernel<Op, 32, 128, true><<<grid, kGemmThreads, 0, s>>>(op, chunk);
-      else
-        igemm_kernel<Op, 64, 64, true><<<grid, kGemmThreads, 0, s>>>(op, chunk);
-    } else {
-      if (t.m == 16)
-        igemm_kernel<Op, 16, 256, false><<<grid, kGemmThreads, 0, s>>>(op, chunk);
-      else if (t.m == 32)
-        igemm_kernel<Op, 32, 128, false><<<grid, kGemmThreads, 0, s>>>(op, chunk);
-      else
-        igemm_kernel<Op, 64, 64, false><<<grid, kGemmThreads, 0, s>>>(op, chunk);
-    }
+    if (g_prefetch)
+      launch_fp32<true>(op, splits, chunk, s);
+    else
+      launch_fp32<false>(op, splits, chunk, s);
   }
   SQ_CUDA_LAUNCH(what);
 }
