@@ -170,14 +170,14 @@ void check_bias(const Case& c, int chunks, bool reverse) {
 
 // The tensor-core kernel (64x64 tiles), with tf32 or bfloat16 operands as tests/simt_host.h rounds
 // them, against the same reference at test_cuda_ops' tolerances for these precisions.
-template <class Prec>
+template <class Prec, bool kPrefetch>
 void check_tensor_core(const Case& c, double tol) {
   auto run = [](const auto& op, int splits) {
     using Op = std::decay_t<decltype(op)>;
     const int chunk = (op.Kd + splits - 1) / splits;
     const SimtDim3 grid{unsigned((op.N + cuda::BN - 1) / cuda::BN), unsigned((op.M + cuda::BM - 1) / cuda::BM),
                         unsigned(splits)};
-    const std::function<void()> body = [&] { cuda::igemm_tc_kernel<Op, Prec>(op, chunk); };
+    const std::function<void()> body = [&] { cuda::igemm_tc_kernel<Op, Prec, kPrefetch>(op, chunk); };
     ASSERT_TRUE(simt::run(grid, cuda::kGemmThreads, body)) << "threads disagree on barriers";
   };
   std::vector<float> y(c.y_ref.size(), NAN), dx(c.dx_ref.size(), NAN);
@@ -246,11 +246,15 @@ TEST(ImplicitGemm, TensorCoreKernelOnTheCpuReproducesTheCpuConvolution) {
     SCOPED_TRACE(c.name());
     {
       SCOPED_TRACE("tf32");
-      check_tensor_core<cuda::Tf32>(c, 3e-3);
+      check_tensor_core<cuda::Tf32, true>(c, 3e-3);
     }
     {
       SCOPED_TRACE("bf16");
-      check_tensor_core<cuda::Bf16>(c, 2e-2);
+      check_tensor_core<cuda::Bf16, true>(c, 2e-2);
+    }
+    {
+      SCOPED_TRACE("tf32, prefetch off");
+      check_tensor_core<cuda::Tf32, false>(c, 3e-3);
     }
   }
 }

@@ -27,7 +27,7 @@ Geo geo_of(const ConvGeom& g) {
 }
 
 ConvMath g_math = ConvMath::kFp32;
-// The fp32 kernel's register prefetch (igemm_kernel.cuh), on unless SQUEEZE_IGEMM_PREFETCH=0: the
+// The tile kernels' register prefetch (igemm_kernel.cuh), on unless SQUEEZE_IGEMM_PREFETCH=0: the
 // switch lets one GPU run measure both schedules (docs/KERNELS.md, v4).
 const bool g_prefetch = [] {
   const char* e = std::getenv("SQUEEZE_IGEMM_PREFETCH");
@@ -59,6 +59,15 @@ void launch_fp32(const Op& op, int splits, int chunk, cudaStream_t s) {
     igemm_kernel<Op, 64, 64, kPrefetch><<<grid, kGemmThreads, 0, s>>>(op, chunk);
 }
 
+template <bool kPrefetch, class Op>
+void launch_tc(const Op& op, int splits, int chunk, cudaStream_t s) {
+  const dim3 grid((op.N + BN - 1) / BN, (op.M + BM - 1) / BM, splits);
+  if (g_math == ConvMath::kTf32)
+    igemm_tc_kernel<Op, Tf32, kPrefetch><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+  else
+    igemm_tc_kernel<Op, Bf16, kPrefetch><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+}
+
 template <class Op>
 void launch_igemm(const Op& op, int splits, cudaStream_t s, const char* what) {
   if (op.M == 0 || op.N == 0) return;
@@ -66,11 +75,10 @@ void launch_igemm(const Op& op, int splits, cudaStream_t s, const char* what) {
     fail(what, ": a tensor of 2^31 or more elements (batch ", op.g.N, "); use a smaller batch per GPU");
   const int chunk = (op.Kd + splits - 1) / splits;
   if (g_math == ConvMath::kTf32 || g_math == ConvMath::kBf16) {
-    const dim3 grid((op.N + BN - 1) / BN, (op.M + BM - 1) / BM, splits);
-    if (g_math == ConvMath::kTf32)
-      igemm_tc_kernel<Op, Tf32><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+    if (g_prefetch)
+      launch_tc<true>(op, splits, chunk, s);
     else
-      igemm_tc_kernel<Op, Bf16><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+      launch_tc<false>(op, splits, chunk, s);
   } else {
     if (g_prefetch)
       launch_fp32<true>(op, splits, chunk, s);

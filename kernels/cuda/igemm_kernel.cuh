@@ -46,6 +46,42 @@ __device__ void fill_ktab(const Op& op, Tables<Op, TN>& tb, int buf, int k0, int
   if (t < BK && k0 + t < ke) tb.k[buf][t] = op.kent(k0 + t);
 }
 
+// One thread's share of a k-step's operand tiles (TM x BK of A, BK x TN of B), in registers
+// between its loads from global memory and its stores to shared memory. Element r of the share
+// is A (mm, kk) and B (kk, nn) of the tile; neighbouring threads take neighbouring elements along
+// the dimension that is contiguous in memory.
+template <class Op, int TM, int TN>
+struct Staged {
+  static constexpr int RA = TM * BK / kGemmThreads, RB = BK * TN / kGemmThreads;
+  static_assert(RA * kGemmThreads == TM * BK && RB * kGemmThreads == BK * TN, "whole loads per thread");
+  float a[RA], b[RB];
+  __device__ static void a_at(int r, int& mm, int& kk) {
+    const int l = int(threadIdx.x) + r * kGemmThreads;
+    mm = l / BK, kk = l % BK;
+  }
+  __device__ static void b_at(int r, int& kk, int& nn) {
+    const int l = int(threadIdx.x) + r * kGemmThreads;
+    kk = Op::kBAlongK ? l % BK : l / TN, nn = Op::kBAlongK ? l / BK : l % TN;
+  }
+  // Step k0's elements (zero outside the product), with its k table in tab.k[buf].
+  __device__ void load(const Op& op, const Tables<Op, TN>& tab, int buf, int m0, int n0, int k0, int ke) {
+    SQ_UNROLL
+    for (int r = 0; r < RA; ++r) {
+      int mm, kk;
+      a_at(r, mm, kk);
+      const int m = m0 + mm, k = k0 + kk;
+      a[r] = (m < op.M && k < ke) ? op.a(m, k, tab.k[buf][kk]) : 0.0f;
+    }
+    SQ_UNROLL
+    for (int r = 0; r < RB; ++r) {
+      int kk, nn;
+      b_at(r, kk, nn);
+      const int k = k0 + kk, n = n0 + nn;
+      b[r] = (n < op.N && k < ke) ? op.bval(tab.k[buf][kk], tab.n[nn]) : 0.0f;
+    }
+  }
+};
+
 // The fp32 kernel's block tile is TM x TN outputs (64x64, or 32x128 and 16x256 for products
 // with few rows: a squeeze's forward, an expand's input gradient), 4x4 per thread. Each k-step's
 // operand elements pass through registers: with kPrefetch, a thread issues its loads of step
@@ -55,8 +91,8 @@ __device__ void fill_ktab(const Op& op, Tables<Op, TN>& tb, int buf, int k0, int
 template <class Op, int TM, int TN, bool kPrefetch = true>
 __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk) {
   static_assert((TM / 4) * (TN / 4) == kGemmThreads, "one 4x4 block of outputs per thread");
-  constexpr int TX = TN / 4, RA = TM * BK / kGemmThreads, RB = BK * TN / kGemmThreads;
-  static_assert(RA * kGemmThreads == TM * BK && RB * kGemmThreads == BK * TN, "whole loads per thread");
+  constexpr int TX = TN / 4;
+  using St = Staged<Op, TM, TN>;
   __shared__ __align__(16) float As[BK][TM + 4];
   __shared__ __align__(16) float Bs[BK][TN + 4];
   __shared__ Tables<Op, TN> tab;
@@ -68,53 +104,28 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk)
   for (int i = 0; i < 4; ++i)
     SQ_UNROLL
     for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
-  // Element r of this thread's share of a step: A (mm, kk) and B (kk, nn) of the tile.
-  auto a_at = [](int r, int& mm, int& kk) {
-    const int l = int(threadIdx.x) + r * kGemmThreads;
-    mm = l / BK, kk = l % BK;
-  };
-  auto b_at = [](int r, int& kk, int& nn) {
-    const int l = int(threadIdx.x) + r * kGemmThreads;
-    kk = Op::kBAlongK ? l % BK : l / TN, nn = Op::kBAlongK ? l / BK : l % TN;
-  };
-  float ra[RA], rb[RB];
-  auto load = [&](int k0, int buf) {  // step k0's elements, with the k table in tab.k[buf]
-    SQ_UNROLL
-    for (int r = 0; r < RA; ++r) {
-      int mm, kk;
-      a_at(r, mm, kk);
-      const int m = m0 + mm, k = k0 + kk;
-      ra[r] = (m < op.M && k < ke) ? op.a(m, k, tab.k[buf][kk]) : 0.0f;
-    }
-    SQ_UNROLL
-    for (int r = 0; r < RB; ++r) {
-      int kk, nn;
-      b_at(r, kk, nn);
-      const int k = k0 + kk, n = n0 + nn;
-      rb[r] = (n < op.N && k < ke) ? op.bval(tab.k[buf][kk], tab.n[nn]) : 0.0f;
-    }
-  };
+  St st;
   fill_ntab(op, tab, n0);
   fill_ktab(op, tab, 0, kb, ke);
   __syncthreads();
-  if (kb < ke) load(kb, 0);
+  if (kb < ke) st.load(op, tab, 0, m0, n0, kb, ke);
   int cur = 0;
   for (int k0 = kb; k0 < ke; k0 += BK, cur ^= 1) {
     SQ_UNROLL
-    for (int r = 0; r < RA; ++r) {
+    for (int r = 0; r < St::RA; ++r) {
       int mm, kk;
-      a_at(r, mm, kk);
-      As[kk][mm] = ra[r];
+      St::a_at(r, mm, kk);
+      As[kk][mm] = st.a[r];
     }
     SQ_UNROLL
-    for (int r = 0; r < RB; ++r) {
+    for (int r = 0; r < St::RB; ++r) {
       int kk, nn;
-      b_at(r, kk, nn);
-      Bs[kk][nn] = rb[r];
+      St::b_at(r, kk, nn);
+      Bs[kk][nn] = st.b[r];
     }
     fill_ktab(op, tab, cur ^ 1, k0 + BK, ke);
     __syncthreads();  // the tile of step k0 and the table of step k0 + BK are visible
-    if (kPrefetch && k0 + BK < ke) load(k0 + BK, cur ^ 1);
+    if (kPrefetch && k0 + BK < ke) st.load(op, tab, cur ^ 1, m0, n0, k0 + BK, ke);
     SQ_UNROLL
     for (int kk = 0; kk < BK; ++kk) {
       const float4 a4 = *reinterpret_cast<const float4*>(&As[kk][ty * 4]);
@@ -126,7 +137,7 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk)
         for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
     }
     __syncthreads();  // every thread is done with the tile before the next is stored
-    if (!kPrefetch && k0 + BK < ke) load(k0 + BK, cur ^ 1);
+    if (!kPrefetch && k0 + BK < ke) st.load(op, tab, cur ^ 1, m0, n0, k0 + BK, ke);
   }
   SQ_UNROLL
   for (int i = 0; i < 4; ++i)
@@ -198,7 +209,7 @@ struct Bf16 {
   __device__ static void round(F&) {}
 };
 
-template <class Op, class Prec>
+template <class Op, class Prec, bool kPrefetch = true>
 __global__ void __launch_bounds__(kGemmThreads) igemm_tc_kernel(Op op, int k_chunk) {
   using E = typename Prec::Elem;
   constexpr int LDA = BK + Prec::Pad, LDB = BN + Prec::Pad, LDC = BN + 4;
@@ -212,22 +223,29 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_tc_kernel(Op op, int k_chu
   wmma::fragment<wmma::accumulator, 16, 16, Prec::K, float> acc[2];
   wmma::fill_fragment(acc[0], 0.0f);
   wmma::fill_fragment(acc[1], 0.0f);
+  using St = Staged<Op, BM, BN>;
+  St st;
   fill_ntab(op, tab, n0);
   fill_ktab(op, tab, 0, kb, ke);
   __syncthreads();
+  if (kb < ke) st.load(op, tab, 0, m0, n0, kb, ke);
   int cur = 0;
   for (int k0 = kb; k0 < ke; k0 += BK, cur ^= 1) {
-    for (int l = threadIdx.x; l < BM * BK; l += kGemmThreads) {
-      const int mm = l / BK, kk = l % BK, m = m0 + mm, k = k0 + kk;
-      As[mm * LDA + kk] = Prec::cvt((m < op.M && k < ke) ? op.a(m, k, tab.k[cur][kk]) : 0.0f);
+    SQ_UNROLL
+    for (int r = 0; r < St::RA; ++r) {
+      int mm, kk;
+      St::a_at(r, mm, kk);
+      As[mm * LDA + kk] = Prec::cvt(st.a[r]);
     }
-    for (int l = threadIdx.x; l < BK * BN; l += kGemmThreads) {
-      const int kk = Op::kBAlongK ? l % BK : l / BN, nn = Op::kBAlongK ? l / BK : l % BN;
-      const int k = k0 + kk, n = n0 + nn;
-      Bs[kk * LDB + nn] = Prec::cvt((n < op.N && k < ke) ? op.bval(tab.k[cur][kk], tab.n[nn]) : 0.0f);
+    SQ_UNROLL
+    for (int r = 0; r < St::RB; ++r) {
+      int kk, nn;
+      St::b_at(r, kk, nn);
+      Bs[kk * LDB + nn] = Prec::cvt(st.b[r]);
     }
     fill_ktab(op, tab, cur ^ 1, k0 + BK, ke);
     __syncthreads();
+    if (kPrefetch && k0 + BK < ke) st.load(op, tab, cur ^ 1, m0, n0, k0 + BK, ke);
     SQ_UNROLL
     for (int kk = 0; kk < BK; kk += Prec::K) {
       wmma::fragment<wmma::matrix_a, 16, 16, Prec::K, typename Prec::Frag, wmma::row_major> a;
@@ -242,6 +260,7 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_tc_kernel(Op op, int k_chu
       }
     }
     __syncthreads();
+    if (!kPrefetch && k0 + BK < ke) st.load(op, tab, cur ^ 1, m0, n0, k0 + BK, ke);
   }
   wmma::store_matrix_sync(Cs + wm * LDC + wn, acc[0], LDC, wmma::mem_row_major);
   wmma::store_matrix_sync(Cs + wm * LDC + wn + 16, acc[1], LDC, wmma::mem_row_major);
