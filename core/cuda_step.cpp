@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "core/cuda_model.h"
 #include "core/device_step.h"
@@ -127,6 +128,11 @@ class CudaStep final : public DeviceStep {
     SQ_CUDA(cudaMemcpyAsync(grads_.get(), host, n_ * sizeof(float), cudaMemcpyHostToDevice, stream_.s));
   }
 
+  float* host_staging() override {
+    if (!staging_) staging_.emplace(n_);
+    return staging_->get();
+  }
+
   double grad_sq_norm() override {
     cuda::sum_of_squares(grads_.get(), n_, result_.get() + 2, sum_ws_.get(), stream_.s);
     SQ_CUDA(cudaMemcpyAsync(host_result_.get() + 2, result_.get() + 2, sizeof(double), cudaMemcpyDeviceToHost,
@@ -207,6 +213,7 @@ class CudaStep final : public DeviceStep {
   cuda::DeviceBuffer<double> result_, loss_ws_, sum_ws_;
   Slot slots_[2];
   cuda::PinnedBuffer<double> host_result_;
+  std::optional<cuda::PinnedBuffer<float>> staging_;  // host_staging()
   int cur_ = 1;          // the slot of the last launched step; prefetch() fills the other
   int prefetched_ = -1;  // N of the batch waiting in slot 1 - cur_, or -1
   bool pending_ = false;  // a launched step's stats are on their way to host_result_

@@ -47,8 +47,11 @@ class DeviceStep {
   virtual float* device_momentum() = 0;
   virtual void* stream() = 0;         // the step's cudaStream_t, opaque
   // The gradients through the host, for a host-side reduction: download into host, call
-  // reduce(host), upload the result.
+  // reduce(host), upload the result. host: best the staging buffer below.
   virtual void reduce_through_host(float* host, const std::function<void(float*)>& reduce) = 0;
+  // A pinned host buffer of the gradient's size (allocated on first use), for reduce_through_host:
+  // copies from and to page-locked memory run at full bus speed without a bounce buffer.
+  virtual float* host_staging() = 0;
   virtual double grad_sq_norm() = 0;     // waits for the value
   virtual void scale_grads(float s) = 0;
   virtual void sgd(float lr, float momentum, float weight_decay) = 0;

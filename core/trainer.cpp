@@ -315,7 +315,9 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
   auto sync_host = [&] {
     if (dev) dev->download(params.data(), momentum.data());
   };
-  GradReducer reducer(comm, grads.data(),
+  // Several ranks on GPUs without NCCL: the gradient is reduced over MPI in pinned host memory.
+  float* host_grads = dev && world > 1 && !comm.device_buffers() ? dev->host_staging() : grads.data();
+  GradReducer reducer(comm, host_grads,
                       plan_buckets(tensor_bounds(layout), size_t(opt.bucket_mib * 1048576.0 / 4)),
                       ReduceOp::kSum, opt.overlap);
   // With a communicator that reduces device buffers (NCCL), the same buckets of the device
@@ -470,7 +472,7 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
       if (fault == Fault::kNan) stats[0] = std::nan("");
       // Several ranks without NCCL: the gradient goes through the host, after backward.
       if (world > 1 && !dev_reducer)
-        dev->reduce_through_host(grads.data(), [&](float*) { reducer.finish(); });
+        dev->reduce_through_host(host_grads, [&](float*) { reducer.finish(); });
     } else {
       std::fill(grads.begin(), grads.end(), 0.0f);
       if (N > 0) {

@@ -9,7 +9,8 @@
 #            `squeeze train --device cuda` (the default job: 3 epochs of Fashion-MNIST)
 #   nccl     the NCCL test of test_mpi at 1 rank (and at 2 ranks on the one GPU, which NCCL
 #            refuses before 2.30), bench_collectives at 1 rank (MPI and NCCL methods),
-#            `mpirun -np 1 squeeze train --device cuda` over NCCL
+#            `mpirun -np 1 squeeze train --device cuda` over NCCL; two GPU ranks on the one GPU over
+#            MPI through pinned host memory (test_mpi's test and one epoch of squeeze train)
 #   bench    bench_gpu: Fire shapes own vs cuDNN at fp32/TF32/BF16, training images/s; then the
 #            Fire, convolution and training sections again with SQUEEZE_IGEMM_PREFETCH=0
 #   pytorch  bench/pytorch_gpu.py: PyTorch eager and torch.compile on the same GPU
@@ -96,6 +97,11 @@ for phase in $phases; do
       $B/bench_collectives --max-bytes 268435456 --target-ms 20 --json "$OUT/collectives_np1.json"
     run "mpirun -np 1 train --device cuda (NCCL)" mpirun -np 1 $B/squeeze train --device cuda \
       --epochs 1 --data-dir "$data" --out /tmp/sq_gpu_nccl
+    # Two ranks on the one GPU: NCCL refuses before 2.30, so MPI through pinned host memory.
+    run "test_mpi GPU ranks over MPI, 2 ranks" mpirun -np 2 -x SQUEEZE_FASHION_MNIST $B/test_mpi \
+      --gtest_color=no --gtest_filter='Train.GpuRanksWithoutNcclMatchOneCpuProcess'
+    run "mpirun -np 2 train --device cuda (MPI through pinned host memory)" mpirun -np 2 \
+      $B/squeeze train --device cuda --epochs 1 --data-dir "$data" --out /tmp/sq_gpu_mpi
     ;;
   bench)
     run bench_gpu $B/bench_gpu --reps 20 --json "$OUT/bench_gpu.json"

@@ -20,6 +20,9 @@
 #include "core/compress.h"
 #include "core/error.h"
 #include "core/trainer.h"
+#ifdef SQUEEZE_HAVE_CUDA
+#include "kernels/cuda/cuda_ops.h"
+#endif
 #ifdef SQUEEZE_HAVE_NCCL
 #include "comm/nccl.h"
 #include "kernels/cuda/device_buffer.h"
@@ -42,11 +45,15 @@ void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 namespace {
 
 MpiWorld g_world;
-const char* kFashion = "/usr/share/datasets/fashion-mnist";
+// SQUEEZE_FASHION_MNIST: where scripts/gpu_check.sh unpacked the data set on the GPU machine.
+const std::string kFashion = [] {
+  const char* env = std::getenv("SQUEEZE_FASHION_MNIST");
+  return std::string(env ? env : "/usr/share/datasets/fashion-mnist");
+}();
 
 bool have_fashion() {
   struct stat st;
-  return ::stat((std::string(kFashion) + "/train-images-idx3-ubyte.gz").c_str(), &st) == 0;
+  return ::stat((kFashion + "/train-images-idx3-ubyte.gz").c_str(), &st) == 0;
 }
 
 // Small integers: every partial sum of up to 16 ranks is exact in float, in any order.
@@ -200,6 +207,7 @@ namespace {
 
 TrainConfig small_config() {
   TrainConfig c;
+  c.data_dir = kFashion;
   c.model = preset("squeezenet1.0");
   c.model.base_e = 32;  // narrow: quick on a shared 2-core machine
   c.model.incr_e = 32;
@@ -331,6 +339,32 @@ TEST(Train, CompressionRetrainingAtNRanksMatchesOneProcess) {
     books_many.insert(books_many.end(), cm_many.weights[t].codebook.begin(), cm_many.weights[t].codebook.end());
   }
   EXPECT_LT(rel_diff(books_many, books_one), 1e-5);
+}
+
+// GPU ranks over the MPI backend (what squeeze train --device cuda does where NCCL cannot serve,
+// e.g. several ranks on one GPU before NCCL 2.30): backward on the GPU, the gradient reduced over
+// MPI in pinned host memory, the update on the GPU. Against one process on the CPU, to the GPU
+// test's tolerance. Skips without a GPU.
+TEST(Train, GpuRanksWithoutNcclMatchOneCpuProcess) {
+#ifndef SQUEEZE_HAVE_CUDA
+  GTEST_SKIP() << "built without CUDA";
+#else
+  std::string why;
+  if (cuda::device_count(&why) == 0) GTEST_SKIP() << "no GPU: " << why;
+  if (!have_fashion()) GTEST_SKIP() << "Fashion-MNIST not installed at " << kFashion;
+  TrainConfig c = small_config();
+  c.epochs = 1;
+  RunOptions o;
+  o.quiet = true;
+  auto local = make_local_communicator();
+  const TrainResult cpu = train(c, o, *local);
+  auto comm = make_mpi_communicator(MpiProgress::kThread);
+  o.cuda = true;
+  o.check_replicas_every = 2;
+  const TrainResult gpu = train(c, o, *comm);
+  ASSERT_EQ(gpu.steps, cpu.steps);
+  EXPECT_LT(rel_diff(gpu.params, cpu.params), 1e-4);
+#endif
 }
 
 TEST(Train, BadWorldShapesAreClearErrorsOnEveryRank) {
