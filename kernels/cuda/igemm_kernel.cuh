@@ -63,6 +63,22 @@ struct Staged {
     const int l = int(threadIdx.x) + r * kGemmThreads;
     kk = Op::kBAlongK ? l % BK : l / TN, nn = Op::kBAlongK ? l / BK : l % TN;
   }
+  // Hands every element to put_a(mm, kk, v) and put_b(kk, nn, v): the kernel's stores.
+  template <class PutA, class PutB>
+  __device__ void store(PutA put_a, PutB put_b) const {
+    SQ_UNROLL
+    for (int r = 0; r < RA; ++r) {
+      int mm, kk;
+      a_at(r, mm, kk);
+      put_a(mm, kk, a[r]);
+    }
+    SQ_UNROLL
+    for (int r = 0; r < RB; ++r) {
+      int kk, nn;
+      b_at(r, kk, nn);
+      put_b(kk, nn, b[r]);
+    }
+  }
   // Step k0's elements (zero outside the product), with its k table in tab.k[buf].
   __device__ void load(const Op& op, const Tables<Op, TN>& tab, int buf, int m0, int n0, int k0, int ke) {
     SQ_UNROLL
@@ -111,18 +127,7 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk)
   if (kb < ke) st.load(op, tab, 0, m0, n0, kb, ke);
   int cur = 0;
   for (int k0 = kb; k0 < ke; k0 += BK, cur ^= 1) {
-    SQ_UNROLL
-    for (int r = 0; r < St::RA; ++r) {
-      int mm, kk;
-      St::a_at(r, mm, kk);
-      As[kk][mm] = st.a[r];
-    }
-    SQ_UNROLL
-    for (int r = 0; r < St::RB; ++r) {
-      int kk, nn;
-      St::b_at(r, kk, nn);
-      Bs[kk][nn] = st.b[r];
-    }
+    st.store([&](int mm, int kk, float v) { As[kk][mm] = v; }, [&](int kk, int nn, float v) { Bs[kk][nn] = v; });
     fill_ktab(op, tab, cur ^ 1, k0 + BK, ke);
     __syncthreads();  // the tile of step k0 and the table of step k0 + BK are visible
     if (kPrefetch && k0 + BK < ke) st.load(op, tab, cur ^ 1, m0, n0, k0 + BK, ke);
@@ -231,18 +236,8 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_tc_kernel(Op op, int k_chu
   if (kb < ke) st.load(op, tab, 0, m0, n0, kb, ke);
   int cur = 0;
   for (int k0 = kb; k0 < ke; k0 += BK, cur ^= 1) {
-    SQ_UNROLL
-    for (int r = 0; r < St::RA; ++r) {
-      int mm, kk;
-      St::a_at(r, mm, kk);
-      As[mm * LDA + kk] = Prec::cvt(st.a[r]);
-    }
-    SQ_UNROLL
-    for (int r = 0; r < St::RB; ++r) {
-      int kk, nn;
-      St::b_at(r, kk, nn);
-      Bs[kk * LDB + nn] = Prec::cvt(st.b[r]);
-    }
+    st.store([&](int mm, int kk, float v) { As[mm * LDA + kk] = Prec::cvt(v); },
+             [&](int kk, int nn, float v) { Bs[kk * LDB + nn] = Prec::cvt(v); });
     fill_ktab(op, tab, cur ^ 1, k0 + BK, ke);
     __syncthreads();
     if (kPrefetch && k0 + BK < ke) st.load(op, tab, cur ^ 1, m0, n0, k0 + BK, ke);
