@@ -93,8 +93,12 @@ void export_weights(const std::string& path, const ParamLayout& layout, const fl
 }
 
 Metadata import_weights(const std::string& path, const ParamLayout& layout, float* params) {
+  return import_weights(read_safetensors(path), path, layout, params);
+}
+
+Metadata import_weights(const SafetensorsFile& file, const std::string& path, const ParamLayout& layout,
+                        float* params) {
   SQ_ASSERT(params != nullptr || layout.total == 0);
-  SafetensorsFile file = read_safetensors(path);
   auto kind = file.metadata.find(kKindKey);
   const char* hint = (kind != file.metadata.end() && kind->second == "checkpoint")
                          ? " (the file is a training checkpoint, not a weights file)"

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "core/params.h"
+#include "core/safetensors.h"
 
 namespace sq {
 
@@ -20,6 +21,9 @@ void export_weights(const std::string& path, const ParamLayout& layout, const fl
 // Fills params (layout.total floats). Every tensor of the layout must be present with exactly its
 // shape; a missing, extra or misshapen tensor is an error naming it. Returns the file's metadata.
 Metadata import_weights(const std::string& path, const ParamLayout& layout, float* params);
+// The same from a file already read (path: for messages).
+Metadata import_weights(const SafetensorsFile& file, const std::string& path, const ParamLayout& layout,
+                        float* params);
 
 void save_checkpoint(const std::string& path, const ParamLayout& layout, const float* params,
                      const float* momentum, const Metadata& meta);

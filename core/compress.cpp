@@ -240,9 +240,11 @@ std::vector<float> dequantize(const CompressedModel& cm, const Model& plan) {
   return p;
 }
 
-std::vector<std::vector<float>> centroid_gradients(const CompressedModel& cm, const Model& plan,
+namespace {
+
+std::vector<std::vector<float>> centroid_gradients(const CompressedModel& cm,
+                                                   const std::vector<WeightTensor>& wt,
                                                    const float* grads) {
-  const std::vector<WeightTensor> wt = weight_tensors(plan);
   std::vector<std::vector<float>> out;
   for (size_t t = 0; t < wt.size(); ++t) {
     const QuantizedTensor& q = cm.weights[t];
@@ -251,6 +253,13 @@ std::vector<std::vector<float>> centroid_gradients(const CompressedModel& cm, co
     out.emplace_back(g.begin(), g.end());
   }
   return out;
+}
+
+}  // namespace
+
+std::vector<std::vector<float>> centroid_gradients(const CompressedModel& cm, const Model& plan,
+                                                   const float* grads) {
+  return centroid_gradients(cm, weight_tensors(plan), grads);
 }
 
 CentroidLists centroid_lists(const CompressedModel& cm, const Model& plan) {
@@ -290,7 +299,7 @@ QuantizedConstraint::QuantizedConstraint(CompressedModel& cm, const Model& plan,
 }
 
 void QuantizedConstraint::after_update(float* params, float* momentum, const float* grads, double lr) {
-  const std::vector<std::vector<float>> g = centroid_gradients(cm_, plan_, grads);
+  const std::vector<std::vector<float>> g = centroid_gradients(cm_, wt_, grads);
   for (size_t t = 0; t < wt_.size(); ++t) {
     QuantizedTensor& q = cm_.weights[t];
     for (size_t k = 0; k < q.codebook.size(); ++k) {

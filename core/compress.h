@@ -118,6 +118,7 @@ class MaskConstraint : public ParamConstraint {
 
  private:
   struct Device;
+  void apply_device(float* x, void* stream);  // copies the mask to the device on first use
   std::vector<uint8_t> mask_;
   std::shared_ptr<Device> dev_;
 };

@@ -15,22 +15,22 @@ struct MaskConstraint::Device {
   cuda::DeviceBuffer<uint8_t> mask;
 };
 
-void MaskConstraint::on_gradient_device(float* grads, void* stream) {
+void MaskConstraint::apply_device(float* x, void* stream) {
   if (!dev_) dev_ = std::make_shared<Device>(Device{cuda::DeviceBuffer<uint8_t>(mask_)});
-  cuda::apply_mask(grads, dev_->mask.get(), mask_.size(), static_cast<cudaStream_t>(stream));
+  cuda::apply_mask(x, dev_->mask.get(), mask_.size(), static_cast<cudaStream_t>(stream));
 }
+
+void MaskConstraint::on_gradient_device(float* grads, void* stream) { apply_device(grads, stream); }
 
 void MaskConstraint::after_update_device(float* params, float* momentum, const float*, double,
                                          void* stream) {
-  if (!dev_) dev_ = std::make_shared<Device>(Device{cuda::DeviceBuffer<uint8_t>(mask_)});
-  cuda::apply_mask(params, dev_->mask.get(), mask_.size(), static_cast<cudaStream_t>(stream));
-  cuda::apply_mask(momentum, dev_->mask.get(), mask_.size(), static_cast<cudaStream_t>(stream));
+  apply_device(params, stream);
+  apply_device(momentum, stream);
 }
 
 // The lists of centroid_lists() (core/compress.h) and the velocities, on the device.
 struct QuantizedConstraint::Device {
   std::vector<size_t> book_offset;  // per tensor, its first global centroid
-  int centroids = 0;
   cuda::DeviceBuffer<int32_t> start, members, centroid_of;
   cuda::DeviceBuffer<float> codebook;
   cuda::DeviceBuffer<double> velocity;
@@ -46,7 +46,6 @@ void QuantizedConstraint::after_update_device(float* params, float* momentum, co
     for (const std::vector<double>& v : velocity_) vel.insert(vel.end(), v.begin(), v.end());
     auto d = std::make_shared<Device>();
     d->book_offset = L.book_offset;
-    d->centroids = int(L.codebook.size());
     d->start = cuda::DeviceBuffer<int32_t>(L.start);
     d->members = cuda::DeviceBuffer<int32_t>(L.members);
     d->centroid_of = cuda::DeviceBuffer<int32_t>(L.centroid_of);
@@ -54,7 +53,7 @@ void QuantizedConstraint::after_update_device(float* params, float* momentum, co
     d->velocity = cuda::DeviceBuffer<double>(vel);
     dev_ = std::move(d);
   }
-  cuda::centroid_sgd(dev_->centroids, dev_->start.get(), dev_->members.get(), grads, dev_->codebook.get(),
+  cuda::centroid_sgd(int(dev_->codebook.size()), dev_->start.get(), dev_->members.get(), grads, dev_->codebook.get(),
                      dev_->velocity.get(), lr, momentum_, s);
   cuda::write_shared_weights(n, dev_->centroid_of.get(), dev_->codebook.get(), params, momentum, s);
 }

@@ -21,7 +21,8 @@ LoadedWeights describe_weights(const std::string& path) {
       w.norm = {w.compressed->norm_mean, w.compressed->norm_std}, w.has_norm = true;
     return w;
   }
-  const SafetensorsFile f = read_safetensors(path);
+  w.file = read_safetensors(path);
+  const SafetensorsFile& f = *w.file;
   auto it = f.metadata.find("squeeze.model");
   if (it != f.metadata.end()) {
     w.config = model_config_from_json(nlohmann::json::parse(it->second));
@@ -45,7 +46,7 @@ std::vector<float> load_weights_for(const LoadedWeights& lw, const std::string& 
     return dequantize(*lw.compressed, plan);
   }
   std::vector<float> p(model.layout().total);
-  import_weights(path, model.layout(), p.data());
+  import_weights(*lw.file, path, model.layout(), p.data());
   return p;
 }
 
@@ -76,8 +77,7 @@ int run_compress(const CompressOptions& o, Communicator& comm) {
   if (lw.compressed) fail(o.weights, ": already a compressed model");
   if (!lw.has_config) fail(o.weights, ": no squeeze.model metadata (write it with squeeze train)");
   const Model plan(lw.config, 1, false);
-  std::vector<float> dense(plan.layout().total);
-  import_weights(o.weights, plan.layout(), dense.data());
+  const std::vector<float> dense = load_weights_for(lw, o.weights, plan);
   const PruneSchedule schedule = parse_schedule(o.prune, plan);
   if (o.bits < 2 || o.bits > 8) fail("--bits must be in [2, 8], got ", o.bits);
   if (o.index_bits < 1 || o.index_bits > 12) fail("--index-bits must be in [1, 12], got ", o.index_bits);
@@ -88,7 +88,6 @@ int run_compress(const CompressOptions& o, Communicator& comm) {
   // Stages: dense -> pruned (-> retrained with the mask) -> quantized (-> centroids fine-tuned).
   struct Stage {
     std::string name;
-    std::vector<float> params;
     double acc = -1;
   };
   std::vector<Stage> stages;
@@ -125,7 +124,7 @@ int run_compress(const CompressOptions& o, Communicator& comm) {
     ro.constraint = &constraint;
     return train(tc, ro, comm).params;
   };
-  stages.push_back({"dense", dense, accuracy(dense)});
+  stages.push_back({"dense", accuracy(dense)});
   std::vector<float> pruned = dense;
   for (int step = 1; step <= o.prune_steps; ++step) {
     // Each step prunes the retrained weights of the step before: pruned weights are zero and
@@ -133,25 +132,25 @@ int run_compress(const CompressOptions& o, Communicator& comm) {
     if (step > 1) mask = magnitude_mask(plan, pruned.data(), step_schedule(schedule, step, o.prune_steps));
     const std::string tag = o.prune_steps > 1 ? " (step " + std::to_string(step) + ")" : "";
     apply_mask(pruned.data(), mask);
-    stages.push_back({"pruned" + tag, pruned, accuracy(pruned)});
+    stages.push_back({"pruned" + tag, accuracy(pruned)});
     if (o.retrain_epochs > 0) {
       if (comm.rank() == 0) std::printf("retraining the pruned model for %d epoch(s)\n", o.retrain_epochs);
       MaskConstraint mc(mask);
       pruned = retrain(pruned, mc);
-      stages.push_back({"retrained" + tag, pruned, accuracy(pruned)});
+      stages.push_back({"retrained" + tag, accuracy(pruned)});
     }
   }
   CompressedModel cm = quantize(plan, pruned.data(), mask, o.bits, o.index_bits);
   if (lw.has_norm || data) cm.norm_mean = norm.mean, cm.norm_std = norm.stddev;
   std::vector<float> quantized = dequantize(cm, plan);
-  stages.push_back({"quantized", quantized, accuracy(quantized)});
+  stages.push_back({"quantized", accuracy(quantized)});
   if (o.retrain_epochs > 0) {
     if (comm.rank() == 0) std::printf("fine-tuning the %d-bit codebooks for %d epoch(s)\n", o.bits, o.retrain_epochs);
     QuantizedConstraint qc(cm, plan, tc.momentum);
     const std::vector<float> tuned = retrain(quantized, qc);
     qc.finish(tuned.data());
     quantized = dequantize(cm, plan);
-    stages.push_back({"quantized, fine-tuned", quantized, accuracy(quantized)});
+    stages.push_back({"quantized, fine-tuned", accuracy(quantized)});
   }
   EncodeReport rep;
   if (comm.rank() == 0) write_compressed(o.out, cm, &rep);

@@ -8,6 +8,7 @@
 #include "comm/communicator.h"
 #include "core/compress.h"
 #include "core/data.h"
+#include "core/safetensors.h"
 
 namespace sq {
 
@@ -34,9 +35,10 @@ struct LoadedWeights {
   bool has_config = false, has_norm = false;
   Normalization norm;
   std::optional<CompressedModel> compressed;  // the decoded file, when it is a compressed model
+  std::optional<SafetensorsFile> file;         // the file read, when it is safetensors
 };
 // Reads the configuration (and normalization) of `path`: safetensors metadata, or the compressed
-// file (decoded once, kept in `compressed`).
+// file; the file is read once and kept (`file` or `compressed`) for load_weights_for.
 LoadedWeights describe_weights(const std::string& path);
 // The flat parameters of `path` (described by lw) for `model` (dequantized for a compressed file).
 std::vector<float> load_weights_for(const LoadedWeights& lw, const std::string& path, const Model& model);

@@ -79,6 +79,14 @@ struct Staged {
       put_b(kk, nn, b[r]);
     }
   }
+  // A kernel's start: the column table and the first step's k table, the barrier that publishes
+  // them, then the first step's elements (kb: the block's first k, ke: its end).
+  __device__ void begin(const Op& op, Tables<Op, TN>& tab, int m0, int n0, int kb, int ke) {
+    fill_ntab(op, tab, n0);
+    fill_ktab(op, tab, 0, kb, ke);
+    __syncthreads();
+    if (kb < ke) load(op, tab, 0, m0, n0, kb, ke);
+  }
   // Step k0's elements (zero outside the product), with its k table in tab.k[buf].
   __device__ void load(const Op& op, const Tables<Op, TN>& tab, int buf, int m0, int n0, int k0, int ke) {
     SQ_UNROLL
@@ -121,10 +129,7 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk)
     SQ_UNROLL
     for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
   St st;
-  fill_ntab(op, tab, n0);
-  fill_ktab(op, tab, 0, kb, ke);
-  __syncthreads();
-  if (kb < ke) st.load(op, tab, 0, m0, n0, kb, ke);
+  st.begin(op, tab, m0, n0, kb, ke);
   int cur = 0;
   for (int k0 = kb; k0 < ke; k0 += BK, cur ^= 1) {
     st.store([&](int mm, int kk, float v) { As[kk][mm] = v; }, [&](int kk, int nn, float v) { Bs[kk][nn] = v; });
@@ -230,10 +235,7 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_tc_kernel(Op op, int k_chu
   wmma::fill_fragment(acc[1], 0.0f);
   using St = Staged<Op, BM, BN>;
   St st;
-  fill_ntab(op, tab, n0);
-  fill_ktab(op, tab, 0, kb, ke);
-  __syncthreads();
-  if (kb < ke) st.load(op, tab, 0, m0, n0, kb, ke);
+  st.begin(op, tab, m0, n0, kb, ke);
   int cur = 0;
   for (int k0 = kb; k0 < ke; k0 += BK, cur ^= 1) {
     st.store([&](int mm, int kk, float v) { As[mm * LDA + kk] = Prec::cvt(v); },
