@@ -21,8 +21,10 @@
 // Correctness (every size, every method, before timing): rank r holds v(i, r) = (7i + 13r) mod 64,
 // small integers whose sum over ranks is exact in float; every element is checked on every rank;
 // #wrong is the number of wrong elements summed over ranks (MPI_SUM), and "ok" needs 0.
-// Timing: 2 warm-up calls per method (the slowest rank's time of the second sets the number of
-// reps: enough for about --target-ms per method, at least 5, at most 2000); the methods are
+// Timing: 2 warm-up calls per method (the slowest rank's time of the second, refill included,
+// sets the number of reps: enough for about --target-ms per method, at least 5, at most 2000;
+// counting the refill keeps a sweep where the call is far cheaper than refilling its buffer, one
+// rank on a GPU, from running 2000 refills of 256 MB); the methods are
 // interleaved rep by rep with rotating order; each timed call: refill the buffer (untimed),
 // MPI_Barrier, MPI_Wtime() around the call alone. A rep's time is the maximum over ranks; the
 // table shows the median over reps. algbw = bytes / time, busbw = algbw * 2(p-1)/p (nccl-tests'
@@ -287,17 +289,20 @@ int run(int argc, char** argv) {
     int reps = 0;
     if (!args.check_only) {
       for (size_t i = 0; i < n; ++i) src[i] = 0.25f * float((i + size_t(world.rank)) % 8);
-      auto timed = [&](int m) {
+      auto timed = [&](int m, double* with_fill = nullptr) {
+        const double f0 = MPI_Wtime();
         methods[m].fill(src.data(), n);
         methods[m].read(buf.data(), 0);  // (waits for the device where there is one)
         MPI_Barrier(MPI_COMM_WORLD);
         const double t0 = MPI_Wtime();
         methods[m].run(n);
-        return MPI_Wtime() - t0;
+        const double t1 = MPI_Wtime();
+        if (with_fill) *with_fill = t1 - f0;
+        return t1 - t0;
       };
       std::vector<double> warm(static_cast<size_t>(kMethods)), warm_max(static_cast<size_t>(kMethods));
       for (int w = 0; w < 2; ++w)
-        for (int m = 0; m < kMethods; ++m) warm[m] = timed(m);
+        for (int m = 0; m < kMethods; ++m) timed(m, &warm[m]);
       MPI_Allreduce(warm.data(), warm_max.data(), kMethods, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
       const double slowest = *std::max_element(warm_max.begin(), warm_max.end());
       reps = int(std::clamp(args.target_ms * 1e-3 / std::max(slowest, 1e-7), 5.0, 2000.0));

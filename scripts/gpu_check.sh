@@ -4,15 +4,17 @@
 #
 #   bash scripts/gpu_check.sh [PHASE...]        (device run; phases in the order given)
 #
-# Phases (default: test nccl bench pytorch):
+# Phases (default: test nccl collectives bench pytorch):
 #   test     every GPU test (test_cuda_ops), --check-layers on three configurations, one epoch
 #            `squeeze train --device cuda` (the default job: 3 epochs of Fashion-MNIST)
 #   nccl     the NCCL test of test_mpi at 1 rank (and at 2 ranks on the one GPU, which NCCL
-#            refuses before 2.30), bench_collectives at 1 rank (MPI and NCCL methods),
-#            `mpirun -np 1 squeeze train --device cuda` over NCCL; two GPU ranks on the one GPU over
-#            MPI through pinned host memory (test_mpi's test and one epoch of squeeze train)
+#            refuses before 2.30), `mpirun -np 1 squeeze train --device cuda` over NCCL; two GPU
+#            ranks on the one GPU over MPI through pinned host memory (test_mpi's test and one
+#            epoch of squeeze train)
+#   collectives  bench_collectives at 1 rank (MPI and NCCL methods)
 #   bench    bench_gpu: Fire shapes own vs cuDNN at fp32/TF32/BF16, training images/s; then the
-#            Fire, convolution and training sections again with SQUEEZE_IGEMM_PREFETCH=0
+#            Fire, convolution and training sections again with SQUEEZE_IGEMM_WIDE=1 (the opt-in
+#            8x8-share tiles, v5; SQUEEZE_IGEMM_PREFETCH=0 selects the v3 schedule the same way)
 #   pytorch  bench/pytorch_gpu.py: PyTorch eager and torch.compile on the same GPU
 #   sanitize compute-sanitizer memcheck over small GPU training steps (every kernel of a model)
 #            and the compression constraints' kernels
@@ -20,13 +22,13 @@
 #            test phase did not run): 6 bits, one epoch of retraining after each stage (its time:
 #            the elapsed stamps of this and the next header);
 #            then the same under `mpirun -np 1` (NCCL)
-# Uses the binaries in .device/bin when they run here, else builds (a minute or two; without
+# Uses the binaries carried in .device/bin.tar.xz when they run here, else builds (a minute or two; without
 # MPI, so the nccl phase then fails). Each phase
 # has a time limit (PHASE_LIMIT_S, default 150 s) so that a hang costs one phase, not the lease.
 # Everything printed also goes to $OUT/gpu_check.log; JSON results to $OUT/*.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-phases=${*:-test nccl bench pytorch}
+phases=${*:-test nccl collectives bench pytorch}
 OUT=${OUT:-/tmp/sq_gpu_out}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
@@ -56,6 +58,7 @@ lscpu | grep -E "^Model name|^CPU\(s\)"
 python3 -c "import torch; print('torch', torch.__version__, 'cuDNN', torch.backends.cudnn.version(), 'NCCL', torch.cuda.nccl.version())" 2>&1
 
 # --- binaries: carried, else built here ----------------------------------------------------------
+[ -f .device/bin.tar.xz ] && { rm -rf .device/bin; tar -C .device -xJf .device/bin.tar.xz; }
 B=.device/bin
 if ! { [ -x $B/squeeze ] && $B/squeeze --help > /dev/null 2>&1 && ! ldd $B/test_cuda_ops $B/test_mpi | grep -q "not found"; }; then
   echo "carried binaries do not run here ($(ldd $B/squeeze 2>&1 | grep 'not found' | head -3 | tr '\n' ' ')); building"
@@ -93,8 +96,6 @@ for phase in $phases; do
     run "test_mpi Nccl, 1 rank" mpirun -np 1 $B/test_mpi --gtest_color=no --gtest_filter='Nccl.*:Mpi/*'
     NCCL_MULTI_RANK_GPU_ENABLE=1 run "test_mpi Nccl, 2 ranks on 1 GPU" \
       mpirun -np 2 -x NCCL_MULTI_RANK_GPU_ENABLE $B/test_mpi --gtest_color=no --gtest_filter='Nccl.*'
-    run "bench_collectives, 1 rank (NCCL's call cost; no link at one rank)" mpirun -np 1 \
-      $B/bench_collectives --max-bytes 268435456 --target-ms 20 --json "$OUT/collectives_np1.json"
     run "mpirun -np 1 train --device cuda (NCCL)" mpirun -np 1 $B/squeeze train --device cuda \
       --epochs 1 --data-dir "$data" --out /tmp/sq_gpu_nccl
     # Two ranks on the one GPU: NCCL refuses before 2.30, so MPI through pinned host memory.
@@ -103,11 +104,15 @@ for phase in $phases; do
     run "mpirun -np 2 train --device cuda (MPI through pinned host memory)" mpirun -np 2 \
       $B/squeeze train --device cuda --epochs 1 --data-dir "$data" --out /tmp/sq_gpu_mpi
     ;;
+  collectives)
+    run "bench_collectives, 1 rank (NCCL's call cost; no link at one rank)" mpirun -np 1 \
+      $B/bench_collectives --max-bytes 268435456 --target-ms 20 --json "$OUT/collectives_np1.json"
+    ;;
   bench)
     run bench_gpu $B/bench_gpu --reps 20 --json "$OUT/bench_gpu.json"
-    # The fp32 kernel without its register prefetch (docs/KERNELS.md, v4 against v3), same run.
-    SQUEEZE_IGEMM_PREFETCH=0 run "bench_gpu, prefetch off (Fire, convolutions, training)" \
-      $B/bench_gpu --reps 20 --sections 1,1b,2 --json "$OUT/bench_gpu_noprefetch.json"
+    # The tile kernels with the opt-in 8x8-share tiles (docs/KERNELS.md, v5 against v4), same run.
+    SQUEEZE_IGEMM_WIDE=1 run "bench_gpu, wide tiles (Fire, convolutions, training)" \
+      $B/bench_gpu --reps 20 --sections 1,1b,2 --json "$OUT/bench_gpu_wide.json"
     ;;
   pytorch)
     PYTHONUNBUFFERED=1 run pytorch_gpu python3 bench/pytorch_gpu.py --steps 20 \

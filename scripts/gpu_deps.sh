@@ -5,12 +5,15 @@
 # tool's `carry`), which scripts/gpu_check.sh uses there:
 #   .device/debs  Debian packages: OpenBLAS, Open MPI's run time (relocated there by OPAL_PREFIX),
 #                 Fashion-MNIST, and the headers for a build there;
-#   .device/bin   squeeze, test_cuda_ops, test_mpi, bench_gpu and bench_collectives built here
-#                 for sm_90 (x86-64-v3, not -march=native), so that the lease is not spent
-#                 compiling; gpu_check.sh builds there instead when these do not run.
+#   .device/bin.tar.xz  squeeze, test_cuda_ops, test_mpi, bench_gpu and bench_collectives built
+#                 here for sm_90 (x86-64-v3, not -march=native), so that the lease is not spent
+#                 compiling; gpu_check.sh unpacks them to .device/bin there and builds instead
+#                 when they do not run. (Packed: unpacked, their kernels' code would take the
+#                 carried tree past the device tool's 64 MiB.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mkdir -p .device/debs .device/bin
+mkdir -p .device/debs
+rm -rf .device/bin && mkdir -p /tmp/sq_device_bin/bin
 (cd .device/debs && apt-get download libopenblas0-openmp libopenblas-openmp-dev libopenblas-dev \
   libopenblas0 libgfortran5 nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev zlib1g-dev \
   dataset-fashion-mnist libopenmpi3 openmpi-bin openmpi-common libhwloc15 libevent-core-2.1-7 \
@@ -19,7 +22,9 @@ cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DSQUEEZE_NATIVE=
   -DCMAKE_CXX_FLAGS="-march=x86-64-v3" -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null
 bins="squeeze test_cuda_ops test_mpi bench_gpu bench_collectives"
 cmake --build build-device -j"$(nproc)" --target $bins
-for b in $bins; do strip -o .device/bin/$b build-device/$b; done
-git rev-parse HEAD > .device/bin/COMMIT
-git diff --quiet || echo "(uncommitted changes)" >> .device/bin/COMMIT
-du -sh .device/debs .device/bin
+B=/tmp/sq_device_bin/bin
+for b in $bins; do strip -o $B/$b build-device/$b; done
+git rev-parse HEAD > $B/COMMIT
+git diff --quiet || echo "(uncommitted changes)" >> $B/COMMIT
+tar -C /tmp/sq_device_bin -cJf .device/bin.tar.xz bin
+du -sh .device/debs .device/bin.tar.xz

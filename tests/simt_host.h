@@ -49,6 +49,7 @@ inline float __fsub_rn(float a, float b) {
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
 #define __syncthreads() ::simt::barrier()
+#define __syncwarp() ::simt::barrier()  // stricter than a warp's sync; every kernel calls it block-uniformly
 
 // bfloat16 and WMMA, as the tensor-core kernel uses them. A fragment holds its whole tile in every
 // thread (the device's distribution over a warp's threads is unspecified, and the kernel only

@@ -101,6 +101,7 @@ const ConvGeom kCases[] = {
     {2, 3, 5, 6, 4, 1, 1, 1, 1},    // 1x1 with padding
     {2, 3, 11, 8, 5, 5, 3, 3, 2},   // odd kernel, stride 3, padding 2
     {1, 2, 4, 4, 3, 3, 3, 2, 1},    // padding larger than what stride covers
+    {2, 70, 9, 9, 80, 3, 3, 1, 1},  // more rows and columns than half an 8x8-share tile
 };
 
 }  // namespace
@@ -168,16 +169,16 @@ void check_bias(const Case& c, int chunks, bool reverse) {
   }
 }
 
-// The tensor-core kernel (64x64 tiles), with tf32 or bfloat16 operands as tests/simt_host.h rounds
+// The tensor-core kernel (a TM x TN tile), with tf32 or bfloat16 operands as tests/simt_host.h rounds
 // them, against the same reference at test_cuda_ops' tolerances for these precisions.
-template <class Prec, bool kPrefetch>
+template <class Prec, bool kPrefetch, int TM = cuda::BM, int TN = cuda::BN>
 void check_tensor_core(const Case& c, double tol) {
+  SCOPED_TRACE("tile " + std::to_string(TM) + "x" + std::to_string(TN));
   auto run = [](const auto& op, int splits) {
     using Op = std::decay_t<decltype(op)>;
     const int chunk = (op.Kd + splits - 1) / splits;
-    const SimtDim3 grid{unsigned((op.N + cuda::BN - 1) / cuda::BN), unsigned((op.M + cuda::BM - 1) / cuda::BM),
-                        unsigned(splits)};
-    const std::function<void()> body = [&] { cuda::igemm_tc_kernel<Op, Prec, kPrefetch>(op, chunk); };
+    const SimtDim3 grid{unsigned((op.N + TN - 1) / TN), unsigned((op.M + TM - 1) / TM), unsigned(splits)};
+    const std::function<void()> body = [&] { cuda::igemm_tc_kernel<Op, Prec, kPrefetch, TM, TN>(op, chunk); };
     ASSERT_TRUE(simt::run(grid, cuda::kGemmThreads, body)) << "threads disagree on barriers";
   };
   std::vector<float> y(c.y_ref.size(), NAN), dx(c.dx_ref.size(), NAN);
@@ -208,6 +209,9 @@ TEST(ImplicitGemm, TileKernelOnTheCpuReproducesTheCpuConvolution) {
       check_tiles<16, 256, true>(c, reverse);
       check_tiles<64, 64, false>(c, reverse);
       check_tiles<16, 256, false>(c, reverse);
+      check_tiles<128, 128, true>(c, reverse);
+      check_tiles<64, 256, true>(c, reverse);
+      check_tiles<128, 128, false>(c, reverse);
       check_bias(c, 1, reverse);
       check_bias(c, 3, reverse);
     }
@@ -247,10 +251,13 @@ TEST(ImplicitGemm, TensorCoreKernelOnTheCpuReproducesTheCpuConvolution) {
     {
       SCOPED_TRACE("tf32");
       check_tensor_core<cuda::Tf32, true>(c, 3e-3);
+      check_tensor_core<cuda::Tf32, true, 128, 128>(c, 3e-3);
+      check_tensor_core<cuda::Tf32, true, 64, 256>(c, 3e-3);
     }
     {
       SCOPED_TRACE("bf16");
       check_tensor_core<cuda::Bf16, true>(c, 2e-2);
+      check_tensor_core<cuda::Bf16, true, 128, 128>(c, 2e-2);
     }
     {
       SCOPED_TRACE("tf32, prefetch off");

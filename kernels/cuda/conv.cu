@@ -34,17 +34,33 @@ const bool g_prefetch = [] {
   return !(e && std::string(e) == "0");
 }();
 
-// The fp32 block tile: the narrowest one that holds all M rows (16x256 for M <= 16, 32x128 for
-// M <= 32), else 64x64. One row of tiles reads the B operand (the expensive im2col gather) once;
-// on the H200 a 16x256 tile over M = 48 (three row tiles) made fire6's input gradient slower
-// than 64x64 (5.9 against 4.4 ms), while M = 16 and 32 gained (fire2 squeeze 0.21 -> 0.11 ms).
+// The 8x8-share tiles (128x128, 64x256; igemm_kernel.cuh, docs/KERNELS.md v5), only with
+// SQUEEZE_IGEMM_WIDE=1: on the H200 they were slower than v4's 4x4-share tiles almost everywhere
+// (fire6's expand 3x3 forward 1.05 against 0.67 ms, the Fashion-MNIST step 16.0k against 22.0k
+// img/s): at 170-250 registers a thread only one block of 8 warps fits an SM. Kept, tested on
+// the CPU and on the GPU, for the tuning that would make them pay (two blocks per SM).
+const bool g_wide = [] {
+  const char* e = std::getenv("SQUEEZE_IGEMM_WIDE");
+  return e && std::string(e) == "1";
+}();
+
+// The fp32 block tile. M <= 32: the narrowest one that holds all M rows (16x256, 32x128, 4x4
+// shares), so that one row of tiles reads the B operand (the expensive im2col gather) once; on
+// the H200 a 16x256 tile over M = 48 (three row tiles) made fire6's input gradient slower than
+// 64x64 (5.9 against 4.4 ms), while M = 16 and 32 gained (fire2 squeeze 0.21 -> 0.11 ms).
+// Larger M: 64x64; with SQUEEZE_IGEMM_WIDE=1, 8x8 shares: 64x256 where M is at most 64 or an
+// odd multiple of 64 (192: three full row tiles rather than two of 128, the second half empty),
+// else 128x128; a product with few columns (a weight gradient's N = C*R*S) keeps 64x64 rather
+// than pad a wide tile.
 struct Tile {
   int m, n;
 };
-Tile pick_tile(int M, int) {
+Tile pick_tile(int M, int N) {
   if (M <= 16) return {16, 256};
   if (M <= 32) return {32, 128};
-  return {64, 64};
+  if (!g_wide) return {64, 64};
+  if (M <= 64 || (M % 128 == 64)) return N >= 1024 ? Tile{64, 256} : Tile{64, 64};
+  return N >= 128 ? Tile{128, 128} : Tile{64, 64};
 }
 
 template <bool kPrefetch, class Op>
@@ -55,17 +71,40 @@ void launch_fp32(const Op& op, int splits, int chunk, cudaStream_t s) {
     igemm_kernel<Op, 16, 256, kPrefetch><<<grid, kGemmThreads, 0, s>>>(op, chunk);
   else if (t.m == 32)
     igemm_kernel<Op, 32, 128, kPrefetch><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+  else if (t.m == 128)
+    igemm_kernel<Op, 128, 128, kPrefetch><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+  else if (t.n == 256)
+    igemm_kernel<Op, 64, 256, kPrefetch><<<grid, kGemmThreads, 0, s>>>(op, chunk);
   else
     igemm_kernel<Op, 64, 64, kPrefetch><<<grid, kGemmThreads, 0, s>>>(op, chunk);
 }
 
+// The tensor-core block tile: 64x64, or with SQUEEZE_IGEMM_WIDE=1 the fp32 rule's wide tiles
+// (128x128, 64x256; a product of at most 32 rows takes 64x256 too: the warp grid is 4 x 2).
+Tile pick_tc_tile(int M, int N) {
+  if (!g_wide) return {64, 64};
+  if (M <= 64 || (M % 128 == 64)) return N >= 1024 ? Tile{64, 256} : Tile{64, 64};
+  return N >= 128 ? Tile{128, 128} : Tile{64, 64};
+}
+
+template <class Prec, bool kPrefetch, class Op>
+void launch_tc_tile(const Op& op, int splits, int chunk, cudaStream_t s) {
+  const Tile t = pick_tc_tile(op.M, op.N);
+  const dim3 grid((op.N + t.n - 1) / t.n, (op.M + t.m - 1) / t.m, splits);
+  if (t.m == 128)
+    igemm_tc_kernel<Op, Prec, kPrefetch, 128, 128><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+  else if (t.n == 256)
+    igemm_tc_kernel<Op, Prec, kPrefetch, 64, 256><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+  else
+    igemm_tc_kernel<Op, Prec, kPrefetch, 64, 64><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+}
+
 template <bool kPrefetch, class Op>
 void launch_tc(const Op& op, int splits, int chunk, cudaStream_t s) {
-  const dim3 grid((op.N + BN - 1) / BN, (op.M + BM - 1) / BM, splits);
   if (g_math == ConvMath::kTf32)
-    igemm_tc_kernel<Op, Tf32, kPrefetch><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+    launch_tc_tile<Tf32, kPrefetch>(op, splits, chunk, s);
   else
-    igemm_tc_kernel<Op, Bf16, kPrefetch><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+    launch_tc_tile<Bf16, kPrefetch>(op, splits, chunk, s);
 }
 
 template <class Op>

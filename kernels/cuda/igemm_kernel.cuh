@@ -106,16 +106,19 @@ struct Staged {
   }
 };
 
-// The fp32 kernel's block tile is TM x TN outputs (64x64, or 32x128 and 16x256 for products
-// with few rows: a squeeze's forward, an expand's input gradient), 4x4 per thread. Each k-step's
-// operand elements pass through registers: with kPrefetch, a thread issues its loads of step
-// k + BK before the products of step k, so their latency hides behind the arithmetic, and stores
-// them to shared memory after the barrier that ends the products (without it, the loads follow
-// that barrier: the v3 schedule, kept for measuring the difference).
+// The fp32 kernel's block tile is TM x TN outputs, and each thread's share MT x MT of them, MT =
+// 4 (64x64, 32x128, 16x256) or 8 (128x128, 64x256): the 8x8 share reads 4 floats from shared
+// memory per 16 products where the 4x4 share reads 2 per 4, the 4x4 kernel's limit. An 8x8 share
+// is two 4-row by two 4-column quarters, half a tile apart, so that a warp's float4 reads of a
+// k-row stay contiguous. Each k-step's operand elements pass through registers: with kPrefetch,
+// a thread issues its loads of step k + BK before the products of step k, so their latency hides
+// behind the arithmetic, and stores them to shared memory after the barrier that ends the
+// products (without it, the loads follow that barrier: the v3 schedule, kept for measuring the
+// difference).
 template <class Op, int TM, int TN, bool kPrefetch = true>
 __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk) {
-  static_assert((TM / 4) * (TN / 4) == kGemmThreads, "one 4x4 block of outputs per thread");
-  constexpr int TX = TN / 4;
+  constexpr int MT = TM * TN / kGemmThreads == 64 ? 8 : 4, H = MT / 4, TX = TN / MT;
+  static_assert((TM / MT) * (TN / MT) == kGemmThreads, "one MT x MT share of outputs per thread");
   using St = Staged<Op, TM, TN>;
   __shared__ __align__(16) float As[BK][TM + 4];
   __shared__ __align__(16) float Bs[BK][TN + 4];
@@ -123,11 +126,11 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk)
   const int m0 = blockIdx.y * TM, n0 = blockIdx.x * TN;
   const int kb = blockIdx.z * k_chunk, ke = min(op.Kd, kb + k_chunk);
   const int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
-  float acc[4][4];
+  float acc[MT][MT];
   SQ_UNROLL
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < MT; ++i)
     SQ_UNROLL
-    for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+    for (int j = 0; j < MT; ++j) acc[i][j] = 0.0f;
   St st;
   st.begin(op, tab, m0, n0, kb, ke);
   int cur = 0;
@@ -138,22 +141,28 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk)
     if (kPrefetch && k0 + BK < ke) st.load(op, tab, cur ^ 1, m0, n0, k0 + BK, ke);
     SQ_UNROLL
     for (int kk = 0; kk < BK; ++kk) {
-      const float4 a4 = *reinterpret_cast<const float4*>(&As[kk][ty * 4]);
-      const float4 b4 = *reinterpret_cast<const float4*>(&Bs[kk][tx * 4]);
-      const float av[4] = {a4.x, a4.y, a4.z, a4.w}, bv[4] = {b4.x, b4.y, b4.z, b4.w};
+      float av[MT], bv[MT];
       SQ_UNROLL
-      for (int i = 0; i < 4; ++i)
+      for (int h = 0; h < H; ++h) {
+        const float4 a4 = *reinterpret_cast<const float4*>(&As[kk][h * (TM / H) + ty * 4]);
+        const float4 b4 = *reinterpret_cast<const float4*>(&Bs[kk][h * (TN / H) + tx * 4]);
+        av[4 * h] = a4.x, av[4 * h + 1] = a4.y, av[4 * h + 2] = a4.z, av[4 * h + 3] = a4.w;
+        bv[4 * h] = b4.x, bv[4 * h + 1] = b4.y, bv[4 * h + 2] = b4.z, bv[4 * h + 3] = b4.w;
+      }
+      SQ_UNROLL
+      for (int i = 0; i < MT; ++i)
         SQ_UNROLL
-        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        for (int j = 0; j < MT; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
     }
     __syncthreads();  // every thread is done with the tile before the next is stored
     if (!kPrefetch && k0 + BK < ke) st.load(op, tab, cur ^ 1, m0, n0, k0 + BK, ke);
   }
   SQ_UNROLL
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < MT; ++i)
     SQ_UNROLL
-    for (int j = 0; j < 4; ++j) {
-      const int m = m0 + ty * 4 + i, n = n0 + tx * 4 + j;
+    for (int j = 0; j < MT; ++j) {
+      const int m = m0 + (i / 4) * (TM / H) + ty * 4 + i % 4;
+      const int n = n0 + (j / 4) * (TN / H) + tx * 4 + j % 4;
       if (m < op.M && n < op.N) op.store(m, n, acc[i][j], blockIdx.z);
     }
 }
@@ -196,44 +205,47 @@ __global__ void bias_finish_kernel(const float* partial, int K, int chunks, floa
 namespace wmma = nvcuda::wmma;
 
 // ---- tensor-core variant (TF32 or BF16 operands, fp32 accumulation) --------------------------
-// The same 64x64 block tile and loaders; operands are rounded to the tensor-core type as they
-// enter shared memory, eight warps each own two 16x16 accumulator tiles (WMMA), and the
+// The same block tiles and loaders; operands are rounded to the tensor-core type as they
+// enter shared memory, eight warps each own a block of 16x16 accumulator tiles (WMMA), and the
 // accumulators pass through shared memory to the op's epilogue. Storage stays fp32 (the master
 // weights and activations); only the multiply's inputs are TF32/BF16.
 struct Tf32 {
   using Elem = float;
   using Frag = wmma::precision::tf32;
   static constexpr int K = 8, Pad = 4;
-  __device__ static Elem cvt(float v) { return v; }  // rounded to tf32 in the fragment
-  template <class F>
-  __device__ static void round(F& f) {
-    for (int i = 0; i < f.num_elements; ++i) f.x[i] = wmma::__float_to_tf32(f.x[i]);
-  }
+  // Rounded once, as it enters shared memory, rather than in each warp's loaded fragments at
+  // every step: the fragments load values that are already tf32.
+  __device__ static Elem cvt(float v) { return wmma::__float_to_tf32(v); }
 };
 struct Bf16 {
   using Elem = __nv_bfloat16;
   using Frag = __nv_bfloat16;
   static constexpr int K = 16, Pad = 8;
   __device__ static Elem cvt(float v) { return __float2bfloat16_rn(v); }
-  template <class F>
-  __device__ static void round(F&) {}
 };
 
-template <class Op, class Prec, bool kPrefetch = true>
+// Block tile TM x TN (64x64; 128x128 and 64x256 for larger products), eight warps in a 4 x 2
+// grid, each owning (TM/4) x (TN/2) outputs as 16x16 accumulator fragments. A warp's fragments
+// leave through its own 16x16 staging tile in shared memory to the op's epilogue, one at a time.
+template <class Op, class Prec, bool kPrefetch = true, int TM = BM, int TN = BN>
 __global__ void __launch_bounds__(kGemmThreads) igemm_tc_kernel(Op op, int k_chunk) {
   using E = typename Prec::Elem;
-  constexpr int LDA = BK + Prec::Pad, LDB = BN + Prec::Pad, LDC = BN + 4;
-  __shared__ __align__(32) E As[BM * LDA];  // (m, k) row-major
+  constexpr int FM = TM / 4 / 16, FN = TN / 2 / 16, LDA = BK + Prec::Pad, LDB = TN + Prec::Pad, LDC = 16 + 4;
+  static_assert(FM >= 1 && FN >= 1 && FM * 64 == TM && FN * 32 == TN, "a 4 x 2 grid of warps of 16x16 fragments");
+  __shared__ __align__(32) E As[TM * LDA];  // (m, k) row-major
   __shared__ __align__(32) E Bs[BK * LDB];  // (k, n) row-major
-  __shared__ __align__(32) float Cs[BM * LDC];
-  __shared__ Tables<Op, BN> tab;
-  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  __shared__ __align__(32) float Cs[kGemmThreads / 32][16 * LDC];
+  __shared__ Tables<Op, TN> tab;
+  const int m0 = blockIdx.y * TM, n0 = blockIdx.x * TN;
   const int kb = blockIdx.z * k_chunk, ke = min(op.Kd, kb + k_chunk);
-  const int warp = threadIdx.x / 32, wm = (warp / 2) * 16, wn = (warp % 2) * 32;
-  wmma::fragment<wmma::accumulator, 16, 16, Prec::K, float> acc[2];
-  wmma::fill_fragment(acc[0], 0.0f);
-  wmma::fill_fragment(acc[1], 0.0f);
-  using St = Staged<Op, BM, BN>;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int wm = (warp / 2) * (TM / 4), wn = (warp % 2) * (TN / 2);
+  wmma::fragment<wmma::accumulator, 16, 16, Prec::K, float> acc[FM][FN];
+  SQ_UNROLL
+  for (int i = 0; i < FM; ++i)
+    SQ_UNROLL
+    for (int j = 0; j < FN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+  using St = Staged<Op, TM, TN>;
   St st;
   st.begin(op, tab, m0, n0, kb, ke);
   int cur = 0;
@@ -245,27 +257,36 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_tc_kernel(Op op, int k_chu
     if (kPrefetch && k0 + BK < ke) st.load(op, tab, cur ^ 1, m0, n0, k0 + BK, ke);
     SQ_UNROLL
     for (int kk = 0; kk < BK; kk += Prec::K) {
-      wmma::fragment<wmma::matrix_a, 16, 16, Prec::K, typename Prec::Frag, wmma::row_major> a;
-      wmma::load_matrix_sync(a, As + wm * LDA + kk, LDA);
-      Prec::round(a);
+      wmma::fragment<wmma::matrix_a, 16, 16, Prec::K, typename Prec::Frag, wmma::row_major> a[FM];
       SQ_UNROLL
-      for (int t = 0; t < 2; ++t) {
+      for (int i = 0; i < FM; ++i) {
+        wmma::load_matrix_sync(a[i], As + (wm + 16 * i) * LDA + kk, LDA);
+      }
+      SQ_UNROLL
+      for (int j = 0; j < FN; ++j) {
         wmma::fragment<wmma::matrix_b, 16, 16, Prec::K, typename Prec::Frag, wmma::row_major> b;
-        wmma::load_matrix_sync(b, Bs + kk * LDB + wn + 16 * t, LDB);
-        Prec::round(b);
-        wmma::mma_sync(acc[t], a, b, acc[t]);
+        wmma::load_matrix_sync(b, Bs + kk * LDB + wn + 16 * j, LDB);
+        SQ_UNROLL
+        for (int i = 0; i < FM; ++i) wmma::mma_sync(acc[i][j], a[i], b, acc[i][j]);
       }
     }
     __syncthreads();
     if (!kPrefetch && k0 + BK < ke) st.load(op, tab, cur ^ 1, m0, n0, k0 + BK, ke);
   }
-  wmma::store_matrix_sync(Cs + wm * LDC + wn, acc[0], LDC, wmma::mem_row_major);
-  wmma::store_matrix_sync(Cs + wm * LDC + wn + 16, acc[1], LDC, wmma::mem_row_major);
-  __syncthreads();
-  for (int l = threadIdx.x; l < BM * BN; l += kGemmThreads) {
-    const int mm = l / BN, nn = l % BN, m = m0 + mm, n = n0 + nn;
-    if (m < op.M && n < op.N) op.store(m, n, Cs[mm * LDC + nn], blockIdx.z);
-  }
+  float* c = Cs[warp];
+  SQ_UNROLL
+  for (int i = 0; i < FM; ++i)
+    SQ_UNROLL
+    for (int j = 0; j < FN; ++j) {
+      wmma::store_matrix_sync(c, acc[i][j], LDC, wmma::mem_row_major);
+      __syncwarp();  // the fragment is in the staging tile
+      SQ_UNROLL
+      for (int e = lane; e < 256; e += 32) {
+        const int m = m0 + wm + 16 * i + e / 16, n = n0 + wn + 16 * j + e % 16;
+        if (m < op.M && n < op.N) op.store(m, n, c[(e / 16) * LDC + e % 16], blockIdx.z);
+      }
+      __syncwarp();  // every lane has read it before the next fragment is stored
+    }
 }
 
 }  // namespace

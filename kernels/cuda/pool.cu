@@ -2,6 +2,8 @@
 // as in the CPU op) and the global average pool. The forward records each window's first
 // maximum as a byte (its offset r*k + s inside the window), so the backward reads one byte per
 // window instead of searching every window again.
+#include <algorithm>
+
 #include "core/error.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/pool_kernels.cuh"
@@ -16,23 +18,30 @@ PoolArgs args_of(const PoolGeom& g) {
             "bad pool geometry (window offsets must fit a byte)");
   const int P = g.P(), Q = g.Q();
   SQ_ASSERT(P > 0 && Q > 0, "pool output is empty: H=", g.H, " W=", g.W);
+  SQ_ASSERT((long long)g.H * g.W < (1LL << 31) && (long long)g.N * g.C < (1LL << 31),
+            "max-pool plane or plane count too large: ", g.H, "x", g.W, ", ", g.N, "x", g.C);
   return {g.N, g.C, g.H, g.W, g.k, g.stride, g.pad, P, Q};
+}
+
+// A plane (one image's channel) per grid column, its elements over the grid's rows of blocks.
+dim3 plane_grid(const PoolArgs& a, long long per_plane) {
+  const long long planes = (long long)a.N * a.C, chunks = (per_plane + kThreads - 1) / kThreads;
+  return dim3(unsigned(std::max(1LL, std::min(planes, 1LL << 20))),
+              unsigned(std::max(1LL, std::min(chunks, 65535LL))));
 }
 
 }  // namespace
 
 void maxpool_forward(const PoolGeom& g, const float* x, float* y, uint8_t* argmax, cudaStream_t s) {
   const PoolArgs a = args_of(g);
-  const size_t total = size_t(a.C) * a.N * a.P * a.Q;
-  maxpool_forward_kernel<<<blocks_for(total), kThreads, 0, s>>>(a, x, y, argmax);
+  maxpool_forward_kernel<<<plane_grid(a, (long long)a.P * a.Q), kThreads, 0, s>>>(a, x, y, argmax);
   SQ_CUDA_LAUNCH("maxpool_forward");
 }
 
 void maxpool_backward(const PoolGeom& g, const uint8_t* argmax, const float* dy, float* dx,
                       cudaStream_t s) {
   const PoolArgs a = args_of(g);
-  const size_t total = size_t(a.C) * a.N * a.H * a.W;
-  maxpool_backward_kernel<<<blocks_for(total), kThreads, 0, s>>>(a, argmax, dy, dx);
+  maxpool_backward_kernel<<<plane_grid(a, (long long)a.H * a.W), kThreads, 0, s>>>(a, argmax, dy, dx);
   SQ_CUDA_LAUNCH("maxpool_backward");
 }
 

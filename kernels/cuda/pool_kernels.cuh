@@ -32,13 +32,22 @@ __device__ inline int window_argmax(const PoolArgs& a, const float* xp, int p, i
   return arg;
 }
 
+// The max-pool kernels stride over planes (a channel of an image) along the grid's x and over a
+// plane's elements along y, so that an element's row and column come from one 32-bit division
+// by the width (a plane has fewer than 2^31 elements; pool.cu checks): the per-element 64-bit
+// divisions of a flat index made the backward of pool1 take 10x its bytes' time on the H200.
+#define SQ_PLANE_STRIDE(plane, j, planes, per_plane)                                          \
+  for (unsigned plane = blockIdx.x; plane < unsigned(planes); plane += gridDim.x)              \
+    for (unsigned j = blockIdx.y * blockDim.x + threadIdx.x; j < unsigned(per_plane);           \
+         j += blockDim.x * gridDim.y)
+
 __global__ void maxpool_forward_kernel(PoolArgs a, const float* x, float* y, uint8_t* argmax) {
-  const size_t total = size_t(a.C) * a.N * a.P * a.Q;
-  SQ_GRID_STRIDE(i, total) {
-    const int q = int(i % a.Q), p = int((i / a.Q) % a.P);
-    const size_t plane = i / (size_t(a.P) * a.Q);
+  const unsigned PQ = unsigned(a.P) * unsigned(a.Q);
+  SQ_PLANE_STRIDE(plane, pq, size_t(a.C) * a.N, PQ) {
+    const int p = int(pq / unsigned(a.Q)), q = int(pq - unsigned(p) * unsigned(a.Q));
+    const size_t i = size_t(plane) * PQ + pq;
     float m;
-    const int arg = window_argmax(a, x + plane * a.H * a.W, p, q, &m);
+    const int arg = window_argmax(a, x + size_t(plane) * a.H * a.W, p, q, &m);
     y[i] = m;
     if (argmax) {
       const int r = arg / a.W - (p * a.stride - a.pad), c = arg % a.W - (q * a.stride - a.pad);
@@ -50,12 +59,11 @@ __global__ void maxpool_forward_kernel(PoolArgs a, const float* x, float* y, uin
 // One thread per input element: the windows containing (h, w), in row-major (p, q) order, each
 // adding its dy where its recorded first maximum is this element.
 __global__ void maxpool_backward_kernel(PoolArgs a, const uint8_t* argmax, const float* dy, float* dx) {
-  const size_t total = size_t(a.C) * a.N * a.H * a.W;
-  SQ_GRID_STRIDE(i, total) {
-    const int w = int(i % a.W), h = int((i / a.W) % a.H);
-    const size_t plane = i / (size_t(a.H) * a.W);
-    const uint8_t* ap = argmax + plane * a.P * a.Q;
-    const float* dyp = dy + plane * a.P * a.Q;
+  const unsigned HW = unsigned(a.H) * unsigned(a.W);
+  SQ_PLANE_STRIDE(plane, hw, size_t(a.C) * a.N, HW) {
+    const int h = int(hw / unsigned(a.W)), w = int(hw - unsigned(h) * unsigned(a.W));
+    const uint8_t* ap = argmax + size_t(plane) * a.P * a.Q;
+    const float* dyp = dy + size_t(plane) * a.P * a.Q;
     int p_lo, p_hi, q_lo, q_hi;
     windows_containing(h, a.k, a.stride, a.pad, a.P, &p_lo, &p_hi);
     windows_containing(w, a.k, a.stride, a.pad, a.Q, &q_lo, &q_hi);
@@ -65,7 +73,7 @@ __global__ void maxpool_backward_kernel(PoolArgs a, const uint8_t* argmax, const
         const int self = (h - (p * a.stride - a.pad)) * a.k + (w - (q * a.stride - a.pad));
         if (ap[p * a.Q + q] == self) g += dyp[p * a.Q + q];
       }
-    dx[i] = g;
+    dx[size_t(plane) * HW + hw] = g;
   }
 }
 
