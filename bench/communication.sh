@@ -7,8 +7,9 @@
 #
 # Environment: BUILD (build dir, default <repo>/build-bench), OUT (default
 # <repo>/docs/communication), NPS (rank counts, default "2 4"), MAX_BYTES (default 268435456),
-# MPIRUN_ARGS (extra mpirun arguments), GPU_COMPUTE_MS (an ASSUMED GPU step time for the
-# projection, default 30; empty to leave it out).
+# MPIRUN_ARGS (extra mpirun arguments), GPU_STEPS (MEASURED squeezenet1.0 GPU step times for
+# the projection, "MS=LABEL" separated by ";"; default: the H200 figures of docs/BENCHMARKS.md,
+# batch 128), GPU_COMPUTE_MS (an ASSUMED GPU step time instead or as well; default none).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -16,7 +17,8 @@ BUILD=${BUILD:-$ROOT/build-bench}
 OUT=${OUT:-$ROOT/docs/communication}
 NPS=${NPS:-2 4}
 MAX_BYTES=${MAX_BYTES:-268435456}
-GPU_COMPUTE_MS=${GPU_COMPUTE_MS-30}
+GPU_COMPUTE_MS=${GPU_COMPUTE_MS-}
+GPU_STEPS=${GPU_STEPS-41.6=H200 step batch 128, own kernels fp32 (measured);20.4=H200 step batch 128, PyTorch eager TF32 (measured)}
 read -r -a EXTRA <<<"${MPIRUN_ARGS:-}"
 
 # Open MPI refuses to run as root unless told to (containers, CI); only then set these.
@@ -57,4 +59,6 @@ echo
 echo "## cost model: fit, projection, plots"
 GPU=()
 [ -n "$GPU_COMPUTE_MS" ] && GPU=(--gpu-compute-ms "$GPU_COMPUTE_MS")
+IFS=';' read -r -a STEPS <<<"$GPU_STEPS"
+for st in "${STEPS[@]}"; do [ -n "$st" ] && GPU+=(--gpu-step "$st"); done
 run /usr/bin/python3 "$ROOT/bench/cost_model.py" --out "$OUT" "${GPU[@]}" "${JSONS[@]}"

@@ -119,6 +119,9 @@ def main():
     ap.add_argument("--gpu-compute-ms", type=float, default=None,
                     help="ASSUMED per-step GPU compute time of squeezenet1.0 (not measured): "
                          "adds rows for the SqueezeNet and AlexNet gradients labelled as assumed")
+    ap.add_argument("--gpu-step", action="append", default=[], metavar="MS=LABEL",
+                    help="a MEASURED per-step GPU compute time of squeezenet1.0 and what measured it: "
+                         "adds rows for the SqueezeNet and AlexNet gradients (repeatable)")
     ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -132,6 +135,17 @@ def main():
         {"name": "squeezenet1.0 Fashion-MNIST, local batch 64, CPU, measured",
          "ms": 400.6, "floats": FMNIST_FLOATS, "assumed": False},
     ]
+    for spec in args.gpu_step:
+        ms, sep, label = spec.partition("=")
+        try:
+            ms_v = float(ms)
+        except ValueError:
+            ms_v = -1.0
+        if not sep or not label or not ms_v > 0:
+            ap.error(f"--gpu-step {spec!r}: want MS=LABEL with MS > 0")
+        for g, floats in GRADIENTS:
+            computes.append({"name": f"{label}, {g} gradient",
+                             "ms": ms_v, "floats": floats, "assumed": False})
     if args.gpu_compute_ms is not None:
         for g, floats in GRADIENTS:
             computes.append({"name": f"GPU step {args.gpu_compute_ms:g} ms (ASSUMED), {g} gradient",

@@ -166,13 +166,29 @@ TEST(KernelsOnCpu, PoolsMatchTheCpuOpsBitForBit) {
       const cuda::PoolArgs a{g.N, g.C, g.H, g.W, g.k, g.stride, g.pad, g.P(), g.Q()};
       std::vector<float> yk(ny, -1.0f), dxk(nx, -1.0f);
       std::vector<uint8_t> arg(ny, 255);
-      // Grids smaller than the work, as pool.cu's are for large tensors: both loops stride.
-      ASSERT_TRUE(simt::run({2, 1, 1}, 32, [&] { cuda::maxpool_forward_kernel(a, x.data(), yk.data(), arg.data()); },
-                            reverse));
-      ASSERT_TRUE(simt::run({3, 2, 1}, 32, [&] { cuda::maxpool_backward_kernel(a, arg.data(), dy.data(), dxk.data()); },
-                            reverse));
-      expect_same_bits(yk, y, "max-pool forward");
-      expect_same_bits(dxk, dx, "max-pool backward");
+      // Grids smaller than the work, as pool.cu's are for large tensors: both loops stride. The
+      // generic kernels, then (for k 3, stride 2) the ones pool.cu specialises for that window.
+      for (bool special : {false, true}) {
+        if (special && !(g.k == 3 && g.stride == 2)) continue;
+        SCOPED_TRACE(special ? "k 3, stride 2 kernels" : "generic kernels");
+        std::fill(yk.begin(), yk.end(), -1.0f);
+        std::fill(dxk.begin(), dxk.end(), -1.0f);
+        std::fill(arg.begin(), arg.end(), uint8_t(255));
+        ASSERT_TRUE(simt::run({2, 1, 1}, 32, [&] {
+          if (special)
+            cuda::maxpool_forward_kernel<3, 2>(a, x.data(), yk.data(), arg.data());
+          else
+            cuda::maxpool_forward_kernel(a, x.data(), yk.data(), arg.data());
+        }, reverse));
+        ASSERT_TRUE(simt::run({3, 2, 1}, 32, [&] {
+          if (special)
+            cuda::maxpool_backward_kernel<3, 2>(a, arg.data(), dy.data(), dxk.data());
+          else
+            cuda::maxpool_backward_kernel(a, arg.data(), dy.data(), dxk.data());
+        }, reverse));
+        expect_same_bits(yk, y, "max-pool forward");
+        expect_same_bits(dxk, dx, "max-pool backward");
+      }
     }
     const int N = 3, C = 5, HW = 13;
     const std::vector<float> x = randn(size_t(C) * N * HW), dy = randn(size_t(N) * C);

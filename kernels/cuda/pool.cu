@@ -34,14 +34,22 @@ dim3 plane_grid(const PoolArgs& a, long long per_plane) {
 
 void maxpool_forward(const PoolGeom& g, const float* x, float* y, uint8_t* argmax, cudaStream_t s) {
   const PoolArgs a = args_of(g);
-  maxpool_forward_kernel<<<plane_grid(a, (long long)a.P * a.Q), kThreads, 0, s>>>(a, x, y, argmax);
+  const dim3 grid = plane_grid(a, (long long)a.P * a.Q);
+  if (a.k == 3 && a.stride == 2)
+    maxpool_forward_kernel<3, 2><<<grid, kThreads, 0, s>>>(a, x, y, argmax);
+  else
+    maxpool_forward_kernel<<<grid, kThreads, 0, s>>>(a, x, y, argmax);
   SQ_CUDA_LAUNCH("maxpool_forward");
 }
 
 void maxpool_backward(const PoolGeom& g, const uint8_t* argmax, const float* dy, float* dx,
                       cudaStream_t s) {
   const PoolArgs a = args_of(g);
-  maxpool_backward_kernel<<<plane_grid(a, (long long)a.H * a.W), kThreads, 0, s>>>(a, argmax, dy, dx);
+  const dim3 grid = plane_grid(a, (long long)a.H * a.W);
+  if (a.k == 3 && a.stride == 2)
+    maxpool_backward_kernel<3, 2><<<grid, kThreads, 0, s>>>(a, argmax, dy, dx);
+  else
+    maxpool_backward_kernel<<<grid, kThreads, 0, s>>>(a, argmax, dy, dx);
   SQ_CUDA_LAUNCH("maxpool_backward");
 }
 

@@ -14,10 +14,21 @@ struct PoolArgs {
   int N, C, H, W, k, stride, pad, P, Q;
 };
 
+// The max-pool kernels take the window size K and stride S as template arguments where they are
+// the model family's (3 and 2: divisions by the stride become shifts, window loops fixed-length),
+// and 0 for "read them from PoolArgs" otherwise; pool.cu picks.
+template <int K, int S>
+struct Window {
+  int k, stride;
+  __device__ explicit Window(const PoolArgs& a) : k(K ? K : a.k), stride(S ? S : a.stride) {}
+};
+
 // Flat index (within the plane) of window (p, q)'s first maximum; its value in *best.
+template <int K, int S>
 __device__ inline int window_argmax(const PoolArgs& a, const float* xp, int p, int q, float* best) {
-  const int h0 = max(p * a.stride - a.pad, 0), h1 = min(p * a.stride - a.pad + a.k, a.H);
-  const int w0 = max(q * a.stride - a.pad, 0), w1 = min(q * a.stride - a.pad + a.k, a.W);
+  const Window<K, S> win(a);
+  const int h0 = max(p * win.stride - a.pad, 0), h1 = min(p * win.stride - a.pad + win.k, a.H);
+  const int w0 = max(q * win.stride - a.pad, 0), w1 = min(q * win.stride - a.pad + win.k, a.W);
   int arg = h0 * a.W + w0;
   float m = xp[arg];
   for (int h = h0; h < h1; ++h)
@@ -41,36 +52,40 @@ __device__ inline int window_argmax(const PoolArgs& a, const float* xp, int p, i
     for (unsigned j = blockIdx.y * blockDim.x + threadIdx.x; j < unsigned(per_plane);           \
          j += blockDim.x * gridDim.y)
 
+template <int K = 0, int S = 0>
 __global__ void maxpool_forward_kernel(PoolArgs a, const float* x, float* y, uint8_t* argmax) {
+  const Window<K, S> win(a);
   const unsigned PQ = unsigned(a.P) * unsigned(a.Q);
   SQ_PLANE_STRIDE(plane, pq, size_t(a.C) * a.N, PQ) {
     const int p = int(pq / unsigned(a.Q)), q = int(pq - unsigned(p) * unsigned(a.Q));
     const size_t i = size_t(plane) * PQ + pq;
     float m;
-    const int arg = window_argmax(a, x + size_t(plane) * a.H * a.W, p, q, &m);
+    const int arg = window_argmax<K, S>(a, x + size_t(plane) * a.H * a.W, p, q, &m);
     y[i] = m;
     if (argmax) {
-      const int r = arg / a.W - (p * a.stride - a.pad), c = arg % a.W - (q * a.stride - a.pad);
-      argmax[i] = uint8_t(r * a.k + c);
+      const int r = arg / a.W - (p * win.stride - a.pad), c = arg % a.W - (q * win.stride - a.pad);
+      argmax[i] = uint8_t(r * win.k + c);
     }
   }
 }
 
 // One thread per input element: the windows containing (h, w), in row-major (p, q) order, each
 // adding its dy where its recorded first maximum is this element.
+template <int K = 0, int S = 0>
 __global__ void maxpool_backward_kernel(PoolArgs a, const uint8_t* argmax, const float* dy, float* dx) {
+  const Window<K, S> win(a);
   const unsigned HW = unsigned(a.H) * unsigned(a.W);
   SQ_PLANE_STRIDE(plane, hw, size_t(a.C) * a.N, HW) {
     const int h = int(hw / unsigned(a.W)), w = int(hw - unsigned(h) * unsigned(a.W));
     const uint8_t* ap = argmax + size_t(plane) * a.P * a.Q;
     const float* dyp = dy + size_t(plane) * a.P * a.Q;
     int p_lo, p_hi, q_lo, q_hi;
-    windows_containing(h, a.k, a.stride, a.pad, a.P, &p_lo, &p_hi);
-    windows_containing(w, a.k, a.stride, a.pad, a.Q, &q_lo, &q_hi);
+    windows_containing(h, win.k, win.stride, a.pad, a.P, &p_lo, &p_hi);
+    windows_containing(w, win.k, win.stride, a.pad, a.Q, &q_lo, &q_hi);
     float g = 0.0f;
     for (int p = p_lo; p <= p_hi; ++p)
       for (int q = q_lo; q <= q_hi; ++q) {
-        const int self = (h - (p * a.stride - a.pad)) * a.k + (w - (q * a.stride - a.pad));
+        const int self = (h - (p * win.stride - a.pad)) * win.k + (w - (q * win.stride - a.pad));
         if (ap[p * a.Q + q] == self) g += dyp[p * a.Q + q];
       }
     dx[size_t(plane) * HW + hw] = g;
