@@ -14,7 +14,8 @@
 #   collectives  bench_collectives at 1 rank (MPI and NCCL methods)
 #   bench    bench_gpu: Fire shapes own vs cuDNN at fp32/TF32/BF16, training images/s; then the
 #            Fire, convolution and training sections again with SQUEEZE_IGEMM_WIDE=1 (the opt-in
-#            8x8-share tiles, v5; SQUEEZE_IGEMM_PREFETCH=0 selects the v3 schedule the same way)
+#            8x8-share tiles, v5), and with SQUEEZE_IGEMM_WARPS=4x8 (v6; SQUEEZE_IGEMM_PREFETCH=0
+#            selects the v3 schedule the same way)
 #   pytorch  bench/pytorch_gpu.py: PyTorch eager and torch.compile on the same GPU
 #   sanitize compute-sanitizer memcheck over small GPU training steps (every kernel of a model)
 #            and the compression constraints' kernels
@@ -113,6 +114,9 @@ for phase in $phases; do
     # The tile kernels with the opt-in 8x8-share tiles (docs/KERNELS.md, v5 against v4), same run.
     SQUEEZE_IGEMM_WIDE=1 run "bench_gpu, wide tiles (Fire, convolutions, training)" \
       $B/bench_gpu --reps 20 --sections 1,1b,2 --json "$OUT/bench_gpu_wide.json"
+    # ... and with the fp32 kernel's 4 x 8 warp layout (v6, opt-in), same run.
+    SQUEEZE_IGEMM_WARPS=4x8 run "bench_gpu, 4x8 warps (Fire, convolutions, training)" \
+      $B/bench_gpu --reps 20 --sections 1,1b,2 --json "$OUT/bench_gpu_warps.json"
     ;;
   pytorch)
     PYTHONUNBUFFERED=1 run pytorch_gpu python3 bench/pytorch_gpu.py --steps 20 \

@@ -126,25 +126,25 @@ namespace {
 // The GPU's fp32 tile kernel (kernels/cuda/igemm_kernel.cuh) on the CPU (tests/simt_host.h): the
 // grid as conv.cu launches it, split-K slices summed in order as its reduction does.
 template <int TM, int TN, bool kPrefetch, class Op>
-void run_tile_kernel(const Op& op, int splits, bool reverse) {
+void run_tile_kernel(const Op& op, int splits, bool reverse, bool square_warps) {
   const int chunk = (op.Kd + splits - 1) / splits;
   const SimtDim3 grid{unsigned((op.N + TN - 1) / TN), unsigned((op.M + TM - 1) / TM), unsigned(splits)};
-  const std::function<void()> body = [&] { cuda::igemm_kernel<Op, TM, TN, kPrefetch>(op, chunk); };
+  const std::function<void()> body = [&] { cuda::igemm_kernel<Op, TM, TN, kPrefetch>(op, chunk, square_warps); };
   ASSERT_TRUE(simt::run(grid, cuda::kGemmThreads, body, reverse)) << "threads disagree on barriers";
 }
 
 template <int TM, int TN, bool kPrefetch>
-void check_tiles(const Case& c, bool reverse) {
+void check_tiles(const Case& c, bool reverse, bool square_warps = false) {
   SCOPED_TRACE("tile " + std::to_string(TM) + "x" + std::to_string(TN) + (kPrefetch ? ", prefetch" : "") +
-               (reverse ? ", reverse" : ""));
+               (reverse ? ", reverse" : "") + (square_warps ? ", 4x8 warps" : ""));
   std::vector<float> y(c.y_ref.size(), NAN), dx(c.dx_ref.size(), NAN);
-  run_tile_kernel<TM, TN, kPrefetch>(c.fwd(y.data()), 1, reverse);
+  run_tile_kernel<TM, TN, kPrefetch>(c.fwd(y.data()), 1, reverse, square_warps);
   EXPECT_LT(rel(y, c.y_ref), 1e-6) << "forward";
-  run_tile_kernel<TM, TN, kPrefetch>(c.data(dx.data()), 1, reverse);
+  run_tile_kernel<TM, TN, kPrefetch>(c.data(dx.data()), 1, reverse, square_warps);
   EXPECT_LT(rel(dx, c.dx_ref), 1e-6) << "input gradient";
   for (int splits : {1, 3}) {  // the slices, then conv.cu's fixed-order sum of them into dw
     std::vector<float> ws(size_t(splits) * c.dw_ref.size(), NAN), dw(c.dw_ref.size(), 0.0f);
-    run_tile_kernel<TM, TN, kPrefetch>(c.wgt(ws.data()), splits, reverse);
+    run_tile_kernel<TM, TN, kPrefetch>(c.wgt(ws.data()), splits, reverse, square_warps);
     const size_t mn = dw.size();
     ASSERT_TRUE(simt::run({2, 1, 1}, cuda::kThreads, [&] { cuda::splitk_reduce_kernel(ws.data(), splits, mn, dw.data()); },
                           reverse));
@@ -212,6 +212,9 @@ TEST(ImplicitGemm, TileKernelOnTheCpuReproducesTheCpuConvolution) {
       check_tiles<128, 128, true>(c, reverse);
       check_tiles<64, 256, true>(c, reverse);
       check_tiles<128, 128, false>(c, reverse);
+      check_tiles<64, 64, true>(c, reverse, true);
+      check_tiles<32, 128, true>(c, reverse, true);
+      check_tiles<16, 256, true>(c, reverse, true);
       check_bias(c, 1, reverse);
       check_bias(c, 3, reverse);
     }

@@ -44,6 +44,13 @@ const bool g_wide = [] {
   return e && std::string(e) == "1";
 }();
 
+// The fp32 kernel's warps as 4 x 8 shares (igemm_kernel.cuh), only with SQUEEZE_IGEMM_WARPS=4x8:
+// not yet measured on a GPU (docs/KERNELS.md, v6).
+const bool g_square_warps = [] {
+  const char* e = std::getenv("SQUEEZE_IGEMM_WARPS");
+  return e && std::string(e) == "4x8";
+}();
+
 // The fp32 block tile. M <= 32: the narrowest one that holds all M rows (16x256, 32x128, 4x4
 // shares), so that one row of tiles reads the B operand (the expensive im2col gather) once; on
 // the H200 a 16x256 tile over M = 48 (three row tiles) made fire6's input gradient slower than
@@ -68,15 +75,15 @@ void launch_fp32(const Op& op, int splits, int chunk, cudaStream_t s) {
   const Tile t = pick_tile(op.M, op.N);
   const dim3 grid((op.N + t.n - 1) / t.n, (op.M + t.m - 1) / t.m, splits);
   if (t.m == 16)
-    igemm_kernel<Op, 16, 256, kPrefetch><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+    igemm_kernel<Op, 16, 256, kPrefetch><<<grid, kGemmThreads, 0, s>>>(op, chunk, g_square_warps);
   else if (t.m == 32)
-    igemm_kernel<Op, 32, 128, kPrefetch><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+    igemm_kernel<Op, 32, 128, kPrefetch><<<grid, kGemmThreads, 0, s>>>(op, chunk, g_square_warps);
   else if (t.m == 128)
-    igemm_kernel<Op, 128, 128, kPrefetch><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+    igemm_kernel<Op, 128, 128, kPrefetch><<<grid, kGemmThreads, 0, s>>>(op, chunk, g_square_warps);
   else if (t.n == 256)
-    igemm_kernel<Op, 64, 256, kPrefetch><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+    igemm_kernel<Op, 64, 256, kPrefetch><<<grid, kGemmThreads, 0, s>>>(op, chunk, g_square_warps);
   else
-    igemm_kernel<Op, 64, 64, kPrefetch><<<grid, kGemmThreads, 0, s>>>(op, chunk);
+    igemm_kernel<Op, 64, 64, kPrefetch><<<grid, kGemmThreads, 0, s>>>(op, chunk, g_square_warps);
 }
 
 // The tensor-core block tile: 64x64, or with SQUEEZE_IGEMM_WIDE=1 the fp32 rule's wide tiles

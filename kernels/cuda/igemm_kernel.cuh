@@ -115,9 +115,16 @@ struct Staged {
 // behind the arithmetic, and stores them to shared memory after the barrier that ends the
 // products (without it, the loads follow that barrier: the v3 schedule, kept for measuring the
 // difference).
+//
+// A thread's place (tx, ty) in the grid of shares: by default a warp covers 32 / TX rows of TX
+// shares (2 x 16 in the 64x64 tile); with square_warps (SQUEEZE_IGEMM_WARPS=4x8, opt-in,
+// unmeasured) it covers 4 rows of 8, so that each k-row's float4 reads of A and of B touch 64 and
+// 128 contiguous bytes, against 32 and 256: fewer shared-memory wavefronts per product if the
+// hardware serves a warp's 16-byte reads per 128-byte segment.
 template <class Op, int TM, int TN, bool kPrefetch = true>
-__global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk) {
+__global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk, bool square_warps = false) {
   constexpr int MT = TM * TN / kGemmThreads == 64 ? 8 : 4, H = MT / 4, TX = TN / MT;
+  static_assert((TM / MT) % 4 == 0 && TX % 8 == 0, "the 4 x 8 warp layout tiles the block");
   static_assert((TM / MT) * (TN / MT) == kGemmThreads, "one MT x MT share of outputs per thread");
   using St = Staged<Op, TM, TN>;
   __shared__ __align__(16) float As[BK][TM + 4];
@@ -125,7 +132,9 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk)
   __shared__ Tables<Op, TN> tab;
   const int m0 = blockIdx.y * TM, n0 = blockIdx.x * TN;
   const int kb = blockIdx.z * k_chunk, ke = min(op.Kd, kb + k_chunk);
-  const int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int tx = square_warps ? (warp % (TX / 8)) * 8 + lane % 8 : int(threadIdx.x) % TX;
+  const int ty = square_warps ? (warp / (TX / 8)) * 4 + lane / 8 : int(threadIdx.x) / TX;
   float acc[MT][MT];
   SQ_UNROLL
   for (int i = 0; i < MT; ++i)
