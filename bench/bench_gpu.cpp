@@ -99,13 +99,13 @@ ModelConfig fmnist_config() {
 
 int main(int argc, char** argv) {
   int reps = 20;
-  std::string json_path, sections = "0,1,1b,2,3";
+  std::string json_path, sections = "0,1,1b,2,3,3f";
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
     else if (!std::strcmp(argv[i], "--sections") && i + 1 < argc) sections = argv[++i];
     else {
-      std::fprintf(stderr, "usage: bench_gpu [--reps N] [--json FILE] [--sections 0,1,1b,2,3]\n");
+      std::fprintf(stderr, "usage: bench_gpu [--reps N] [--json FILE] [--sections 0,1,1b,2,3,3f]\n");
       return 2;
     }
   }
@@ -316,13 +316,13 @@ int main(int argc, char** argv) {
       }
     }
 
-    // ---- 3. where a squeezenet1.0 training step's time goes: per layer, forward and backward --
-    if (want("3")) {
-      std::printf("\nsqueezenet1.0 training step, batch %d, per layer (ms, median of %d; the first "
-                  "backward row includes the loss)\n\n", N, reps);
-      out["layers"] = nlohmann::json::array();
+    // ---- 3. where a training step's time goes: per layer, forward and backward ---------------
+    // (3: squeezenet1.0 at 224x224; 3f: the Fashion-MNIST configuration)
+    auto profile_layers = [&](const char* title, const ModelConfig& cfg, const char* key) {
+      std::printf("\n%s training step, batch %d, per layer (ms, median of %d; the first "
+                  "backward row includes the loss)\n\n", title, N, reps);
+      out[key] = nlohmann::json::array();
       {
-        const ModelConfig cfg = preset("squeezenet1.0");
         Model host(cfg, 1);
         std::vector<float> params(host.layout().total);
         host.init_params(params.data(), "torchvision", 1);
@@ -375,13 +375,15 @@ int main(int argc, char** argv) {
             row[std::string(variants[vi].name) + " ms"] = t[t.size() / 2];
           }
           std::printf("\n");
-          out["layers"].push_back(row);
+          out[key].push_back(row);
         }
         std::printf("| sum of medians |");
         for (double t : total) std::printf(" %.3f |", t);
         std::printf("\n");
       }
-    }
+    };
+    if (want("3")) profile_layers("squeezenet1.0", preset("squeezenet1.0"), "layers");
+    if (want("3f")) profile_layers("fmnist (1.0, small stem, 28x28)", fmnist_config(), "layers_fmnist");
 
     cuda::set_conv_impl(cuda::ConvImpl::kOwn);
     cuda::set_conv_math(cuda::ConvMath::kFp32);

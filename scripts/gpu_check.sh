@@ -12,7 +12,8 @@
 #            ranks on the one GPU over MPI through pinned host memory (test_mpi's test and one
 #            epoch of squeeze train)
 #   collectives  bench_collectives at 1 rank (MPI and NCCL methods)
-#   bench    bench_gpu: Fire shapes own vs cuDNN at fp32/TF32/BF16, training images/s; then the
+#   bench    bench_gpu: Fire shapes own vs cuDNN at fp32/TF32/BF16, training images/s, per-layer
+#            step profiles of squeezenet1.0 and the Fashion-MNIST configuration; then the
 #            Fire, convolution and training sections again with SQUEEZE_IGEMM_WIDE=1 (the opt-in
 #            8x8-share tiles, v5), and with SQUEEZE_IGEMM_WARPS=4x8 (v6; SQUEEZE_IGEMM_PREFETCH=0
 #            selects the v3 schedule the same way)
