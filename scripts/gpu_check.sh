@@ -12,6 +12,9 @@
 #            ranks on the one GPU over MPI through pinned host memory (test_mpi's test and one
 #            epoch of squeeze train)
 #   collectives  bench_collectives at 1 rank (MPI and NCCL methods)
+#   ddp      bench_ddp_gpu: the training step with its gradient reducer against the step alone,
+#            squeezenet1.0 at 1 rank over NCCL (the path's cost without a link), and the
+#            Fashion-MNIST configuration at 2 ranks on the one GPU over MPI through pinned memory
 #   bench    bench_gpu: Fire shapes own vs cuDNN at fp32/TF32/BF16, training images/s, per-layer
 #            step profiles of squeezenet1.0 and the Fashion-MNIST configuration; then the
 #            Fire, convolution and training sections again with SQUEEZE_IGEMM_WIDE=1 (the opt-in
@@ -105,6 +108,12 @@ for phase in $phases; do
       --gtest_color=no --gtest_filter='Train.GpuRanksWithoutNcclMatchOneCpuProcess'
     run "mpirun -np 2 train --device cuda (MPI through pinned host memory)" mpirun -np 2 \
       $B/squeeze train --device cuda --epochs 1 --data-dir "$data" --out /tmp/sq_gpu_mpi
+    ;;
+  ddp)
+    run "bench_ddp_gpu, squeezenet1.0, 1 rank (NCCL)" mpirun -np 1 $B/bench_ddp_gpu \
+      --config squeezenet1.0 --json "$OUT/ddp_gpu_np1.json"
+    run "bench_ddp_gpu, fmnist, 2 ranks on 1 GPU (MPI through pinned memory)" mpirun -np 2 \
+      $B/bench_ddp_gpu --config fmnist --json "$OUT/ddp_gpu_np2.json"
     ;;
   collectives)
     run "bench_collectives, 1 rank (NCCL's call cost; no link at one rank)" mpirun -np 1 \
