@@ -8,17 +8,17 @@
 // One step = DeviceStep::launch (inputs copied in, forward, loss, backward with the reducer's
 // readiness hook) + the reducer's finish + DeviceStep::finish + sgd, as core/trainer.cpp runs it.
 // Modes, interleaved step by step (the order rotates every step):
-//   compute only                 no reducer: the single-GPU step (the reference)
-//   ddp <grad> nccl <overlap>    NCCL (when every rank can use it), device buffers:
+//   compute only                  no reducer: the single-GPU step (the reference)
+//   ddp <grad> nccl <overlap>     NCCL (when every rank can use it), device buffers:
 //     grad     squeezenet: the model's own gradient, in the trainer's buckets;
 //              alexnet: a device buffer of 61,100,840 floats (AlexNet's gradient) in uniform
 //                "tensors" of 64Ki floats, bucketed with the same cap, its buckets made ready at
 //                the same fractions of backward as the model's (hook offset o of T becomes
 //                o * 61100840 / T); the model's own gradient is then not reduced
 //     overlap  overlap (buckets start from backward's hook) or after (all in finish())
-//   ddp squeezenet mpi-staged    ranks that cannot all use NCCL (e.g. several ranks on one GPU
-//                                before NCCL 2.30): the gradient through pinned host memory over
-//                                MPI after backward, as the trainer does then
+//   ddp squeezenet mpi-staged     ranks that cannot all use NCCL (e.g. several ranks on one GPU
+//                                 before NCCL 2.30): the gradient through pinned host memory
+//                                 over MPI after backward, as the trainer does then
 // Timing: MPI_Barrier, then MPI_Wtime around the step (finish waits for the GPU); a step's time
 // is the maximum over ranks. Per mode: median and min (ms/step); exposed communication = median -
 // median(compute), and "paired": the median over rounds of the difference to the compute-only
@@ -73,7 +73,7 @@ struct Args {
   std::string json;
 };
 
-Args parse(int argc, char** argv) {
+Args parse(int argc, char **argv) {
   Args a;
   for (int i = 1; i < argc; ++i) {
     const std::string s = argv[i];
@@ -104,7 +104,7 @@ Args parse(int argc, char** argv) {
   return a;
 }
 
-sq::ModelConfig model_config(const std::string& name) {
+sq::ModelConfig model_config(const std::string &name) {
   if (name == "fmnist") {  // as bench/bench_gpu.cpp
     sq::ModelConfig fm = sq::preset("squeezenet1.0");
     fm.stem = sq::Stem::kSmall;
@@ -123,7 +123,7 @@ struct Mode {
   std::vector<double> step_s;  // this rank's, then the max over ranks
 };
 
-int run(int argc, char** argv) {
+int run(int argc, char **argv) {
   const sq::MpiWorld world = sq::mpi_init(&argc, &argv);
   const Args args = parse(argc, argv);
   const bool root = world.rank == 0;
@@ -168,9 +168,9 @@ int run(int argc, char** argv) {
   {
     std::mt19937 rng(1234 + 7919 * unsigned(world.rank));
     std::normal_distribution<float> nd(0.0f, 1.0f);
-    for (float& x : input) x = nd(rng);
+    for (float &x : input) x = nd(rng);
     std::uniform_int_distribution<int> ud(0, K - 1);
-    for (int32_t& l : labels) l = ud(rng);
+    for (int32_t &l : labels) l = ud(rng);
   }
 
   const size_t cap = size_t(args.bucket_mib * 1048576.0 / 4);
@@ -182,6 +182,7 @@ int run(int argc, char** argv) {
   if (nccl_comm && args.alexnet) {
     big = sq::cuda::DeviceBuffer<float>(kAlexNetFloats);
     SQ_CUDA(cudaMemset(big.get(), 0, kAlexNetFloats * sizeof(float)));
+    SQ_CUDA(cudaDeviceSynchronize());
   }
 
   std::vector<std::unique_ptr<Mode>> modes;
@@ -217,11 +218,11 @@ int run(int argc, char** argv) {
   }
 
   const float grad_scale = 1.0f / float(N * p);
-  auto run_mode = [&](Mode& m) {
+  auto run_mode = [&](Mode &m) {
     double stats[2] = {0, 0};
     std::function<void(size_t)> hook;
     if (m.reducer && !m.staged) {
-      sq::GradReducer& r = *m.reducer;
+      sq::GradReducer &r = *m.reducer;
       if (m.big)
         hook = [&r, T](size_t o) { r.ready(size_t(uint64_t(o) * kAlexNetFloats / T)); };
       else
@@ -230,22 +231,26 @@ int run(int argc, char** argv) {
     step->launch(input.data(), labels.data(), keys.data(), N, grad_scale, hook);
     if (m.reducer && !m.staged) m.reducer->finish();
     step->finish(stats);
-    if (m.staged) step->reduce_through_host(step->host_staging(), [&](float*) { m.reducer->finish(); });
+    if (m.staged)
+      step->reduce_through_host(step->host_staging(), [&](float *) { m.reducer->finish(); });
     step->sgd(kLr, kMomentum, kWeightDecay);
   };
 
   if (root) {
-    std::printf("bench_ddp_gpu: %s, %d ranks (%d on host %s), GPU %d of %d (%s), local batch %d "
-                "(global %d), %zu parameters, bucket cap %g MiB; NCCL: %s; %d timed steps per mode "
-                "after %d warm-up, %zu modes interleaved\n",
-                args.config.c_str(), p, world.local_size, world.host.c_str(), gpu, gpus,
-                step->name().c_str(), N, N * p, T, args.bucket_mib,
-                nccl_comm ? "used" : nccl_note.c_str(), args.steps, args.warmup, modes.size());
+    std::printf(
+        "bench_ddp_gpu: %s, %d ranks (%d on host %s), GPU %d of %d "
+        "(%s), local batch %d "
+        "(global %d), %zu parameters, bucket cap %g MiB; NCCL: %s; %d "
+        "timed steps per mode "
+        "after %d warm-up, %zu modes interleaved\n",
+        args.config.c_str(), p, world.local_size, world.host.c_str(), gpu, gpus,
+        step->name().c_str(), N, N * p, T, args.bucket_mib, nccl_comm ? "used" : nccl_note.c_str(),
+        args.steps, args.warmup, modes.size());
     std::fflush(stdout);
   }
 
-  // ---- warm-up; its first round checks that the reduction happened --------------------------
-  auto agree = [&](const float* dev, size_t n) {
+  // ---- warm-up; its first round checks that the reduction happened ---------------------------
+  auto agree = [&](const float *dev, size_t n) {
     std::vector<float> h(n);
     SQ_CUDA(cudaStreamSynchronize(static_cast<cudaStream_t>(step->stream())));
     SQ_CUDA(cudaMemcpy(h.data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost));
@@ -256,11 +261,13 @@ int run(int argc, char** argv) {
   };
   bool all_ok = true;
   for (int w = 0; w < args.warmup; ++w)
-    for (auto& m : modes) {
+    for (auto &m : modes) {
       if (w == 0 && m->big) {
         const std::vector<float> fill(kAlexNetFloats, float(world.rank + 1));
         SQ_CUDA(cudaMemcpy(big.get(), fill.data(), kAlexNetFloats * sizeof(float),
-                                 cudaMemcpyHostToDevice));
+                           cudaMemcpyHostToDevice));
+        // (the legacy stream's copy and memset do not order the non-blocking streams' work)
+        SQ_CUDA(cudaDeviceSynchronize());
       }
       run_mode(*m);
       if (w > 0 || m->compute_only) continue;
@@ -269,13 +276,14 @@ int run(int argc, char** argv) {
         std::vector<float> h(kAlexNetFloats);
         SQ_CUDA(cudaStreamSynchronize(static_cast<cudaStream_t>(step->stream())));
         SQ_CUDA(cudaMemcpy(h.data(), big.get(), kAlexNetFloats * sizeof(float),
-                                 cudaMemcpyDeviceToHost));
+                           cudaMemcpyDeviceToHost));
         const float want = float(p) * float(p + 1) / 2.0f;
         ok = std::all_of(h.begin(), h.end(), [&](float v) { return v == want; });
         int mine = ok ? 1 : 0, all = 0;
         MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
         ok = all == 1;
         SQ_CUDA(cudaMemset(big.get(), 0, kAlexNetFloats * sizeof(float)));
+        SQ_CUDA(cudaDeviceSynchronize());
       } else if (p > 1) {
         ok = agree(step->device_grads(), T);
       }
@@ -284,17 +292,17 @@ int run(int argc, char** argv) {
       all_ok = all_ok && ok;
     }
 
-  // ---- timed rounds, interleaved, rotating order -------------------------------------------
+  // ---- timed rounds, interleaved, rotating order --------------------------------------------
   const size_t M = modes.size();
   for (int s = 0; s < args.steps; ++s)
     for (size_t k = 0; k < M; ++k) {
-      Mode& m = *modes[(k + size_t(s)) % M];
+      Mode &m = *modes[(k + size_t(s)) % M];
       MPI_Barrier(MPI_COMM_WORLD);
       const double t0 = MPI_Wtime();
       run_mode(m);
       m.step_s.push_back(MPI_Wtime() - t0);
     }
-  for (auto& m : modes) {
+  for (auto &m : modes) {
     std::vector<double> worst(m->step_s.size());
     MPI_Allreduce(m->step_s.data(), worst.data(), int(worst.size()), MPI_DOUBLE, MPI_MAX,
                   MPI_COMM_WORLD);
@@ -303,29 +311,43 @@ int run(int argc, char** argv) {
 
   if (root) {
     using sq::bench::median;
-    const std::vector<double>& tc = modes[0]->step_s;
+    const std::vector<double> &tc = modes[0]->step_s;
     const double tc_med = median(tc);
-    std::printf("\n| mode | median ms/step | min ms/step | img/s (all ranks) | exposed ms | "
-                "exposed ms, paired |\n|---|---:|---:|---:|---:|---:|\n");
+    std::printf(
+        "\n| mode | median ms/step | min ms/step | img/s (all ranks) | "
+        "exposed ms | "
+        "exposed ms, paired |\n|---|---:|---:|---:|---:|---:|\n");
     nlohmann::json rows = nlohmann::json::array();
-    for (auto& m : modes) {
+    for (auto &m : modes) {
       std::vector<double> diff;
       for (size_t s = 0; s < m->step_s.size(); ++s) diff.push_back(m->step_s[s] - tc[s]);
-      const double med = median(m->step_s), mn = *std::min_element(m->step_s.begin(), m->step_s.end());
+      const double med = median(m->step_s),
+                   mn = *std::min_element(m->step_s.begin(), m->step_s.end());
       const double exposed = med - tc_med, paired = median(diff);
       std::printf("| %s | %.3f | %.3f | %.0f | %.3f | %.3f |\n", m->name.c_str(), med * 1e3,
                   mn * 1e3, double(N) * p / med, exposed * 1e3, paired * 1e3);
-      rows.push_back({{"mode", m->name}, {"median_ms", med * 1e3}, {"min_ms", mn * 1e3},
-                      {"exposed_ms", exposed * 1e3}, {"exposed_paired_ms", paired * 1e3}});
+      rows.push_back({{"mode", m->name},
+                      {"median_ms", med * 1e3},
+                      {"min_ms", mn * 1e3},
+                      {"exposed_ms", exposed * 1e3},
+                      {"exposed_paired_ms", paired * 1e3}});
     }
-    std::printf("\ncorrectness (reduced gradients agree across ranks; AlexNet buffer = p(p+1)/2): "
-                "%s\n", all_ok ? "ok" : "FAILED");
+    std::printf(
+        "\ncorrectness (reduced gradients agree across ranks; AlexNet "
+        "buffer = p(p+1)/2): "
+        "%s\n",
+        all_ok ? "ok" : "FAILED");
     if (!args.json.empty()) {
-      const nlohmann::json j = {{"benchmark", "ddp_gpu"}, {"config", args.config},
-                                {"ranks", p},            {"local_batch", N},
-                                {"gpu", step->name()},   {"nccl", nccl_comm ? "used" : nccl_note},
-                                {"parameters", T},       {"bucket_mib", args.bucket_mib},
-                                {"steps", args.steps},   {"correct", all_ok},
+      const nlohmann::json j = {{"benchmark", "ddp_gpu"},
+                                {"config", args.config},
+                                {"ranks", p},
+                                {"local_batch", N},
+                                {"gpu", step->name()},
+                                {"nccl", nccl_comm ? "used" : nccl_note},
+                                {"parameters", T},
+                                {"bucket_mib", args.bucket_mib},
+                                {"steps", args.steps},
+                                {"correct", all_ok},
                                 {"rows", rows}};
       std::ofstream f(args.json);
       f << j.dump(1) << "\n";
