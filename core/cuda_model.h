@@ -46,6 +46,7 @@ class CudaModel {
   // each layer; layer_times() then waits and returns (layer name + " fwd"/" bwd", ms) in the
   // order run. Off by default (no events in a training step).
   void set_profiling(bool on);
+  bool profiling() const { return !prof_events_.empty(); }
   std::vector<std::pair<std::string, float>> layer_times();
 
   // Overwrites activation `id` of the last forward with host values (synchronous): --check-layers

@@ -7,8 +7,13 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <map>
 #include <optional>
+#include <string>
+#include <tuple>
+#include <utility>
 
 #include "core/cuda_model.h"
 #include "core/device_step.h"
@@ -77,14 +82,22 @@ class CudaStep final : public DeviceStep {
     cur_ = 1 - cur_;  // the slot prefetch() filled
     Slot& sl = slots_[cur_];
     SQ_CUDA(cudaStreamWaitEvent(stream_.s, sl.copied.get(), 0));
-    const float* logits = model_.forward(params_.get(), sl.input.get(), N, true, sl.keys.get());
-    cuda::softmax_xent(N, K_, logits, sl.labels.get(), grad_scale, dlogits_.get(), result_.get(),
-                       loss_ws_.get(), stream_.s);
-    model_.backward(params_.get(), dlogits_.get(), grads_.get(), N, sl.keys.get(), on_ready);
+    auto body = [&] {
+      const float* logits = model_.forward(params_.get(), sl.input.get(), N, true, sl.keys.get());
+      cuda::softmax_xent(N, K_, logits, sl.labels.get(), grad_scale, dlogits_.get(), result_.get(),
+                         loss_ws_.get(), stream_.s);
+      model_.backward(params_.get(), dlogits_.get(), grads_.get(), N, sl.keys.get(), on_ready);
+    };
+    if (graphs_ && !on_ready && cuda::conv_impl() == cuda::ConvImpl::kOwn && !model_.profiling())
+      SQ_CUDA(cudaGraphLaunch(graph_for(cur_, N, grad_scale, body), stream_.s));
+    else
+      body();
     SQ_CUDA(cudaEventRecord(sl.consumed.get(), stream_.s));  // the slot may be refilled now
     SQ_CUDA(cudaMemcpyAsync(host_result_.get(), result_.get(), 2 * sizeof(double),
                             cudaMemcpyDeviceToHost, stream_.s));
   }
+
+  void use_graphs(bool on) override { graphs_ = on; }
 
   void prefetch(const float* input, const int32_t* labels, const uint64_t* keys, int N) override {
     SQ_ASSERT(N >= 1 && N <= max_batch_, "batch ", N, " outside [1, ", max_batch_, "]");
@@ -195,6 +208,29 @@ class CudaStep final : public DeviceStep {
     cuda::PinnedBuffer<uint64_t> host_keys;
     cuda::Event copied, consumed;
   };
+  // The step body's graph for this slot, batch, loss scale and precision, captured from the
+  // compute stream on first use. The body's kernels read the slot's device buffers (the batch,
+  // the dropout keys) and the flat buffers, whose addresses never change, so a replay computes
+  // what the launches would.
+  cudaGraphExec_t graph_for(int slot, int N, float grad_scale, const std::function<void()>& body) {
+    const auto key = std::make_tuple(slot, N, grad_scale, int(cuda::conv_math()));
+    auto it = graphs_by_key_.find(key);
+    if (it != graphs_by_key_.end()) return it->second.exec;
+    Graph g;
+    SQ_CUDA(cudaStreamBeginCapture(stream_.s, cudaStreamCaptureModeThreadLocal));
+    try {
+      body();
+    } catch (...) {
+      cudaGraph_t broken = nullptr;
+      cudaStreamEndCapture(stream_.s, &broken);  // leave the stream usable; the error is thrown
+      if (broken) cudaGraphDestroy(broken);
+      throw;
+    }
+    SQ_CUDA(cudaStreamEndCapture(stream_.s, &g.graph));
+    SQ_CUDA(cudaGraphInstantiate(&g.exec, g.graph, 0));
+    return graphs_by_key_.emplace(key, std::move(g)).first->second.exec;
+  }
+
   void read_result(double* stats) {
     SQ_CUDA(cudaMemcpyAsync(host_result_.get(), result_.get(), 2 * sizeof(double), cudaMemcpyDeviceToHost,
                             stream_.s));
@@ -202,6 +238,18 @@ class CudaStep final : public DeviceStep {
     stats[0] += host_result_.get()[0];
     stats[1] += host_result_.get()[1];
   }
+
+  struct Graph {  // a captured step body and its executable form
+    Graph() = default;
+    Graph(Graph&& o) noexcept : graph(std::exchange(o.graph, nullptr)), exec(std::exchange(o.exec, nullptr)) {}
+    Graph& operator=(Graph&&) = delete;
+    ~Graph() {
+      if (exec) cudaGraphExecDestroy(exec);
+      if (graph) cudaGraphDestroy(graph);
+    }
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+  };
 
   std::string name_;
   int device_;
@@ -217,6 +265,12 @@ class CudaStep final : public DeviceStep {
   int cur_ = 1;          // the slot of the last launched step; prefetch() fills the other
   int prefetched_ = -1;  // N of the batch waiting in slot 1 - cur_, or -1
   bool pending_ = false;  // a launched step's stats are on their way to host_result_
+  bool graphs_ = [] {
+    const char* e = std::getenv("SQUEEZE_CUDA_GRAPH");
+    return e && std::string(e) == "1";
+  }();
+  // Declared last: destroyed first, before the buffers and streams they use.
+  std::map<std::tuple<int, int, float, int>, Graph> graphs_by_key_;
 };
 
 }  // namespace

@@ -42,6 +42,12 @@ class DeviceStep {
   // flight; the next launch(nullptr, ...) waits for that copy on the device, not the host.
   virtual void prefetch(const float* input, const int32_t* labels, const uint64_t* keys, int N) = 0;
   virtual void finish(double* stats) = 0;
+  // Replay each step's forward, loss and backward as a CUDA graph, captured once per staging
+  // slot, batch size, loss scale and convolution precision: one launch per step instead of some
+  // hundreds. Only where nothing runs on the host during the step (no readiness hook, own
+  // convolutions, no layer profiling); elsewhere the step launches its kernels as before.
+  // Default: the SQUEEZE_CUDA_GRAPH environment variable (=1 on; opt-in, docs/KERNELS.md).
+  virtual void use_graphs(bool on) = 0;
   virtual float* device_grads() = 0;  // the flat gradient buffer on the device
   virtual float* device_params() = 0;
   virtual float* device_momentum() = 0;

@@ -19,7 +19,8 @@
 #            step profiles of squeezenet1.0 and the Fashion-MNIST configuration; then the
 #            Fire, convolution and training sections again with SQUEEZE_IGEMM_WIDE=1 (the opt-in
 #            8x8-share tiles, v5), and with SQUEEZE_IGEMM_WARPS=4x8 (v6; SQUEEZE_IGEMM_PREFETCH=0
-#            selects the v3 schedule the same way)
+#            selects the v3 schedule the same way); the training section with
+#            SQUEEZE_CUDA_GRAPH=1 (the step as CUDA graphs)
 #   pytorch  bench/pytorch_gpu.py: PyTorch eager and torch.compile on the same GPU
 #   sanitize compute-sanitizer memcheck over small GPU training steps (every kernel of a model)
 #            and the compression constraints' kernels
@@ -127,6 +128,9 @@ for phase in $phases; do
     # ... and with the fp32 kernel's 4 x 8 warp layout (v6, opt-in), same run.
     SQUEEZE_IGEMM_WARPS=4x8 run "bench_gpu, 4x8 warps (Fire, convolutions, training)" \
       $B/bench_gpu --reps 20 --sections 1,1b,2 --json "$OUT/bench_gpu_warps.json"
+    # ... and the training step replayed as CUDA graphs (opt-in), same run.
+    SQUEEZE_CUDA_GRAPH=1 run "bench_gpu, CUDA graphs (training)" \
+      $B/bench_gpu --reps 20 --sections 2 --json "$OUT/bench_gpu_graph.json"
     ;;
   pytorch)
     PYTHONUNBUFFERED=1 run pytorch_gpu python3 bench/pytorch_gpu.py --steps 20 \

@@ -524,6 +524,54 @@ TEST(CudaModel, TrainingStepsFollowTheCpu) {
 // The pipelined step (the next batch prefetched on the copy stream while a step runs, an
 // evaluation in between) computes exactly what the plain step computes on the same batches, and
 // prefetch() has copied the batch out before it returns (the host buffer is poisoned after).
+// The step replayed as CUDA graphs (one per slot, batch and loss scale) against the step
+// launched kernel by kernel: the same losses and parameters, bit for bit, over steps that
+// alternate the staging slots, a smaller last batch (a second graph), an evaluation in between
+// and a precision switch (a graph captured under fp32 must not serve tf32).
+TEST(CudaStep, GraphReplayGivesTheSameStepsBitForBit) {
+  REQUIRE_GPU();
+  ModelConfig cfg = preset("squeezenet1.1");
+  cfg.stem = Stem::kSmall;
+  cfg.in_c = 1, cfg.in_h = 28, cfg.in_w = 28, cfg.num_classes = 10;
+  const int N = 13, steps = 7;
+  const size_t per = 28 * 28;
+  Model host(cfg, 1);
+  std::vector<float> p(host.layout().total), v(p.size(), 0.0f);
+  host.init_params(p.data(), "torchvision", 5);
+  auto eager = make_cuda_step(cfg, N, 0), graphed = make_cuda_step(cfg, N, 0);
+  eager->use_graphs(false);
+  graphed->use_graphs(true);
+  eager->upload(p.data(), v.data());
+  graphed->upload(p.data(), v.data());
+  for (int s = 0; s < steps; ++s) {
+    const int n = s == steps - 1 ? 6 : N;  // the last batch is smaller
+    if (s == 4) cuda::set_conv_math(cuda::ConvMath::kTf32);
+    const std::vector<float> x = randn(per * size_t(n));
+    std::vector<int32_t> y(n);
+    std::vector<uint64_t> k(n);
+    for (int i = 0; i < n; ++i) y[i] = int32_t(rng()() % 10), k[i] = rng()();
+    double a[2] = {0, 0}, b[2] = {0, 0};
+    eager->forward_backward(x.data(), y.data(), k.data(), n, 1.0f / float(n), a);
+    eager->sgd(0.05f, 0.9f, 2e-4f);
+    graphed->forward_backward(x.data(), y.data(), k.data(), n, 1.0f / float(n), b);
+    graphed->sgd(0.05f, 0.9f, 2e-4f);
+    EXPECT_EQ(a[0], b[0]) << "loss of step " << s;
+    EXPECT_EQ(a[1], b[1]) << "correct of step " << s;
+    if (s == 2) {
+      double ea[2] = {0, 0}, eb[2] = {0, 0};
+      eager->evaluate_batch(x.data(), y.data(), n, ea);
+      graphed->evaluate_batch(x.data(), y.data(), n, eb);
+      EXPECT_EQ(ea[0], eb[0]);
+    }
+  }
+  cuda::set_conv_math(cuda::ConvMath::kFp32);
+  std::vector<float> pa(p.size()), pb(p.size());
+  eager->download(pa.data(), nullptr);
+  graphed->download(pb.data(), nullptr);
+  EXPECT_EQ(pa, pb);
+  EXPECT_NE(pa, p) << "the steps changed nothing";
+}
+
 TEST(CudaStep, PrefetchedBatchesGiveTheSameStepsBitForBit) {
   REQUIRE_GPU();
   ModelConfig cfg = preset("squeezenet1.1");
