@@ -71,6 +71,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_configs.h"
 #include "comm/communicator.h"
 #include "comm/mpi.h"
 #include "comm/reducer.h"
@@ -162,18 +163,6 @@ Args parse(int argc, char** argv) {
   return a;
 }
 
-sq::ModelConfig model_config(const std::string& name) {
-  if (name == "fmnist") {  // as bench/bench_step.cpp
-    sq::ModelConfig fm = sq::preset("squeezenet1.0");
-    fm.stem = sq::Stem::kSmall;
-    fm.in_c = 1;
-    fm.in_h = fm.in_w = 28;
-    fm.num_classes = 10;
-    return fm;
-  }
-  return sq::preset(name);  // throws for unknown names
-}
-
 size_t cap_floats(double mib) { return size_t(mib * 1048576.0 / 4); }
 
 using sq::bench::median;
@@ -210,7 +199,7 @@ int run(int argc, char** argv) {
   auto nb_comm = sq::make_mpi_communicator(sq::MpiProgress::kNonblocking);
 
   // ---- the step's state (as bench/bench_step.cpp), per rank different data ----------------
-  const sq::ModelConfig cfg = model_config(args.config);
+  const sq::ModelConfig cfg = sq::bench::model_config(args.config);
   const int N = args.local_batch, K = cfg.num_classes;
   sq::Model model(cfg, N);
   const size_t T = model.layout().total;
@@ -371,12 +360,7 @@ int run(int argc, char** argv) {
   }
 
   // ---- warm-up, with the correctness checks in its first round --------------------------------
-  auto agree = [&](const float* x, size_t n) {
-    const uint64_t c = sq::checksum(x, n);
-    std::vector<uint64_t> all(static_cast<size_t>(p));
-    MPI_Allgather(&c, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD);
-    return std::all_of(all.begin(), all.end(), [&](uint64_t v) { return v == all[0]; });
-  };
+  auto agree = [&](const float* x, size_t n) { return sq::bench::same_on_all_ranks(x, n); };
   bool all_ok = true;
   std::vector<std::string> check_lines;
   for (int w = 0; w < args.warmup; ++w) {

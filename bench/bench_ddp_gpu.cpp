@@ -43,6 +43,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_configs.h"
 #include "comm/communicator.h"
 #include "comm/mpi.h"
 #include "comm/reducer.h"
@@ -73,7 +74,7 @@ struct Args {
   std::string json;
 };
 
-Args parse(int argc, char **argv) {
+Args parse(int argc, char** argv) {
   Args a;
   for (int i = 1; i < argc; ++i) {
     const std::string s = argv[i];
@@ -104,18 +105,6 @@ Args parse(int argc, char **argv) {
   return a;
 }
 
-sq::ModelConfig model_config(const std::string &name) {
-  if (name == "fmnist") {  // as bench/bench_gpu.cpp
-    sq::ModelConfig fm = sq::preset("squeezenet1.0");
-    fm.stem = sq::Stem::kSmall;
-    fm.in_c = 1;
-    fm.in_h = fm.in_w = 28;
-    fm.num_classes = 10;
-    return fm;
-  }
-  return sq::preset(name);
-}
-
 struct Mode {
   std::string name;
   bool compute_only = false, big = false, staged = false, overlap = false;
@@ -123,7 +112,7 @@ struct Mode {
   std::vector<double> step_s;  // this rank's, then the max over ranks
 };
 
-int run(int argc, char **argv) {
+int run(int argc, char** argv) {
   const sq::MpiWorld world = sq::mpi_init(&argc, &argv);
   const Args args = parse(argc, argv);
   const bool root = world.rank == 0;
@@ -152,7 +141,7 @@ int run(int argc, char **argv) {
   }
 #endif
 
-  const sq::ModelConfig cfg = model_config(args.config);
+  const sq::ModelConfig cfg = sq::bench::model_config(args.config);
   const int N = args.local_batch, K = cfg.num_classes;
   sq::Model host(cfg, 1);
   const size_t T = host.layout().total;
@@ -168,9 +157,9 @@ int run(int argc, char **argv) {
   {
     std::mt19937 rng(1234 + 7919 * unsigned(world.rank));
     std::normal_distribution<float> nd(0.0f, 1.0f);
-    for (float &x : input) x = nd(rng);
+    for (float& x : input) x = nd(rng);
     std::uniform_int_distribution<int> ud(0, K - 1);
-    for (int32_t &l : labels) l = ud(rng);
+    for (int32_t& l : labels) l = ud(rng);
   }
 
   const size_t cap = size_t(args.bucket_mib * 1048576.0 / 4);
@@ -218,11 +207,11 @@ int run(int argc, char **argv) {
   }
 
   const float grad_scale = 1.0f / float(N * p);
-  auto run_mode = [&](Mode &m) {
+  auto run_mode = [&](Mode& m) {
     double stats[2] = {0, 0};
     std::function<void(size_t)> hook;
     if (m.reducer && !m.staged) {
-      sq::GradReducer &r = *m.reducer;
+      sq::GradReducer& r = *m.reducer;
       if (m.big)
         hook = [&r, T](size_t o) { r.ready(size_t(uint64_t(o) * kAlexNetFloats / T)); };
       else
@@ -232,7 +221,7 @@ int run(int argc, char **argv) {
     if (m.reducer && !m.staged) m.reducer->finish();
     step->finish(stats);
     if (m.staged)
-      step->reduce_through_host(step->host_staging(), [&](float *) { m.reducer->finish(); });
+      step->reduce_through_host(step->host_staging(), [&](float*) { m.reducer->finish(); });
     step->sgd(kLr, kMomentum, kWeightDecay);
   };
 
@@ -250,18 +239,15 @@ int run(int argc, char **argv) {
   }
 
   // ---- warm-up; its first round checks that the reduction happened ---------------------------
-  auto agree = [&](const float *dev, size_t n) {
+  auto agree = [&](const float* dev, size_t n) {
     std::vector<float> h(n);
     SQ_CUDA(cudaStreamSynchronize(static_cast<cudaStream_t>(step->stream())));
     SQ_CUDA(cudaMemcpy(h.data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost));
-    const uint64_t c = sq::checksum(h.data(), n);
-    std::vector<uint64_t> all(static_cast<size_t>(p));
-    MPI_Allgather(&c, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD);
-    return std::all_of(all.begin(), all.end(), [&](uint64_t v) { return v == all[0]; });
+    return sq::bench::same_on_all_ranks(h.data(), n);
   };
   bool all_ok = true;
   for (int w = 0; w < args.warmup; ++w)
-    for (auto &m : modes) {
+    for (auto& m : modes) {
       if (w == 0 && m->big) {
         const std::vector<float> fill(kAlexNetFloats, float(world.rank + 1));
         SQ_CUDA(cudaMemcpy(big.get(), fill.data(), kAlexNetFloats * sizeof(float),
@@ -296,13 +282,13 @@ int run(int argc, char **argv) {
   const size_t M = modes.size();
   for (int s = 0; s < args.steps; ++s)
     for (size_t k = 0; k < M; ++k) {
-      Mode &m = *modes[(k + size_t(s)) % M];
+      Mode& m = *modes[(k + size_t(s)) % M];
       MPI_Barrier(MPI_COMM_WORLD);
       const double t0 = MPI_Wtime();
       run_mode(m);
       m.step_s.push_back(MPI_Wtime() - t0);
     }
-  for (auto &m : modes) {
+  for (auto& m : modes) {
     std::vector<double> worst(m->step_s.size());
     MPI_Allreduce(m->step_s.data(), worst.data(), int(worst.size()), MPI_DOUBLE, MPI_MAX,
                   MPI_COMM_WORLD);
@@ -311,14 +297,14 @@ int run(int argc, char **argv) {
 
   if (root) {
     using sq::bench::median;
-    const std::vector<double> &tc = modes[0]->step_s;
+    const std::vector<double>& tc = modes[0]->step_s;
     const double tc_med = median(tc);
     std::printf(
         "\n| mode | median ms/step | min ms/step | img/s (all ranks) | "
         "exposed ms | "
         "exposed ms, paired |\n|---|---:|---:|---:|---:|---:|\n");
     nlohmann::json rows = nlohmann::json::array();
-    for (auto &m : modes) {
+    for (auto& m : modes) {
       std::vector<double> diff;
       for (size_t s = 0; s < m->step_s.size(); ++s) diff.push_back(m->step_s[s] - tc[s]);
       const double med = median(m->step_s),

@@ -27,6 +27,7 @@ int main() {
 #include <string>
 #include <vector>
 
+#include "bench/bench_configs.h"
 #include "core/config.h"
 #include "core/cuda_model.h"
 #include "core/device_step.h"
@@ -86,13 +87,6 @@ double host_ms(int reps, const std::function<void()>& fn) {
   SQ_CUDA(cudaDeviceSynchronize());
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
-}
-
-ModelConfig fmnist_config() {
-  ModelConfig c = preset("squeezenet1.0");
-  c.stem = Stem::kSmall;
-  c.in_c = 1, c.in_h = 28, c.in_w = 28, c.num_classes = 10;
-  return c;
 }
 
 }  // namespace
@@ -275,7 +269,7 @@ int main(int argc, char** argv) {
       std::vector<std::pair<std::string, ModelConfig>> cfgs = {
           {"squeezenet1.0 224x224", preset("squeezenet1.0")},
           {"squeezenet1.1 224x224", preset("squeezenet1.1")},
-          {"fmnist (1.0, small stem, 28x28)", fmnist_config()}};
+          {"fmnist (1.0, small stem, 28x28)", bench::fmnist_config()}};
       for (const auto& [name, cfg] : cfgs) {
         std::printf("| %s |", name.c_str());
         nlohmann::json row = {{"config", name}};
@@ -383,7 +377,7 @@ int main(int argc, char** argv) {
       }
     };
     if (want("3")) profile_layers("squeezenet1.0", preset("squeezenet1.0"), "layers");
-    if (want("3f")) profile_layers("fmnist (1.0, small stem, 28x28)", fmnist_config(), "layers_fmnist");
+    if (want("3f")) profile_layers("fmnist (1.0, small stem, 28x28)", bench::fmnist_config(), "layers_fmnist");
 
     cuda::set_conv_impl(cuda::ConvImpl::kOwn);
     cuda::set_conv_math(cuda::ConvMath::kFp32);

@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_configs.h"
 #include "core/config.h"
 #include "core/model.h"
 #include "core/rng.h"
@@ -56,12 +57,7 @@ std::vector<BenchConfig> bench_configs() {
   std::vector<BenchConfig> v;
   v.push_back({"squeezenet1.0", sq::preset("squeezenet1.0")});
   v.push_back({"squeezenet1.1", sq::preset("squeezenet1.1")});
-  ModelConfig fm = sq::preset("squeezenet1.0");
-  fm.stem = sq::Stem::kSmall;
-  fm.in_c = 1;
-  fm.in_h = fm.in_w = 28;
-  fm.num_classes = 10;
-  v.push_back({"fmnist", fm});
+  v.push_back({"fmnist", sq::bench::fmnist_config()});
   return v;
 }
 

@@ -8,6 +8,11 @@
 #include <vector>
 
 #ifdef SQUEEZE_HAVE_MPI
+#include <mpi.h>
+
+#include <cstdint>
+
+#include "comm/communicator.h"
 #include "comm/mpi.h"
 #endif
 
@@ -18,6 +23,18 @@ inline double median(std::vector<double> v) {
   const size_t n = v.size();
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
+
+#ifdef SQUEEZE_HAVE_MPI
+// Whether x[0..n) is bitwise the same on every rank (a checksum compared over MPI_COMM_WORLD).
+inline bool same_on_all_ranks(const float* x, size_t n) {
+  const uint64_t c = checksum(x, n);
+  int p = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &p);
+  std::vector<uint64_t> all(static_cast<size_t>(p));
+  MPI_Allgather(&c, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD);
+  return std::all_of(all.begin(), all.end(), [&](uint64_t v) { return v == all[0]; });
+}
+#endif
 
 }  // namespace sq::bench
 
