@@ -473,12 +473,20 @@ TEST(CudaModel, EveryLayerMatchesTheCpuModel) {
   }
 }
 
-// Several SGD steps on the GPU (model, loss, fused update) against the same steps on the CPU.
-TEST(CudaModel, TrainingStepsFollowTheCpu) {
-  REQUIRE_GPU();
+namespace {
+// squeezenet1.1 with the small stem on 1x28x28 and 10 classes: the small model of the step tests.
+ModelConfig small_11() {
   ModelConfig cfg = preset("squeezenet1.1");
   cfg.stem = Stem::kSmall;
   cfg.in_c = 1, cfg.in_h = 28, cfg.in_w = 28, cfg.num_classes = 10;
+  return cfg;
+}
+}  // namespace
+
+// Several SGD steps on the GPU (model, loss, fused update) against the same steps on the CPU.
+TEST(CudaModel, TrainingStepsFollowTheCpu) {
+  REQUIRE_GPU();
+  const ModelConfig cfg = small_11();
   const int N = 17, K = 10, steps = 4;
   Model cpu(cfg, N);
   CudaModel gpu(cfg, N);
@@ -521,18 +529,13 @@ TEST(CudaModel, TrainingStepsFollowTheCpu) {
   expect_close(V.download(), to_double(v), 1e-4, "momentum after the steps");
 }
 
-// The pipelined step (the next batch prefetched on the copy stream while a step runs, an
-// evaluation in between) computes exactly what the plain step computes on the same batches, and
-// prefetch() has copied the batch out before it returns (the host buffer is poisoned after).
 // The step replayed as CUDA graphs (one per slot, batch and loss scale) against the step
 // launched kernel by kernel: the same losses and parameters, bit for bit, over steps that
 // alternate the staging slots, a smaller last batch (a second graph), an evaluation in between
 // and a precision switch (a graph captured under fp32 must not serve tf32).
 TEST(CudaStep, GraphReplayGivesTheSameStepsBitForBit) {
   REQUIRE_GPU();
-  ModelConfig cfg = preset("squeezenet1.1");
-  cfg.stem = Stem::kSmall;
-  cfg.in_c = 1, cfg.in_h = 28, cfg.in_w = 28, cfg.num_classes = 10;
+  const ModelConfig cfg = small_11();
   const int N = 13, steps = 7;
   const size_t per = 28 * 28;
   Model host(cfg, 1);
@@ -572,11 +575,12 @@ TEST(CudaStep, GraphReplayGivesTheSameStepsBitForBit) {
   EXPECT_NE(pa, p) << "the steps changed nothing";
 }
 
+// The pipelined step (the next batch prefetched on the copy stream while a step runs, an
+// evaluation in between) computes exactly what the plain step computes on the same batches, and
+// prefetch() has copied the batch out before it returns (the host buffer is poisoned after).
 TEST(CudaStep, PrefetchedBatchesGiveTheSameStepsBitForBit) {
   REQUIRE_GPU();
-  ModelConfig cfg = preset("squeezenet1.1");
-  cfg.stem = Stem::kSmall;
-  cfg.in_c = 1, cfg.in_h = 28, cfg.in_w = 28, cfg.num_classes = 10;
+  const ModelConfig cfg = small_11();
   const int N = 13, steps = 5;
   const size_t per = 28 * 28;
   Model host(cfg, 1);
