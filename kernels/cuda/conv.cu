@@ -5,10 +5,8 @@
 //   backward data  dX (C x N*H*W) = W^T (C x K*R*S) * "col"(dZ)        (stride-aware gather)
 //   backward wts   dW (K x C*R*S) += dZ (K x N*P*Q) * col(X)^T         (split-K, fixed-order sum)
 // This is the portable fp32 baseline the fused Fire kernels and the tensor-core path are measured
-// against; its time against cuDNN is recorded in docs/BENCHMARKS.md once a GPU is lent.
+// against; its time against cuDNN is in docs/BENCHMARKS.md ("GPU").
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 
 #include "core/error.h"
 #include "kernels/cuda/common.cuh"
@@ -29,27 +27,18 @@ Geo geo_of(const ConvGeom& g) {
 ConvMath g_math = ConvMath::kFp32;
 // The tile kernels' register prefetch (igemm_kernel.cuh), on unless SQUEEZE_IGEMM_PREFETCH=0: the
 // switch lets one GPU run measure both schedules (docs/KERNELS.md, v4).
-const bool g_prefetch = [] {
-  const char* e = std::getenv("SQUEEZE_IGEMM_PREFETCH");
-  return !(e && std::string(e) == "0");
-}();
+const bool g_prefetch = !env_is("SQUEEZE_IGEMM_PREFETCH", "0");
 
 // The 8x8-share tiles (128x128, 64x256; igemm_kernel.cuh, docs/KERNELS.md v5), only with
 // SQUEEZE_IGEMM_WIDE=1: on the H200 they were slower than v4's 4x4-share tiles almost everywhere
 // (fire6's expand 3x3 forward 1.05 against 0.67 ms, the Fashion-MNIST step 16.0k against 22.0k
 // img/s): at 170-250 registers a thread only one block of 8 warps fits an SM. Kept, tested on
 // the CPU and on the GPU, for the tuning that would make them pay (two blocks per SM).
-const bool g_wide = [] {
-  const char* e = std::getenv("SQUEEZE_IGEMM_WIDE");
-  return e && std::string(e) == "1";
-}();
+const bool g_wide = env_is("SQUEEZE_IGEMM_WIDE", "1");
 
 // The fp32 kernel's warps as 4 x 8 shares (igemm_kernel.cuh), only with SQUEEZE_IGEMM_WARPS=4x8:
 // not yet measured on a GPU (docs/KERNELS.md, v6).
-const bool g_square_warps = [] {
-  const char* e = std::getenv("SQUEEZE_IGEMM_WARPS");
-  return e && std::string(e) == "4x8";
-}();
+const bool g_square_warps = env_is("SQUEEZE_IGEMM_WARPS", "4x8");
 
 // The fp32 block tile. M <= 32: the narrowest one that holds all M rows (16x256, 32x128, 4x4
 // shares), so that one row of tiles reads the B operand (the expensive im2col gather) once; on
@@ -62,12 +51,16 @@ const bool g_square_warps = [] {
 struct Tile {
   int m, n;
 };
-Tile pick_tile(int M, int N) {
-  if (M <= 16) return {16, 256};
-  if (M <= 32) return {32, 128};
+// Without SQUEEZE_IGEMM_WIDE=1: 64x64.
+Tile wide_tile(int M, int N) {
   if (!g_wide) return {64, 64};
   if (M <= 64 || (M % 128 == 64)) return N >= 1024 ? Tile{64, 256} : Tile{64, 64};
   return N >= 128 ? Tile{128, 128} : Tile{64, 64};
+}
+Tile pick_tile(int M, int N) {
+  if (M <= 16) return {16, 256};
+  if (M <= 32) return {32, 128};
+  return wide_tile(M, N);
 }
 
 template <bool kPrefetch, class Op>
@@ -86,17 +79,10 @@ void launch_fp32(const Op& op, int splits, int chunk, cudaStream_t s) {
     igemm_kernel<Op, 64, 64, kPrefetch><<<grid, kGemmThreads, 0, s>>>(op, chunk, g_square_warps);
 }
 
-// The tensor-core block tile: 64x64, or with SQUEEZE_IGEMM_WIDE=1 the fp32 rule's wide tiles
-// (128x128, 64x256; a product of at most 32 rows takes 64x256 too: the warp grid is 4 x 2).
-Tile pick_tc_tile(int M, int N) {
-  if (!g_wide) return {64, 64};
-  if (M <= 64 || (M % 128 == 64)) return N >= 1024 ? Tile{64, 256} : Tile{64, 64};
-  return N >= 128 ? Tile{128, 128} : Tile{64, 64};
-}
-
 template <class Prec, bool kPrefetch, class Op>
 void launch_tc_tile(const Op& op, int splits, int chunk, cudaStream_t s) {
-  const Tile t = pick_tc_tile(op.M, op.N);
+  // 64x64, or the fp32 rule's wide tiles for every M (the warp grid is 4 x 2: no narrow tiles).
+  const Tile t = wide_tile(op.M, op.N);
   const dim3 grid((op.N + t.n - 1) / t.n, (op.M + t.m - 1) / t.m, splits);
   if (t.m == 128)
     igemm_tc_kernel<Op, Prec, kPrefetch, 128, 128><<<grid, kGemmThreads, 0, s>>>(op, chunk);

@@ -27,6 +27,9 @@ void check(cudaError_t e, const char* what, const char* file, int line);
 
 // Number of usable GPUs; 0 with the reason in *why (no driver, no device, ...).
 int device_count(std::string* why);
+// Whether environment variable `name` is set to exactly `value`: the experimental switches
+// (SQUEEZE_IGEMM_*, SQUEEZE_CUDA_GRAPH; docs/KERNELS.md).
+bool env_is(const char* name, const char* value);
 // Selects `device` and checks that this build has code for it; throws sq::Error naming the GPU,
 // its compute capability and the architectures built, or why there is no GPU.
 void use_device(int device);

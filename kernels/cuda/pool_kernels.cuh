@@ -25,8 +25,8 @@ struct Window {
 
 // Flat index (within the plane) of window (p, q)'s first maximum; its value in *best.
 template <int K, int S>
-__device__ inline int window_argmax(const PoolArgs& a, const float* xp, int p, int q, float* best) {
-  const Window<K, S> win(a);
+__device__ inline int window_argmax(const PoolArgs& a, const Window<K, S>& win, const float* xp,
+                                    int p, int q, float* best) {
   const int h0 = max(p * win.stride - a.pad, 0), h1 = min(p * win.stride - a.pad + win.k, a.H);
   const int w0 = max(q * win.stride - a.pad, 0), w1 = min(q * win.stride - a.pad + win.k, a.W);
   int arg = h0 * a.W + w0;
@@ -60,7 +60,7 @@ __global__ void maxpool_forward_kernel(PoolArgs a, const float* x, float* y, uin
     const int p = int(pq / unsigned(a.Q)), q = int(pq - unsigned(p) * unsigned(a.Q));
     const size_t i = size_t(plane) * PQ + pq;
     float m;
-    const int arg = window_argmax<K, S>(a, x + size_t(plane) * a.H * a.W, p, q, &m);
+    const int arg = window_argmax(a, win, x + size_t(plane) * a.H * a.W, p, q, &m);
     y[i] = m;
     if (argmax) {
       const int r = arg / a.W - (p * win.stride - a.pad), c = arg % a.W - (q * win.stride - a.pad);

@@ -1,6 +1,8 @@
 // CUDA runtime helpers: checked calls, device discovery, and a clear error for "no GPU" or
 // "a GPU this build has no code for".
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 
 #include "core/error.h"
 #include "kernels/cuda/common.cuh"
@@ -21,6 +23,11 @@ __global__ void probe_kernel(int* x) {
 void check(cudaError_t e, const char* what, const char* file, int line) {
   if (e == cudaSuccess) return;
   fail(file, ":", line, ": ", what, ": ", cudaGetErrorName(e), " (", cudaGetErrorString(e), ")");
+}
+
+bool env_is(const char* name, const char* value) {
+  const char* e = std::getenv(name);
+  return e && std::strcmp(e, value) == 0;
 }
 
 int device_count(std::string* why) {
