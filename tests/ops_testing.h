@@ -1,6 +1,6 @@
-// Shared helpers of the op tests (test_ops.cpp, test_fire.cpp, test_pool.cpp): random data,
-// naive reference convolutions, a central finite-difference gradient checker and workspace
-// guards. The naive code here is deliberately independent of kernels/cpu (direct loops).
+// Shared helpers of the op tests (test_ops.cpp, test_fire.cpp, test_pool.cpp; the random data of
+// test_cuda_ops.cpp and test_kernels_on_cpu.cpp): random data, naive reference convolutions, a
+// central finite-difference gradient checker and workspace guards. The naive code here is deliberately independent of kernels/cpu (direct loops).
 #pragma once
 #include <gtest/gtest.h>
 
@@ -26,6 +26,15 @@ std::vector<T> random_vec(size_t n, uint64_t seed, double lo = -1.0, double hi =
     do e = static_cast<T>(dist(gen));
     while (e == T(0));
   }
+  return v;
+}
+
+// Normal with standard deviation `scale`, drawn from gen in order.
+template <class Gen>
+std::vector<float> normal_vec(size_t n, Gen& gen, float scale = 1.0f) {
+  std::normal_distribution<float> nd(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = nd(gen);
   return v;
 }
 

@@ -16,14 +16,15 @@
 #include <tuple>
 #include <vector>
 
+#include "comm/communicator.h"
 #include "core/compress.h"
 #include "core/config.h"
 #include "core/error.h"
 #include "core/model.h"
 #include "core/rng.h"
 #include "core/trainer.h"
-#include "comm/communicator.h"
 #include "kernels/ops.h"
+#include "tests/ops_testing.h"
 
 #ifdef SQUEEZE_HAVE_CUDA
 #include "core/cuda_model.h"
@@ -58,10 +59,7 @@ std::mt19937& rng() {
   return r;
 }
 std::vector<float> randn(size_t n, float scale = 1.0f) {
-  std::normal_distribution<float> nd(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = nd(rng());
-  return v;
+  return testing_ops::normal_vec(n, rng(), scale);
 }
 std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
 

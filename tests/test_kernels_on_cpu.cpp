@@ -16,6 +16,7 @@
 #include "core/compress.h"
 #include "core/config.h"
 #include "core/model.h"
+#include "tests/ops_testing.h"
 #include "tests/simt_host.h"
 #include "kernels/cuda/compress_kernels.cuh"
 #include "kernels/cuda/dropout_kernels.cuh"
@@ -34,10 +35,7 @@ std::mt19937& rng() {
   return r;
 }
 std::vector<float> randn(size_t n, float scale = 1.0f) {
-  std::normal_distribution<float> nd(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = nd(rng());
-  return v;
+  return testing_ops::normal_vec(n, rng(), scale);
 }
 
 ModelConfig small_model() {  // every kind of weight tensor, a few thousand parameters each
