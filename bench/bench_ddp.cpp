@@ -66,12 +66,12 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "bench/bench_configs.h"
+#include "bench/ddp_args.h"
 #include "comm/communicator.h"
 #include "comm/mpi.h"
 #include "comm/reducer.h"
@@ -84,21 +84,10 @@
 
 namespace {
 
-constexpr float kLr = 0.01f, kMomentum = 0.9f, kWeightDecay = 2e-4f;
-constexpr size_t kAlexNetFloats = 61100840;
-constexpr size_t kAlexNetBoundary = 1u << 16;  // uniform "tensor" boundaries of the big buffer
-
-struct Args {
-  std::string config = "fmnist";
-  int local_batch = 64;
-  int steps = 10;
-  int warmup = 2;
-  double bucket_mib = 1.0;
-  int threads = -1;  // -1: cores / local ranks
-  std::vector<double> sweep;
-  bool alexnet = true;
-  std::string json;
-};
+using sq::bench::kAlexNetFloats;
+using sq::bench::kLr;
+using sq::bench::kMomentum;
+using sq::bench::kWeightDecay;
 
 [[noreturn]] void usage_exit() {
   int r = 0;
@@ -111,56 +100,6 @@ struct Args {
         "       [--sweep-buckets 0,0.25,...] [--no-alexnet] [--json FILE]\n");
   sq::mpi_finalize();
   std::exit(0);
-}
-
-Args parse(int argc, char** argv) {
-  Args a;
-  for (int i = 1; i < argc; ++i) {
-    std::string s = argv[i], v;
-    const auto eq = s.find('=');
-    bool has_eq = s.rfind("--", 0) == 0 && eq != std::string::npos;
-    if (has_eq) {
-      v = s.substr(eq + 1);
-      s = s.substr(0, eq);
-    }
-    auto val = [&]() -> std::string {
-      if (has_eq) return v;
-      if (i + 1 >= argc) sq::fail(s, " needs a value");
-      return argv[++i];
-    };
-    if (s == "--config")
-      a.config = val();
-    else if (s == "--local-batch")
-      a.local_batch = std::stoi(val());
-    else if (s == "--steps")
-      a.steps = std::stoi(val());
-    else if (s == "--warmup")
-      a.warmup = std::stoi(val());
-    else if (s == "--bucket-mib")
-      a.bucket_mib = std::stod(val());
-    else if (s == "--threads")
-      a.threads = std::stoi(val());
-    else if (s == "--json")
-      a.json = val();
-    else if (s == "--no-alexnet")
-      a.alexnet = false;
-    else if (s == "--sweep-buckets") {
-      std::stringstream ss(val());
-      std::string item;
-      while (std::getline(ss, item, ','))
-        if (!item.empty()) a.sweep.push_back(std::stod(item));
-      if (a.sweep.empty()) sq::fail("--sweep-buckets needs a list of MiB values");
-    } else if (s == "--help" || s == "-h")
-      usage_exit();
-    else
-      sq::fail("unknown argument '", argv[i], "'");
-  }
-  if (a.local_batch < 1) sq::fail("--local-batch must be >= 1");
-  if (a.steps < 1 || a.warmup < 1) sq::fail("--steps and --warmup must be >= 1");
-  if (a.bucket_mib < 0) sq::fail("--bucket-mib must not be negative");
-  for (double x : a.sweep)
-    if (x < 0) sq::fail("--sweep-buckets: negative cap ", x);
-  return a;
 }
 
 size_t cap_floats(double mib) { return size_t(mib * 1048576.0 / 4); }
@@ -183,7 +122,8 @@ struct Mode {
 
 int run(int argc, char** argv) {
   const sq::MpiWorld world = sq::mpi_init(&argc, &argv);
-  const Args args = parse(argc, argv);
+  const sq::bench::DdpArgs args = sq::bench::parse_ddp_args(argc, argv, {}, true);
+  if (args.help) usage_exit();
   const bool root = world.rank == 0;
   const int p = world.size;
 
@@ -218,9 +158,7 @@ int run(int argc, char** argv) {
   std::vector<float> big;
   const bool use_big = args.alexnet;
   if (use_big) big.assign(kAlexNetFloats, 0.0f);
-  std::vector<size_t> big_bounds;
-  for (size_t b = 0; b < kAlexNetFloats; b += kAlexNetBoundary) big_bounds.push_back(b);
-  big_bounds.push_back(kAlexNetFloats);
+  const std::vector<size_t> big_bounds = sq::bench::alexnet_bounds();
   const std::vector<size_t> sq_bounds = sq::tensor_bounds(model.layout());
 
   // ---- modes ---------------------------------------------------------------------------------

@@ -44,6 +44,7 @@
 #include <vector>
 
 #include "bench/bench_configs.h"
+#include "bench/ddp_args.h"
 #include "comm/communicator.h"
 #include "comm/mpi.h"
 #include "comm/reducer.h"
@@ -60,50 +61,10 @@
 
 namespace {
 
-constexpr float kLr = 0.01f, kMomentum = 0.9f, kWeightDecay = 2e-4f;
-constexpr size_t kAlexNetFloats = 61100840;
-constexpr size_t kAlexNetBoundary = 1u << 16;
-
-struct Args {
-  std::string config = "fmnist";
-  int local_batch = 128;
-  int steps = 20;
-  int warmup = 3;
-  double bucket_mib = 1.0;
-  bool alexnet = true;
-  std::string json;
-};
-
-Args parse(int argc, char** argv) {
-  Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string s = argv[i];
-    auto val = [&]() -> std::string {
-      if (i + 1 >= argc) sq::fail(s, " needs a value");
-      return argv[++i];
-    };
-    if (s == "--config")
-      a.config = val();
-    else if (s == "--local-batch")
-      a.local_batch = std::stoi(val());
-    else if (s == "--steps")
-      a.steps = std::stoi(val());
-    else if (s == "--warmup")
-      a.warmup = std::stoi(val());
-    else if (s == "--bucket-mib")
-      a.bucket_mib = std::stod(val());
-    else if (s == "--no-alexnet")
-      a.alexnet = false;
-    else if (s == "--json")
-      a.json = val();
-    else
-      sq::fail("unknown argument '", s, "' (see the header of bench/bench_ddp_gpu.cpp)");
-  }
-  if (a.local_batch < 1) sq::fail("--local-batch must be >= 1");
-  if (a.steps < 1 || a.warmup < 1) sq::fail("--steps and --warmup must be >= 1");
-  if (a.bucket_mib < 0) sq::fail("--bucket-mib must not be negative");
-  return a;
-}
+using sq::bench::kAlexNetFloats;
+using sq::bench::kLr;
+using sq::bench::kMomentum;
+using sq::bench::kWeightDecay;
 
 struct Mode {
   std::string name;
@@ -114,7 +75,14 @@ struct Mode {
 
 int run(int argc, char** argv) {
   const sq::MpiWorld world = sq::mpi_init(&argc, &argv);
-  const Args args = parse(argc, argv);
+  sq::bench::DdpArgs defaults;
+  defaults.local_batch = 128, defaults.steps = 20, defaults.warmup = 3;
+  const sq::bench::DdpArgs args = sq::bench::parse_ddp_args(argc, argv, defaults, false);
+  if (args.help) {
+    if (world.rank == 0) std::printf("usage: see the header of bench/bench_ddp_gpu.cpp\n");
+    sq::mpi_finalize();
+    return 0;
+  }
   const bool root = world.rank == 0;
   const int p = world.size;
 
@@ -164,9 +132,7 @@ int run(int argc, char** argv) {
 
   const size_t cap = size_t(args.bucket_mib * 1048576.0 / 4);
   const std::vector<size_t> sq_bounds = sq::tensor_bounds(host.layout());
-  std::vector<size_t> big_bounds;
-  for (size_t b = 0; b < kAlexNetFloats; b += kAlexNetBoundary) big_bounds.push_back(b);
-  big_bounds.push_back(kAlexNetFloats);
+  const std::vector<size_t> big_bounds = sq::bench::alexnet_bounds();
   sq::cuda::DeviceBuffer<float> big;
   if (nccl_comm && args.alexnet) {
     big = sq::cuda::DeviceBuffer<float>(kAlexNetFloats);
