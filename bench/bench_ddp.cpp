@@ -65,7 +65,6 @@
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -145,16 +144,11 @@ int run(int argc, char** argv) {
   const size_t T = model.layout().total;
   std::vector<float> params(T), grads(T, 0.0f), momentum(T, 0.0f);
   model.init_params(params.data(), "torchvision", 42);  // identical on every rank
-  std::vector<float> input(size_t(cfg.in_c) * cfg.in_h * cfg.in_w * N), dlogits(size_t(K) * N);
-  std::vector<int32_t> labels(N);
-  std::vector<uint64_t> keys(N);
-  {
-    std::mt19937 rng(1234 + 7919 * unsigned(world.rank));
-    std::normal_distribution<float> nd(0.0f, 1.0f);
-    for (float& x : input) x = nd(rng);
-    std::uniform_int_distribution<int> ud(0, K - 1);
-    for (int32_t& l : labels) l = ud(rng);
-  }
+  sq::bench::RankBatch batch = sq::bench::random_batch(cfg, N, world.rank);
+  std::vector<float>& input = batch.input;
+  std::vector<int32_t>& labels = batch.labels;
+  std::vector<uint64_t>& keys = batch.keys;
+  std::vector<float> dlogits(size_t(K) * N);
   std::vector<float> big;
   const bool use_big = args.alexnet;
   if (use_big) big.assign(kAlexNetFloats, 0.0f);

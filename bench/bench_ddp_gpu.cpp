@@ -39,7 +39,6 @@
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -110,7 +109,7 @@ int run(int argc, char** argv) {
 #endif
 
   const sq::ModelConfig cfg = sq::bench::model_config(args.config);
-  const int N = args.local_batch, K = cfg.num_classes;
+  const int N = args.local_batch;
   sq::Model host(cfg, 1);
   const size_t T = host.layout().total;
   std::vector<float> params(T), momentum(T, 0.0f);
@@ -119,16 +118,10 @@ int run(int argc, char** argv) {
   step->upload(params.data(), momentum.data());
   if (nccl_comm) nccl_comm->set_compute_stream(step->stream());
 
-  std::vector<float> input(size_t(cfg.in_c) * cfg.in_h * cfg.in_w * N);
-  std::vector<int32_t> labels(N);
-  std::vector<uint64_t> keys(N);
-  {
-    std::mt19937 rng(1234 + 7919 * unsigned(world.rank));
-    std::normal_distribution<float> nd(0.0f, 1.0f);
-    for (float& x : input) x = nd(rng);
-    std::uniform_int_distribution<int> ud(0, K - 1);
-    for (int32_t& l : labels) l = ud(rng);
-  }
+  sq::bench::RankBatch batch = sq::bench::random_batch(cfg, N, world.rank);
+  std::vector<float>& input = batch.input;
+  std::vector<int32_t>& labels = batch.labels;
+  std::vector<uint64_t>& keys = batch.keys;
 
   const size_t cap = size_t(args.bucket_mib * 1048576.0 / 4);
   const std::vector<size_t> sq_bounds = sq::tensor_bounds(host.layout());

@@ -1,13 +1,16 @@
-// What bench_ddp (CPU) and bench_ddp_gpu share: their command line, the optimizer's constants and
-// the AlexNet-sized gradient buffer's size and "tensor" boundaries.
+// What bench_ddp (CPU) and bench_ddp_gpu share: their command line, the optimizer's constants,
+// the AlexNet-sized gradient buffer's size and "tensor" boundaries, and each rank's random batch.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "core/config.h"
 #include "core/error.h"
 
 namespace sq::bench {
@@ -21,6 +24,23 @@ inline std::vector<size_t> alexnet_bounds() {
   std::vector<size_t> b;
   for (size_t o = 0; o < kAlexNetFloats; o += kAlexNetBoundary) b.push_back(o);
   b.push_back(kAlexNetFloats);
+  return b;
+}
+
+// A batch of N random inputs and labels, different on every rank (dropout keys left zero).
+struct RankBatch {
+  std::vector<float> input;
+  std::vector<int32_t> labels;
+  std::vector<uint64_t> keys;
+};
+inline RankBatch random_batch(const ModelConfig& cfg, int N, int rank) {
+  RankBatch b{std::vector<float>(size_t(cfg.in_c) * cfg.in_h * cfg.in_w * N),
+              std::vector<int32_t>(N), std::vector<uint64_t>(N)};
+  std::mt19937 rng(1234 + 7919 * unsigned(rank));
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (float& x : b.input) x = nd(rng);
+  std::uniform_int_distribution<int> ud(0, cfg.num_classes - 1);
+  for (int32_t& l : b.labels) l = ud(rng);
   return b;
 }
 
