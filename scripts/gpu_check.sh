@@ -6,7 +6,8 @@
 #
 # Phases (default: test nccl collectives bench pytorch):
 #   test     every GPU test (test_cuda_ops), --check-layers on three configurations, one epoch
-#            `squeeze train --device cuda` (the default job: 3 epochs of Fashion-MNIST)
+#            `squeeze train --device cuda` (the default job: 3 epochs of Fashion-MNIST); the
+#            tensor-core tests and one BF16 epoch with SQUEEZE_IGEMM_MMA=1 (v7)
 #   nccl     the NCCL test of test_mpi at 1 rank (and at 2 ranks on the one GPU, which NCCL
 #            refuses before 2.30), `mpirun -np 1 squeeze train --device cuda` over NCCL; two GPU
 #            ranks on the one GPU over MPI through pinned host memory (test_mpi's test and one
@@ -19,8 +20,9 @@
 #            step profiles of squeezenet1.0 and the Fashion-MNIST configuration; then the
 #            Fire, convolution and training sections again with SQUEEZE_IGEMM_WIDE=1 (the opt-in
 #            8x8-share tiles, v5), and with SQUEEZE_IGEMM_WARPS=4x8 (v6; SQUEEZE_IGEMM_PREFETCH=0
-#            selects the v3 schedule the same way); the training section with
-#            SQUEEZE_CUDA_GRAPH=1 (the step as CUDA graphs)
+#            selects the v3 schedule the same way); with SQUEEZE_IGEMM_MMA=1 (the TF32/BF16
+#            columns through the cp.async + mma.sync kernel, v7, and the per-layer profiles); the
+#            training section with SQUEEZE_CUDA_GRAPH=1 (the step as CUDA graphs)
 #   pytorch  bench/pytorch_gpu.py: PyTorch eager and torch.compile on the same GPU
 #   sanitize compute-sanitizer memcheck over small GPU training steps (every kernel of a model)
 #            and the compression constraints' kernels
@@ -97,6 +99,12 @@ for phase in $phases; do
     done
     run "train --device cuda (the default job)" $B/squeeze train --device cuda --data-dir "$data" \
       --out /tmp/sq_gpu_run
+    # The tensor-core convolutions through the opt-in cp.async + mma.sync kernel (v7): every model
+    # shape against the double reference, the graph test's TF32 steps, and one BF16 epoch.
+    SQUEEZE_IGEMM_MMA=1 run "test_cuda_ops, mma kernel (tensor-core tests)" $B/test_cuda_ops \
+      --gtest_color=no --gtest_filter='CudaOps.TensorCoreConvolution:CudaStep.*'
+    SQUEEZE_IGEMM_MMA=1 run "train --device cuda --precision bf16, mma kernel (1 epoch)" \
+      $B/squeeze train --device cuda --precision bf16 --epochs 1 --data-dir "$data" --out /tmp/sq_gpu_mma
     ;;
   nccl)
     run "test_mpi Nccl, 1 rank" mpirun -np 1 $B/test_mpi --gtest_color=no --gtest_filter='Nccl.*:Mpi/*'
@@ -128,6 +136,10 @@ for phase in $phases; do
     # ... and with the fp32 kernel's 4 x 8 warp layout (v6, opt-in), same run.
     SQUEEZE_IGEMM_WARPS=4x8 run "bench_gpu, 4x8 warps (Fire, convolutions, training)" \
       $B/bench_gpu --reps 20 --sections 1,1b,2 --json "$OUT/bench_gpu_warps.json"
+    # ... and the TF32/BF16 columns through the cp.async + mma.sync kernel (v7, opt-in), same run,
+    # with the per-layer profiles.
+    SQUEEZE_IGEMM_MMA=1 run "bench_gpu, mma kernel (Fire, convolutions, training, profiles)" \
+      $B/bench_gpu --reps 20 --sections 1,1b,2,3,3f --json "$OUT/bench_gpu_mma.json"
     # ... and the training step replayed as CUDA graphs (opt-in), same run.
     SQUEEZE_CUDA_GRAPH=1 run "bench_gpu, CUDA graphs (training)" \
       $B/bench_gpu --reps 20 --sections 2 --json "$OUT/bench_gpu_graph.json"

@@ -4,9 +4,10 @@
 // all threads reach a barrier before any passes it. __shared__ variables become function-static
 // (one copy shared by the block's threads, as on the device). A missing barrier shows as a wrong
 // result when threads run in the order that exposes it: run() takes forward or reverse order.
-// Supports what the project's kernels use: threadIdx, blockIdx, blockDim, gridDim, float4, min,
-// max, isnan, fmaf, exp, log, __fadd_rn/__fmul_rn/__fsub_rn, bfloat16 and WMMA (below). Include it
-// before the kernel source.
+// Supports what the project's kernels use: threadIdx, blockIdx, blockDim, gridDim, float2, float4,
+// min, max, isnan, fmaf, exp, log, __fadd_rn/__fmul_rn/__fsub_rn, bfloat16, WMMA, and the mma
+// kernel's asynchronous copies, dynamic shared memory and mma.sync (below). Include it before the
+// kernel source.
 #pragma once
 #include <ucontext.h>
 
@@ -23,6 +24,9 @@ struct SimtDim3 {
   unsigned x = 0, y = 0, z = 0;
 };
 inline SimtDim3 threadIdx, blockIdx, blockDim, gridDim;
+struct float2 {
+  float x, y;
+};
 struct float4 {
   float x, y, z, w;
 };
@@ -45,7 +49,7 @@ inline float __fsub_rn(float a, float b) {
 
 #define __global__
 #define __device__
-#define __launch_bounds__(n)
+#define __launch_bounds__(...)
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
 #define __syncthreads() ::simt::barrier()
@@ -130,6 +134,21 @@ inline float __float_to_tf32(float f) {  // 10 mantissa bits, round to nearest e
 
 namespace simt {
 
+// A thread's asynchronous copies: the open group, and the committed groups oldest first.
+struct AsyncCopy {
+  float* dst;
+  const float* src;
+  bool valid;
+};
+struct ThreadAsync {
+  std::vector<AsyncCopy> open;
+  std::vector<std::vector<AsyncCopy>> committed;
+};
+// What a lane brings to a warp's mma: its A and B fragment registers.
+struct MmaOperands {
+  uint32_t a[4], b[2];
+};
+
 struct Scheduler {
   ucontext_t main;
   std::vector<ucontext_t> ctx;
@@ -137,6 +156,10 @@ struct Scheduler {
   std::vector<char> done;
   int cur = 0;
   const std::function<void()>* body = nullptr;
+  std::vector<ThreadAsync> async;          // per thread
+  std::vector<MmaOperands> mma_slots[2];   // per thread, alternating between consecutive mmas
+  std::vector<int> mma_count;              // per thread
+  std::vector<float> dynamic_shared;       // the block's dynamic shared memory
 };
 inline Scheduler& sched() {
   static Scheduler s;
@@ -145,6 +168,14 @@ inline Scheduler& sched() {
 inline void barrier() {
   Scheduler& s = sched();
   swapcontext(&s.ctx[size_t(s.cur)], &s.main);
+}
+
+// Dynamic shared memory: 256 KiB, filled with NaN at every block's start (a read of what no copy
+// wrote shows up in the result).
+constexpr size_t kDynamicSharedFloats = 64 * 1024;
+template <class T>
+T* dynamic_shared() {
+  return reinterpret_cast<T*>(sched().dynamic_shared.data());
 }
 inline void entry() {
   Scheduler& s = sched();
@@ -166,6 +197,10 @@ inline bool run(SimtDim3 grid, int threads, const std::function<void()>& body, b
     for (unsigned by = 0; by < grid.y; ++by)
       for (unsigned bx = 0; bx < grid.x; ++bx) {
         blockIdx = {bx, by, bz};
+        s.async.assign(size_t(threads), ThreadAsync{});
+        for (auto& slots : s.mma_slots) slots.assign(size_t(threads), MmaOperands{});
+        s.mma_count.assign(size_t(threads), 0);
+        s.dynamic_shared.assign(kDynamicSharedFloats, NAN);
         for (int t = 0; t < threads; ++t) {
           s.stacks[size_t(t)].resize(256 * 1024);
           getcontext(&s.ctx[size_t(t)]);
@@ -193,3 +228,87 @@ inline bool run(SimtDim3 grid, int threads, const std::function<void()>& body, b
 }
 
 }  // namespace simt
+
+#define SQ_DYNAMIC_SHARED(T, name) T* name = ::simt::dynamic_shared<T>()
+
+// cp.async: a copy is recorded when issued and performed only when its thread waits for its group
+// (the latest the device may perform it), so reading a stage before waiting for it, or before the
+// barrier after the other threads' waits, reads stale data. valid false: zero-fill, src not read.
+inline void cp_async4(float* dst, const float* src, bool valid) {
+  simt::Scheduler& s = simt::sched();
+  s.async[size_t(s.cur)].open.push_back({dst, src, valid});
+}
+inline void cp_async_commit() {
+  simt::ThreadAsync& a = simt::sched().async[size_t(simt::sched().cur)];
+  a.committed.push_back(std::move(a.open));
+  a.open.clear();
+}
+template <int N>
+void cp_async_wait() {
+  simt::ThreadAsync& a = simt::sched().async[size_t(simt::sched().cur)];
+  while (a.committed.size() > size_t(N)) {
+    for (const simt::AsyncCopy& c : a.committed.front()) *c.dst = c.valid ? *c.src : 0.0f;
+    a.committed.erase(a.committed.begin());
+  }
+}
+
+inline uint32_t pack_bf16x2(float lo, float hi) {
+  return uint32_t(__float2bfloat16_rn(lo).bits) | (uint32_t(__float2bfloat16_rn(hi).bits) << 16);
+}
+inline uint32_t tf32_bits(float v) {
+  const float r = nvcuda::wmma::__float_to_tf32(v);
+  uint32_t u;
+  std::memcpy(&u, &r, 4);
+  return u;
+}
+
+namespace simt {
+inline float bf16_half(uint32_t reg, int hi) { return simt_to_float(__nv_bfloat16{uint16_t(hi ? reg >> 16 : reg)}); }
+inline float tf32_value(uint32_t reg) {
+  float f;
+  std::memcpy(&f, &reg, 4);
+  return f;
+}
+// The warp's mma, written from the PTX ISA's fragment tables independently of the kernel: every
+// lane deposits its registers, a barrier, then each lane computes its own four outputs (row
+// g + 8 (e / 2), column 2t + e % 2 for e = 0..3) from the 32 deposits, summing k in order in float.
+// The deposits alternate between two slot arrays, so the next mma's deposits never overwrite what
+// a slower lane is still reading (the barrier of that next mma orders them).
+//   BF16 m16n8k16: A(r, k) is in lane 4 (r % 8) + (k % 8) / 2, register (r >= 8) + 2 (k >= 8), half
+//   k % 2; B(k, n) in lane 4n + (k % 8) / 2, register (k >= 8), half k % 2.
+//   TF32 m16n8k8: A(r, k) in lane 4 (r % 8) + k % 4, register (r >= 8) + 2 (k >= 4); B(k, n) in
+//   lane 4n + k % 4, register (k >= 4).
+template <bool kBf16>
+void warp_mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  Scheduler& s = sched();
+  const int me = s.cur, base = me / 32 * 32, lane = me % 32, g = lane / 4, t = lane % 4;
+  std::vector<MmaOperands>& slot = s.mma_slots[s.mma_count[size_t(me)]++ % 2];
+  for (int i = 0; i < 4; ++i) slot[size_t(me)].a[i] = a[i];
+  for (int i = 0; i < 2; ++i) slot[size_t(me)].b[i] = b[i];
+  barrier();
+  const int K = kBf16 ? 16 : 8;
+  for (int e = 0; e < 4; ++e) {
+    const int r = g + 8 * (e / 2), n = 2 * t + e % 2;
+    float acc = d[e];
+    for (int k = 0; k < K; ++k) {
+      float av, bv;
+      if (kBf16) {
+        av = bf16_half(slot[size_t(base + 4 * (r % 8) + (k % 8) / 2)].a[(r >= 8) + 2 * (k >= 8)], k % 2);
+        bv = bf16_half(slot[size_t(base + 4 * n + (k % 8) / 2)].b[k >= 8], k % 2);
+      } else {
+        av = tf32_value(slot[size_t(base + 4 * (r % 8) + k % 4)].a[(r >= 8) + 2 * (k >= 4)]);
+        bv = tf32_value(slot[size_t(base + 4 * n + k % 4)].b[k >= 4]);
+      }
+      acc += av * bv;
+    }
+    d[e] = acc;
+  }
+}
+}  // namespace simt
+
+inline void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  simt::warp_mma<true>(d, a, b);
+}
+inline void mma_tf32_1688(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  simt::warp_mma<false>(d, a, b);
+}

@@ -16,6 +16,7 @@
 // The tile kernel's source, compiled for the CPU (after simt_host.h).
 #include "tests/simt_host.h"
 #include "kernels/cuda/igemm_kernel.cuh"
+#include "kernels/cuda/igemm_mma.cuh"
 #include "kernels/cuda/pool_index.h"
 #include "kernels/ops.h"
 
@@ -265,6 +266,68 @@ TEST(ImplicitGemm, TensorCoreKernelOnTheCpuReproducesTheCpuConvolution) {
     {
       SCOPED_TRACE("tf32, prefetch off");
       check_tensor_core<cuda::Tf32, false>(c, 3e-3);
+    }
+  }
+}
+
+namespace {
+
+// The mma kernel (kernels/cuda/igemm_mma.cuh, v7) with one tile and precision, its grid as conv.cu
+// launches it, threads resumed in the given order: forward, input gradient, and the weight
+// gradient in 2 split-K slices, against the double reference at the tensor-core tolerances.
+template <class Prec, int TM, int TN, int WM>
+void check_mma(const Case& c, double tol, bool reverse) {
+  SCOPED_TRACE("mma tile " + std::to_string(TM) + "x" + std::to_string(TN) + (reverse ? ", reverse" : ""));
+  auto run = [reverse](const auto& op, int splits) {
+    using Op = std::decay_t<decltype(op)>;
+    static_assert(cuda::MmaShape<Op, Prec, TM, TN, WM>::kSmemBytes <= simt::kDynamicSharedFloats * sizeof(float),
+                  "the stages fit the emulator's dynamic shared memory");
+    const int chunk = (op.Kd + splits - 1) / splits;
+    const SimtDim3 grid{unsigned((op.N + TN - 1) / TN), unsigned((op.M + TM - 1) / TM), unsigned(splits)};
+    const std::function<void()> body = [&] { cuda::igemm_mma_kernel<Op, Prec, TM, TN, WM>(op, chunk); };
+    ASSERT_TRUE(simt::run(grid, cuda::kGemmThreads, body, reverse)) << "threads disagree on barriers";
+  };
+  std::vector<float> y(c.y_ref.size(), NAN), dx(c.dx_ref.size(), NAN);
+  std::vector<float> ws(2 * c.dw_ref.size(), NAN), dw(c.dw_ref.size(), 0.0f);
+  run(c.fwd(y.data()), 1);
+  run(c.data(dx.data()), 1);
+  run(c.wgt(ws.data()), 2);
+  for (size_t i = 0; i < dw.size(); ++i) dw[i] = ws[i] + ws[dw.size() + i];
+  EXPECT_LT(rel(y, c.y_ref), tol) << "forward";
+  EXPECT_LT(rel(dx, c.dx_ref), tol) << "input gradient";
+  EXPECT_LT(rel(dw, c.dw_ref), tol) << "weight gradient";
+  EXPECT_GT(rel(y, c.y_ref), 1e-7) << "the operands were not rounded";
+}
+
+}  // namespace
+
+// The cp.async + mma.sync kernel on the CPU: tests/simt_host.h performs each copy only when its
+// thread waits for it and exchanges fragments between the lanes by the PTX layouts, so a wrong
+// fragment index, stage, table buffer, wait depth or barrier gives a wrong product. Every tile
+// conv.cu's rule picks, both precisions (3 and 4 pipeline stages among them), and threads resumed
+// in reverse order for one tile of each precision (the emulation costs about 0.2 s a tile and case).
+TEST(ImplicitGemm, MmaKernelOnTheCpuReproducesTheCpuConvolution) {
+  std::mt19937 rng(11);
+  for (const ConvGeom& cg : kCases) {
+    const Case c(cg, rng);
+    SCOPED_TRACE(c.name());
+    {
+      SCOPED_TRACE("bf16");
+      check_mma<cuda::MmaBf16, 64, 128, 2>(c, 2e-2, false);
+      check_mma<cuda::MmaBf16, 64, 128, 2>(c, 2e-2, true);
+      check_mma<cuda::MmaBf16, 32, 128, 2>(c, 2e-2, false);
+      check_mma<cuda::MmaBf16, 16, 128, 1>(c, 2e-2, false);
+      check_mma<cuda::MmaBf16, 64, 64, 4>(c, 2e-2, false);
+      check_mma<cuda::MmaBf16, 128, 64, 4>(c, 2e-2, false);
+    }
+    {
+      SCOPED_TRACE("tf32");
+      check_mma<cuda::MmaTf32, 64, 128, 2>(c, 3e-3, false);
+      check_mma<cuda::MmaTf32, 32, 128, 2>(c, 3e-3, false);
+      check_mma<cuda::MmaTf32, 16, 128, 1>(c, 3e-3, false);
+      check_mma<cuda::MmaTf32, 64, 64, 4>(c, 3e-3, false);
+      check_mma<cuda::MmaTf32, 64, 64, 4>(c, 3e-3, true);
+      check_mma<cuda::MmaTf32, 128, 64, 4>(c, 3e-3, false);
     }
   }
 }

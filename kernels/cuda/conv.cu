@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/igemm_kernel.cuh"
+#include "kernels/cuda/igemm_mma.cuh"
 
 namespace sq {
 namespace cuda {
@@ -39,6 +40,11 @@ const bool g_wide = env_is("SQUEEZE_IGEMM_WIDE", "1");
 // The fp32 kernel's warps as 4 x 8 shares (igemm_kernel.cuh), only with SQUEEZE_IGEMM_WARPS=4x8:
 // not yet measured on a GPU (docs/KERNELS.md, v6).
 const bool g_square_warps = env_is("SQUEEZE_IGEMM_WARPS", "4x8");
+
+// The tensor-core precisions through the cp.async + mma.sync kernel (igemm_mma.cuh, v7), only
+// with SQUEEZE_IGEMM_MMA=1: checked on the CPU (tests/test_igemm.cpp), not yet run on a GPU
+// (docs/KERNELS.md, v7).
+const bool g_mma = env_is("SQUEEZE_IGEMM_MMA", "1");
 
 // The fp32 block tile. M <= 32: the narrowest one that holds all M rows (16x256, 32x128, 4x4
 // shares), so that one row of tiles reads the B operand (the expensive im2col gather) once; on
@@ -92,8 +98,50 @@ void launch_tc_tile(const Op& op, int splits, int chunk, cudaStream_t s) {
     igemm_tc_kernel<Op, Prec, kPrefetch, 64, 64><<<grid, kGemmThreads, 0, s>>>(op, chunk);
 }
 
+template <class Prec, int TM, int TN, int WM, class Op>
+void launch_mma_tile(const Op& op, int splits, int chunk, cudaStream_t s) {
+  using Sh = MmaShape<Op, Prec, TM, TN, WM>;
+  auto* kernel = igemm_mma_kernel<Op, Prec, TM, TN, WM>;
+  // Above 48 KB of dynamic shared memory a kernel must ask; once per kernel (one GPU a process).
+  static const bool asked = [kernel] {
+    SQ_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Sh::kSmemBytes)));
+    return true;
+  }();
+  (void)asked;
+  const dim3 grid((op.N + TN - 1) / TN, (op.M + TM - 1) / TM, splits);
+  kernel<<<grid, kGemmThreads, Sh::kSmemBytes, s>>>(op, chunk);
+}
+
+// The mma kernel's tile, at most 128 registers a thread so that two blocks share an SM (ptxas,
+// sm_90: 128x128 would spill 160-212 bytes a thread there, so it is not used). 64 columns for a
+// product of at most 64 (a weight gradient's C*R*S), with 128 rows where that pads M no more than
+// 64 does; else 128 columns, 16, 32 or 64 rows.
+template <class Prec, class Op>
+void launch_mma(const Op& op, int splits, int chunk, cudaStream_t s) {
+  const int M = op.M;
+  if (op.N <= 64) {
+    if (M > 64 && (M + 127) / 128 * 128 <= (M + 63) / 64 * 64)
+      launch_mma_tile<Prec, 128, 64, 4>(op, splits, chunk, s);
+    else
+      launch_mma_tile<Prec, 64, 64, 4>(op, splits, chunk, s);
+  } else if (M <= 16) {
+    launch_mma_tile<Prec, 16, 128, 1>(op, splits, chunk, s);
+  } else if (M <= 32) {
+    launch_mma_tile<Prec, 32, 128, 2>(op, splits, chunk, s);
+  } else {
+    launch_mma_tile<Prec, 64, 128, 2>(op, splits, chunk, s);
+  }
+}
+
 template <bool kPrefetch, class Op>
 void launch_tc(const Op& op, int splits, int chunk, cudaStream_t s) {
+  if (g_mma) {
+    if (g_math == ConvMath::kTf32)
+      launch_mma<MmaTf32>(op, splits, chunk, s);
+    else
+      launch_mma<MmaBf16>(op, splits, chunk, s);
+    return;
+  }
   if (g_math == ConvMath::kTf32)
     launch_tc_tile<Tf32, kPrefetch>(op, splits, chunk, s);
   else

@@ -29,21 +29,24 @@ constexpr int BM = 64, BN = 64, BK = 16, kGemmThreads = 256;
 // whole kernel, and the KEnts of the k-steps, double-buffered: threads 0..BK-1 fill the table of
 // step k0 + BK into the buffer step k0 does not use, before the barrier that publishes step k0's
 // tile.
-template <class Op, int TN>
+// (KB: the k-step's depth, BK here, 32 in the mma kernel; NB: the k tables' buffers, 2 here, one
+// per pipeline stage there.)
+template <class Op, int TN, int KB = BK, int NB = 2>
 struct Tables {
-  typename Op::KEnt k[2][BK];
+  typename Op::KEnt k[NB][KB];
   typename Op::NEnt n[TN];
 };
 
-template <class Op, int TN>
-__device__ void fill_ntab(const Op& op, Tables<Op, TN>& t, int n0) {
+template <class Op, int TN, int KB, int NB>
+__device__ void fill_ntab(const Op& op, Tables<Op, TN, KB, NB>& t, int n0) {
   for (int l = threadIdx.x; l < TN; l += kGemmThreads)
     if (n0 + l < op.N) t.n[l] = op.nent(n0 + l);
 }
-template <class Op, int TN>
-__device__ void fill_ktab(const Op& op, Tables<Op, TN>& tb, int buf, int k0, int ke) {
-  const int t = int(threadIdx.x);
-  if (t < BK && k0 + t < ke) tb.k[buf][t] = op.kent(k0 + t);
+// Threads first..first+KB-1 fill one buffer (tab.k[buf]) with the entries of the step at k0.
+template <class Op, int KB>
+__device__ void fill_ktab(const Op& op, typename Op::KEnt (&k)[KB], int k0, int ke, int first = 0) {
+  const int t = int(threadIdx.x) - first;
+  if (t >= 0 && t < KB && k0 + t < ke) k[t] = op.kent(k0 + t);
 }
 
 // One thread's share of a k-step's operand tiles (TM x BK of A, BK x TN of B), in registers
@@ -83,7 +86,7 @@ struct Staged {
   // them, then the first step's elements (kb: the block's first k, ke: its end).
   __device__ void begin(const Op& op, Tables<Op, TN>& tab, int m0, int n0, int kb, int ke) {
     fill_ntab(op, tab, n0);
-    fill_ktab(op, tab, 0, kb, ke);
+    fill_ktab(op, tab.k[0], kb, ke);
     __syncthreads();
     if (kb < ke) load(op, tab, 0, m0, n0, kb, ke);
   }
@@ -145,7 +148,7 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk,
   int cur = 0;
   for (int k0 = kb; k0 < ke; k0 += BK, cur ^= 1) {
     st.store([&](int mm, int kk, float v) { As[kk][mm] = v; }, [&](int kk, int nn, float v) { Bs[kk][nn] = v; });
-    fill_ktab(op, tab, cur ^ 1, k0 + BK, ke);
+    fill_ktab(op, tab.k[cur ^ 1], k0 + BK, ke);
     __syncthreads();  // the tile of step k0 and the table of step k0 + BK are visible
     if (kPrefetch && k0 + BK < ke) st.load(op, tab, cur ^ 1, m0, n0, k0 + BK, ke);
     SQ_UNROLL
@@ -261,7 +264,7 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_tc_kernel(Op op, int k_chu
   for (int k0 = kb; k0 < ke; k0 += BK, cur ^= 1) {
     st.store([&](int mm, int kk, float v) { As[mm * LDA + kk] = Prec::cvt(v); },
              [&](int kk, int nn, float v) { Bs[kk * LDB + nn] = Prec::cvt(v); });
-    fill_ktab(op, tab, cur ^ 1, k0 + BK, ke);
+    fill_ktab(op, tab.k[cur ^ 1], k0 + BK, ke);
     __syncthreads();
     if (kPrefetch && k0 + BK < ke) st.load(op, tab, cur ^ 1, m0, n0, k0 + BK, ke);
     SQ_UNROLL

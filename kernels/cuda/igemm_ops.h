@@ -40,13 +40,23 @@ struct Geo {
     const int h0 = p * stride - pad, w0 = q * stride - pad;
     return {img * H * W + h0 * W + w0, h0, w0};
   }
-  SQ_HOST_DEVICE float col(const float* x, const Tap& t, const Pix& p) const {
+  // The element's address, or nullptr in the padding (the tensor-core kernel's asynchronous
+  // copies zero-fill there); col() its value.
+  SQ_HOST_DEVICE const float* col_ptr(const float* x, const Tap& t, const Pix& p) const {
     // (unsigned): one comparison for 0 <= h < H; the sum is a valid index only inside.
-    if (unsigned(p.h0 + t.r) >= unsigned(H) || unsigned(p.w0 + t.s) >= unsigned(W)) return 0.0f;
-    return x[t.off + p.off];
+    if (unsigned(p.h0 + t.r) >= unsigned(H) || unsigned(p.w0 + t.s) >= unsigned(W)) return nullptr;
+    return x + (t.off + p.off);
+  }
+  SQ_HOST_DEVICE float col(const float* x, const Tap& t, const Pix& p) const {
+    const float* e = col_ptr(x, t, p);
+    return e ? *e : 0.0f;
   }
 };
 
+// Every op reads A(m, k) through a_ptr (never in the padding) and B(k, n) through b_ptr (nullptr
+// in the padding): the mma kernel (igemm_mma.cuh) copies from those addresses asynchronously;
+// a() and bval() are their values, for the register-staged kernels (igemm_kernel.cuh).
+//
 // Forward: A = w (K x CRS), B(k, n) = col(x)(k, n): k a tap, n an output pixel.
 // kBAlongK: B's elements are adjacent in memory along k (not n), so the tile loader lets
 // neighbouring threads take neighbouring k for coalesced reads.
@@ -61,7 +71,10 @@ struct FwdOp {
   int M, N, Kd;
   SQ_HOST_DEVICE KEnt kent(int k) const { return g.tap(k); }
   SQ_HOST_DEVICE NEnt nent(int n) const { return g.pix(n); }
-  SQ_HOST_DEVICE float a(int m, int k, const KEnt&) const { return w[m * Kd + k]; }
+  SQ_HOST_DEVICE const float* any() const { return w; }  // an address to name in zero-filled copies
+  SQ_HOST_DEVICE const float* a_ptr(int m, int k, const KEnt&) const { return w + (m * Kd + k); }
+  SQ_HOST_DEVICE const float* b_ptr(const KEnt& kt, const NEnt& np) const { return g.col_ptr(x, kt, np); }
+  SQ_HOST_DEVICE float a(int m, int k, const KEnt& kt) const { return *a_ptr(m, k, kt); }
   SQ_HOST_DEVICE float bval(const KEnt& kt, const NEnt& np) const { return g.col(x, kt, np); }
   SQ_HOST_DEVICE void store(int m, int n, float v, int) const {
     if (b) v += b[m];
@@ -100,17 +113,23 @@ struct DataOp {
     const int img_off = img * g.P * g.Q, hp = h + g.pad, wp = wc + g.pad;
     return {img_off + hp * g.Q + wp, img_off, hp, wp};
   }
-  SQ_HOST_DEVICE float a(int m, int, const KEnt& kt) const { return w[kt.a_off + m * g.R * g.S]; }
-  SQ_HOST_DEVICE float bval(const KEnt& kt, const NEnt& np) const {
+  SQ_HOST_DEVICE const float* any() const { return w; }
+  SQ_HOST_DEVICE const float* a_ptr(int m, int, const KEnt& kt) const { return w + (kt.a_off + m * g.R * g.S); }
+  SQ_HOST_DEVICE const float* b_ptr(const KEnt& kt, const NEnt& np) const {
     const int ph = np.hp - kt.r, qw = np.wp - kt.s;
     if (g.stride == 1) {
-      if (unsigned(ph) >= unsigned(g.P) || unsigned(qw) >= unsigned(g.Q)) return 0.0f;
-      return dz[kt.b_off + np.off];
+      if (unsigned(ph) >= unsigned(g.P) || unsigned(qw) >= unsigned(g.Q)) return nullptr;
+      return dz + (kt.b_off + np.off);
     }
-    if (ph < 0 || qw < 0 || ph % g.stride || qw % g.stride) return 0.0f;
+    if (ph < 0 || qw < 0 || ph % g.stride || qw % g.stride) return nullptr;
     const int p = ph / g.stride, q = qw / g.stride;
-    if (p >= g.P || q >= g.Q) return 0.0f;
-    return dz[kt.ko_off + np.img_off + p * g.Q + q];
+    if (p >= g.P || q >= g.Q) return nullptr;
+    return dz + (kt.ko_off + np.img_off + p * g.Q + q);
+  }
+  SQ_HOST_DEVICE float a(int m, int k, const KEnt& kt) const { return *a_ptr(m, k, kt); }
+  SQ_HOST_DEVICE float bval(const KEnt& kt, const NEnt& np) const {
+    const float* e = b_ptr(kt, np);
+    return e ? *e : 0.0f;
   }
   SQ_HOST_DEVICE void store(int m, int n, float v, int) const {
     float* o = dx + size_t(m) * N + n;
@@ -130,7 +149,10 @@ struct WeightOp {
   int M, N, Kd;
   SQ_HOST_DEVICE KEnt kent(int k) const { return g.pix(k); }
   SQ_HOST_DEVICE NEnt nent(int n) const { return g.tap(n); }
-  SQ_HOST_DEVICE float a(int m, int k, const KEnt&) const { return dz[m * Kd + k]; }
+  SQ_HOST_DEVICE const float* any() const { return dz; }
+  SQ_HOST_DEVICE const float* a_ptr(int m, int k, const KEnt&) const { return dz + (m * Kd + k); }
+  SQ_HOST_DEVICE const float* b_ptr(const KEnt& np, const NEnt& kt) const { return g.col_ptr(x, kt, np); }
+  SQ_HOST_DEVICE float a(int m, int k, const KEnt& kt) const { return *a_ptr(m, k, kt); }
   SQ_HOST_DEVICE float bval(const KEnt& np, const NEnt& kt) const { return g.col(x, kt, np); }
   SQ_HOST_DEVICE void store(int m, int n, float v, int z) const {
     ws[(size_t(z) * M + m) * N + n] = v;

@@ -1,0 +1,239 @@
+// The tensor-core implicit GEMM, v7 (opt-in: SQUEEZE_IGEMM_MMA=1; docs/KERNELS.md): the same three
+// products and operand loaders as igemm_kernel.cuh, but built for the tensor cores' rate.
+//
+// - Asynchronous copies (cp.async, sm_80+) move each operand element from the tensors straight into
+//   shared memory, zero-filled in the padding, in a pipeline of 2-4 stages of 32-deep k-steps:
+//   no staging registers, and the loads of the next stages are in flight while the tensor cores
+//   work on the current one. One barrier per k-step.
+// - mma.sync (m16n8k16 for BF16, m16n8k8 for TF32) on fragments read from the fp32 stage and
+//   rounded as they are read. Each warp owns a (TM/WM) x (TN/WN) block of the tile.
+// - The padded row strides make every fragment read conflict-free (bank = address mod 32 words):
+//     [row][k] tiles, BF16: a lane reads the float2 at (g, 2t); the 16 lanes of a half-warp cover
+//       4 rows x 8 words, distinct banks when the stride is 8 mod 32 (KB + 8);
+//     [row][k] tiles, TF32: a lane reads (g, t): 4g + t covers 32 banks with stride 4 mod 32;
+//     [k][n] tiles (B read along n), BF16: a lane reads (2t, g): 2t * stride + g, distinct when the
+//       stride is 4 mod 16 (TN + 4); TF32 reads (t, g): stride 8 mod 32 (TN + 8).
+//   A is stored [m][k] (its loads run along k); B [k][n], or [n][k] when the op's B is contiguous
+//   along k (the weight gradient), so that the copies' stores stay conflict-free too.
+//
+// Kernel source only, no CUDA runtime: tests/test_igemm.cpp runs it on the CPU under
+// tests/simt_host.h, which defines the same cp_async*, pack_bf16x2, tf32_bits and mma_* functions:
+// the copies land only when the thread waits for their group, and mma exchanges the 32 lanes'
+// fragments by the PTX ISA's fragment layouts, so a wrong fragment index, a missing wait or a
+// missing barrier gives a wrong product there.
+#pragma once
+#include <cstdint>
+
+#include "kernels/cuda/igemm_kernel.cuh"
+
+namespace sq {
+namespace cuda {
+namespace {
+
+#ifdef __CUDACC__
+#define SQ_DYNAMIC_SHARED(T, name) extern __shared__ __align__(16) T name[]
+
+// A 4-byte asynchronous copy into shared memory; valid false: 4 zero bytes, src not read.
+__device__ __forceinline__ void cp_async4(float* dst, const float* src, bool valid) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 4 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Waits until at most N of this thread's committed groups are pending.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+// Two floats as bfloat16, lo in the low half (the lower k of a fragment register).
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+__device__ __forceinline__ uint32_t tf32_bits(float v) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(v));
+  return r;
+}
+// d += a * b over a 16 x 8 x 16 (BF16) or 16 x 8 x 8 (TF32) tile, fp32 accumulation.
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+__device__ __forceinline__ void mma_tf32_1688(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+
+// The fragments of one mma, read from fp32 tiles (g = lane / 4, t = lane % 4; PTX ISA, "Matrix
+// fragments for mma.m16n8k16 / m16n8k8"). A is 16 x K from a [row][k] tile at p (its first row
+// and k), B is K x 8 from a [n][k] tile (load_b_nk) or a [k][n] tile (load_b_kn). The output
+// fragment is the same for both: element e at row g + 8 (e / 2), column 2t + e % 2.
+struct MmaBf16 {
+  static constexpr int K = 16, kPadRowK = 8, kPadKN = 4;
+  __device__ static uint32_t pair(const float* p) {
+    const float2 v = *reinterpret_cast<const float2*>(p);
+    return pack_bf16x2(v.x, v.y);
+  }
+  // Registers: (g, 2t..2t+1), (g+8, 2t..), (g, 2t+8..), (g+8, 2t+8..).
+  __device__ static void load_a(uint32_t (&a)[4], const float* p, int ld, int g, int t) {
+    const float* r = p + g * ld + 2 * t;
+    a[0] = pair(r), a[1] = pair(r + 8 * ld), a[2] = pair(r + 8), a[3] = pair(r + 8 * ld + 8);
+  }
+  // Registers: k 2t..2t+1 and 2t+8..2t+9, column g.
+  __device__ static void load_b_nk(uint32_t (&b)[2], const float* p, int ld, int g, int t) {
+    const float* r = p + g * ld + 2 * t;
+    b[0] = pair(r), b[1] = pair(r + 8);
+  }
+  __device__ static void load_b_kn(uint32_t (&b)[2], const float* p, int ld, int g, int t) {
+    const float* c = p + 2 * t * ld + g;
+    b[0] = pack_bf16x2(c[0], c[ld]), b[1] = pack_bf16x2(c[8 * ld], c[9 * ld]);
+  }
+  __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    mma_bf16_16816(d, a, b);
+  }
+};
+struct MmaTf32 {
+  static constexpr int K = 8, kPadRowK = 4, kPadKN = 8;
+  // Registers: (g, t), (g+8, t), (g, t+4), (g+8, t+4).
+  __device__ static void load_a(uint32_t (&a)[4], const float* p, int ld, int g, int t) {
+    const float* r = p + g * ld + t;
+    a[0] = tf32_bits(r[0]), a[1] = tf32_bits(r[8 * ld]), a[2] = tf32_bits(r[4]), a[3] = tf32_bits(r[8 * ld + 4]);
+  }
+  // Registers: k t and t+4, column g.
+  __device__ static void load_b_nk(uint32_t (&b)[2], const float* p, int ld, int g, int t) {
+    const float* r = p + g * ld + t;
+    b[0] = tf32_bits(r[0]), b[1] = tf32_bits(r[4]);
+  }
+  __device__ static void load_b_kn(uint32_t (&b)[2], const float* p, int ld, int g, int t) {
+    const float* c = p + t * ld + g;
+    b[0] = tf32_bits(c[0]), b[1] = tf32_bits(c[4 * ld]);
+  }
+  __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    mma_tf32_1688(d, a, b);
+  }
+};
+
+// The block tile TM x TN, 8 warps as WM x (8 / WM), k-steps of KB; the stage layout in dynamic
+// shared memory (floats), and as many stages (2-4) as fit in about 100 KB, so that two blocks
+// share an SM.
+template <class Op, class Prec, int TM, int TN, int WM>
+struct MmaShape {
+  static constexpr int KB = 32, WN = 8 / WM, WTM = TM / WM, WTN = TN / WN, FM = WTM / 16, FN = WTN / 8;
+  static_assert(WM * WN == kGemmThreads / 32 && FM * 16 * WM == TM && FN * 8 * WN == TN, "warp tiles");
+  static constexpr bool kBnk = Op::kBAlongK;  // B stored [n][k]
+  static constexpr int LDA = KB + Prec::kPadRowK;
+  static constexpr int LDB = kBnk ? KB + Prec::kPadRowK : TN + Prec::kPadKN;
+  static constexpr int kAFloats = TM * LDA, kBFloats = kBnk ? TN * LDB : KB * LDB;
+  static constexpr int kStageFloats = kAFloats + kBFloats;
+  static_assert(kAFloats % 4 == 0 && kStageFloats % 4 == 0, "16-byte aligned tiles");
+  static constexpr int kFit = 100 * 1024 / (kStageFloats * 4);
+  static constexpr int kStages = kFit < 2 ? 2 : kFit > 4 ? 4 : kFit;
+  static constexpr size_t kSmemBytes = size_t(kStages) * kStageFloats * sizeof(float);
+  static constexpr int RA = TM * KB / kGemmThreads, RB = KB * TN / kGemmThreads;
+  static_assert(RA * kGemmThreads == TM * KB && RB * kGemmThreads == KB * TN, "whole copies per thread");
+};
+
+// Two blocks an SM: at most 128 registers a thread (conv.cu picks the tiles that fit unspilled).
+template <class Op, class Prec, int TM, int TN, int WM>
+__global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k_chunk) {
+  using Sh = MmaShape<Op, Prec, TM, TN, WM>;
+  constexpr int KB = Sh::KB, NS = Sh::kStages, LDA = Sh::LDA, LDB = Sh::LDB;
+  SQ_DYNAMIC_SHARED(float, smem);
+  // The k tables of the steps whose copies are being issued: step j's in buffer j % NS, written
+  // before the barrier of the iteration that issues it, and last read when step j - NS was issued,
+  // an iteration (and so a barrier) earlier.
+  __shared__ Tables<Op, TN, KB, NS> tab;
+  const int m0 = blockIdx.y * TM, n0 = blockIdx.x * TN;
+  const int kb = blockIdx.z * k_chunk, ke = min(op.Kd, kb + k_chunk);
+  const int steps = ke > kb ? (ke - kb + KB - 1) / KB : 0;
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, g = lane / 4, t = lane % 4;
+  const int wm = (warp / Sh::WN) * Sh::WTM, wn = (warp % Sh::WN) * Sh::WTN;
+
+  float acc[Sh::FM][Sh::FN][4];
+  SQ_UNROLL
+  for (int i = 0; i < Sh::FM; ++i)
+    SQ_UNROLL
+    for (int j = 0; j < Sh::FN; ++j)
+      SQ_UNROLL
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+
+  // Step j's copies (none past the last step: an empty group keeps the count of groups per
+  // iteration fixed), neighbouring threads on neighbouring addresses.
+  auto issue = [&](int j) {
+    if (j < steps) {
+      const int k0 = kb + j * KB, buf = j % NS;
+      float* As = smem + (j % NS) * Sh::kStageFloats;
+      float* Bs = As + Sh::kAFloats;
+      SQ_UNROLL
+      for (int r = 0; r < Sh::RA; ++r) {
+        const int l = int(threadIdx.x) + r * kGemmThreads, mm = l / KB, kk = l % KB;
+        const int m = m0 + mm, k = k0 + kk;
+        const bool in = m < op.M && k < ke;
+        cp_async4(As + mm * LDA + kk, in ? op.a_ptr(m, k, tab.k[buf][kk]) : op.any(), in);
+      }
+      SQ_UNROLL
+      for (int r = 0; r < Sh::RB; ++r) {
+        const int l = int(threadIdx.x) + r * kGemmThreads;
+        const int kk = Sh::kBnk ? l % KB : l / TN, nn = Sh::kBnk ? l / KB : l % TN;
+        const int k = k0 + kk, n = n0 + nn;
+        const float* e = (n < op.N && k < ke) ? op.b_ptr(tab.k[buf][kk], tab.n[nn]) : nullptr;
+        cp_async4(Bs + (Sh::kBnk ? nn * LDB + kk : kk * LDB + nn), e ? e : op.any(), e != nullptr);
+      }
+    }
+    cp_async_commit();
+  };
+
+  fill_ntab(op, tab, n0);
+  for (int j = 0; j < NS - 1; ++j) fill_ktab(op, tab.k[j], kb + j * KB, ke, j * KB);
+  __syncthreads();  // the column table and the first NS - 1 steps' k tables
+  for (int j = 0; j < NS - 1; ++j) issue(j);
+
+  for (int i = 0; i < steps; ++i) {
+    cp_async_wait<NS - 2>();  // this thread's copies of step i have landed
+    fill_ktab(op, tab.k[(i + NS - 1) % NS], kb + (i + NS - 1) * KB, ke);
+    __syncthreads();  // every thread's copies of step i; every thread done with step i - 1's stage
+    issue(i + NS - 1);  // into the stage step i - 1 used
+    const float* As = smem + (i % NS) * Sh::kStageFloats;
+    const float* Bs = As + Sh::kAFloats;
+    SQ_UNROLL
+    for (int kk = 0; kk < KB; kk += Prec::K) {
+      uint32_t a[Sh::FM][4], b[Sh::FN][2];
+      SQ_UNROLL
+      for (int fi = 0; fi < Sh::FM; ++fi) Prec::load_a(a[fi], As + (wm + 16 * fi) * LDA + kk, LDA, g, t);
+      SQ_UNROLL
+      for (int fj = 0; fj < Sh::FN; ++fj) {
+        if (Sh::kBnk)
+          Prec::load_b_nk(b[fj], Bs + (wn + 8 * fj) * LDB + kk, LDB, g, t);
+        else
+          Prec::load_b_kn(b[fj], Bs + kk * LDB + wn + 8 * fj, LDB, g, t);
+      }
+      SQ_UNROLL
+      for (int fi = 0; fi < Sh::FM; ++fi)
+        SQ_UNROLL
+        for (int fj = 0; fj < Sh::FN; ++fj) Prec::mma(acc[fi][fj], a[fi], b[fj]);
+    }
+  }
+  cp_async_wait<0>();  // (only empty groups remain)
+
+  SQ_UNROLL
+  for (int fi = 0; fi < Sh::FM; ++fi)
+    SQ_UNROLL
+    for (int fj = 0; fj < Sh::FN; ++fj)
+      SQ_UNROLL
+      for (int e = 0; e < 4; ++e) {
+        const int m = m0 + wm + 16 * fi + g + 8 * (e / 2), n = n0 + wn + 8 * fj + 2 * t + e % 2;
+        if (m < op.M && n < op.N) op.store(m, n, acc[fi][fj][e], blockIdx.z);
+      }
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace sq
