@@ -238,6 +238,16 @@ inline void cp_async4(float* dst, const float* src, bool valid) {
   simt::Scheduler& s = simt::sched();
   s.async[size_t(s.cur)].open.push_back({dst, src, valid});
 }
+// The 16-byte copy: 4 floats, the first `valid` read and the rest zero-filled. Both addresses must
+// be 16-byte aligned (the device faults otherwise): a misaligned one ends the test run here.
+inline void cp_async16(float* dst, const float* src, int valid) {
+  if (reinterpret_cast<uintptr_t>(dst) % 16 || reinterpret_cast<uintptr_t>(src) % 16 || valid < 0 || valid > 4) {
+    std::fprintf(stderr, "simt: cp_async16 with a misaligned address or %d valid floats\n", valid);
+    std::abort();
+  }
+  simt::Scheduler& s = simt::sched();
+  for (int i = 0; i < 4; ++i) s.async[size_t(s.cur)].open.push_back({dst + i, src + i, i < valid});
+}
 inline void cp_async_commit() {
   simt::ThreadAsync& a = simt::sched().async[size_t(simt::sched().cur)];
   a.committed.push_back(std::move(a.open));

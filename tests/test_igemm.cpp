@@ -103,6 +103,7 @@ const ConvGeom kCases[] = {
     {2, 3, 11, 8, 5, 5, 3, 3, 2},   // odd kernel, stride 3, padding 2
     {1, 2, 4, 4, 3, 3, 3, 2, 1},    // padding larger than what stride covers
     {2, 70, 9, 9, 80, 3, 3, 1, 1},  // more rows and columns than half an 8x8-share tile
+    {3, 12, 7, 4, 20, 1, 1, 1, 0},  // 1x1 with planes of 4k floats: the mma kernel's 16-byte copies
 };
 
 }  // namespace
@@ -282,9 +283,10 @@ void check_mma(const Case& c, double tol, bool reverse) {
     using Op = std::decay_t<decltype(op)>;
     static_assert(cuda::MmaShape<Op, Prec, TM, TN, WM>::kSmemBytes <= simt::kDynamicSharedFloats * sizeof(float),
                   "the stages fit the emulator's dynamic shared memory");
-    const int chunk = (op.Kd + splits - 1) / splits;
+    const int chunk = cuda::mma_chunk(op.Kd, splits);
+    const cuda::MmaVec vec = cuda::mma_vec(op);
     const SimtDim3 grid{unsigned((op.N + TN - 1) / TN), unsigned((op.M + TM - 1) / TM), unsigned(splits)};
-    const std::function<void()> body = [&] { cuda::igemm_mma_kernel<Op, Prec, TM, TN, WM>(op, chunk); };
+    const std::function<void()> body = [&] { cuda::igemm_mma_kernel<Op, Prec, TM, TN, WM>(op, chunk, vec); };
     ASSERT_TRUE(simt::run(grid, cuda::kGemmThreads, body, reverse)) << "threads disagree on barriers";
   };
   std::vector<float> y(c.y_ref.size(), NAN), dx(c.dx_ref.size(), NAN);
@@ -308,9 +310,16 @@ void check_mma(const Case& c, double tol, bool reverse) {
 // in reverse order for one tile of each precision (the emulation costs about 0.2 s a tile and case).
 TEST(ImplicitGemm, MmaKernelOnTheCpuReproducesTheCpuConvolution) {
   std::mt19937 rng(11);
+  int vector_cases = 0;
   for (const ConvGeom& cg : kCases) {
     const Case c(cg, rng);
     SCOPED_TRACE(c.name());
+    // The 16-byte copies: both operands of the 1x1 case with 4k-float planes (x: 3*7*4 = 84 per
+    // channel), and the forward's weights wherever C*R*S is a multiple of 4.
+    std::vector<float> none;
+    const cuda::MmaVec f = cuda::mma_vec(c.fwd(none.data())), d = cuda::mma_vec(c.data(none.data())),
+                       w = cuda::mma_vec(c.wgt(none.data()));
+    if (f.a && f.b && d.b && w.a && w.b) ++vector_cases;
     {
       SCOPED_TRACE("bf16");
       check_mma<cuda::MmaBf16, 64, 128, 2>(c, 2e-2, false);
@@ -330,4 +339,5 @@ TEST(ImplicitGemm, MmaKernelOnTheCpuReproducesTheCpuConvolution) {
       check_mma<cuda::MmaTf32, 128, 64, 4>(c, 3e-3, false);
     }
   }
+  EXPECT_EQ(vector_cases, 1) << "the 1x1 case takes the 16-byte copies for every operand that allows them";
 }

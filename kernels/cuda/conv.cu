@@ -109,7 +109,7 @@ void launch_mma_tile(const Op& op, int splits, int chunk, cudaStream_t s) {
   }();
   (void)asked;
   const dim3 grid((op.N + TN - 1) / TN, (op.M + TM - 1) / TM, splits);
-  kernel<<<grid, kGemmThreads, Sh::kSmemBytes, s>>>(op, chunk);
+  kernel<<<grid, kGemmThreads, Sh::kSmemBytes, s>>>(op, chunk, mma_vec(op));
 }
 
 // The mma kernel's tile, at most 128 registers a thread so that two blocks share an SM (ptxas,
@@ -117,8 +117,8 @@ void launch_mma_tile(const Op& op, int splits, int chunk, cudaStream_t s) {
 // product of at most 64 (a weight gradient's C*R*S), with 128 rows where that pads M no more than
 // 64 does; else 128 columns, 16, 32 or 64 rows.
 template <class Prec, class Op>
-void launch_mma(const Op& op, int splits, int chunk, cudaStream_t s) {
-  const int M = op.M;
+void launch_mma(const Op& op, int splits, cudaStream_t s) {
+  const int M = op.M, chunk = mma_chunk(op.Kd, splits);
   if (op.N <= 64) {
     if (M > 64 && (M + 127) / 128 * 128 <= (M + 63) / 64 * 64)
       launch_mma_tile<Prec, 128, 64, 4>(op, splits, chunk, s);
@@ -137,9 +137,9 @@ template <bool kPrefetch, class Op>
 void launch_tc(const Op& op, int splits, int chunk, cudaStream_t s) {
   if (g_mma) {
     if (g_math == ConvMath::kTf32)
-      launch_mma<MmaTf32>(op, splits, chunk, s);
+      launch_mma<MmaTf32>(op, splits, s);
     else
-      launch_mma<MmaBf16>(op, splits, chunk, s);
+      launch_mma<MmaBf16>(op, splits, s);
     return;
   }
   if (g_math == ConvMath::kTf32)

@@ -39,6 +39,12 @@ __device__ __forceinline__ void cp_async4(float* dst, const float* src, bool val
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 4 : 0)
                : "memory");
 }
+// A 16-byte asynchronous copy of 4 floats, the first `valid` of them read, the rest zero-filled;
+// dst and src 16-byte aligned.
+__device__ __forceinline__ void cp_async16(float* dst, const float* src, int valid) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(4 * valid) : "memory");
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 // Waits until at most N of this thread's committed groups are pending.
 template <int N>
@@ -121,6 +127,30 @@ struct MmaTf32 {
   }
 };
 
+// Which operands the kernel copies 16 bytes at a time: those contiguous along the dimension its
+// copies run (k for A; n for B, or k where B runs along k), with rows a multiple of 4 floats apart
+// and a 16-byte aligned base. A: the forward's weights and the weight gradient's dz when their
+// rows are; B: every operand of a 1x1, stride-1, unpadded convolution (x, or dz) when its planes
+// are. The other operands (the 3x3 and 7x7 gathers, the input gradient's weights) go 4 bytes at a
+// time.
+struct MmaVec {
+  bool a = false, b = false;
+};
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+inline bool plain_1x1(const Geo& g) { return g.R == 1 && g.S == 1 && g.stride == 1 && g.pad == 0; }
+inline MmaVec mma_vec(const FwdOp& op) {
+  return {op.Kd % 4 == 0 && aligned16(op.w), plain_1x1(op.g) && op.N % 4 == 0 && aligned16(op.x)};
+}
+inline MmaVec mma_vec(const DataOp& op) { return {false, plain_1x1(op.g) && op.N % 4 == 0 && aligned16(op.dz)}; }
+inline MmaVec mma_vec(const WeightOp& op) {
+  return {op.Kd % 4 == 0 && aligned16(op.dz), plain_1x1(op.g) && op.Kd % 4 == 0 && aligned16(op.x)};
+}
+// The split-K slice: whole 32-deep k-steps, so that every slice starts 16-byte aligned.
+inline int mma_chunk(int Kd, int splits) {
+  const int c = (Kd + splits - 1) / splits;
+  return (c + 31) / 32 * 32;
+}
+
 // The block tile TM x TN, 8 warps as WM x (8 / WM), k-steps of KB; the stage layout in dynamic
 // shared memory (floats), and as many stages (2-4) as fit in about 100 KB, so that two blocks
 // share an SM.
@@ -143,7 +173,7 @@ struct MmaShape {
 
 // Two blocks an SM: at most 128 registers a thread (conv.cu picks the tiles that fit unspilled).
 template <class Op, class Prec, int TM, int TN, int WM>
-__global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k_chunk) {
+__global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k_chunk, MmaVec vec) {
   using Sh = MmaShape<Op, Prec, TM, TN, WM>;
   constexpr int KB = Sh::KB, NS = Sh::kStages, LDA = Sh::LDA, LDB = Sh::LDB;
   SQ_DYNAMIC_SHARED(float, smem);
@@ -166,26 +196,53 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
 
   // Step j's copies (none past the last step: an empty group keeps the count of groups per
-  // iteration fixed), neighbouring threads on neighbouring addresses.
+  // iteration fixed), neighbouring threads on neighbouring addresses. A 16-byte piece starts at a
+  // k (or n) that is a multiple of 4 and holds the elements up to the product's edge, zero-filled
+  // past it.
   auto issue = [&](int j) {
     if (j < steps) {
       const int k0 = kb + j * KB, buf = j % NS;
       float* As = smem + (j % NS) * Sh::kStageFloats;
       float* Bs = As + Sh::kAFloats;
-      SQ_UNROLL
-      for (int r = 0; r < Sh::RA; ++r) {
-        const int l = int(threadIdx.x) + r * kGemmThreads, mm = l / KB, kk = l % KB;
-        const int m = m0 + mm, k = k0 + kk;
-        const bool in = m < op.M && k < ke;
-        cp_async4(As + mm * LDA + kk, in ? op.a_ptr(m, k, tab.k[buf][kk]) : op.any(), in);
+      if (vec.a) {
+        constexpr int PA = TM * KB / 4;
+        SQ_UNROLL
+        for (int r = 0; r < (PA + kGemmThreads - 1) / kGemmThreads; ++r) {
+          const int l = int(threadIdx.x) + r * kGemmThreads, mm = l / (KB / 4), kk = l % (KB / 4) * 4;
+          const int m = m0 + mm, k = k0 + kk, nv = m < op.M ? max(0, min(4, ke - k)) : 0;
+          if (PA % kGemmThreads == 0 || l < PA)
+            cp_async16(As + mm * LDA + kk, nv > 0 ? op.a_ptr(m, k, tab.k[buf][kk]) : op.any(), nv);
+        }
+      } else {
+        SQ_UNROLL
+        for (int r = 0; r < Sh::RA; ++r) {
+          const int l = int(threadIdx.x) + r * kGemmThreads, mm = l / KB, kk = l % KB;
+          const int m = m0 + mm, k = k0 + kk;
+          const bool in = m < op.M && k < ke;
+          cp_async4(As + mm * LDA + kk, in ? op.a_ptr(m, k, tab.k[buf][kk]) : op.any(), in);
+        }
       }
-      SQ_UNROLL
-      for (int r = 0; r < Sh::RB; ++r) {
-        const int l = int(threadIdx.x) + r * kGemmThreads;
-        const int kk = Sh::kBnk ? l % KB : l / TN, nn = Sh::kBnk ? l / KB : l % TN;
-        const int k = k0 + kk, n = n0 + nn;
-        const float* e = (n < op.N && k < ke) ? op.b_ptr(tab.k[buf][kk], tab.n[nn]) : nullptr;
-        cp_async4(Bs + (Sh::kBnk ? nn * LDB + kk : kk * LDB + nn), e ? e : op.any(), e != nullptr);
+      if (vec.b) {
+        constexpr int PB = KB * TN / 4;
+        static_assert(PB % kGemmThreads == 0, "whole pieces per thread");
+        SQ_UNROLL
+        for (int r = 0; r < PB / kGemmThreads; ++r) {
+          const int l = int(threadIdx.x) + r * kGemmThreads;
+          const int kk = Sh::kBnk ? l % (KB / 4) * 4 : l / (TN / 4), nn = Sh::kBnk ? l / (KB / 4) : l % (TN / 4) * 4;
+          const int k = k0 + kk, n = n0 + nn;
+          const int nv = Sh::kBnk ? (n < op.N ? max(0, min(4, ke - k)) : 0) : (k < ke ? max(0, min(4, op.N - n)) : 0);
+          const float* e = nv > 0 ? op.b_ptr(tab.k[buf][kk], tab.n[nn]) : nullptr;
+          cp_async16(Bs + (Sh::kBnk ? nn * LDB + kk : kk * LDB + nn), e ? e : op.any(), e ? nv : 0);
+        }
+      } else {
+        SQ_UNROLL
+        for (int r = 0; r < Sh::RB; ++r) {
+          const int l = int(threadIdx.x) + r * kGemmThreads;
+          const int kk = Sh::kBnk ? l % KB : l / TN, nn = Sh::kBnk ? l / KB : l % TN;
+          const int k = k0 + kk, n = n0 + nn;
+          const float* e = (n < op.N && k < ke) ? op.b_ptr(tab.k[buf][kk], tab.n[nn]) : nullptr;
+          cp_async4(Bs + (Sh::kBnk ? nn * LDB + kk : kk * LDB + nn), e ? e : op.any(), e != nullptr);
+        }
       }
     }
     cp_async_commit();
