@@ -146,11 +146,12 @@ TEST(CompressKernelsOnCpu, CodebookKernelsMatchQuantizedConstraint) {
 
 // Max-pool with ties and NaNs (the first maximum wins; a NaN wins), its argmax bytes, and the
 // gather backward; the global average pool. Every pooling of the model family (k 3, stride 2,
-// ceil) and a padded one.
+// ceil) and padded ones.
 TEST(KernelsOnCpu, PoolsMatchTheCpuOpsBitForBit) {
   for (bool reverse : {false, true}) {
     for (const PoolGeom& g : {PoolGeom{2, 3, 13, 13, 3, 2, 0, true}, PoolGeom{3, 2, 14, 11, 3, 2, 0, true},
-                              PoolGeom{2, 2, 9, 9, 3, 2, 1, true}, PoolGeom{1, 3, 8, 8, 2, 2, 0, false}}) {
+                              PoolGeom{2, 2, 9, 9, 3, 2, 1, true}, PoolGeom{2, 2, 10, 7, 3, 2, 1, false},
+                              PoolGeom{1, 3, 8, 8, 2, 2, 0, false}}) {
       SCOPED_TRACE("H " + std::to_string(g.H) + " W " + std::to_string(g.W) + " pad " + std::to_string(g.pad) +
                    (reverse ? ", reverse" : ""));
       const size_t nx = size_t(g.C) * g.N * g.H * g.W, ny = size_t(g.C) * g.N * g.P() * g.Q();
@@ -165,7 +166,8 @@ TEST(KernelsOnCpu, PoolsMatchTheCpuOpsBitForBit) {
       std::vector<float> yk(ny, -1.0f), dxk(nx, -1.0f);
       std::vector<uint8_t> arg(ny, 255);
       // Grids smaller than the work, as pool.cu's are for large tensors: both loops stride. The
-      // generic kernels, then (for k 3, stride 2) the ones pool.cu specialises for that window.
+      // generic kernels, then (for k 3, stride 2) the ones pool.cu uses for that window: the
+      // forward with the window as constants, the backward over 2x2 cells of the input.
       for (bool special : {false, true}) {
         if (special && !(g.k == 3 && g.stride == 2)) continue;
         SCOPED_TRACE(special ? "k 3, stride 2 kernels" : "generic kernels");
@@ -180,7 +182,7 @@ TEST(KernelsOnCpu, PoolsMatchTheCpuOpsBitForBit) {
         }, reverse));
         ASSERT_TRUE(simt::run({3, 2, 1}, 32, [&] {
           if (special)
-            cuda::maxpool_backward_kernel<3, 2>(a, arg.data(), dy.data(), dxk.data());
+            cuda::maxpool_backward_k3s2_kernel(a, arg.data(), dy.data(), dxk.data());
           else
             cuda::maxpool_backward_kernel(a, arg.data(), dy.data(), dxk.data());
         }, reverse));

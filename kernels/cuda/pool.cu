@@ -45,11 +45,12 @@ void maxpool_forward(const PoolGeom& g, const float* x, float* y, uint8_t* argma
 void maxpool_backward(const PoolGeom& g, const uint8_t* argmax, const float* dy, float* dx,
                       cudaStream_t s) {
   const PoolArgs a = args_of(g);
-  const dim3 grid = plane_grid(a, (long long)a.H * a.W);
-  if (a.k == 3 && a.stride == 2)
-    maxpool_backward_kernel<3, 2><<<grid, kThreads, 0, s>>>(a, argmax, dy, dx);
-  else
-    maxpool_backward_kernel<<<grid, kThreads, 0, s>>>(a, argmax, dy, dx);
+  if (a.k == 3 && a.stride == 2) {  // (args_of: 2 * pad <= k, so pad is 0 or 1)
+    const long long cells = (long long)((a.H + a.pad + 1) / 2) * ((a.W + a.pad + 1) / 2);
+    maxpool_backward_k3s2_kernel<<<plane_grid(a, cells), kThreads, 0, s>>>(a, argmax, dy, dx);
+  } else {
+    maxpool_backward_kernel<<<plane_grid(a, (long long)a.H * a.W), kThreads, 0, s>>>(a, argmax, dy, dx);
+  }
   SQ_CUDA_LAUNCH("maxpool_backward");
 }
 
