@@ -171,6 +171,23 @@ void check_bias(const Case& c, int chunks, bool reverse) {
   }
 }
 
+// A tensor-core kernel's three products, each through run(op, splits): the forward, the input
+// gradient, and the weight gradient in 2 split-K slices (summed here), against the double
+// reference at tolerance tol, and visibly rounded.
+template <class Run>
+void check_rounded_products(const Case& c, double tol, Run run) {
+  std::vector<float> y(c.y_ref.size(), NAN), dx(c.dx_ref.size(), NAN);
+  std::vector<float> ws(2 * c.dw_ref.size(), NAN), dw(c.dw_ref.size(), 0.0f);
+  run(c.fwd(y.data()), 1);
+  run(c.data(dx.data()), 1);
+  run(c.wgt(ws.data()), 2);
+  for (size_t i = 0; i < dw.size(); ++i) dw[i] = ws[i] + ws[dw.size() + i];
+  EXPECT_LT(rel(y, c.y_ref), tol) << "forward";
+  EXPECT_LT(rel(dx, c.dx_ref), tol) << "input gradient";
+  EXPECT_LT(rel(dw, c.dw_ref), tol) << "weight gradient";
+  EXPECT_GT(rel(y, c.y_ref), 1e-7) << "the operands were not rounded";
+}
+
 // The tensor-core kernel (a TM x TN tile), with tf32 or bfloat16 operands as tests/simt_host.h rounds
 // them, against the same reference at test_cuda_ops' tolerances for these precisions.
 template <class Prec, bool kPrefetch, int TM = cuda::BM, int TN = cuda::BN>
@@ -183,16 +200,7 @@ void check_tensor_core(const Case& c, double tol) {
     const std::function<void()> body = [&] { cuda::igemm_tc_kernel<Op, Prec, kPrefetch, TM, TN>(op, chunk); };
     ASSERT_TRUE(simt::run(grid, cuda::kGemmThreads, body)) << "threads disagree on barriers";
   };
-  std::vector<float> y(c.y_ref.size(), NAN), dx(c.dx_ref.size(), NAN);
-  std::vector<float> ws(2 * c.dw_ref.size(), NAN), dw(c.dw_ref.size(), 0.0f);
-  run(c.fwd(y.data()), 1);
-  run(c.data(dx.data()), 1);
-  run(c.wgt(ws.data()), 2);
-  for (size_t i = 0; i < dw.size(); ++i) dw[i] = ws[i] + ws[dw.size() + i];
-  EXPECT_LT(rel(y, c.y_ref), tol) << "forward";
-  EXPECT_LT(rel(dx, c.dx_ref), tol) << "input gradient";
-  EXPECT_LT(rel(dw, c.dw_ref), tol) << "weight gradient";
-  EXPECT_GT(rel(y, c.y_ref), 1e-7) << "the operands were not rounded";
+  check_rounded_products(c, tol, run);
 }
 
 }  // namespace
@@ -273,9 +281,8 @@ TEST(ImplicitGemm, TensorCoreKernelOnTheCpuReproducesTheCpuConvolution) {
 
 namespace {
 
-// The mma kernel (kernels/cuda/igemm_mma.cuh, v7) with one tile and precision, its grid as conv.cu
-// launches it, threads resumed in the given order: forward, input gradient, and the weight
-// gradient in 2 split-K slices, against the double reference at the tensor-core tolerances.
+// The mma kernel (kernels/cuda/igemm_mma.cuh, v7) with one tile and precision, its grid, slices
+// and 16-byte copies as conv.cu launches it, threads resumed in the given order.
 template <class Prec, int TM, int TN, int WM>
 void check_mma(const Case& c, double tol, bool reverse) {
   SCOPED_TRACE("mma tile " + std::to_string(TM) + "x" + std::to_string(TN) + (reverse ? ", reverse" : ""));
@@ -289,16 +296,7 @@ void check_mma(const Case& c, double tol, bool reverse) {
     const std::function<void()> body = [&] { cuda::igemm_mma_kernel<Op, Prec, TM, TN, WM>(op, chunk, vec); };
     ASSERT_TRUE(simt::run(grid, cuda::kGemmThreads, body, reverse)) << "threads disagree on barriers";
   };
-  std::vector<float> y(c.y_ref.size(), NAN), dx(c.dx_ref.size(), NAN);
-  std::vector<float> ws(2 * c.dw_ref.size(), NAN), dw(c.dw_ref.size(), 0.0f);
-  run(c.fwd(y.data()), 1);
-  run(c.data(dx.data()), 1);
-  run(c.wgt(ws.data()), 2);
-  for (size_t i = 0; i < dw.size(); ++i) dw[i] = ws[i] + ws[dw.size() + i];
-  EXPECT_LT(rel(y, c.y_ref), tol) << "forward";
-  EXPECT_LT(rel(dx, c.dx_ref), tol) << "input gradient";
-  EXPECT_LT(rel(dw, c.dw_ref), tol) << "weight gradient";
-  EXPECT_GT(rel(y, c.y_ref), 1e-7) << "the operands were not rounded";
+  check_rounded_products(c, tol, run);
 }
 
 }  // namespace

@@ -113,17 +113,21 @@ void launch_mma_tile(const Op& op, int splits, int chunk, cudaStream_t s) {
 }
 
 // The mma kernel's tile, at most 128 registers a thread so that two blocks share an SM (ptxas,
-// sm_90: 128x128 would spill 160-212 bytes a thread there, so it is not used). 64 columns for a
-// product of at most 64 (a weight gradient's C*R*S), with 128 rows where that pads M no more than
-// 64 does; else 128 columns, 16, 32 or 64 rows.
+// sm_90: 128x128 would spill 160-212 bytes a thread there, so it is not used). The copies, not
+// the multiply, are expected to limit it, and B is the costly operand (a 4-byte gather, where A
+// mostly goes 16 bytes at a time): per output and k a TM x TN tile issues about 1/TM B copies and
+// 1/(4 TN) A copies, so 128 x 64 issues a third fewer than 64 x 128. Hence 128 x 64 wherever M
+// exceeds 64 and 128 rows pad M no more than 64 do (M = 96, 128, 256; not 192); a weight gradient
+// of more than 32 rows (N = C*R*S, 144 to 576 in the Fire modules) pads less to 64 columns than to
+// 128. Otherwise 128 columns and 16, 32 or 64 rows, by M (16 or 32 rows copy A the least).
 template <class Prec, class Op>
 void launch_mma(const Op& op, int splits, cudaStream_t s) {
   const int M = op.M, chunk = mma_chunk(op.Kd, splits);
-  if (op.N <= 64) {
-    if (M > 64 && (M + 127) / 128 * 128 <= (M + 63) / 64 * 64)
-      launch_mma_tile<Prec, 128, 64, 4>(op, splits, chunk, s);
-    else
-      launch_mma_tile<Prec, 64, 64, 4>(op, splits, chunk, s);
+  const bool tall = M > 64 && (M + 127) / 128 * 128 <= (M + 63) / 64 * 64;
+  if (tall) {
+    launch_mma_tile<Prec, 128, 64, 4>(op, splits, chunk, s);
+  } else if (op.N <= 64 || (Op::kBAlongK && M > 32)) {
+    launch_mma_tile<Prec, 64, 64, 4>(op, splits, chunk, s);
   } else if (M <= 16) {
     launch_mma_tile<Prec, 16, 128, 1>(op, splits, chunk, s);
   } else if (M <= 32) {
