@@ -23,7 +23,8 @@
 #            the same way); with SQUEEZE_IGEMM_MMA=1 (the TF32/BF16
 #            columns through the cp.async + mma.sync kernel, v7, and the per-layer profiles); the
 #            training section with SQUEEZE_CUDA_GRAPH=1 (the step as CUDA graphs)
-#   pytorch  bench/pytorch_gpu.py: PyTorch eager and torch.compile on the same GPU
+#   pytorch  bench/pytorch_gpu.py: PyTorch eager and torch.compile on the same GPU, and eager
+#            under BF16 autocast (the same arithmetic as --precision bf16)
 #   sanitize compute-sanitizer memcheck over small GPU training steps (every kernel of a model)
 #            and the compression constraints' kernels
 #   compress `squeeze compress --device cuda` of the default job's weights (trained first when the
