@@ -339,3 +339,54 @@ TEST(ImplicitGemm, MmaKernelOnTheCpuReproducesTheCpuConvolution) {
   }
   EXPECT_EQ(vector_cases, 1) << "the 1x1 case takes the 16-byte copies for every operand that allows them";
 }
+
+// The input gradient's ReLU epilogue (the Fire's ds: the second expand's product added onto the
+// first's, then the squeeze ReLU's backward, x > 0 ? dx : 0, in the store): through the plain loop
+// and the fp32, WMMA and mma kernels, onto a random earlier dx, against the reference. Masking
+// before the sum, or not at all, leaves d0 or the sum where x <= 0.
+TEST(ImplicitGemm, InputGradientEpilogueAddsThenAppliesTheReluOfX) {
+  std::mt19937 rng(13);
+  for (const ConvGeom& cg : {kCases[2], kCases[8], kCases[9]}) {
+    const Case c(cg, rng);
+    SCOPED_TRACE(c.name());
+    std::normal_distribution<float> nd;
+    std::vector<float> d0(c.dx_ref.size());
+    for (float& v : d0) v = nd(rng);
+    std::vector<double> want(d0.size());
+    size_t masked = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      want[i] = c.x[i] > 0.0f ? double(d0[i]) + c.dx_ref[i] : 0.0;
+      masked += !(c.x[i] > 0.0f);
+    }
+    ASSERT_GT(masked, want.size() / 4) << "the mask must matter";
+    auto op_onto = [&](std::vector<float>& dx) {
+      dx = d0;
+      cuda::DataOp op = c.data(dx.data());
+      op.accumulate = true;
+      op.relu_x = c.x.data();
+      return op;
+    };
+    std::vector<float> dx;
+    multiply(op_onto(dx));
+    EXPECT_LT(rel(dx, want), 1e-6) << "plain loop";
+    {
+      const cuda::DataOp op = op_onto(dx);
+      ASSERT_TRUE(simt::run({unsigned((op.N + 63) / 64), unsigned((op.M + 63) / 64), 1}, cuda::kGemmThreads,
+                            [&] { cuda::igemm_kernel<cuda::DataOp, 64, 64>(op, op.Kd); }));
+      EXPECT_LT(rel(dx, want), 1e-6) << "fp32 tile kernel";
+    }
+    {
+      const cuda::DataOp op = op_onto(dx);
+      ASSERT_TRUE(simt::run({unsigned((op.N + 63) / 64), unsigned((op.M + 63) / 64), 1}, cuda::kGemmThreads,
+                            [&] { cuda::igemm_tc_kernel<cuda::DataOp, cuda::Tf32>(op, op.Kd); }));
+      EXPECT_LT(rel(dx, want), 3e-3) << "WMMA kernel, tf32";
+    }
+    {
+      const cuda::DataOp op = op_onto(dx);
+      const int chunk = cuda::mma_chunk(op.Kd, 1);
+      ASSERT_TRUE(simt::run({unsigned((op.N + 127) / 128), unsigned((op.M + 63) / 64), 1}, cuda::kGemmThreads,
+                            [&] { cuda::igemm_mma_kernel<cuda::DataOp, cuda::MmaBf16, 64, 128, 2>(op, chunk, cuda::mma_vec(op)); }));
+      EXPECT_LT(rel(dx, want), 2e-2) << "mma kernel, bf16";
+    }
+  }
+}

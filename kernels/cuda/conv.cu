@@ -219,9 +219,13 @@ size_t conv_backward_workspace(const ConvGeom& cg) {
 }
 
 void conv_backward(const ConvGeom& cg, const float* x, const float* w, const float* dz, float* dw,
-                   float* db, float* dx, bool accumulate, float* ws, cudaStream_t s) {
+                   float* db, float* dx, bool accumulate, float* ws, cudaStream_t s, bool relu_x) {
   if (cg.N == 0) return;
-  if (g_impl == ConvImpl::kCudnn) return cudnn_conv_backward(cg, x, w, dz, dw, db, dx, accumulate, s);
+  if (g_impl == ConvImpl::kCudnn) {
+    cudnn_conv_backward(cg, x, w, dz, dw, db, dx, accumulate, s);
+    if (dx && relu_x) relu_backward(dx, x, dx, size_t(cg.C) * cg.N * cg.H * cg.W, s);
+    return;
+  }
   const Geo g = geo_of(cg);
   const int npq = g.N * g.P * g.Q, crs = g.C * g.R * g.S;
   const int splits = weight_splits(g);
@@ -240,7 +244,7 @@ void conv_backward(const ConvGeom& cg, const float* x, const float* w, const flo
     SQ_CUDA_LAUNCH("conv_backward (bias)");
   }
   if (dx) {
-    DataOp dop{g, w, dz, dx, accumulate, g.C, g.N * g.H * g.W, g.K * g.R * g.S};
+    DataOp dop{g, w, dz, dx, accumulate, g.C, g.N * g.H * g.W, g.K * g.R * g.S, relu_x ? x : nullptr};
     launch_igemm(dop, 1, s, "conv_backward (data)");
   }
 }

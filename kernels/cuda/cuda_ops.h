@@ -116,10 +116,13 @@ void cudnn_conv_backward(const ConvGeom& g, const float* x, const float* w, cons
 void conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y,
                   bool relu, cudaStream_t s);
 // dw += ..., db += ... (may be null), dx = or += (accumulate) the input gradient (may be null).
-// ws: conv_backward_workspace(g) floats (the split-K partial sums of dw).
+// relu_x: x is a ReLU's output, and dx also goes through that ReLU's backward (dx = x > 0 ? dx :
+// 0, after any accumulation), in the input gradient's epilogue (the own kernels) or a pass after
+// it (cuDNN). ws: conv_backward_workspace(g) floats (the split-K partial sums of dw).
 size_t conv_backward_workspace(const ConvGeom& g);
 void conv_backward(const ConvGeom& g, const float* x, const float* w, const float* dz, float* dw,
-                   float* db, float* dx, bool accumulate, float* ws, cudaStream_t s);
+                   float* db, float* dx, bool accumulate, float* ws, cudaStream_t s,
+                   bool relu_x = false);
 
 // ---- Fire module ----------------------------------------------------------------------------
 // As kernels/ops.h: squeeze 1x1 + ReLU into s, expand 1x1 and 3x3 + ReLU straight into their

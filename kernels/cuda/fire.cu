@@ -1,6 +1,7 @@
 // The Fire module on the GPU, composed from the implicit-GEMM convolutions: the expands write
 // their channel slices of the output directly (no concat pass), and the squeeze output's
-// gradient is the expand 1x1's backward-data result plus the expand 3x3's, summed in place.
+// gradient is the expand 1x1's backward-data result plus the expand 3x3's, summed in place by the
+// second product's epilogue, which also applies the squeeze ReLU's backward (no separate pass).
 #include <algorithm>
 
 #include "kernels/cuda/common.cuh"
@@ -35,16 +36,13 @@ void fire_backward(const FireGeom& g, const float* x, FireParams<const float> p,
   float* ds = dz + size_t(g.E1 + g.E3) * plane;       // (S, N, H, W)
   float* conv_ws = ds + size_t(g.S) * plane;
   relu_backward(dy, y, dz, size_t(g.E1 + g.E3) * plane, st);
-  bool wrote = false;
-  if (g.E1 > 0) {
-    conv_backward(g.expand1(), s, p.w1, dz, grad.w1, grad.b1, ds, false, conv_ws, st);
-    wrote = true;
-  }
-  if (g.E3 > 0) {
-    conv_backward(g.expand3(), s, p.w3, dz + size_t(g.E1) * plane, grad.w3, grad.b3, ds, wrote,
-                  conv_ws, st);
-  }
-  relu_backward(ds, s, ds, size_t(g.S) * plane, st);
+  // ds: the expand 1x1's input gradient, then the expand 3x3's added in its epilogue, which also
+  // applies the squeeze ReLU's backward (s > 0); the expand 1x1's does when it is alone.
+  if (g.E1 > 0)
+    conv_backward(g.expand1(), s, p.w1, dz, grad.w1, grad.b1, ds, false, conv_ws, st, g.E3 == 0);
+  if (g.E3 > 0)
+    conv_backward(g.expand3(), s, p.w3, dz + size_t(g.E1) * plane, grad.w3, grad.b3, ds, g.E1 > 0,
+                  conv_ws, st, true);
   conv_backward(g.squeeze(), x, p.ws, ds, grad.ws, grad.bs, dx, accumulate, conv_ws, st);
 }
 

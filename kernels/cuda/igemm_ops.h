@@ -103,6 +103,9 @@ struct DataOp {
   float* dx;
   bool accumulate;
   int M, N, Kd;
+  // When x is a ReLU's output (the Fire's squeeze output, input of both expands): x itself, and
+  // the epilogue applies that ReLU's backward, dx = x > 0 ? dx : 0, after accumulating.
+  const float* relu_x = nullptr;
   SQ_HOST_DEVICE KEnt kent(int k) const {
     const int RS = g.R * g.S, ko = k / RS, rs = k - ko * RS, r = rs / g.S, s = rs - r * g.S;
     const int ko_off = ko * g.N * g.P * g.Q;
@@ -132,8 +135,9 @@ struct DataOp {
     return e ? *e : 0.0f;
   }
   SQ_HOST_DEVICE void store(int m, int n, float v, int) const {
-    float* o = dx + size_t(m) * N + n;
-    *o = accumulate ? *o + v : v;
+    const size_t i = size_t(m) * N + n;
+    v = accumulate ? dx[i] + v : v;
+    dx[i] = !relu_x || relu_x[i] > 0.0f ? v : 0.0f;
   }
 };
 
