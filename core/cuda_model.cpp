@@ -13,7 +13,8 @@
 namespace sq {
 
 CudaModel::CudaModel(const ModelConfig& cfg, int max_batch, cudaStream_t stream)
-    : plan_(cfg, 1), max_batch_(max_batch), stream_(stream) {
+    : plan_(cfg, 1), max_batch_(max_batch), stream_(stream),
+      relu_by_next_(relu_backward_by_next(plan_.layers())) {
   SQ_ASSERT(max_batch >= 1, "max_batch must be positive");
   size_t total = 0, largest = 0;
   for (const ActShape& a : plan_.acts()) {
@@ -169,29 +170,37 @@ void CudaModel::backward(const float* params, const float* dlogits, float* grads
     const ActShape& ain = acts[size_t(l.in)];
     const size_t n_in = size_t(ain.per_sample()) * N;
     const bool first = li == 0;
+    // The ReLU backwards (relu_backward_by_next): this layer's own is done when dcur arrives if
+    // own_relu_done; it applies the previous layer's to dprev, as it writes it, if relu_in (the
+    // mask is its input, that ReLU's output).
+    const bool own_relu_done = relu_by_next_[li] != 0, relu_in = !first && relu_by_next_[li - 1] != 0;
+    const float* in_mask = relu_in ? act(l.in) : nullptr;
     switch (l.kind) {
       case LayerKind::kAvgPool:
-        cuda::avgpool_backward(N, ain.c, ain.h * ain.w, dcur, dprev, s);
+        cuda::avgpool_backward(N, ain.c, ain.h * ain.w, dcur, dprev, s, in_mask);
         break;
       case LayerKind::kConv: {
         ConvGeom g = l.conv;
         g.N = N;
-        cuda::relu_backward(dcur, act(l.out), dcur, size_t(acts[size_t(l.out)].per_sample()) * N, s);
+        if (!own_relu_done)
+          cuda::relu_backward(dcur, act(l.out), dcur, size_t(acts[size_t(l.out)].per_sample()) * N, s);
         cuda::conv_backward(g, act(l.in), P + l.w, dcur, G + l.w, G + l.b,
-                            first ? nullptr : dprev, false, ws_, s);
+                            first ? nullptr : dprev, false, ws_, s, relu_in);
         break;
       }
       case LayerKind::kDropout:
         if (cfg.dropout > 0.0)
           cuda::dropout_backward(N, ain.c, ain.h * ain.w, float(cfg.dropout), dropout_keys, dcur,
-                                 dprev, s);
+                                 dprev, s, in_mask);
+        else if (relu_in)
+          cuda::relu_backward(dcur, in_mask, dprev, n_in, s);
         else
           SQ_CUDA(cudaMemcpyAsync(dprev, dcur, sizeof(float) * n_in, cudaMemcpyDeviceToDevice, s));
         break;
       case LayerKind::kMaxPool: {
         PoolGeom g = l.pool;
         g.N = N;
-        cuda::maxpool_backward(g, pool_idx_ + pool_idx_offset_[li], dcur, dprev, s);
+        cuda::maxpool_backward(g, pool_idx_ + pool_idx_offset_[li], dcur, dprev, s, in_mask);
         break;
       }
       case LayerKind::kFire: {
@@ -201,7 +210,7 @@ void CudaModel::backward(const float* params, const float* dlogits, float* grads
         FireParams<float> fg{G + l.ws, G + l.bs, G + l.w1, G + l.b1, G + l.w3, G + l.b3};
         const float* y = l.bypass == Bypass::kNone ? act(l.out) : act(l.fire_act);
         cuda::fire_backward(f, act(l.in), fp, act(l.squeeze_act), y, dcur, fg, dprev, false, ws_,
-                            s);
+                            s, own_relu_done, relu_in);
         if (l.bypass == Bypass::kSimple) {
           cuda::add_inplace(dprev, dcur, n_in, s);
         } else if (l.bypass == Bypass::kComplex) {

@@ -66,6 +66,8 @@ class CudaModel {
   float* ws_ = nullptr;      // op workspace
   uint8_t* pool_idx_ = nullptr;         // each max-pool's recorded window maxima (bytes)
   std::vector<size_t> pool_idx_offset_;  // per layer, into pool_idx_
+  // Per layer: the layer after it applies its output ReLU's backward (relu_backward_by_next).
+  std::vector<char> relu_by_next_;
   size_t bytes_ = 0;
   int n_ = 0;
   // Profiling: events[0] before the forward, then one per layer run; their labels.

@@ -454,4 +454,20 @@ template std::string model_table(const BasicModel<double>&);
 template int64_t total_macs(const BasicModel<float>&);
 template int64_t total_macs(const BasicModel<double>&);
 
+std::vector<char> relu_backward_by_next(const std::vector<Layer>& layers) {
+  std::vector<char> out(layers.size(), 0);
+  for (size_t i = 0; i + 1 < layers.size(); ++i) {
+    const Layer& l = layers[i];
+    const Layer& next = layers[i + 1];
+    const bool relu_out = l.kind == LayerKind::kConv || (l.kind == LayerKind::kFire && l.bypass == Bypass::kNone);
+    int readers = 0;
+    for (const Layer& r : layers) readers += r.in == l.out;
+    const bool final_dx = next.kind == LayerKind::kMaxPool || next.kind == LayerKind::kAvgPool ||
+                          next.kind == LayerKind::kDropout || next.kind == LayerKind::kConv ||
+                          (next.kind == LayerKind::kFire && next.bypass == Bypass::kNone);
+    out[i] = relu_out && next.in == l.out && readers == 1 && final_dx;
+  }
+  return out;
+}
+
 }  // namespace sq

@@ -108,6 +108,14 @@ using Model = BasicModel<float>;
 extern template class BasicModel<float>;
 extern template class BasicModel<double>;
 
+// For each layer: whether the layer after it applies the backward of the ReLU on its output, in
+// its own input gradient's pass (CudaModel's backward), so that the layer skips that pass. Where:
+// the layer is a convolution (always followed by ReLU) or a Fire module without a bypass (its
+// output is the expands' ReLU), its output is read by the next layer alone, and that layer's input
+// gradient is final when written: a pool, dropout, a convolution, or a Fire module without a
+// bypass (a bypass adds a second term afterwards).
+std::vector<char> relu_backward_by_next(const std::vector<Layer>& layers);
+
 // Per-layer table like the paper's Table 1 (for `squeeze info`).
 template <class T>
 std::string model_table(const BasicModel<T>& m);

@@ -37,6 +37,12 @@ std::mt19937& rng() {
 std::vector<float> randn(size_t n, float scale = 1.0f) {
   return testing_ops::normal_vec(n, rng(), scale);
 }
+// A ReLU's output (about half zeros): the mask of the backwards that apply the previous layer's
+// ReLU in their own pass.
+std::vector<float> relu_of(std::vector<float> v) {
+  for (float& e : v) e = e > 0.0f ? e : 0.0f;
+  return v;
+}
 
 ModelConfig small_model() {  // every kind of weight tensor, a few thousand parameters each
   ModelConfig c = preset("squeezenet1.1");
@@ -188,6 +194,18 @@ TEST(KernelsOnCpu, PoolsMatchTheCpuOpsBitForBit) {
         }, reverse));
         expect_same_bits(yk, y, "max-pool forward");
         expect_same_bits(dxk, dx, "max-pool backward");
+        // With the previous layer's ReLU applied in the same pass (its output as the mask).
+        const std::vector<float> relu_out = relu_of(randn(nx));
+        std::vector<float> dxr = dx;
+        relu_backward<float>(dx.data(), relu_out.data(), dxr.data(), nx);
+        std::fill(dxk.begin(), dxk.end(), -1.0f);
+        ASSERT_TRUE(simt::run({3, 2, 1}, 32, [&] {
+          if (special)
+            cuda::maxpool_backward_k3s2_kernel(a, arg.data(), dy.data(), dxk.data(), relu_out.data());
+          else
+            cuda::maxpool_backward_kernel(a, arg.data(), dy.data(), dxk.data(), relu_out.data());
+        }, reverse));
+        expect_same_bits(dxk, dxr, "max-pool backward with the ReLU of its input");
       }
     }
     const int N = 3, C = 5, HW = 13;
@@ -199,6 +217,10 @@ TEST(KernelsOnCpu, PoolsMatchTheCpuOpsBitForBit) {
     run(2, [&] { cuda::avgpool_backward_kernel(N, C, HW, dy.data(), dxk.data()); }, reverse);
     expect_same_bits(yk, y, "average-pool forward");
     expect_same_bits(dxk, dx, "average-pool backward");
+    const std::vector<float> relu_out = relu_of(randn(x.size()));
+    relu_backward<float>(dx.data(), relu_out.data(), dx.data(), dx.size());
+    run(2, [&] { cuda::avgpool_backward_kernel(N, C, HW, dy.data(), dxk.data(), relu_out.data()); }, reverse);
+    expect_same_bits(dxk, dx, "average-pool backward with the ReLU of its input");
   }
 }
 
@@ -216,6 +238,16 @@ TEST(KernelsOnCpu, DropoutElementwiseAndSgdMatchTheCpuOps) {
     run(2, [&] { cuda::dropout_kernel(N, C, HW, p, 1.0f / (1.0f - p), keys.data(), x.data(), yk.data()); }, reverse);
     expect_same_bits(yk, y, "dropout");
     EXPECT_GT(std::count(y.begin(), y.end(), 0.0f), 0);
+    {  // the backward with the previous layer's ReLU applied in the same pass: dropout's
+       // backward, then relu_backward with that ReLU's output as the mask
+      const std::vector<float> dy = randn(x.size()), relu_out = relu_of(randn(x.size()));
+      std::vector<float> dx(x.size()), dxk(x.size());
+      dropout_backward<float>(N, C, HW, p, keys.data(), dy.data(), dx.data());
+      relu_backward<float>(dx.data(), relu_out.data(), dx.data(), dx.size());
+      run(2, [&] { cuda::dropout_kernel(N, C, HW, p, 1.0f / (1.0f - p), keys.data(), dy.data(), dxk.data(), relu_out.data()); },
+          reverse);
+      expect_same_bits(dxk, dx, "dropout backward with the ReLU of its input");
+    }
 
     const size_t n = 5000;
     const std::vector<float> a = randn(n), b = randn(n), c = randn(n);

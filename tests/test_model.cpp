@@ -105,6 +105,33 @@ TEST(Model, BypassVariants) {
   EXPECT_EQ(m.layout().find("features.4.bypass.weight"), nullptr);   // fire3: identity
 }
 
+// Which layers' output ReLU has its backward applied by the layer after them (CudaModel's
+// backward): every convolution and Fire module of the plain models; with a bypass, not the Fire
+// modules that have one (their output is a sum) nor those feeding one (that gradient gets the
+// bypass's term after the next layer's pass).
+TEST(Model, ReluBackwardAppliedByTheNextLayer) {
+  auto fused = [](ModelConfig c) {
+    const Model m(c, 1, false);
+    const std::vector<char> f = relu_backward_by_next(m.layers());
+    EXPECT_EQ(f.size(), m.layers().size());
+    std::string names;
+    for (size_t i = 0; i < f.size(); ++i)
+      if (f[i]) names += (names.empty() ? "" : " ") + m.layers()[i].name;
+    return names;
+  };
+  const std::string all = "conv1 fire2 fire3 fire4 fire5 fire6 fire7 fire8 fire9 conv10";
+  EXPECT_EQ(fused(preset("squeezenet1.0")), all);
+  EXPECT_EQ(fused(preset("squeezenet1.1")), all);
+  ModelConfig small = preset("squeezenet1.0");
+  small.stem = Stem::kSmall, small.in_c = 1, small.in_h = small.in_w = 28, small.num_classes = 10;
+  EXPECT_EQ(fused(small), all);
+  ModelConfig c = preset("squeezenet1.0");
+  c.bypass = Bypass::kSimple;
+  EXPECT_EQ(fused(c), "conv1 fire4 fire8 conv10");
+  c.bypass = Bypass::kComplex;
+  EXPECT_EQ(fused(c), "conv1 conv10");
+}
+
 TEST(Model, TorchvisionKeysInForwardOrderAndContiguous) {
   Model m(preset("squeezenet1.0"), 1);
   const auto& t = m.layout().tensors;

@@ -71,16 +71,21 @@ void write_shared_weights(size_t n, const int32_t* centroid_of, const float* cod
 void maxpool_forward(const PoolGeom& g, const float* x, float* y, uint8_t* argmax, cudaStream_t s);
 // Gathers, per input element, dy of the windows whose recorded first maximum it is (no atomics;
 // the windows in row-major order, as the CPU op adds them).
+//
+// relu_x, here and in the avgpool and dropout backwards (may be null): the layer's input is a
+// ReLU's output, and dx also goes through that ReLU's backward, dx = relu_x > 0 ? dx : 0, in the
+// same pass (CudaModel's backward: the layer after a ReLU applies its backward; docs/KERNELS.md).
 void maxpool_backward(const PoolGeom& g, const uint8_t* argmax, const float* dy, float* dx,
-                      cudaStream_t s);
+                      cudaStream_t s, const float* relu_x = nullptr);
 void avgpool_forward(int N, int C, int HW, const float* x, float* y, cudaStream_t s);
-void avgpool_backward(int N, int C, int HW, const float* dy, float* dx, cudaStream_t s);
+void avgpool_backward(int N, int C, int HW, const float* dy, float* dx, cudaStream_t s,
+                      const float* relu_x = nullptr);
 
 // ---- dropout (sample_keys on the device; masks identical to the CPU op's) -----------------
 void dropout_forward(int N, int C, int HW, float p, const uint64_t* sample_keys, const float* x,
                      float* y, cudaStream_t s);
 void dropout_backward(int N, int C, int HW, float p, const uint64_t* sample_keys,
-                      const float* dy, float* dx, cudaStream_t s);
+                      const float* dy, float* dx, cudaStream_t s, const float* relu_x = nullptr);
 
 // ---- loss -----------------------------------------------------------------------------------
 // As kernels/ops.h's softmax_xent; labels on the device. Writes result[0] = the loss sum and
@@ -132,9 +137,13 @@ void conv_backward(const ConvGeom& g, const float* x, const float* w, const floa
 size_t fire_workspace(const FireGeom& g);
 void fire_forward(const FireGeom& g, const float* x, FireParams<const float> p, float* s,
                   float* y, cudaStream_t st);
+// dy_relu_done: dy already went through the backward of the Fire's output ReLU (the layer after
+// it applied it), so it is the expands' output gradient as it is. relu_x: x is a ReLU's output and
+// dx also goes through that ReLU's backward (as conv_backward's), after any accumulation.
 void fire_backward(const FireGeom& g, const float* x, FireParams<const float> p, const float* s,
                    const float* y, const float* dy, FireParams<float> grad, float* dx,
-                   bool accumulate, float* ws, cudaStream_t st);
+                   bool accumulate, float* ws, cudaStream_t st, bool dy_relu_done = false,
+                   bool relu_x = false);
 
 }  // namespace cuda
 }  // namespace sq

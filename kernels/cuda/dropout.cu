@@ -11,17 +11,20 @@ namespace cuda {
 namespace {
 
 void apply(int N, int C, int HW, float p, const uint64_t* keys, const float* in, float* out,
-           cudaStream_t s, const char* what) {
+           cudaStream_t s, const char* what, const float* relu_x = nullptr) {
   SQ_ASSERT(p >= 0.0f && p < 1.0f, "dropout p must be in [0, 1), got ", p);
   const size_t total = size_t(C) * N * HW;
   if (total == 0) return;
   if (p == 0.0f) {
-    if (in != out) SQ_CUDA(cudaMemcpyAsync(out, in, total * sizeof(float), cudaMemcpyDeviceToDevice, s));
+    if (relu_x)
+      relu_backward(in, relu_x, out, total, s);
+    else if (in != out)
+      SQ_CUDA(cudaMemcpyAsync(out, in, total * sizeof(float), cudaMemcpyDeviceToDevice, s));
     return;
   }
   SQ_ASSERT(keys != nullptr, "dropout: sample keys required");
   const float scale = 1.0f / (1.0f - p);
-  dropout_kernel<<<blocks_for(total), kThreads, 0, s>>>(N, C, HW, p, scale, keys, in, out);
+  dropout_kernel<<<blocks_for(total), kThreads, 0, s>>>(N, C, HW, p, scale, keys, in, out, relu_x);
   SQ_CUDA_LAUNCH(what);
 }
 
@@ -33,8 +36,8 @@ void dropout_forward(int N, int C, int HW, float p, const uint64_t* sample_keys,
 }
 
 void dropout_backward(int N, int C, int HW, float p, const uint64_t* sample_keys,
-                      const float* dy, float* dx, cudaStream_t s) {
-  apply(N, C, HW, p, sample_keys, dy, dx, s, "dropout_backward");
+                      const float* dy, float* dx, cudaStream_t s, const float* relu_x) {
+  apply(N, C, HW, p, sample_keys, dy, dx, s, "dropout_backward", relu_x);
 }
 
 }  // namespace cuda

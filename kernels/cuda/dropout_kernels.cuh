@@ -10,8 +10,10 @@ namespace sq {
 namespace cuda {
 namespace {  // one copy per translation unit (the .cu file; the CPU tests)
 
+// relu_x (the backward only, may be null): the layer input is a ReLU's output, and out also goes
+// through that ReLU's backward, out = relu_x > 0 ? out : 0 (docs/KERNELS.md, "ReLU backwards").
 __global__ void dropout_kernel(int N, int C, int HW, float p, float scale, const uint64_t* keys,
-                               const float* in, float* out) {
+                               const float* in, float* out, const float* relu_x = nullptr) {
   const size_t total = size_t(C) * N * HW;
   SQ_GRID_STRIDE(i, total) {
     const int hw = int(i % HW);
@@ -19,7 +21,7 @@ __global__ void dropout_kernel(int N, int C, int HW, float p, float scale, const
     const int n = int(cn % N), c = int(cn / N);
     const uint64_t e = uint64_t(c) * uint64_t(HW) + uint64_t(hw);
     const bool keep = uniform01(hash_combine(keys[n], e)) >= p;
-    out[i] = keep ? __fmul_rn(in[i], scale) : 0.0f;
+    out[i] = keep && (!relu_x || relu_x[i] > 0.0f) ? __fmul_rn(in[i], scale) : 0.0f;
   }
 }
 

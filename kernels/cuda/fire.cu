@@ -30,12 +30,13 @@ void fire_forward(const FireGeom& g, const float* x, FireParams<const float> p, 
 
 void fire_backward(const FireGeom& g, const float* x, FireParams<const float> p, const float* s,
                    const float* y, const float* dy, FireParams<float> grad, float* dx,
-                   bool accumulate, float* ws, cudaStream_t st) {
+                   bool accumulate, float* ws, cudaStream_t st, bool dy_relu_done, bool relu_x) {
   const size_t plane = nhw(g);
-  float* dz = ws;                                     // (E1 + E3, N, H, W)
-  float* ds = dz + size_t(g.E1 + g.E3) * plane;       // (S, N, H, W)
+  float* dzw = ws;                                    // (E1 + E3, N, H, W)
+  float* ds = dzw + size_t(g.E1 + g.E3) * plane;      // (S, N, H, W)
   float* conv_ws = ds + size_t(g.S) * plane;
-  relu_backward(dy, y, dz, size_t(g.E1 + g.E3) * plane, st);
+  if (!dy_relu_done) relu_backward(dy, y, dzw, size_t(g.E1 + g.E3) * plane, st);
+  const float* dz = dy_relu_done ? dy : dzw;
   // ds: the expand 1x1's input gradient, then the expand 3x3's added in its epilogue, which also
   // applies the squeeze ReLU's backward (s > 0); the expand 1x1's does when it is alone.
   if (g.E1 > 0)
@@ -43,7 +44,7 @@ void fire_backward(const FireGeom& g, const float* x, FireParams<const float> p,
   if (g.E3 > 0)
     conv_backward(g.expand3(), s, p.w3, dz + size_t(g.E1) * plane, grad.w3, grad.b3, ds, g.E1 > 0,
                   conv_ws, st, true);
-  conv_backward(g.squeeze(), x, p.ws, ds, grad.ws, grad.bs, dx, accumulate, conv_ws, st);
+  conv_backward(g.squeeze(), x, p.ws, ds, grad.ws, grad.bs, dx, accumulate, conv_ws, st, relu_x);
 }
 
 }  // namespace cuda

@@ -43,13 +43,13 @@ void maxpool_forward(const PoolGeom& g, const float* x, float* y, uint8_t* argma
 }
 
 void maxpool_backward(const PoolGeom& g, const uint8_t* argmax, const float* dy, float* dx,
-                      cudaStream_t s) {
+                      cudaStream_t s, const float* relu_x) {
   const PoolArgs a = args_of(g);
   if (a.k == 3 && a.stride == 2) {  // (args_of: 2 * pad <= k, so pad is 0 or 1)
     const long long cells = (long long)((a.H + a.pad + 1) / 2) * ((a.W + a.pad + 1) / 2);
-    maxpool_backward_k3s2_kernel<<<plane_grid(a, cells), kThreads, 0, s>>>(a, argmax, dy, dx);
+    maxpool_backward_k3s2_kernel<<<plane_grid(a, cells), kThreads, 0, s>>>(a, argmax, dy, dx, relu_x);
   } else {
-    maxpool_backward_kernel<<<plane_grid(a, (long long)a.H * a.W), kThreads, 0, s>>>(a, argmax, dy, dx);
+    maxpool_backward_kernel<<<plane_grid(a, (long long)a.H * a.W), kThreads, 0, s>>>(a, argmax, dy, dx, relu_x);
   }
   SQ_CUDA_LAUNCH("maxpool_backward");
 }
@@ -60,9 +60,10 @@ void avgpool_forward(int N, int C, int HW, const float* x, float* y, cudaStream_
   SQ_CUDA_LAUNCH("avgpool_forward");
 }
 
-void avgpool_backward(int N, int C, int HW, const float* dy, float* dx, cudaStream_t s) {
+void avgpool_backward(int N, int C, int HW, const float* dy, float* dx, cudaStream_t s,
+                      const float* relu_x) {
   SQ_ASSERT(HW > 0, "avgpool over an empty plane");
-  avgpool_backward_kernel<<<blocks_for(size_t(N) * C * HW), kThreads, 0, s>>>(N, C, HW, dy, dx);
+  avgpool_backward_kernel<<<blocks_for(size_t(N) * C * HW), kThreads, 0, s>>>(N, C, HW, dy, dx, relu_x);
   SQ_CUDA_LAUNCH("avgpool_backward");
 }
 

@@ -71,8 +71,10 @@ __global__ void maxpool_forward_kernel(PoolArgs a, const float* x, float* y, uin
 
 // One thread per input element: the windows containing (h, w), in row-major (p, q) order, each
 // adding its dy where its recorded first maximum is this element.
+// (relu_x, in both backwards: see cuda_ops.h; may be null.)
 template <int K = 0, int S = 0>
-__global__ void maxpool_backward_kernel(PoolArgs a, const uint8_t* argmax, const float* dy, float* dx) {
+__global__ void maxpool_backward_kernel(PoolArgs a, const uint8_t* argmax, const float* dy, float* dx,
+                                        const float* relu_x = nullptr) {
   const Window<K, S> win(a);
   const unsigned HW = unsigned(a.H) * unsigned(a.W);
   SQ_PLANE_STRIDE(plane, hw, size_t(a.C) * a.N, HW) {
@@ -88,7 +90,8 @@ __global__ void maxpool_backward_kernel(PoolArgs a, const uint8_t* argmax, const
         const int self = (h - (p * win.stride - a.pad)) * win.k + (w - (q * win.stride - a.pad));
         if (ap[p * a.Q + q] == self) g += dyp[p * a.Q + q];
       }
-    dx[size_t(plane) * HW + hw] = g;
+    const size_t i = size_t(plane) * HW + hw;
+    dx[i] = !relu_x || relu_x[i] > 0.0f ? g : 0.0f;
   }
 }
 
@@ -101,7 +104,8 @@ __global__ void maxpool_backward_kernel(PoolArgs a, const uint8_t* argmax, const
 // their latency, not bytes, limited pool1's backward on the H200 (1.5 ms against 0.18 of bytes).
 // Each element sums its windows in the per-element kernel's (p, q) order, so the result is the
 // same bit for bit.
-__global__ void maxpool_backward_k3s2_kernel(PoolArgs a, const uint8_t* argmax, const float* dy, float* dx) {
+__global__ void maxpool_backward_k3s2_kernel(PoolArgs a, const uint8_t* argmax, const float* dy, float* dx,
+                                             const float* relu_x = nullptr) {
   const int CQ = (a.W + a.pad + 1) / 2;
   const unsigned cells = unsigned((a.H + a.pad + 1) / 2) * unsigned(CQ);
   const unsigned HW = unsigned(a.H) * unsigned(a.W), PQ = unsigned(a.P) * unsigned(a.Q);
@@ -126,7 +130,8 @@ __global__ void maxpool_backward_k3s2_kernel(PoolArgs a, const uint8_t* argmax, 
         for (int i = dh; i < 2; ++i)  // (dh = 1: window cp only)
           for (int jj = dw; jj < 2; ++jj)
             if (sel[i][jj] == (2 - 2 * i + dh) * 3 + (2 - 2 * jj + dw)) g += v[i][jj];
-        dx[size_t(plane) * HW + unsigned(h) * unsigned(a.W) + unsigned(w)] = g;
+        const size_t e = size_t(plane) * HW + unsigned(h) * unsigned(a.W) + unsigned(w);
+        dx[e] = !relu_x || relu_x[e] > 0.0f ? g : 0.0f;
       }
   }
 }
@@ -143,13 +148,14 @@ __global__ void avgpool_forward_kernel(int N, int C, int HW, const float* x, flo
   }
 }
 
-__global__ void avgpool_backward_kernel(int N, int C, int HW, const float* dy, float* dx) {
+__global__ void avgpool_backward_kernel(int N, int C, int HW, const float* dy, float* dx,
+                                        const float* relu_x = nullptr) {
   const size_t total = size_t(C) * N * HW;
   const float inv = 1.0f / float(HW);
   SQ_GRID_STRIDE(i, total) {
     const size_t cn = i / HW;
     const int n = int(cn % N), c = int(cn / N);
-    dx[i] = dy[size_t(n) * C + c] * inv;
+    dx[i] = !relu_x || relu_x[i] > 0.0f ? dy[size_t(n) * C + c] * inv : 0.0f;
   }
 }
 
