@@ -41,6 +41,7 @@ class CudaStep final : public DeviceStep {
         sum_ws_(cuda::sum_of_squares_workspace()),
         slots_{Slot(in_per_sample_, max_batch), Slot(in_per_sample_, max_batch)},
         host_result_(4) {
+    cuda::prepare_conv_kernels();  // before any graph capture can meet a kernel's first launch
     cudaDeviceProp prop;
     SQ_CUDA(cudaGetDeviceProperties(&prop, device));
     name_ = "cuda:" + std::to_string(device) + " (" + prop.name + ")";

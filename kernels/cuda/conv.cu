@@ -98,18 +98,35 @@ void launch_tc_tile(const Op& op, int splits, int chunk, cudaStream_t s) {
     igemm_tc_kernel<Op, Prec, kPrefetch, 64, 64><<<grid, kGemmThreads, 0, s>>>(op, chunk);
 }
 
-template <class Prec, int TM, int TN, int WM, class Op>
-void launch_mma_tile(const Op& op, int splits, int chunk, cudaStream_t s) {
-  using Sh = MmaShape<Op, Prec, TM, TN, WM>;
+// The mma kernel of one tile, its shared-memory limit raised: above 48 KB of dynamic shared
+// memory a kernel must ask, once (one GPU a process).
+template <class Op, class Prec, int TM, int TN, int WM>
+auto mma_kernel() {
   auto* kernel = igemm_mma_kernel<Op, Prec, TM, TN, WM>;
-  // Above 48 KB of dynamic shared memory a kernel must ask; once per kernel (one GPU a process).
   static const bool asked = [kernel] {
-    SQ_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Sh::kSmemBytes)));
+    SQ_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 int(MmaShape<Op, Prec, TM, TN, WM>::kSmemBytes)));
     return true;
   }();
   (void)asked;
+  return kernel;
+}
+
+// Every tile launch_mma picks (keep the two lists alike).
+template <class Op, class Prec>
+void prepare_mma_tiles() {
+  mma_kernel<Op, Prec, 128, 64, 4>();
+  mma_kernel<Op, Prec, 64, 64, 4>();
+  mma_kernel<Op, Prec, 16, 128, 1>();
+  mma_kernel<Op, Prec, 32, 128, 2>();
+  mma_kernel<Op, Prec, 64, 128, 2>();
+}
+
+template <class Prec, int TM, int TN, int WM, class Op>
+void launch_mma_tile(const Op& op, int splits, int chunk, cudaStream_t s) {
+  auto* kernel = mma_kernel<Op, Prec, TM, TN, WM>();
   const dim3 grid((op.N + TN - 1) / TN, (op.M + TM - 1) / TM, splits);
-  kernel<<<grid, kGemmThreads, Sh::kSmemBytes, s>>>(op, chunk, mma_vec(op));
+  kernel<<<grid, kGemmThreads, MmaShape<Op, Prec, TM, TN, WM>::kSmemBytes, s>>>(op, chunk, mma_vec(op));
 }
 
 // The mma kernel's tile, at most 128 registers a thread so that two blocks share an SM (ptxas,
@@ -200,6 +217,16 @@ void set_conv_impl(ConvImpl impl) {
 }
 ConvImpl conv_impl() { return g_impl; }
 void set_conv_math(ConvMath m) { g_math = m; }
+
+void prepare_conv_kernels() {
+  if (!g_mma) return;
+  prepare_mma_tiles<FwdOp, MmaTf32>();
+  prepare_mma_tiles<DataOp, MmaTf32>();
+  prepare_mma_tiles<WeightOp, MmaTf32>();
+  prepare_mma_tiles<FwdOp, MmaBf16>();
+  prepare_mma_tiles<DataOp, MmaBf16>();
+  prepare_mma_tiles<WeightOp, MmaBf16>();
+}
 ConvMath conv_math() { return g_math; }
 
 void conv_forward(const ConvGeom& cg, const float* x, const float* w, const float* b, float* y,
