@@ -40,16 +40,19 @@ struct Geo {
     const int h0 = p * stride - pad, w0 = q * stride - pad;
     return {img * H * W + h0 * W + w0, h0, w0};
   }
-  // The element's address, or nullptr in the padding (the tensor-core kernel's asynchronous
-  // copies zero-fill there); col() its value.
+  // The element's value, and its address or nullptr in the padding (the mma kernel's
+  // asynchronous copies zero-fill there). The two keep the test written out: the value read
+  // through the address, or through a helper returning the test, puts a null test or a
+  // materialised bool per element into the register-staged kernels (PTX at 261afcb against
+  // after), whose code must stay what was measured.
+  // (unsigned): one comparison for 0 <= h < H; the sum is a valid index only inside.
+  SQ_HOST_DEVICE float col(const float* x, const Tap& t, const Pix& p) const {
+    if (unsigned(p.h0 + t.r) >= unsigned(H) || unsigned(p.w0 + t.s) >= unsigned(W)) return 0.0f;
+    return x[t.off + p.off];
+  }
   SQ_HOST_DEVICE const float* col_ptr(const float* x, const Tap& t, const Pix& p) const {
-    // (unsigned): one comparison for 0 <= h < H; the sum is a valid index only inside.
     if (unsigned(p.h0 + t.r) >= unsigned(H) || unsigned(p.w0 + t.s) >= unsigned(W)) return nullptr;
     return x + (t.off + p.off);
-  }
-  SQ_HOST_DEVICE float col(const float* x, const Tap& t, const Pix& p) const {
-    const float* e = col_ptr(x, t, p);
-    return e ? *e : 0.0f;
   }
 };
 
@@ -118,6 +121,7 @@ struct DataOp {
   }
   SQ_HOST_DEVICE const float* any() const { return w; }
   SQ_HOST_DEVICE const float* a_ptr(int m, int, const KEnt& kt) const { return w + (kt.a_off + m * g.R * g.S); }
+  // B's address (nullptr for a zero) and value, the tests written out in both (as Geo::col).
   SQ_HOST_DEVICE const float* b_ptr(const KEnt& kt, const NEnt& np) const {
     const int ph = np.hp - kt.r, qw = np.wp - kt.s;
     if (g.stride == 1) {
@@ -131,8 +135,15 @@ struct DataOp {
   }
   SQ_HOST_DEVICE float a(int m, int k, const KEnt& kt) const { return *a_ptr(m, k, kt); }
   SQ_HOST_DEVICE float bval(const KEnt& kt, const NEnt& np) const {
-    const float* e = b_ptr(kt, np);
-    return e ? *e : 0.0f;
+    const int ph = np.hp - kt.r, qw = np.wp - kt.s;
+    if (g.stride == 1) {
+      if (unsigned(ph) >= unsigned(g.P) || unsigned(qw) >= unsigned(g.Q)) return 0.0f;
+      return dz[kt.b_off + np.off];
+    }
+    if (ph < 0 || qw < 0 || ph % g.stride || qw % g.stride) return 0.0f;
+    const int p = ph / g.stride, q = qw / g.stride;
+    if (p >= g.P || q >= g.Q) return 0.0f;
+    return dz[kt.ko_off + np.img_off + p * g.Q + q];
   }
   SQ_HOST_DEVICE void store(int m, int n, float v, int) const {
     const size_t i = size_t(m) * N + n;
