@@ -178,7 +178,6 @@ TEST(KernelsOnCpu, PoolsMatchTheCpuOpsBitForBit) {
         if (special && !(g.k == 3 && g.stride == 2)) continue;
         SCOPED_TRACE(special ? "k 3, stride 2 kernels" : "generic kernels");
         std::fill(yk.begin(), yk.end(), -1.0f);
-        std::fill(dxk.begin(), dxk.end(), -1.0f);
         std::fill(arg.begin(), arg.end(), uint8_t(255));
         ASSERT_TRUE(simt::run({2, 1, 1}, 32, [&] {
           if (special)
@@ -186,25 +185,23 @@ TEST(KernelsOnCpu, PoolsMatchTheCpuOpsBitForBit) {
           else
             cuda::maxpool_forward_kernel(a, x.data(), yk.data(), arg.data());
         }, reverse));
-        ASSERT_TRUE(simt::run({3, 2, 1}, 32, [&] {
-          if (special)
-            cuda::maxpool_backward_k3s2_kernel(a, arg.data(), dy.data(), dxk.data());
-          else
-            cuda::maxpool_backward_kernel(a, arg.data(), dy.data(), dxk.data());
-        }, reverse));
+        auto backward = [&](const float* relu_mask) {
+          std::fill(dxk.begin(), dxk.end(), -1.0f);
+          return simt::run({3, 2, 1}, 32, [&] {
+            if (special)
+              cuda::maxpool_backward_k3s2_kernel(a, arg.data(), dy.data(), dxk.data(), relu_mask);
+            else
+              cuda::maxpool_backward_kernel(a, arg.data(), dy.data(), dxk.data(), relu_mask);
+          }, reverse);
+        };
+        ASSERT_TRUE(backward(nullptr));
         expect_same_bits(yk, y, "max-pool forward");
         expect_same_bits(dxk, dx, "max-pool backward");
         // With the previous layer's ReLU applied in the same pass (its output as the mask).
         const std::vector<float> relu_out = relu_of(randn(nx));
         std::vector<float> dxr = dx;
         relu_backward<float>(dx.data(), relu_out.data(), dxr.data(), nx);
-        std::fill(dxk.begin(), dxk.end(), -1.0f);
-        ASSERT_TRUE(simt::run({3, 2, 1}, 32, [&] {
-          if (special)
-            cuda::maxpool_backward_k3s2_kernel(a, arg.data(), dy.data(), dxk.data(), relu_out.data());
-          else
-            cuda::maxpool_backward_kernel(a, arg.data(), dy.data(), dxk.data(), relu_out.data());
-        }, reverse));
+        ASSERT_TRUE(backward(relu_out.data()));
         expect_same_bits(dxk, dxr, "max-pool backward with the ReLU of its input");
       }
     }

@@ -112,21 +112,19 @@ auto mma_kernel() {
   return kernel;
 }
 
-// Every tile launch_mma picks (keep the two lists alike).
-template <class Op, class Prec>
-void prepare_mma_tiles() {
-  mma_kernel<Op, Prec, 128, 64, 4>();
-  mma_kernel<Op, Prec, 64, 64, 4>();
-  mma_kernel<Op, Prec, 16, 128, 1>();
-  mma_kernel<Op, Prec, 32, 128, 2>();
-  mma_kernel<Op, Prec, 64, 128, 2>();
-}
-
-template <class Prec, int TM, int TN, int WM, class Op>
-void launch_mma_tile(const Op& op, int splits, int chunk, cudaStream_t s) {
-  auto* kernel = mma_kernel<Op, Prec, TM, TN, WM>();
-  const dim3 grid((op.N + TN - 1) / TN, (op.M + TM - 1) / TM, splits);
-  kernel<<<grid, kGemmThreads, MmaShape<Op, Prec, TM, TN, WM>::kSmemBytes, s>>>(op, chunk, mma_vec(op));
+// The mma kernel's tiles (rows, columns, warp rows), the one list that mma_tile picks from and
+// prepare_conv_kernels readies.
+template <int TM, int TN, int WM>
+struct MmaTile {
+  static constexpr int m = TM, n = TN, wm = WM;
+};
+template <class F>
+void for_each_mma_tile(F f) {
+  f(MmaTile<128, 64, 4>{});
+  f(MmaTile<64, 64, 4>{});
+  f(MmaTile<16, 128, 1>{});
+  f(MmaTile<32, 128, 2>{});
+  f(MmaTile<64, 128, 2>{});
 }
 
 // The mma kernel's tile, at most 128 registers a thread so that two blocks share an SM (ptxas,
@@ -137,21 +135,24 @@ void launch_mma_tile(const Op& op, int splits, int chunk, cudaStream_t s) {
 // exceeds 64 and 128 rows pad M no more than 64 do (M = 96, 128, 256; not 192); a weight gradient
 // of more than 32 rows (N = C*R*S, 144 to 576 in the Fire modules) pads less to 64 columns than to
 // 128. Otherwise 128 columns and 16, 32 or 64 rows, by M (16 or 32 rows copy A the least).
+Tile mma_tile(int M, int N, bool b_along_k) {
+  if (M > 64 && (M + 127) / 128 * 128 <= (M + 63) / 64 * 64) return {128, 64};
+  if (N <= 64 || (b_along_k && M > 32)) return {64, 64};
+  return {M <= 16 ? 16 : M <= 32 ? 32 : 64, 128};
+}
+
 template <class Prec, class Op>
 void launch_mma(const Op& op, int splits, cudaStream_t s) {
-  const int M = op.M, chunk = mma_chunk(op.Kd, splits);
-  const bool tall = M > 64 && (M + 127) / 128 * 128 <= (M + 63) / 64 * 64;
-  if (tall) {
-    launch_mma_tile<Prec, 128, 64, 4>(op, splits, chunk, s);
-  } else if (op.N <= 64 || (Op::kBAlongK && M > 32)) {
-    launch_mma_tile<Prec, 64, 64, 4>(op, splits, chunk, s);
-  } else if (M <= 16) {
-    launch_mma_tile<Prec, 16, 128, 1>(op, splits, chunk, s);
-  } else if (M <= 32) {
-    launch_mma_tile<Prec, 32, 128, 2>(op, splits, chunk, s);
-  } else {
-    launch_mma_tile<Prec, 64, 128, 2>(op, splits, chunk, s);
-  }
+  const Tile t = mma_tile(op.M, op.N, Op::kBAlongK);
+  const int chunk = mma_chunk(op.Kd, splits);
+  for_each_mma_tile([&](auto tile) {
+    using T = decltype(tile);
+    if (T::m != t.m || T::n != t.n) return;
+    using Sh = MmaShape<Op, Prec, T::m, T::n, T::wm>;
+    auto* kernel = mma_kernel<Op, Prec, T::m, T::n, T::wm>();
+    const dim3 grid((op.N + T::n - 1) / T::n, (op.M + T::m - 1) / T::m, splits);
+    kernel<<<grid, kGemmThreads, Sh::kSmemBytes, s>>>(op, chunk, mma_vec(op));
+  });
 }
 
 template <bool kPrefetch, class Op>
@@ -220,12 +221,15 @@ void set_conv_math(ConvMath m) { g_math = m; }
 
 void prepare_conv_kernels() {
   if (!g_mma) return;
-  prepare_mma_tiles<FwdOp, MmaTf32>();
-  prepare_mma_tiles<DataOp, MmaTf32>();
-  prepare_mma_tiles<WeightOp, MmaTf32>();
-  prepare_mma_tiles<FwdOp, MmaBf16>();
-  prepare_mma_tiles<DataOp, MmaBf16>();
-  prepare_mma_tiles<WeightOp, MmaBf16>();
+  for_each_mma_tile([](auto tile) {
+    using T = decltype(tile);
+    mma_kernel<FwdOp, MmaTf32, T::m, T::n, T::wm>();
+    mma_kernel<DataOp, MmaTf32, T::m, T::n, T::wm>();
+    mma_kernel<WeightOp, MmaTf32, T::m, T::n, T::wm>();
+    mma_kernel<FwdOp, MmaBf16, T::m, T::n, T::wm>();
+    mma_kernel<DataOp, MmaBf16, T::m, T::n, T::wm>();
+    mma_kernel<WeightOp, MmaBf16, T::m, T::n, T::wm>();
+  });
 }
 ConvMath conv_math() { return g_math; }
 
