@@ -26,7 +26,7 @@
 #   pytorch  bench/pytorch_gpu.py: PyTorch eager and torch.compile on the same GPU, and eager
 #            under BF16 autocast (the same arithmetic as --precision bf16)
 #   sanitize compute-sanitizer memcheck over small GPU training steps (every kernel of a model)
-#            and the compression constraints' kernels
+#            and the compression constraints' kernels; memcheck and racecheck of the mma kernel
 #   compress `squeeze compress --device cuda` of the default job's weights (trained first when the
 #            test phase did not run): 6 bits, one epoch of retraining after each stage (its time:
 #            the elapsed stamps of this and the next header);
@@ -151,6 +151,14 @@ for phase in $phases; do
     run "compute-sanitizer memcheck (small model steps)" compute-sanitizer --tool memcheck \
       --error-exitcode 1 $B/test_cuda_ops --gtest_color=no \
       --gtest_filter='CudaModel.TrainingStepsFollowTheCpu:CudaStep.*:CudaOps.SoftmaxCrossEntropy:CudaCompress.*'
+    # The cp.async + mma.sync kernel (v7): its copies' bounds, and its one-barrier-a-step pipeline's
+    # shared-memory hazards (racecheck; one small model's TF32 steps).
+    SQUEEZE_IGEMM_MMA=1 run "compute-sanitizer memcheck (mma kernel)" compute-sanitizer --tool memcheck \
+      --error-exitcode 1 $B/test_cuda_ops --gtest_color=no \
+      --gtest_filter='CudaOps.TensorCoreConvolution:CudaStep.GraphReplayGivesTheSameStepsBitForBit'
+    SQUEEZE_IGEMM_MMA=1 limit=90 run "compute-sanitizer racecheck (mma kernel)" compute-sanitizer \
+      --tool racecheck --error-exitcode 1 $B/test_cuda_ops --gtest_color=no \
+      --gtest_filter='CudaStep.GraphReplayGivesTheSameStepsBitForBit'
     ;;
   compress)
     [ -f /tmp/sq_gpu_run/weights.safetensors ] || run "train --device cuda (weights to compress)" \
