@@ -5,7 +5,8 @@
 //  2. training steps (forward, loss, backward, fused SGD) of squeezenet1.0 and 1.1 at 224x224
 //     and the Fashion-MNIST configuration, batch 128, images/s, for the same variants.
 // Timing: CUDA events around each repetition on one stream, 3 warm-up reps, median of --reps.
-//   build/bench_gpu [--reps N] [--json FILE]
+//   build/bench_gpu [--reps N] [--json FILE] [--sections LIST]
+//   build/bench_gpu --profile CONFIG:MATH    one training step inside cudaProfilerStart/Stop (ncu)
 #include <cstdio>
 
 #ifndef SQUEEZE_HAVE_CUDA
@@ -14,6 +15,7 @@ int main() {
   return 1;
 }
 #else
+#include <cuda_profiler_api.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -89,18 +91,86 @@ double host_ms(int reps, const std::function<void()>& fn) {
   return t[t.size() / 2];
 }
 
+// One training batch of a model and its starting weights, as sections 2 and --profile use them.
+struct TrainData {
+  std::vector<float> params, mom, input;
+  std::vector<int32_t> labels;
+  std::vector<uint64_t> keys;
+};
+TrainData train_data(const ModelConfig& cfg, int N) {
+  TrainData d;
+  Model host(cfg, 1);
+  d.params.resize(host.layout().total);
+  d.mom.assign(host.layout().total, 0.0f);
+  host.init_params(d.params.data(), "torchvision", 1);
+  d.input.resize(size_t(cfg.in_c) * cfg.in_h * cfg.in_w * N);
+  std::mt19937 r(3);
+  std::normal_distribution<float> nd;
+  for (float& v : d.input) v = nd(r);
+  d.labels.resize(N);
+  d.keys.resize(N);
+  for (int n = 0; n < N; ++n) d.labels[n] = n % cfg.num_classes, d.keys[n] = uint64_t(n) * 7919;
+  return d;
+}
+// As the trainer runs a step: the step on the prefetched batch, the next batch's copy to the
+// device during it, the SGD update (finish() waits for the step).
+void train_step(DeviceStep& step, const TrainData& d, int N) {
+  double st[2] = {0, 0};
+  step.launch(nullptr, d.labels.data(), d.keys.data(), N, 1.0f / N);
+  step.prefetch(d.input.data(), d.labels.data(), d.keys.data(), N);
+  step.finish(st);
+  step.sgd(0.01f, 0.9f, 2e-4f);
+}
+
+// --profile CONFIG:MATH: three steps, then one between cudaProfilerStart and Stop, for a
+// profiler that records only that range (ncu --profile-from-start off; gpu_check.sh profile).
+int profile_one_step(const std::string& what, int N) {
+  const size_t colon = what.find(':');
+  const std::string name = what.substr(0, colon), math = colon == std::string::npos ? "fp32" : what.substr(colon + 1);
+  if (math != "fp32" && math != "tf32" && math != "bf16")
+    fail("--profile ", what, ": the precision must be fp32, tf32 or bf16");
+  const ModelConfig cfg = bench::model_config(name);
+  cuda::set_conv_impl(cuda::ConvImpl::kOwn);
+  cuda::set_conv_math(math == "fp32" ? cuda::ConvMath::kFp32
+                      : math == "tf32" ? cuda::ConvMath::kTf32 : cuda::ConvMath::kBf16);
+  const TrainData d = train_data(cfg, N);
+  auto step = make_cuda_step(cfg, N, 0);
+  step->upload(d.params.data(), d.mom.data());
+  step->prefetch(d.input.data(), d.labels.data(), d.keys.data(), N);
+  for (int i = 0; i < 3; ++i) train_step(*step, d, N);
+  SQ_CUDA(cudaDeviceSynchronize());
+  SQ_CUDA(cudaProfilerStart());
+  train_step(*step, d, N);
+  SQ_CUDA(cudaDeviceSynchronize());
+  SQ_CUDA(cudaProfilerStop());
+  std::printf("bench_gpu: profiled one training step of %s, batch %d, own kernels, %s\n",
+              name.c_str(), N, math.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int reps = 20;
-  std::string json_path, sections = "0,1,1b,2,3,3f";
+  std::string json_path, sections = "0,1,1b,2,3,3f", profile;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
     else if (!std::strcmp(argv[i], "--sections") && i + 1 < argc) sections = argv[++i];
+    else if (!std::strcmp(argv[i], "--profile") && i + 1 < argc) profile = argv[++i];
     else {
-      std::fprintf(stderr, "usage: bench_gpu [--reps N] [--json FILE] [--sections 0,1,1b,2,3,3f]\n");
+      std::fprintf(stderr, "usage: bench_gpu [--reps N] [--json FILE] [--sections 0,1,1b,2,3,3f] "
+                           "[--profile squeezenet1.0|squeezenet1.1|fmnist:fp32|tf32|bf16]\n");
       return 2;
+    }
+  }
+  if (!profile.empty()) {
+    try {
+      cuda::use_device(0);
+      return profile_one_step(profile, 128);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "bench_gpu: %s\n", e.what());
+      return 1;
     }
   }
   // Sections: 0 ceilings, 1 Fire modules, 1b every convolution, 2 training img/s, 3 step profile.
@@ -273,31 +343,15 @@ int main(int argc, char** argv) {
       for (const auto& [name, cfg] : cfgs) {
         std::printf("| %s |", name.c_str());
         nlohmann::json row = {{"config", name}};
-        Model host(cfg, 1);
-        std::vector<float> params(host.layout().total), mom(host.layout().total, 0.0f);
-        host.init_params(params.data(), "torchvision", 1);
-        std::vector<float> input(size_t(cfg.in_c) * cfg.in_h * cfg.in_w * N);
-        std::mt19937 r(3);
-        std::normal_distribution<float> nd;
-        for (float& v : input) v = nd(r);
-        std::vector<int32_t> labels(N);
-        std::vector<uint64_t> keys(N);
-        for (int n = 0; n < N; ++n) labels[n] = n % cfg.num_classes, keys[n] = uint64_t(n) * 7919;
+        const TrainData d = train_data(cfg, N);
         for (const Variant& v : variants) {
           use(v);
           try {
           auto step = make_cuda_step(cfg, N, 0);
-          step->upload(params.data(), mom.data());
-          // As the trainer runs it: the step on the prefetched batch, the next batch's copy to
-          // the device during it, the SGD update; host clock per step (finish() waits).
-          step->prefetch(input.data(), labels.data(), keys.data(), N);
-          const double ms = host_ms(reps, [&] {
-            double st[2] = {0, 0};
-            step->launch(nullptr, labels.data(), keys.data(), N, 1.0f / N);
-            step->prefetch(input.data(), labels.data(), keys.data(), N);
-            step->finish(st);
-            step->sgd(0.01f, 0.9f, 2e-4f);
-          });
+          step->upload(d.params.data(), d.mom.data());
+          // Host clock per step, as the trainer runs it (train_step).
+          step->prefetch(d.input.data(), d.labels.data(), d.keys.data(), N);
+          const double ms = host_ms(reps, [&] { train_step(*step, d, N); });
           std::printf(" %.0f |", N / (ms / 1e3));
           row[std::string(v.name) + " img/s"] = N / (ms / 1e3);
           } catch (const std::exception& e) {

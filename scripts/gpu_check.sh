@@ -6,8 +6,8 @@
 #
 # Phases (default: test nccl collectives bench pytorch):
 #   test     every GPU test (test_cuda_ops), --check-layers on three configurations, one epoch
-#            `squeeze train --device cuda` (the default job: 3 epochs of Fashion-MNIST); the
-#            tensor-core tests and one BF16 epoch with SQUEEZE_IGEMM_MMA=1 (v7)
+#            `squeeze train --device cuda` (the default job: 3 epochs of Fashion-MNIST), one BF16
+#            epoch; the tensor-core tests through the WMMA kernel (SQUEEZE_IGEMM_MMA=0)
 #   nccl     the NCCL test of test_mpi at 1 rank (and at 2 ranks on the one GPU, which NCCL
 #            refuses before 2.30), `mpirun -np 1 squeeze train --device cuda` over NCCL; two GPU
 #            ranks on the one GPU over MPI through pinned host memory (test_mpi's test and one
@@ -18,11 +18,12 @@
 #            Fashion-MNIST configuration at 2 ranks on the one GPU over MPI through pinned memory
 #   bench    bench_gpu: Fire shapes own vs cuDNN at fp32/TF32/BF16, training images/s, per-layer
 #            step profiles of squeezenet1.0 and the Fashion-MNIST configuration; then the
-#            Fire, convolution and training sections again with SQUEEZE_IGEMM_WARPS=4x8 (v6;
-#            SQUEEZE_IGEMM_WIDE=1 selects v5's tiles and SQUEEZE_IGEMM_PREFETCH=0 the v3 schedule
-#            the same way); with SQUEEZE_IGEMM_MMA=1 (the TF32/BF16
-#            columns through the cp.async + mma.sync kernel, v7, and the per-layer profiles); the
-#            training section with SQUEEZE_CUDA_GRAPH=1 (the step as CUDA graphs)
+#            training section again with SQUEEZE_CUDA_GRAPH=1 (the step as CUDA graphs). The
+#            opt-in kernel variants run the same way by their switches (SQUEEZE_IGEMM_MMA=0,
+#            SQUEEZE_IGEMM_WIDE=1, SQUEEZE_IGEMM_WARPS=4x8, SQUEEZE_IGEMM_PREFETCH=0)
+#   profile  Nsight Compute (ncu): every kernel of one training step of squeezenet1.0 and of the
+#            Fashion-MNIST configuration (fp32 and TF32), its time, DRAM bytes and throughput;
+#            bench/ncu_summary.py tabulates them ($OUT/ncu_*.csv)
 #   pytorch  bench/pytorch_gpu.py: PyTorch eager and torch.compile on the same GPU, and eager
 #            under BF16 autocast (the same arithmetic as --precision bf16)
 #   sanitize compute-sanitizer memcheck over small GPU training steps (every kernel of a model)
@@ -100,12 +101,12 @@ for phase in $phases; do
     done
     run "train --device cuda (the default job)" $B/squeeze train --device cuda --data-dir "$data" \
       --out /tmp/sq_gpu_run
-    # The tensor-core convolutions through the opt-in cp.async + mma.sync kernel (v7): every model
-    # shape against the double reference, the graph test's TF32 steps, and one BF16 epoch.
-    SQUEEZE_IGEMM_MMA=1 run "test_cuda_ops, mma kernel (tensor-core tests)" $B/test_cuda_ops \
-      --gtest_color=no --gtest_filter='CudaOps.TensorCoreConvolution:CudaStep.*'
-    SQUEEZE_IGEMM_MMA=1 run "train --device cuda --precision bf16, mma kernel (1 epoch)" \
-      $B/squeeze train --device cuda --precision bf16 --epochs 1 --data-dir "$data" --out /tmp/sq_gpu_mma
+    run "train --device cuda --precision bf16 (1 epoch)" \
+      $B/squeeze train --device cuda --precision bf16 --epochs 1 --data-dir "$data" --out /tmp/sq_gpu_bf16
+    # The opt-in WMMA tensor-core kernel (the default is v7's mma.sync): every model shape against
+    # the double reference, and the graph test's TF32 steps.
+    SQUEEZE_IGEMM_MMA=0 run "test_cuda_ops, WMMA kernel (tensor-core tests)" $B/test_cuda_ops \
+      --gtest_color=no --gtest_filter='CudaOps.TensorCoreConvolution*:CudaStep.*'
     ;;
   nccl)
     run "test_mpi Nccl, 1 rank" mpirun -np 1 $B/test_mpi --gtest_color=no --gtest_filter='Nccl.*:Mpi/*'
@@ -131,17 +132,28 @@ for phase in $phases; do
     ;;
   bench)
     run bench_gpu $B/bench_gpu --reps 20 --json "$OUT/bench_gpu.json"
-    # The fp32 kernel with its 4 x 8 warp layout (v6, opt-in), same run. (v5's 8x8-share tiles,
-    # SQUEEZE_IGEMM_WIDE=1, were measured against the default in run b: docs/KERNELS.md.)
-    SQUEEZE_IGEMM_WARPS=4x8 run "bench_gpu, 4x8 warps (Fire, convolutions, training)" \
-      $B/bench_gpu --reps 20 --sections 1,1b,2 --json "$OUT/bench_gpu_warps.json"
-    # ... and the TF32/BF16 columns through the cp.async + mma.sync kernel (v7, opt-in), same run,
-    # with the per-layer profiles.
-    SQUEEZE_IGEMM_MMA=1 run "bench_gpu, mma kernel (Fire, convolutions, training, profiles)" \
-      $B/bench_gpu --reps 20 --sections 1,1b,2,3,3f --json "$OUT/bench_gpu_mma.json"
     # ... and the training step replayed as CUDA graphs (opt-in), same run.
     SQUEEZE_CUDA_GRAPH=1 run "bench_gpu, CUDA graphs (training)" \
       $B/bench_gpu --reps 20 --sections 2 --json "$OUT/bench_gpu_graph.json"
+    ;;
+  profile)
+    # One training step a configuration under Nsight Compute: per kernel, its time and a few counters.
+    # Application replay (the step is deterministic) rather than kernel replay, which would save
+    # and restore the step's device memory around every kernel; warm caches, as in a real step.
+    ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    mkdir -p /tmp/sq_ncu
+    for cfg in fmnist:tf32 fmnist:fp32 squeezenet1.0:tf32 squeezenet1.0:fp32; do
+      csv=/tmp/sq_ncu/ncu_${cfg/:/_}.csv
+      run "ncu, one training step of $cfg" sh -c "\"$ncu\" --profile-from-start off \
+        --replay-mode application --clock-control none --cache-control none --csv \
+        --print-units base --metrics gpu__time_duration.sum,dram__bytes.sum,\
+sm__throughput.avg.pct_of_peak_sustained_elapsed,\
+gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed,\
+sm__warps_active.avg.pct_of_peak_sustained_active,launch__grid_size,launch__registers_per_thread \
+        $B/bench_gpu --profile $cfg > $csv"
+      python3 bench/ncu_summary.py "$csv"
+    done
+    tar -C /tmp -czf "$OUT/ncu.tar.gz" sq_ncu
     ;;
   pytorch)
     PYTHONUNBUFFERED=1 run pytorch_gpu python3 bench/pytorch_gpu.py --steps 20 \
@@ -151,14 +163,14 @@ for phase in $phases; do
     run "compute-sanitizer memcheck (small model steps)" compute-sanitizer --tool memcheck \
       --error-exitcode 1 $B/test_cuda_ops --gtest_color=no \
       --gtest_filter='CudaModel.TrainingStepsFollowTheCpu:CudaStep.*:CudaOps.SoftmaxCrossEntropy:CudaCompress.*'
-    # The cp.async + mma.sync kernel (v7): its copies' bounds, and its one-barrier-a-step pipeline's
-    # shared-memory hazards (racecheck; one small model's TF32 steps).
-    SQUEEZE_IGEMM_MMA=1 run "compute-sanitizer memcheck (mma kernel)" compute-sanitizer --tool memcheck \
+    # The cp.async + mma.sync kernel (v7): its copies' bounds (every model shape), and its
+    # one-barrier-a-step pipeline's shared-memory hazards (racecheck, which took over 125 s on one
+    # small model's steps: one small convolution per tile).
+    run "compute-sanitizer memcheck (mma kernel)" compute-sanitizer --tool memcheck \
+      --error-exitcode 1 $B/test_cuda_ops --gtest_color=no --gtest_filter='CudaOps.TensorCoreConvolution'
+    run "compute-sanitizer racecheck (mma kernel)" compute-sanitizer --tool racecheck \
       --error-exitcode 1 $B/test_cuda_ops --gtest_color=no \
-      --gtest_filter='CudaOps.TensorCoreConvolution:CudaStep.GraphReplayGivesTheSameStepsBitForBit'
-    SQUEEZE_IGEMM_MMA=1 limit=90 run "compute-sanitizer racecheck (mma kernel)" compute-sanitizer \
-      --tool racecheck --error-exitcode 1 $B/test_cuda_ops --gtest_color=no \
-      --gtest_filter='CudaStep.GraphReplayGivesTheSameStepsBitForBit'
+      --gtest_filter='CudaOps.TensorCoreConvolutionEveryTileSmall'
     ;;
   compress)
     [ -f /tmp/sq_gpu_run/weights.safetensors ] || run "train --device cuda (weights to compress)" \

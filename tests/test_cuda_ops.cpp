@@ -269,12 +269,11 @@ TEST(CudaOps, CudnnOutlivesTheStreamsItRanOn) {
 // The tensor-core multiply (TF32 / BF16 operands, fp32 accumulation) against the double
 // reference, with the operand rounding's expected error: about 2^-11 (TF32) and 2^-8 (BF16)
 // relative per product, so 3e-3 and 2e-2 norm-wise.
-TEST(CudaOps, TensorCoreConvolution) {
-  REQUIRE_GPU();
+void expect_tensor_core_conv_close(const std::vector<std::pair<std::string, ConvGeom>>& convs) {
   for (auto [math, tol] : {std::pair<cuda::ConvMath, double>{cuda::ConvMath::kTf32, 3e-3},
                            {cuda::ConvMath::kBf16, 2e-2}}) {
     cuda::set_conv_math(math);
-    for (const auto& [name, g] : shapes().convs) {
+    for (const auto& [name, g] : convs) {
       SCOPED_TRACE(name + (math == cuda::ConvMath::kTf32 ? " tf32" : " bf16"));
       const size_t nx = size_t(g.C) * g.N * g.H * g.W, nw = size_t(g.K) * g.C * g.R * g.S;
       const size_t ny = size_t(g.K) * g.N * g.P() * g.Q();
@@ -294,6 +293,22 @@ TEST(CudaOps, TensorCoreConvolution) {
     }
   }
   cuda::set_conv_math(cuda::ConvMath::kFp32);
+}
+
+// Every convolution shape of the models.
+TEST(CudaOps, TensorCoreConvolution) {
+  REQUIRE_GPU();
+  expect_tensor_core_conv_close(shapes().convs);
+}
+
+// Two small convolutions whose three products take each of the mma kernel's five tiles (by
+// conv.cu's mma_tile): the 3x3 16 -> 128 takes 128x64 (forward, weights) and 16x128 (data), the
+// 1x1 32 -> 48 takes 64x128 (forward), 32x128 (data) and 64x64 (weights). Small enough for
+// compute-sanitizer's racecheck (gpu_check.sh sanitize), which the model shapes are not.
+TEST(CudaOps, TensorCoreConvolutionEveryTileSmall) {
+  REQUIRE_GPU();
+  expect_tensor_core_conv_close({{"3x3 16->128", ConvGeom{2, 16, 9, 9, 128, 3, 3, 1, 1}},
+                                 {"1x1 32->48", ConvGeom{3, 32, 7, 7, 48, 1, 1, 1, 0}}});
 }
 
 TEST(CudaOps, FireModule) {

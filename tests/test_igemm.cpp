@@ -135,6 +135,21 @@ void run_tile_kernel(const Op& op, int splits, bool reverse, bool square_warps) 
   ASSERT_TRUE(simt::run(grid, cuda::kGemmThreads, body, reverse)) << "threads disagree on barriers";
 }
 
+// The input gradient of op in `splits` split-K slices (DataOp::partial, filled with NaN first so
+// that a slice element left unwritten shows) through run(op, splits), then conv.cu's
+// data_splitk_reduce_kernel, which applies op's epilogue onto op.dx.
+template <class Run>
+void data_in_slices(cuda::DataOp op, int splits, Run run, bool reverse = false) {
+  std::vector<float> part(size_t(splits) * size_t(op.M) * size_t(op.N), NAN);
+  cuda::DataOp sliced = op;
+  sliced.partial = part.data();
+  run(sliced, splits);
+  const size_t mn = size_t(op.M) * size_t(op.N);
+  ASSERT_TRUE(simt::run({2, 1, 1}, cuda::kThreads, [&] {
+    cuda::data_splitk_reduce_kernel(part.data(), splits, mn, op.dx, op.accumulate, op.relu_x);
+  }, reverse));
+}
+
 template <int TM, int TN, bool kPrefetch>
 void check_tiles(const Case& c, bool reverse, bool square_warps = false) {
   SCOPED_TRACE("tile " + std::to_string(TM) + "x" + std::to_string(TN) + (kPrefetch ? ", prefetch" : "") +
@@ -144,6 +159,11 @@ void check_tiles(const Case& c, bool reverse, bool square_warps = false) {
   EXPECT_LT(rel(y, c.y_ref), 1e-6) << "forward";
   run_tile_kernel<TM, TN, kPrefetch>(c.data(dx.data()), 1, reverse, square_warps);
   EXPECT_LT(rel(dx, c.dx_ref), 1e-6) << "input gradient";
+  std::fill(dx.begin(), dx.end(), NAN);
+  data_in_slices(c.data(dx.data()), 3, [&](const cuda::DataOp& op, int splits) {
+    run_tile_kernel<TM, TN, kPrefetch>(op, splits, reverse, square_warps);
+  }, reverse);
+  EXPECT_LT(rel(dx, c.dx_ref), 1e-6) << "input gradient, 3 slices";
   for (int splits : {1, 3}) {  // the slices, then conv.cu's fixed-order sum of them into dw
     std::vector<float> ws(size_t(splits) * c.dw_ref.size(), NAN), dw(c.dw_ref.size(), 0.0f);
     run_tile_kernel<TM, TN, kPrefetch>(c.wgt(ws.data()), splits, reverse, square_warps);
@@ -172,18 +192,20 @@ void check_bias(const Case& c, int chunks, bool reverse) {
 }
 
 // A tensor-core kernel's three products, each through run(op, splits): the forward, the input
-// gradient, and the weight gradient in 2 split-K slices (summed here), against the double
-// reference at tolerance tol, and visibly rounded.
+// gradient whole and in 3 split-K slices (data_in_slices), and the weight gradient in 2 slices
+// (summed here), against the double reference at tolerance tol, and visibly rounded.
 template <class Run>
 void check_rounded_products(const Case& c, double tol, Run run) {
-  std::vector<float> y(c.y_ref.size(), NAN), dx(c.dx_ref.size(), NAN);
+  std::vector<float> y(c.y_ref.size(), NAN), dx(c.dx_ref.size(), NAN), dx3(c.dx_ref.size(), NAN);
   std::vector<float> ws(2 * c.dw_ref.size(), NAN), dw(c.dw_ref.size(), 0.0f);
   run(c.fwd(y.data()), 1);
   run(c.data(dx.data()), 1);
+  data_in_slices(c.data(dx3.data()), 3, run);
   run(c.wgt(ws.data()), 2);
   for (size_t i = 0; i < dw.size(); ++i) dw[i] = ws[i] + ws[dw.size() + i];
   EXPECT_LT(rel(y, c.y_ref), tol) << "forward";
   EXPECT_LT(rel(dx, c.dx_ref), tol) << "input gradient";
+  EXPECT_LT(rel(dx3, c.dx_ref), tol) << "input gradient, 3 slices";
   EXPECT_LT(rel(dw, c.dw_ref), tol) << "weight gradient";
   EXPECT_GT(rel(y, c.y_ref), 1e-7) << "the operands were not rounded";
 }
@@ -342,7 +364,8 @@ TEST(ImplicitGemm, MmaKernelOnTheCpuReproducesTheCpuConvolution) {
 
 // The input gradient's ReLU epilogue (the Fire's ds: the second expand's product added onto the
 // first's, then the squeeze ReLU's backward, x > 0 ? dx : 0, in the store): through the plain loop
-// and the fp32, WMMA and mma kernels, onto a random earlier dx, against the reference. Masking
+// and the fp32, WMMA and mma kernels, and through split-K slices whose reduction applies it, onto
+// a random earlier dx, against the reference. Masking
 // before the sum, or not at all, leaves d0 or the sum where x <= 0.
 TEST(ImplicitGemm, InputGradientEpilogueAddsThenAppliesTheReluOfX) {
   std::mt19937 rng(13);
@@ -381,12 +404,21 @@ TEST(ImplicitGemm, InputGradientEpilogueAddsThenAppliesTheReluOfX) {
                             [&] { cuda::igemm_tc_kernel<cuda::DataOp, cuda::Tf32>(op, op.Kd); }));
       EXPECT_LT(rel(dx, want), 3e-3) << "WMMA kernel, tf32";
     }
-    {
-      const cuda::DataOp op = op_onto(dx);
-      const int chunk = cuda::mma_chunk(op.Kd, 1);
-      ASSERT_TRUE(simt::run({unsigned((op.N + 127) / 128), unsigned((op.M + 63) / 64), 1}, cuda::kGemmThreads,
+    auto mma = [](const cuda::DataOp& op, int splits) {
+      const int chunk = cuda::mma_chunk(op.Kd, splits);
+      ASSERT_TRUE(simt::run({unsigned((op.N + 127) / 128), unsigned((op.M + 63) / 64), unsigned(splits)},
+                            cuda::kGemmThreads,
                             [&] { cuda::igemm_mma_kernel<cuda::DataOp, cuda::MmaBf16, 64, 128, 2>(op, chunk, cuda::mma_vec(op)); }));
-      EXPECT_LT(rel(dx, want), 2e-2) << "mma kernel, bf16";
-    }
+    };
+    mma(op_onto(dx), 1);
+    EXPECT_LT(rel(dx, want), 2e-2) << "mma kernel, bf16";
+    // In split-K slices, the epilogue applied by the reduction (conv.cu's data_splits).
+    data_in_slices(op_onto(dx), 3, [](const cuda::DataOp& op, int splits) {
+      ASSERT_TRUE(simt::run({unsigned((op.N + 63) / 64), unsigned((op.M + 63) / 64), unsigned(splits)}, cuda::kGemmThreads,
+                            [&] { cuda::igemm_kernel<cuda::DataOp, 64, 64>(op, (op.Kd + splits - 1) / splits); }));
+    });
+    EXPECT_LT(rel(dx, want), 1e-6) << "fp32 tile kernel, 3 slices";
+    data_in_slices(op_onto(dx), 3, mma);
+    EXPECT_LT(rel(dx, want), 2e-2) << "mma kernel, bf16, 3 slices";
   }
 }

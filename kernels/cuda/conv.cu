@@ -41,10 +41,10 @@ const bool g_wide = env_is("SQUEEZE_IGEMM_WIDE", "1");
 // not yet measured on a GPU (docs/KERNELS.md, v6).
 const bool g_square_warps = env_is("SQUEEZE_IGEMM_WARPS", "4x8");
 
-// The tensor-core precisions through the cp.async + mma.sync kernel (igemm_mma.cuh, v7), only
-// with SQUEEZE_IGEMM_MMA=1: checked on the CPU (tests/test_igemm.cpp), not yet run on a GPU
-// (docs/KERNELS.md, v7).
-const bool g_mma = env_is("SQUEEZE_IGEMM_MMA", "1");
+// The tensor-core precisions through the cp.async + mma.sync kernel (igemm_mma.cuh, v7), unless
+// SQUEEZE_IGEMM_MMA=0 (the WMMA kernel, igemm_tc_kernel). On the H200 (run c, docs/KERNELS.md)
+// v7 took the squeezenet1.0 TF32 step from 3,210 to 4,741 img/s and BF16 from 4,448 to 4,992.
+const bool g_mma = !env_is("SQUEEZE_IGEMM_MMA", "0");
 
 // The fp32 block tile. M <= 32: the narrowest one that holds all M rows (16x256, 32x128, 4x4
 // shares), so that one row of tiles reads the B operand (the expensive im2col gather) once; on
@@ -195,16 +195,37 @@ int bias_chunks(int K, long long npq) {
   return int(std::max<long long>(1, std::min<long long>(npq / 8192, 2048 / K)));
 }
 
+// A product's blocks should fill about two waves of a 132-SM GPU (two blocks an SM); below that,
+// split-K slices make up the rest. Small images are the case: the Fashion-MNIST configuration's
+// Fire modules at 7x7 and 3x3 (6,272 and 1,152 pixels at batch 128), where fire9's input
+// gradient of the expand 3x3 had 9 to 18 blocks, each 2,304 deep, and its backward took as long
+// as fire8's with 5x the work (run c, docs/KERNELS.md).
+constexpr long long kFillBlocks = 256;
+
 // Split-K factor of the weight gradient: about 1024 blocks (several waves on a 132-SM GPU) and
 // slices of at least 1024 pixels. The weight gradients are small (K x C*R*S) and their reduction
 // deep (N*P*Q, 373,248 for fire2 at batch 128), so most of the parallelism must come from k.
+// Where that leaves fewer than kFillBlocks blocks, slices down to 128 pixels (never at 224²).
 int weight_splits(const Geo& g) {
   const Tile t = pick_tile(g.K, g.C * g.R * g.S);
   const long long tiles = (long long)((g.K + t.m - 1) / t.m) * ((g.C * g.R * g.S + t.n - 1) / t.n);
   const long long kd = (long long)g.N * g.P * g.Q;
   long long z = std::min<long long>(256, std::max<long long>(1, kd / 1024));
   z = std::min<long long>(z, std::max<long long>(1, 1024 / tiles));
+  if (tiles * z < kFillBlocks)
+    z = std::max(z, std::min<long long>({256, kd / 128, (kFillBlocks + tiles - 1) / tiles}));
   return int(z);
+}
+
+// Split-K factor of the input gradient (C x N*H*W, K*R*S deep): 1 where its 64x64 tiles reach
+// kFillBlocks (every convolution at 224²: N*H*W >= 21,632), else slices of at least 256 (8 of
+// the mma kernel's k-steps) up to that many blocks, at most 16. By 64x64 tiles whatever the
+// kernel, so that the workspace, sized once, holds the slices of every precision's kernel.
+int data_splits(const Geo& g) {
+  const long long m = g.C, n = (long long)g.N * g.H * g.W, kd = (long long)g.K * g.R * g.S;
+  const long long tiles = ((m + 63) / 64) * ((n + 63) / 64);
+  if (tiles >= kFillBlocks) return 1;
+  return int(std::max<long long>(1, std::min<long long>({16, kd / 256, (kFillBlocks + tiles - 1) / tiles})));
 }
 
 ConvImpl g_impl = ConvImpl::kOwn;
@@ -242,11 +263,15 @@ void conv_forward(const ConvGeom& cg, const float* x, const float* w, const floa
   launch_igemm(op, 1, s, "conv_forward");
 }
 
+// The weight gradient's slices and bias partials, then (after they are summed) the input
+// gradient's slices, in the same space.
 size_t conv_backward_workspace(const ConvGeom& cg) {
   if (cg.N == 0) return 0;
   const Geo g = geo_of(cg);
-  return size_t(weight_splits(g)) * g.K * g.C * g.R * g.S +
-         size_t(g.K) * bias_chunks(g.K, (long long)g.N * g.P * g.Q);
+  const size_t weights = size_t(weight_splits(g)) * g.K * g.C * g.R * g.S +
+                         size_t(g.K) * bias_chunks(g.K, (long long)g.N * g.P * g.Q);
+  const int ds = data_splits(g);
+  return std::max(weights, ds > 1 ? size_t(ds) * g.C * g.N * g.H * g.W : size_t(0));
 }
 
 void conv_backward(const ConvGeom& cg, const float* x, const float* w, const float* dz, float* dw,
@@ -276,7 +301,15 @@ void conv_backward(const ConvGeom& cg, const float* x, const float* w, const flo
   }
   if (dx) {
     DataOp dop{g, w, dz, dx, accumulate, g.C, g.N * g.H * g.W, g.K * g.R * g.S, relu_x ? x : nullptr};
-    launch_igemm(dop, 1, s, "conv_backward (data)");
+    const int dsplits = data_splits(g);
+    if (dsplits > 1) dop.partial = ws;  // the weight gradient's slices are summed by now
+    launch_igemm(dop, dsplits, s, "conv_backward (data)");
+    if (dsplits > 1) {
+      const size_t n = size_t(dop.M) * dop.N;
+      data_splitk_reduce_kernel<<<blocks_for(n), kThreads, 0, s>>>(ws, dsplits, n, dx, accumulate,
+                                                                  dop.relu_x);
+      SQ_CUDA_LAUNCH("conv_backward (data split-K sum)");
+    }
   }
 }
 

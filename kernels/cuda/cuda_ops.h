@@ -123,12 +123,13 @@ void conv_forward(const ConvGeom& g, const float* x, const float* w, const float
 // dw += ..., db += ... (may be null), dx = or += (accumulate) the input gradient (may be null).
 // relu_x: x is a ReLU's output, and dx also goes through that ReLU's backward (dx = x > 0 ? dx :
 // 0, after any accumulation), in the input gradient's epilogue (the own kernels) or a pass after
-// it (cuDNN). ws: conv_backward_workspace(g) floats (the split-K partial sums of dw).
+// it (cuDNN). ws: conv_backward_workspace(g) floats (the split-K partial sums of dw, and of dx
+// where its product has few output tiles).
 size_t conv_backward_workspace(const ConvGeom& g);
 // What the convolution kernels need set on the current GPU before their first launch (the mma
-// kernels' shared-memory limit, SQUEEZE_IGEMM_MMA=1), done now: that setting may synchronize, so
-// it must not first happen inside a CUDA-graph capture. CudaStep calls it; otherwise the first
-// launch of each kernel does it.
+// kernels' shared-memory limit), done now: that setting may synchronize, so it must not first
+// happen inside a CUDA-graph capture. CudaStep calls it; otherwise the first launch of each kernel
+// does it.
 void prepare_conv_kernels();
 void conv_backward(const ConvGeom& g, const float* x, const float* w, const float* dz, float* dw,
                    float* db, float* dx, bool accumulate, float* ws, cudaStream_t s,

@@ -188,6 +188,18 @@ __global__ void splitk_reduce_kernel(const float* ws, int splits, size_t mn, flo
   }
 }
 
+// The input gradient's split-K slices (DataOp::partial) summed in order, then DataOp's epilogue:
+// onto dx when accumulating, then the ReLU of x's backward.
+__global__ void data_splitk_reduce_kernel(const float* part, int splits, size_t mn, float* dx,
+                                          bool accumulate, const float* relu_x) {
+  SQ_GRID_STRIDE(i, mn) {
+    float v = part[i];
+    for (int z = 1; z < splits; ++z) v += part[size_t(z) * mn + i];
+    v = accumulate ? dx[i] + v : v;
+    dx[i] = !relu_x || relu_x[i] > 0.0f ? v : 0.0f;
+  }
+}
+
 // The bias gradient in two fixed-order passes: partial[k][c] = sum of chunk c of dz[k, :] (a
 // block per (k, c), four independent loads in flight per thread), then db[k] += the partials of
 // row k in order. One block per k alone left most of a large GPU idle on rows of 10^5 to 10^6.

@@ -1,5 +1,6 @@
-// The tensor-core implicit GEMM, v7 (opt-in: SQUEEZE_IGEMM_MMA=1; docs/KERNELS.md): the same three
-// products and operand loaders as igemm_kernel.cuh, but built for the tensor cores' rate.
+// The tensor-core implicit GEMM, v7 (the default; SQUEEZE_IGEMM_MMA=0 selects the WMMA kernel;
+// docs/KERNELS.md): the same three products and operand loaders as igemm_kernel.cuh, but built for
+// the tensor cores' rate.
 //
 // - Asynchronous copies (cp.async, sm_80+) move each operand element from the tensors straight into
 //   shared memory, zero-filled in the padding, in a pipeline of 2-4 stages of 32-deep k-steps:

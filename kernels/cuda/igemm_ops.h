@@ -109,6 +109,9 @@ struct DataOp {
   // When x is a ReLU's output (the Fire's squeeze output, input of both expands): x itself, and
   // the epilogue applies that ReLU's backward, dx = x > 0 ? dx : 0, after accumulating.
   const float* relu_x = nullptr;
+  // Split-K (conv.cu's data_splits, for products with few output tiles): slice z's raw sums go
+  // to partial[z][m][n], and data_splitk_reduce_kernel applies the epilogue to their sum.
+  float* partial = nullptr;
   SQ_HOST_DEVICE KEnt kent(int k) const {
     const int RS = g.R * g.S, ko = k / RS, rs = k - ko * RS, r = rs / g.S, s = rs - r * g.S;
     const int ko_off = ko * g.N * g.P * g.Q;
@@ -145,8 +148,12 @@ struct DataOp {
     if (p >= g.P || q >= g.Q) return 0.0f;
     return dz[kt.ko_off + np.img_off + p * g.Q + q];
   }
-  SQ_HOST_DEVICE void store(int m, int n, float v, int) const {
+  SQ_HOST_DEVICE void store(int m, int n, float v, int z) const {
     const size_t i = size_t(m) * N + n;
+    if (partial) {
+      partial[size_t(z) * M * N + i] = v;
+      return;
+    }
     v = accumulate ? dx[i] + v : v;
     dx[i] = !relu_x || relu_x[i] > 0.0f ? v : 0.0f;
   }
