@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <string>
 #include <type_traits>
@@ -58,6 +59,7 @@ struct Case {
   ConvGeom cg;
   cuda::Geo g;
   std::vector<float> x, w, b, dz;
+  std::vector<float> wt;  // w transposed to (C, K, R, S): the input gradient's A (DataOp)
   std::vector<double> y_ref, dw_ref, dx_ref;
   Case(const ConvGeom& c, std::mt19937& rng) : cg(c) {
     std::normal_distribution<float> nd;
@@ -69,6 +71,12 @@ struct Case {
     dz.resize(size_t(cg.K) * cg.N * P * Q);
     for (auto* v : {&x, &w, &b, &dz})
       for (float& e : *v) e = nd(rng);
+    const int RS = cg.R * cg.S;
+    wt.resize(w.size());
+    for (int ko = 0; ko < cg.K; ++ko)
+      for (int c = 0; c < cg.C; ++c)
+        for (int rs = 0; rs < RS; ++rs)
+          wt[(size_t(c) * cg.K + ko) * RS + rs] = w[(size_t(ko) * cg.C + c) * RS + rs];
     const std::vector<double> xd(x.begin(), x.end()), wd(w.begin(), w.end()),
         bd(b.begin(), b.end()), dzd(dz.begin(), dz.end());
     y_ref.resize(dz.size());
@@ -84,7 +92,7 @@ struct Case {
   cuda::FwdOp fwd(float* y) const { return {g, x.data(), w.data(), b.data(), y, true, g.K, npq(), crs()}; }
   cuda::WeightOp wgt(float* ws) const { return {g, x.data(), dz.data(), ws, g.K, crs(), npq()}; }
   cuda::DataOp data(float* dx) const {
-    return {g, w.data(), dz.data(), dx, false, g.C, g.N * g.H * g.W, g.K * g.R * g.S};
+    return {g, wt.data(), dz.data(), dx, false, g.C, g.N * g.H * g.W, g.K * g.R * g.S};
   }
   std::string name() const {
     return "C" + std::to_string(cg.C) + " H" + std::to_string(cg.H) + " K" + std::to_string(cg.K) +
@@ -120,6 +128,15 @@ TEST(ImplicitGemm, LoadersReproduceTheCpuConvolution) {
     EXPECT_LT(rel(y, c.y_ref), 1e-6) << "forward";
     EXPECT_LT(rel(dw, c.dw_ref), 1e-6) << "weight gradient";
     EXPECT_LT(rel(dx, c.dx_ref), 1e-6) << "input gradient";
+    // conv.cu's transposition of w for the input gradient gives the layout DataOp reads (c.wt,
+    // with which the input gradient above matched the reference), in both thread orders.
+    for (bool reverse : {false, true}) {
+      std::vector<float> wt(c.w.size(), NAN);
+      ASSERT_TRUE(simt::run({2, 1, 1}, cuda::kThreads, [&] {
+        cuda::transpose_weights_kernel(c.w.data(), cg.K, cg.C, cg.R * cg.S, wt.data());
+      }, reverse));
+      EXPECT_EQ(0, std::memcmp(wt.data(), c.wt.data(), wt.size() * sizeof(float))) << "transposed weights";
+    }
   }
 }
 
@@ -335,11 +352,12 @@ TEST(ImplicitGemm, MmaKernelOnTheCpuReproducesTheCpuConvolution) {
     const Case c(cg, rng);
     SCOPED_TRACE(c.name());
     // The 16-byte copies: both operands of the 1x1 case with 4k-float planes (x: 3*7*4 = 84 per
-    // channel), and the forward's weights wherever C*R*S is a multiple of 4.
+    // channel), the forward's weights wherever C*R*S is a multiple of 4, and the input
+    // gradient's transposed weights wherever K*R*S is (the 1x1 case and the 3x3 70 -> 80).
     std::vector<float> none;
     const cuda::MmaVec f = cuda::mma_vec(c.fwd(none.data())), d = cuda::mma_vec(c.data(none.data())),
                        w = cuda::mma_vec(c.wgt(none.data()));
-    if (f.a && f.b && d.b && w.a && w.b) ++vector_cases;
+    if (f.a && f.b && d.a && d.b && w.a && w.b) ++vector_cases;
     {
       SCOPED_TRACE("bf16");
       check_mma<cuda::MmaBf16, 64, 128, 2>(c, 2e-2, false);

@@ -2,7 +2,8 @@
 // element from the tensors directly. One tiled kernel (64x64 outputs per block, 16-deep k-steps,
 // 4x4 outputs per thread, fp32 FMA) serves the three products:
 //   forward        Y  (K x N*P*Q) = W (K x C*R*S) * col(X)            + bias, ReLU epilogue
-//   backward data  dX (C x N*H*W) = W^T (C x K*R*S) * "col"(dZ)        (stride-aware gather)
+//   backward data  dX (C x N*H*W) = W^T (C x K*R*S) * "col"(dZ)        (stride-aware gather; W^T
+//                  written out first, split-K where the output has few tiles)
 //   backward wts   dW (K x C*R*S) += dZ (K x N*P*Q) * col(X)^T         (split-K, fixed-order sum)
 // This is the portable fp32 baseline the fused Fire kernels and the tensor-core path are measured
 // against; its time against cuDNN is in docs/BENCHMARKS.md ("GPU").
@@ -265,15 +266,21 @@ void conv_forward(const ConvGeom& cg, const float* x, const float* w, const floa
   launch_igemm(op, 1, s, "conv_forward");
 }
 
+// The input gradient's scratch: its split-K slices (none for one slice), then w transposed, at
+// a multiple of 4 floats (16 bytes: the mma kernel's copies of A).
+size_t data_slices_floats(const Geo& g) {
+  const int ds = data_splits(g);
+  return ds > 1 ? (size_t(ds) * g.C * g.N * g.H * g.W + 3) / 4 * 4 : 0;
+}
+
 // The weight gradient's slices and bias partials, then (after they are summed) the input
-// gradient's slices, in the same space.
+// gradient's slices and transposed weights, in the same space.
 size_t conv_backward_workspace(const ConvGeom& cg) {
   if (cg.N == 0) return 0;
   const Geo g = geo_of(cg);
   const size_t weights = size_t(weight_splits(g)) * g.K * g.C * g.R * g.S +
                          size_t(g.K) * bias_chunks(g.K, (long long)g.N * g.P * g.Q);
-  const int ds = data_splits(g);
-  return std::max(weights, ds > 1 ? size_t(ds) * g.C * g.N * g.H * g.W : size_t(0));
+  return std::max(weights, data_slices_floats(g) + size_t(g.K) * g.C * g.R * g.S);
 }
 
 void conv_backward(const ConvGeom& cg, const float* x, const float* w, const float* dz, float* dw,
@@ -302,9 +309,14 @@ void conv_backward(const ConvGeom& cg, const float* x, const float* w, const flo
     SQ_CUDA_LAUNCH("conv_backward (bias)");
   }
   if (dx) {
-    DataOp dop{g, w, dz, dx, accumulate, g.C, g.N * g.H * g.W, g.K * g.R * g.S, relu_x ? x : nullptr};
+    // The weight gradient's slices and bias partials are summed by now: their space takes the
+    // input gradient's slices and w transposed.
+    float* wt = ws + data_slices_floats(g);
+    transpose_weights_kernel<<<blocks_for(mn), kThreads, 0, s>>>(w, g.K, g.C, g.R * g.S, wt);
+    SQ_CUDA_LAUNCH("conv_backward (weights transposed)");
+    DataOp dop{g, wt, dz, dx, accumulate, g.C, g.N * g.H * g.W, g.K * g.R * g.S, relu_x ? x : nullptr};
     const int dsplits = data_splits(g);
-    if (dsplits > 1) dop.partial = ws;  // the weight gradient's slices are summed by now
+    if (dsplits > 1) dop.partial = ws;
     launch_igemm(dop, dsplits, s, "conv_backward (data)");
     if (dsplits > 1) {
       const size_t n = size_t(dop.M) * dop.N;

@@ -188,6 +188,16 @@ __global__ void splitk_reduce_kernel(const float* ws, int splits, size_t mn, flo
   }
 }
 
+// wt[c][ko][r][s] = w[ko][c][r][s]: the input gradient's A operand along k (DataOp). One thread
+// an element, reading w in order.
+__global__ void transpose_weights_kernel(const float* w, int K, int C, int RS, float* wt) {
+  const size_t n = size_t(K) * C * RS, crs = size_t(C) * RS;
+  SQ_GRID_STRIDE(i, n) {
+    const size_t ko = i / crs, rem = i - ko * crs, c = rem / RS, rs = rem - c * RS;
+    wt[(c * K + ko) * RS + rs] = w[i];
+  }
+}
+
 // The input gradient's split-K slices (DataOp::partial) summed in order, then DataOp's epilogue:
 // onto dx when accumulating, then the ReLU of x's backward.
 __global__ void data_splitk_reduce_kernel(const float* part, int splits, size_t mn, float* dx,

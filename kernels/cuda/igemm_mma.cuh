@@ -142,7 +142,9 @@ inline bool plain_1x1(const Geo& g) { return g.R == 1 && g.S == 1 && g.stride ==
 inline MmaVec mma_vec(const FwdOp& op) {
   return {op.Kd % 4 == 0 && aligned16(op.w), plain_1x1(op.g) && op.N % 4 == 0 && aligned16(op.x)};
 }
-inline MmaVec mma_vec(const DataOp& op) { return {false, plain_1x1(op.g) && op.N % 4 == 0 && aligned16(op.dz)}; }
+inline MmaVec mma_vec(const DataOp& op) {
+  return {op.Kd % 4 == 0 && aligned16(op.wt), plain_1x1(op.g) && op.N % 4 == 0 && aligned16(op.dz)};
+}
 inline MmaVec mma_vec(const WeightOp& op) {
   return {op.Kd % 4 == 0 && aligned16(op.dz), plain_1x1(op.g) && op.Kd % 4 == 0 && aligned16(op.x)};
 }

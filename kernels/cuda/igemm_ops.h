@@ -86,14 +86,16 @@ struct FwdOp {
   }
 };
 
-// Backward data: A(c, (ko, r, s)) = w[ko, c, r, s]; B((ko, r, s), (img, h, w)) = dz at
-// (ko, img, p, q) with h = p*st - pad + r, w = q*st - pad + s, where such p, q exist. At stride 1
-// (every Fire convolution) p = h + pad - r and q = w + pad - s, and the flat index of dz is
-// KEnt.b_off + NEnt.off; other strides also test divisibility (the division then stays).
+// Backward data: A(c, (ko, r, s)) = w[ko, c, r, s], read from wt, w transposed to (C, K, R, S)
+// (transpose_weights_kernel) so that A runs along k in memory: A(m, k) = wt[m*K*R*S + k], which
+// the mma kernel copies 16 bytes at a time and the register-staged kernels read coalesced (w's
+// own layout puts neighbouring k of a 1x1 product C floats apart). B((ko, r, s), (img, h, w)) =
+// dz at (ko, img, p, q) with h = p*st - pad + r, w = q*st - pad + s, where such p, q exist. At
+// stride 1 (every Fire convolution) p = h + pad - r and q = w + pad - s, and the flat index of dz
+// is KEnt.b_off + NEnt.off; other strides also test divisibility (the division then stays).
 struct DataOp {
   static constexpr bool kBAlongK = false;
   struct KEnt {
-    int a_off;  // ko*C*R*S + r*S + s: A(m, k) = w[a_off + m*R*S]
     int b_off;  // ko*N*P*Q - r*Q - s (stride 1)
     int ko_off, r, s;  // ko*N*P*Q, r, s (other strides)
   };
@@ -102,7 +104,7 @@ struct DataOp {
     int img_off, hp, wp;  // img*P*Q, h + pad, w + pad
   };
   Geo g;
-  const float *w, *dz;
+  const float *wt, *dz;  // wt: w transposed, (C, K, R, S)
   float* dx;
   bool accumulate;
   int M, N, Kd;
@@ -115,15 +117,15 @@ struct DataOp {
   SQ_HOST_DEVICE KEnt kent(int k) const {
     const int RS = g.R * g.S, ko = k / RS, rs = k - ko * RS, r = rs / g.S, s = rs - r * g.S;
     const int ko_off = ko * g.N * g.P * g.Q;
-    return {ko * g.C * RS + rs, ko_off - r * g.Q - s, ko_off, r, s};
+    return {ko_off - r * g.Q - s, ko_off, r, s};
   }
   SQ_HOST_DEVICE NEnt nent(int n) const {
     const int HW = g.H * g.W, img = n / HW, hw = n - img * HW, h = hw / g.W, wc = hw - h * g.W;
     const int img_off = img * g.P * g.Q, hp = h + g.pad, wp = wc + g.pad;
     return {img_off + hp * g.Q + wp, img_off, hp, wp};
   }
-  SQ_HOST_DEVICE const float* any() const { return w; }
-  SQ_HOST_DEVICE const float* a_ptr(int m, int, const KEnt& kt) const { return w + (kt.a_off + m * g.R * g.S); }
+  SQ_HOST_DEVICE const float* any() const { return wt; }
+  SQ_HOST_DEVICE const float* a_ptr(int m, int k, const KEnt&) const { return wt + (m * Kd + k); }
   // B's address (nullptr for a zero) and value, the tests written out in both (as Geo::col).
   SQ_HOST_DEVICE const float* b_ptr(const KEnt& kt, const NEnt& np) const {
     const int ph = np.hp - kt.r, qw = np.wp - kt.s;
