@@ -100,6 +100,10 @@ for phase in $phases; do
     for args in "--model squeezenet1.0" "--model squeezenet1.1" "--model squeezenet1.0 --bypass complex"; do
       run "check-layers $args" $B/squeeze train --device cuda --check-layers $args --batch-size 32 --data-dir "$data"
     done
+    for prec in tf32 bf16; do
+      run "check-layers --precision $prec" $B/squeeze train --device cuda --check-layers \
+        --precision $prec --model squeezenet1.0 --batch-size 32 --data-dir "$data"
+    done
     run "train --device cuda (the default job)" $B/squeeze train --device cuda --data-dir "$data" \
       --out /tmp/sq_gpu_run
     run "train --device cuda --precision bf16 (1 epoch)" \
