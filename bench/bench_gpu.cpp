@@ -2,6 +2,7 @@
 //  1. every Fire shape of squeezenet1.0 at batch 128 (3x224x224): forward and forward+backward
 //     time of the project's kernels against cuDNN, at fp32 and at TF32 (and own BF16), with the
 //     forward FLOPs and minimal bytes for the notes file's floors;
+//     (1b: every convolution, forward, backward, and the backward's weight and bias part alone)
 //  2. training steps (forward, loss, backward, fused SGD) of squeezenet1.0 and 1.1 at 224x224
 //     and the Fashion-MNIST configuration, batch 128, images/s, for the same variants.
 // Timing: CUDA events around each repetition on one stream, 3 warm-up reps, median of --reps.
@@ -286,8 +287,8 @@ int main(int argc, char** argv) {
     // ---- 1b. every convolution of squeezenet1.0 at batch 128, forward and backward apart ------
     if (want("1b")) {
       std::printf("\nConvolutions of squeezenet1.0, batch %d: forward ms / backward ms (weights, bias "
-                  "and input gradient)\n\n", N);
-      header("conv: C→K RxS/stride @ HxW", "fwd / bwd ms");
+                  "and input gradient) / of that, weights and bias alone\n\n", N);
+      header("conv: C→K RxS/stride @ HxW", "fwd / bwd / wts ms");
       out["conv"] = nlohmann::json::array();
       {
         std::vector<std::pair<std::string, ConvGeom>> convs;
@@ -318,9 +319,15 @@ int main(int argc, char** argv) {
                 cuda::conv_backward(g, x.get(), w.get(), dz.get(), dw.get(), db.get(), dx.get(), false,
                                     ws.get(), nullptr);
               });
-              std::printf(" %.3f / %.3f |", fwd, bwd);
+              // Without dx: the weight and bias gradients alone (bwd - wts: the input gradient).
+              const double wts = time_ms(reps, [&] {
+                cuda::conv_backward(g, x.get(), w.get(), dz.get(), dw.get(), db.get(), nullptr, false,
+                                    ws.get(), nullptr);
+              });
+              std::printf(" %.3f / %.3f / %.3f |", fwd, bwd, wts);
               row[std::string(v.name) + " fwd ms"] = fwd;
               row[std::string(v.name) + " bwd ms"] = bwd;
+              row[std::string(v.name) + " bwd weights ms"] = wts;
             } catch (const std::exception& e) {
               std::printf(" failed |");
               std::fprintf(stderr, "bench_gpu: %s, %s: %s\n", name.c_str(), v.name, e.what());
