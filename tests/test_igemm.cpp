@@ -432,8 +432,7 @@ TEST(ImplicitGemm, InputGradientEpilogueAddsThenAppliesTheReluOfX) {
     EXPECT_LT(rel(dx, want), 2e-2) << "mma kernel, bf16";
     // In split-K slices, the epilogue applied by the reduction (conv.cu's data_splits).
     data_in_slices(op_onto(dx), 3, [](const cuda::DataOp& op, int splits) {
-      ASSERT_TRUE(simt::run({unsigned((op.N + 63) / 64), unsigned((op.M + 63) / 64), unsigned(splits)}, cuda::kGemmThreads,
-                            [&] { cuda::igemm_kernel<cuda::DataOp, 64, 64>(op, (op.Kd + splits - 1) / splits); }));
+      run_tile_kernel<64, 64, true>(op, splits, false, false);
     });
     EXPECT_LT(rel(dx, want), 1e-6) << "fp32 tile kernel, 3 slices";
     data_in_slices(op_onto(dx), 3, mma);

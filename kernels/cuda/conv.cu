@@ -158,13 +158,6 @@ void launch_mma(const Op& op, int splits, cudaStream_t s) {
 
 template <bool kPrefetch, class Op>
 void launch_tc(const Op& op, int splits, int chunk, cudaStream_t s) {
-  if (g_mma) {
-    if (g_math == ConvMath::kTf32)
-      launch_mma<MmaTf32>(op, splits, s);
-    else
-      launch_mma<MmaBf16>(op, splits, s);
-    return;
-  }
   if (g_math == ConvMath::kTf32)
     launch_tc_tile<Tf32, kPrefetch>(op, splits, chunk, s);
   else
@@ -177,7 +170,11 @@ void launch_igemm(const Op& op, int splits, cudaStream_t s, const char* what) {
   if (!fits_int32(op.g))
     fail(what, ": a tensor of 2^31 or more elements (batch ", op.g.N, "); use a smaller batch per GPU");
   const int chunk = (op.Kd + splits - 1) / splits;
-  if (g_math == ConvMath::kTf32 || g_math == ConvMath::kBf16) {
+  if (g_mma && g_math == ConvMath::kTf32) {
+    launch_mma<MmaTf32>(op, splits, s);
+  } else if (g_mma && g_math == ConvMath::kBf16) {
+    launch_mma<MmaBf16>(op, splits, s);
+  } else if (g_math == ConvMath::kTf32 || g_math == ConvMath::kBf16) {
     if (g_prefetch)
       launch_tc<true>(op, splits, chunk, s);
     else
@@ -266,10 +263,9 @@ void conv_forward(const ConvGeom& cg, const float* x, const float* w, const floa
   launch_igemm(op, 1, s, "conv_forward");
 }
 
-// The input gradient's scratch: its split-K slices (none for one slice), then w transposed, at
+// The input gradient's scratch: its ds split-K slices (none for one slice), then w transposed, at
 // a multiple of 4 floats (16 bytes: the mma kernel's copies of A).
-size_t data_slices_floats(const Geo& g) {
-  const int ds = data_splits(g);
+size_t data_slices_floats(const Geo& g, int ds) {
   return ds > 1 ? (size_t(ds) * g.C * g.N * g.H * g.W + 3) / 4 * 4 : 0;
 }
 
@@ -280,7 +276,7 @@ size_t conv_backward_workspace(const ConvGeom& cg) {
   const Geo g = geo_of(cg);
   const size_t weights = size_t(weight_splits(g)) * g.K * g.C * g.R * g.S +
                          size_t(g.K) * bias_chunks(g.K, (long long)g.N * g.P * g.Q);
-  return std::max(weights, data_slices_floats(g) + size_t(g.K) * g.C * g.R * g.S);
+  return std::max(weights, data_slices_floats(g, data_splits(g)) + size_t(g.K) * g.C * g.R * g.S);
 }
 
 void conv_backward(const ConvGeom& cg, const float* x, const float* w, const float* dz, float* dw,
@@ -311,11 +307,11 @@ void conv_backward(const ConvGeom& cg, const float* x, const float* w, const flo
   if (dx) {
     // The weight gradient's slices and bias partials are summed by now: their space takes the
     // input gradient's slices and w transposed.
-    float* wt = ws + data_slices_floats(g);
+    const int dsplits = data_splits(g);
+    float* wt = ws + data_slices_floats(g, dsplits);
     transpose_weights_kernel<<<blocks_for(mn), kThreads, 0, s>>>(w, g.K, g.C, g.R * g.S, wt);
     SQ_CUDA_LAUNCH("conv_backward (weights transposed)");
     DataOp dop{g, wt, dz, dx, accumulate, g.C, g.N * g.H * g.W, g.K * g.R * g.S, relu_x ? x : nullptr};
-    const int dsplits = data_splits(g);
     if (dsplits > 1) dop.partial = ws;
     launch_igemm(dop, dsplits, s, "conv_backward (data)");
     if (dsplits > 1) {
