@@ -41,6 +41,36 @@ void multiply(const Op& op) {
     }
 }
 
+// The mma kernel's keys (igemm_ops.h, Key) against the loaders: for every k and n, b_key gives
+// nullptr where bval gives a padding zero and else the address of bval's element (src: the tensor
+// B is read from; its elements are nonzero, so a padding element read or a real one skipped
+// shows); a key past either edge matches nothing.
+template <class Op>
+void check_keys(const Op& op, const std::vector<float>& src) {
+  std::vector<cuda::Key> nkeys;
+  std::vector<typename Op::NEnt> ns;
+  for (int n = 0; n < op.N; ++n) nkeys.push_back(op.nkey(n)), ns.push_back(op.nent(n));
+  long wrong = 0, outside = 0, padding = 0;
+  for (int k = 0; k < op.Kd; ++k) {
+    const cuda::Key kk = op.kkey(k);
+    const typename Op::KEnt ke = op.kent(k);
+    for (int n = 0; n < op.N; ++n) {
+      const float* p = op.b_key(kk, nkeys[size_t(n)]);
+      if (p && (p < src.data() || p >= src.data() + src.size())) {
+        ++outside;
+        continue;
+      }
+      padding += p == nullptr;
+      wrong += (p ? *p : 0.0f) != op.bval(ke, ns[size_t(n)]);
+    }
+    EXPECT_EQ(nullptr, op.b_key(kk, cuda::Key{0, Op::kNNone})) << "k " << k << " against an n past the edge";
+  }
+  for (int n = 0; n < op.N; ++n)
+    EXPECT_EQ(nullptr, op.b_key(cuda::Key{0, Op::kKNone}, nkeys[size_t(n)])) << "n " << n << " against a k past the edge";
+  EXPECT_EQ(0, outside) << "addresses outside the tensor";
+  EXPECT_EQ(0, wrong) << "elements that differ from the loader's (" << padding << " in the padding)";
+}
+
 double rel(const std::vector<float>& got, const std::vector<double>& ref) {
   double d = 0, r = 0;
   for (size_t i = 0; i < ref.size(); ++i) {
@@ -128,6 +158,12 @@ TEST(ImplicitGemm, LoadersReproduceTheCpuConvolution) {
     EXPECT_LT(rel(y, c.y_ref), 1e-6) << "forward";
     EXPECT_LT(rel(dw, c.dw_ref), 1e-6) << "weight gradient";
     EXPECT_LT(rel(dx, c.dx_ref), 1e-6) << "input gradient";
+    {
+      SCOPED_TRACE("keys");
+      check_keys(c.fwd(y.data()), c.x);
+      check_keys(c.wgt(dw.data()), c.x);
+      check_keys(c.data(dx.data()), c.dz);
+    }
     // conv.cu's transposition of w for the input gradient gives the layout DataOp reads (c.wt,
     // with which the input gradient above matched the reference), in both thread orders.
     for (bool reverse : {false, true}) {

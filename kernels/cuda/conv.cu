@@ -170,9 +170,10 @@ void launch_igemm(const Op& op, int splits, cudaStream_t s, const char* what) {
   if (!fits_int32(op.g))
     fail(what, ": a tensor of 2^31 or more elements (batch ", op.g.N, "); use a smaller batch per GPU");
   const int chunk = (op.Kd + splits - 1) / splits;
-  if (g_mma && g_math == ConvMath::kTf32) {
+  const bool mma = g_mma && keys_fit(op.g);  // filters of more than 15 x 15 taps: WMMA
+  if (mma && g_math == ConvMath::kTf32) {
     launch_mma<MmaTf32>(op, splits, s);
-  } else if (g_mma && g_math == ConvMath::kBf16) {
+  } else if (mma && g_math == ConvMath::kBf16) {
     launch_mma<MmaBf16>(op, splits, s);
   } else if (g_math == ConvMath::kTf32 || g_math == ConvMath::kBf16) {
     if (g_prefetch)

@@ -174,16 +174,31 @@ struct MmaShape {
   static_assert(RA * kGemmThreads == TM * KB && RB * kGemmThreads == KB * TN, "whole copies per thread");
 };
 
+// The operand keys of one block (igemm_ops.h, Key): the k keys of the steps whose copies are being
+// issued (step j's in buffer j % NS), and, where B runs along k (the weight gradient), the n key
+// of each column of the tile (NT = TN). Elsewhere each thread's B elements all lie in one column,
+// whose key it keeps in registers (NT = 1, unused).
+template <int NT, int KB, int NS>
+struct MmaKeys {
+  Key k[NS][KB];
+  Key n[NT];
+};
+// Threads first..first+KB-1 fill one step's k keys: those at k0 + t, kKNone past ke.
+template <class Op, int KB>
+__device__ void fill_kkeys(const Op& op, Key (&k)[KB], int k0, int ke, int first = 0) {
+  const int t = int(threadIdx.x) - first;
+  if (t >= 0 && t < KB) k[t] = k0 + t < ke ? op.kkey(k0 + t) : Key{0, Op::kKNone};
+}
+
 // Two blocks an SM: at most 128 registers a thread (conv.cu picks the tiles that fit unspilled).
 template <class Op, class Prec, int TM, int TN, int WM>
 __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k_chunk, MmaVec vec) {
   using Sh = MmaShape<Op, Prec, TM, TN, WM>;
   constexpr int KB = Sh::KB, NS = Sh::kStages, LDA = Sh::LDA, LDB = Sh::LDB;
   SQ_DYNAMIC_SHARED(float, smem);
-  // The k tables of the steps whose copies are being issued: step j's in buffer j % NS, written
-  // before the barrier of the iteration that issues it, and last read when step j - NS was issued,
-  // an iteration (and so a barrier) earlier.
-  __shared__ Tables<Op, TN, KB, NS> tab;
+  // Step j's k keys are written before the barrier of the iteration that issues it, into the
+  // buffer last read when step j - NS was issued, an iteration (and so a barrier) earlier.
+  __shared__ MmaKeys<Sh::kBnk ? TN : 1, KB, NS> tab;
   const int m0 = blockIdx.y * TM, n0 = blockIdx.x * TN;
   const int kb = blockIdx.z * k_chunk, ke = min(op.Kd, kb + k_chunk);
   const int steps = ke > kb ? (ke - kb + KB - 1) / KB : 0;
@@ -198,10 +213,20 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
       SQ_UNROLL
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
 
+  // The B elements of a thread lie in one column (its key `fixed`, for the whole kernel) or, where
+  // B runs along k, at one k of each step (its key read once per step): fixed_b, the index that
+  // stays the same below, with 256 threads and TN, TN / 4 and KB dividing 256.
+  static_assert(kGemmThreads % TN == 0 && kGemmThreads % (TN / 4) == 0 && kGemmThreads % KB == 0,
+                "a thread's B elements share their column, or their k");
+  const int fixed_b = Sh::kBnk ? (vec.b ? int(threadIdx.x) % (KB / 4) * 4 : int(threadIdx.x) % KB)
+                               : (vec.b ? int(threadIdx.x) % (TN / 4) * 4 : int(threadIdx.x) % TN);
+  Key fixed{0, Op::kNNone};
+  if (!Sh::kBnk && n0 + fixed_b < op.N) fixed = op.nkey(n0 + fixed_b);
+
   // Step j's copies (none past the last step: an empty group keeps the count of groups per
   // iteration fixed), neighbouring threads on neighbouring addresses. A 16-byte piece starts at a
   // k (or n) that is a multiple of 4 and holds the elements up to the product's edge, zero-filled
-  // past it.
+  // past it. B's address is b_key of two keys, nullptr in the padding and past the edges.
   auto issue = [&](int j) {
     if (j < steps) {
       const int k0 = kb + j * KB, buf = j % NS;
@@ -214,7 +239,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
           const int l = int(threadIdx.x) + r * kGemmThreads, mm = l / (KB / 4), kk = l % (KB / 4) * 4;
           const int m = m0 + mm, k = k0 + kk, nv = m < op.M ? max(0, min(4, ke - k)) : 0;
           if (PA % kGemmThreads == 0 || l < PA)
-            cp_async16(As + mm * LDA + kk, nv > 0 ? op.a_ptr(m, k, tab.k[buf][kk]) : op.any(), nv);
+            cp_async16(As + mm * LDA + kk, nv > 0 ? op.a_ptr(m, k) : op.any(), nv);
         }
       } else {
         SQ_UNROLL
@@ -222,9 +247,10 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
           const int l = int(threadIdx.x) + r * kGemmThreads, mm = l / KB, kk = l % KB;
           const int m = m0 + mm, k = k0 + kk;
           const bool in = m < op.M && k < ke;
-          cp_async4(As + mm * LDA + kk, in ? op.a_ptr(m, k, tab.k[buf][kk]) : op.any(), in);
+          cp_async4(As + mm * LDA + kk, in ? op.a_ptr(m, k) : op.any(), in);
         }
       }
+      const Key fk = Sh::kBnk ? tab.k[buf][fixed_b] : fixed;
       if (vec.b) {
         constexpr int PB = KB * TN / 4;
         static_assert(PB % kGemmThreads == 0, "whole pieces per thread");
@@ -234,7 +260,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
           const int kk = Sh::kBnk ? l % (KB / 4) * 4 : l / (TN / 4), nn = Sh::kBnk ? l / (KB / 4) : l % (TN / 4) * 4;
           const int k = k0 + kk, n = n0 + nn;
           const int nv = Sh::kBnk ? (n < op.N ? max(0, min(4, ke - k)) : 0) : (k < ke ? max(0, min(4, op.N - n)) : 0);
-          const float* e = nv > 0 ? op.b_ptr(tab.k[buf][kk], tab.n[nn]) : nullptr;
+          const float* e = nv > 0 ? (Sh::kBnk ? op.b_key(fk, tab.n[nn]) : op.b_key(tab.k[buf][kk], fk)) : nullptr;
           cp_async16(Bs + (Sh::kBnk ? nn * LDB + kk : kk * LDB + nn), e ? e : op.any(), e ? nv : 0);
         }
       } else {
@@ -242,8 +268,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
         for (int r = 0; r < Sh::RB; ++r) {
           const int l = int(threadIdx.x) + r * kGemmThreads;
           const int kk = Sh::kBnk ? l % KB : l / TN, nn = Sh::kBnk ? l / KB : l % TN;
-          const int k = k0 + kk, n = n0 + nn;
-          const float* e = (n < op.N && k < ke) ? op.b_ptr(tab.k[buf][kk], tab.n[nn]) : nullptr;
+          const float* e = Sh::kBnk ? op.b_key(fk, tab.n[nn]) : op.b_key(tab.k[buf][kk], fk);
           cp_async4(Bs + (Sh::kBnk ? nn * LDB + kk : kk * LDB + nn), e ? e : op.any(), e != nullptr);
         }
       }
@@ -251,14 +276,15 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
     cp_async_commit();
   };
 
-  fill_ntab(op, tab, n0);
-  for (int j = 0; j < NS - 1; ++j) fill_ktab(op, tab.k[j], kb + j * KB, ke, j * KB);
-  __syncthreads();  // the column table and the first NS - 1 steps' k tables
+  if (Sh::kBnk)
+    for (int l = threadIdx.x; l < TN; l += kGemmThreads) tab.n[l] = n0 + l < op.N ? op.nkey(n0 + l) : Key{0, Op::kNNone};
+  for (int j = 0; j < NS - 1; ++j) fill_kkeys(op, tab.k[j], kb + j * KB, ke, j * KB);
+  __syncthreads();  // the column keys and the first NS - 1 steps' k keys
   for (int j = 0; j < NS - 1; ++j) issue(j);
 
   for (int i = 0; i < steps; ++i) {
     cp_async_wait<NS - 2>();  // this thread's copies of step i have landed
-    fill_ktab(op, tab.k[(i + NS - 1) % NS], kb + (i + NS - 1) * KB, ke);
+    fill_kkeys(op, tab.k[(i + NS - 1) % NS], kb + (i + NS - 1) * KB, ke);
     __syncthreads();  // every thread's copies of step i; every thread done with step i - 1's stage
     issue(i + NS - 1);  // into the stage step i - 1 used
     const float* As = smem + (i % NS) * Sh::kStageFloats;
@@ -282,7 +308,6 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
     }
   }
   cp_async_wait<0>();  // (only empty groups remain)
-
   SQ_UNROLL
   for (int fi = 0; fi < Sh::FM; ++fi)
     SQ_UNROLL

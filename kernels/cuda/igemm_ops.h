@@ -18,6 +18,27 @@
 namespace sq {
 namespace cuda {
 
+// The mma kernel's compact form of an operand's k and n (Geo::tap_key, Geo::pix_key): an offset,
+// and bits for the padding test. B(k, n) lives at base + (kkey.off + nkey.off) if the pixel's bits
+// hold every bit of the tap's, and is 0 otherwise: one AND and one compare, where the entries
+// below (KEnt, NEnt) take two bounds tests and six table reads a B element with branches between
+// them (the PTX of 97a0778). A tap's bits are bit r and bit 16 + s; a pixel's, bit r for every
+// filter row r that lands inside the input (for the input gradient: on an output row), and bit
+// 16 + s for every such column. R and S at most 15 (keys_fit): a pixel's bits then never fill a
+// half, and no pixel holds kNoTap. 8-byte aligned: one shared-memory load a key.
+struct alignas(8) Key {
+  int off;
+  unsigned bits;
+};
+constexpr unsigned kNoTap = ~0u, kNoPix = 0u;  // a k or n past the product's edge: matches nothing
+SQ_HOST_DEVICE inline unsigned tap_bits(int r, int s) { return (1u << r) | (1u << (16 + s)); }
+// (The address is formed whether or not it is used: a select, no branch, and both halves of a key
+// read together.)
+SQ_HOST_DEVICE inline const float* keyed(const float* base, const Key& tap, const Key& pix) {
+  const float* p = base + (tap.off + pix.off);
+  return (tap.bits & pix.bits) == tap.bits ? p : nullptr;
+}
+
 struct Geo {
   int N, C, H, W, K, R, S, stride, pad, P, Q;
 
@@ -40,25 +61,30 @@ struct Geo {
     const int h0 = p * stride - pad, w0 = q * stride - pad;
     return {img * H * W + h0 * W + w0, h0, w0};
   }
-  // The element's value, and its address or nullptr in the padding (the mma kernel's
-  // asynchronous copies zero-fill there). The two keep the test written out: the value read
-  // through the address, or through a helper returning the test, puts a null test or a
-  // materialised bool per element into the register-staged kernels (PTX at 261afcb against
-  // after), whose code must stay what was measured.
+  // The element's value, or 0 in the padding.
   // (unsigned): one comparison for 0 <= h < H; the sum is a valid index only inside.
   SQ_HOST_DEVICE float col(const float* x, const Tap& t, const Pix& p) const {
     if (unsigned(p.h0 + t.r) >= unsigned(H) || unsigned(p.w0 + t.s) >= unsigned(W)) return 0.0f;
     return x[t.off + p.off];
   }
-  SQ_HOST_DEVICE const float* col_ptr(const float* x, const Tap& t, const Pix& p) const {
-    if (unsigned(p.h0 + t.r) >= unsigned(H) || unsigned(p.w0 + t.s) >= unsigned(W)) return nullptr;
-    return x + (t.off + p.off);
+  // The same element through keys: keyed(x, tap_key(crs), pix_key(npq)).
+  SQ_HOST_DEVICE Key tap_key(int crs) const {
+    const Tap t = tap(crs);
+    return {t.off, tap_bits(t.r, t.s)};
+  }
+  SQ_HOST_DEVICE Key pix_key(int npq) const {
+    const Pix p = pix(npq);
+    unsigned bits = 0;
+    for (int r = 0; r < R; ++r) bits |= unsigned(p.h0 + r) < unsigned(H) ? 1u << r : 0u;
+    for (int s = 0; s < S; ++s) bits |= unsigned(p.w0 + s) < unsigned(W) ? 1u << (16 + s) : 0u;
+    return {p.off, bits};
   }
 };
 
-// Every op reads A(m, k) through a_ptr (never in the padding) and B(k, n) through b_ptr (nullptr
-// in the padding): the mma kernel (igemm_mma.cuh) copies from those addresses asynchronously;
-// a() and bval() are their values, for the register-staged kernels (igemm_kernel.cuh).
+// Every op reads A(m, k) through a_ptr (never in the padding); the register-staged kernels
+// (igemm_kernel.cuh) read a() and B(k, n) as bval(kent(k), nent(n)), and the mma kernel
+// (igemm_mma.cuh) copies from b_key(kkey(k), nkey(n)), nullptr in the padding, asynchronously.
+// kKNone and kNNone: the bits of a key past the product's edge in k and in n.
 //
 // Forward: A = w (K x CRS), B(k, n) = col(x)(k, n): k a tap, n an output pixel.
 // kBAlongK: B's elements are adjacent in memory along k (not n), so the tile loader lets
@@ -74,10 +100,13 @@ struct FwdOp {
   int M, N, Kd;
   SQ_HOST_DEVICE KEnt kent(int k) const { return g.tap(k); }
   SQ_HOST_DEVICE NEnt nent(int n) const { return g.pix(n); }
+  static constexpr unsigned kKNone = kNoTap, kNNone = kNoPix;
+  SQ_HOST_DEVICE Key kkey(int k) const { return g.tap_key(k); }
+  SQ_HOST_DEVICE Key nkey(int n) const { return g.pix_key(n); }
   SQ_HOST_DEVICE const float* any() const { return w; }  // an address to name in zero-filled copies
-  SQ_HOST_DEVICE const float* a_ptr(int m, int k, const KEnt&) const { return w + (m * Kd + k); }
-  SQ_HOST_DEVICE const float* b_ptr(const KEnt& kt, const NEnt& np) const { return g.col_ptr(x, kt, np); }
-  SQ_HOST_DEVICE float a(int m, int k, const KEnt& kt) const { return *a_ptr(m, k, kt); }
+  SQ_HOST_DEVICE const float* a_ptr(int m, int k) const { return w + (m * Kd + k); }
+  SQ_HOST_DEVICE const float* b_key(const Key& kk, const Key& nk) const { return keyed(x, kk, nk); }
+  SQ_HOST_DEVICE float a(int m, int k, const KEnt&) const { return *a_ptr(m, k); }
   SQ_HOST_DEVICE float bval(const KEnt& kt, const NEnt& np) const { return g.col(x, kt, np); }
   SQ_HOST_DEVICE void store(int m, int n, float v, int) const {
     if (b) v += b[m];
@@ -93,6 +122,9 @@ struct FwdOp {
 // dz at (ko, img, p, q) with h = p*st - pad + r, w = q*st - pad + s, where such p, q exist. At
 // stride 1 (every Fire convolution) p = h + pad - r and q = w + pad - s, and the flat index of dz
 // is KEnt.b_off + NEnt.off; other strides also test divisibility (the division then stays).
+// Keys (any stride): a (h, w) lies under filter row r of some output row p exactly when
+// h + pad - r is a multiple of the stride in [0, st*P), and then p = (h + pad)/st - r/st (both
+// floors, the two having the same remainder), which splits into the tap's and the pixel's parts.
 struct DataOp {
   static constexpr bool kBAlongK = false;
   struct KEnt {
@@ -124,21 +156,26 @@ struct DataOp {
     const int img_off = img * g.P * g.Q, hp = h + g.pad, wp = wc + g.pad;
     return {img_off + hp * g.Q + wp, img_off, hp, wp};
   }
-  SQ_HOST_DEVICE const float* any() const { return wt; }
-  SQ_HOST_DEVICE const float* a_ptr(int m, int k, const KEnt&) const { return wt + (m * Kd + k); }
-  // B's address (nullptr for a zero) and value, the tests written out in both (as Geo::col).
-  SQ_HOST_DEVICE const float* b_ptr(const KEnt& kt, const NEnt& np) const {
-    const int ph = np.hp - kt.r, qw = np.wp - kt.s;
-    if (g.stride == 1) {
-      if (unsigned(ph) >= unsigned(g.P) || unsigned(qw) >= unsigned(g.Q)) return nullptr;
-      return dz + (kt.b_off + np.off);
-    }
-    if (ph < 0 || qw < 0 || ph % g.stride || qw % g.stride) return nullptr;
-    const int p = ph / g.stride, q = qw / g.stride;
-    if (p >= g.P || q >= g.Q) return nullptr;
-    return dz + (kt.ko_off + np.img_off + p * g.Q + q);
+  static constexpr unsigned kKNone = kNoTap, kNNone = kNoPix;
+  SQ_HOST_DEVICE Key kkey(int k) const {
+    const int RS = g.R * g.S, ko = k / RS, rs = k - ko * RS, r = rs / g.S, s = rs - r * g.S;
+    return {ko * g.N * g.P * g.Q - r / g.stride * g.Q - s / g.stride, tap_bits(r, s)};
   }
-  SQ_HOST_DEVICE float a(int m, int k, const KEnt& kt) const { return *a_ptr(m, k, kt); }
+  SQ_HOST_DEVICE Key nkey(int n) const {
+    const int HW = g.H * g.W, img = n / HW, hw = n - img * HW, h = hw / g.W, wc = hw - h * g.W;
+    const int hp = h + g.pad, wp = wc + g.pad, st = g.stride;
+    unsigned bits = 0;
+    for (int r = 0; r < g.R; ++r)
+      bits |= hp >= r && (hp - r) % st == 0 && (hp - r) / st < g.P ? 1u << r : 0u;
+    for (int s = 0; s < g.S; ++s)
+      bits |= wp >= s && (wp - s) % st == 0 && (wp - s) / st < g.Q ? 1u << (16 + s) : 0u;
+    return {img * g.P * g.Q + hp / st * g.Q + wp / st, bits};
+  }
+  SQ_HOST_DEVICE const float* any() const { return wt; }
+  SQ_HOST_DEVICE const float* a_ptr(int m, int k) const { return wt + (m * Kd + k); }
+  SQ_HOST_DEVICE const float* b_key(const Key& kk, const Key& nk) const { return keyed(dz, kk, nk); }
+  SQ_HOST_DEVICE float a(int m, int k, const KEnt&) const { return *a_ptr(m, k); }
+  // B's value, the tests written out (as Geo::col).
   SQ_HOST_DEVICE float bval(const KEnt& kt, const NEnt& np) const {
     const int ph = np.hp - kt.r, qw = np.wp - kt.s;
     if (g.stride == 1) {
@@ -173,15 +210,21 @@ struct WeightOp {
   int M, N, Kd;
   SQ_HOST_DEVICE KEnt kent(int k) const { return g.pix(k); }
   SQ_HOST_DEVICE NEnt nent(int n) const { return g.tap(n); }
+  static constexpr unsigned kKNone = kNoPix, kNNone = kNoTap;
+  SQ_HOST_DEVICE Key kkey(int k) const { return g.pix_key(k); }
+  SQ_HOST_DEVICE Key nkey(int n) const { return g.tap_key(n); }
   SQ_HOST_DEVICE const float* any() const { return dz; }
-  SQ_HOST_DEVICE const float* a_ptr(int m, int k, const KEnt&) const { return dz + (m * Kd + k); }
-  SQ_HOST_DEVICE const float* b_ptr(const KEnt& np, const NEnt& kt) const { return g.col_ptr(x, kt, np); }
-  SQ_HOST_DEVICE float a(int m, int k, const KEnt& kt) const { return *a_ptr(m, k, kt); }
+  SQ_HOST_DEVICE const float* a_ptr(int m, int k) const { return dz + (m * Kd + k); }
+  SQ_HOST_DEVICE const float* b_key(const Key& kk, const Key& nk) const { return keyed(x, nk, kk); }
+  SQ_HOST_DEVICE float a(int m, int k, const KEnt&) const { return *a_ptr(m, k); }
   SQ_HOST_DEVICE float bval(const KEnt& np, const NEnt& kt) const { return g.col(x, kt, np); }
   SQ_HOST_DEVICE void store(int m, int n, float v, int z) const {
     ws[(size_t(z) * M + m) * N + n] = v;
   }
 };
+
+// The keys hold every filter of at most 15 x 15 taps (else conv.cu takes the WMMA kernel).
+inline bool keys_fit(const Geo& g) { return g.R <= 15 && g.S <= 15; }
 
 // Every index the loaders form fits in 32 bits (for the launch's check).
 inline bool fits_int32(const Geo& g) {
