@@ -221,7 +221,7 @@ void check_tiles(const Case& c, bool reverse, bool square_warps = false) {
     std::vector<float> ws(size_t(splits) * c.dw_ref.size(), NAN), dw(c.dw_ref.size(), 0.0f);
     run_tile_kernel<TM, TN, kPrefetch>(c.wgt(ws.data()), splits, reverse, square_warps);
     const size_t mn = dw.size();
-    ASSERT_TRUE(simt::run({2, 1, 1}, cuda::kThreads, [&] { cuda::splitk_reduce_kernel(ws.data(), splits, mn, dw.data()); },
+    ASSERT_TRUE(simt::run({2, 1, 1}, cuda::kThreads, [&] { cuda::splitk_reduce_kernel(ws.data(), splits, mn, dw.data(), nullptr, 0, nullptr); },
                           reverse));
     EXPECT_LT(rel(dw, c.dw_ref), 1e-6) << "weight gradient, " << splits << " slice(s)";
   }
@@ -372,6 +372,27 @@ void check_mma(const Case& c, double tol, bool reverse) {
     ASSERT_TRUE(simt::run(grid, cuda::kGemmThreads, body, reverse)) << "threads disagree on barriers";
   };
   check_rounded_products(c, tol, run);
+  // The bias gradient folded into the weight gradient (WeightOp::rows: dz's row sums per slice,
+  // from the first column tile's blocks, fp32 as copied), summed with the slices by
+  // splitk_reduce_kernel onto db = 1, against sums in double.
+  for (int splits : {1, 3}) {
+    const int K = c.g.K, npq = c.npq();
+    std::vector<float> ws(size_t(splits) * c.dw_ref.size(), NAN), rows(size_t(splits) * size_t(K), NAN);
+    std::vector<float> dw(c.dw_ref.size(), 0.0f), db(size_t(K), 1.0f);
+    cuda::WeightOp op = c.wgt(ws.data());
+    op.rows = rows.data();
+    run(op, splits);
+    const size_t mn = dw.size();
+    ASSERT_TRUE(simt::run({2, 1, 1}, cuda::kThreads, [&] {
+      cuda::splitk_reduce_kernel(ws.data(), splits, mn, dw.data(), rows.data(), K, db.data());
+    }, reverse));
+    EXPECT_LT(rel(dw, c.dw_ref), tol) << "weight gradient beside the bias, " << splits << " slice(s)";
+    for (int k = 0; k < K; ++k) {
+      double want = 1.0;
+      for (int j = 0; j < npq; ++j) want += c.dz[size_t(k) * size_t(npq) + size_t(j)];
+      EXPECT_NEAR(db[size_t(k)], want, 1e-5 * (1.0 + std::fabs(want))) << "bias " << k << ", " << splits << " slice(s)";
+    }
+  }
 }
 
 }  // namespace

@@ -164,13 +164,19 @@ void launch_tc(const Op& op, int splits, int chunk, cudaStream_t s) {
     launch_tc_tile<Bf16, kPrefetch>(op, splits, chunk, s);
 }
 
+// Whether a product of g goes through the mma kernel: TF32 and BF16 unless SQUEEZE_IGEMM_MMA=0;
+// filters of more than 15 x 15 taps go through WMMA (keys_fit).
+bool mma_path(const Geo& g) {
+  return g_mma && keys_fit(g) && (g_math == ConvMath::kTf32 || g_math == ConvMath::kBf16);
+}
+
 template <class Op>
 void launch_igemm(const Op& op, int splits, cudaStream_t s, const char* what) {
   if (op.M == 0 || op.N == 0) return;
   if (!fits_int32(op.g))
     fail(what, ": a tensor of 2^31 or more elements (batch ", op.g.N, "); use a smaller batch per GPU");
   const int chunk = (op.Kd + splits - 1) / splits;
-  const bool mma = g_mma && keys_fit(op.g);  // filters of more than 15 x 15 taps: WMMA
+  const bool mma = mma_path(op.g);
   if (mma && g_math == ConvMath::kTf32) {
     launch_mma<MmaTf32>(op, splits, s);
   } else if (mma && g_math == ConvMath::kBf16) {
@@ -270,13 +276,15 @@ size_t data_slices_floats(const Geo& g, int ds) {
   return ds > 1 ? (size_t(ds) * g.C * g.N * g.H * g.W + 3) / 4 * 4 : 0;
 }
 
-// The weight gradient's slices and bias partials, then (after they are summed) the input
-// gradient's slices and transposed weights, in the same space.
+// The weight gradient's slices and bias partials (a row of dz's sums per slice through the mma
+// kernel, else per chunk of bias_partial_kernel), then (after they are summed) the input
+// gradient's slices and transposed weights, in the same space. Sized for every precision.
 size_t conv_backward_workspace(const ConvGeom& cg) {
   if (cg.N == 0) return 0;
   const Geo g = geo_of(cg);
-  const size_t weights = size_t(weight_splits(g)) * g.K * g.C * g.R * g.S +
-                         size_t(g.K) * bias_chunks(g.K, (long long)g.N * g.P * g.Q);
+  const int splits = weight_splits(g);
+  const size_t weights = size_t(splits) * g.K * g.C * g.R * g.S +
+                         size_t(g.K) * std::max(splits, bias_chunks(g.K, (long long)g.N * g.P * g.Q));
   return std::max(weights, data_slices_floats(g, data_splits(g)) + size_t(g.K) * g.C * g.R * g.S);
 }
 
@@ -291,12 +299,17 @@ void conv_backward(const ConvGeom& cg, const float* x, const float* w, const flo
   const Geo g = geo_of(cg);
   const int npq = g.N * g.P * g.Q, crs = g.C * g.R * g.S;
   const int splits = weight_splits(g);
-  WeightOp wop{g, x, dz, ws, g.K, crs, npq};
-  launch_igemm(wop, splits, s, "conv_backward (weights)");
   const size_t mn = size_t(g.K) * crs;
-  splitk_reduce_kernel<<<blocks_for(mn), kThreads, 0, s>>>(ws, splits, mn, dw);
+  // The bias gradient: in the mma kernel, as dz's row sums (2 launches and a pass over dz fewer),
+  // summed with the weight gradient's slices; else in two passes of its own.
+  const bool fold_bias = db && mma_path(g);
+  WeightOp wop{g, x, dz, ws, g.K, crs, npq};
+  if (fold_bias) wop.rows = ws + size_t(splits) * mn;
+  launch_igemm(wop, splits, s, "conv_backward (weights)");
+  splitk_reduce_kernel<<<blocks_for(mn + (fold_bias ? size_t(g.K) : 0)), kThreads, 0, s>>>(
+      ws, splits, mn, dw, wop.rows, g.K, fold_bias ? db : nullptr);
   SQ_CUDA_LAUNCH("conv_backward (split-K sum)");
-  if (db) {
+  if (db && !fold_bias) {
     const int chunks = bias_chunks(g.K, npq);
     const size_t chunk = (size_t(npq) + chunks - 1) / chunks;
     float* partial = ws + size_t(splits) * mn;

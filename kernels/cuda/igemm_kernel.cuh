@@ -180,11 +180,19 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk,
 }
 
 // dw[i] += sum over z of ws[z][i], z in order.
-__global__ void splitk_reduce_kernel(const float* ws, int splits, size_t mn, float* dw) {
-  SQ_GRID_STRIDE(i, mn) {
+// dw += the weight gradient's slices (ws[z][mn]) summed in order; with db, also db += the slices'
+// row sums of dz (rows[z][K], WeightOp::rows) summed in order.
+__global__ void splitk_reduce_kernel(const float* ws, int splits, size_t mn, float* dw, const float* rows,
+                                     int K, float* db) {
+  SQ_GRID_STRIDE(i, mn + (db ? size_t(K) : 0)) {
     float acc = 0.0f;
-    for (int z = 0; z < splits; ++z) acc += ws[size_t(z) * mn + i];
-    dw[i] += acc;
+    if (i < mn) {
+      for (int z = 0; z < splits; ++z) acc += ws[size_t(z) * mn + i];
+      dw[i] += acc;
+    } else {
+      for (int z = 0; z < splits; ++z) acc += rows[size_t(z) * K + (i - mn)];
+      db[i - mn] += acc;
+    }
   }
 }
 

@@ -190,6 +190,14 @@ __device__ void fill_kkeys(const Op& op, Key (&k)[KB], int k0, int ke, int first
   if (t >= 0 && t < KB) k[t] = k0 + t < ke ? op.kkey(k0 + t) : Key{0, Op::kKNone};
 }
 
+// Where the kernel writes A's row sums (WeightOp::rows: the bias gradient, from the blocks of the
+// first column tile); nullptr, a constant, for the other products.
+template <class Op>
+__device__ float* row_sums(const Op&) {
+  return nullptr;
+}
+__device__ inline float* row_sums(const WeightOp& op) { return op.rows; }
+
 // Two blocks an SM: at most 128 registers a thread (conv.cu picks the tiles that fit unspilled).
 template <class Op, class Prec, int TM, int TN, int WM>
 __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k_chunk, MmaVec vec) {
@@ -212,6 +220,14 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
     for (int j = 0; j < Sh::FN; ++j)
       SQ_UNROLL
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+
+  // A's row sums: each step, a thread adds up the stage's 4-float pieces l = tid + 256 r of A
+  // (row l / 8), fp32 as copied; at the end the 8 partial sums of a row are added in order.
+  float* const rows = blockIdx.x == 0 ? row_sums(op) : nullptr;
+  constexpr int PR = (TM * KB / 4 + kGemmThreads - 1) / kGemmThreads;
+  float rsum[PR];
+  SQ_UNROLL
+  for (int r = 0; r < PR; ++r) rsum[r] = 0.0f;
 
   // The B elements of a thread lie in one column (its key `fixed`, for the whole kernel) or, where
   // B runs along k, at one k of each step (its key read once per step): fixed_b, the index that
@@ -289,6 +305,16 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
     issue(i + NS - 1);  // into the stage step i - 1 used
     const float* As = smem + (i % NS) * Sh::kStageFloats;
     const float* Bs = As + Sh::kAFloats;
+    if (rows) {
+      SQ_UNROLL
+      for (int r = 0; r < PR; ++r) {
+        const int l = int(threadIdx.x) + r * kGemmThreads;
+        if (l < TM * KB / 4) {
+          const float4 v = *reinterpret_cast<const float4*>(As + l / (KB / 4) * LDA + l % (KB / 4) * 4);
+          rsum[r] += (v.x + v.y) + (v.z + v.w);
+        }
+      }
+    }
     SQ_UNROLL
     for (int kk = 0; kk < KB; kk += Prec::K) {
       uint32_t a[Sh::FM][4], b[Sh::FN][2];
@@ -308,6 +334,22 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
     }
   }
   cp_async_wait<0>();  // (only empty groups remain)
+  if (rows) {  // (the same for every thread of the block)
+    __syncthreads();  // every warp done with the stages: the first takes the partial sums
+    SQ_UNROLL
+    for (int r = 0; r < PR; ++r) {
+      const int l = int(threadIdx.x) + r * kGemmThreads;
+      if (l < TM * KB / 4) smem[l] = rsum[r];
+    }
+    __syncthreads();
+    const int mm = int(threadIdx.x), m = m0 + mm;
+    if (mm < TM && m < op.M) {
+      float v = 0.0f;
+      for (int q = 0; q < KB / 4; ++q) v += smem[mm * (KB / 4) + q];
+      rows[size_t(blockIdx.z) * op.M + m] = v;
+    }
+  }
+
   SQ_UNROLL
   for (int fi = 0; fi < Sh::FM; ++fi)
     SQ_UNROLL

@@ -199,7 +199,9 @@ struct DataOp {
 };
 
 // Backward weights, one split-K slice per blockIdx.z: A = dz (K x NPQ), B((img,p,q), (c,r,s)) =
-// col(x)^T: k an output pixel, n a tap. Partial sums go to ws[z][m][n].
+// col(x)^T: k an output pixel, n a tap. Partial sums go to ws[z][m][n]. The bias gradient is A's
+// row sums: where rows is set (the mma kernel only), the blocks of the first column tile also
+// write their slice's sums of dz's rows to rows[z][m].
 struct WeightOp {
   static constexpr bool kBAlongK = true;  // col(x)^T: k runs along the pixels
   using KEnt = Geo::Pix;
@@ -208,6 +210,7 @@ struct WeightOp {
   const float *x, *dz;
   float* ws;
   int M, N, Kd;
+  float* rows = nullptr;
   SQ_HOST_DEVICE KEnt kent(int k) const { return g.pix(k); }
   SQ_HOST_DEVICE NEnt nent(int n) const { return g.tap(n); }
   static constexpr unsigned kKNone = kNoPix, kNNone = kNoTap;
