@@ -25,50 +25,37 @@ using namespace sq;
 
 namespace {
 
-// C = A * B through the loaders, with the k and n descriptions made once each as the kernel's
-// tables are, then the op's epilogue.
+// C = A * B through the loaders, with the k and n keys made once each as the kernels' are, then
+// the op's epilogue. B is read at b_key (nullptr in the padding), which must lie inside src, the
+// tensor B comes from, and b_value must give the same element; a key past either edge must match
+// nothing.
 template <class Op>
-void multiply(const Op& op) {
-  std::vector<typename Op::KEnt> ks;
-  std::vector<typename Op::NEnt> ns;
-  for (int k = 0; k < op.Kd; ++k) ks.push_back(op.kent(k));
-  for (int n = 0; n < op.N; ++n) ns.push_back(op.nent(n));
+void multiply(const Op& op, const std::vector<float>& src) {
+  std::vector<cuda::Key> ks, ns;
+  for (int k = 0; k < op.Kd; ++k) ks.push_back(op.kkey(k));
+  for (int n = 0; n < op.N; ++n) ns.push_back(op.nkey(n));
+  long outside = 0, unlike = 0;
   for (int m = 0; m < op.M; ++m)
     for (int n = 0; n < op.N; ++n) {
       float acc = 0;
-      for (int k = 0; k < op.Kd; ++k) acc += op.a(m, k, ks[size_t(k)]) * op.bval(ks[size_t(k)], ns[size_t(n)]);
+      for (int k = 0; k < op.Kd; ++k) {
+        const float* p = op.b_key(ks[size_t(k)], ns[size_t(n)]);
+        if (p && (p < src.data() || p >= src.data() + src.size())) {
+          ++outside;
+          continue;
+        }
+        const float v = p ? *p : 0.0f, bv = op.b_value(ks[size_t(k)], ns[size_t(n)]);
+        unlike += std::memcmp(&v, &bv, sizeof v) != 0;
+        acc += *op.a_ptr(m, k) * v;
+      }
       op.store(m, n, acc, 0);
     }
-}
-
-// The mma kernel's keys (igemm_ops.h, Key) against the loaders: for every k and n, b_key gives
-// nullptr where bval gives a padding zero and else the address of bval's element (src: the tensor
-// B is read from; its elements are nonzero, so a padding element read or a real one skipped
-// shows); a key past either edge matches nothing.
-template <class Op>
-void check_keys(const Op& op, const std::vector<float>& src) {
-  std::vector<cuda::Key> nkeys;
-  std::vector<typename Op::NEnt> ns;
-  for (int n = 0; n < op.N; ++n) nkeys.push_back(op.nkey(n)), ns.push_back(op.nent(n));
-  long wrong = 0, outside = 0, padding = 0;
-  for (int k = 0; k < op.Kd; ++k) {
-    const cuda::Key kk = op.kkey(k);
-    const typename Op::KEnt ke = op.kent(k);
-    for (int n = 0; n < op.N; ++n) {
-      const float* p = op.b_key(kk, nkeys[size_t(n)]);
-      if (p && (p < src.data() || p >= src.data() + src.size())) {
-        ++outside;
-        continue;
-      }
-      padding += p == nullptr;
-      wrong += (p ? *p : 0.0f) != op.bval(ke, ns[size_t(n)]);
-    }
-    EXPECT_EQ(nullptr, op.b_key(kk, cuda::Key{0, Op::kNNone})) << "k " << k << " against an n past the edge";
-  }
+  EXPECT_EQ(0, outside) << "B addresses outside the tensor";
+  EXPECT_EQ(0, unlike) << "b_value differs from the element at b_key";
+  for (int k = 0; k < op.Kd; ++k)
+    EXPECT_EQ(nullptr, op.b_key(ks[size_t(k)], cuda::Key{0, Op::kNNone})) << "k " << k << " against an n past the edge";
   for (int n = 0; n < op.N; ++n)
-    EXPECT_EQ(nullptr, op.b_key(cuda::Key{0, Op::kKNone}, nkeys[size_t(n)])) << "n " << n << " against a k past the edge";
-  EXPECT_EQ(0, outside) << "addresses outside the tensor";
-  EXPECT_EQ(0, wrong) << "elements that differ from the loader's (" << padding << " in the padding)";
+    EXPECT_EQ(nullptr, op.b_key(cuda::Key{0, Op::kKNone}, ns[size_t(n)])) << "n " << n << " against a k past the edge";
 }
 
 double rel(const std::vector<float>& got, const std::vector<double>& ref) {
@@ -152,26 +139,26 @@ TEST(ImplicitGemm, LoadersReproduceTheCpuConvolution) {
     const Case c(cg, rng);
     SCOPED_TRACE(c.name());
     std::vector<float> y(c.y_ref.size()), dw(c.dw_ref.size()), dx(c.dx_ref.size());
-    multiply(c.fwd(y.data()));
-    multiply(c.wgt(dw.data()));
-    multiply(c.data(dx.data()));
+    multiply(c.fwd(y.data()), c.x);
+    multiply(c.wgt(dw.data()), c.x);
+    multiply(c.data(dx.data()), c.dz);
     EXPECT_LT(rel(y, c.y_ref), 1e-6) << "forward";
     EXPECT_LT(rel(dw, c.dw_ref), 1e-6) << "weight gradient";
     EXPECT_LT(rel(dx, c.dx_ref), 1e-6) << "input gradient";
-    {
-      SCOPED_TRACE("keys");
-      check_keys(c.fwd(y.data()), c.x);
-      check_keys(c.wgt(dw.data()), c.x);
-      check_keys(c.data(dx.data()), c.dz);
-    }
-    // conv.cu's transposition of w for the input gradient gives the layout DataOp reads (c.wt,
-    // with which the input gradient above matched the reference), in both thread orders.
+    // conv.cu's transposition of w for the input gradient (in splitk_reduce_kernel, beside the
+    // sum of the weight gradient's slices) gives the layout DataOp reads (c.wt, with which the
+    // input gradient above matched the reference), in both thread orders, and the sum beside it
+    // still adds the slice onto dw.
     for (bool reverse : {false, true}) {
-      std::vector<float> wt(c.w.size(), NAN);
-      ASSERT_TRUE(simt::run({2, 1, 1}, cuda::kThreads, [&] {
-        cuda::transpose_weights_kernel(c.w.data(), cg.K, cg.C, cg.R * cg.S, wt.data());
-      }, reverse));
+      std::vector<float> wt(c.w.size(), NAN), slice(c.w.size()), dw1(c.w.size(), 1.0f);
+      for (size_t i = 0; i < slice.size(); ++i) slice[i] = float(i % 7);
+      cuda::WeightSums sums{slice.data(), 1, cg.K, cg.C, cg.R * cg.S, dw1.data()};
+      sums.w = c.w.data(), sums.wt = wt.data();
+      ASSERT_TRUE(simt::run({2, 1, 1}, cuda::kThreads, [&] { cuda::splitk_reduce_kernel(sums); }, reverse));
       EXPECT_EQ(0, std::memcmp(wt.data(), c.wt.data(), wt.size() * sizeof(float))) << "transposed weights";
+      long wrong = 0;
+      for (size_t i = 0; i < dw1.size(); ++i) wrong += dw1[i] != 1.0f + slice[i];
+      EXPECT_EQ(0, wrong) << "the slice's sum beside the transposition";
     }
   }
 }
@@ -220,9 +207,8 @@ void check_tiles(const Case& c, bool reverse, bool square_warps = false) {
   for (int splits : {1, 3}) {  // the slices, then conv.cu's fixed-order sum of them into dw
     std::vector<float> ws(size_t(splits) * c.dw_ref.size(), NAN), dw(c.dw_ref.size(), 0.0f);
     run_tile_kernel<TM, TN, kPrefetch>(c.wgt(ws.data()), splits, reverse, square_warps);
-    const size_t mn = dw.size();
-    ASSERT_TRUE(simt::run({2, 1, 1}, cuda::kThreads, [&] { cuda::splitk_reduce_kernel(ws.data(), splits, mn, dw.data(), nullptr, 0, nullptr); },
-                          reverse));
+    const cuda::WeightSums sums{ws.data(), splits, c.g.K, c.g.C, c.g.R * c.g.S, dw.data()};
+    ASSERT_TRUE(simt::run({2, 1, 1}, cuda::kThreads, [&] { cuda::splitk_reduce_kernel(sums); }, reverse));
     EXPECT_LT(rel(dw, c.dw_ref), 1e-6) << "weight gradient, " << splits << " slice(s)";
   }
 }
@@ -281,7 +267,7 @@ void check_tensor_core(const Case& c, double tol) {
 }  // namespace
 
 // The tile kernel itself, every tile shape, threads resumed in both orders (a missing barrier
-// around the shared operand tables gives a wrong product in one of them), with the split-K sum
+// around the shared operand keys gives a wrong product in one of them), with the split-K sum
 // and the bias gradient.
 TEST(ImplicitGemm, TileKernelOnTheCpuReproducesTheCpuConvolution) {
   std::mt19937 rng(5);
@@ -382,9 +368,10 @@ void check_mma(const Case& c, double tol, bool reverse) {
     cuda::WeightOp op = c.wgt(ws.data());
     op.rows = rows.data();
     run(op, splits);
-    const size_t mn = dw.size();
     ASSERT_TRUE(simt::run({2, 1, 1}, cuda::kThreads, [&] {
-      cuda::splitk_reduce_kernel(ws.data(), splits, mn, dw.data(), rows.data(), K, db.data());
+      cuda::WeightSums sums{ws.data(), splits, K, c.g.C, c.g.R * c.g.S, dw.data()};
+      sums.rows = rows.data(), sums.db = db.data();
+      cuda::splitk_reduce_kernel(sums);
     }, reverse));
     EXPECT_LT(rel(dw, c.dw_ref), tol) << "weight gradient beside the bias, " << splits << " slice(s)";
     for (int k = 0; k < K; ++k) {
@@ -399,7 +386,7 @@ void check_mma(const Case& c, double tol, bool reverse) {
 
 // The cp.async + mma.sync kernel on the CPU: tests/simt_host.h performs each copy only when its
 // thread waits for it and exchanges fragments between the lanes by the PTX layouts, so a wrong
-// fragment index, stage, table buffer, wait depth or barrier gives a wrong product. Every tile
+// fragment index, stage, key buffer, wait depth or barrier gives a wrong product. Every tile
 // conv.cu's rule picks, both precisions (3 and 4 pipeline stages among them), and threads resumed
 // in reverse order for one tile of each precision (the emulation costs about 0.2 s a tile and case).
 TEST(ImplicitGemm, MmaKernelOnTheCpuReproducesTheCpuConvolution) {
@@ -465,7 +452,7 @@ TEST(ImplicitGemm, InputGradientEpilogueAddsThenAppliesTheReluOfX) {
       return op;
     };
     std::vector<float> dx;
-    multiply(op_onto(dx));
+    multiply(op_onto(dx), c.dz);
     EXPECT_LT(rel(dx, want), 1e-6) << "plain loop";
     {
       const cuda::DataOp op = op_onto(dx);

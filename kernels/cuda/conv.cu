@@ -164,19 +164,18 @@ void launch_tc(const Op& op, int splits, int chunk, cudaStream_t s) {
     launch_tc_tile<Bf16, kPrefetch>(op, splits, chunk, s);
 }
 
-// Whether a product of g goes through the mma kernel: TF32 and BF16 unless SQUEEZE_IGEMM_MMA=0;
-// filters of more than 15 x 15 taps go through WMMA (keys_fit).
-bool mma_path(const Geo& g) {
-  return g_mma && keys_fit(g) && (g_math == ConvMath::kTf32 || g_math == ConvMath::kBf16);
-}
+// Whether the products go through the mma kernel: TF32 and BF16 unless SQUEEZE_IGEMM_MMA=0.
+bool mma_path() { return g_mma && (g_math == ConvMath::kTf32 || g_math == ConvMath::kBf16); }
 
 template <class Op>
 void launch_igemm(const Op& op, int splits, cudaStream_t s, const char* what) {
   if (op.M == 0 || op.N == 0) return;
   if (!fits_int32(op.g))
     fail(what, ": a tensor of 2^31 or more elements (batch ", op.g.N, "); use a smaller batch per GPU");
+  if (!keys_fit(op.g))
+    fail(what, ": a ", op.g.R, "x", op.g.S, " filter; the GPU kernels take filters of at most 15x15 taps");
   const int chunk = (op.Kd + splits - 1) / splits;
-  const bool mma = mma_path(op.g);
+  const bool mma = mma_path();
   if (mma && g_math == ConvMath::kTf32) {
     launch_mma<MmaTf32>(op, splits, s);
   } else if (mma && g_math == ConvMath::kBf16) {
@@ -270,22 +269,25 @@ void conv_forward(const ConvGeom& cg, const float* x, const float* w, const floa
   launch_igemm(op, 1, s, "conv_forward");
 }
 
-// The input gradient's scratch: its ds split-K slices (none for one slice), then w transposed, at
-// a multiple of 4 floats (16 bytes: the mma kernel's copies of A).
-size_t data_slices_floats(const Geo& g, int ds) {
-  return ds > 1 ? (size_t(ds) * g.C * g.N * g.H * g.W + 3) / 4 * 4 : 0;
+// A convolution backward's scratch, sized for every precision:
+//   [0, wt_at): the weight gradient's slices and bias partials (a row of dz's sums per slice
+//     through the mma kernel, else per chunk of bias_partial_kernel); once those are summed, the
+//     input gradient's split-K slices (none for one slice) in the same space;
+//   [wt_at, + K*C*R*S): w transposed, written while the weight slices are summed (the same
+//     launch), so apart from them, and at a multiple of 4 floats (16 bytes: the mma kernel's
+//     copies of A).
+size_t wt_at(const Geo& g) {
+  const int splits = weight_splits(g), ds = data_splits(g);
+  const size_t weights = size_t(splits) * g.K * g.C * g.R * g.S +
+                         size_t(g.K) * std::max(splits, bias_chunks(g.K, (long long)g.N * g.P * g.Q));
+  const size_t data = ds > 1 ? size_t(ds) * g.C * g.N * g.H * g.W : 0;
+  return (std::max(weights, data) + 3) / 4 * 4;
 }
 
-// The weight gradient's slices and bias partials (a row of dz's sums per slice through the mma
-// kernel, else per chunk of bias_partial_kernel), then (after they are summed) the input
-// gradient's slices and transposed weights, in the same space. Sized for every precision.
 size_t conv_backward_workspace(const ConvGeom& cg) {
   if (cg.N == 0) return 0;
   const Geo g = geo_of(cg);
-  const int splits = weight_splits(g);
-  const size_t weights = size_t(splits) * g.K * g.C * g.R * g.S +
-                         size_t(g.K) * std::max(splits, bias_chunks(g.K, (long long)g.N * g.P * g.Q));
-  return std::max(weights, data_slices_floats(g, data_splits(g)) + size_t(g.K) * g.C * g.R * g.S);
+  return wt_at(g) + size_t(g.K) * g.C * g.R * g.S;
 }
 
 void conv_backward(const ConvGeom& cg, const float* x, const float* w, const float* dz, float* dw,
@@ -302,12 +304,16 @@ void conv_backward(const ConvGeom& cg, const float* x, const float* w, const flo
   const size_t mn = size_t(g.K) * crs;
   // The bias gradient: in the mma kernel, as dz's row sums (2 launches and a pass over dz fewer),
   // summed with the weight gradient's slices; else in two passes of its own.
-  const bool fold_bias = db && mma_path(g);
+  const bool fold_bias = db && mma_path();
   WeightOp wop{g, x, dz, ws, g.K, crs, npq};
   if (fold_bias) wop.rows = ws + size_t(splits) * mn;
   launch_igemm(wop, splits, s, "conv_backward (weights)");
-  splitk_reduce_kernel<<<blocks_for(mn + (fold_bias ? size_t(g.K) : 0)), kThreads, 0, s>>>(
-      ws, splits, mn, dw, wop.rows, g.K, fold_bias ? db : nullptr);
+  // The slices' sum, the folded bias's, and w transposed for the input gradient: one launch.
+  float* wt = dx ? ws + wt_at(g) : nullptr;
+  WeightSums sums{ws, splits, g.K, g.C, g.R * g.S, dw};
+  if (fold_bias) sums.rows = wop.rows, sums.db = db;
+  if (wt) sums.w = w, sums.wt = wt;
+  splitk_reduce_kernel<<<blocks_for(sums.count()), kThreads, 0, s>>>(sums);
   SQ_CUDA_LAUNCH("conv_backward (split-K sum)");
   if (db && !fold_bias) {
     const int chunks = bias_chunks(g.K, npq);
@@ -320,11 +326,8 @@ void conv_backward(const ConvGeom& cg, const float* x, const float* w, const flo
   }
   if (dx) {
     // The weight gradient's slices and bias partials are summed by now: their space takes the
-    // input gradient's slices and w transposed.
+    // input gradient's slices.
     const int dsplits = data_splits(g);
-    float* wt = ws + data_slices_floats(g, dsplits);
-    transpose_weights_kernel<<<blocks_for(mn), kThreads, 0, s>>>(w, g.K, g.C, g.R * g.S, wt);
-    SQ_CUDA_LAUNCH("conv_backward (weights transposed)");
     DataOp dop{g, wt, dz, dx, accumulate, g.C, g.N * g.H * g.W, g.K * g.R * g.S, relu_x ? x : nullptr};
     if (dsplits > 1) dop.partial = ws;
     launch_igemm(dop, dsplits, s, "conv_backward (data)");

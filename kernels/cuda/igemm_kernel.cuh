@@ -2,7 +2,7 @@
 // and tensor-core, the split-K sum and the bias gradient.
 // Kernel source only, no CUDA runtime: tests/test_igemm.cpp compiles this file for the CPU under
 // tests/simt_host.h, which runs every thread of a block as a fiber and __syncthreads() as a switch
-// between them (and stands in for WMMA and bfloat16), so the tiling, the operand tables and their
+// between them (and stands in for WMMA and bfloat16), so the tiling, the operand keys and their
 // barriers are checked on machines without a GPU.
 #pragma once
 #ifdef __CUDACC__
@@ -25,28 +25,34 @@ namespace {  // internal linkage: one copy per translation unit (conv.cu; the CP
 
 constexpr int BM = 64, BN = 64, BK = 16, kGemmThreads = 256;
 
-// The operand tables of one block (igemm_ops.h): the NEnt of each column of its tile, for the
-// whole kernel, and the KEnts of the k-steps, double-buffered: threads 0..BK-1 fill the table of
-// step k0 + BK into the buffer step k0 does not use, before the barrier that publishes step k0's
-// tile.
-// (KB: the k-step's depth, BK here, 32 in the mma kernel; NB: the k tables' buffers, 2 here, one
+// The operand keys of one block (igemm_ops.h, Key): those of the k-steps, in NB buffers (the keys
+// of step k0 + BK go into the buffer step k0 does not use, before the barrier that publishes step
+// k0's tile), and, where B runs along k (the weight gradient), the n key of each column of the
+// tile. Elsewhere all of a thread's B elements lie in one column, whose key it keeps in registers.
+// (KB: the k-step's depth, BK here, 32 in the mma kernel; NB: the k keys' buffers, 2 here, one
 // per pipeline stage there.)
 template <class Op, int TN, int KB = BK, int NB = 2>
-struct Tables {
-  typename Op::KEnt k[NB][KB];
-  typename Op::NEnt n[TN];
+struct Keys {
+  Key k[NB][KB];
+  Key n[Op::kBAlongK ? TN : 1];
 };
 
 template <class Op, int TN, int KB, int NB>
-__device__ void fill_ntab(const Op& op, Tables<Op, TN, KB, NB>& t, int n0) {
-  for (int l = threadIdx.x; l < TN; l += kGemmThreads)
-    if (n0 + l < op.N) t.n[l] = op.nent(n0 + l);
+__device__ void fill_nkeys(const Op& op, Keys<Op, TN, KB, NB>& t, int n0) {
+  if (Op::kBAlongK)
+    for (int l = threadIdx.x; l < TN; l += kGemmThreads) t.n[l] = n0 + l < op.N ? op.nkey(n0 + l) : Key{0, Op::kNNone};
 }
-// Threads first..first+KB-1 fill one buffer (tab.k[buf]) with the entries of the step at k0.
+// Threads first..first+KB-1 fill one buffer (tab.k[buf]) with the keys of the step at k0, kKNone
+// past ke.
 template <class Op, int KB>
-__device__ void fill_ktab(const Op& op, typename Op::KEnt (&k)[KB], int k0, int ke, int first = 0) {
+__device__ void fill_kkeys(const Op& op, Key (&k)[KB], int k0, int ke, int first = 0) {
   const int t = int(threadIdx.x) - first;
-  if (t >= 0 && t < KB && k0 + t < ke) k[t] = op.kent(k0 + t);
+  if (t >= 0 && t < KB) k[t] = k0 + t < ke ? op.kkey(k0 + t) : Key{0, Op::kKNone};
+}
+// The key of column n (kNNone past the edge).
+template <class Op>
+__device__ Key column_key(const Op& op, int n) {
+  return n < op.N ? op.nkey(n) : Key{0, Op::kNNone};
 }
 
 // One thread's share of a k-step's operand tiles (TM x BK of A, BK x TN of B), in registers
@@ -58,6 +64,10 @@ struct Staged {
   static constexpr int RA = TM * BK / kGemmThreads, RB = BK * TN / kGemmThreads;
   static_assert(RA * kGemmThreads == TM * BK && RB * kGemmThreads == BK * TN, "whole loads per thread");
   float a[RA], b[RB];
+  // All of this thread's B elements lie in column tid % TN (col, its key), or where B runs along
+  // k at k tid % BK of each step.
+  static_assert(kGemmThreads % TN == 0 && kGemmThreads % BK == 0, "a thread's B elements share their column, or k");
+  Key col{0, Op::kNNone};
   __device__ static void a_at(int r, int& mm, int& kk) {
     const int l = int(threadIdx.x) + r * kGemmThreads;
     mm = l / BK, kk = l % BK;
@@ -82,29 +92,30 @@ struct Staged {
       put_b(kk, nn, b[r]);
     }
   }
-  // A kernel's start: the column table and the first step's k table, the barrier that publishes
+  // A kernel's start: the column keys and the first step's k keys, the barrier that publishes
   // them, then the first step's elements (kb: the block's first k, ke: its end).
-  __device__ void begin(const Op& op, Tables<Op, TN>& tab, int m0, int n0, int kb, int ke) {
-    fill_ntab(op, tab, n0);
-    fill_ktab(op, tab.k[0], kb, ke);
+  __device__ void begin(const Op& op, Keys<Op, TN>& tab, int m0, int n0, int kb, int ke) {
+    fill_nkeys(op, tab, n0);
+    fill_kkeys(op, tab.k[0], kb, ke);
+    if (!Op::kBAlongK) col = column_key(op, n0 + int(threadIdx.x) % TN);
     __syncthreads();
-    if (kb < ke) load(op, tab, 0, m0, n0, kb, ke);
+    if (kb < ke) load(op, tab, 0, m0, kb, ke);
   }
-  // Step k0's elements (zero outside the product), with its k table in tab.k[buf].
-  __device__ void load(const Op& op, const Tables<Op, TN>& tab, int buf, int m0, int n0, int k0, int ke) {
+  // Step k0's elements (zero outside the product), with its k keys in tab.k[buf].
+  __device__ void load(const Op& op, const Keys<Op, TN>& tab, int buf, int m0, int k0, int ke) {
     SQ_UNROLL
     for (int r = 0; r < RA; ++r) {
       int mm, kk;
       a_at(r, mm, kk);
       const int m = m0 + mm, k = k0 + kk;
-      a[r] = (m < op.M && k < ke) ? op.a(m, k, tab.k[buf][kk]) : 0.0f;
+      a[r] = (m < op.M && k < ke) ? *op.a_ptr(m, k) : 0.0f;
     }
+    const Key fixed = Op::kBAlongK ? tab.k[buf][int(threadIdx.x) % BK] : col;
     SQ_UNROLL
     for (int r = 0; r < RB; ++r) {
       int kk, nn;
       b_at(r, kk, nn);
-      const int k = k0 + kk, n = n0 + nn;
-      b[r] = (n < op.N && k < ke) ? op.bval(tab.k[buf][kk], tab.n[nn]) : 0.0f;
+      b[r] = Op::kBAlongK ? op.b_value(fixed, tab.n[nn]) : op.b_value(tab.k[buf][kk], fixed);
     }
   }
 };
@@ -132,7 +143,7 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk,
   using St = Staged<Op, TM, TN>;
   __shared__ __align__(16) float As[BK][TM + 4];
   __shared__ __align__(16) float Bs[BK][TN + 4];
-  __shared__ Tables<Op, TN> tab;
+  __shared__ Keys<Op, TN> tab;
   const int m0 = blockIdx.y * TM, n0 = blockIdx.x * TN;
   const int kb = blockIdx.z * k_chunk, ke = min(op.Kd, kb + k_chunk);
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
@@ -148,9 +159,9 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk,
   int cur = 0;
   for (int k0 = kb; k0 < ke; k0 += BK, cur ^= 1) {
     st.store([&](int mm, int kk, float v) { As[kk][mm] = v; }, [&](int kk, int nn, float v) { Bs[kk][nn] = v; });
-    fill_ktab(op, tab.k[cur ^ 1], k0 + BK, ke);
-    __syncthreads();  // the tile of step k0 and the table of step k0 + BK are visible
-    if (kPrefetch && k0 + BK < ke) st.load(op, tab, cur ^ 1, m0, n0, k0 + BK, ke);
+    fill_kkeys(op, tab.k[cur ^ 1], k0 + BK, ke);
+    __syncthreads();  // the tile of step k0 and the keys of step k0 + BK are visible
+    if (kPrefetch && k0 + BK < ke) st.load(op, tab, cur ^ 1, m0, k0 + BK, ke);
     SQ_UNROLL
     for (int kk = 0; kk < BK; ++kk) {
       float av[MT], bv[MT];
@@ -167,7 +178,7 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk,
         for (int j = 0; j < MT; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
     }
     __syncthreads();  // every thread is done with the tile before the next is stored
-    if (!kPrefetch && k0 + BK < ke) st.load(op, tab, cur ^ 1, m0, n0, k0 + BK, ke);
+    if (!kPrefetch && k0 + BK < ke) st.load(op, tab, cur ^ 1, m0, k0 + BK, ke);
   }
   SQ_UNROLL
   for (int i = 0; i < MT; ++i)
@@ -180,31 +191,42 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk,
 }
 
 // dw[i] += sum over z of ws[z][i], z in order.
-// dw += the weight gradient's slices (ws[z][mn]) summed in order; with db, also db += the slices'
-// row sums of dz (rows[z][K], WeightOp::rows) summed in order.
-__global__ void splitk_reduce_kernel(const float* ws, int splits, size_t mn, float* dw, const float* rows,
-                                     int K, float* db) {
-  SQ_GRID_STRIDE(i, mn + (db ? size_t(K) : 0)) {
+// wt[c][ko][r][s] = w[ko][c][r][s], element i of w: the input gradient's A operand along k
+// (DataOp).
+__device__ inline void transpose_weight(const float* w, int K, int C, int RS, size_t i, float* wt) {
+  const size_t crs = size_t(C) * RS, ko = i / crs, rem = i - ko * crs, c = rem / RS, rs = rem - c * RS;
+  wt[(c * K + ko) * RS + rs] = w[i];
+}
+
+// What follows a convolution's weight gradient, in one launch over its K*C*R*S weights (and K
+// biases): dw += the slices ws[z] summed in order; with db, db += the slices' row sums of dz
+// (rows[z][K], WeightOp::rows) summed in order; with wt, w transposed into wt for the input
+// gradient. wt must not overlap ws or rows.
+struct WeightSums {
+  const float* ws;
+  int splits, K, C, RS;
+  float* dw;
+  const float* rows = nullptr;
+  float* db = nullptr;
+  const float* w = nullptr;
+  float* wt = nullptr;
+  size_t count() const { return size_t(K) * C * RS + (db ? size_t(K) : 0); }
+};
+__global__ void splitk_reduce_kernel(WeightSums a) {
+  const size_t mn = size_t(a.K) * a.C * a.RS;
+  SQ_GRID_STRIDE(i, mn + (a.db ? size_t(a.K) : 0)) {
     float acc = 0.0f;
     if (i < mn) {
-      for (int z = 0; z < splits; ++z) acc += ws[size_t(z) * mn + i];
-      dw[i] += acc;
+      for (int z = 0; z < a.splits; ++z) acc += a.ws[size_t(z) * mn + i];
+      a.dw[i] += acc;
+      if (a.wt) transpose_weight(a.w, a.K, a.C, a.RS, i, a.wt);
     } else {
-      for (int z = 0; z < splits; ++z) acc += rows[size_t(z) * K + (i - mn)];
-      db[i - mn] += acc;
+      for (int z = 0; z < a.splits; ++z) acc += a.rows[size_t(z) * a.K + (i - mn)];
+      a.db[i - mn] += acc;
     }
   }
 }
 
-// wt[c][ko][r][s] = w[ko][c][r][s]: the input gradient's A operand along k (DataOp). One thread
-// an element, reading w in order.
-__global__ void transpose_weights_kernel(const float* w, int K, int C, int RS, float* wt) {
-  const size_t n = size_t(K) * C * RS, crs = size_t(C) * RS;
-  SQ_GRID_STRIDE(i, n) {
-    const size_t ko = i / crs, rem = i - ko * crs, c = rem / RS, rs = rem - c * RS;
-    wt[(c * K + ko) * RS + rs] = w[i];
-  }
-}
 
 // The input gradient's split-K slices (DataOp::partial) summed in order, then DataOp's epilogue:
 // onto dx when accumulating, then the ReLU of x's backward.
@@ -277,7 +299,7 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_tc_kernel(Op op, int k_chu
   __shared__ __align__(32) E As[TM * LDA];  // (m, k) row-major
   __shared__ __align__(32) E Bs[BK * LDB];  // (k, n) row-major
   __shared__ __align__(32) float Cs[kGemmThreads / 32][16 * LDC];
-  __shared__ Tables<Op, TN> tab;
+  __shared__ Keys<Op, TN> tab;
   const int m0 = blockIdx.y * TM, n0 = blockIdx.x * TN;
   const int kb = blockIdx.z * k_chunk, ke = min(op.Kd, kb + k_chunk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -294,9 +316,9 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_tc_kernel(Op op, int k_chu
   for (int k0 = kb; k0 < ke; k0 += BK, cur ^= 1) {
     st.store([&](int mm, int kk, float v) { As[mm * LDA + kk] = Prec::cvt(v); },
              [&](int kk, int nn, float v) { Bs[kk * LDB + nn] = Prec::cvt(v); });
-    fill_ktab(op, tab.k[cur ^ 1], k0 + BK, ke);
+    fill_kkeys(op, tab.k[cur ^ 1], k0 + BK, ke);
     __syncthreads();
-    if (kPrefetch && k0 + BK < ke) st.load(op, tab, cur ^ 1, m0, n0, k0 + BK, ke);
+    if (kPrefetch && k0 + BK < ke) st.load(op, tab, cur ^ 1, m0, k0 + BK, ke);
     SQ_UNROLL
     for (int kk = 0; kk < BK; kk += Prec::K) {
       wmma::fragment<wmma::matrix_a, 16, 16, Prec::K, typename Prec::Frag, wmma::row_major> a[FM];
@@ -313,7 +335,7 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_tc_kernel(Op op, int k_chu
       }
     }
     __syncthreads();
-    if (!kPrefetch && k0 + BK < ke) st.load(op, tab, cur ^ 1, m0, n0, k0 + BK, ke);
+    if (!kPrefetch && k0 + BK < ke) st.load(op, tab, cur ^ 1, m0, k0 + BK, ke);
   }
   float* c = Cs[warp];
   SQ_UNROLL

@@ -174,22 +174,6 @@ struct MmaShape {
   static_assert(RA * kGemmThreads == TM * KB && RB * kGemmThreads == KB * TN, "whole copies per thread");
 };
 
-// The operand keys of one block (igemm_ops.h, Key): the k keys of the steps whose copies are being
-// issued (step j's in buffer j % NS), and, where B runs along k (the weight gradient), the n key
-// of each column of the tile (NT = TN). Elsewhere each thread's B elements all lie in one column,
-// whose key it keeps in registers (NT = 1, unused).
-template <int NT, int KB, int NS>
-struct MmaKeys {
-  Key k[NS][KB];
-  Key n[NT];
-};
-// Threads first..first+KB-1 fill one step's k keys: those at k0 + t, kKNone past ke.
-template <class Op, int KB>
-__device__ void fill_kkeys(const Op& op, Key (&k)[KB], int k0, int ke, int first = 0) {
-  const int t = int(threadIdx.x) - first;
-  if (t >= 0 && t < KB) k[t] = k0 + t < ke ? op.kkey(k0 + t) : Key{0, Op::kKNone};
-}
-
 // Where the kernel writes A's row sums (WeightOp::rows: the bias gradient, from the blocks of the
 // first column tile); nullptr, a constant, for the other products.
 template <class Op>
@@ -206,7 +190,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
   SQ_DYNAMIC_SHARED(float, smem);
   // Step j's k keys are written before the barrier of the iteration that issues it, into the
   // buffer last read when step j - NS was issued, an iteration (and so a barrier) earlier.
-  __shared__ MmaKeys<Sh::kBnk ? TN : 1, KB, NS> tab;
+  __shared__ Keys<Op, TN, KB, NS> tab;
   const int m0 = blockIdx.y * TM, n0 = blockIdx.x * TN;
   const int kb = blockIdx.z * k_chunk, ke = min(op.Kd, kb + k_chunk);
   const int steps = ke > kb ? (ke - kb + KB - 1) / KB : 0;
@@ -236,8 +220,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
                 "a thread's B elements share their column, or their k");
   const int fixed_b = Sh::kBnk ? (vec.b ? int(threadIdx.x) % (KB / 4) * 4 : int(threadIdx.x) % KB)
                                : (vec.b ? int(threadIdx.x) % (TN / 4) * 4 : int(threadIdx.x) % TN);
-  Key fixed{0, Op::kNNone};
-  if (!Sh::kBnk && n0 + fixed_b < op.N) fixed = op.nkey(n0 + fixed_b);
+  const Key fixed = Sh::kBnk ? Key{0, Op::kNNone} : column_key(op, n0 + fixed_b);
 
   // Step j's copies (none past the last step: an empty group keeps the count of groups per
   // iteration fixed), neighbouring threads on neighbouring addresses. A 16-byte piece starts at a
@@ -292,8 +275,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
     cp_async_commit();
   };
 
-  if (Sh::kBnk)
-    for (int l = threadIdx.x; l < TN; l += kGemmThreads) tab.n[l] = n0 + l < op.N ? op.nkey(n0 + l) : Key{0, Op::kNNone};
+  fill_nkeys(op, tab, n0);
   for (int j = 0; j < NS - 1; ++j) fill_kkeys(op, tab.k[j], kb + j * KB, ke, j * KB);
   __syncthreads();  // the column keys and the first NS - 1 steps' k keys
   for (int j = 0; j < NS - 1; ++j) issue(j);

@@ -1,15 +1,15 @@
 // The three products of the implicit-GEMM convolution as operand loaders: each says how to
 // read element (m, k) of A, element (k, n) of B straight from the tensors, and where output
-// (m, n) goes. Host and device code: kernels/cuda/conv.cu runs them in its tiled kernel, and
+// (m, n) goes. Host and device code: kernels/cuda/conv.cu runs them in its tiled kernels, and
 // tests/test_igemm.cpp runs them in a plain loop on the CPU against the CPU convolution, so the
 // index arithmetic is checked on machines without a GPU.
 //
 // No division per element: an element's flat index splits into a part that depends on its k
-// only and a part that depends on its n only. Each op describes a k by a KEnt (kent(k)) and an n
-// by an NEnt (nent(n)), each computed once with the divisions; the kernel keeps a block's NEnts
-// (one per column of its tile) in shared memory for the whole kernel and the KEnts of one k-step
-// (BK of them) in shared memory per step, and a(m, k, KEnt) and bval(KEnt, NEnt) are additions and
-// bounds checks. Offsets are 32-bit: launch checks that every tensor has fewer than 2^31 elements.
+// only and a part that depends on its n only. Each op describes a k by a Key (kkey(k)) and an n
+// by a Key (nkey(n)), each computed once with the divisions; the kernels keep the keys of a
+// block's columns, or of its thread's column, for the whole kernel and those of one k-step in
+// shared memory per step, and an element is an addition, an AND and a compare away (Key).
+// Offsets are 32-bit: launch checks that every tensor has fewer than 2^31 elements.
 #pragma once
 #include <cstddef>
 
@@ -18,14 +18,14 @@
 namespace sq {
 namespace cuda {
 
-// The mma kernel's compact form of an operand's k and n (Geo::tap_key, Geo::pix_key): an offset,
-// and bits for the padding test. B(k, n) lives at base + (kkey.off + nkey.off) if the pixel's bits
-// hold every bit of the tap's, and is 0 otherwise: one AND and one compare, where the entries
-// below (KEnt, NEnt) take two bounds tests and six table reads a B element with branches between
-// them (the PTX of 97a0778). A tap's bits are bit r and bit 16 + s; a pixel's, bit r for every
-// filter row r that lands inside the input (for the input gradient: on an output row), and bit
-// 16 + s for every such column. R and S at most 15 (keys_fit): a pixel's bits then never fill a
-// half, and no pixel holds kNoTap. 8-byte aligned: one shared-memory load a key.
+// A k or an n of a product's B operand (Geo::tap_key, Geo::pix_key): an offset, and bits for the
+// padding test. B(k, n) lives at base + (tap.off + pix.off) if the pixel's bits hold every bit of
+// the tap's, and is 0 otherwise: one AND and one compare, where the entries before 1f47a61 (a tap's
+// offset, r and s, a pixel's offset and corner) took two bounds tests and six table reads a B
+// element, with branches between them. A tap's bits are bit r and bit 16 + s; a pixel's, bit r
+// for every filter row r that lands inside the input (for the input gradient: on an output row),
+// and bit 16 + s for every such column. R and S at most 15 (keys_fit): a pixel's bits then never
+// fill a half, and no pixel holds kNoTap. 8-byte aligned: one shared-memory load a key.
 struct alignas(8) Key {
   int off;
   unsigned bits;
@@ -37,6 +37,11 @@ SQ_HOST_DEVICE inline unsigned tap_bits(int r, int s) { return (1u << r) | (1u <
 SQ_HOST_DEVICE inline const float* keyed(const float* base, const Key& tap, const Key& pix) {
   const float* p = base + (tap.off + pix.off);
   return (tap.bits & pix.bits) == tap.bits ? p : nullptr;
+}
+// The element's value, for the register-staged kernels: a load under the test (no pointer
+// compared with null).
+SQ_HOST_DEVICE inline float keyed_value(const float* base, const Key& tap, const Key& pix) {
+  return (tap.bits & pix.bits) == tap.bits ? base[tap.off + pix.off] : 0.0f;
 }
 
 struct Geo {
@@ -61,13 +66,8 @@ struct Geo {
     const int h0 = p * stride - pad, w0 = q * stride - pad;
     return {img * H * W + h0 * W + w0, h0, w0};
   }
-  // The element's value, or 0 in the padding.
-  // (unsigned): one comparison for 0 <= h < H; the sum is a valid index only inside.
-  SQ_HOST_DEVICE float col(const float* x, const Tap& t, const Pix& p) const {
-    if (unsigned(p.h0 + t.r) >= unsigned(H) || unsigned(p.w0 + t.s) >= unsigned(W)) return 0.0f;
-    return x[t.off + p.off];
-  }
-  // The same element through keys: keyed(x, tap_key(crs), pix_key(npq)).
+  // The element's address through keys: keyed(x, tap_key(crs), pix_key(npq)), nullptr in the
+  // padding. (unsigned): one comparison for 0 <= h < H.
   SQ_HOST_DEVICE Key tap_key(int crs) const {
     const Tap t = tap(crs);
     return {t.off, tap_bits(t.r, t.s)};
@@ -81,33 +81,28 @@ struct Geo {
   }
 };
 
-// Every op reads A(m, k) through a_ptr (never in the padding); the register-staged kernels
-// (igemm_kernel.cuh) read a() and B(k, n) as bval(kent(k), nent(n)), and the mma kernel
-// (igemm_mma.cuh) copies from b_key(kkey(k), nkey(n)), nullptr in the padding, asynchronously.
-// kKNone and kNNone: the bits of a key past the product's edge in k and in n.
+// Every op reads A(m, k) at a_ptr(m, k) (never in the padding) and B(k, n) at
+// b_key(kkey(k), nkey(n)), nullptr in the padding: the mma kernel (igemm_mma.cuh) copies from
+// there asynchronously, the register-staged kernels (igemm_kernel.cuh) load b_value. kKNone and
+// kNNone: the bits of a key past the product's edge in k and in n.
 //
 // Forward: A = w (K x CRS), B(k, n) = col(x)(k, n): k a tap, n an output pixel.
 // kBAlongK: B's elements are adjacent in memory along k (not n), so the tile loader lets
 // neighbouring threads take neighbouring k for coalesced reads.
 struct FwdOp {
   static constexpr bool kBAlongK = false;
-  using KEnt = Geo::Tap;
-  using NEnt = Geo::Pix;
   Geo g;
   const float *x, *w, *b;
   float* y;
   bool relu;
   int M, N, Kd;
-  SQ_HOST_DEVICE KEnt kent(int k) const { return g.tap(k); }
-  SQ_HOST_DEVICE NEnt nent(int n) const { return g.pix(n); }
   static constexpr unsigned kKNone = kNoTap, kNNone = kNoPix;
   SQ_HOST_DEVICE Key kkey(int k) const { return g.tap_key(k); }
   SQ_HOST_DEVICE Key nkey(int n) const { return g.pix_key(n); }
   SQ_HOST_DEVICE const float* any() const { return w; }  // an address to name in zero-filled copies
   SQ_HOST_DEVICE const float* a_ptr(int m, int k) const { return w + (m * Kd + k); }
   SQ_HOST_DEVICE const float* b_key(const Key& kk, const Key& nk) const { return keyed(x, kk, nk); }
-  SQ_HOST_DEVICE float a(int m, int k, const KEnt&) const { return *a_ptr(m, k); }
-  SQ_HOST_DEVICE float bval(const KEnt& kt, const NEnt& np) const { return g.col(x, kt, np); }
+  SQ_HOST_DEVICE float b_value(const Key& kk, const Key& nk) const { return keyed_value(x, kk, nk); }
   SQ_HOST_DEVICE void store(int m, int n, float v, int) const {
     if (b) v += b[m];
     if (relu) v = v > 0.0f ? v : 0.0f;
@@ -116,25 +111,16 @@ struct FwdOp {
 };
 
 // Backward data: A(c, (ko, r, s)) = w[ko, c, r, s], read from wt, w transposed to (C, K, R, S)
-// (transpose_weights_kernel) so that A runs along k in memory: A(m, k) = wt[m*K*R*S + k], which
+// (splitk_reduce_kernel, beside the weight gradient's sum) so that A runs along k in memory: A(m, k) = wt[m*K*R*S + k], which
 // the mma kernel copies 16 bytes at a time and the register-staged kernels read coalesced (w's
 // own layout puts neighbouring k of a 1x1 product C floats apart). B((ko, r, s), (img, h, w)) =
-// dz at (ko, img, p, q) with h = p*st - pad + r, w = q*st - pad + s, where such p, q exist. At
-// stride 1 (every Fire convolution) p = h + pad - r and q = w + pad - s, and the flat index of dz
-// is KEnt.b_off + NEnt.off; other strides also test divisibility (the division then stays).
-// Keys (any stride): a (h, w) lies under filter row r of some output row p exactly when
-// h + pad - r is a multiple of the stride in [0, st*P), and then p = (h + pad)/st - r/st (both
-// floors, the two having the same remainder), which splits into the tap's and the pixel's parts.
+// dz at (ko, img, p, q) with h = p*st - pad + r, w = q*st - pad + s, where such p, q exist: a
+// (h, w) lies under filter row r of some output row p exactly when h + pad - r is a multiple of
+// the stride in [0, st*P), and then p = (h + pad)/st - r/st (both floors, the two having the same
+// remainder), which splits into the tap's and the pixel's parts (at stride 1, every Fire
+// convolution, p = h + pad - r).
 struct DataOp {
   static constexpr bool kBAlongK = false;
-  struct KEnt {
-    int b_off;  // ko*N*P*Q - r*Q - s (stride 1)
-    int ko_off, r, s;  // ko*N*P*Q, r, s (other strides)
-  };
-  struct NEnt {
-    int off;     // img*P*Q + (h + pad)*Q + (w + pad) (stride 1)
-    int img_off, hp, wp;  // img*P*Q, h + pad, w + pad
-  };
   Geo g;
   const float *wt, *dz;  // wt: w transposed, (C, K, R, S)
   float* dx;
@@ -146,16 +132,6 @@ struct DataOp {
   // Split-K (conv.cu's data_splits, for products with few output tiles): slice z's raw sums go
   // to partial[z][m][n], and data_splitk_reduce_kernel applies the epilogue to their sum.
   float* partial = nullptr;
-  SQ_HOST_DEVICE KEnt kent(int k) const {
-    const int RS = g.R * g.S, ko = k / RS, rs = k - ko * RS, r = rs / g.S, s = rs - r * g.S;
-    const int ko_off = ko * g.N * g.P * g.Q;
-    return {ko_off - r * g.Q - s, ko_off, r, s};
-  }
-  SQ_HOST_DEVICE NEnt nent(int n) const {
-    const int HW = g.H * g.W, img = n / HW, hw = n - img * HW, h = hw / g.W, wc = hw - h * g.W;
-    const int img_off = img * g.P * g.Q, hp = h + g.pad, wp = wc + g.pad;
-    return {img_off + hp * g.Q + wp, img_off, hp, wp};
-  }
   static constexpr unsigned kKNone = kNoTap, kNNone = kNoPix;
   SQ_HOST_DEVICE Key kkey(int k) const {
     const int RS = g.R * g.S, ko = k / RS, rs = k - ko * RS, r = rs / g.S, s = rs - r * g.S;
@@ -174,19 +150,7 @@ struct DataOp {
   SQ_HOST_DEVICE const float* any() const { return wt; }
   SQ_HOST_DEVICE const float* a_ptr(int m, int k) const { return wt + (m * Kd + k); }
   SQ_HOST_DEVICE const float* b_key(const Key& kk, const Key& nk) const { return keyed(dz, kk, nk); }
-  SQ_HOST_DEVICE float a(int m, int k, const KEnt&) const { return *a_ptr(m, k); }
-  // B's value, the tests written out (as Geo::col).
-  SQ_HOST_DEVICE float bval(const KEnt& kt, const NEnt& np) const {
-    const int ph = np.hp - kt.r, qw = np.wp - kt.s;
-    if (g.stride == 1) {
-      if (unsigned(ph) >= unsigned(g.P) || unsigned(qw) >= unsigned(g.Q)) return 0.0f;
-      return dz[kt.b_off + np.off];
-    }
-    if (ph < 0 || qw < 0 || ph % g.stride || qw % g.stride) return 0.0f;
-    const int p = ph / g.stride, q = qw / g.stride;
-    if (p >= g.P || q >= g.Q) return 0.0f;
-    return dz[kt.ko_off + np.img_off + p * g.Q + q];
-  }
+  SQ_HOST_DEVICE float b_value(const Key& kk, const Key& nk) const { return keyed_value(dz, kk, nk); }
   SQ_HOST_DEVICE void store(int m, int n, float v, int z) const {
     const size_t i = size_t(m) * N + n;
     if (partial) {
@@ -204,29 +168,25 @@ struct DataOp {
 // write their slice's sums of dz's rows to rows[z][m].
 struct WeightOp {
   static constexpr bool kBAlongK = true;  // col(x)^T: k runs along the pixels
-  using KEnt = Geo::Pix;
-  using NEnt = Geo::Tap;
   Geo g;
   const float *x, *dz;
   float* ws;
   int M, N, Kd;
   float* rows = nullptr;
-  SQ_HOST_DEVICE KEnt kent(int k) const { return g.pix(k); }
-  SQ_HOST_DEVICE NEnt nent(int n) const { return g.tap(n); }
   static constexpr unsigned kKNone = kNoPix, kNNone = kNoTap;
   SQ_HOST_DEVICE Key kkey(int k) const { return g.pix_key(k); }
   SQ_HOST_DEVICE Key nkey(int n) const { return g.tap_key(n); }
   SQ_HOST_DEVICE const float* any() const { return dz; }
   SQ_HOST_DEVICE const float* a_ptr(int m, int k) const { return dz + (m * Kd + k); }
   SQ_HOST_DEVICE const float* b_key(const Key& kk, const Key& nk) const { return keyed(x, nk, kk); }
-  SQ_HOST_DEVICE float a(int m, int k, const KEnt&) const { return *a_ptr(m, k); }
-  SQ_HOST_DEVICE float bval(const KEnt& np, const NEnt& kt) const { return g.col(x, kt, np); }
+  SQ_HOST_DEVICE float b_value(const Key& kk, const Key& nk) const { return keyed_value(x, nk, kk); }
   SQ_HOST_DEVICE void store(int m, int n, float v, int z) const {
     ws[(size_t(z) * M + m) * N + n] = v;
   }
 };
 
-// The keys hold every filter of at most 15 x 15 taps (else conv.cu takes the WMMA kernel).
+// The keys hold every filter of at most 15 x 15 taps (conv.cu refuses larger ones; SqueezeNet's
+// largest is 7 x 7).
 inline bool keys_fit(const Geo& g) { return g.R <= 15 && g.S <= 15; }
 
 // Every index the loaders form fits in 32 bits (for the launch's check).
