@@ -188,9 +188,12 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
   using Sh = MmaShape<Op, Prec, TM, TN, WM>;
   constexpr int KB = Sh::KB, NS = Sh::kStages, LDA = Sh::LDA, LDB = Sh::LDB;
   SQ_DYNAMIC_SHARED(float, smem);
-  // Step j's k keys are written before the barrier of the iteration that issues it, into the
-  // buffer last read when step j - NS was issued, an iteration (and so a barrier) earlier.
-  __shared__ Keys<Op, TN, KB, NS> tab;
+  // Step j's k keys (buffer j % (NS + 1)) are written after the barrier of the iteration before
+  // the one that issues it, by one warp, while the others go on to their products: the keys'
+  // divisions stay off the path to the barrier. Their buffer was last read when step j - NS - 1
+  // was issued, two iterations (and barriers) earlier.
+  constexpr int NK = NS + 1;
+  __shared__ Keys<Op, TN, KB, NK> tab;
   const int m0 = blockIdx.y * TM, n0 = blockIdx.x * TN;
   const int kb = blockIdx.z * k_chunk, ke = min(op.Kd, kb + k_chunk);
   const int steps = ke > kb ? (ke - kb + KB - 1) / KB : 0;
@@ -228,7 +231,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
   // past it. B's address is b_key of two keys, nullptr in the padding and past the edges.
   auto issue = [&](int j) {
     if (j < steps) {
-      const int k0 = kb + j * KB, buf = j % NS;
+      const int k0 = kb + j * KB, buf = j % NK;
       float* As = smem + (j % NS) * Sh::kStageFloats;
       float* Bs = As + Sh::kAFloats;
       if (vec.a) {
@@ -276,15 +279,18 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
   };
 
   fill_nkeys(op, tab, n0);
-  for (int j = 0; j < NS - 1; ++j) fill_kkeys(op, tab.k[j], kb + j * KB, ke, j * KB);
-  __syncthreads();  // the column keys and the first NS - 1 steps' k keys
+  static_assert(NS * KB <= kGemmThreads, "a warp per step's keys");
+  for (int j = 0; j < NS; ++j) fill_kkeys(op, tab.k[j], kb + j * KB, ke, j * KB);
+  __syncthreads();  // the column keys and the first NS steps' k keys
   for (int j = 0; j < NS - 1; ++j) issue(j);
 
   for (int i = 0; i < steps; ++i) {
     cp_async_wait<NS - 2>();  // this thread's copies of step i have landed
-    fill_kkeys(op, tab.k[(i + NS - 1) % NS], kb + (i + NS - 1) * KB, ke);
-    __syncthreads();  // every thread's copies of step i; every thread done with step i - 1's stage
+    __syncthreads();  // every thread's copies of step i; every thread done with step i - 1's stage;
+                      // step i + NS - 1's keys
     issue(i + NS - 1);  // into the stage step i - 1 used
+    // Step i + NS's keys, by warp i % 8 (KB = 32 lanes), into the buffer of step i - 1.
+    fill_kkeys(op, tab.k[(i + NS) % NK], kb + (i + NS) * KB, ke, (i % (kGemmThreads / KB)) * KB);
     const float* As = smem + (i % NS) * Sh::kStageFloats;
     const float* Bs = As + Sh::kAFloats;
     if (rows) {
