@@ -13,9 +13,10 @@
 #include <random>
 #include <vector>
 
-#include "kernels/cuda/igemm_ops.h"
-// The tile kernel's source, compiled for the CPU (after simt_host.h).
+// The kernels' source and their operands (float2 in the epilogues), compiled for the CPU after
+// simt_host.h.
 #include "tests/simt_host.h"
+#include "kernels/cuda/igemm_ops.h"
 #include "kernels/cuda/igemm_kernel.cuh"
 #include "kernels/cuda/igemm_mma.cuh"
 #include "kernels/cuda/pool_index.h"
@@ -391,7 +392,7 @@ void check_mma(const Case& c, double tol, bool reverse) {
 // in reverse order for one tile of each precision (the emulation costs about 0.2 s a tile and case).
 TEST(ImplicitGemm, MmaKernelOnTheCpuReproducesTheCpuConvolution) {
   std::mt19937 rng(11);
-  int vector_cases = 0;
+  int vector_cases = 0, paired = 0, unpaired = 0;
   for (const ConvGeom& cg : kCases) {
     const Case c(cg, rng);
     SCOPED_TRACE(c.name());
@@ -402,6 +403,7 @@ TEST(ImplicitGemm, MmaKernelOnTheCpuReproducesTheCpuConvolution) {
     const cuda::MmaVec f = cuda::mma_vec(c.fwd(none.data())), d = cuda::mma_vec(c.data(none.data())),
                        w = cuda::mma_vec(c.wgt(none.data()));
     if (f.a && f.b && d.a && d.b && w.a && w.b) ++vector_cases;
+    for (bool pair : {f.pair, d.pair, w.pair}) ++(pair ? paired : unpaired);
     {
       SCOPED_TRACE("bf16");
       check_mma<cuda::MmaBf16, 64, 128, 2>(c, 2e-2, false);
@@ -422,6 +424,10 @@ TEST(ImplicitGemm, MmaKernelOnTheCpuReproducesTheCpuConvolution) {
     }
   }
   EXPECT_EQ(vector_cases, 1) << "the 1x1 case takes the 16-byte copies for every operand that allows them";
+  // The 8-byte output stores (even rows: every forward here) and the single ones (odd rows: the
+  // input gradient at 3 x 17 x 17, the weight gradients of 3 x 7 x 7 and 3 x 3 x 3 filters).
+  EXPECT_GT(paired, 10) << "products stored in pairs";
+  EXPECT_GT(unpaired, 2) << "products stored one output at a time";
 }
 
 // The input gradient's ReLU epilogue (the Fire's ds: the second expand's product added onto the

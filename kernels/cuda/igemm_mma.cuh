@@ -134,19 +134,21 @@ struct MmaTf32 {
 // rows are; B: every operand of a 1x1, stride-1, unpadded convolution (x, or dz) when its planes
 // are. The other operands (the 3x3 and 7x7 gathers, the input gradient's weights) go 4 bytes at a
 // time.
+// pair: the output goes out two neighbouring columns at a time, 8-byte stores (the op's pairs():
+// an even row length and 8-byte aligned outputs).
 struct MmaVec {
-  bool a = false, b = false;
+  bool a = false, b = false, pair = false;
 };
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 inline bool plain_1x1(const Geo& g) { return g.R == 1 && g.S == 1 && g.stride == 1 && g.pad == 0; }
 inline MmaVec mma_vec(const FwdOp& op) {
-  return {op.Kd % 4 == 0 && aligned16(op.w), plain_1x1(op.g) && op.N % 4 == 0 && aligned16(op.x)};
+  return {op.Kd % 4 == 0 && aligned16(op.w), plain_1x1(op.g) && op.N % 4 == 0 && aligned16(op.x), op.pairs()};
 }
 inline MmaVec mma_vec(const DataOp& op) {
-  return {op.Kd % 4 == 0 && aligned16(op.wt), plain_1x1(op.g) && op.N % 4 == 0 && aligned16(op.dz)};
+  return {op.Kd % 4 == 0 && aligned16(op.wt), plain_1x1(op.g) && op.N % 4 == 0 && aligned16(op.dz), op.pairs()};
 }
 inline MmaVec mma_vec(const WeightOp& op) {
-  return {op.Kd % 4 == 0 && aligned16(op.dz), plain_1x1(op.g) && op.Kd % 4 == 0 && aligned16(op.x)};
+  return {op.Kd % 4 == 0 && aligned16(op.dz), plain_1x1(op.g) && op.Kd % 4 == 0 && aligned16(op.x), op.pairs()};
 }
 // The split-K slice: whole 32-deep k-steps, so that every slice starts 16-byte aligned.
 inline int mma_chunk(int Kd, int splits) {
@@ -338,14 +340,23 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
     }
   }
 
+  // A lane holds outputs (g, 2t) and (g, 2t + 1) of each 8-row half of a fragment: one 8-byte
+  // store where the op allows (vec.pair; n is even, so n + 1 < N with N even), else two.
   SQ_UNROLL
   for (int fi = 0; fi < Sh::FM; ++fi)
     SQ_UNROLL
     for (int fj = 0; fj < Sh::FN; ++fj)
       SQ_UNROLL
-      for (int e = 0; e < 4; ++e) {
-        const int m = m0 + wm + 16 * fi + g + 8 * (e / 2), n = n0 + wn + 8 * fj + 2 * t + e % 2;
-        if (m < op.M && n < op.N) op.store(m, n, acc[fi][fj][e], blockIdx.z);
+      for (int h = 0; h < 2; ++h) {
+        const int m = m0 + wm + 16 * fi + g + 8 * h, n = n0 + wn + 8 * fj + 2 * t;
+        const float v0 = acc[fi][fj][2 * h], v1 = acc[fi][fj][2 * h + 1];
+        if (m >= op.M || n >= op.N) continue;
+        if (vec.pair) {
+          op.store2(m, n, v0, v1, blockIdx.z);
+        } else {
+          op.store(m, n, v0, blockIdx.z);
+          if (n + 1 < op.N) op.store(m, n + 1, v1, blockIdx.z);
+        }
       }
 }
 

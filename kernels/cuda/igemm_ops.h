@@ -12,6 +12,7 @@
 // Offsets are 32-bit: launch checks that every tensor has fewer than 2^31 elements.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 
 #include "core/rng.h"  // SQ_HOST_DEVICE
 
@@ -81,6 +82,8 @@ struct Geo {
   }
 };
 
+inline bool aligned8(const void* p) { return reinterpret_cast<uintptr_t>(p) % 8 == 0; }
+
 // Every op reads A(m, k) at a_ptr(m, k) (never in the padding) and B(k, n) at
 // b_key(kkey(k), nkey(n)), nullptr in the padding: the mma kernel (igemm_mma.cuh) copies from
 // there asynchronously, the register-staged kernels (igemm_kernel.cuh) load b_value. kKNone and
@@ -103,11 +106,17 @@ struct FwdOp {
   SQ_HOST_DEVICE const float* a_ptr(int m, int k) const { return w + (m * Kd + k); }
   SQ_HOST_DEVICE const float* b_key(const Key& kk, const Key& nk) const { return keyed(x, kk, nk); }
   SQ_HOST_DEVICE float b_value(const Key& kk, const Key& nk) const { return keyed_value(x, kk, nk); }
-  SQ_HOST_DEVICE void store(int m, int n, float v, int) const {
+  SQ_HOST_DEVICE float out(int m, float v) const {
     if (b) v += b[m];
     if (relu) v = v > 0.0f ? v : 0.0f;
-    y[size_t(m) * N + n] = v;
+    return v;
   }
+  SQ_HOST_DEVICE void store(int m, int n, float v, int) const { y[size_t(m) * N + n] = out(m, v); }
+  // Outputs n and n + 1 in one 8-byte store (the mma kernel, where pairs() holds).
+  SQ_HOST_DEVICE void store2(int m, int n, float v0, float v1, int) const {
+    *reinterpret_cast<float2*>(y + (size_t(m) * N + n)) = float2{out(m, v0), out(m, v1)};
+  }
+  bool pairs() const { return N % 2 == 0 && aligned8(y); }
 };
 
 // Backward data: A(c, (ko, r, s)) = w[ko, c, r, s], read from wt, w transposed to (C, K, R, S)
@@ -151,15 +160,25 @@ struct DataOp {
   SQ_HOST_DEVICE const float* a_ptr(int m, int k) const { return wt + (m * Kd + k); }
   SQ_HOST_DEVICE const float* b_key(const Key& kk, const Key& nk) const { return keyed(dz, kk, nk); }
   SQ_HOST_DEVICE float b_value(const Key& kk, const Key& nk) const { return keyed_value(dz, kk, nk); }
+  SQ_HOST_DEVICE float out(size_t i, float v) const {
+    v = accumulate ? dx[i] + v : v;
+    return !relu_x || relu_x[i] > 0.0f ? v : 0.0f;
+  }
   SQ_HOST_DEVICE void store(int m, int n, float v, int z) const {
     const size_t i = size_t(m) * N + n;
-    if (partial) {
+    if (partial)
       partial[size_t(z) * M * N + i] = v;
-      return;
-    }
-    v = accumulate ? dx[i] + v : v;
-    dx[i] = !relu_x || relu_x[i] > 0.0f ? v : 0.0f;
+    else
+      dx[i] = out(i, v);
   }
+  SQ_HOST_DEVICE void store2(int m, int n, float v0, float v1, int z) const {
+    const size_t i = size_t(m) * N + n;
+    if (partial)
+      *reinterpret_cast<float2*>(partial + (size_t(z) * M * N + i)) = float2{v0, v1};
+    else
+      *reinterpret_cast<float2*>(dx + i) = float2{out(i, v0), out(i + 1, v1)};
+  }
+  bool pairs() const { return N % 2 == 0 && aligned8(dx) && aligned8(partial); }
 };
 
 // Backward weights, one split-K slice per blockIdx.z: A = dz (K x NPQ), B((img,p,q), (c,r,s)) =
@@ -183,6 +202,10 @@ struct WeightOp {
   SQ_HOST_DEVICE void store(int m, int n, float v, int z) const {
     ws[(size_t(z) * M + m) * N + n] = v;
   }
+  SQ_HOST_DEVICE void store2(int m, int n, float v0, float v1, int z) const {
+    *reinterpret_cast<float2*>(ws + ((size_t(z) * M + m) * N + n)) = float2{v0, v1};
+  }
+  bool pairs() const { return N % 2 == 0 && aligned8(ws); }
 };
 
 // The keys hold every filter of at most 15 x 15 taps (conv.cu refuses larger ones; SqueezeNet's
