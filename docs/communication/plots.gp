@@ -34,18 +34,18 @@ set title "PROJECTION: best scaling efficiency, no overlap\nsqueezenet1.0 Fashio
 set ylabel 'efficiency (%)'
 plot 'eff_2.dat' u 1:2 w lp t 'NVLink ring', 'eff_2.dat' u 1:3 w lp t 'InfiniBand NDR (1 NIC)', 'eff_2.dat' u 1:4 w lp t '100 GbE', 'eff_2.dat' u 1:5 w lp t '25 GbE', 'eff_2.dat' u 1:6 w lp t '10 GbE'
 set output 'projected_efficiency_3.png'
-set title "PROJECTION: best scaling efficiency, no overlap\nH200 step batch 128, own kernels fp32 (measured), SqueezeNet 1.0 gradient, T_{compute} = 41.6 ms"
+set title "PROJECTION: best scaling efficiency, no overlap\nH200 step batch 128, own kernels TF32 (measured, run c), SqueezeNet 1.0 gradient, T_{compute} = 27 ms"
 set ylabel 'efficiency (%)'
 plot 'eff_3.dat' u 1:2 w lp t 'NVLink ring', 'eff_3.dat' u 1:3 w lp t 'InfiniBand NDR (1 NIC)', 'eff_3.dat' u 1:4 w lp t '100 GbE', 'eff_3.dat' u 1:5 w lp t '25 GbE', 'eff_3.dat' u 1:6 w lp t '10 GbE'
 set output 'projected_efficiency_4.png'
-set title "PROJECTION: best scaling efficiency, no overlap\nH200 step batch 128, own kernels fp32 (measured), AlexNet gradient, T_{compute} = 41.6 ms"
+set title "PROJECTION: best scaling efficiency, no overlap\nH200 step batch 128, own kernels TF32 (measured, run c), AlexNet gradient, T_{compute} = 27 ms"
 set ylabel 'efficiency (%)'
 plot 'eff_4.dat' u 1:2 w lp t 'NVLink ring', 'eff_4.dat' u 1:3 w lp t 'InfiniBand NDR (1 NIC)', 'eff_4.dat' u 1:4 w lp t '100 GbE', 'eff_4.dat' u 1:5 w lp t '25 GbE', 'eff_4.dat' u 1:6 w lp t '10 GbE'
 set output 'projected_efficiency_5.png'
-set title "PROJECTION: best scaling efficiency, no overlap\nH200 step batch 128, PyTorch eager TF32 (measured), SqueezeNet 1.0 gradient, T_{compute} = 20.4 ms"
+set title "PROJECTION: best scaling efficiency, no overlap\nH200 step batch 128, PyTorch eager TF32 (measured, run c), SqueezeNet 1.0 gradient, T_{compute} = 20.3 ms"
 set ylabel 'efficiency (%)'
 plot 'eff_5.dat' u 1:2 w lp t 'NVLink ring', 'eff_5.dat' u 1:3 w lp t 'InfiniBand NDR (1 NIC)', 'eff_5.dat' u 1:4 w lp t '100 GbE', 'eff_5.dat' u 1:5 w lp t '25 GbE', 'eff_5.dat' u 1:6 w lp t '10 GbE'
 set output 'projected_efficiency_6.png'
-set title "PROJECTION: best scaling efficiency, no overlap\nH200 step batch 128, PyTorch eager TF32 (measured), AlexNet gradient, T_{compute} = 20.4 ms"
+set title "PROJECTION: best scaling efficiency, no overlap\nH200 step batch 128, PyTorch eager TF32 (measured, run c), AlexNet gradient, T_{compute} = 20.3 ms"
 set ylabel 'efficiency (%)'
 plot 'eff_6.dat' u 1:2 w lp t 'NVLink ring', 'eff_6.dat' u 1:3 w lp t 'InfiniBand NDR (1 NIC)', 'eff_6.dat' u 1:4 w lp t '100 GbE', 'eff_6.dat' u 1:5 w lp t '25 GbE', 'eff_6.dat' u 1:6 w lp t '10 GbE'
