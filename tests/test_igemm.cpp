@@ -185,10 +185,7 @@ void data_in_slices(cuda::DataOp op, int splits, Run run, bool reverse = false) 
   cuda::DataOp sliced = op;
   sliced.partial = part.data();
   run(sliced, splits);
-  const size_t mn = size_t(op.M) * size_t(op.N);
-  ASSERT_TRUE(simt::run({2, 1, 1}, cuda::kThreads, [&] {
-    cuda::data_splitk_reduce_kernel(part.data(), splits, mn, op.dx, op.accumulate, op.relu_x);
-  }, reverse));
+  ASSERT_TRUE(simt::run({2, 1, 1}, cuda::kThreads, [&] { cuda::data_splitk_reduce_kernel(sliced, splits); }, reverse));
 }
 
 template <int TM, int TN, bool kPrefetch>

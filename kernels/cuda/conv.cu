@@ -269,25 +269,30 @@ void conv_forward(const ConvGeom& cg, const float* x, const float* w, const floa
   launch_igemm(op, 1, s, "conv_forward");
 }
 
-// A convolution backward's scratch, sized for every precision:
-//   [0, wt_at): the weight gradient's slices and bias partials (a row of dz's sums per slice
-//     through the mma kernel, else per chunk of bias_partial_kernel); once those are summed, the
-//     input gradient's split-K slices (none for one slice) in the same space;
-//   [wt_at, + K*C*R*S): w transposed, written while the weight slices are summed (the same
-//     launch), so apart from them, and at a multiple of 4 floats (16 bytes: the mma kernel's
-//     copies of A).
-size_t wt_at(const Geo& g) {
-  const int splits = weight_splits(g), ds = data_splits(g);
-  const size_t weights = size_t(splits) * g.K * g.C * g.R * g.S +
-                         size_t(g.K) * std::max(splits, bias_chunks(g.K, (long long)g.N * g.P * g.Q));
-  const size_t data = ds > 1 ? size_t(ds) * g.C * g.N * g.H * g.W : 0;
-  return (std::max(weights, data) + 3) / 4 * 4;
+// A convolution backward's split-K factors and scratch, sized for every precision:
+//   [0, wt): the weight gradient's slices and bias partials (a row of dz's sums per slice through
+//     the mma kernel, else per chunk of bias_partial_kernel); once those are summed, the input
+//     gradient's split-K slices (none for one slice) in the same space;
+//   [wt, end): w transposed, written while the weight slices are summed (the same launch), so
+//     apart from them, and at a multiple of 4 floats (16 bytes: the mma kernel's copies of A).
+struct BackwardPlan {
+  int splits, dsplits;
+  size_t wt, end;
+};
+BackwardPlan backward_plan(const Geo& g) {
+  BackwardPlan b;
+  b.splits = weight_splits(g), b.dsplits = data_splits(g);
+  const size_t kcrs = size_t(g.K) * g.C * g.R * g.S;
+  const size_t weights =
+      size_t(b.splits) * kcrs + size_t(g.K) * std::max(b.splits, bias_chunks(g.K, (long long)g.N * g.P * g.Q));
+  const size_t data = b.dsplits > 1 ? size_t(b.dsplits) * g.C * g.N * g.H * g.W : 0;
+  b.wt = (std::max(weights, data) + 3) / 4 * 4;
+  b.end = b.wt + kcrs;
+  return b;
 }
 
 size_t conv_backward_workspace(const ConvGeom& cg) {
-  if (cg.N == 0) return 0;
-  const Geo g = geo_of(cg);
-  return wt_at(g) + size_t(g.K) * g.C * g.R * g.S;
+  return cg.N == 0 ? 0 : backward_plan(geo_of(cg)).end;
 }
 
 void conv_backward(const ConvGeom& cg, const float* x, const float* w, const float* dz, float* dw,
@@ -300,7 +305,8 @@ void conv_backward(const ConvGeom& cg, const float* x, const float* w, const flo
   }
   const Geo g = geo_of(cg);
   const int npq = g.N * g.P * g.Q, crs = g.C * g.R * g.S;
-  const int splits = weight_splits(g);
+  const BackwardPlan plan = backward_plan(g);
+  const int splits = plan.splits;
   const size_t mn = size_t(g.K) * crs;
   // The bias gradient: in the mma kernel, as dz's row sums (2 launches and a pass over dz fewer),
   // summed with the weight gradient's slices; else in two passes of its own.
@@ -309,7 +315,7 @@ void conv_backward(const ConvGeom& cg, const float* x, const float* w, const flo
   if (fold_bias) wop.rows = ws + size_t(splits) * mn;
   launch_igemm(wop, splits, s, "conv_backward (weights)");
   // The slices' sum, the folded bias's, and w transposed for the input gradient: one launch.
-  float* wt = dx ? ws + wt_at(g) : nullptr;
+  float* wt = dx ? ws + plan.wt : nullptr;
   WeightSums sums{ws, splits, g.K, g.C, g.R * g.S, dw};
   if (fold_bias) sums.rows = wop.rows, sums.db = db;
   if (wt) sums.w = w, sums.wt = wt;
@@ -327,14 +333,12 @@ void conv_backward(const ConvGeom& cg, const float* x, const float* w, const flo
   if (dx) {
     // The weight gradient's slices and bias partials are summed by now: their space takes the
     // input gradient's slices.
-    const int dsplits = data_splits(g);
+    const int dsplits = plan.dsplits;
     DataOp dop{g, wt, dz, dx, accumulate, g.C, g.N * g.H * g.W, g.K * g.R * g.S, relu_x ? x : nullptr};
     if (dsplits > 1) dop.partial = ws;
     launch_igemm(dop, dsplits, s, "conv_backward (data)");
     if (dsplits > 1) {
-      const size_t n = size_t(dop.M) * dop.N;
-      data_splitk_reduce_kernel<<<blocks_for(n), kThreads, 0, s>>>(ws, dsplits, n, dx, accumulate,
-                                                                  dop.relu_x);
+      data_splitk_reduce_kernel<<<blocks_for(size_t(dop.M) * dop.N), kThreads, 0, s>>>(dop, dsplits);
       SQ_CUDA_LAUNCH("conv_backward (data split-K sum)");
     }
   }

@@ -30,17 +30,22 @@ constexpr int BM = 64, BN = 64, BK = 16, kGemmThreads = 256;
 // k0's tile), and, where B runs along k (the weight gradient), the n key of each column of the
 // tile. Elsewhere all of a thread's B elements lie in one column, whose key it keeps in registers.
 // (KB: the k-step's depth, BK here, 32 in the mma kernel; NB: the k keys' buffers, 2 here, one
-// per pipeline stage there.)
+// more than the pipeline's stages there.)
 template <class Op, int TN, int KB = BK, int NB = 2>
 struct Keys {
   Key k[NB][KB];
   Key n[Op::kBAlongK ? TN : 1];
 };
 
+// The key of column n (kNNone past the edge).
+template <class Op>
+__device__ Key column_key(const Op& op, int n) {
+  return n < op.N ? op.nkey(n) : Key{0, Op::kNNone};
+}
 template <class Op, int TN, int KB, int NB>
 __device__ void fill_nkeys(const Op& op, Keys<Op, TN, KB, NB>& t, int n0) {
   if (Op::kBAlongK)
-    for (int l = threadIdx.x; l < TN; l += kGemmThreads) t.n[l] = n0 + l < op.N ? op.nkey(n0 + l) : Key{0, Op::kNNone};
+    for (int l = threadIdx.x; l < TN; l += kGemmThreads) t.n[l] = column_key(op, n0 + l);
 }
 // Threads first..first+KB-1 fill one buffer (tab.k[buf]) with the keys of the step at k0, kKNone
 // past ke.
@@ -48,11 +53,6 @@ template <class Op, int KB>
 __device__ void fill_kkeys(const Op& op, Key (&k)[KB], int k0, int ke, int first = 0) {
   const int t = int(threadIdx.x) - first;
   if (t >= 0 && t < KB) k[t] = k0 + t < ke ? op.kkey(k0 + t) : Key{0, Op::kKNone};
-}
-// The key of column n (kNNone past the edge).
-template <class Op>
-__device__ Key column_key(const Op& op, int n) {
-  return n < op.N ? op.nkey(n) : Key{0, Op::kNNone};
 }
 
 // One thread's share of a k-step's operand tiles (TM x BK of A, BK x TN of B), in registers
@@ -190,7 +190,6 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk,
     }
 }
 
-// dw[i] += sum over z of ws[z][i], z in order.
 // wt[c][ko][r][s] = w[ko][c][r][s], element i of w: the input gradient's A operand along k
 // (DataOp).
 __device__ inline void transpose_weight(const float* w, int K, int C, int RS, size_t i, float* wt) {
@@ -210,11 +209,12 @@ struct WeightSums {
   float* db = nullptr;
   const float* w = nullptr;
   float* wt = nullptr;
-  size_t count() const { return size_t(K) * C * RS + (db ? size_t(K) : 0); }
+  SQ_HOST_DEVICE size_t mn() const { return size_t(K) * C * RS; }
+  SQ_HOST_DEVICE size_t count() const { return mn() + (db ? size_t(K) : 0); }
 };
 __global__ void splitk_reduce_kernel(WeightSums a) {
-  const size_t mn = size_t(a.K) * a.C * a.RS;
-  SQ_GRID_STRIDE(i, mn + (a.db ? size_t(a.K) : 0)) {
+  const size_t mn = a.mn();
+  SQ_GRID_STRIDE(i, a.count()) {
     float acc = 0.0f;
     if (i < mn) {
       for (int z = 0; z < a.splits; ++z) acc += a.ws[size_t(z) * mn + i];
@@ -227,16 +227,14 @@ __global__ void splitk_reduce_kernel(WeightSums a) {
   }
 }
 
-
-// The input gradient's split-K slices (DataOp::partial) summed in order, then DataOp's epilogue:
-// onto dx when accumulating, then the ReLU of x's backward.
-__global__ void data_splitk_reduce_kernel(const float* part, int splits, size_t mn, float* dx,
-                                          bool accumulate, const float* relu_x) {
+// The input gradient's split-K slices (op.partial) summed in order, then op's epilogue (DataOp::out:
+// onto dx when accumulating, then the ReLU of x's backward).
+__global__ void data_splitk_reduce_kernel(DataOp op, int splits) {
+  const size_t mn = size_t(op.M) * op.N;
   SQ_GRID_STRIDE(i, mn) {
-    float v = part[i];
-    for (int z = 1; z < splits; ++z) v += part[size_t(z) * mn + i];
-    v = accumulate ? dx[i] + v : v;
-    dx[i] = !relu_x || relu_x[i] > 0.0f ? v : 0.0f;
+    float v = op.partial[i];
+    for (int z = 1; z < splits; ++z) v += op.partial[size_t(z) * mn + i];
+    op.dx[i] = op.out(i, v);
   }
 }
 
