@@ -24,6 +24,10 @@
 #   profile  Nsight Compute (ncu): every kernel of one training step of squeezenet1.0 and of the
 #            Fashion-MNIST configuration (fp32 and TF32), its time, DRAM bytes and throughput;
 #            bench/ncu_summary.py tabulates them ($OUT/ncu_*.csv)
+#   limits   Nsight Compute's bottleneck sections (issue slots, pipes, stall reasons, shared-memory
+#            wavefronts and bank conflicts, cache and DRAM throughput) over the convolution kernels
+#            of one squeezenet1.0 TF32 step, in two runs (the forwards; the backwards), kernel
+#            replay; bench/ncu_summary.py --limits tabulates them ($OUT/ncu_limits.tar.gz)
 #   pytorch  bench/pytorch_gpu.py: PyTorch eager and torch.compile on the same GPU, and eager
 #            under BF16 autocast (the same arithmetic as --precision bf16)
 #   sanitize compute-sanitizer memcheck over small GPU training steps (every kernel of a model)
@@ -163,6 +167,25 @@ for phase in $phases; do
       python3 bench/ncu_summary.py "$csv"
     done
     tar -C /tmp -czf "$OUT/ncu.tar.gz" sq_ncu
+    ;;
+  limits)
+    # What bounds each convolution kernel: the sections' raw counters, one row a kernel. Kernel
+    # replay (each kernel re-run once a pass, its memory saved and restored), so only the igemm
+    # kernels of the profiled step: 26 forwards, then 51 backward products (a weight gradient
+    # each, an input gradient for all but conv1). Two runs, so that a time limit costs one half.
+    ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    mkdir -p /tmp/sq_limits
+    sections="--section SpeedOfLight --section SchedulerStats --section WarpStateStats"
+    sections="$sections --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy"
+    for part in "fwd:--launch-count 26" "bwd:--launch-skip 26 --launch-count 51"; do
+      csv=/tmp/sq_limits/limits_s10_tf32_${part%%:*}.csv
+      run "ncu limits, squeezenet1.0 TF32 ${part%%:*} convolutions" sh -c "\"$ncu\" --profile-from-start off \
+        --replay-mode kernel --clock-control none --cache-control none -k regex:igemm ${part#*:} \
+        $sections --csv --page raw --print-units base $B/bench_gpu --profile squeezenet1.0:tf32 > $csv" ||
+        tail -5 "$csv"
+      python3 bench/ncu_summary.py --limits --labels "${part%%:*}" "$csv"
+    done
+    tar -C /tmp -czf "$OUT/ncu_limits.tar.gz" sq_limits
     ;;
   pytorch)
     PYTHONUNBUFFERED=1 run pytorch_gpu python3 bench/pytorch_gpu.py --steps 20 \
