@@ -18,7 +18,8 @@
 #            Fashion-MNIST configuration at 2 ranks on the one GPU over MPI through pinned memory
 #   bench    bench_gpu: Fire shapes own vs cuDNN at fp32/TF32/BF16, training images/s, per-layer
 #            step profiles of squeezenet1.0 and the Fashion-MNIST configuration; then the
-#            training section again with SQUEEZE_CUDA_GRAPH=1 (the step as CUDA graphs). The
+#            training section again with SQUEEZE_CUDA_GRAPH=1 (the step as CUDA graphs), and the
+#            convolutions and training with SQUEEZE_IGEMM_PERSIST=0 (one block a tile). The
 #            opt-in kernel variants run the same way by their switches (SQUEEZE_IGEMM_MMA=0,
 #            SQUEEZE_IGEMM_WIDE=1, SQUEEZE_IGEMM_WARPS=4x8, SQUEEZE_IGEMM_PREFETCH=0)
 #   profile  Nsight Compute (ncu): every kernel of one training step of squeezenet1.0 and of the
@@ -144,6 +145,10 @@ for phase in $phases; do
     # ... and the training step replayed as CUDA graphs (opt-in), same run.
     SQUEEZE_CUDA_GRAPH=1 run "bench_gpu, CUDA graphs (training)" \
       $B/bench_gpu --reps 20 --sections 2 --json "$OUT/bench_gpu_graph.json"
+    # ... and the tensor-core kernel with one block a tile everywhere (the persistent blocks for
+    # products of few k-steps off), same run: the convolutions and training.
+    SQUEEZE_IGEMM_PERSIST=0 run "bench_gpu, one block a tile (convolutions, training)" \
+      $B/bench_gpu --reps 20 --sections 1b,2 --json "$OUT/bench_gpu_nopersist.json"
     ;;
   profile)
     # One training step a configuration under Nsight Compute: per kernel, its time and a few counters.

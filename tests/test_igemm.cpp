@@ -341,18 +341,24 @@ TEST(ImplicitGemm, TensorCoreKernelOnTheCpuReproducesTheCpuConvolution) {
 namespace {
 
 // The mma kernel (kernels/cuda/igemm_mma.cuh, v7) with one tile and precision, its grid, slices
-// and 16-byte copies as conv.cu launches it, threads resumed in the given order.
+// and 16-byte copies as conv.cu launches it, threads resumed in the given order. resident > 0:
+// the persistent grid (mma_grid) of that many blocks wherever it applies, here at any depth (conv.cu
+// keeps it to products of at most 8 k-steps); *persistent counts the launches whose blocks took
+// several tiles.
 template <class Prec, int TM, int TN, int WM>
-void check_mma(const Case& c, double tol, bool reverse) {
-  SCOPED_TRACE("mma tile " + std::to_string(TM) + "x" + std::to_string(TN) + (reverse ? ", reverse" : ""));
-  auto run = [reverse](const auto& op, int splits) {
+void check_mma(const Case& c, double tol, bool reverse, int resident = 0, int* persistent = nullptr) {
+  SCOPED_TRACE("mma tile " + std::to_string(TM) + "x" + std::to_string(TN) + (reverse ? ", reverse" : "") +
+               (resident ? ", " + std::to_string(resident) + " resident block(s)" : ""));
+  auto run = [reverse, resident, persistent](const auto& op, int splits) {
     using Op = std::decay_t<decltype(op)>;
     static_assert(cuda::MmaShape<Op, Prec, TM, TN, WM>::kSmemBytes <= simt::kDynamicSharedFloats * sizeof(float),
                   "the stages fit the emulator's dynamic shared memory");
     const int chunk = cuda::mma_chunk(op.Kd, splits);
     const cuda::MmaVec vec = cuda::mma_vec(op);
-    const SimtDim3 grid{unsigned((op.N + TN - 1) / TN), unsigned((op.M + TM - 1) / TM), unsigned(splits)};
-    const std::function<void()> body = [&] { cuda::igemm_mma_kernel<Op, Prec, TM, TN, WM>(op, chunk, vec); };
+    const cuda::MmaGrid mg = cuda::mma_grid(op.M, op.N, TM, TN, Op::kBAlongK, chunk, splits, resident, 1 << 30);
+    if (persistent && mg.blocks < mg.tiles) ++*persistent;
+    const SimtDim3 grid{unsigned(mg.blocks), 1, unsigned(splits)};
+    const std::function<void()> body = [&] { cuda::igemm_mma_kernel<Op, Prec, TM, TN, WM>(op, chunk, vec, mg.tiles); };
     ASSERT_TRUE(simt::run(grid, cuda::kGemmThreads, body, reverse)) << "threads disagree on barriers";
   };
   check_rounded_products(c, tol, run);
@@ -389,7 +395,7 @@ void check_mma(const Case& c, double tol, bool reverse) {
 // in reverse order for one tile of each precision (the emulation costs about 0.2 s a tile and case).
 TEST(ImplicitGemm, MmaKernelOnTheCpuReproducesTheCpuConvolution) {
   std::mt19937 rng(11);
-  int vector_cases = 0, paired = 0, unpaired = 0;
+  int vector_cases = 0, paired = 0, unpaired = 0, persistent = 0;
   for (const ConvGeom& cg : kCases) {
     const Case c(cg, rng);
     SCOPED_TRACE(c.name());
@@ -419,7 +425,17 @@ TEST(ImplicitGemm, MmaKernelOnTheCpuReproducesTheCpuConvolution) {
       check_mma<cuda::MmaTf32, 64, 64, 4>(c, 3e-3, true);
       check_mma<cuda::MmaTf32, 128, 64, 4>(c, 3e-3, false);
     }
+    {
+      // Blocks that take several tiles: one pipeline through all of their k-steps, the outputs of
+      // each tile stored as its last step is multiplied (1 block: every tile; 2: uneven shares).
+      SCOPED_TRACE("persistent blocks");
+      check_mma<cuda::MmaBf16, 64, 128, 2>(c, 2e-2, false, 1, &persistent);
+      check_mma<cuda::MmaBf16, 64, 64, 4>(c, 2e-2, true, 2, &persistent);
+      check_mma<cuda::MmaTf32, 128, 64, 4>(c, 3e-3, false, 2, &persistent);
+      check_mma<cuda::MmaTf32, 16, 128, 1>(c, 3e-3, false, 1, &persistent);
+    }
   }
+  EXPECT_GT(persistent, 20) << "launches whose blocks took several tiles";
   EXPECT_EQ(vector_cases, 1) << "the 1x1 case takes the 16-byte copies for every operand that allows them";
   // The 8-byte output stores (even rows: every forward here) and the single ones (odd rows: the
   // input gradient at 3 x 17 x 17, the weight gradients of 3 x 7 x 7 and 3 x 3 x 3 filters).
@@ -471,9 +487,10 @@ TEST(ImplicitGemm, InputGradientEpilogueAddsThenAppliesTheReluOfX) {
     }
     auto mma = [](const cuda::DataOp& op, int splits) {
       const int chunk = cuda::mma_chunk(op.Kd, splits);
-      ASSERT_TRUE(simt::run({unsigned((op.N + 127) / 128), unsigned((op.M + 63) / 64), unsigned(splits)},
-                            cuda::kGemmThreads,
-                            [&] { cuda::igemm_mma_kernel<cuda::DataOp, cuda::MmaBf16, 64, 128, 2>(op, chunk, cuda::mma_vec(op)); }));
+      const int tiles = ((op.N + 127) / 128) * ((op.M + 63) / 64);
+      ASSERT_TRUE(simt::run({unsigned(tiles), 1, unsigned(splits)}, cuda::kGemmThreads, [&] {
+        cuda::igemm_mma_kernel<cuda::DataOp, cuda::MmaBf16, 64, 128, 2>(op, chunk, cuda::mma_vec(op), tiles);
+      }));
     };
     mma(op_onto(dx), 1);
     EXPECT_LT(rel(dx, want), 2e-2) << "mma kernel, bf16";

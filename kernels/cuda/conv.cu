@@ -142,17 +142,31 @@ Tile mma_tile(int M, int N, bool b_along_k) {
   return {M <= 16 ? 16 : M <= 32 ? 32 : 64, 128};
 }
 
+// Blocks of the mma kernel resident on the GPU at once (two an SM: igemm_mma_kernel's launch
+// bounds and about 100 KB of shared memory), the persistent launches' grid (MmaGrid); 0 with
+// SQUEEZE_IGEMM_PERSIST=0, a block a tile everywhere (the schedule before, for measuring both).
+int mma_resident() {
+  static const int n = [] {
+    if (env_is("SQUEEZE_IGEMM_PERSIST", "0")) return 0;
+    int dev = 0, sms = 0;
+    SQ_CUDA(cudaGetDevice(&dev));
+    SQ_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    return 2 * sms;
+  }();
+  return n;
+}
+
 template <class Prec, class Op>
 void launch_mma(const Op& op, int splits, cudaStream_t s) {
   const Tile t = mma_tile(op.M, op.N, Op::kBAlongK);
   const int chunk = mma_chunk(op.Kd, splits);
+  const MmaGrid mg = mma_grid(op.M, op.N, t.m, t.n, Op::kBAlongK, chunk, splits, mma_resident());
   for_each_mma_tile([&](auto tile) {
     using T = decltype(tile);
     if (T::m != t.m || T::n != t.n) return;
     using Sh = MmaShape<Op, Prec, T::m, T::n, T::wm>;
     auto* kernel = mma_kernel<Op, Prec, T::m, T::n, T::wm>();
-    const dim3 grid((op.N + T::n - 1) / T::n, (op.M + T::m - 1) / T::m, splits);
-    kernel<<<grid, kGemmThreads, Sh::kSmemBytes, s>>>(op, chunk, mma_vec(op));
+    kernel<<<dim3(mg.blocks, 1, splits), kGemmThreads, Sh::kSmemBytes, s>>>(op, chunk, mma_vec(op), mg.tiles);
   });
 }
 
@@ -248,6 +262,7 @@ void set_conv_math(ConvMath m) { g_math = m; }
 
 void prepare_conv_kernels() {
   if (!g_mma) return;
+  mma_resident();  // (its device query, too, before any graph capture)
   for_each_mma_tile([](auto tile) {
     using T = decltype(tile);
     mma_kernel<FwdOp, MmaTf32, T::m, T::n, T::wm>();

@@ -156,6 +156,26 @@ inline int mma_chunk(int Kd, int splits) {
   return (c + 31) / 32 * 32;
 }
 
+// The grid: blocks along x, each taking the tiles blockIdx.x, blockIdx.x + gridDim.x, ... of the
+// product's `tiles` (rows of tiles fastest), with its split-K slice blockIdx.z. A block that takes
+// several tiles runs one pipeline through all of their k-steps: the copies of its next tile's
+// first steps are in flight while it finishes the current one, and its prologue (keys, the first
+// copies' latency) is paid once. That is for whole products (one slice) with few k-steps a tile
+// (at most max_steps: the 1x1 products over few channels, conv1's 147-deep forward), whose blocks
+// otherwise spend much of their life on the prologue: `resident` blocks (conv.cu: as many as the
+// GPU holds at once) take all the tiles. Elsewhere a block takes one tile, and always where B runs
+// along k (the weight gradient): its column keys are filled once.
+struct MmaGrid {
+  int tiles, blocks;
+};
+constexpr int kPersistSteps = 8;
+inline MmaGrid mma_grid(int M, int N, int TM, int TN, bool b_along_k, int k_chunk, int splits, int resident,
+                        int max_steps = kPersistSteps) {
+  const int tiles = ((M + TM - 1) / TM) * ((N + TN - 1) / TN), steps = (k_chunk + 31) / 32;
+  const bool persist = !b_along_k && splits == 1 && resident > 0 && steps <= max_steps && tiles > resident;
+  return {tiles, persist ? resident : tiles};
+}
+
 // The block tile TM x TN, 8 warps as WM x (8 / WM), k-steps of KB; the stage layout in dynamic
 // shared memory (floats), and as many stages (2-4) as fit in about 100 KB, so that two blocks
 // share an SM.
@@ -186,7 +206,7 @@ __device__ inline float* row_sums(const WeightOp& op) { return op.rows; }
 
 // Two blocks an SM: at most 128 registers a thread (conv.cu picks the tiles that fit unspilled).
 template <class Op, class Prec, int TM, int TN, int WM>
-__global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k_chunk, MmaVec vec) {
+__global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k_chunk, MmaVec vec, int tiles) {
   using Sh = MmaShape<Op, Prec, TM, TN, WM>;
   constexpr int KB = Sh::KB, NS = Sh::kStages, LDA = Sh::LDA, LDB = Sh::LDB;
   SQ_DYNAMIC_SHARED(float, smem);
@@ -196,9 +216,14 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
   // was issued, two iterations (and barriers) earlier.
   constexpr int NK = NS + 1;
   __shared__ Keys<Op, TN, KB, NK> tab;
-  const int m0 = blockIdx.y * TM, n0 = blockIdx.x * TN;
+  // The block's tiles (MmaGrid): u-th at tile blockIdx.x + u * gridDim.x, rows of tiles fastest;
+  // one tile where B runs along k. Its steps are numbered through all of them, `steps` a tile.
+  const int mtiles = (op.M + TM - 1) / TM;
+  const int ntile_block = Sh::kBnk ? 1 : (tiles - int(blockIdx.x) + int(gridDim.x) - 1) / int(gridDim.x);
+  auto tile_m0 = [&](int u) { return (int(blockIdx.x) + u * int(gridDim.x)) % mtiles * TM; };
+  auto tile_n0 = [&](int u) { return (int(blockIdx.x) + u * int(gridDim.x)) / mtiles * TN; };
   const int kb = blockIdx.z * k_chunk, ke = min(op.Kd, kb + k_chunk);
-  const int steps = ke > kb ? (ke - kb + KB - 1) / KB : 0;
+  const int steps = ke > kb ? (ke - kb + KB - 1) / KB : 0, total = ntile_block * steps;
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, g = lane / 4, t = lane % 4;
   const int wm = (warp / Sh::WN) * Sh::WTM, wn = (warp % Sh::WN) * Sh::WTN;
 
@@ -212,7 +237,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
 
   // A's row sums: each step, a thread adds up the stage's 4-float pieces l = tid + 256 r of A
   // (row l / 8), fp32 as copied; at the end the 8 partial sums of a row are added in order.
-  float* const rows = blockIdx.x == 0 ? row_sums(op) : nullptr;
+  float* const rows = tile_n0(0) == 0 ? row_sums(op) : nullptr;
   constexpr int PR = (TM * KB / 4 + kGemmThreads - 1) / kGemmThreads;
   float rsum[PR];
   SQ_UNROLL
@@ -225,15 +250,23 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
                 "a thread's B elements share their column, or their k");
   const int fixed_b = Sh::kBnk ? (vec.b ? int(threadIdx.x) % (KB / 4) * 4 : int(threadIdx.x) % KB)
                                : (vec.b ? int(threadIdx.x) % (TN / 4) * 4 : int(threadIdx.x) % TN);
-  const Key fixed = Sh::kBnk ? Key{0, Op::kNNone} : column_key(op, n0 + fixed_b);
+  // The tile whose steps are being issued: its first row and column, its step, and the thread's
+  // column key in it (issue takes the steps in order, once each).
+  int iu = 0, ij = 0, m0 = tile_m0(0), n0 = tile_n0(0);
+  Key fixed = Sh::kBnk ? Key{0, Op::kNNone} : column_key(op, n0 + fixed_b);
 
   // Step j's copies (none past the last step: an empty group keeps the count of groups per
   // iteration fixed), neighbouring threads on neighbouring addresses. A 16-byte piece starts at a
   // k (or n) that is a multiple of 4 and holds the elements up to the product's edge, zero-filled
   // past it. B's address is b_key of two keys, nullptr in the padding and past the edges.
   auto issue = [&](int j) {
-    if (j < steps) {
-      const int k0 = kb + j * KB, buf = j % NK;
+    if (j < total) {
+      if (ij == steps) {  // the next tile's first step
+        ij = 0, ++iu, m0 = tile_m0(iu), n0 = tile_n0(iu);
+        if (!Sh::kBnk) fixed = column_key(op, n0 + fixed_b);
+      }
+      const int k0 = kb + ij * KB, buf = j % NK;
+      ++ij;
       float* As = smem + (j % NS) * Sh::kStageFloats;
       float* Bs = As + Sh::kAFloats;
       if (vec.a) {
@@ -280,19 +313,43 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
     cp_async_commit();
   };
 
+  // Step j's k keys are those of step j % steps of a tile (the same for every tile).
+  auto kstep0 = [&](int j) { return kb + (steps > 0 ? j % steps : 0) * KB; };
   fill_nkeys(op, tab, n0);
   static_assert(NS * KB <= kGemmThreads, "a warp per step's keys");
-  for (int j = 0; j < NS; ++j) fill_kkeys(op, tab.k[j], kb + j * KB, ke, j * KB);
+  for (int j = 0; j < NS; ++j) fill_kkeys(op, tab.k[j], kstep0(j), j < total ? ke : kb, j * KB);
   __syncthreads();  // the column keys and the first NS steps' k keys
   for (int j = 0; j < NS - 1; ++j) issue(j);
 
-  for (int i = 0; i < steps; ++i) {
+  // A lane holds outputs (g, 2t) and (g, 2t + 1) of each 8-row half of a fragment: one 8-byte
+  // store where the op allows (vec.pair; n is even, so n + 1 < N with N even), else two.
+  auto store_tile = [&](int tm0, int tn0) {
+    SQ_UNROLL
+    for (int fi = 0; fi < Sh::FM; ++fi)
+      SQ_UNROLL
+      for (int fj = 0; fj < Sh::FN; ++fj)
+        SQ_UNROLL
+        for (int h = 0; h < 2; ++h) {
+          const int m = tm0 + wm + 16 * fi + g + 8 * h, n = tn0 + wn + 8 * fj + 2 * t;
+          const float v0 = acc[fi][fj][2 * h], v1 = acc[fi][fj][2 * h + 1];
+          if (m >= op.M || n >= op.N) continue;
+          if (vec.pair) {
+            op.store2(m, n, v0, v1, blockIdx.z);
+          } else {
+            op.store(m, n, v0, blockIdx.z);
+            if (n + 1 < op.N) op.store(m, n + 1, v1, blockIdx.z);
+          }
+        }
+  };
+
+  int cu = 0, cj = 0;  // the tile and step being multiplied
+  for (int i = 0; i < total; ++i) {
     cp_async_wait<NS - 2>();  // this thread's copies of step i have landed
     __syncthreads();  // every thread's copies of step i; every thread done with step i - 1's stage;
                       // step i + NS - 1's keys
     issue(i + NS - 1);  // into the stage step i - 1 used
     // Step i + NS's keys, by warp i % 8 (KB = 32 lanes), into the buffer of step i - 1.
-    fill_kkeys(op, tab.k[(i + NS) % NK], kb + (i + NS) * KB, ke, (i % (kGemmThreads / KB)) * KB);
+    fill_kkeys(op, tab.k[(i + NS) % NK], kstep0(i + NS), i + NS < total ? ke : kb, (i % (kGemmThreads / KB)) * KB);
     const float* As = smem + (i % NS) * Sh::kStageFloats;
     const float* Bs = As + Sh::kAFloats;
     if (rows) {
@@ -322,6 +379,17 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
         SQ_UNROLL
         for (int fj = 0; fj < Sh::FN; ++fj) Prec::mma(acc[fi][fj], a[fi], b[fj]);
     }
+    if (++cj == steps) {  // the tile's last step: its outputs, from registers (no shared memory)
+      if (Sh::kBnk) break;  // (one tile: stored below, after the row sums)
+      store_tile(tile_m0(cu), tile_n0(cu));
+      SQ_UNROLL
+      for (int fi = 0; fi < Sh::FM; ++fi)
+        SQ_UNROLL
+        for (int fj = 0; fj < Sh::FN; ++fj)
+          SQ_UNROLL
+          for (int e = 0; e < 4; ++e) acc[fi][fj][e] = 0.0f;
+      cj = 0, ++cu;
+    }
   }
   cp_async_wait<0>();  // (only empty groups remain)
   if (rows) {  // (the same for every thread of the block)
@@ -332,32 +400,18 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
       if (l < TM * KB / 4) smem[l] = rsum[r];
     }
     __syncthreads();
-    const int mm = int(threadIdx.x), m = m0 + mm;
+    const int mm = int(threadIdx.x), m = tile_m0(0) + mm;
     if (mm < TM && m < op.M) {
       float v = 0.0f;
       for (int q = 0; q < KB / 4; ++q) v += smem[mm * (KB / 4) + q];
       rows[size_t(blockIdx.z) * op.M + m] = v;
     }
   }
-
-  // A lane holds outputs (g, 2t) and (g, 2t + 1) of each 8-row half of a fragment: one 8-byte
-  // store where the op allows (vec.pair; n is even, so n + 1 < N with N even), else two.
-  SQ_UNROLL
-  for (int fi = 0; fi < Sh::FM; ++fi)
-    SQ_UNROLL
-    for (int fj = 0; fj < Sh::FN; ++fj)
-      SQ_UNROLL
-      for (int h = 0; h < 2; ++h) {
-        const int m = m0 + wm + 16 * fi + g + 8 * h, n = n0 + wn + 8 * fj + 2 * t;
-        const float v0 = acc[fi][fj][2 * h], v1 = acc[fi][fj][2 * h + 1];
-        if (m >= op.M || n >= op.N) continue;
-        if (vec.pair) {
-          op.store2(m, n, v0, v1, blockIdx.z);
-        } else {
-          op.store(m, n, v0, blockIdx.z);
-          if (n + 1 < op.N) op.store(m, n + 1, v1, blockIdx.z);
-        }
-      }
+  // The one tile of a block where B runs along k; an empty split-K slice's zeros (no steps).
+  if (Sh::kBnk)
+    store_tile(tile_m0(0), tile_n0(0));
+  else if (steps == 0)
+    for (int u = 0; u < ntile_block; ++u) store_tile(tile_m0(u), tile_n0(u));
 }
 
 }  // namespace
