@@ -261,7 +261,12 @@ double rel_err(const float* got, const float* ref, size_t n) {
 }  // namespace
 
 std::vector<LayerCheck> check_layers(const ModelConfig& cfg, int N, uint64_t seed,
-                                     double tolerance) {
+                                     double tolerance, OperandRounding rounding) {
+  struct Restore {
+    OperandRounding was = conv_operand_rounding();
+    ~Restore() { set_conv_operand_rounding(was); }
+  } restore;
+  set_conv_operand_rounding(rounding);
   Model cpu(cfg, N);
   CudaModel gpu(cfg, N);
   const ParamLayout& layout = cpu.layout();

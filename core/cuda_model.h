@@ -88,9 +88,12 @@ struct LayerCheck {
   double backward_err = 0;  // the same for the layer's parameter gradient (0: no parameters)
   bool ok = true;
 };
-// Tolerance 1e-4 on both; dropout is active with the same keys on both sides.
+// Tolerance 1e-4 on both; dropout is active with the same keys on both sides. rounding: the
+// CPU model's convolutions round their operands as the GPU's tensor-core precision does
+// (set_conv_operand_rounding, for the CPU side only, restored after).
 std::vector<LayerCheck> check_layers(const ModelConfig& cfg, int N, uint64_t seed,
-                                     double tolerance = 1e-4);
+                                     double tolerance = 1e-4,
+                                     OperandRounding rounding = OperandRounding::kNone);
 
 }  // namespace sq
 #endif

@@ -454,6 +454,10 @@ template std::string model_table(const BasicModel<double>&);
 template int64_t total_macs(const BasicModel<float>&);
 template int64_t total_macs(const BasicModel<double>&);
 
+double check_layers_tolerance(OperandRounding r) {
+  return r == OperandRounding::kTf32 ? 1e-2 : r == OperandRounding::kBf16 ? 5e-2 : 1e-4;
+}
+
 std::vector<char> relu_backward_by_next(const std::vector<Layer>& layers) {
   std::vector<char> out(layers.size(), 0);
   for (size_t i = 0; i + 1 < layers.size(); ++i) {

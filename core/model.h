@@ -116,6 +116,12 @@ extern template class BasicModel<double>;
 // bypass (a bypass adds a second term afterwards).
 std::vector<char> relu_backward_by_next(const std::vector<Layer>& layers);
 
+// --check-layers' bound on each layer's relative error, forward and parameter gradient, GPU
+// against CPU: 1e-4 in fp32 (kNone); with the CPU rounding its convolutions' operands as the GPU's
+// TF32 (1e-2) or BF16 (5e-2). docs/KERNELS.md ("--check-layers in TF32 and BF16") measures what
+// rounding alone gives; Model.CheckLayersToleranceHoldsForRoundingAlone keeps it below the bound.
+double check_layers_tolerance(OperandRounding r);
+
 // Per-layer table like the paper's Table 1 (for `squeeze info`).
 template <class T>
 std::string model_table(const BasicModel<T>& m);

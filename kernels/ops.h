@@ -56,6 +56,21 @@ template <class T>
 void conv_backward(const ConvGeom& g, const T* x, const T* w, const T* dz, T* dw, T* db, T* dx,
                    bool accumulate, T* ws);
 
+// Operand rounding, to compare with the GPU's tensor-core precisions (--check-layers): with
+// kTf32 or kBf16 set, the float convolutions round every element of their products' operands (x,
+// w and dz) as the GPU's mma kernel does before it multiplies, and then proceed as before in fp32.
+// The bias and the bias gradient stay unrounded, as on the GPU. So the CPU and the GPU then differ
+// by the order of their fp32 sums alone, as in fp32. The rounded copies are allocated per call:
+// a debugging mode, exempt from "allocates nothing". kNone (the default): as is. Double convolutions
+// are never rounded (the tests' oracle).
+enum class OperandRounding { kNone, kTf32, kBf16 };
+void set_conv_operand_rounding(OperandRounding r);
+OperandRounding conv_operand_rounding();
+// v as the GPU rounds an operand: TF32 keeps 10 mantissa bits, to nearest with ties away from
+// zero (cvt.rna.tf32.f32); BF16 keeps 7, to nearest even (__floats2bfloat162_rn). Infinities and
+// NaNs pass through.
+float round_operand(float v, OperandRounding r);
+
 // ---- element-wise ---------------------------------------------------------------------------
 // dz = dy * (y > 0), n elements (y is the ReLU's output). dz may alias dy.
 template <class T>

@@ -266,3 +266,66 @@ TEST(Model, LsuvGivesEveryConvItsTargetMeanSquare) {
     for (const auto& [name, v] : mean_squares()) EXPECT_NEAR(v, 0.5, 0.5 * 0.03) << name;
   }
 }
+
+// --check-layers in TF32 and BF16 (check_layers_tolerance): the CPU rounds its convolutions'
+// operands as the GPU does, so the two sides differ by the order of their fp32 sums and the
+// roundings that order flips. Stand-in for that: two CPU runs, the second's input, parameters and
+// logit gradient perturbed by 1e-6 relative (GPU and CPU differed by at most 8.2e-7 in fp32,
+// run c). Forward: whole models, as the check runs them (the flips compound from layer to layer);
+// parameter gradients: on the same activations, as the check gives the GPU the CPU's. Every
+// layer must stay a factor 3 below the bound; a bound at the fp32 one (1e-4) fails.
+TEST(Model, CheckLayersToleranceHoldsForRoundingAlone) {
+  const ModelConfig cfg = preset("squeezenet1.0");
+  const int N = 2, K = cfg.num_classes;
+  for (OperandRounding r : {OperandRounding::kTf32, OperandRounding::kBf16}) {
+    SCOPED_TRACE(r == OperandRounding::kTf32 ? "tf32" : "bf16");
+    set_conv_operand_rounding(r);
+    Model a(cfg, N), b(cfg, N);
+    const size_t P = a.layout().total;
+    std::vector<float> p(P), x(size_t(cfg.in_c) * N * cfg.in_h * cfg.in_w);
+    a.init_params(p.data(), "torchvision", 5);
+    SplitMix rng(17);
+    for (float& v : x) v = float(rng.normal());
+    auto perturbed = [&](std::vector<float> v) {
+      for (float& e : v) e *= float(1.0 + 1e-6 * rng.normal());
+      return v;
+    };
+    const std::vector<float> p2 = perturbed(p), x2 = perturbed(x);
+    std::vector<uint64_t> keys(N);
+    std::vector<int32_t> labels(N);
+    for (int n = 0; n < N; ++n)
+      keys[size_t(n)] = sample_key(5, RngStream::kDropout, 0, uint64_t(n)), labels[size_t(n)] = n;
+    auto rel = [](const float* got, const float* ref, size_t n) {
+      double d = 0, q = 0;
+      for (size_t i = 0; i < n; ++i) d += std::pow(double(got[i]) - ref[i], 2), q += double(ref[i]) * ref[i];
+      return std::sqrt(d / q);
+    };
+    const double bound = check_layers_tolerance(r) / 3;
+    const float* logits = a.forward(p.data(), x.data(), N, true, keys.data());
+    b.forward(p2.data(), x2.data(), N, true, keys.data());
+    double worst_fwd = 0, worst_grad = 0;
+    for (const Layer& l : a.layers()) {
+      const size_t n = size_t(a.acts()[size_t(l.out)].per_sample()) * N;
+      const double e = rel(b.activation(l.out), a.activation(l.out), n);
+      EXPECT_LT(e, bound) << l.name << " forward";
+      worst_fwd = std::max(worst_fwd, e);
+    }
+    std::vector<float> dl(size_t(K) * N), ga(P, 0.0f), gb(P, 0.0f);
+    softmax_xent(N, K, logits, labels.data(), 1.0f / N, dl.data(), static_cast<int*>(nullptr));
+    const std::vector<float> dl2 = perturbed(dl);
+    a.backward(p.data(), dl.data(), ga.data(), N, keys.data());
+    b.forward(p.data(), x.data(), N, true, keys.data());  // the same activations as a's
+    b.backward(p2.data(), dl2.data(), gb.data(), N, keys.data());
+    for (const Layer& l : a.layers()) {
+      if (l.param_end == l.param_begin) continue;
+      const double e = rel(gb.data() + l.param_begin, ga.data() + l.param_begin, l.param_end - l.param_begin);
+      EXPECT_LT(e, bound) << l.name << " parameter gradient";
+      worst_grad = std::max(worst_grad, e);
+    }
+    set_conv_operand_rounding(OperandRounding::kNone);
+    // The rounding shows: its flips compound far past the fp32 bound in the forward.
+    EXPECT_GT(worst_fwd, check_layers_tolerance(OperandRounding::kNone)) << "rounding alone";
+    std::printf("%s: worst forward %.2e, worst parameter gradient %.2e (bound %.0e)\n",
+                r == OperandRounding::kTf32 ? "tf32" : "bf16", worst_fwd, worst_grad, check_layers_tolerance(r));
+  }
+}

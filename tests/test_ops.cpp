@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -231,6 +232,99 @@ TEST(Conv, WorkspaceBoundedByChunkLimit) {
   // One image larger than the limit still gets a one-image chunk.
   ChunkLimitGuard guard(10);
   EXPECT_EQ(conv_workspace(g), size_t(147) * 109 * 109);  // P = Q = (224 - 7) / 2 + 1
+}
+
+// ---- convolution: operand rounding (--check-layers against the GPU's TF32 and BF16) -----------
+
+float from_bits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+uint32_t bits_of(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+TEST(Conv, RoundOperandAsTheGpu) {
+  const OperandRounding tf = OperandRounding::kTf32, bf = OperandRounding::kBf16;
+  const float e10 = std::ldexp(1.0f, -10), e7 = std::ldexp(1.0f, -7);
+  // TF32: 10 mantissa bits, ties away from zero (cvt.rna); just under a tie, down.
+  EXPECT_EQ(round_operand(1.0f + e10 / 2, tf), 1.0f + e10);
+  EXPECT_EQ(round_operand(-(1.0f + e10 / 2), tf), -(1.0f + e10));
+  EXPECT_EQ(round_operand(1.0f + e10 + e10 / 2, tf), 1.0f + 2 * e10);
+  EXPECT_EQ(round_operand(std::nextafter(1.0f + e10 / 2, 0.0f), tf), 1.0f);
+  // BF16: 7 bits, ties to even.
+  EXPECT_EQ(round_operand(1.0f + e7 / 2, bf), 1.0f);
+  EXPECT_EQ(round_operand(1.0f + e7 + e7 / 2, bf), 1.0f + 2 * e7);
+  EXPECT_EQ(round_operand(std::nextafter(1.0f + e7 / 2, 2.0f), bf), 1.0f + e7);
+  EXPECT_EQ(round_operand(0.3f, OperandRounding::kNone), 0.3f);
+  for (OperandRounding r : {tf, bf}) {
+    EXPECT_TRUE(std::isinf(round_operand(INFINITY, r)));
+    EXPECT_TRUE(std::isnan(round_operand(NAN, r)));
+    // Random values: the dropped bits are zero, and the result is the nearer of the two
+    // neighbours that keep the mantissa's width.
+    const int drop = r == tf ? 13 : 16;
+    std::mt19937 rng(9);
+    std::uniform_real_distribution<float> u(-3.0f, 3.0f);
+    for (int i = 0; i < 2000; ++i) {
+      const float v = u(rng), got = round_operand(v, r);
+      ASSERT_EQ(bits_of(got) & ((1u << drop) - 1), 0u) << v;
+      const float lo = from_bits(bits_of(v) & ~((1u << drop) - 1)), hi = from_bits(bits_of(lo) + (1u << drop));
+      ASSERT_LE(std::fabs(double(got) - v), std::min(std::fabs(double(lo) - v), std::fabs(double(hi) - v))) << v;
+    }
+  }
+}
+
+// With rounding set, the float convolution equals the double one on rounded x, w and dz (fp32
+// sums: 1e-5), its bias gradient is dz's unrounded sums, and it differs from the unrounded
+// convolution by about the rounding (so the setting is not ignored). Reset, it is as before.
+TEST(Conv, OperandRoundingRoundsEveryProductOperandButNotTheBias) {
+  uint64_t seed = 5000;
+  for (OperandRounding r : {OperandRounding::kTf32, OperandRounding::kBf16}) {
+    for (const ConvGeom& g : {geom(2, 3, 9, 8, 5, 3, 3, 1, 1), geom(3, 6, 5, 5, 4, 1, 1, 1, 0),
+                              geom(2, 3, 11, 11, 8, 7, 7, 2, 0)}) {
+      SCOPED_TRACE(testing_ops::describe(g) + (r == OperandRounding::kTf32 ? " tf32" : " bf16"));
+      const size_t nx = size_t(g.C) * g.N * g.H * g.W, nw = size_t(g.K) * g.C * g.R * g.S;
+      const size_t ny = size_t(g.K) * g.N * g.P() * g.Q();
+      const auto x = random_vec<float>(nx, seed++), w = random_vec<float>(nw, seed++);
+      const auto b = random_vec<float>(g.K, seed++), dz = random_vec<float>(ny, seed++);
+      auto rounded = [r](const std::vector<float>& v) {
+        std::vector<double> o(v.size());
+        for (size_t i = 0; i < v.size(); ++i) o[i] = round_operand(v[i], r);
+        return o;
+      };
+      std::vector<double> yd(ny), dxd(nx), dwd(nw, 0.0), dbd(size_t(g.K), 0.0), bd(b.begin(), b.end());
+      std::vector<double> dzd(dz.begin(), dz.end()), wsd(conv_workspace(g) + 1);
+      conv_forward<double>(g, rounded(x).data(), rounded(w).data(), bd.data(), yd.data(), false, wsd.data());
+      conv_backward<double>(g, rounded(x).data(), rounded(w).data(), rounded(dz).data(), dwd.data(), nullptr,
+                            dxd.data(), false, wsd.data());
+      conv_backward<double>(g, rounded(x).data(), rounded(w).data(), dzd.data(), std::vector<double>(nw).data(),
+                            dbd.data(), nullptr, false, wsd.data());
+      auto run = [&](OperandRounding mode, std::vector<float>& y, std::vector<float>& dx, std::vector<float>& dw,
+                     std::vector<float>& db) {
+        set_conv_operand_rounding(mode);
+        std::vector<float> ws(conv_workspace(g) + 1);
+        y.assign(ny, 0.0f), dx.assign(nx, 0.0f), dw.assign(nw, 0.0f), db.assign(size_t(g.K), 0.0f);
+        conv_forward<float>(g, x.data(), w.data(), b.data(), y.data(), false, ws.data());
+        conv_backward<float>(g, x.data(), w.data(), dz.data(), dw.data(), db.data(), dx.data(), false, ws.data());
+        set_conv_operand_rounding(OperandRounding::kNone);
+      };
+      std::vector<float> y, dx, dw, db, y0, dx0, dw0, db0;
+      run(r, y, dx, dw, db);
+      EXPECT_EQ(conv_operand_rounding(), OperandRounding::kNone);
+      expect_close(y, std::vector<float>(yd.begin(), yd.end()), 1e-5, "y");
+      expect_close(dx, std::vector<float>(dxd.begin(), dxd.end()), 1e-5, "dx");
+      expect_close(dw, std::vector<float>(dwd.begin(), dwd.end()), 1e-5, "dw");
+      expect_close(db, std::vector<float>(dbd.begin(), dbd.end()), 1e-5, "db (unrounded dz)");
+      run(OperandRounding::kNone, y0, dx0, dw0, db0);
+      double d = 0, n = 0;
+      for (size_t i = 0; i < ny; ++i) d += std::pow(double(y[i]) - y0[i], 2), n += std::pow(double(y0[i]), 2);
+      EXPECT_GT(std::sqrt(d / n), r == OperandRounding::kTf32 ? 5e-5 : 5e-4) << "the rounding is applied";
+      EXPECT_EQ(db, db0) << "the bias gradient does not depend on the rounding";
+    }
+  }
 }
 
 // ---- element-wise -------------------------------------------------------------------------------

@@ -14,6 +14,8 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <vector>
 
 #include "core/error.h"
 #include "kernels/cpu/conv_internal.h"
@@ -42,6 +44,25 @@ int conv_chunk_images(const ConvGeom& g) {
 }
 
 }  // namespace cpu
+
+namespace {
+std::atomic<OperandRounding> g_rounding{OperandRounding::kNone};
+}  // namespace
+
+void set_conv_operand_rounding(OperandRounding r) { g_rounding.store(r, std::memory_order_relaxed); }
+OperandRounding conv_operand_rounding() { return g_rounding.load(std::memory_order_relaxed); }
+
+float round_operand(float v, OperandRounding r) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  if (r == OperandRounding::kNone || (u & 0x7F800000u) == 0x7F800000u) return v;  // inf, NaN
+  if (r == OperandRounding::kTf32)
+    u = (u + 0x1000u) & 0xFFFFE000u;  // half of the 13 dropped bits' unit, on the magnitude
+  else
+    u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+  std::memcpy(&v, &u, 4);
+  return v;
+}
 
 size_t conv_workspace(const ConvGeom& g) {
   if (g.is_pointwise()) return 0;
@@ -192,9 +213,32 @@ void check_geom(const ConvGeom& g) {
 
 }  // namespace
 
+namespace {
+// Rounded copies of a float convolution's operands (conv_operand_rounding); doubles as they are.
+struct Rounded {
+  std::vector<float> buf;
+  template <class T>
+  const T* of(const T* p, size_t n) {
+    const OperandRounding r = conv_operand_rounding();
+    if constexpr (std::is_same_v<T, float>) {
+      if (r != OperandRounding::kNone && p && n) {
+        buf.resize(n);
+#pragma omp parallel for schedule(static) if (n > size_t(kParallelMin))
+        for (i64 i = 0; i < i64(n); ++i) buf[size_t(i)] = round_operand(p[i], r);
+        return buf.data();
+      }
+    }
+    return p;
+  }
+};
+}  // namespace
+
 template <class T>
 void conv_forward(const ConvGeom& g, const T* x, const T* w, const T* b, T* y, bool relu, T* ws) {
   check_geom(g);
+  Rounded rx, rw;
+  x = rx.of(x, size_t(g.C) * g.N * g.H * g.W);
+  w = rw.of(w, size_t(g.K) * g.C * g.R * g.S);
   if (g.N == 0) return;
   const i64 PQ = i64(g.P()) * g.Q(), NPQ = i64(g.N) * PQ;
   const int CRS = g.C * g.R * g.S;
@@ -225,7 +269,11 @@ void conv_backward(const ConvGeom& g, const T* x, const T* w, const T* dz, T* dw
   }
   const i64 PQ = i64(g.P()) * g.Q(), NPQ = i64(g.N) * PQ;
   const int CRS = g.C * g.R * g.S;
-  if (db) bias_grad(dz, g.K, NPQ, db);
+  if (db) bias_grad(dz, g.K, NPQ, db);  // (dz unrounded)
+  Rounded rx, rw, rdz;
+  x = rx.of(x, size_t(g.C) * g.N * g.H * g.W);
+  w = rw.of(w, size_t(g.K) * CRS);
+  dz = rdz.of(dz, size_t(g.K) * size_t(NPQ));
   if (g.is_pointwise()) {
     // dW (K x C) += dz (K x NPQ) * X^T (NPQ x C);  dX (C x NPQ) = W^T (C x K) * dz.
     gemm<T>(false, true, g.K, g.C, int(NPQ), T(1), dz, int(NPQ), x, int(NPQ), T(1), dw, g.C);
