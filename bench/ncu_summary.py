@@ -67,13 +67,19 @@ def number(text):
         return None
 
 
-def read(path):
+def csv_rows(path):
+    """ncu's CSV rows as dicts, from its header line on (ncu's own lines and the program's output
+    before it skipped)."""
     with open(path, newline="") as f:
         lines = f.read().splitlines()
     start = next((i for i, l in enumerate(lines) if l.startswith('"ID","Process ID"')), None)
     if start is None:
         sys.exit(f"ncu_summary: {path}: no ncu CSV header (\"ID\",\"Process ID\",...) found")
-    rows = csv.DictReader(l for l in lines[start:] if l.startswith('"'))
+    return csv.DictReader(l for l in lines[start:] if l.startswith('"'))
+
+
+def read(path):
+    rows = csv_rows(path)
     kernels = OrderedDict()
     for r in rows:
         for col in ("ID", "Kernel Name", "Metric Name", "Metric Value"):
@@ -115,12 +121,7 @@ STALL = re.compile(r"^smsp__average_warps?_(?:latency_)?issue_stalled_([a-z_]+?)
 
 def read_raw(path):
     """The kernels of a `--page raw` CSV: [{column: text}], the units row dropped."""
-    with open(path, newline="") as f:
-        lines = f.read().splitlines()
-    start = next((i for i, l in enumerate(lines) if l.startswith('"ID","Process ID"')), None)
-    if start is None:
-        sys.exit(f"ncu_summary: {path}: no ncu CSV header (\"ID\",\"Process ID\",...) found")
-    rows = [r for r in csv.DictReader(l for l in lines[start:] if l.startswith('"')) if (r.get("ID") or "").strip()]
+    rows = [r for r in csv_rows(path) if (r.get("ID") or "").strip()]
     if not rows:
         sys.exit(f"ncu_summary: {path}: the CSV holds no kernel rows")
     if "Kernel Name" not in rows[0]:

@@ -148,7 +148,8 @@ for phase in $phases; do
     # ... and the tensor-core kernel with one block a tile everywhere (the persistent blocks for
     # products of few k-steps off), same run: the convolutions and training.
     SQUEEZE_IGEMM_PERSIST=0 run "bench_gpu, one block a tile (convolutions, training)" \
-      $B/bench_gpu --reps 20 --sections 1b,2 --json "$OUT/bench_gpu_nopersist.json"
+      $B/bench_gpu --reps 20 --sections 1b,2 --json "$OUT/bench_gpu_nopersist.json" &&
+      python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_nopersist.json"
     ;;
   profile)
     # One training step a configuration under Nsight Compute: per kernel, its time and a few counters.

@@ -228,12 +228,15 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
   const int wm = (warp / Sh::WN) * Sh::WTM, wn = (warp % Sh::WN) * Sh::WTN;
 
   float acc[Sh::FM][Sh::FN][4];
-  SQ_UNROLL
-  for (int i = 0; i < Sh::FM; ++i)
+  auto clear = [&] {
     SQ_UNROLL
-    for (int j = 0; j < Sh::FN; ++j)
+    for (int i = 0; i < Sh::FM; ++i)
       SQ_UNROLL
-      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+      for (int j = 0; j < Sh::FN; ++j)
+        SQ_UNROLL
+        for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+  };
+  clear();
 
   // A's row sums: each step, a thread adds up the stage's 4-float pieces l = tid + 256 r of A
   // (row l / 8), fp32 as copied; at the end the 8 partial sums of a row are added in order.
@@ -382,12 +385,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
     if (++cj == steps) {  // the tile's last step: its outputs, from registers (no shared memory)
       if (Sh::kBnk) break;  // (one tile: stored below, after the row sums)
       store_tile(tile_m0(cu), tile_n0(cu));
-      SQ_UNROLL
-      for (int fi = 0; fi < Sh::FM; ++fi)
-        SQ_UNROLL
-        for (int fj = 0; fj < Sh::FN; ++fj)
-          SQ_UNROLL
-          for (int e = 0; e < 4; ++e) acc[fi][fj][e] = 0.0f;
+      clear();
       cj = 0, ++cu;
     }
   }
