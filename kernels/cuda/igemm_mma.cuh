@@ -365,8 +365,12 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
         }
       }
     }
+    // The step's depth: a tile's last step may hold fewer than KB k (zero-filled past them), as in
+    // every 1x1 product over 16 or 48 channels; the mma steps past them are skipped.
+    const int depth = ke - (kb + cj * KB);
     SQ_UNROLL
     for (int kk = 0; kk < KB; kk += Prec::K) {
+      if (kk >= depth) break;  // (the same for the whole block)
       uint32_t a[Sh::FM][4], b[Sh::FN][2];
       SQ_UNROLL
       for (int fi = 0; fi < Sh::FM; ++fi) Prec::load_a(a[fi], As + (wm + 16 * fi) * LDA + kk, LDA, g, t);
