@@ -443,6 +443,24 @@ TEST(ImplicitGemm, MmaKernelOnTheCpuReproducesTheCpuConvolution) {
   EXPECT_GT(unpaired, 2) << "products stored one output at a time";
 }
 
+// conv.cu's grid for the mma kernel (mma_grid): persistent blocks only for a whole product (one
+// slice) of at most kPersistSteps 32-deep steps, whose B does not run along k, with more tiles than
+// the GPU holds blocks; a block a tile otherwise.
+TEST(ImplicitGemm, MmaGridPersistsOnlyShortWholeProducts) {
+  const int resident = 264;  // two blocks on each of an H200's 132 SMs
+  // conv1's forward at batch 128: 96 x 1,520,768 outputs in 128 x 64 tiles, 147 deep.
+  const cuda::MmaGrid conv1 = cuda::mma_grid(96, 1520768, 128, 64, false, cuda::mma_chunk(147, 1), 1, resident);
+  EXPECT_EQ(conv1.tiles, 23762);
+  EXPECT_EQ(conv1.blocks, resident);
+  // 8 steps persist, 9 do not; the weight gradient, a split-K launch and a small product never.
+  EXPECT_EQ(cuda::mma_grid(64, 100000, 64, 128, false, 256, 1, resident).blocks, resident);
+  EXPECT_EQ(cuda::mma_grid(64, 100000, 64, 128, false, 257, 1, resident).blocks, 782);
+  EXPECT_EQ(cuda::mma_grid(64, 100000, 64, 64, true, 64, 1, resident).blocks, 1563);
+  EXPECT_EQ(cuda::mma_grid(64, 100000, 64, 128, false, 64, 2, resident).blocks, 782);
+  EXPECT_EQ(cuda::mma_grid(64, 100, 64, 128, false, 64, 1, resident).blocks, 1);
+  EXPECT_EQ(cuda::mma_grid(64, 100000, 64, 128, false, 64, 1, 0).blocks, 782) << "SQUEEZE_IGEMM_PERSIST=0";
+}
+
 // The input gradient's ReLU epilogue (the Fire's ds: the second expand's product added onto the
 // first's, then the squeeze ReLU's backward, x > 0 ? dx : 0, in the store): through the plain loop
 // and the fp32, WMMA and mma kernels, and through split-K slices whose reduction applies it, onto
