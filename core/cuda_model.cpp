@@ -260,8 +260,17 @@ double rel_err(const float* got, const float* ref, size_t n) {
 
 }  // namespace
 
-std::vector<LayerCheck> check_layers(const ModelConfig& cfg, int N, uint64_t seed,
-                                     double tolerance, OperandRounding rounding) {
+OperandRounding gpu_operand_rounding() {
+  switch (cuda::conv_math()) {
+    case cuda::ConvMath::kTf32: return OperandRounding::kTf32;
+    case cuda::ConvMath::kBf16: return OperandRounding::kBf16;
+    default: return OperandRounding::kNone;
+  }
+}
+
+std::vector<LayerCheck> check_layers(const ModelConfig& cfg, int N, uint64_t seed) {
+  const OperandRounding rounding = gpu_operand_rounding();
+  const double tolerance = check_layers_tolerance(rounding);
   struct Restore {
     OperandRounding was = conv_operand_rounding();
     ~Restore() { set_conv_operand_rounding(was); }

@@ -88,12 +88,13 @@ struct LayerCheck {
   double backward_err = 0;  // the same for the layer's parameter gradient (0: no parameters)
   bool ok = true;
 };
-// Tolerance 1e-4 on both; dropout is active with the same keys on both sides. rounding: the
-// CPU model's convolutions round their operands as the GPU's tensor-core precision does
-// (set_conv_operand_rounding, for the CPU side only, restored after).
-std::vector<LayerCheck> check_layers(const ModelConfig& cfg, int N, uint64_t seed,
-                                     double tolerance = 1e-4,
-                                     OperandRounding rounding = OperandRounding::kNone);
+// How the GPU's convolutions round their operands at the current precision (cuda::conv_math()):
+// kNone in fp32.
+OperandRounding gpu_operand_rounding();
+// Dropout is active with the same keys on both sides. The CPU model's convolutions round their
+// operands as the GPU's do (gpu_operand_rounding; set_conv_operand_rounding for the CPU side only,
+// restored after), and ok holds each error within check_layers_tolerance of that rounding.
+std::vector<LayerCheck> check_layers(const ModelConfig& cfg, int N, uint64_t seed);
 
 }  // namespace sq
 #endif

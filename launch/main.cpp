@@ -157,18 +157,17 @@ int run_check_layers(TrainConfig tc, const Job& job) {
   // fp32: the order of the sums only (worst 8.2e-7 on the H200, run c). TF32 and BF16: the CPU
   // rounds its convolutions' operands as the GPU does, so that the two differ by the order of their
   // sums and the roundings that order flips (check_layers_tolerance; docs/KERNELS.md).
-  const cuda::ConvMath math = cuda::conv_math();
-  const bool tf32 = math == cuda::ConvMath::kTf32, bf16 = math == cuda::ConvMath::kBf16;
-  const OperandRounding rounding = tf32 ? OperandRounding::kTf32 : bf16 ? OperandRounding::kBf16 : OperandRounding::kNone;
+  const OperandRounding rounding = gpu_operand_rounding();
   const double tol = check_layers_tolerance(rounding);
-  const std::vector<LayerCheck> rows = check_layers(tc.model, N, tc.seed, tol, rounding);
+  const char* prec = rounding == OperandRounding::kTf32 ? "tf32" : rounding == OperandRounding::kBf16 ? "bf16" : "fp32";
+  const std::vector<LayerCheck> rows = check_layers(tc.model, N, tc.seed);
   int bad = 0;
   if (job.root())
-    std::printf("--check-layers: %s, batch %d, random inputs; relative error GPU (%s) vs CPU%s "
+    std::printf("--check-layers: %s, batch %d, random inputs; relative error GPU (%s) vs CPU%s%s "
                 "(tolerance %g)\n%-10s %14s %14s\n",
-                arch_name(tc.model.arch).c_str(), N, tf32 ? "tf32" : bf16 ? "bf16" : "fp32",
-                tf32 ? " rounding its operands as tf32" : bf16 ? " rounding its operands as bf16" : "", tol,
-                "layer", "forward", "param grad");
+                arch_name(tc.model.arch).c_str(), N, prec,
+                rounding == OperandRounding::kNone ? "" : " rounding its operands as ",
+                rounding == OperandRounding::kNone ? "" : prec, tol, "layer", "forward", "param grad");
   for (const LayerCheck& r : rows) {
     bad += !r.ok;
     if (job.root())

@@ -236,10 +236,10 @@ struct Rounded {
 template <class T>
 void conv_forward(const ConvGeom& g, const T* x, const T* w, const T* b, T* y, bool relu, T* ws) {
   check_geom(g);
+  if (g.N == 0) return;
   Rounded rx, rw;
   x = rx.of(x, size_t(g.C) * g.N * g.H * g.W);
   w = rw.of(w, size_t(g.K) * g.C * g.R * g.S);
-  if (g.N == 0) return;
   const i64 PQ = i64(g.P()) * g.Q(), NPQ = i64(g.N) * PQ;
   const int CRS = g.C * g.R * g.S;
   if (g.is_pointwise()) {

@@ -316,11 +316,13 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
     cp_async_commit();
   };
 
-  // Step j's k keys are those of step j % steps of a tile (the same for every tile).
-  auto kstep0 = [&](int j) { return kb + (steps > 0 ? j % steps : 0) * KB; };
+  // Step j's k keys are those of step j % steps of a tile (the same for every tile); fstep: that
+  // step for the next fill, j = i + NS, kept by counting rather than a division per step.
+  int fstep = steps > 0 ? NS % steps : 0;
   fill_nkeys(op, tab, n0);
   static_assert(NS * KB <= kGemmThreads, "a warp per step's keys");
-  for (int j = 0; j < NS; ++j) fill_kkeys(op, tab.k[j], kstep0(j), j < total ? ke : kb, j * KB);
+  for (int j = 0; j < NS; ++j)
+    fill_kkeys(op, tab.k[j], kb + (steps > 0 ? j % steps : 0) * KB, j < total ? ke : kb, j * KB);
   __syncthreads();  // the column keys and the first NS steps' k keys
   for (int j = 0; j < NS - 1; ++j) issue(j);
 
@@ -352,7 +354,8 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
                       // step i + NS - 1's keys
     issue(i + NS - 1);  // into the stage step i - 1 used
     // Step i + NS's keys, by warp i % 8 (KB = 32 lanes), into the buffer of step i - 1.
-    fill_kkeys(op, tab.k[(i + NS) % NK], kstep0(i + NS), i + NS < total ? ke : kb, (i % (kGemmThreads / KB)) * KB);
+    fill_kkeys(op, tab.k[(i + NS) % NK], kb + fstep * KB, i + NS < total ? ke : kb, (i % (kGemmThreads / KB)) * KB);
+    fstep = fstep + 1 == steps ? 0 : fstep + 1;
     const float* As = smem + (i % NS) * Sh::kStageFloats;
     const float* Bs = As + Sh::kAFloats;
     if (rows) {
