@@ -19,7 +19,8 @@
 #   bench    bench_gpu: Fire shapes own vs cuDNN at fp32/TF32/BF16, training images/s, per-layer
 #            step profiles of squeezenet1.0 and the Fashion-MNIST configuration; then the
 #            training section again with SQUEEZE_CUDA_GRAPH=1 (the step as CUDA graphs), and the
-#            convolutions and training with SQUEEZE_IGEMM_PERSIST=0 (one block a tile). The
+#            convolutions and training with SQUEEZE_IGEMM_PERSIST=0 (one block a tile), and with
+#            SQUEEZE_IGEMM_WIN=0 (the expand 3x3 products through the mma kernel's gathers). The
 #            opt-in kernel variants run the same way by their switches (SQUEEZE_IGEMM_MMA=0,
 #            SQUEEZE_IGEMM_WIDE=1, SQUEEZE_IGEMM_WARPS=4x8, SQUEEZE_IGEMM_PREFETCH=0)
 #   profile  Nsight Compute (ncu): every kernel of one training step of squeezenet1.0 and of the
@@ -150,6 +151,11 @@ for phase in $phases; do
     SQUEEZE_IGEMM_PERSIST=0 run "bench_gpu, one block a tile (convolutions, training)" \
       $B/bench_gpu --reps 20 --sections 1b,2 --json "$OUT/bench_gpu_nopersist.json" &&
       python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_nopersist.json"
+    # ... and the expand 3x3 products through the mma kernel's gathers instead of the window
+    # kernel (igemm_win.cuh), same run.
+    SQUEEZE_IGEMM_WIN=0 run "bench_gpu, 3x3 products without the window kernel (convolutions, training)" \
+      $B/bench_gpu --reps 20 --sections 1b,2 --json "$OUT/bench_gpu_nowin.json" &&
+      python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_nowin.json"
     ;;
   profile)
     # One training step a configuration under Nsight Compute: per kernel, its time and a few counters.

@@ -19,6 +19,7 @@
 #include "kernels/cuda/igemm_ops.h"
 #include "kernels/cuda/igemm_kernel.cuh"
 #include "kernels/cuda/igemm_mma.cuh"
+#include "kernels/cuda/igemm_win.cuh"
 #include "kernels/cuda/pool_index.h"
 #include "kernels/ops.h"
 
@@ -89,6 +90,10 @@ struct Case {
     dz.resize(size_t(cg.K) * cg.N * P * Q);
     for (auto* v : {&x, &w, &b, &dz})
       for (float& e : *v) e = nd(rng);
+    reference();
+  }
+  // wt from w, and the references from x, w, b and dz.
+  void reference() {
     const int RS = cg.R * cg.S;
     wt.resize(w.size());
     for (int ko = 0; ko < cg.K; ++ko)
@@ -520,4 +525,147 @@ TEST(ImplicitGemm, InputGradientEpilogueAddsThenAppliesTheReluOfX) {
     data_in_slices(op_onto(dx), 3, mma);
     EXPECT_LT(rel(dx, want), 2e-2) << "mma kernel, bf16, 3 slices";
   }
+}
+
+namespace {
+
+// The operand as the emulator's mma rounds it (tests/simt_host.h: TF32 and BF16 to nearest even).
+template <class Prec>
+float rounded(float v) {
+  if (Prec::K == 8) return nvcuda::wmma::__float_to_tf32(v);
+  return simt_to_float(__float2bfloat16_rn(v));
+}
+
+// The window kernel (kernels/cuda/igemm_win.cuh) on one op, its grid as conv.cu launches it
+// (resident > 0: that many persistent blocks), threads resumed in the given order.
+template <class Prec, int TM, int TN, int WM, class Op>
+void run_win(const Op& op, bool reverse, int resident) {
+  ASSERT_TRUE(cuda::win_fits(op));
+  const size_t smem = cuda::win_smem_bytes<Prec, TM, TN, WM>(op.g.W);
+  ASSERT_LE(smem, simt::kDynamicSharedFloats * sizeof(float));
+  const int tiles = ((op.M + TM - 1) / TM) * ((op.N + TN - 1) / TN);
+  const int blocks = resident > 0 ? std::min(tiles, resident) : tiles;
+  const int ldw = cuda::win_ld(TN, op.g.W, Prec::K == 16);
+  const cuda::MmaVec vec = cuda::mma_vec(op);
+  ASSERT_TRUE(simt::run({unsigned(blocks), 1, 1}, cuda::kGemmThreads,
+                        [&] { cuda::igemm_win_kernel<Op, Prec, TM, TN, WM>(op, ldw, vec, tiles); }, reverse))
+      << "threads disagree on barriers";
+}
+
+// One tile and precision: the forward and the input gradient against the double reference of the
+// same convolution on operands rounded as the kernel rounds them (r), to fp32's accumulation error;
+// the input gradient again onto an earlier dx under the ReLU of x (the Fire's ds epilogue).
+template <class Prec, int TM, int TN, int WM>
+void check_win(const Case& c, const Case& r, bool reverse, int resident) {
+  SCOPED_TRACE("window tile " + std::to_string(TM) + "x" + std::to_string(TN) + (reverse ? ", reverse" : "") +
+               (resident ? ", " + std::to_string(resident) + " resident block(s)" : ""));
+  std::vector<float> y(c.y_ref.size(), NAN), dx(c.dx_ref.size(), NAN);
+  run_win<Prec, TM, TN, WM>(c.fwd(y.data()), reverse, resident);
+  EXPECT_LT(rel(y, r.y_ref), 1e-5) << "forward";
+  EXPECT_GT(rel(y, c.y_ref), 1e-7) << "the operands were not rounded";
+  run_win<Prec, TM, TN, WM>(c.data(dx.data()), reverse, resident);
+  EXPECT_LT(rel(dx, r.dx_ref), 1e-5) << "input gradient";
+  std::vector<float> d0(dx.size()), dx2(dx.size());
+  std::vector<double> want(dx.size());
+  for (size_t i = 0; i < dx.size(); ++i) {
+    d0[i] = float(i % 5) - 2.0f;
+    want[i] = c.x[i] > 0.0f ? d0[i] + r.dx_ref[i] : 0.0;
+  }
+  dx2 = d0;
+  cuda::DataOp onto = c.data(dx2.data());
+  onto.accumulate = true, onto.relu_x = c.x.data();
+  run_win<Prec, TM, TN, WM>(onto, reverse, resident);
+  EXPECT_LT(rel(dx2, want), 1e-5) << "input gradient added onto dx under the ReLU of x";
+}
+
+template <class Prec>
+void check_win_cases(int& chunked, int& misaligned_a) {
+  std::mt19937 rng(17);
+  // (N, C, H, W, K): pixel runs of 4k floats, channels in chunks of 16; several images and rows a
+  // tile, H != W, M under a tile and over one, 1 to 5 chunks. W = 0 mod 4 puts a tile's window 3
+  // floats past a multiple of 4, the most its start can be rounded down (win_pieces' + 3); at W = 12
+  // the first 128-pixel tile ends inside an image, where its last pixel reads the window's end.
+  const ConvGeom cases[] = {
+      {4, 16, 9, 13, 32, 3, 3, 1, 1},  // 468 pixels: tiles that start mid-row and mid-image
+      {2, 48, 7, 12, 16, 3, 3, 1, 1},  // forward 3 chunks; input gradient of 48 rows, 1 chunk
+      {3, 32, 5, 4, 80, 3, 3, 1, 1},   // forward 80 rows; input gradient 5 chunks
+  };
+  for (const ConvGeom& cg : cases) {
+    const Case c(cg, rng);
+    Case r = c;
+    for (auto* v : {&r.x, &r.w, &r.dz})
+      for (float& e : *v) e = rounded<Prec>(e);
+    r.reference();
+    SCOPED_TRACE(c.name());
+    chunked += cg.C / cuda::kWinC > 1 || cg.K / cuda::kWinC > 1;
+    check_win<Prec, 64, 128, 2>(c, r, false, 0);
+    check_win<Prec, 32, 256, 1>(c, r, false, 0);
+    check_win<Prec, 16, 256, 1>(c, r, true, 0);
+    check_win<Prec, 64, 128, 2>(c, r, true, 1);
+    check_win<Prec, 16, 256, 1>(c, r, false, 2);
+    // A's rows not 16-byte aligned: 4-byte copies.
+    std::vector<float> w1(c.w.size() + 1), wt1(c.wt.size() + 1), y(c.y_ref.size(), NAN), dx(c.dx_ref.size(), NAN);
+    std::copy(c.w.begin(), c.w.end(), w1.begin() + 1);
+    std::copy(c.wt.begin(), c.wt.end(), wt1.begin() + 1);
+    cuda::FwdOp f = c.fwd(y.data());
+    cuda::DataOp d = c.data(dx.data());
+    f.w = w1.data() + 1, d.wt = wt1.data() + 1;
+    misaligned_a += !cuda::mma_vec(f).a && !cuda::mma_vec(d).a;
+    run_win<Prec, 32, 256, 1>(f, false, 0);
+    run_win<Prec, 64, 128, 2>(d, false, 2);
+    EXPECT_LT(rel(y, r.y_ref), 1e-5) << "forward, A 4 bytes at a time";
+    EXPECT_LT(rel(dx, r.dx_ref), 1e-5) << "input gradient, A 4 bytes at a time";
+  }
+}
+
+}  // namespace
+
+// The window kernel on the CPU: the expand 3x3's forward and input gradient as nine shifted 1x1
+// products over a window of the input in shared memory. tests/simt_host.h performs each copy only
+// when its thread waits and fills shared memory with NaN, so a window too short, a wrong shift or
+// tap bit, a stage read early or a wrong fragment gives a wrong product; the reference rounds the
+// operands as the kernel does, so a tap or a channel off by one cannot hide in the rounding.
+TEST(ImplicitGemm, WindowKernelOnTheCpuReproducesTheCpuConvolution) {
+  int chunked = 0, misaligned_a = 0;
+  {
+    SCOPED_TRACE("tf32");
+    check_win_cases<cuda::MmaTf32>(chunked, misaligned_a);
+  }
+  {
+    SCOPED_TRACE("bf16");
+    check_win_cases<cuda::MmaBf16>(chunked, misaligned_a);
+  }
+  EXPECT_EQ(chunked, 6) << "products of several 16-channel chunks";
+  EXPECT_EQ(misaligned_a, 6) << "A's 4-byte copies";
+}
+
+// Which products the window kernel takes (win_fits): the expand 3x3's forward and input gradient
+// at every Fire shape of squeezenet1.0 and 1.1 at batch 128 and at an odd batch, and nothing else.
+TEST(ImplicitGemm, WindowKernelTakesTheExpand3x3Products) {
+  std::vector<float> buf(8);
+  const float* aligned = buf.data();  // (a std::vector's 16-byte aligned start)
+  ASSERT_EQ(reinterpret_cast<uintptr_t>(aligned) % 16, 0u);
+  auto geo = [](int N, int C, int H, int K, int R, int stride, int pad) {
+    const int P = (H + 2 * pad - R) / stride + 1;
+    return cuda::Geo{N, C, H, H, K, R, R, stride, pad, P, P};
+  };
+  // (S, E3, size) of every Fire module: squeezenet1.0 at 54, 27, 13; squeezenet1.1 at 55, 27, 13.
+  const int fires[][3] = {{16, 64, 54}, {32, 128, 54}, {32, 128, 27}, {48, 192, 27}, {64, 256, 27},
+                          {64, 256, 13}, {16, 64, 55}, {32, 128, 55}, {48, 192, 13}};
+  for (const auto& f : fires)
+    for (int N : {128, 4, 7}) {
+      const cuda::Geo g = geo(N, f[0], f[2], f[1], 3, 1, 1);
+      const int n = N * f[2] * f[2];
+      const bool whole = n % 4 == 0;  // (odd planes at an odd batch: 4-byte pieces, the mma kernel)
+      EXPECT_EQ(cuda::win_fits(g, f[0], n, aligned), whole) << "forward, S " << f[0] << " at " << f[2] << ", N " << N;
+      EXPECT_EQ(cuda::win_fits(g, f[1], n, aligned), whole) << "input gradient, E3 " << f[1] << " at " << f[2];
+      EXPECT_FALSE(cuda::win_fits(g, f[0], n, aligned + 1)) << "a window operand not 16-byte aligned";
+    }
+  EXPECT_FALSE(cuda::win_fits(geo(128, 3, 224, 96, 7, 2, 0), 3, 128 * 109 * 109, aligned)) << "conv1";
+  EXPECT_FALSE(cuda::win_fits(geo(128, 64, 27, 256, 1, 1, 0), 64, 128 * 729, aligned)) << "a 1x1";
+  EXPECT_FALSE(cuda::win_fits(geo(128, 8, 27, 16, 3, 1, 1), 8, 128 * 729, aligned)) << "8 channels";
+  EXPECT_FALSE(cuda::win_fits(geo(128, 16, 27, 16, 3, 2, 1), 16, 128 * 196, aligned)) << "stride 2";
+  // The stages of every tile fit two blocks an SM up to rows of 79; not at 80.
+  EXPECT_TRUE(cuda::win_fits(geo(128, 16, 79, 64, 3, 1, 1), 16, 128 * 79 * 79, aligned));
+  EXPECT_FALSE(cuda::win_fits(geo(128, 16, 80, 64, 3, 1, 1), 16, 128 * 80 * 80, aligned));
 }

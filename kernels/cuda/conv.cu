@@ -13,6 +13,7 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/igemm_kernel.cuh"
 #include "kernels/cuda/igemm_mma.cuh"
+#include "kernels/cuda/igemm_win.cuh"
 
 namespace sq {
 namespace cuda {
@@ -156,8 +157,55 @@ int mma_resident() {
   return n;
 }
 
+// The 3x3 stride-1 products (the expand 3x3's forward and input gradient) through the window
+// kernel (igemm_win.cuh), unless SQUEEZE_IGEMM_WIN=0 (the mma kernel's gathers, for measuring both).
+const bool g_win = !env_is("SQUEEZE_IGEMM_WIN", "0");
+
+// Its tiles: the forward's M (E3, 64 to 256) in 64 x 128; the input gradient's (S, 16 to 64) as
+// narrow as it allows, 256 pixels wide so that a tile's window (TN + 2W + 5 pixels) is mostly its
+// own. Two blocks an SM: at most kWinSmem bytes of stages (at W = 55, TF32: 110, 88 and 69 KB).
+template <class F>
+void for_each_win_tile(F f) {
+  f(MmaTile<64, 128, 2>{});
+  f(MmaTile<32, 256, 1>{});
+  f(MmaTile<16, 256, 1>{});
+}
+Tile win_tile(int M) { return M <= 16 ? Tile{16, 256} : M <= 32 ? Tile{32, 256} : Tile{64, 128}; }
+
+template <class Op, class Prec, int TM, int TN, int WM>
+auto win_kernel() {
+  auto* kernel = igemm_win_kernel<Op, Prec, TM, TN, WM>;
+  static const bool asked = [kernel] {
+    SQ_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWinSmem)));
+    return true;
+  }();
+  (void)asked;
+  return kernel;
+}
+
+// The products the window kernel takes (win_fits; the input gradient in one slice).
+bool win_takes(const FwdOp& op, int) { return g_win && win_fits(op); }
+bool win_takes(const DataOp& op, int splits) { return g_win && splits == 1 && win_fits(op); }
+
+template <class Prec, class Op>
+void launch_win(const Op& op, cudaStream_t s) {
+  const Tile t = win_tile(op.M);
+  const int tiles = ((op.M + t.m - 1) / t.m) * ((op.N + t.n - 1) / t.n), resident = mma_resident();
+  const int blocks = resident > 0 ? std::min(tiles, resident) : tiles;
+  for_each_win_tile([&](auto tile) {
+    using T = decltype(tile);
+    if (T::m != t.m || T::n != t.n) return;
+    auto* kernel = win_kernel<Op, Prec, T::m, T::n, T::wm>();
+    const int ldw = win_ld(T::n, op.g.W, Prec::K == 16);
+    kernel<<<blocks, kGemmThreads, win_smem_bytes<Prec, T::m, T::n, T::wm>(op.g.W), s>>>(op, ldw, mma_vec(op), tiles);
+  });
+}
+
 template <class Prec, class Op>
 void launch_mma(const Op& op, int splits, cudaStream_t s) {
+  if constexpr (!Op::kBAlongK) {  // (the weight gradient never)
+    if (win_takes(op, splits)) return launch_win<Prec>(op, s);
+  }
   const Tile t = mma_tile(op.M, op.N, Op::kBAlongK);
   const int chunk = mma_chunk(op.Kd, splits);
   const MmaGrid mg = mma_grid(op.M, op.N, t.m, t.n, Op::kBAlongK, chunk, splits, mma_resident());
@@ -271,6 +319,13 @@ void prepare_conv_kernels() {
     mma_kernel<FwdOp, MmaBf16, T::m, T::n, T::wm>();
     mma_kernel<DataOp, MmaBf16, T::m, T::n, T::wm>();
     mma_kernel<WeightOp, MmaBf16, T::m, T::n, T::wm>();
+  });
+  for_each_win_tile([](auto tile) {
+    using T = decltype(tile);
+    win_kernel<FwdOp, MmaTf32, T::m, T::n, T::wm>();
+    win_kernel<DataOp, MmaTf32, T::m, T::n, T::wm>();
+    win_kernel<FwdOp, MmaBf16, T::m, T::n, T::wm>();
+    win_kernel<DataOp, MmaBf16, T::m, T::n, T::wm>();
   });
 }
 ConvMath conv_math() { return g_math; }

@@ -1,0 +1,265 @@
+// The 3x3, stride-1, padding-1 products on the tensor cores (TF32, BF16) as nine shifted 1x1
+// products over a window of the input held in shared memory (docs/KERNELS.md, "the window
+// kernel"): every Fire module's expand 3x3 forward, and its input gradient, which is the same
+// convolution of dz with w flipped and transposed. The mma kernel (igemm_mma.cuh) gathers each B
+// element of these products with its own 4-byte copy and key test; here a block copies, for each
+// chunk of 16 channels, the pixels its tile needs under all nine taps once, 16 bytes at a time:
+//
+// - The activations are (C, N, H, W): a channel's pixels over the whole batch are one contiguous
+//   run, and output pixel n under tap (r, s) reads input n + (r - 1) W + (s - 1) of it, where the
+//   tap lands inside the image (else 0). A tile of TN consecutive pixels [n0, n0 + TN) so reads
+//   [n0 - W - 1, n0 + TN + W + 1) of each channel, whatever images and rows it spans: the window,
+//   copied from the multiple of 4 below its start. The taps that land outside the image (the
+//   padding, a neighbouring row's or image's pixels) are zeroed as the fragments are read, by a
+//   pixel's tap bits (igemm_ops.h's Key bits: bit r, bit 16 + s), computed once a tile.
+// - k is ordered (tap, channel): a 144-deep chunk is 16 channels under each of the 9 taps. A is
+//   read in its own layout, (m, channel, tap): a chunk of a row is 144 consecutive floats of w (the
+//   forward) or of w transposed (the input gradient, whose taps run backwards), copied 16 bytes at
+//   a time; the fragments read it with a stride of 9 along k.
+// - A chunk is a stage: two stages, one barrier a chunk, the next chunk's copies in flight while
+//   the current one is multiplied; blocks persistent over tiles as the mma kernel's (MmaGrid).
+//
+// Bank conflicts (bank = address mod 32 words): A rows of LDA = 148 (4 mod 8): a TF32 lane reads
+// (g, 9t), at 148g + 9t, which covers the 32 banks (148g mod 32 takes the 8 multiples of 4, and
+// 9t mod 4 = t); a BF16 lane reads (g, 18t) and (g, 18t + 9): two ways a bank (t and t + 2), the
+// price of reading w in place. The window's rows are ldw apart, ldw = 8 mod 32 (TF32: lane (t, g) reads
+// t ldw + g) or 4 mod 32 (BF16: 2t ldw + g), as the mma kernel's [k][n] tiles; a tap's shift is the
+// same for the whole warp.
+//
+// Kernel source only, no CUDA runtime: tests/test_igemm.cpp runs it on the CPU under
+// tests/simt_host.h.
+#pragma once
+#include "kernels/cuda/igemm_mma.cuh"
+
+namespace sq {
+namespace cuda {
+namespace {
+
+constexpr int kWinC = 16;  // channels a chunk: one BF16 mma deep, two TF32
+
+// The product's window operand and A: the forward convolves x with w; the input gradient convolves
+// dz with wt (w transposed, (C, K, 3, 3)), tap (r, s) of the window taking w's tap (2 - r, 2 - s).
+template <class Op>
+struct Win;
+template <>
+struct Win<FwdOp> {
+  static constexpr bool kFlip = false;
+  SQ_HOST_DEVICE static const float* src(const FwdOp& op) { return op.x; }
+  SQ_HOST_DEVICE static const float* a(const FwdOp& op) { return op.w; }
+  SQ_HOST_DEVICE static int channels(const FwdOp& op) { return op.g.C; }
+};
+template <>
+struct Win<DataOp> {
+  static constexpr bool kFlip = true;
+  SQ_HOST_DEVICE static const float* src(const DataOp& op) { return op.dz; }
+  SQ_HOST_DEVICE static const float* a(const DataOp& op) { return op.wt; }
+  SQ_HOST_DEVICE static int channels(const DataOp& op) { return op.g.K; }
+};
+
+// A's fragments read with a stride of 9 along k (the chunk's (channel, tap) layout, at one tap).
+template <class Prec>
+struct WinA;
+template <>
+struct WinA<MmaTf32> {
+  // (g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4).
+  __device__ static void load(uint32_t (&a)[4], const float* p, int ld, int g, int t) {
+    const float* r = p + g * ld + 9 * t;
+    a[0] = tf32_bits(r[0]), a[1] = tf32_bits(r[8 * ld]), a[2] = tf32_bits(r[36]), a[3] = tf32_bits(r[8 * ld + 36]);
+  }
+};
+template <>
+struct WinA<MmaBf16> {
+  // (g, 2t..2t+1), (g + 8, 2t..), (g, 2t+8..), (g + 8, 2t+8..).
+  __device__ static void load(uint32_t (&a)[4], const float* p, int ld, int g, int t) {
+    const float* r = p + g * ld + 18 * t;
+    const float* r8 = r + 8 * ld;
+    a[0] = pack_bf16x2(r[0], r[9]), a[1] = pack_bf16x2(r8[0], r8[9]);
+    a[2] = pack_bf16x2(r[72], r[81]), a[3] = pack_bf16x2(r8[72], r8[81]);
+  }
+};
+
+template <class Prec, int TM, int TN, int WM>
+struct WinShape {
+  static constexpr int WN = 8 / WM, WTM = TM / WM, WTN = TN / WN, FM = WTM / 16, FN = WTN / 8;
+  static_assert(WM * WN == kGemmThreads / 32 && FM * 16 * WM == TM && FN * 8 * WN == TN, "warp tiles");
+  static constexpr int KC = kWinC * 9, LDA = KC + 4, kAFloats = TM * LDA;
+  static_assert(LDA % 8 == 4 && kAFloats % 4 == 0, "conflict-free TF32 A reads, 16-byte aligned window");
+};
+
+// The window's row stride for TN pixels of rows W wide: the span a tile reads, from the multiple of
+// 4 below its start (TN + 2W + 2 + up to 3), rounded up to 8 mod 32 (TF32) or 4 mod 32 (BF16).
+SQ_HOST_DEVICE inline int win_pieces(int TN, int W) { return (TN + 2 * W + 5 + 3) / 4; }
+SQ_HOST_DEVICE inline int win_ld(int TN, int W, bool bf16) {
+  const int span = 4 * win_pieces(TN, W), pad = bf16 ? 4 : 8;
+  return span + ((pad - span) % 32 + 32) % 32;
+}
+// Dynamic shared memory of a launch: two stages of A's chunk and the window.
+template <class Prec, int TM, int TN, int WM>
+size_t win_smem_bytes(int W) {
+  using Sh = WinShape<Prec, TM, TN, WM>;
+  const int ldw = win_ld(TN, W, Prec::K == 16);
+  return 2 * size_t(Sh::kAFloats + kWinC * ldw) * sizeof(float);
+}
+
+// Two blocks an SM: at most this much of stages a block.
+constexpr size_t kWinSmem = 113 * 1024;
+
+// Whether the window kernel can take a product whose window operand src has `channels` runs of n
+// pixels: a 3x3 filter at stride 1 and padding 1, whole chunks of 16 channels, runs of 4k floats
+// from a 16-byte aligned tensor (whole 16-byte pieces), and stages of every tile (conv.cu's
+// win_tile: 64x128, 32x256, 16x256) within kWinSmem, which holds rows up to W = 79.
+inline bool win_fits(const Geo& g, int channels, int n, const float* src) {
+  if (g.R != 3 || g.S != 3 || g.stride != 1 || g.pad != 1) return false;
+  if (channels % kWinC != 0 || n % 4 != 0 || !aligned16(src)) return false;
+  return win_smem_bytes<MmaTf32, 64, 128, 2>(g.W) <= kWinSmem && win_smem_bytes<MmaTf32, 32, 256, 1>(g.W) <= kWinSmem &&
+         win_smem_bytes<MmaTf32, 16, 256, 1>(g.W) <= kWinSmem && win_smem_bytes<MmaBf16, 64, 128, 2>(g.W) <= kWinSmem &&
+         win_smem_bytes<MmaBf16, 32, 256, 1>(g.W) <= kWinSmem && win_smem_bytes<MmaBf16, 16, 256, 1>(g.W) <= kWinSmem;
+}
+inline bool win_fits(const FwdOp& op) { return win_fits(op.g, op.g.C, op.N, op.x); }
+inline bool win_fits(const DataOp& op) { return !op.partial && win_fits(op.g, op.g.K, op.N, op.dz); }
+
+// vec.a: A's rows 16-byte aligned (else 4-byte copies); vec.pair: the output two at a time. tiles:
+// the product's TM x TN tiles, taken by the block as the mma kernel's (rows of tiles fastest).
+template <class Op, class Prec, int TM, int TN, int WM>
+__global__ void __launch_bounds__(kGemmThreads, 2) igemm_win_kernel(Op op, int ldw, MmaVec vec, int tiles) {
+  using Sh = WinShape<Prec, TM, TN, WM>;
+  constexpr int LDA = Sh::LDA, KC = Sh::KC;
+  SQ_DYNAMIC_SHARED(float, smem);
+  const float* const src = Win<Op>::src(op);
+  const float* const A = Win<Op>::a(op);
+  const int chunks = Win<Op>::channels(op) / kWinC, W = op.g.W, HW = op.g.H * op.g.W;
+  const int stage = Sh::kAFloats + kWinC * ldw, npieces = win_pieces(TN, W);
+  const int mtiles = (op.M + TM - 1) / TM;
+  const int ntile_block = (tiles - int(blockIdx.x) + int(gridDim.x) - 1) / int(gridDim.x);
+  auto tile_m0 = [&](int u) { return (int(blockIdx.x) + u * int(gridDim.x)) % mtiles * TM; };
+  auto tile_n0 = [&](int u) { return (int(blockIdx.x) + u * int(gridDim.x)) / mtiles * TN; };
+  // The window's first element: the multiple of 4 at or below n0 - W - 1 (& ~3 floors negatives).
+  auto win0 = [&](int n0) { return (n0 - W - 1) & ~3; };
+  const int total = ntile_block * chunks;
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, g = lane / 4, t = lane % 4;
+  const int wm = (warp / Sh::WN) * Sh::WTM, wn = (warp % Sh::WN) * Sh::WTN;
+
+  float acc[Sh::FM][Sh::FN][4];
+  auto clear = [&] {
+    SQ_UNROLL
+    for (int i = 0; i < Sh::FM; ++i)
+      SQ_UNROLL
+      for (int j = 0; j < Sh::FN; ++j)
+        SQ_UNROLL
+        for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+  };
+  clear();
+
+  // Chunk j's copies into stage j % 2 (an empty group past the last: the wait below stays exact).
+  // The window's pieces lie wholly inside a channel's run or wholly outside it (N and the window's
+  // start are multiples of 4): those outside are zero-filled, never read.
+  int iu = 0, ij = 0, m0 = tile_m0(0), n0 = tile_n0(0);
+  auto issue = [&](int j) {
+    if (j < total) {
+      if (ij == chunks) ij = 0, ++iu, m0 = tile_m0(iu), n0 = tile_n0(iu);
+      const int c0 = ij * kWinC;
+      ++ij;
+      float* As = smem + (j % 2) * stage;
+      float* Ws = As + Sh::kAFloats;
+      if (vec.a) {
+        for (int l = int(threadIdx.x); l < TM * (KC / 4); l += kGemmThreads) {
+          const int mm = l / (KC / 4), kk = l % (KC / 4) * 4, m = m0 + mm;
+          cp_async16(As + mm * LDA + kk, m < op.M ? A + (size_t(m) * op.Kd + c0 * 9 + kk) : A, m < op.M ? 4 : 0);
+        }
+      } else {
+        for (int l = int(threadIdx.x); l < TM * KC; l += kGemmThreads) {
+          const int mm = l / KC, kk = l % KC, m = m0 + mm;
+          cp_async4(As + mm * LDA + kk, m < op.M ? A + (size_t(m) * op.Kd + c0 * 9 + kk) : A, m < op.M);
+        }
+      }
+      const int a0 = win0(n0);
+      for (int l = int(threadIdx.x); l < kWinC * npieces; l += kGemmThreads) {
+        const int cc = l / npieces, i = l % npieces * 4, pos = a0 + i;
+        const bool in = pos >= 0 && pos < op.N;
+        cp_async16(Ws + cc * ldw + i, in ? src + (size_t(c0 + cc) * op.N + pos) : src, in ? 4 : 0);
+      }
+    }
+    cp_async_commit();
+  };
+
+  // The multiplied tile's pixels, a thread's column of each fragment: their tap bits (0 past the
+  // product's edge), and where pixel n0 sits in the window.
+  unsigned pbits[Sh::FN];
+  int woff = 0;
+  auto tile_pixels = [&](int tn0) {
+    woff = tn0 - win0(tn0);
+    SQ_UNROLL
+    for (int fj = 0; fj < Sh::FN; ++fj) {
+      const int n = tn0 + wn + 8 * fj + g, hw = n % HW, h = hw / W, w = hw - h * W;
+      unsigned bits = 0;
+      SQ_UNROLL
+      for (int r = 0; r < 3; ++r) bits |= unsigned(h + r - 1) < unsigned(op.g.H) ? 1u << r : 0u;
+      SQ_UNROLL
+      for (int s = 0; s < 3; ++s) bits |= unsigned(w + s - 1) < unsigned(W) ? 1u << (16 + s) : 0u;
+      pbits[fj] = n < op.N ? bits : 0u;
+    }
+  };
+
+  auto store_tile = [&](int tm0, int tn0) {
+    SQ_UNROLL
+    for (int fi = 0; fi < Sh::FM; ++fi)
+      SQ_UNROLL
+      for (int fj = 0; fj < Sh::FN; ++fj)
+        SQ_UNROLL
+        for (int h = 0; h < 2; ++h) {
+          const int m = tm0 + wm + 16 * fi + g + 8 * h, n = tn0 + wn + 8 * fj + 2 * t;
+          const float v0 = acc[fi][fj][2 * h], v1 = acc[fi][fj][2 * h + 1];
+          if (m >= op.M || n >= op.N) continue;
+          if (vec.pair) {
+            op.store2(m, n, v0, v1, 0);
+          } else {
+            op.store(m, n, v0, 0);
+            if (n + 1 < op.N) op.store(m, n + 1, v1, 0);
+          }
+        }
+  };
+
+  issue(0);
+  int cu = 0, cj = 0;  // the tile and chunk being multiplied
+  for (int i = 0; i < total; ++i) {
+    cp_async_wait<0>();  // this thread's copies of chunk i
+    __syncthreads();     // everyone's; everyone done with chunk i - 1's stage
+    issue(i + 1);        // into that stage
+    if (cj == 0) tile_pixels(tile_n0(cu));
+    const float* As = smem + (i % 2) * stage;
+    const float* Ws = As + Sh::kAFloats;
+    SQ_UNROLL
+    for (int tap = 0; tap < 9; ++tap) {
+      const int r = tap / 3, s = tap % 3;
+      const unsigned tb = (1u << r) | (1u << (16 + s));
+      const float* Wt = Ws + (woff + (r - 1) * W + (s - 1) + wn);
+      const float* At = As + wm * LDA + (Win<Op>::kFlip ? 8 - tap : tap);
+      SQ_UNROLL
+      for (int kk = 0; kk < kWinC; kk += Prec::K) {
+        uint32_t a[Sh::FM][4], b[Sh::FN][2];
+        SQ_UNROLL
+        for (int fi = 0; fi < Sh::FM; ++fi) WinA<Prec>::load(a[fi], At + 16 * fi * LDA + 9 * kk, LDA, g, t);
+        SQ_UNROLL
+        for (int fj = 0; fj < Sh::FN; ++fj) {
+          Prec::load_b_kn(b[fj], Wt + kk * ldw + 8 * fj, ldw, g, t);
+          const bool on = (pbits[fj] & tb) == tb;  // the tap lands inside the pixel's image
+          b[fj][0] = on ? b[fj][0] : 0u, b[fj][1] = on ? b[fj][1] : 0u;
+        }
+        SQ_UNROLL
+        for (int fi = 0; fi < Sh::FM; ++fi)
+          SQ_UNROLL
+          for (int fj = 0; fj < Sh::FN; ++fj) Prec::mma(acc[fi][fj], a[fi], b[fj]);
+      }
+    }
+    if (++cj == chunks) {  // the tile's last chunk: its outputs, from registers
+      store_tile(tile_m0(cu), tile_n0(cu));
+      clear();
+      cj = 0, ++cu;
+    }
+  }
+  cp_async_wait<0>();  // (only an empty group remains)
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace sq
