@@ -7,7 +7,8 @@
 # Phases (default: test nccl collectives bench pytorch):
 #   test     every GPU test (test_cuda_ops), --check-layers on three configurations, one epoch
 #            `squeeze train --device cuda` (the default job: 3 epochs of Fashion-MNIST), one BF16
-#            epoch; the tensor-core tests through the WMMA kernel (SQUEEZE_IGEMM_MMA=0)
+#            epoch; the tensor-core tests through the WMMA kernel (SQUEEZE_IGEMM_MMA=0), and
+#            without the window kernel (SQUEEZE_IGEMM_WIN=0)
 #   nccl     the NCCL test of test_mpi at 1 rank (and at 2 ranks on the one GPU, which NCCL
 #            refuses before 2.30), `mpirun -np 1 squeeze train --device cuda` over NCCL; two GPU
 #            ranks on the one GPU over MPI through pinned host memory (test_mpi's test and one
@@ -118,6 +119,10 @@ for phase in $phases; do
     # the double reference, and the graph test's TF32 steps.
     SQUEEZE_IGEMM_MMA=0 run "test_cuda_ops, WMMA kernel (tensor-core tests)" $B/test_cuda_ops \
       --gtest_color=no --gtest_filter='CudaOps.TensorCoreConvolution*:CudaStep.*'
+    # The 3x3 stride-1 products through the mma kernel's gathers (the default is the window
+    # kernel): every model shape against the double reference.
+    SQUEEZE_IGEMM_WIN=0 run "test_cuda_ops, 3x3 products without the window kernel" $B/test_cuda_ops \
+      --gtest_color=no --gtest_filter='CudaOps.TensorCoreConvolution*'
     ;;
   nccl)
     run "test_mpi Nccl, 1 rank" mpirun -np 1 $B/test_mpi --gtest_color=no --gtest_filter='Nccl.*:Mpi/*'

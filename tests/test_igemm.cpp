@@ -537,18 +537,21 @@ float rounded(float v) {
 }
 
 // The window kernel (kernels/cuda/igemm_win.cuh) on one op, its grid as conv.cu launches it
-// (resident > 0: that many persistent blocks), threads resumed in the given order.
+// (resident > 0: that many persistent blocks; splits > 1: a block a tile and that many slices of
+// whole chunks), threads resumed in the given order.
 template <class Prec, int TM, int TN, int WM, class Op>
-void run_win(const Op& op, bool reverse, int resident) {
+void run_win(const Op& op, bool reverse, int resident, int splits = 1) {
   ASSERT_TRUE(cuda::win_fits(op));
   const size_t smem = cuda::win_smem_bytes<Prec, TM, TN, WM>(op.g.W);
   ASSERT_LE(smem, simt::kDynamicSharedFloats * sizeof(float));
   const int tiles = ((op.M + TM - 1) / TM) * ((op.N + TN - 1) / TN);
-  const int blocks = resident > 0 ? std::min(tiles, resident) : tiles;
+  const int blocks = resident > 0 && splits == 1 ? std::min(tiles, resident) : tiles;
   const int ldw = cuda::win_ld(TN, op.g.W, Prec::K == 16);
+  const int slice_chunks = cuda::win_slice_chunks(cuda::Win<Op>::channels(op), splits);
   const cuda::MmaVec vec = cuda::mma_vec(op);
-  ASSERT_TRUE(simt::run({unsigned(blocks), 1, 1}, cuda::kGemmThreads,
-                        [&] { cuda::igemm_win_kernel<Op, Prec, TM, TN, WM>(op, ldw, vec, tiles); }, reverse))
+  ASSERT_TRUE(simt::run({unsigned(blocks), 1, unsigned(splits)}, cuda::kGemmThreads,
+                        [&] { cuda::igemm_win_kernel<Op, Prec, TM, TN, WM>(op, ldw, vec, tiles, slice_chunks); },
+                        reverse))
       << "threads disagree on barriers";
 }
 
@@ -565,6 +568,13 @@ void check_win(const Case& c, const Case& r, bool reverse, int resident) {
   EXPECT_GT(rel(y, c.y_ref), 1e-7) << "the operands were not rounded";
   run_win<Prec, TM, TN, WM>(c.data(dx.data()), reverse, resident);
   EXPECT_LT(rel(dx, r.dx_ref), 1e-5) << "input gradient";
+  // In split-K slices of whole chunks, summed (and the epilogue applied) by data_splitk_reduce_kernel;
+  // 3 slices of 1, 2 or 5 chunks leave some slices empty (zeros) and give others 2.
+  std::fill(dx.begin(), dx.end(), NAN);
+  data_in_slices(c.data(dx.data()), 3, [&](const cuda::DataOp& op, int splits) {
+    run_win<Prec, TM, TN, WM>(op, reverse, resident, splits);
+  }, reverse);
+  EXPECT_LT(rel(dx, r.dx_ref), 1e-5) << "input gradient, 3 slices";
   std::vector<float> d0(dx.size()), dx2(dx.size());
   std::vector<double> want(dx.size());
   for (size_t i = 0; i < dx.size(); ++i) {

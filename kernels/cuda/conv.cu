@@ -183,28 +183,32 @@ auto win_kernel() {
   return kernel;
 }
 
-// The products the window kernel takes (win_fits; the input gradient in one slice).
-bool win_takes(const FwdOp& op, int) { return g_win && win_fits(op); }
-bool win_takes(const DataOp& op, int splits) { return g_win && splits == 1 && win_fits(op); }
+// The products the window kernel takes (win_fits).
+bool win_takes(const FwdOp& op) { return g_win && win_fits(op); }
+bool win_takes(const DataOp& op) { return g_win && win_fits(op); }
 
+// Blocks persistent over tiles in one slice; split-K slices (the input gradient at small images:
+// data_splits) of whole chunks, a block a tile.
 template <class Prec, class Op>
-void launch_win(const Op& op, cudaStream_t s) {
+void launch_win(const Op& op, int splits, cudaStream_t s) {
   const Tile t = win_tile(op.M);
   const int tiles = ((op.M + t.m - 1) / t.m) * ((op.N + t.n - 1) / t.n), resident = mma_resident();
-  const int blocks = resident > 0 ? std::min(tiles, resident) : tiles;
+  const int blocks = resident > 0 && splits == 1 ? std::min(tiles, resident) : tiles;
+  const int slice_chunks = win_slice_chunks(Win<Op>::channels(op), splits);
   for_each_win_tile([&](auto tile) {
     using T = decltype(tile);
     if (T::m != t.m || T::n != t.n) return;
     auto* kernel = win_kernel<Op, Prec, T::m, T::n, T::wm>();
     const int ldw = win_ld(T::n, op.g.W, Prec::K == 16);
-    kernel<<<blocks, kGemmThreads, win_smem_bytes<Prec, T::m, T::n, T::wm>(op.g.W), s>>>(op, ldw, mma_vec(op), tiles);
+    kernel<<<dim3(blocks, 1, splits), kGemmThreads, win_smem_bytes<Prec, T::m, T::n, T::wm>(op.g.W), s>>>(
+        op, ldw, mma_vec(op), tiles, slice_chunks);
   });
 }
 
 template <class Prec, class Op>
 void launch_mma(const Op& op, int splits, cudaStream_t s) {
   if constexpr (!Op::kBAlongK) {  // (the weight gradient never)
-    if (win_takes(op, splits)) return launch_win<Prec>(op, s);
+    if (win_takes(op)) return launch_win<Prec>(op, splits, s);
   }
   const Tile t = mma_tile(op.M, op.N, Op::kBAlongK);
   const int chunk = mma_chunk(op.Kd, splits);

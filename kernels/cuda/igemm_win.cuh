@@ -17,7 +17,8 @@
 //   forward) or of w transposed (the input gradient, whose taps run backwards), copied 16 bytes at
 //   a time; the fragments read it with a stride of 9 along k.
 // - A chunk is a stage: two stages, one barrier a chunk, the next chunk's copies in flight while
-//   the current one is multiplied; blocks persistent over tiles as the mma kernel's (MmaGrid).
+//   the current one is multiplied; blocks persistent over tiles as the mma kernel's (MmaGrid), or
+//   (the input gradient of small images) a block a tile and split-K slices of whole chunks.
 //
 // Bank conflicts (bank = address mod 32 words): A rows of LDA = 148 (4 mod 8): a TF32 lane reads
 // (g, 9t), at 148g + 9t, which covers the 32 banks (148g mod 32 takes the 8 multiples of 4, and
@@ -116,18 +117,25 @@ inline bool win_fits(const Geo& g, int channels, int n, const float* src) {
          win_smem_bytes<MmaBf16, 32, 256, 1>(g.W) <= kWinSmem && win_smem_bytes<MmaBf16, 16, 256, 1>(g.W) <= kWinSmem;
 }
 inline bool win_fits(const FwdOp& op) { return win_fits(op.g, op.g.C, op.N, op.x); }
-inline bool win_fits(const DataOp& op) { return !op.partial && win_fits(op.g, op.g.K, op.N, op.dz); }
+inline bool win_fits(const DataOp& op) { return win_fits(op.g, op.g.K, op.N, op.dz); }
+// The chunks of a split-K slice (the input gradient's, DataOp::partial; conv.cu's data_splits).
+inline int win_slice_chunks(int channels, int splits) { return (channels / kWinC + splits - 1) / splits; }
 
 // vec.a: A's rows 16-byte aligned (else 4-byte copies); vec.pair: the output two at a time. tiles:
 // the product's TM x TN tiles, taken by the block as the mma kernel's (rows of tiles fastest).
+// slice_chunks: the chunks of split-K slice blockIdx.z (all of them in one slice); a slice past
+// the last chunk stores zeros.
 template <class Op, class Prec, int TM, int TN, int WM>
-__global__ void __launch_bounds__(kGemmThreads, 2) igemm_win_kernel(Op op, int ldw, MmaVec vec, int tiles) {
+__global__ void __launch_bounds__(kGemmThreads, 2) igemm_win_kernel(Op op, int ldw, MmaVec vec, int tiles,
+                                                                     int slice_chunks) {
   using Sh = WinShape<Prec, TM, TN, WM>;
   constexpr int LDA = Sh::LDA, KC = Sh::KC;
   SQ_DYNAMIC_SHARED(float, smem);
   const float* const src = Win<Op>::src(op);
   const float* const A = Win<Op>::a(op);
-  const int chunks = Win<Op>::channels(op) / kWinC, W = op.g.W, HW = op.g.H * op.g.W;
+  const int cb = int(blockIdx.z) * slice_chunks, z = int(blockIdx.z);
+  const int chunks = max(0, min(Win<Op>::channels(op) / kWinC - cb, slice_chunks));
+  const int W = op.g.W, HW = op.g.H * op.g.W;
   const int stage = Sh::kAFloats + kWinC * ldw, npieces = win_pieces(TN, W);
   const int mtiles = (op.M + TM - 1) / TM;
   const int ntile_block = (tiles - int(blockIdx.x) + int(gridDim.x) - 1) / int(gridDim.x);
@@ -157,7 +165,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_win_kernel(Op op, int l
   auto issue = [&](int j) {
     if (j < total) {
       if (ij == chunks) ij = 0, ++iu, m0 = tile_m0(iu), n0 = tile_n0(iu);
-      const int c0 = ij * kWinC;
+      const int c0 = (cb + ij) * kWinC;
       ++ij;
       float* As = smem + (j % 2) * stage;
       float* Ws = As + Sh::kAFloats;
@@ -211,10 +219,10 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_win_kernel(Op op, int l
           const float v0 = acc[fi][fj][2 * h], v1 = acc[fi][fj][2 * h + 1];
           if (m >= op.M || n >= op.N) continue;
           if (vec.pair) {
-            op.store2(m, n, v0, v1, 0);
+            op.store2(m, n, v0, v1, z);
           } else {
-            op.store(m, n, v0, 0);
-            if (n + 1 < op.N) op.store(m, n + 1, v1, 0);
+            op.store(m, n, v0, z);
+            if (n + 1 < op.N) op.store(m, n + 1, v1, z);
           }
         }
   };
@@ -258,6 +266,8 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_win_kernel(Op op, int l
     }
   }
   cp_async_wait<0>();  // (only an empty group remains)
+  if (chunks == 0)       // an empty slice's zeros
+    for (int u = 0; u < ntile_block; ++u) store_tile(tile_m0(u), tile_n0(u));
 }
 
 }  // namespace
