@@ -176,6 +176,42 @@ inline MmaGrid mma_grid(int M, int N, int TM, int TN, bool b_along_k, int k_chun
   return {tiles, persist ? resident : tiles};
 }
 
+// A warp's accumulators, FM x FN fragments of 16 x 8 outputs (the mma and window kernels).
+template <int FM, int FN>
+struct MmaAcc {
+  float v[FM][FN][4];
+  __device__ void clear() {
+    SQ_UNROLL
+    for (int i = 0; i < FM; ++i)
+      SQ_UNROLL
+      for (int j = 0; j < FN; ++j)
+        SQ_UNROLL
+        for (int e = 0; e < 4; ++e) v[i][j][e] = 0.0f;
+  }
+  // The outputs through op's epilogue, the warp's tile at (m0, n0): a lane holds outputs (g, 2t)
+  // and (g, 2t + 1) of each 8-row half of a fragment, one 8-byte store where pair (n is even, so
+  // n + 1 < N with N even), else two. z: the split-K slice.
+  template <class Op>
+  __device__ void store(const Op& op, int m0, int n0, int g, int t, bool pair, int z) const {
+    SQ_UNROLL
+    for (int fi = 0; fi < FM; ++fi)
+      SQ_UNROLL
+      for (int fj = 0; fj < FN; ++fj)
+        SQ_UNROLL
+        for (int h = 0; h < 2; ++h) {
+          const int m = m0 + 16 * fi + g + 8 * h, n = n0 + 8 * fj + 2 * t;
+          const float v0 = v[fi][fj][2 * h], v1 = v[fi][fj][2 * h + 1];
+          if (m >= op.M || n >= op.N) continue;
+          if (pair) {
+            op.store2(m, n, v0, v1, z);
+          } else {
+            op.store(m, n, v0, z);
+            if (n + 1 < op.N) op.store(m, n + 1, v1, z);
+          }
+        }
+  }
+};
+
 // The block tile TM x TN, 8 warps as WM x (8 / WM), k-steps of KB; the stage layout in dynamic
 // shared memory (floats), and as many stages (2-4) as fit in about 100 KB, so that two blocks
 // share an SM.
@@ -227,16 +263,8 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, g = lane / 4, t = lane % 4;
   const int wm = (warp / Sh::WN) * Sh::WTM, wn = (warp % Sh::WN) * Sh::WTN;
 
-  float acc[Sh::FM][Sh::FN][4];
-  auto clear = [&] {
-    SQ_UNROLL
-    for (int i = 0; i < Sh::FM; ++i)
-      SQ_UNROLL
-      for (int j = 0; j < Sh::FN; ++j)
-        SQ_UNROLL
-        for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
-  };
-  clear();
+  MmaAcc<Sh::FM, Sh::FN> acc;
+  acc.clear();
 
   // A's row sums: each step, a thread adds up the stage's 4-float pieces l = tid + 256 r of A
   // (row l / 8), fp32 as copied; at the end the 8 partial sums of a row are added in order.
@@ -326,26 +354,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
   __syncthreads();  // the column keys and the first NS steps' k keys
   for (int j = 0; j < NS - 1; ++j) issue(j);
 
-  // A lane holds outputs (g, 2t) and (g, 2t + 1) of each 8-row half of a fragment: one 8-byte
-  // store where the op allows (vec.pair; n is even, so n + 1 < N with N even), else two.
-  auto store_tile = [&](int tm0, int tn0) {
-    SQ_UNROLL
-    for (int fi = 0; fi < Sh::FM; ++fi)
-      SQ_UNROLL
-      for (int fj = 0; fj < Sh::FN; ++fj)
-        SQ_UNROLL
-        for (int h = 0; h < 2; ++h) {
-          const int m = tm0 + wm + 16 * fi + g + 8 * h, n = tn0 + wn + 8 * fj + 2 * t;
-          const float v0 = acc[fi][fj][2 * h], v1 = acc[fi][fj][2 * h + 1];
-          if (m >= op.M || n >= op.N) continue;
-          if (vec.pair) {
-            op.store2(m, n, v0, v1, blockIdx.z);
-          } else {
-            op.store(m, n, v0, blockIdx.z);
-            if (n + 1 < op.N) op.store(m, n + 1, v1, blockIdx.z);
-          }
-        }
-  };
+  auto store_tile = [&](int tm0, int tn0) { acc.store(op, tm0 + wm, tn0 + wn, g, t, vec.pair, blockIdx.z); };
 
   int cu = 0, cj = 0;  // the tile and step being multiplied
   for (int i = 0; i < total; ++i) {
@@ -387,12 +396,12 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
       SQ_UNROLL
       for (int fi = 0; fi < Sh::FM; ++fi)
         SQ_UNROLL
-        for (int fj = 0; fj < Sh::FN; ++fj) Prec::mma(acc[fi][fj], a[fi], b[fj]);
+        for (int fj = 0; fj < Sh::FN; ++fj) Prec::mma(acc.v[fi][fj], a[fi], b[fj]);
     }
     if (++cj == steps) {  // the tile's last step: its outputs, from registers (no shared memory)
       if (Sh::kBnk) break;  // (one tile: stored below, after the row sums)
       store_tile(tile_m0(cu), tile_n0(cu));
-      clear();
+      acc.clear();
       cj = 0, ++cu;
     }
   }

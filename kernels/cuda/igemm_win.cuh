@@ -147,16 +147,8 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_win_kernel(Op op, int l
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, g = lane / 4, t = lane % 4;
   const int wm = (warp / Sh::WN) * Sh::WTM, wn = (warp % Sh::WN) * Sh::WTN;
 
-  float acc[Sh::FM][Sh::FN][4];
-  auto clear = [&] {
-    SQ_UNROLL
-    for (int i = 0; i < Sh::FM; ++i)
-      SQ_UNROLL
-      for (int j = 0; j < Sh::FN; ++j)
-        SQ_UNROLL
-        for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
-  };
-  clear();
+  MmaAcc<Sh::FM, Sh::FN> acc;
+  acc.clear();
 
   // Chunk j's copies into stage j % 2 (an empty group past the last: the wait below stays exact).
   // The window's pieces lie wholly inside a channel's run or wholly outside it (N and the window's
@@ -208,24 +200,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_win_kernel(Op op, int l
     }
   };
 
-  auto store_tile = [&](int tm0, int tn0) {
-    SQ_UNROLL
-    for (int fi = 0; fi < Sh::FM; ++fi)
-      SQ_UNROLL
-      for (int fj = 0; fj < Sh::FN; ++fj)
-        SQ_UNROLL
-        for (int h = 0; h < 2; ++h) {
-          const int m = tm0 + wm + 16 * fi + g + 8 * h, n = tn0 + wn + 8 * fj + 2 * t;
-          const float v0 = acc[fi][fj][2 * h], v1 = acc[fi][fj][2 * h + 1];
-          if (m >= op.M || n >= op.N) continue;
-          if (vec.pair) {
-            op.store2(m, n, v0, v1, z);
-          } else {
-            op.store(m, n, v0, z);
-            if (n + 1 < op.N) op.store(m, n + 1, v1, z);
-          }
-        }
-  };
+  auto store_tile = [&](int tm0, int tn0) { acc.store(op, tm0 + wm, tn0 + wn, g, t, vec.pair, z); };
 
   issue(0);
   int cu = 0, cj = 0;  // the tile and chunk being multiplied
@@ -256,12 +231,12 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_win_kernel(Op op, int l
         SQ_UNROLL
         for (int fi = 0; fi < Sh::FM; ++fi)
           SQ_UNROLL
-          for (int fj = 0; fj < Sh::FN; ++fj) Prec::mma(acc[fi][fj], a[fi], b[fj]);
+          for (int fj = 0; fj < Sh::FN; ++fj) Prec::mma(acc.v[fi][fj], a[fi], b[fj]);
       }
     }
     if (++cj == chunks) {  // the tile's last chunk: its outputs, from registers
       store_tile(tile_m0(cu), tile_n0(cu));
-      clear();
+      acc.clear();
       cj = 0, ++cu;
     }
   }
