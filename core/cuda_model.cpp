@@ -16,10 +16,14 @@ CudaModel::CudaModel(const ModelConfig& cfg, int max_batch, cudaStream_t stream)
     : plan_(cfg, 1), max_batch_(max_batch), stream_(stream),
       relu_by_next_(relu_backward_by_next(plan_.layers())) {
   SQ_ASSERT(max_batch >= 1, "max_batch must be positive");
+  // Every activation, gradient buffer and the workspace start at a multiple of 32 floats (128
+  // bytes), whatever the batch: the convolutions' 16-byte copies (igemm_mma.cuh, igemm_win.cuh)
+  // take only aligned operands.
+  auto whole = [](size_t n) { return (n + 31) / 32 * 32; };
   size_t total = 0, largest = 0;
   for (const ActShape& a : plan_.acts()) {
     act_offset_.push_back(total);
-    const size_t n = size_t(a.per_sample()) * max_batch_;
+    const size_t n = whole(size_t(a.per_sample()) * max_batch_);
     total += n;
     largest = std::max(largest, n);
   }
