@@ -100,26 +100,26 @@ void launch_tc_tile(const Op& op, int splits, int chunk, cudaStream_t s) {
     igemm_tc_kernel<Op, Prec, kPrefetch, 64, 64><<<grid, kGemmThreads, 0, s>>>(op, chunk);
 }
 
-// The mma kernel of one tile, its shared-memory limit raised: above 48 KB of dynamic shared
-// memory a kernel must ask, once (one GPU a process).
-template <class Op, class Prec, int TM, int TN, int WM>
-auto mma_kernel() {
-  auto* kernel = igemm_mma_kernel<Op, Prec, TM, TN, WM>;
-  static const bool asked = [kernel] {
-    SQ_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 int(MmaShape<Op, Prec, TM, TN, WM>::kSmemBytes)));
+// A kernel with its shared-memory limit raised to kBytes: above 48 KB of dynamic shared memory a
+// kernel must ask, once (one GPU a process).
+template <auto kKernel, size_t kBytes>
+auto smem_limited() {
+  static const bool asked = [] {
+    SQ_CUDA(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kBytes)));
     return true;
   }();
   (void)asked;
-  return kernel;
+  return kKernel;
+}
+
+// The mma kernel of one tile, its limit raised.
+template <class Op, class Prec, int TM, int TN, int WM>
+auto mma_kernel() {
+  return smem_limited<igemm_mma_kernel<Op, Prec, TM, TN, WM>, MmaShape<Op, Prec, TM, TN, WM>::kSmemBytes>();
 }
 
 // The mma kernel's tiles (rows, columns, warp rows), the one list that mma_tile picks from and
 // prepare_conv_kernels readies.
-template <int TM, int TN, int WM>
-struct MmaTile {
-  static constexpr int m = TM, n = TN, wm = WM;
-};
 template <class F>
 void for_each_mma_tile(F f) {
   f(MmaTile<128, 64, 4>{});
@@ -161,54 +161,33 @@ int mma_resident() {
 // kernel (igemm_win.cuh), unless SQUEEZE_IGEMM_WIN=0 (the mma kernel's gathers, for measuring both).
 const bool g_win = !env_is("SQUEEZE_IGEMM_WIN", "0");
 
-// Its tiles: the forward's M (E3, 64 to 256) in 64 x 128; the input gradient's (S, 16 to 64) as
-// narrow as it allows, 256 pixels wide so that a tile's window (TN + 2W + 5 pixels) is mostly its
-// own. Two blocks an SM: at most kWinSmem bytes of stages (at W = 55, TF32: 110, 88 and 69 KB).
-template <class F>
-void for_each_win_tile(F f) {
-  f(MmaTile<64, 128, 2>{});
-  f(MmaTile<32, 256, 1>{});
-  f(MmaTile<16, 256, 1>{});
-}
-Tile win_tile(int M) { return M <= 16 ? Tile{16, 256} : M <= 32 ? Tile{32, 256} : Tile{64, 128}; }
-
+// The window kernel of one tile (igemm_win.cuh's for_each_win_tile), its limit raised to kWinSmem.
 template <class Op, class Prec, int TM, int TN, int WM>
 auto win_kernel() {
-  auto* kernel = igemm_win_kernel<Op, Prec, TM, TN, WM>;
-  static const bool asked = [kernel] {
-    SQ_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWinSmem)));
-    return true;
-  }();
-  (void)asked;
-  return kernel;
+  return smem_limited<igemm_win_kernel<Op, Prec, TM, TN, WM>, kWinSmem>();
 }
 
-// The products the window kernel takes (win_fits).
-bool win_takes(const FwdOp& op) { return g_win && win_fits(op); }
-bool win_takes(const DataOp& op) { return g_win && win_fits(op); }
-
-// Blocks persistent over tiles in one slice; split-K slices (the input gradient at small images:
-// data_splits) of whole chunks, a block a tile.
+// Blocks persistent over all of a product's tiles in one slice (mma_grid at any depth); split-K
+// slices (the input gradient at small images: data_splits) of whole chunks, a block a tile.
 template <class Prec, class Op>
 void launch_win(const Op& op, int splits, cudaStream_t s) {
-  const Tile t = win_tile(op.M);
-  const int tiles = ((op.M + t.m - 1) / t.m) * ((op.N + t.n - 1) / t.n), resident = mma_resident();
-  const int blocks = resident > 0 && splits == 1 ? std::min(tiles, resident) : tiles;
+  const WinTile t = win_tile(op.M);
+  const MmaGrid mg = mma_grid(op.M, op.N, t.m, t.n, false, 0, splits, mma_resident());
   const int slice_chunks = win_slice_chunks(Win<Op>::channels(op), splits);
   for_each_win_tile([&](auto tile) {
     using T = decltype(tile);
     if (T::m != t.m || T::n != t.n) return;
     auto* kernel = win_kernel<Op, Prec, T::m, T::n, T::wm>();
     const int ldw = win_ld(T::n, op.g.W, Prec::K == 16);
-    kernel<<<dim3(blocks, 1, splits), kGemmThreads, win_smem_bytes<Prec, T::m, T::n, T::wm>(op.g.W), s>>>(
-        op, ldw, mma_vec(op), tiles, slice_chunks);
+    kernel<<<dim3(mg.blocks, 1, splits), kGemmThreads, win_smem_bytes<Prec, T::m, T::n, T::wm>(op.g.W), s>>>(
+        op, ldw, mma_vec(op), mg.tiles, slice_chunks);
   });
 }
 
 template <class Prec, class Op>
 void launch_mma(const Op& op, int splits, cudaStream_t s) {
   if constexpr (!Op::kBAlongK) {  // (the weight gradient never)
-    if (win_takes(op)) return launch_win<Prec>(op, splits, s);
+    if (g_win && win_fits(op)) return launch_win<Prec>(op, splits, s);
   }
   const Tile t = mma_tile(op.M, op.N, Op::kBAlongK);
   const int chunk = mma_chunk(op.Kd, splits);

@@ -212,6 +212,12 @@ struct MmaAcc {
   }
 };
 
+// A tile of the mma or window kernel: rows, columns, warp rows (conv.cu's lists of tiles).
+template <int TM, int TN, int WM>
+struct MmaTile {
+  static constexpr int m = TM, n = TN, wm = WM;
+};
+
 // The block tile TM x TN, 8 warps as WM x (8 / WM), k-steps of KB; the stage layout in dynamic
 // shared memory (floats), and as many stages (2-4) as fit in about 100 KB, so that two blocks
 // share an SM.

@@ -105,19 +105,39 @@ size_t win_smem_bytes(int W) {
 // Two blocks an SM: at most this much of stages a block.
 constexpr size_t kWinSmem = 113 * 1024;
 
+// The tiles: the forward's M (E3, 64 to 256) in 64 x 128; the input gradient's (S, 16 to 64) as
+// narrow as it allows, 256 pixels wide so that a tile's window (TN + 2W + 5 pixels) is mostly its
+// own. At W = 55 their stages take 110, 88 and 69 KB (TF32).
+template <class F>
+void for_each_win_tile(F f) {
+  f(MmaTile<64, 128, 2>{});
+  f(MmaTile<32, 256, 1>{});
+  f(MmaTile<16, 256, 1>{});
+}
+struct WinTile {
+  int m, n;
+};
+inline WinTile win_tile(int M) { return M <= 16 ? WinTile{16, 256} : M <= 32 ? WinTile{32, 256} : WinTile{64, 128}; }
+
 // Whether the window kernel can take a product whose window operand src has `channels` runs of n
 // pixels: a 3x3 filter at stride 1 and padding 1, whole chunks of 16 channels, runs of 4k floats
-// from a 16-byte aligned tensor (whole 16-byte pieces), and stages of every tile (conv.cu's
-// win_tile: 64x128, 32x256, 16x256) within kWinSmem, which holds rows up to W = 79.
+// from a 16-byte aligned tensor (whole 16-byte pieces), and stages of every tile in both
+// precisions within kWinSmem, which holds rows up to W = 79.
 inline bool win_fits(const Geo& g, int channels, int n, const float* src) {
   if (g.R != 3 || g.S != 3 || g.stride != 1 || g.pad != 1) return false;
   if (channels % kWinC != 0 || n % 4 != 0 || !aligned16(src)) return false;
-  return win_smem_bytes<MmaTf32, 64, 128, 2>(g.W) <= kWinSmem && win_smem_bytes<MmaTf32, 32, 256, 1>(g.W) <= kWinSmem &&
-         win_smem_bytes<MmaTf32, 16, 256, 1>(g.W) <= kWinSmem && win_smem_bytes<MmaBf16, 64, 128, 2>(g.W) <= kWinSmem &&
-         win_smem_bytes<MmaBf16, 32, 256, 1>(g.W) <= kWinSmem && win_smem_bytes<MmaBf16, 16, 256, 1>(g.W) <= kWinSmem;
+  bool fit = true;
+  for_each_win_tile([&](auto tile) {
+    using T = decltype(tile);
+    fit = fit && win_smem_bytes<MmaTf32, T::m, T::n, T::wm>(g.W) <= kWinSmem &&
+          win_smem_bytes<MmaBf16, T::m, T::n, T::wm>(g.W) <= kWinSmem;
+  });
+  return fit;
 }
-inline bool win_fits(const FwdOp& op) { return win_fits(op.g, op.g.C, op.N, op.x); }
-inline bool win_fits(const DataOp& op) { return win_fits(op.g, op.g.K, op.N, op.dz); }
+template <class Op>
+bool win_fits(const Op& op) {
+  return win_fits(op.g, Win<Op>::channels(op), op.N, Win<Op>::src(op));
+}
 // The chunks of a split-K slice (the input gradient's, DataOp::partial; conv.cu's data_splits).
 inline int win_slice_chunks(int channels, int splits) { return (channels / kWinC + splits - 1) / splits; }
 
