@@ -21,7 +21,8 @@
 #            step profiles of squeezenet1.0 and the Fashion-MNIST configuration; then the
 #            training section again with SQUEEZE_CUDA_GRAPH=1 (the step as CUDA graphs), and the
 #            convolutions and training with SQUEEZE_IGEMM_PERSIST=0 (one block a tile), and with
-#            SQUEEZE_IGEMM_WIN=0 (the expand 3x3 products through the mma kernel's gathers). The
+#            SQUEEZE_IGEMM_WIN=0 (the expand 3x3 products through the mma kernel's gathers); the
+#            algorithms cuDNN picked for each geometry ($OUT/cudnn_algos.txt). The
 #            opt-in kernel variants run the same way by their switches (SQUEEZE_IGEMM_MMA=0,
 #            SQUEEZE_IGEMM_WIDE=1, SQUEEZE_IGEMM_WARPS=4x8, SQUEEZE_IGEMM_PREFETCH=0)
 #   profile  Nsight Compute (ncu): every kernel of one training step of squeezenet1.0 and of the
@@ -147,7 +148,10 @@ for phase in $phases; do
       $B/bench_collectives --max-bytes 268435456 --target-ms 20 --json "$OUT/collectives_np1.json"
     ;;
   bench)
-    run bench_gpu $B/bench_gpu --reps 20 --json "$OUT/bench_gpu.json"
+    # (SQUEEZE_CUDNN_ALGOS=1: each cuDNN plan's algorithms on stderr, kept in the log: whether
+    # cuDNN's fp32 3x3 times come from Winograd or FFT, fewer multiplies than a direct product.)
+    SQUEEZE_CUDNN_ALGOS=1 run bench_gpu $B/bench_gpu --reps 20 --json "$OUT/bench_gpu.json"
+    grep "squeeze: cuDNN .* plan for" "$OUT/gpu_check.log" | sort -u > "$OUT/cudnn_algos.txt"
     # ... and the training step replayed as CUDA graphs (opt-in), same run.
     SQUEEZE_CUDA_GRAPH=1 run "bench_gpu, CUDA graphs (training)" \
       $B/bench_gpu --reps 20 --sections 2 --json "$OUT/bench_gpu_graph.json"

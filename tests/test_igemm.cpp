@@ -649,6 +649,96 @@ TEST(ImplicitGemm, WindowKernelOnTheCpuReproducesTheCpuConvolution) {
   EXPECT_EQ(misaligned_a, 6) << "A's 4-byte copies";
 }
 
+namespace {
+
+// The weight gradient's window kernel (igemm_win.cuh, igemm_winw_kernel) on one op, its grid and
+// split-K slices of whole chunks as conv.cu launches it, threads resumed in the given order.
+template <class Prec, int TM>
+void run_winw(const cuda::WeightOp& op, int splits, bool reverse) {
+  ASSERT_TRUE(cuda::win_fits(op));
+  ASSERT_LE((cuda::winw_smem_bytes<Prec, TM>(op.g.W)), simt::kDynamicSharedFloats * sizeof(float));
+  const int tiles = (op.M + TM - 1) / TM * (op.g.C / cuda::kWinC);
+  const int ldw = cuda::winw_ld(op.g.W), slice = cuda::winw_slice_pixels(op.Kd, splits);
+  ASSERT_TRUE(simt::run({unsigned(tiles), 1, unsigned(splits)}, cuda::kGemmThreads,
+                        [&] { cuda::igemm_winw_kernel<Prec, TM>(op, ldw, slice); }, reverse))
+      << "threads disagree on barriers";
+}
+
+// One tile, precision and slicing: the slices (ws filled with NaN first, so that an output left
+// unwritten shows) summed by conv.cu's splitk_reduce_kernel into dw, against the double reference
+// on operands rounded as the kernel rounds them (r), to fp32's accumulation error; with bias, the
+// rows of dz summed beside them onto db = 1 (fp32 as copied, unrounded) against sums in double.
+template <class Prec, int TM>
+void check_winw(const Case& c, const Case& r, int splits, bool reverse, bool bias) {
+  SCOPED_TRACE("weight-gradient window, " + std::to_string(TM) + " rows, " + std::to_string(splits) +
+               " slice(s)" + (reverse ? ", reverse" : "") + (bias ? ", bias" : ""));
+  const int K = c.g.K, npq = c.npq();
+  std::vector<float> ws(size_t(splits) * c.dw_ref.size(), NAN), rows(size_t(splits) * size_t(K), NAN);
+  std::vector<float> dw(c.dw_ref.size(), 0.0f), db(size_t(K), 1.0f);
+  cuda::WeightOp op = c.wgt(ws.data());
+  if (bias) op.rows = rows.data();
+  run_winw<Prec, TM>(op, splits, reverse);
+  ASSERT_TRUE(simt::run({2, 1, 1}, cuda::kThreads, [&] {
+    cuda::WeightSums sums{ws.data(), splits, K, c.g.C, 9, dw.data()};
+    if (bias) sums.rows = rows.data(), sums.db = db.data();
+    cuda::splitk_reduce_kernel(sums);
+  }, reverse));
+  EXPECT_LT(rel(dw, r.dw_ref), 1e-5) << "weight gradient";
+  EXPECT_GT(rel(dw, c.dw_ref), 1e-7) << "the operands were not rounded";
+  if (!bias) return;
+  for (int k = 0; k < K; ++k) {
+    double want = 1.0;
+    for (int j = 0; j < npq; ++j) want += c.dz[size_t(k) * size_t(npq) + size_t(j)];
+    EXPECT_NEAR(db[size_t(k)], want, 1e-5 * (1.0 + std::fabs(want))) << "bias " << k;
+  }
+}
+
+template <class Prec>
+void check_winw_cases(int& sliced_empty) {
+  std::mt19937 rng(19);
+  // As the forward's cases (check_win_cases): 468 pixels (7 chunks and a part; tiles that start
+  // mid-row and mid-image), 168 pixels over 48 channels (3 channel tiles), 60 pixels (one partial
+  // chunk; 3 slices leave two empty) over 80 rows (two row tiles of 64, the second partial).
+  const ConvGeom cases[] = {
+      {4, 16, 9, 13, 32, 3, 3, 1, 1},
+      {2, 48, 7, 12, 16, 3, 3, 1, 1},
+      {3, 32, 5, 4, 80, 3, 3, 1, 1},
+  };
+  for (const ConvGeom& cg : cases) {
+    const Case c(cg, rng);
+    Case r = c;
+    for (auto* v : {&r.x, &r.w, &r.dz})
+      for (float& e : *v) e = rounded<Prec>(e);
+    r.reference();
+    SCOPED_TRACE(c.name());
+    sliced_empty += cuda::winw_slice_pixels(c.npq(), 3) * 2 >= c.npq();
+    check_winw<Prec, 64>(c, r, 1, false, true);
+    check_winw<Prec, 64>(c, r, 3, true, false);
+    check_winw<Prec, 128>(c, r, 1, true, false);
+    check_winw<Prec, 128>(c, r, 3, false, true);
+  }
+}
+
+}  // namespace
+
+// The weight gradient's window kernel on the CPU: dW as the products of dz's chunks of 64 pixels
+// with the nine shifted windows of x, in both precisions, both tiles, whole and in split-K slices,
+// with the bias's row sums. The emulator fills shared memory with NaN and performs a copy only
+// when its thread waits, and the reference rounds the operands as the kernel does: a tap's shift,
+// a tap bit, a channel or a pixel off by one gives a wrong product.
+TEST(ImplicitGemm, WindowKernelOnTheCpuReproducesTheWeightGradient) {
+  int sliced_empty = 0;
+  {
+    SCOPED_TRACE("tf32");
+    check_winw_cases<cuda::MmaTf32>(sliced_empty);
+  }
+  {
+    SCOPED_TRACE("bf16");
+    check_winw_cases<cuda::MmaBf16>(sliced_empty);
+  }
+  EXPECT_EQ(sliced_empty, 2) << "3 slices of which some are empty";
+}
+
 // Which products the window kernel takes (win_fits): the expand 3x3's forward and input gradient
 // at every Fire shape of squeezenet1.0 and 1.1 at batch 128 and at an odd batch, and nothing else.
 TEST(ImplicitGemm, WindowKernelTakesTheExpand3x3Products) {
@@ -658,6 +748,9 @@ TEST(ImplicitGemm, WindowKernelTakesTheExpand3x3Products) {
   auto geo = [](int N, int C, int H, int K, int R, int stride, int pad) {
     const int P = (H + 2 * pad - R) / stride + 1;
     return cuda::Geo{N, C, H, H, K, R, R, stride, pad, P, P};
+  };
+  auto wgt = [](const cuda::Geo& g, const float* x, const float* dz) {
+    return cuda::WeightOp{g, x, dz, nullptr, g.K, g.C * g.R * g.S, g.N * g.P * g.Q};
   };
   // (S, E3, size) of every Fire module: squeezenet1.0 at 54, 27, 13; squeezenet1.1 at 55, 27, 13.
   const int fires[][3] = {{16, 64, 54}, {32, 128, 54}, {32, 128, 27}, {48, 192, 27}, {64, 256, 27},
@@ -670,12 +763,22 @@ TEST(ImplicitGemm, WindowKernelTakesTheExpand3x3Products) {
       EXPECT_EQ(cuda::win_fits(g, f[0], n, aligned), whole) << "forward, S " << f[0] << " at " << f[2] << ", N " << N;
       EXPECT_EQ(cuda::win_fits(g, f[1], n, aligned), whole) << "input gradient, E3 " << f[1] << " at " << f[2];
       EXPECT_FALSE(cuda::win_fits(g, f[0], n, aligned + 1)) << "a window operand not 16-byte aligned";
+      EXPECT_EQ(cuda::win_fits(wgt(g, aligned, aligned)), whole) << "weight gradient, S " << f[0] << " at " << f[2];
+      EXPECT_FALSE(cuda::win_fits(wgt(g, aligned + 1, aligned))) << "weight gradient, x not 16-byte aligned";
+      EXPECT_FALSE(cuda::win_fits(wgt(g, aligned, aligned + 1))) << "weight gradient, dz not 16-byte aligned";
     }
   EXPECT_FALSE(cuda::win_fits(geo(128, 3, 224, 96, 7, 2, 0), 3, 128 * 109 * 109, aligned)) << "conv1";
   EXPECT_FALSE(cuda::win_fits(geo(128, 64, 27, 256, 1, 1, 0), 64, 128 * 729, aligned)) << "a 1x1";
   EXPECT_FALSE(cuda::win_fits(geo(128, 8, 27, 16, 3, 1, 1), 8, 128 * 729, aligned)) << "8 channels";
   EXPECT_FALSE(cuda::win_fits(geo(128, 16, 27, 16, 3, 2, 1), 16, 128 * 196, aligned)) << "stride 2";
+  EXPECT_FALSE(cuda::win_fits(wgt(geo(128, 3, 224, 96, 7, 2, 0), aligned, aligned))) << "conv1's weight gradient";
+  EXPECT_FALSE(cuda::win_fits(wgt(geo(128, 64, 27, 256, 1, 1, 0), aligned, aligned))) << "a 1x1 weight gradient";
+  EXPECT_FALSE(cuda::win_fits(wgt(geo(128, 8, 27, 16, 3, 1, 1), aligned, aligned))) << "8 channels' weight gradient";
+  EXPECT_FALSE(cuda::win_fits(wgt(geo(128, 16, 27, 16, 3, 2, 1), aligned, aligned))) << "a stride-2 weight gradient";
   // The stages of every tile fit two blocks an SM up to rows of 79; not at 80.
   EXPECT_TRUE(cuda::win_fits(geo(128, 16, 79, 64, 3, 1, 1), 16, 128 * 79 * 79, aligned));
   EXPECT_FALSE(cuda::win_fits(geo(128, 16, 80, 64, 3, 1, 1), 16, 128 * 80 * 80, aligned));
+  // The weight gradient's stages (64 pixels a chunk) fit rows up to 127.
+  EXPECT_TRUE(cuda::win_fits(wgt(geo(8, 16, 127, 64, 3, 1, 1), aligned, aligned)));
+  EXPECT_FALSE(cuda::win_fits(wgt(geo(8, 16, 128, 64, 3, 1, 1), aligned, aligned)));
 }

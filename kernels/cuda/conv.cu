@@ -157,8 +157,9 @@ int mma_resident() {
   return n;
 }
 
-// The 3x3 stride-1 products (the expand 3x3's forward and input gradient) through the window
-// kernel (igemm_win.cuh), unless SQUEEZE_IGEMM_WIN=0 (the mma kernel's gathers, for measuring both).
+// The 3x3 stride-1 products (the expand 3x3's forward, input gradient and weight gradient) through
+// the window kernels (igemm_win.cuh), unless SQUEEZE_IGEMM_WIN=0 (the mma kernel's gathers, for
+// measuring both).
 const bool g_win = !env_is("SQUEEZE_IGEMM_WIN", "0");
 
 // The window kernel of one tile (igemm_win.cuh's for_each_win_tile), its limit raised to kWinSmem.
@@ -184,10 +185,32 @@ void launch_win(const Op& op, int splits, cudaStream_t s) {
   });
 }
 
+// The window kernel of the weight gradient (igemm_win.cuh, igemm_winw_kernel), its limit raised.
+template <class Prec, int TM>
+auto winw_kernel() {
+  return smem_limited<igemm_winw_kernel<Prec, TM>, kWinSmem>();
+}
+
+// A block a tile and split-K slice (weight_splits' slices, rounded to whole chunks of pixels).
+template <class Prec>
+void launch_winw(const WeightOp& op, int splits, cudaStream_t s) {
+  const int tm = winw_tile(op.M), tiles = (op.M + tm - 1) / tm * (op.g.C / kWinC);
+  const int ldw = winw_ld(op.g.W), slice = winw_slice_pixels(op.Kd, splits);
+  for_each_winw_tile([&](auto t) {
+    constexpr int TM = decltype(t)::value;
+    if (TM != tm) return;
+    winw_kernel<Prec, TM>()<<<dim3(tiles, 1, splits), kGemmThreads, winw_smem_bytes<Prec, TM>(op.g.W), s>>>(
+        op, ldw, slice);
+  });
+}
+
 template <class Prec, class Op>
 void launch_mma(const Op& op, int splits, cudaStream_t s) {
-  if constexpr (!Op::kBAlongK) {  // (the weight gradient never)
-    if (g_win && win_fits(op)) return launch_win<Prec>(op, splits, s);
+  if (g_win && win_fits(op)) {
+    if constexpr (Op::kBAlongK)
+      return launch_winw<Prec>(op, splits, s);
+    else
+      return launch_win<Prec>(op, splits, s);
   }
   const Tile t = mma_tile(op.M, op.N, Op::kBAlongK);
   const int chunk = mma_chunk(op.Kd, splits);
@@ -309,6 +332,10 @@ void prepare_conv_kernels() {
     win_kernel<DataOp, MmaTf32, T::m, T::n, T::wm>();
     win_kernel<FwdOp, MmaBf16, T::m, T::n, T::wm>();
     win_kernel<DataOp, MmaBf16, T::m, T::n, T::wm>();
+  });
+  for_each_winw_tile([](auto t) {
+    winw_kernel<MmaTf32, decltype(t)::value>();
+    winw_kernel<MmaBf16, decltype(t)::value>();
   });
 }
 ConvMath conv_math() { return g_math; }

@@ -140,6 +140,32 @@ cudnnHandle_t handle_on(cudaStream_t s) {
   return st.handle;
 }
 
+// The algorithms a plan found, one line on stderr (SQUEEZE_CUDNN_ALGOS=1; gpu_check.sh bench keeps
+// it): which method cuDNN's times come from (an implicit GEMM, FFT or Winograd: fewer multiplies
+// than the direct product the own kernels count as their floor), and on which layout.
+const char* algo_name(cudnnConvolutionFwdAlgo_t a) {
+  static const char* const names[] = {"implicit GEMM", "implicit precomputed GEMM", "GEMM", "direct",
+                                      "FFT", "FFT tiling", "Winograd", "Winograd nonfused"};
+  return int(a) >= 0 && int(a) < 8 ? names[int(a)] : "unknown";
+}
+const char* algo_name(cudnnConvolutionBwdDataAlgo_t a) {
+  static const char* const names[] = {"algo 0", "algo 1", "FFT", "FFT tiling", "Winograd", "Winograd nonfused"};
+  return int(a) >= 0 && int(a) < 6 ? names[int(a)] : "unknown";
+}
+const char* algo_name(cudnnConvolutionBwdFilterAlgo_t a) {
+  static const char* const names[] = {"algo 0", "algo 1", "FFT", "algo 3", "Winograd", "Winograd nonfused",
+                                      "FFT tiling"};
+  return int(a) >= 0 && int(a) < 7 ? names[int(a)] : "unknown";
+}
+void report(const ConvGeom& g, const Plan& p, bool tf32) {
+  auto layout = [&](bool nchw) { return p.pointwise ? "packed" : nchw ? "NCHW copies" : "own layout"; };
+  std::fprintf(stderr,
+               "squeeze: cuDNN %s plan for %s: forward %s (%s), backward data %s, backward filter %s (%s), "
+               "workspace %.1f MB\n",
+               tf32 ? "TF32" : "fp32", geometry(g).c_str(), algo_name(p.fwd), layout(p.fwd_nchw),
+               algo_name(p.bwd_data), algo_name(p.bwd_filter), layout(p.filter_nchw), double(p.ws_bytes) / 1e6);
+}
+
 Plan& plan_for(const ConvGeom& g) {
   State& st = state();
   int dev = 0;
@@ -239,6 +265,7 @@ Plan& plan_for(const ConvGeom& g) {
     SQ_CUDA(cudaMalloc(reinterpret_cast<void**>(&p.staging), (nx + ny) * sizeof(float)));
   }
   if (p.ws_bytes) SQ_CUDA(cudaMalloc(&p.ws, p.ws_bytes));
+  if (env_is("SQUEEZE_CUDNN_ALGOS", "1")) report(g, p, tf32);
   return st.plans.emplace(key, p).first->second;
 }
 

@@ -246,6 +246,37 @@ __device__ float* row_sums(const Op&) {
 }
 __device__ inline float* row_sums(const WeightOp& op) { return op.rows; }
 
+// The row sums of a TM x KB A operand over a block's k-steps (the weight gradient's bias: WeightOp::rows;
+// the mma and window kernels), in one register a thread: thread tid takes row tid / T of each
+// stage (T = 256 / TM threads a row) and adds up its 4-float pieces tid % T, tid % T + T, ..., fp32
+// as copied; at the end the T partial sums of a row are added in order and written to rows[z][m].
+template <int TM, int KB>
+struct RowSums {
+  static constexpr int T = kGemmThreads / TM, kPieces = KB / 4;
+  static_assert(T * TM == kGemmThreads, "whole threads a row");
+  float v = 0.0f;
+  __device__ void add(const float* As, int lda) {
+    const float* row = As + int(threadIdx.x) / T * lda;
+    SQ_UNROLL
+    for (int q = int(threadIdx.x) % T; q < kPieces; q += T) {
+      const float4 a = *reinterpret_cast<const float4*>(row + 4 * q);
+      v += (a.x + a.y) + (a.z + a.w);
+    }
+  }
+  // The whole block calls it once its stages are done with: smem (256 floats) takes the partial sums.
+  __device__ void finish(float* smem, float* rows, int m0, int M, int z) const {
+    __syncthreads();  // every warp done with the stages
+    smem[threadIdx.x] = v;
+    __syncthreads();
+    const int mm = int(threadIdx.x), m = m0 + mm;
+    if (mm < TM && m < M) {
+      float s = 0.0f;
+      for (int q = 0; q < T; ++q) s += smem[mm * T + q];
+      rows[size_t(z) * M + m] = s;
+    }
+  }
+};
+
 // Two blocks an SM: at most 128 registers a thread (conv.cu picks the tiles that fit unspilled).
 template <class Op, class Prec, int TM, int TN, int WM>
 __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k_chunk, MmaVec vec, int tiles) {
@@ -272,13 +303,9 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
   MmaAcc<Sh::FM, Sh::FN> acc;
   acc.clear();
 
-  // A's row sums: each step, a thread adds up the stage's 4-float pieces l = tid + 256 r of A
-  // (row l / 8), fp32 as copied; at the end the 8 partial sums of a row are added in order.
+  // A's row sums (the bias gradient), from the blocks of the first column tile.
   float* const rows = tile_n0(0) == 0 ? row_sums(op) : nullptr;
-  constexpr int PR = (TM * KB / 4 + kGemmThreads - 1) / kGemmThreads;
-  float rsum[PR];
-  SQ_UNROLL
-  for (int r = 0; r < PR; ++r) rsum[r] = 0.0f;
+  RowSums<TM, KB> rsum;
 
   // The B elements of a thread lie in one column (its key `fixed`, for the whole kernel) or, where
   // B runs along k, at one k of each step (its key read once per step): fixed_b, the index that
@@ -373,16 +400,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
     fstep = fstep + 1 == steps ? 0 : fstep + 1;
     const float* As = smem + (i % NS) * Sh::kStageFloats;
     const float* Bs = As + Sh::kAFloats;
-    if (rows) {
-      SQ_UNROLL
-      for (int r = 0; r < PR; ++r) {
-        const int l = int(threadIdx.x) + r * kGemmThreads;
-        if (l < TM * KB / 4) {
-          const float4 v = *reinterpret_cast<const float4*>(As + l / (KB / 4) * LDA + l % (KB / 4) * 4);
-          rsum[r] += (v.x + v.y) + (v.z + v.w);
-        }
-      }
-    }
+    if (rows) rsum.add(As, LDA);
     // The step's depth: a tile's last step may hold fewer than KB k (zero-filled past them), as in
     // every 1x1 product over 16 or 48 channels; the mma steps past them are skipped.
     const int depth = ke - (kb + cj * KB);
@@ -412,21 +430,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
     }
   }
   cp_async_wait<0>();  // (only empty groups remain)
-  if (rows) {  // (the same for every thread of the block)
-    __syncthreads();  // every warp done with the stages: the first takes the partial sums
-    SQ_UNROLL
-    for (int r = 0; r < PR; ++r) {
-      const int l = int(threadIdx.x) + r * kGemmThreads;
-      if (l < TM * KB / 4) smem[l] = rsum[r];
-    }
-    __syncthreads();
-    const int mm = int(threadIdx.x), m = tile_m0(0) + mm;
-    if (mm < TM && m < op.M) {
-      float v = 0.0f;
-      for (int q = 0; q < KB / 4; ++q) v += smem[mm * (KB / 4) + q];
-      rows[size_t(blockIdx.z) * op.M + m] = v;
-    }
-  }
+  if (rows) rsum.finish(smem, rows, tile_m0(0), op.M, int(blockIdx.z));  // (the same for the whole block)
   // The one tile of a block where B runs along k; an empty split-K slice's zeros (no steps).
   if (Sh::kBnk)
     store_tile(tile_m0(0), tile_n0(0));

@@ -30,6 +30,8 @@
 // Kernel source only, no CUDA runtime: tests/test_igemm.cpp runs it on the CPU under
 // tests/simt_host.h.
 #pragma once
+#include <type_traits>
+
 #include "kernels/cuda/igemm_mma.cuh"
 
 namespace sq {
@@ -263,6 +265,199 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_win_kernel(Op op, int l
   cp_async_wait<0>();  // (only an empty group remains)
   if (chunks == 0)       // an empty slice's zeros
     for (int u = 0; u < ntile_block; ++u) store_tile(tile_m0(u), tile_n0(u));
+}
+
+// ---- The weight gradient over windows ----------------------------------------------------------
+//
+// dW (K x 9C) += dz (K x NHW) * col(x)^T: k a pixel, n a (channel, tap), dW's column 9 c + tap
+// (WeightOp, whose B the mma kernel gathers 4 bytes at a time along the pixels). Here k runs in
+// chunks of kWinP pixels [p0, p0 + kWinP), and under tap (r, s) pixel p reads x at
+// p + (r - 1) W + (s - 1) of each channel (0 where the tap leaves the pixel's image), so a chunk of
+// a channel reads the window [p0 - W - 1, p0 + kWinP + W + 1) of it, whatever the tap:
+//
+// - A block's tile is TM rows of dW by 16 channels under all 9 taps: the 144 columns [9 c0,
+//   9 c0 + 144). A stage holds dz's TM x kWinP piece ([m][k], 16-byte copies), the 16 channels'
+//   windows (16-byte copies from the multiple of 4 below the start) and the chunk's pixels' tap
+//   bits (igemm_ops.h's Key bits, computed at the copy).
+// - Warps 4 x 2: warp (wm, wn) takes TM / 4 rows and channels 8 wn .. 8 wn + 7 under each tap, one
+//   8-column fragment a tap, so a fragment's tap is a constant: the B fragment of tap (r, s) is the
+//   [n][k] tile at the window's row 8 wn, shifted by (r - 1) W + (s - 1), its elements zeroed where
+//   their pixel's bits lack the tap's. Its reads: lane (g, t) reads channel g at pixel t (TF32), at
+//   g ldw + t + shift, conflict-free with ldw = 4 mod 32; BF16 pixels 2t and 2t + 1 one float at a
+//   time (the shift may be odd), two ways a bank.
+// - Split-K as the mma kernel's weight gradient (conv.cu's weight_splits, ws[z]), in slices of
+//   whole chunks; a slice past the pixels stores zeros. With op.rows, the blocks of the first
+//   channel tile also write their slice's sums of dz's rows (the bias gradient, RowSums).
+constexpr int kWinP = 64;  // pixels a chunk
+
+template <class Prec, int TM>
+struct WinWShape {
+  static constexpr int WM = 4, WN = 2, FM = TM / WM / 16, FN = 9;
+  static_assert(FM >= 1 && FM * 16 * WM == TM && WN * kWinC / 2 == kWinC && WM * WN == kGemmThreads / 32,
+                "warps 4 x 2, 8 channels a warp");
+  static constexpr int LDA = kWinP + Prec::kPadRowK, kAFloats = TM * LDA;
+  static_assert(kAFloats % 4 == 0, "16-byte aligned window");
+};
+// The window's row stride: kWinP pixels' span, at 4 mod 32 (conflict-free [n][k] reads in TF32).
+SQ_HOST_DEVICE inline int winw_ld(int W) { return win_ld(kWinP, W, true); }
+// A stage: A's piece, the 16 windows, the kWinP pixels' tap bits.
+template <class Prec, int TM>
+SQ_HOST_DEVICE inline int winw_stage_floats(int W) {
+  return WinWShape<Prec, TM>::kAFloats + kWinC * winw_ld(W) + kWinP;
+}
+template <class Prec, int TM>
+size_t winw_smem_bytes(int W) {
+  return 2 * size_t(winw_stage_floats<Prec, TM>(W)) * sizeof(float);
+}
+// The tiles: 128 rows where they pad M no more than 64 would (M = 128, 256), else 64.
+template <class F>
+void for_each_winw_tile(F f) {
+  f(std::integral_constant<int, 64>{});
+  f(std::integral_constant<int, 128>{});
+}
+inline int winw_tile(int M) { return M > 64 && (M + 127) / 128 * 128 <= (M + 63) / 64 * 64 ? 128 : 64; }
+// A split-K slice's pixels: whole chunks.
+inline int winw_slice_pixels(int Kd, int splits) {
+  const int p = (Kd + splits - 1) / splits;
+  return (p + kWinP - 1) / kWinP * kWinP;
+}
+// Whether the window kernel can take a weight gradient: a 3x3 filter at stride 1 and padding 1,
+// whole chunks of 16 channels, planes of 4k floats from 16-byte aligned x and dz, and the stages of
+// both tiles in both precisions within kWinSmem (rows up to W = 127).
+inline bool win_fits(const WeightOp& op) {
+  const Geo& g = op.g;
+  if (g.R != 3 || g.S != 3 || g.stride != 1 || g.pad != 1) return false;
+  if (g.C % kWinC != 0 || op.Kd % 4 != 0 || !aligned16(op.x) || !aligned16(op.dz)) return false;
+  bool fit = true;
+  for_each_winw_tile([&](auto tm) {
+    constexpr int TM = decltype(tm)::value;
+    fit = fit && winw_smem_bytes<MmaTf32, TM>(g.W) <= kWinSmem && winw_smem_bytes<MmaBf16, TM>(g.W) <= kWinSmem;
+  });
+  return fit;
+}
+
+// B's fragment of one tap from the [n][k] window tile at p (channel g's row, pixel t), its pixels'
+// tap bits in bits (TF32: pixels t, t + 4; BF16: 2t, 2t + 1, 2t + 8, 2t + 9), zero where they lack tb.
+template <class Prec>
+struct WinB;
+template <>
+struct WinB<MmaTf32> {
+  static constexpr int kBits = 2;
+  __device__ static void bits(unsigned (&b)[2], const unsigned* pb, int t) { b[0] = pb[t], b[1] = pb[t + 4]; }
+  __device__ static void load(uint32_t (&b)[2], const float* p, int ld, int g, int t, const unsigned (&pb)[2],
+                              unsigned tb) {
+    const float* r = p + g * ld + t;
+    b[0] = (pb[0] & tb) == tb ? tf32_bits(r[0]) : 0u;
+    b[1] = (pb[1] & tb) == tb ? tf32_bits(r[4]) : 0u;
+  }
+};
+template <>
+struct WinB<MmaBf16> {
+  static constexpr int kBits = 4;
+  __device__ static void bits(unsigned (&b)[4], const unsigned* pb, int t) {
+    b[0] = pb[2 * t], b[1] = pb[2 * t + 1], b[2] = pb[2 * t + 8], b[3] = pb[2 * t + 9];
+  }
+  __device__ static void load(uint32_t (&b)[2], const float* p, int ld, int g, int t, const unsigned (&pb)[4],
+                              unsigned tb) {
+    const float* r = p + g * ld + 2 * t;
+    b[0] = pack_bf16x2((pb[0] & tb) == tb ? r[0] : 0.0f, (pb[1] & tb) == tb ? r[1] : 0.0f);
+    b[1] = pack_bf16x2((pb[2] & tb) == tb ? r[8] : 0.0f, (pb[3] & tb) == tb ? r[9] : 0.0f);
+  }
+};
+
+// Grid: x the tiles (row tiles fastest, then the C / 16 channel tiles), z the split-K slices of
+// slice_pixels each; ldw = winw_ld(W).
+template <class Prec, int TM>
+__global__ void __launch_bounds__(kGemmThreads, 2) igemm_winw_kernel(WeightOp op, int ldw, int slice_pixels) {
+  using Sh = WinWShape<Prec, TM>;
+  constexpr int LDA = Sh::LDA;
+  SQ_DYNAMIC_SHARED(float, smem);
+  const int mtiles = (op.M + TM - 1) / TM;
+  const int m0 = int(blockIdx.x) % mtiles * TM, c0 = int(blockIdx.x) / mtiles * kWinC, z = int(blockIdx.z);
+  const int kd = op.Kd, pb = z * slice_pixels, pe = min(kd, pb + slice_pixels);
+  const int chunks = pe > pb ? (pe - pb + kWinP - 1) / kWinP : 0;
+  const int W = op.g.W, H = op.g.H, HW = H * W;
+  const int stage = Sh::kAFloats + kWinC * ldw + kWinP, npieces = win_pieces(kWinP, W);
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, g = lane / 4, t = lane % 4;
+  const int wm = (warp / Sh::WN) * (TM / Sh::WM), wn = warp % Sh::WN;
+  auto win0 = [&](int p0) { return (p0 - W - 1) & ~3; };
+  float* const rows = c0 == 0 ? op.rows : nullptr;
+  RowSums<TM, kWinP> rsum;
+  MmaAcc<Sh::FM, Sh::FN> acc;
+  acc.clear();
+
+  // Chunk j's copies and tap bits into stage j % 2 (an empty group past the last chunk).
+  auto issue = [&](int j) {
+    if (j < chunks) {
+      const int p0 = pb + j * kWinP;
+      float* As = smem + (j % 2) * stage;
+      float* Ws = As + Sh::kAFloats;
+      unsigned* Pb = reinterpret_cast<unsigned*>(Ws + kWinC * ldw);
+      for (int l = int(threadIdx.x); l < TM * (kWinP / 4); l += kGemmThreads) {
+        const int mm = l / (kWinP / 4), kk = l % (kWinP / 4) * 4, m = m0 + mm, p = p0 + kk;
+        const int nv = m < op.M ? max(0, min(4, pe - p)) : 0;
+        cp_async16(As + mm * LDA + kk, nv > 0 ? op.dz + (size_t(m) * kd + p) : op.dz, nv);
+      }
+      const int a0 = win0(p0);
+      for (int l = int(threadIdx.x); l < kWinC * npieces; l += kGemmThreads) {
+        const int cc = l / npieces, i = l % npieces * 4, pos = a0 + i;
+        const bool in = pos >= 0 && pos < kd;
+        cp_async16(Ws + cc * ldw + i, in ? op.x + (size_t(c0 + cc) * kd + pos) : op.x, in ? 4 : 0);
+      }
+      if (int(threadIdx.x) < kWinP) {  // (plain stores: visible after the barrier before the chunk's products)
+        const int p = p0 + int(threadIdx.x), hw = p % HW, h = hw / W, w = hw - h * W;
+        unsigned bits = 0;
+        SQ_UNROLL
+        for (int r = 0; r < 3; ++r) bits |= unsigned(h + r - 1) < unsigned(H) ? 1u << r : 0u;
+        SQ_UNROLL
+        for (int s = 0; s < 3; ++s) bits |= unsigned(w + s - 1) < unsigned(W) ? 1u << (16 + s) : 0u;
+        Pb[threadIdx.x] = p < pe ? bits : 0u;
+      }
+    }
+    cp_async_commit();
+  };
+
+  issue(0);
+  for (int i = 0; i < chunks; ++i) {
+    cp_async_wait<0>();  // this thread's copies of chunk i
+    __syncthreads();     // everyone's, and the tap bits; everyone done with chunk i - 1's stage
+    issue(i + 1);        // into that stage
+    const int p0 = pb + i * kWinP;
+    const float* As = smem + (i % 2) * stage;
+    const float* Ws = As + Sh::kAFloats;
+    const unsigned* Pb = reinterpret_cast<const unsigned*>(Ws + kWinC * ldw);
+    if (rows) rsum.add(As, LDA);
+    const float* Wc = Ws + 8 * wn * ldw + (p0 - win0(p0));  // pixel p0 of the warp's first channel
+    SQ_UNROLL
+    for (int kk = 0; kk < kWinP; kk += Prec::K) {
+      uint32_t a[Sh::FM][4];
+      SQ_UNROLL
+      for (int fi = 0; fi < Sh::FM; ++fi) Prec::load_a(a[fi], As + (wm + 16 * fi) * LDA + kk, LDA, g, t);
+      unsigned pbits[WinB<Prec>::kBits];
+      WinB<Prec>::bits(pbits, Pb + kk, t);
+      SQ_UNROLL
+      for (int tap = 0; tap < 9; ++tap) {
+        const int r = tap / 3, s = tap % 3;
+        uint32_t b[2];
+        WinB<Prec>::load(b, Wc + kk + (r - 1) * W + (s - 1), ldw, g, t, pbits, tap_bits(r, s));
+        SQ_UNROLL
+        for (int fi = 0; fi < Sh::FM; ++fi) Prec::mma(acc.v[fi][tap], a[fi], b);
+      }
+    }
+  }
+  cp_async_wait<0>();  // (only an empty group remains)
+  if (rows) rsum.finish(smem, rows, m0, op.M, z);  // (the same for the whole block)
+  // Lane (g, t) holds rows g and g + 8 of each fragment, channels 2t and 2t + 1 of the warp's 8:
+  // dW's columns 9 c + tap. An empty slice stores its zeros.
+  SQ_UNROLL
+  for (int fi = 0; fi < Sh::FM; ++fi)
+    SQ_UNROLL
+    for (int tap = 0; tap < 9; ++tap)
+      SQ_UNROLL
+      for (int e = 0; e < 4; ++e) {
+        const int m = m0 + wm + 16 * fi + g + 8 * (e / 2), c = c0 + 8 * wn + 2 * t + e % 2;
+        if (m < op.M) op.store(m, 9 * c + tap, acc.v[fi][tap][e], z);
+      }
 }
 
 }  // namespace
