@@ -739,6 +739,37 @@ TEST(ImplicitGemm, WindowKernelOnTheCpuReproducesTheWeightGradient) {
   EXPECT_EQ(sliced_empty, 2) << "3 slices of which some are empty";
 }
 
+// The weight gradient's slices through the window kernel (winw_splits): about 512 blocks (two
+// waves of two blocks on an H200's 132 SMs), slices of at least 4 chunks of 64 pixels, at most 256
+// slices; slices of whole chunks (winw_slice_pixels) that cover the pixels, few of them past the
+// end (empty) from the rounding.
+TEST(ImplicitGemm, WindowWeightGradientSlicesFillTheGpu) {
+  auto geo = [](int N, int C, int H, int K) { return cuda::Geo{N, C, H, H, K, 3, 3, 1, 1, H, H}; };
+  // fire8 of squeezenet1.0 at batch 128: 8 tiles of 128 x 144 (conv.cu's fp32-tile rule gave 28
+  // slices, 224 blocks).
+  EXPECT_EQ(cuda::winw_splits(geo(128, 64, 27, 256), 512), 64);
+  EXPECT_EQ(cuda::winw_splits(geo(128, 16, 54, 64), 512), 256) << "fire2: one tile, at most 256 slices";
+  EXPECT_EQ(cuda::winw_splits(geo(128, 64, 13, 256), 512), 64) << "fire9";
+  EXPECT_EQ(cuda::winw_splits(geo(128, 16, 3, 64), 512), 4) << "1,152 pixels: slices of 4 chunks";
+  EXPECT_EQ(cuda::winw_splits(geo(1, 16, 3, 64), 512), 1) << "9 pixels";
+  const int fires[][3] = {{16, 64, 54}, {32, 128, 54}, {32, 128, 27}, {48, 192, 27}, {64, 256, 27},
+                          {64, 256, 13}, {16, 64, 55}, {32, 128, 55}, {48, 192, 13}, {64, 256, 7}};
+  for (const auto& f : fires)
+    for (int N : {128, 32, 4}) {
+      const cuda::Geo g = geo(N, f[0], f[2], f[1]);
+      const int kd = N * f[2] * f[2], z = cuda::winw_splits(g, 512), slice = cuda::winw_slice_pixels(kd, z);
+      const int tm = cuda::winw_tile(f[1]), tiles = (f[1] + tm - 1) / tm * (f[0] / cuda::kWinC);
+      SCOPED_TRACE("S " + std::to_string(f[0]) + " at " + std::to_string(f[2]) + ", N " + std::to_string(N));
+      EXPECT_LE(z, 256);
+      EXPECT_TRUE(tiles * z >= 512 || z == 256 || z == std::max(1, kd / 256)) << tiles << " tiles, " << z;
+      EXPECT_TRUE(slice >= 256 || z == 1) << slice << " pixels a slice";
+      EXPECT_EQ(slice % cuda::kWinP, 0);
+      EXPECT_GE(slice * z, kd) << "the slices cover the pixels";
+      const int used = (kd + slice - 1) / slice;  // (the rest are past the end: zeros)
+      EXPECT_GE(4 * used, 3 * z) << "a quarter of the slices or more empty";
+    }
+}
+
 // Which products the window kernel takes (win_fits): the expand 3x3's forward and input gradient
 // at every Fire shape of squeezenet1.0 and 1.1 at batch 128 and at an odd batch, and nothing else.
 TEST(ImplicitGemm, WindowKernelTakesTheExpand3x3Products) {

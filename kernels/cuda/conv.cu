@@ -355,16 +355,21 @@ void conv_forward(const ConvGeom& cg, const float* x, const float* w, const floa
 //     gradient's split-K slices (none for one slice) in the same space;
 //   [wt, end): w transposed, written while the weight slices are summed (the same launch), so
 //     apart from them, and at a multiple of 4 floats (16 bytes: the mma kernel's copies of A).
+//   The weight gradient's slices: `splits`, or `win_splits` through the window kernel (TF32/BF16
+//   where win_fits), the space for the larger.
+constexpr int kWinwFill = 512;  // the window kernel's weight-gradient blocks: two waves, two an SM
 struct BackwardPlan {
-  int splits, dsplits;
+  int splits, win_splits, dsplits;
   size_t wt, end;
 };
 BackwardPlan backward_plan(const Geo& g) {
   BackwardPlan b;
   b.splits = weight_splits(g), b.dsplits = data_splits(g);
+  b.win_splits = winw_geometry_fits(g) ? winw_splits(g, kWinwFill) : b.splits;
+  const int most = std::max(b.splits, b.win_splits);
   const size_t kcrs = size_t(g.K) * g.C * g.R * g.S;
   const size_t weights =
-      size_t(b.splits) * kcrs + size_t(g.K) * std::max(b.splits, bias_chunks(g.K, (long long)g.N * g.P * g.Q));
+      size_t(most) * kcrs + size_t(g.K) * std::max(most, bias_chunks(g.K, (long long)g.N * g.P * g.Q));
   const size_t data = b.dsplits > 1 ? size_t(b.dsplits) * g.C * g.N * g.H * g.W : 0;
   b.wt = (std::max(weights, data) + 3) / 4 * 4;
   b.end = b.wt + kcrs;
@@ -386,12 +391,13 @@ void conv_backward(const ConvGeom& cg, const float* x, const float* w, const flo
   const Geo g = geo_of(cg);
   const int npq = g.N * g.P * g.Q, crs = g.C * g.R * g.S;
   const BackwardPlan plan = backward_plan(g);
-  const int splits = plan.splits;
+  WeightOp wop{g, x, dz, ws, g.K, crs, npq};
+  // (launch_mma takes the window kernel on the same test.)
+  const int splits = mma_path() && g_win && win_fits(wop) ? plan.win_splits : plan.splits;
   const size_t mn = size_t(g.K) * crs;
   // The bias gradient: in the mma kernel, as dz's row sums (2 launches and a pass over dz fewer),
   // summed with the weight gradient's slices; else in two passes of its own.
   const bool fold_bias = db && mma_path();
-  WeightOp wop{g, x, dz, ws, g.K, crs, npq};
   if (fold_bias) wop.rows = ws + size_t(splits) * mn;
   launch_igemm(wop, splits, s, "conv_backward (weights)");
   // The slices' sum, the folded bias's, and w transposed for the input gradient: one launch.

@@ -30,6 +30,7 @@
 // Kernel source only, no CUDA runtime: tests/test_igemm.cpp runs it on the CPU under
 // tests/simt_host.h.
 #pragma once
+#include <algorithm>
 #include <type_traits>
 
 #include "kernels/cuda/igemm_mma.cuh"
@@ -321,19 +322,32 @@ inline int winw_slice_pixels(int Kd, int splits) {
   const int p = (Kd + splits - 1) / splits;
   return (p + kWinP - 1) / kWinP * kWinP;
 }
-// Whether the window kernel can take a weight gradient: a 3x3 filter at stride 1 and padding 1,
-// whole chunks of 16 channels, planes of 4k floats from 16-byte aligned x and dz, and the stages of
-// both tiles in both precisions within kWinSmem (rows up to W = 127).
-inline bool win_fits(const WeightOp& op) {
-  const Geo& g = op.g;
+// Whether the window kernel can take a weight gradient of geometry g: a 3x3 filter at stride 1 and
+// padding 1, whole chunks of 16 channels, planes of 4k floats, and the stages of both tiles in both
+// precisions within kWinSmem (rows up to W = 127); and of op: x and dz 16-byte aligned.
+inline bool winw_geometry_fits(const Geo& g) {
   if (g.R != 3 || g.S != 3 || g.stride != 1 || g.pad != 1) return false;
-  if (g.C % kWinC != 0 || op.Kd % 4 != 0 || !aligned16(op.x) || !aligned16(op.dz)) return false;
+  if (g.C % kWinC != 0 || (long long)g.N * g.H * g.W % 4 != 0) return false;
   bool fit = true;
   for_each_winw_tile([&](auto tm) {
     constexpr int TM = decltype(tm)::value;
     fit = fit && winw_smem_bytes<MmaTf32, TM>(g.W) <= kWinSmem && winw_smem_bytes<MmaBf16, TM>(g.W) <= kWinSmem;
   });
   return fit;
+}
+inline bool win_fits(const WeightOp& op) {
+  return winw_geometry_fits(op.g) && aligned16(op.x) && aligned16(op.dz);
+}
+// The weight gradient's split-K slices through the window kernel: enough for about `fill` blocks
+// (conv.cu: two waves of two blocks an SM), slices of at least 4 chunks, at most 256 slices (the
+// sum of the slices loops over them per output). conv.cu's weight_splits counts the fp32 kernel's
+// 64x64 tiles, of which a weight gradient has 2-5x as many as the window's TM x 144: its slices
+// left these launches under one wave (fire8: 28 slices of 8 tiles, 224 blocks).
+inline int winw_splits(const Geo& g, int fill) {
+  const int tm = winw_tile(g.K), tiles = (g.K + tm - 1) / tm * (g.C / kWinC);
+  const long long kd = (long long)g.N * g.H * g.W;
+  const long long z = std::min<long long>({256, std::max<long long>(1, kd / (4 * kWinP)), (fill + tiles - 1) / tiles});
+  return int(std::max<long long>(1, z));
 }
 
 // B's fragment of one tap from the [n][k] window tile at p (channel g's row, pixel t), its pixels'
