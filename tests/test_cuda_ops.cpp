@@ -305,20 +305,24 @@ TEST(CudaOps, TensorCoreConvolution) {
 }
 
 // Small convolutions whose products take each of the mma kernel's five tiles (by conv.cu's
-// mma_tile), each of the window kernel's three (win_tile) and both of the weight gradient's window
-// tiles (winw_tile): the 3x3 16 -> 128 over 162 pixels (not a multiple of 4: no window) takes
+// mma_tile), each of the window kernel's three (win_tile), both of the weight gradient's window
+// tiles (winw_tile) and the row kernel: the 3x3 16 -> 128 over 162 pixels (not a multiple of 4: no window) takes
 // 128x64 (forward, weights) and 16x128 (data), the 1x1 32 -> 48 takes 64x128 (forward), 32x128
 // (data) and 64x64 (weights); over 324 pixels, the 3x3 16 -> 64 takes the window's 64x128
 // (forward) and 16x256 (data, in 2 split-K slices), the 3x3 32 -> 32 its 32x256 (both), their
-// weight gradients 64 rows, the 3x3 16 -> 128's 128 rows. Small enough for compute-sanitizer's
-// racecheck (gpu_check.sh sanitize), which the model shapes are not.
+// weight gradients 64 rows, the 3x3 16 -> 128's 128 rows; the three stride-2 first convolutions
+// take the row kernel's forward with 3, 2 and 1 fragments a warp row (rows_fm). Small enough for
+// compute-sanitizer's racecheck (gpu_check.sh sanitize), which the model shapes are not.
 TEST(CudaOps, TensorCoreConvolutionEveryTileSmall) {
   REQUIRE_GPU();
   expect_tensor_core_conv_close({{"3x3 16->128", ConvGeom{2, 16, 9, 9, 128, 3, 3, 1, 1}},
                                  {"1x1 32->48", ConvGeom{3, 32, 7, 7, 48, 1, 1, 1, 0}},
                                  {"3x3 16->64, window", ConvGeom{4, 16, 9, 9, 64, 3, 3, 1, 1}},
                                  {"3x3 32->32, window", ConvGeom{4, 32, 9, 9, 32, 3, 3, 1, 1}},
-                                 {"3x3 16->128, window", ConvGeom{4, 16, 9, 9, 128, 3, 3, 1, 1}}});
+                                 {"3x3 16->128, window", ConvGeom{4, 16, 9, 9, 128, 3, 3, 1, 1}},
+                                 {"7x7/2 3->96, rows", ConvGeom{2, 3, 23, 23, 96, 7, 7, 2, 0}},
+                                 {"3x3/2 3->64, rows", ConvGeom{3, 3, 17, 17, 64, 3, 3, 2, 0}},
+                                 {"5x5/2 1->16, rows", ConvGeom{2, 1, 12, 16, 16, 5, 5, 2, 0}}});
 }
 
 TEST(CudaOps, FireModule) {

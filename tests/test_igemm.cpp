@@ -20,6 +20,7 @@
 #include "kernels/cuda/igemm_kernel.cuh"
 #include "kernels/cuda/igemm_mma.cuh"
 #include "kernels/cuda/igemm_win.cuh"
+#include "kernels/cuda/igemm_rows.cuh"
 #include "kernels/cuda/pool_index.h"
 #include "kernels/ops.h"
 
@@ -768,6 +769,101 @@ TEST(ImplicitGemm, WindowWeightGradientSlicesFillTheGpu) {
       const int used = (kd + slice - 1) / slice;  // (the rest are past the end: zeros)
       EXPECT_GE(4 * used, 3 * z) << "a quarter of the slices or more empty";
     }
+}
+
+namespace {
+
+// The row kernel (igemm_rows.cuh) on one forward with `blocks` persistent blocks (0: a block a
+// tile), threads resumed in the given order.
+template <class Prec, int FM>
+void run_rows(const cuda::FwdOp& op, int blocks, bool reverse) {
+  ASSERT_TRUE(cuda::rows_fits(op));
+  ASSERT_EQ(cuda::rows_fm(op.M), FM);
+  const cuda::RowsLayout l = cuda::rows_layout(op.g, Prec::K == 16);
+  ASSERT_LE(size_t(l.floats(32 * FM)), simt::kDynamicSharedFloats);
+  const int tiles = cuda::rows_tiles(op.g);
+  const int grid = blocks > 0 ? std::min(blocks, tiles) : tiles;
+  ASSERT_TRUE(simt::run({unsigned(grid), 1, 1}, cuda::kGemmThreads,
+                        [&] { cuda::igemm_rows_kernel<Prec, FM>(op, l); }, reverse))
+      << "threads disagree on barriers";
+}
+
+template <class Prec, int FM>
+void check_rows(const Case& c, const Case& r) {
+  for (int blocks : {0, 1, 2}) {
+    const bool reverse = blocks == 1;
+    SCOPED_TRACE(std::to_string(blocks) + " block(s)" + (reverse ? ", reverse" : ""));
+    std::vector<float> y(c.y_ref.size(), NAN);
+    run_rows<Prec, FM>(c.fwd(y.data()), blocks, reverse);
+    EXPECT_LT(rel(y, r.y_ref), 1e-5) << "forward";
+    EXPECT_GT(rel(y, c.y_ref), 1e-7) << "the operands were not rounded";
+  }
+}
+
+template <class Prec>
+void check_rows_cases() {
+  std::mt19937 rng(23);
+  // Stride 2, no padding: squeezenet1.0's conv1 (7x7, 3 channels) and 1.1's (3x3) on small
+  // images; rows of Q = 112 (the tile's width) at 96 filters (3 fragments a warp row); W odd and
+  // H != W, filters not a multiple of 16 (rows past M); one channel at 5x5; P odd (a tile's second
+  // row past the image).
+  const ConvGeom cases[] = {
+      {2, 3, 23, 23, 8, 7, 7, 2, 0},
+      {3, 3, 17, 17, 5, 3, 3, 2, 0},
+      {1, 3, 40, 229, 96, 7, 7, 2, 0},
+      {2, 3, 30, 31, 40, 3, 3, 2, 0},
+      {2, 1, 12, 16, 16, 5, 5, 2, 0},
+  };
+  for (const ConvGeom& cg : cases) {
+    const Case c(cg, rng);
+    Case r = c;
+    for (auto* v : {&r.x, &r.w})
+      for (float& e : *v) e = rounded<Prec>(e);
+    r.reference();
+    SCOPED_TRACE(c.name());
+    switch (cuda::rows_fm(cg.K)) {
+      case 1: check_rows<Prec, 1>(c, r); break;
+      case 2: check_rows<Prec, 2>(c, r); break;
+      default: check_rows<Prec, 3>(c, r); break;
+    }
+  }
+}
+
+}  // namespace
+
+// The row kernel on the CPU: the first convolution's forward (stride 2, no padding) with w
+// resident and reordered, two output rows of input split by column parity a tile, persistent
+// blocks over the tiles. The emulator fills shared memory with NaN and performs a copy only when
+// its thread waits; the reference rounds x and w as the kernel does.
+TEST(ImplicitGemm, RowKernelOnTheCpuReproducesTheFirstConvolution) {
+  {
+    SCOPED_TRACE("tf32");
+    check_rows_cases<cuda::MmaTf32>();
+  }
+  {
+    SCOPED_TRACE("bf16");
+    check_rows_cases<cuda::MmaBf16>();
+  }
+}
+
+// Which forwards the row kernel takes (rows_fits): the first convolution of squeezenet1.0 and 1.1
+// at 224² at any batch, not the Fashion-MNIST stem (stride 1) nor what its tile or stages cannot hold.
+TEST(ImplicitGemm, RowKernelTakesTheFirstConvolutions) {
+  auto fwd = [](int N, int C, int H, int K, int R, int stride, int pad) {
+    const int P = (H + 2 * pad - R) / stride + 1;
+    return cuda::FwdOp{cuda::Geo{N, C, H, H, K, R, R, stride, pad, P, P}, nullptr, nullptr, nullptr, nullptr,
+                       true, K, N * P * P, C * R * R};
+  };
+  EXPECT_TRUE(cuda::rows_fits(fwd(128, 3, 224, 96, 7, 2, 0))) << "squeezenet1.0's conv1";
+  EXPECT_TRUE(cuda::rows_fits(fwd(7, 3, 224, 96, 7, 2, 0))) << "squeezenet1.0's conv1, batch 7";
+  EXPECT_TRUE(cuda::rows_fits(fwd(128, 3, 224, 64, 3, 2, 0))) << "squeezenet1.1's conv1";
+  EXPECT_FALSE(cuda::rows_fits(fwd(128, 1, 28, 64, 3, 1, 1))) << "stride 1";
+  EXPECT_FALSE(cuda::rows_fits(fwd(128, 3, 224, 96, 7, 2, 1))) << "padding";
+  EXPECT_FALSE(cuda::rows_fits(fwd(128, 3, 224, 97, 7, 2, 0))) << "97 filters";
+  EXPECT_FALSE(cuda::rows_fits(fwd(128, 3, 235, 96, 7, 2, 0))) << "rows of 115 outputs";
+  EXPECT_FALSE(cuda::rows_fits(fwd(128, 3, 224, 96, 9, 2, 0))) << "9x9";
+  EXPECT_FALSE(cuda::rows_fits(fwd(128, 16, 64, 64, 3, 2, 0))) << "16 channels: A and the rows do not fit";
+  EXPECT_FALSE(cuda::rows_fits(fwd(128, 96, 55, 64, 1, 2, 0))) << "a 1x1 at stride 2 over 96 channels";
 }
 
 // Which products the window kernel takes (win_fits): the expand 3x3's forward and input gradient

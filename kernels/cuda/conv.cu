@@ -8,11 +8,13 @@
 // This is the portable fp32 baseline the fused Fire kernels and the tensor-core path are measured
 // against; its time against cuDNN is in docs/BENCHMARKS.md ("GPU").
 #include <algorithm>
+#include <type_traits>
 
 #include "core/error.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/igemm_kernel.cuh"
 #include "kernels/cuda/igemm_mma.cuh"
+#include "kernels/cuda/igemm_rows.cuh"
 #include "kernels/cuda/igemm_win.cuh"
 
 namespace sq {
@@ -158,8 +160,8 @@ int mma_resident() {
 }
 
 // The 3x3 stride-1 products (the expand 3x3's forward, input gradient and weight gradient) through
-// the window kernels (igemm_win.cuh), unless SQUEEZE_IGEMM_WIN=0 (the mma kernel's gathers, for
-// measuring both).
+// the window kernels (igemm_win.cuh), and the first convolution's forward through the row kernel
+// (igemm_rows.cuh), unless SQUEEZE_IGEMM_WIN=0 (the mma kernel's gathers, for measuring both).
 const bool g_win = !env_is("SQUEEZE_IGEMM_WIN", "0");
 
 // The window kernel of one tile (igemm_win.cuh's for_each_win_tile), its limit raised to kWinSmem.
@@ -204,8 +206,37 @@ void launch_winw(const WeightOp& op, int splits, cudaStream_t s) {
   });
 }
 
+// The row kernel (igemm_rows.cuh: the first convolution's forward), its limit raised.
+template <class Prec, int FM>
+auto rows_kernel() {
+  return smem_limited<igemm_rows_kernel<Prec, FM>, kRowsSmem>();
+}
+template <class F>
+void for_each_rows_fm(F f) {
+  f(std::integral_constant<int, 1>{});
+  f(std::integral_constant<int, 2>{});
+  f(std::integral_constant<int, 3>{});
+}
+
+// Blocks persistent over the tiles (as many as the GPU holds, or a block a tile with
+// SQUEEZE_IGEMM_PERSIST=0).
+template <class Prec>
+void launch_rows(const FwdOp& op, cudaStream_t s) {
+  const int fm = rows_fm(op.M), tiles = rows_tiles(op.g), resident = mma_resident();
+  const int blocks = resident > 0 ? std::min(tiles, resident) : tiles;
+  const RowsLayout l = rows_layout(op.g, Prec::K == 16);
+  for_each_rows_fm([&](auto f) {
+    constexpr int FM = decltype(f)::value;
+    if (FM != fm) return;
+    rows_kernel<Prec, FM>()<<<blocks, kGemmThreads, rows_smem_bytes<Prec, FM>(op.g), s>>>(op, l);
+  });
+}
+
 template <class Prec, class Op>
 void launch_mma(const Op& op, int splits, cudaStream_t s) {
+  if constexpr (std::is_same_v<Op, FwdOp>) {
+    if (g_win && rows_fits(op)) return launch_rows<Prec>(op, s);
+  }
   if (g_win && win_fits(op)) {
     if constexpr (Op::kBAlongK)
       return launch_winw<Prec>(op, splits, s);
@@ -336,6 +367,10 @@ void prepare_conv_kernels() {
   for_each_winw_tile([](auto t) {
     winw_kernel<MmaTf32, decltype(t)::value>();
     winw_kernel<MmaBf16, decltype(t)::value>();
+  });
+  for_each_rows_fm([](auto f) {
+    rows_kernel<MmaTf32, decltype(f)::value>();
+    rows_kernel<MmaBf16, decltype(f)::value>();
   });
 }
 ConvMath conv_math() { return g_math; }

@@ -1,0 +1,249 @@
+// The first convolution's forward on the tensor cores (TF32, BF16): a stride-2, unpadded filter of
+// at most 7x7 over a few channels (squeezenet1.0's 3 -> 96 7x7, squeezenet1.1's 3 -> 64 3x3, at
+// 224²), two output rows of one image a tile (docs/KERNELS.md, "the row kernel"). The mma kernel
+// (igemm_mma.cuh) copies every element of these products 4 bytes at a time: B (the im2col of x) by
+// a gather for each of its C*R*S x N*P*Q elements, and A (w, K x C*R*S) as well, since C*R*S (147)
+// is no multiple of 4. Here:
+//
+// - A is resident. A block copies w once, reordered to k = (s, c, r) and already rounded to the
+//   multiply's type (TF32 bits, or BF16 pairs packed in a word), into rows of 32-bit words; the
+//   fragments read words (g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4), conflict-free with rows
+//   4 mod 32 words apart.
+// - A tile is output rows p0 and p0 + 1 of one image, 112 columns each (Q <= 112; columns past Q
+//   are computed and not stored): 224 columns. They read input rows 2 p0 .. 2 p0 + R of each
+//   channel, which the block copies whole (4-byte copies), split by column parity: row j of
+//   channel c holds x's even columns at [0, HP) and odd ones at [HP, 2 HP), so that tap (r, s) of
+//   output (pr, q) reads row 2 pr + r at (s & 1) HP + s / 2 + q: consecutive q are consecutive
+//   words. The part of a row past the image is zero-filled (the columns past Q read it).
+// - k = (s, c, r): four consecutive k are mostly four consecutive rows, RP words apart, RP = 8 mod
+//   32 (TF32: lane (g, t) reads k t at koff(k) + q + g) or 4 mod 32 (BF16: k 2t and 2t + 1), so the
+//   B reads miss each other's banks except where r wraps. koff(k), the offset of tap k's row and
+//   column, is a table made once; a k past C*R*S points at word 0 (A is zero there).
+// - Blocks persistent over tiles (MmaGrid's resident count), two stages of input rows: the next
+//   tile's copies are in flight while the current one is multiplied, one barrier a tile.
+// - Warps 2 x 4: a warp takes M_pad / 2 rows (FM fragments of 16, M <= 32 FM) and 56 columns (7
+//   fragments), in groups of 4 fragments where FM > 1 (A's fragments read again for each), so that
+//   the accumulators fit 128 registers unspilled. The outputs go through FwdOp's epilogue (bias,
+//   ReLU) one at a time.
+//
+// Kernel source only, no CUDA runtime: tests/test_igemm.cpp runs it on the CPU under
+// tests/simt_host.h.
+#pragma once
+#include "kernels/cuda/igemm_mma.cuh"
+
+namespace sq {
+namespace cuda {
+namespace {
+
+constexpr int kRowsQ = 112, kRowsTN = 2 * kRowsQ;  // columns an output row, a tile
+constexpr int kRowsMaxR = 7;
+
+// A's words: TF32 one k a word (tf32 bits), BF16 two (k and k + 1 packed, the lower k low).
+template <class Prec>
+struct RowsA;
+template <>
+struct RowsA<MmaTf32> {
+  static constexpr int kPerWord = 1;
+  __device__ static uint32_t word(const float* v) { return tf32_bits(v[0]); }
+};
+template <>
+struct RowsA<MmaBf16> {
+  static constexpr int kPerWord = 2;
+  __device__ static uint32_t word(const float* v) { return pack_bf16x2(v[0], v[1]); }
+};
+
+// B's fragment at tap offsets ko (TF32: k t, t + 4; BF16: 2t, 2t + 1, 2t + 8, 2t + 9) of column
+// base cb (lane g's column).
+template <class Prec>
+struct RowsB;
+template <>
+struct RowsB<MmaTf32> {
+  static constexpr int kTaps = 2;
+  __device__ static void offsets(int (&ko)[2], const int* koff, int t) { ko[0] = koff[t], ko[1] = koff[t + 4]; }
+  __device__ static void load(uint32_t (&b)[2], const float* Bs, const int (&ko)[2], int cb) {
+    b[0] = tf32_bits(Bs[ko[0] + cb]), b[1] = tf32_bits(Bs[ko[1] + cb]);
+  }
+};
+template <>
+struct RowsB<MmaBf16> {
+  static constexpr int kTaps = 4;
+  __device__ static void offsets(int (&ko)[4], const int* koff, int t) {
+    ko[0] = koff[2 * t], ko[1] = koff[2 * t + 1], ko[2] = koff[2 * t + 8], ko[3] = koff[2 * t + 9];
+  }
+  __device__ static void load(uint32_t (&b)[2], const float* Bs, const int (&ko)[4], int cb) {
+    b[0] = pack_bf16x2(Bs[ko[0] + cb], Bs[ko[1] + cb]), b[1] = pack_bf16x2(Bs[ko[2] + cb], Bs[ko[3] + cb]);
+  }
+};
+
+// The layout of one launch (host and device): k padded to whole k-steps, A's row of words, the
+// input rows (R + 2 a channel) and their pitch, and the dynamic shared memory (floats): A's words,
+// the k table, two stages of input rows.
+struct RowsLayout {
+  int kp, lda, nrows, hp, rp, stage;
+  SQ_HOST_DEVICE int a_words(int mpad) const { return mpad * lda; }
+  SQ_HOST_DEVICE int stages_at(int mpad) const { return a_words(mpad) + kp; }
+  SQ_HOST_DEVICE int floats(int mpad) const { return stages_at(mpad) + 2 * stage; }
+};
+SQ_HOST_DEVICE inline RowsLayout rows_layout(const Geo& g, bool bf16) {
+  RowsLayout l;
+  const int crs = g.C * g.R * g.S;
+  const int step = bf16 ? 16 : 8;  // the mma's depth
+  l.kp = (crs + step - 1) / step * step;
+  const int words = l.kp / (bf16 ? 2 : 1);
+  l.lda = words + ((4 - words) % 32 + 32) % 32;  // 4 mod 32
+  l.nrows = g.R + 2;
+  const int half = (g.W + 1) / 2, reach = kRowsQ + (g.S - 1) / 2;  // the columns past Q read up to q + s/2
+  l.hp = half > reach ? half : reach;
+  const int span = 2 * l.hp, pad = bf16 ? 4 : 8;
+  l.rp = span + ((pad - span) % 32 + 32) % 32;
+  l.stage = g.C * l.nrows * l.rp;
+  l.stage = (l.stage + 3) / 4 * 4;
+  return l;
+}
+// Fragments of 16 rows a warp (two warp rows): M <= 32 FM.
+inline int rows_fm(int M) { return (M + 31) / 32; }
+template <class Prec, int FM>
+size_t rows_smem_bytes(const Geo& g) {
+  return size_t(rows_layout(g, Prec::K == 16).floats(32 * FM)) * sizeof(float);
+}
+
+// The forward that the row kernel takes: stride 2, no padding, a square filter of at most 7x7,
+// outputs rows of at most 112, at most 96 filters (FM <= 3), and its stages within kWinSmem in
+// both precisions (for squeezenet1.0's conv1 at 224², 111 KB in TF32).
+constexpr size_t kRowsSmem = 113 * 1024;
+inline bool rows_fits(const FwdOp& op) {
+  const Geo& g = op.g;
+  if (g.stride != 2 || g.pad != 0 || g.R != g.S || g.R > kRowsMaxR || g.Q > kRowsQ) return false;
+  const int fm = rows_fm(g.K);
+  if (fm > 3) return false;
+  const size_t tf32 = size_t(rows_layout(g, false).floats(32 * fm)) * sizeof(float);
+  const size_t bf16 = size_t(rows_layout(g, true).floats(32 * fm)) * sizeof(float);
+  return tf32 <= kRowsSmem && bf16 <= kRowsSmem;
+}
+// The tiles: two output rows of an image.
+SQ_HOST_DEVICE inline int rows_tiles(const Geo& g) { return g.N * ((g.P + 1) / 2); }
+
+template <class Prec, int FM>
+__global__ void __launch_bounds__(kGemmThreads, 2) igemm_rows_kernel(FwdOp op, RowsLayout L) {
+  constexpr int MPAD = 32 * FM, FN = kRowsTN / 4 / 8, FG = FM == 1 ? FN : 4, KW = RowsA<Prec>::kPerWord;
+  SQ_DYNAMIC_SHARED(float, smem);
+  uint32_t* const Aw = reinterpret_cast<uint32_t*>(smem);
+  int* const koff = reinterpret_cast<int*>(smem + L.a_words(MPAD));
+  float* const stages = smem + L.stages_at(MPAD);
+  const Geo& g = op.g;
+  const int RS = g.R * g.S, crs = g.C * RS, HW = g.H * g.W, PQ = g.P * g.Q, ptiles = (g.P + 1) / 2;
+  const int tiles = rows_tiles(g);
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, gq = lane / 4, t = lane % 4;
+  const int wm = (warp / 4) * (MPAD / 2), wn = (warp % 4) * (kRowsTN / 4);
+
+  // A, once: word (m, kw) holds k = KW kw .. KW kw + KW - 1 of row m, k = (s, c, r) in order; zero
+  // past the rows and the taps. The k table: tap k's row and column in a stage.
+  auto a_at = [&](int m, int k) {  // A(m, k) as read, 0 outside
+    if (m >= op.M || k >= crs) return 0.0f;
+    const int s = k / (g.C * g.R), cr = k - s * (g.C * g.R), c = cr / g.R, r = cr - c * g.R;
+    return op.w[size_t(m) * crs + (c * g.R + r) * g.S + s];
+  };
+  for (int l = int(threadIdx.x); l < MPAD * (L.kp / KW); l += kGemmThreads) {
+    const int m = l / (L.kp / KW), kw = l % (L.kp / KW);
+    float v[2] = {a_at(m, KW * kw), KW == 2 ? a_at(m, KW * kw + 1) : 0.0f};
+    Aw[m * L.lda + kw] = RowsA<Prec>::word(v);
+  }
+  for (int k = int(threadIdx.x); k < L.kp; k += kGemmThreads) {
+    int o = 0;
+    if (k < crs) {
+      const int s = k / (g.C * g.R), cr = k - s * (g.C * g.R), c = cr / g.R, r = cr - c * g.R;
+      o = (c * L.nrows + r) * L.rp + (s & 1) * L.hp + s / 2;
+    }
+    koff[k] = o;
+  }
+
+  // Tile u of the block: its image and first output row.
+  auto tile_of = [&](int u, int& img, int& p0) {
+    const int tile = int(blockIdx.x) + u * int(gridDim.x);
+    img = tile / ptiles, p0 = (tile - img * ptiles) * 2;
+  };
+  const int ntile_block = (tiles - int(blockIdx.x) + int(gridDim.x) - 1) / int(gridDim.x);
+  // Tile u's input rows into stage u % 2 (an empty group past the last tile): row j of channel c
+  // is x's row 2 p0 + j, even columns then odd ones, zero past the image (its address is formed
+  // only for a row inside it).
+  auto issue = [&](int u) {
+    if (u < ntile_block) {
+      int img, p0;
+      tile_of(u, img, p0);
+      float* Bs = stages + (u % 2) * L.stage;
+      // A warp a row, its lanes along x's columns (col < 2 HP: each E and O place once).
+      for (int row = warp; row < g.C * L.nrows; row += kGemmThreads / 32) {
+        const int c = row / L.nrows, h = 2 * p0 + (row - c * L.nrows);
+        const float* src = h < g.H ? op.x + ((size_t(c) * g.N + img) * HW + size_t(h) * g.W) : op.x;
+        float* dst = Bs + row * L.rp;
+        for (int col = lane; col < 2 * L.hp; col += 32) {
+          const bool in = h < g.H && col < g.W;
+          cp_async4(dst + (col & 1) * L.hp + (col >> 1), in ? src + col : op.x, in);
+        }
+      }
+    }
+    cp_async_commit();
+  };
+
+  // The lane's column of each fragment, as a base in a stage: output row pr = n / 112 reads input
+  // rows from 2 pr, column q = n % 112.
+  int cb[FN];
+  SQ_UNROLL
+  for (int fj = 0; fj < FN; ++fj) {
+    const int n = wn + 8 * fj + gq, pr = n / kRowsQ, q = n - pr * kRowsQ;
+    cb[fj] = 2 * pr * L.rp + q;
+  }
+
+  issue(0);
+  for (int u = 0; u < ntile_block; ++u) {
+    cp_async_wait<0>();  // this thread's copies of tile u
+    __syncthreads();     // everyone's (and A and the k table, at the first); everyone done with u - 1
+    issue(u + 1);
+    const float* Bs = stages + (u % 2) * L.stage;
+    int img, p0;
+    tile_of(u, img, p0);
+    // The warp's fragments in groups of FG (the accumulators of all FN at FM = 3 would spill):
+    // A's fragments are read again for each group.
+    SQ_UNROLL
+    for (int f0 = 0; f0 < FN; f0 += FG) {
+      MmaAcc<FM, FG> acc;
+      acc.clear();
+      for (int k0 = 0; k0 < L.kp; k0 += Prec::K) {
+        uint32_t a[FM][4];
+        SQ_UNROLL
+        for (int fi = 0; fi < FM; ++fi) {
+          const uint32_t* r = Aw + (wm + 16 * fi + gq) * L.lda + k0 / KW + t;
+          a[fi][0] = r[0], a[fi][1] = r[8 * L.lda], a[fi][2] = r[4], a[fi][3] = r[8 * L.lda + 4];
+        }
+        int ko[RowsB<Prec>::kTaps];
+        RowsB<Prec>::offsets(ko, koff + k0, t);
+        SQ_UNROLL
+        for (int fj = 0; fj < FG; ++fj) {
+          if (f0 + fj >= FN) break;
+          uint32_t b[2];
+          RowsB<Prec>::load(b, Bs, ko, cb[f0 + fj]);
+          SQ_UNROLL
+          for (int fi = 0; fi < FM; ++fi) Prec::mma(acc.v[fi][fj], a[fi], b);
+        }
+      }
+      // The outputs (pr, q) with q < Q and p0 + pr < P, rows m < M: lane (g, t) holds rows g and
+      // g + 8 of each fragment, columns 2t and 2t + 1.
+      SQ_UNROLL
+      for (int fi = 0; fi < FM; ++fi)
+        SQ_UNROLL
+        for (int fj = 0; fj < FG; ++fj)
+          SQ_UNROLL
+          for (int e = 0; e < 4; ++e) {
+            if (f0 + fj >= FN) break;
+            const int m = wm + 16 * fi + gq + 8 * (e / 2), n = wn + 8 * (f0 + fj) + 2 * t + e % 2;
+            const int pr = n / kRowsQ, q = n - pr * kRowsQ, p = p0 + pr;
+            if (m < op.M && q < g.Q && p < g.P) op.store(m, img * PQ + p * g.Q + q, acc.v[fi][fj][e], 0);
+          }
+    }
+  }
+  cp_async_wait<0>();  // (only an empty group remains)
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace sq
