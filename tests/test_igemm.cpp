@@ -536,6 +536,38 @@ float rounded(float v) {
   if (Prec::K == 8) return nvcuda::wmma::__float_to_tf32(v);
   return simt_to_float(__float2bfloat16_rn(v));
 }
+// The case with x, w and dz rounded so, and its references from them: what a kernel that rounds
+// its operands must match to fp32's accumulation error.
+template <class Prec>
+Case rounded_case(const Case& c) {
+  Case r = c;
+  for (auto* v : {&r.x, &r.w, &r.dz})
+    for (float& e : *v) e = rounded<Prec>(e);
+  r.reference();
+  return r;
+}
+
+// A weight gradient's split-K slices ws (and, with bias, its row sums of dz: rows) summed by
+// conv.cu's splitk_reduce_kernel into dw (and onto db = 1), against the reference on rounded
+// operands r (1e-5) and visibly rounded; the bias against double sums of c's dz.
+void expect_weight_slices(const Case& c, const Case& r, std::vector<float>& ws, std::vector<float>& rows,
+                          int slices, bool bias, bool reverse) {
+  const int K = c.g.K, npq = c.npq();
+  std::vector<float> dw(c.dw_ref.size(), 0.0f), db(size_t(K), 1.0f);
+  ASSERT_TRUE(simt::run({2, 1, 1}, cuda::kThreads, [&] {
+    cuda::WeightSums sums{ws.data(), slices, K, c.g.C, c.g.R * c.g.S, dw.data()};
+    if (bias) sums.rows = rows.data(), sums.db = db.data();
+    cuda::splitk_reduce_kernel(sums);
+  }, reverse));
+  EXPECT_LT(rel(dw, r.dw_ref), 1e-5) << "weight gradient";
+  EXPECT_GT(rel(dw, c.dw_ref), 1e-7) << "the operands were not rounded";
+  if (!bias) return;
+  for (int k = 0; k < K; ++k) {
+    double want = 1.0;
+    for (int j = 0; j < npq; ++j) want += c.dz[size_t(k) * size_t(npq) + size_t(j)];
+    EXPECT_NEAR(db[size_t(k)], want, 1e-5 * (1.0 + std::fabs(want))) << "bias " << k;
+  }
+}
 
 // The window kernel (kernels/cuda/igemm_win.cuh) on one op, its grid as conv.cu launches it
 // (resident > 0: that many persistent blocks; splits > 1: a block a tile and that many slices of
@@ -602,11 +634,7 @@ void check_win_cases(int& chunked, int& misaligned_a) {
       {3, 32, 5, 4, 80, 3, 3, 1, 1},   // forward 80 rows; input gradient 5 chunks
   };
   for (const ConvGeom& cg : cases) {
-    const Case c(cg, rng);
-    Case r = c;
-    for (auto* v : {&r.x, &r.w, &r.dz})
-      for (float& e : *v) e = rounded<Prec>(e);
-    r.reference();
+    const Case c(cg, rng), r = rounded_case<Prec>(c);
     SCOPED_TRACE(c.name());
     chunked += cg.C / cuda::kWinC > 1 || cg.K / cuda::kWinC > 1;
     check_win<Prec, 64, 128, 2>(c, r, false, 0);
@@ -673,25 +701,11 @@ template <class Prec, int TM>
 void check_winw(const Case& c, const Case& r, int splits, bool reverse, bool bias) {
   SCOPED_TRACE("weight-gradient window, " + std::to_string(TM) + " rows, " + std::to_string(splits) +
                " slice(s)" + (reverse ? ", reverse" : "") + (bias ? ", bias" : ""));
-  const int K = c.g.K, npq = c.npq();
-  std::vector<float> ws(size_t(splits) * c.dw_ref.size(), NAN), rows(size_t(splits) * size_t(K), NAN);
-  std::vector<float> dw(c.dw_ref.size(), 0.0f), db(size_t(K), 1.0f);
+  std::vector<float> ws(size_t(splits) * c.dw_ref.size(), NAN), rows(size_t(splits) * size_t(c.g.K), NAN);
   cuda::WeightOp op = c.wgt(ws.data());
   if (bias) op.rows = rows.data();
   run_winw<Prec, TM>(op, splits, reverse);
-  ASSERT_TRUE(simt::run({2, 1, 1}, cuda::kThreads, [&] {
-    cuda::WeightSums sums{ws.data(), splits, K, c.g.C, 9, dw.data()};
-    if (bias) sums.rows = rows.data(), sums.db = db.data();
-    cuda::splitk_reduce_kernel(sums);
-  }, reverse));
-  EXPECT_LT(rel(dw, r.dw_ref), 1e-5) << "weight gradient";
-  EXPECT_GT(rel(dw, c.dw_ref), 1e-7) << "the operands were not rounded";
-  if (!bias) return;
-  for (int k = 0; k < K; ++k) {
-    double want = 1.0;
-    for (int j = 0; j < npq; ++j) want += c.dz[size_t(k) * size_t(npq) + size_t(j)];
-    EXPECT_NEAR(db[size_t(k)], want, 1e-5 * (1.0 + std::fabs(want))) << "bias " << k;
-  }
+  expect_weight_slices(c, r, ws, rows, splits, bias, reverse);
 }
 
 template <class Prec>
@@ -706,11 +720,7 @@ void check_winw_cases(int& sliced_empty) {
       {3, 32, 5, 4, 80, 3, 3, 1, 1},
   };
   for (const ConvGeom& cg : cases) {
-    const Case c(cg, rng);
-    Case r = c;
-    for (auto* v : {&r.x, &r.w, &r.dz})
-      for (float& e : *v) e = rounded<Prec>(e);
-    r.reference();
+    const Case c(cg, rng), r = rounded_case<Prec>(c);
     SCOPED_TRACE(c.name());
     sliced_empty += cuda::winw_slice_pixels(c.npq(), 3) * 2 >= c.npq();
     check_winw<Prec, 64>(c, r, 1, false, true);
@@ -800,8 +810,37 @@ void check_rows(const Case& c, const Case& r) {
   }
 }
 
+// The row kernel's weight gradient with Z split-K slices (output rows z, z + Z, ...), summed by
+// splitk_reduce_kernel; with bias, the rows of dz beside them onto db = 1.
+template <class Prec, int FM, int FN>
+void check_rowsw(const Case& c, const Case& r, int slices, bool reverse, bool bias) {
+  SCOPED_TRACE("weight gradient, " + std::to_string(slices) + " slice(s)" + (reverse ? ", reverse" : "") +
+               (bias ? ", bias" : ""));
+  const int K = c.g.K;
+  std::vector<float> ws(size_t(slices) * c.dw_ref.size(), NAN), rows(size_t(slices) * size_t(K), NAN);
+  cuda::WeightOp op = c.wgt(ws.data());
+  if (bias) op.rows = rows.data();
+  ASSERT_TRUE(cuda::rows_fits(op));
+  ASSERT_EQ(cuda::rowsw_fm(K), FM);
+  ASSERT_EQ(cuda::rowsw_fn(c.g), FN);
+  const cuda::RowswLayout l = cuda::rowsw_layout(c.g, 16 * FM, Prec::K == 16);
+  ASSERT_LE(size_t(l.floats(64 * FN)), simt::kDynamicSharedFloats);
+  ASSERT_TRUE(simt::run({unsigned(slices), unsigned(cuda::rowsw_mtiles(K)), 1}, cuda::kGemmThreads,
+                        [&] { cuda::igemm_rowsw_kernel<Prec, FM, FN>(op, l); }, reverse))
+      << "threads disagree on barriers";
+  expect_weight_slices(c, r, ws, rows, slices, bias, reverse);
+}
+
+template <class Prec, int FM, int FN>
+void check_rowsw_slicings(const Case& c, const Case& r) {
+  const int rows = c.g.N * c.g.P;
+  check_rowsw<Prec, FM, FN>(c, r, 1, false, true);
+  check_rowsw<Prec, FM, FN>(c, r, 3, true, false);
+  check_rowsw<Prec, FM, FN>(c, r, rows + 2, false, true);  // two slices past the last row: zeros
+}
+
 template <class Prec>
-void check_rows_cases() {
+void check_rows_cases(int* weight_tiles) {
   std::mt19937 rng(23);
   // Stride 2, no padding: squeezenet1.0's conv1 (7x7, 3 channels) and 1.1's (3x3) on small
   // images; rows of Q = 112 (the tile's width) at 96 filters (3 fragments a warp row); W odd and
@@ -815,35 +854,42 @@ void check_rows_cases() {
       {2, 1, 12, 16, 16, 5, 5, 2, 0},
   };
   for (const ConvGeom& cg : cases) {
-    const Case c(cg, rng);
-    Case r = c;
-    for (auto* v : {&r.x, &r.w})
-      for (float& e : *v) e = rounded<Prec>(e);
-    r.reference();
+    const Case c(cg, rng), r = rounded_case<Prec>(c);
     SCOPED_TRACE(c.name());
     switch (cuda::rows_fm(cg.K)) {
       case 1: check_rows<Prec, 1>(c, r); break;
       case 2: check_rows<Prec, 2>(c, r); break;
       default: check_rows<Prec, 3>(c, r); break;
     }
+    const int fm = cuda::rowsw_fm(cg.K), fn = cuda::rowsw_fn(c.g);
+    if (fm == 3 && fn == 3) check_rowsw_slicings<Prec, 3, 3>(c, r);
+    else if (fm == 2 && fn == 3) check_rowsw_slicings<Prec, 2, 3>(c, r);
+    else if (fm == 2 && fn == 2) check_rowsw_slicings<Prec, 2, 2>(c, r);
+    else if (fm == 2 && fn == 1) check_rowsw_slicings<Prec, 2, 1>(c, r);
+    else ADD_FAILURE() << "no weight-gradient tile for FM " << fm << ", FN " << fn;
+    ++*weight_tiles;
   }
 }
 
 }  // namespace
 
-// The row kernel on the CPU: the first convolution's forward (stride 2, no padding) with w
+// The row kernels on the CPU: the first convolution's forward (stride 2, no padding) with w
 // resident and reordered, two output rows of input split by column parity a tile, persistent
-// blocks over the tiles. The emulator fills shared memory with NaN and performs a copy only when
-// its thread waits; the reference rounds x and w as the kernel does.
+// blocks over the tiles; and its weight gradient, an output row of dz and its input rows a tile,
+// in split-K slices of output rows (some empty), with the bias's row sums. The emulator fills
+// shared memory with NaN and performs a copy only when its thread waits; the reference rounds x,
+// w and dz as the kernels do.
 TEST(ImplicitGemm, RowKernelOnTheCpuReproducesTheFirstConvolution) {
+  int weight_tiles = 0;
   {
     SCOPED_TRACE("tf32");
-    check_rows_cases<cuda::MmaTf32>();
+    check_rows_cases<cuda::MmaTf32>(&weight_tiles);
   }
   {
     SCOPED_TRACE("bf16");
-    check_rows_cases<cuda::MmaBf16>();
+    check_rows_cases<cuda::MmaBf16>(&weight_tiles);
   }
+  EXPECT_EQ(weight_tiles, 10);
 }
 
 // Which forwards the row kernel takes (rows_fits): the first convolution of squeezenet1.0 and 1.1
@@ -864,6 +910,21 @@ TEST(ImplicitGemm, RowKernelTakesTheFirstConvolutions) {
   EXPECT_FALSE(cuda::rows_fits(fwd(128, 3, 224, 96, 9, 2, 0))) << "9x9";
   EXPECT_FALSE(cuda::rows_fits(fwd(128, 16, 64, 64, 3, 2, 0))) << "16 channels: A and the rows do not fit";
   EXPECT_FALSE(cuda::rows_fits(fwd(128, 96, 55, 64, 1, 2, 0))) << "a 1x1 at stride 2 over 96 channels";
+  auto wgt = [&](int N, int C, int H, int K, int R, int stride, int pad) {
+    const cuda::FwdOp f = fwd(N, C, H, K, R, stride, pad);
+    return cuda::WeightOp{f.g, nullptr, nullptr, nullptr, K, f.Kd, f.N};
+  };
+  EXPECT_TRUE(cuda::rows_fits(wgt(128, 3, 224, 96, 7, 2, 0))) << "squeezenet1.0's conv1, weight gradient";
+  EXPECT_TRUE(cuda::rows_fits(wgt(128, 3, 224, 64, 3, 2, 0))) << "squeezenet1.1's conv1, weight gradient";
+  EXPECT_FALSE(cuda::rows_fits(wgt(128, 1, 28, 64, 3, 1, 1))) << "weight gradient at stride 1";
+  EXPECT_FALSE(cuda::rows_fits(wgt(128, 3, 235, 96, 7, 2, 0))) << "weight gradient over rows of 115";
+  EXPECT_FALSE(cuda::rows_fits(wgt(128, 4, 224, 96, 7, 2, 0))) << "196 taps";
+  // Its slices: a block a slice and filter tile, as many as resident, at most 256, one row each.
+  const cuda::Geo g10 = wgt(128, 3, 224, 96, 7, 2, 0).g;
+  EXPECT_EQ(cuda::rowsw_mtiles(96), 2);
+  EXPECT_EQ(cuda::rowsw_slices(g10, 264), 132);
+  EXPECT_EQ(cuda::rowsw_slices(g10, 1000), 256);
+  EXPECT_EQ(cuda::rowsw_slices(wgt(1, 3, 23, 96, 7, 2, 0).g, 264), 9) << "9 output rows";
 }
 
 // Which products the window kernel takes (win_fits): the expand 3x3's forward and input gradient

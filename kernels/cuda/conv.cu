@@ -232,10 +232,40 @@ void launch_rows(const FwdOp& op, cudaStream_t s) {
   });
 }
 
+// The row kernel's weight gradient, its limit raised; its tiles (fragments of filters and of taps).
+template <class Prec, int FM, int FN>
+auto rowsw_kernel() {
+  return smem_limited<igemm_rowsw_kernel<Prec, FM, FN>, kRowsSmem>();
+}
+template <class F>
+void for_each_rowsw_tile(F f) {
+  for_each_rows_fm([&](auto fn) {  // (FN: 1 to 3, as FM's list)
+    f(std::integral_constant<int, 2>{}, fn);
+    f(std::integral_constant<int, 3>{}, fn);
+  });
+}
+// Blocks (split-K slice, filter tile): `splits` slices of output rows (rowsw_slices).
+template <class Prec>
+void launch_rowsw(const WeightOp& op, int splits, cudaStream_t s) {
+  const int fm = rowsw_fm(op.M), fn = rowsw_fn(op.g), mtiles = rowsw_mtiles(op.M);
+  for_each_rowsw_tile([&](auto m, auto n) {
+    constexpr int FM = decltype(m)::value, FN = decltype(n)::value;
+    if (FM != fm || FN != fn) return;
+    const RowswLayout l = rowsw_layout(op.g, 16 * FM, Prec::K == 16);
+    rowsw_kernel<Prec, FM, FN>()<<<dim3(splits, mtiles), kGemmThreads, rowsw_smem_bytes<Prec, FM, FN>(op.g), s>>>(
+        op, l);
+  });
+}
+// The row kernel's weight-gradient blocks: as many as resident, or two waves' worth of a 132-SM GPU
+// with SQUEEZE_IGEMM_PERSIST=0.
+int rowsw_resident() { return mma_resident() > 0 ? mma_resident() : 264; }
+
 template <class Prec, class Op>
 void launch_mma(const Op& op, int splits, cudaStream_t s) {
   if constexpr (std::is_same_v<Op, FwdOp>) {
     if (g_win && rows_fits(op)) return launch_rows<Prec>(op, s);
+  } else if constexpr (std::is_same_v<Op, WeightOp>) {
+    if (g_win && rows_fits(op)) return launch_rowsw<Prec>(op, splits, s);
   }
   if (g_win && win_fits(op)) {
     if constexpr (Op::kBAlongK)
@@ -372,6 +402,10 @@ void prepare_conv_kernels() {
     rows_kernel<MmaTf32, decltype(f)::value>();
     rows_kernel<MmaBf16, decltype(f)::value>();
   });
+  for_each_rowsw_tile([](auto m, auto n) {
+    rowsw_kernel<MmaTf32, decltype(m)::value, decltype(n)::value>();
+    rowsw_kernel<MmaBf16, decltype(m)::value, decltype(n)::value>();
+  });
 }
 ConvMath conv_math() { return g_math; }
 
@@ -391,7 +425,7 @@ void conv_forward(const ConvGeom& cg, const float* x, const float* w, const floa
 //   [wt, end): w transposed, written while the weight slices are summed (the same launch), so
 //     apart from them, and at a multiple of 4 floats (16 bytes: the mma kernel's copies of A).
 //   The weight gradient's slices: `splits`, or `win_splits` through the window kernel (TF32/BF16
-//   where win_fits), the space for the larger.
+//   where win_fits), or up to 256 through the row kernel (rowsw_slices), the space for the larger.
 constexpr int kWinwFill = 512;  // the window kernel's weight-gradient blocks: two waves, two an SM
 struct BackwardPlan {
   int splits, win_splits, dsplits;
@@ -401,7 +435,8 @@ BackwardPlan backward_plan(const Geo& g) {
   BackwardPlan b;
   b.splits = weight_splits(g), b.dsplits = data_splits(g);
   b.win_splits = winw_geometry_fits(g) ? winw_splits(g, kWinwFill) : b.splits;
-  const int most = std::max(b.splits, b.win_splits);
+  const bool rows = rows_fits(WeightOp{g, nullptr, nullptr, nullptr, g.K, g.C * g.R * g.S, g.N * g.P * g.Q});
+  const int most = std::max({b.splits, b.win_splits, rows ? 256 : 0});
   const size_t kcrs = size_t(g.K) * g.C * g.R * g.S;
   const size_t weights =
       size_t(most) * kcrs + size_t(g.K) * std::max(most, bias_chunks(g.K, (long long)g.N * g.P * g.Q));
@@ -427,8 +462,11 @@ void conv_backward(const ConvGeom& cg, const float* x, const float* w, const flo
   const int npq = g.N * g.P * g.Q, crs = g.C * g.R * g.S;
   const BackwardPlan plan = backward_plan(g);
   WeightOp wop{g, x, dz, ws, g.K, crs, npq};
-  // (launch_mma takes the window kernel on the same test.)
-  const int splits = mma_path() && g_win && win_fits(wop) ? plan.win_splits : plan.splits;
+  // (launch_mma takes the window and row kernels on the same tests.)
+  const bool alt = mma_path() && g_win;
+  const int splits = alt && win_fits(wop)    ? plan.win_splits
+                     : alt && rows_fits(wop) ? rowsw_slices(g, rowsw_resident())
+                                             : plan.splits;
   const size_t mn = size_t(g.K) * crs;
   // The bias gradient: in the mma kernel, as dz's row sums (2 launches and a pass over dz fewer),
   // summed with the weight gradient's slices; else in two passes of its own.

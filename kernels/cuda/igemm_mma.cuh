@@ -103,6 +103,11 @@ struct MmaBf16 {
     const float* c = p + 2 * t * ld + g;
     b[0] = pack_bf16x2(c[0], c[ld]), b[1] = pack_bf16x2(c[8 * ld], c[9 * ld]);
   }
+  // The lane's column of a [n][k] tile at p, at any alignment (one float at a time).
+  __device__ static void load_b_nk_any(uint32_t (&b)[2], const float* p, int t) {
+    const float* r = p + 2 * t;
+    b[0] = pack_bf16x2(r[0], r[1]), b[1] = pack_bf16x2(r[8], r[9]);
+  }
   __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     mma_bf16_16816(d, a, b);
   }
@@ -122,6 +127,9 @@ struct MmaTf32 {
   __device__ static void load_b_kn(uint32_t (&b)[2], const float* p, int ld, int g, int t) {
     const float* c = p + t * ld + g;
     b[0] = tf32_bits(c[0]), b[1] = tf32_bits(c[4 * ld]);
+  }
+  __device__ static void load_b_nk_any(uint32_t (&b)[2], const float* p, int t) {
+    b[0] = tf32_bits(p[t]), b[1] = tf32_bits(p[t + 4]);
   }
   __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     mma_tf32_1688(d, a, b);
@@ -247,15 +255,17 @@ __device__ float* row_sums(const Op&) {
 __device__ inline float* row_sums(const WeightOp& op) { return op.rows; }
 
 // The row sums of a TM x KB A operand over a block's k-steps (the weight gradient's bias: WeightOp::rows;
-// the mma and window kernels), in one register a thread: thread tid takes row tid / T of each
-// stage (T = 256 / TM threads a row) and adds up its 4-float pieces tid % T, tid % T + T, ..., fp32
-// as copied; at the end the T partial sums of a row are added in order and written to rows[z][m].
+// the mma, window and row kernels), in one register a thread: thread tid < T TM takes row tid / T
+// of each stage (T = 256 / TM threads a row, rounded down) and adds up its 4-float pieces tid % T,
+// tid % T + T, ..., fp32 as copied; at the end the T partial sums of a row are added in order and
+// written to rows[z][m].
 template <int TM, int KB>
 struct RowSums {
   static constexpr int T = kGemmThreads / TM, kPieces = KB / 4;
-  static_assert(T * TM == kGemmThreads, "whole threads a row");
+  static_assert(T >= 1 && KB % 4 == 0, "a thread or more a row, whole pieces");
   float v = 0.0f;
   __device__ void add(const float* As, int lda) {
+    if (int(threadIdx.x) >= T * TM) return;
     const float* row = As + int(threadIdx.x) / T * lda;
     SQ_UNROLL
     for (int q = int(threadIdx.x) % T; q < kPieces; q += T) {

@@ -29,6 +29,8 @@
 // Kernel source only, no CUDA runtime: tests/test_igemm.cpp runs it on the CPU under
 // tests/simt_host.h.
 #pragma once
+#include <algorithm>
+
 #include "kernels/cuda/igemm_mma.cuh"
 
 namespace sq {
@@ -242,6 +244,159 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rows_kernel(FwdOp op, R
     }
   }
   cp_async_wait<0>();  // (only an empty group remains)
+}
+
+// ---- The first convolution's weight gradient -------------------------------------------------
+//
+// dW (K x C*R*S) += dz (K x N*P*Q) * col(x)^T over the same geometry, k an output pixel. A tile is
+// one output row (img, p) for TM filters: a stage holds dz's TM x 112 piece of that row ([m][k],
+// 4-byte copies, zero past Q: Q is odd) and input rows 2p .. 2p + R - 1 of each channel, split by
+// column parity as the forward's. Column n of the product is tap (s, c, r) in that order; its B
+// element at pixel q is at koff(n) + q in the stage, so lane (g, t) reads koff(n_g) + t: with rows
+// RP = 4 mod 32 words apart and consecutive n on consecutive rows, conflict-free in TF32 where r
+// does not wrap (BF16 reads q 2t and 2t + 1: two ways a bank).
+//
+// Blocks (z, mt): m-tile mt's rows, output rows z, z + Z, ... (Z = gridDim.x, the split-K slices),
+// summed in registers; slice z goes to ws[z] (dW's own layout) and, with op.rows, its row sums of
+// dz to rows[z] (RowSums), for splitk_reduce_kernel. Warps 1 x 8: each takes all TM = 16 FM rows
+// and 8 FN of the 64 FN columns. Two stages of about 45 KB (TF32, conv1 of squeezenet1.0): two
+// blocks an SM.
+constexpr int kRowswK = kRowsQ;  // pixels a tile: one output row, padded
+
+struct RowswLayout {
+  int lda, rp, hp, stage;
+  SQ_HOST_DEVICE int a_floats(int tm) const { return tm * lda; }
+  SQ_HOST_DEVICE int floats(int tn) const { return tn + 2 * stage; }  // the k table, two stages
+};
+SQ_HOST_DEVICE inline RowswLayout rowsw_layout(const Geo& g, int tm, bool bf16) {
+  RowswLayout l;
+  l.lda = kRowswK + (bf16 ? 24 : 20);  // 8 mod 32 (BF16 pairs), 4 mod 32 (TF32)
+  const int half = (g.W + 1) / 2, reach = kRowswK + (g.S - 1) / 2;
+  l.hp = half > reach ? half : reach;
+  const int span = 2 * l.hp;
+  l.rp = span + ((4 - span) % 32 + 32) % 32;
+  l.stage = tm * l.lda + (g.C * g.R * l.rp + 3) / 4 * 4;
+  return l;
+}
+// The tile: FM fragments of 16 filters (3 above 64 filters, else 2), FN of 64 columns.
+inline int rowsw_fm(int M) { return M > 64 ? 3 : 2; }
+inline int rowsw_fn(const Geo& g) { return (g.C * g.R * g.S + 63) / 64; }
+inline int rowsw_mtiles(int M) { return (M + 16 * rowsw_fm(M) - 1) / (16 * rowsw_fm(M)); }
+template <class Prec, int FM, int FN>
+size_t rowsw_smem_bytes(const Geo& g) {
+  return size_t(rowsw_layout(g, 16 * FM, Prec::K == 16).floats(64 * FN)) * sizeof(float);
+}
+// The weight gradient that the row kernel takes: the forward's geometry (stride 2, no padding, a
+// square filter of at most 7x7, output rows of at most 112), at most 192 taps, and stages within
+// kRowsSmem in both precisions.
+inline bool rows_fits(const WeightOp& op) {
+  const Geo& g = op.g;
+  if (g.stride != 2 || g.pad != 0 || g.R != g.S || g.R > kRowsMaxR || g.Q > kRowsQ) return false;
+  const int fn = rowsw_fn(g), tm = 16 * rowsw_fm(g.K);
+  if (fn > 3) return false;
+  return size_t(rowsw_layout(g, tm, false).floats(64 * fn)) * sizeof(float) <= kRowsSmem &&
+         size_t(rowsw_layout(g, tm, true).floats(64 * fn)) * sizeof(float) <= kRowsSmem;
+}
+// Its split-K slices: as many blocks as resident (two an SM), at most 256 slices and one output
+// row a slice.
+inline int rowsw_slices(const Geo& g, int resident) {
+  const long long rows = (long long)g.N * g.P, per = (resident + rowsw_mtiles(g.K) - 1) / rowsw_mtiles(g.K);
+  return int(std::max<long long>(1, std::min<long long>({256, rows, per})));
+}
+
+template <class Prec, int FM, int FN>
+__global__ void __launch_bounds__(kGemmThreads, 2) igemm_rowsw_kernel(WeightOp op, RowswLayout L) {
+  constexpr int TM = 16 * FM, TN = 64 * FN;
+  SQ_DYNAMIC_SHARED(float, smem);
+  int* const koff = reinterpret_cast<int*>(smem);
+  float* const stages = smem + TN;
+  const Geo& g = op.g;
+  const int crs = g.C * g.R * g.S, HW = g.H * g.W, PQ = g.P * g.Q, rows = g.N * g.P;
+  const int m0 = int(blockIdx.y) * TM, z = int(blockIdx.x);
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, gq = lane / 4, t = lane % 4;
+  const int wn = warp * (TN / 8);
+  for (int n = int(threadIdx.x); n < TN; n += kGemmThreads) {
+    int o = 0;
+    if (n < crs) {
+      const int s = n / (g.C * g.R), cr = n - s * (g.C * g.R);
+      o = cr * L.rp + (s & 1) * L.hp + s / 2;  // (row c R + r of the stage)
+    }
+    koff[n] = o;
+  }
+  const int ntile = (rows - z + int(gridDim.x) - 1) / int(gridDim.x);  // output rows z, z + Z, ...
+  auto issue = [&](int u) {
+    if (u < ntile) {
+      const int row = z + u * int(gridDim.x), img = row / g.P, p = row - img * g.P;
+      float* As = stages + (u % 2) * L.stage;
+      float* Bs = As + L.a_floats(TM);
+      for (int mm = warp; mm < TM; mm += kGemmThreads / 32) {
+        const int m = m0 + mm;
+        const float* src = m < op.M ? op.dz + (size_t(m) * op.Kd + size_t(img) * PQ + size_t(p) * g.Q) : op.dz;
+        for (int q = lane; q < kRowswK; q += 32) {
+          const bool in = m < op.M && q < g.Q;
+          cp_async4(As + mm * L.lda + q, in ? src + q : op.dz, in);
+        }
+      }
+      for (int r = warp; r < g.C * g.R; r += kGemmThreads / 32) {  // stage row c R + r': x's row 2p + r'
+        const int c = r / g.R, h = 2 * p + (r - c * g.R);
+        const float* src = op.x + ((size_t(c) * g.N + img) * HW + size_t(h) * g.W);
+        float* dst = Bs + r * L.rp;
+        for (int col = lane; col < 2 * L.hp; col += 32) {
+          const bool in = col < g.W;
+          cp_async4(dst + (col & 1) * L.hp + (col >> 1), in ? src + col : op.x, in);
+        }
+      }
+    }
+    cp_async_commit();
+  };
+
+  float* const rows_out = op.rows;
+  RowSums<TM, kRowswK> rsum;
+  MmaAcc<FM, FN> acc;
+  acc.clear();
+  int kc[FN];  // the lane's column of each fragment: its tap's place in a stage
+
+  issue(0);
+  for (int u = 0; u < ntile; ++u) {
+    cp_async_wait<0>();
+    __syncthreads();  // tile u's copies (and the k table, at the first); everyone done with u - 1
+    issue(u + 1);
+    if (u == 0) {
+      SQ_UNROLL
+      for (int fj = 0; fj < FN; ++fj) kc[fj] = koff[wn + 8 * fj + gq];
+    }
+    const float* As = stages + (u % 2) * L.stage;
+    const float* Bs = As + L.a_floats(TM);
+    if (rows_out) rsum.add(As, L.lda);
+    SQ_UNROLL
+    for (int k0 = 0; k0 < kRowswK; k0 += Prec::K) {
+      uint32_t a[FM][4];
+      SQ_UNROLL
+      for (int fi = 0; fi < FM; ++fi) Prec::load_a(a[fi], As + 16 * fi * L.lda + k0, L.lda, gq, t);
+      SQ_UNROLL
+      for (int fj = 0; fj < FN; ++fj) {
+        uint32_t b[2];
+        Prec::load_b_nk_any(b, Bs + kc[fj] + k0, t);
+        SQ_UNROLL
+        for (int fi = 0; fi < FM; ++fi) Prec::mma(acc.v[fi][fj], a[fi], b);
+      }
+    }
+  }
+  cp_async_wait<0>();  // (only an empty group remains)
+  if (rows_out) rsum.finish(smem, rows_out, m0, op.M, z);
+  // Lane (g, t): rows g and g + 8 of each fragment, columns 2t and 2t + 1; column n = (s, c, r)
+  // is dW's (c R + r) S + s.
+  SQ_UNROLL
+  for (int fi = 0; fi < FM; ++fi)
+    SQ_UNROLL
+    for (int fj = 0; fj < FN; ++fj)
+      SQ_UNROLL
+      for (int e = 0; e < 4; ++e) {
+        const int m = m0 + 16 * fi + gq + 8 * (e / 2), n = wn + 8 * fj + 2 * t + e % 2;
+        if (m >= op.M || n >= crs) continue;
+        const int s = n / (g.C * g.R), cr = n - s * (g.C * g.R);
+        op.store(m, cr * g.S + s, acc.v[fi][fj][e], z);
+      }
 }
 
 }  // namespace
