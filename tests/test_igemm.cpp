@@ -621,19 +621,23 @@ void check_win(const Case& c, const Case& r, bool reverse, int resident) {
   EXPECT_LT(rel(dx2, want), 1e-5) << "input gradient added onto dx under the ReLU of x";
 }
 
+// The window kernels' geometries (N, C, H, W, K): pixel runs of 4k floats, channels in chunks of
+// 16; several images and rows a tile, H != W, M under a tile and over one, 1 to 5 chunks. W = 0
+// mod 4 puts a tile's window 3 floats past a multiple of 4, the most its start can be rounded down
+// (win_pieces' + 3); at W = 12 the first 128-pixel tile ends inside an image, where its last pixel
+// reads the window's end. For the weight gradient (64-pixel chunks): 468 pixels (7 chunks and a
+// part), 168 pixels over 48 channels (3 channel tiles), 60 pixels (one partial chunk; 3 slices
+// leave two empty) over 80 rows (two row tiles of 64, the second partial).
+const ConvGeom kWinCases[] = {
+    {4, 16, 9, 13, 32, 3, 3, 1, 1},  // 468 pixels: tiles that start mid-row and mid-image
+    {2, 48, 7, 12, 16, 3, 3, 1, 1},  // forward 3 chunks; input gradient of 48 rows, 1 chunk
+    {3, 32, 5, 4, 80, 3, 3, 1, 1},   // forward 80 rows; input gradient 5 chunks
+};
+
 template <class Prec>
 void check_win_cases(int& chunked, int& misaligned_a) {
   std::mt19937 rng(17);
-  // (N, C, H, W, K): pixel runs of 4k floats, channels in chunks of 16; several images and rows a
-  // tile, H != W, M under a tile and over one, 1 to 5 chunks. W = 0 mod 4 puts a tile's window 3
-  // floats past a multiple of 4, the most its start can be rounded down (win_pieces' + 3); at W = 12
-  // the first 128-pixel tile ends inside an image, where its last pixel reads the window's end.
-  const ConvGeom cases[] = {
-      {4, 16, 9, 13, 32, 3, 3, 1, 1},  // 468 pixels: tiles that start mid-row and mid-image
-      {2, 48, 7, 12, 16, 3, 3, 1, 1},  // forward 3 chunks; input gradient of 48 rows, 1 chunk
-      {3, 32, 5, 4, 80, 3, 3, 1, 1},   // forward 80 rows; input gradient 5 chunks
-  };
-  for (const ConvGeom& cg : cases) {
+  for (const ConvGeom& cg : kWinCases) {
     const Case c(cg, rng), r = rounded_case<Prec>(c);
     SCOPED_TRACE(c.name());
     chunked += cg.C / cuda::kWinC > 1 || cg.K / cuda::kWinC > 1;
@@ -711,15 +715,7 @@ void check_winw(const Case& c, const Case& r, int splits, bool reverse, bool bia
 template <class Prec>
 void check_winw_cases(int& sliced_empty) {
   std::mt19937 rng(19);
-  // As the forward's cases (check_win_cases): 468 pixels (7 chunks and a part; tiles that start
-  // mid-row and mid-image), 168 pixels over 48 channels (3 channel tiles), 60 pixels (one partial
-  // chunk; 3 slices leave two empty) over 80 rows (two row tiles of 64, the second partial).
-  const ConvGeom cases[] = {
-      {4, 16, 9, 13, 32, 3, 3, 1, 1},
-      {2, 48, 7, 12, 16, 3, 3, 1, 1},
-      {3, 32, 5, 4, 80, 3, 3, 1, 1},
-  };
-  for (const ConvGeom& cg : cases) {
+  for (const ConvGeom& cg : kWinCases) {
     const Case c(cg, rng), r = rounded_case<Prec>(c);
     SCOPED_TRACE(c.name());
     sliced_empty += cuda::winw_slice_pixels(c.npq(), 3) * 2 >= c.npq();
