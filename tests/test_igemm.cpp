@@ -820,7 +820,7 @@ void check_rowsw(const Case& c, const Case& r, int slices, bool reverse, bool bi
   ASSERT_EQ(cuda::rowsw_fm(K), FM);
   ASSERT_EQ(cuda::rowsw_fn(c.g), FN);
   const cuda::RowswLayout l = cuda::rowsw_layout(c.g, 16 * FM, Prec::K == 16);
-  ASSERT_LE(size_t(l.floats(64 * FN)), simt::kDynamicSharedFloats);
+  ASSERT_LE(size_t(l.floats()), simt::kDynamicSharedFloats);
   ASSERT_TRUE(simt::run({unsigned(slices), unsigned(cuda::rowsw_mtiles(K)), 1}, cuda::kGemmThreads,
                         [&] { cuda::igemm_rowsw_kernel<Prec, FM, FN>(op, l); }, reverse))
       << "threads disagree on barriers";

@@ -260,14 +260,27 @@ void launch_rowsw(const WeightOp& op, int splits, cudaStream_t s) {
 // with SQUEEZE_IGEMM_PERSIST=0.
 int rowsw_resident() { return mma_resident() > 0 ? mma_resident() : 264; }
 
+// Which tensor-core kernel takes a product: the row kernels (the first convolution's forward and
+// weight gradient), the window kernels (3x3 stride 1), else the mma kernel's gathers. The one
+// choice that launch_mma follows and conv_backward sizes the weight gradient's slices by.
+enum class Route { kMma, kWin, kRows };
+template <class Op>
+Route route(const Op& op) {
+  if (!g_win) return Route::kMma;
+  if constexpr (!std::is_same_v<Op, DataOp>) {
+    if (rows_fits(op)) return Route::kRows;
+  }
+  return win_fits(op) ? Route::kWin : Route::kMma;
+}
+
 template <class Prec, class Op>
 void launch_mma(const Op& op, int splits, cudaStream_t s) {
-  if constexpr (std::is_same_v<Op, FwdOp>) {
-    if (g_win && rows_fits(op)) return launch_rows<Prec>(op, s);
-  } else if constexpr (std::is_same_v<Op, WeightOp>) {
-    if (g_win && rows_fits(op)) return launch_rowsw<Prec>(op, splits, s);
+  const Route r = route(op);
+  if (r == Route::kRows) {  // (never the input gradient)
+    if constexpr (std::is_same_v<Op, FwdOp>) return launch_rows<Prec>(op, s);
+    if constexpr (std::is_same_v<Op, WeightOp>) return launch_rowsw<Prec>(op, splits, s);
   }
-  if (g_win && win_fits(op)) {
+  if (r == Route::kWin) {
     if constexpr (Op::kBAlongK)
       return launch_winw<Prec>(op, splits, s);
     else
@@ -436,7 +449,7 @@ BackwardPlan backward_plan(const Geo& g) {
   b.splits = weight_splits(g), b.dsplits = data_splits(g);
   b.win_splits = winw_geometry_fits(g) ? winw_splits(g, kWinwFill) : b.splits;
   const bool rows = rows_fits(WeightOp{g, nullptr, nullptr, nullptr, g.K, g.C * g.R * g.S, g.N * g.P * g.Q});
-  const int most = std::max({b.splits, b.win_splits, rows ? 256 : 0});
+  const int most = std::max({b.splits, b.win_splits, rows ? kRowswSlices : 0});
   const size_t kcrs = size_t(g.K) * g.C * g.R * g.S;
   const size_t weights =
       size_t(most) * kcrs + size_t(g.K) * std::max(most, bias_chunks(g.K, (long long)g.N * g.P * g.Q));
@@ -462,11 +475,10 @@ void conv_backward(const ConvGeom& cg, const float* x, const float* w, const flo
   const int npq = g.N * g.P * g.Q, crs = g.C * g.R * g.S;
   const BackwardPlan plan = backward_plan(g);
   WeightOp wop{g, x, dz, ws, g.K, crs, npq};
-  // (launch_mma takes the window and row kernels on the same tests.)
-  const bool alt = mma_path() && g_win;
-  const int splits = alt && win_fits(wop)    ? plan.win_splits
-                     : alt && rows_fits(wop) ? rowsw_slices(g, rowsw_resident())
-                                             : plan.splits;
+  const Route r = mma_path() ? route(wop) : Route::kMma;  // (launch_mma follows the same route)
+  const int splits = r == Route::kWin    ? plan.win_splits
+                     : r == Route::kRows ? rowsw_slices(g, rowsw_resident())
+                                         : plan.splits;
   const size_t mn = size_t(g.K) * crs;
   // The bias gradient: in the mma kernel, as dz's row sums (2 launches and a pass over dz fewer),
   // summed with the weight gradient's slices; else in two passes of its own.

@@ -196,6 +196,18 @@ struct MmaAcc {
         SQ_UNROLL
         for (int e = 0; e < 4; ++e) v[i][j][e] = 0.0f;
   }
+  // f(fj, r, c, value) for each of the lane's accumulators: fragment column fj, row r = 16 fi + g
+  // + 8 (e / 2) and column c = 8 fj + 2t + e % 2 of the warp's tile (the kernels whose outputs do
+  // not lie along n: the weight-gradient window kernel, the row kernels).
+  template <class F>
+  __device__ void each(int g, int t, F f) const {
+    SQ_UNROLL
+    for (int fi = 0; fi < FM; ++fi)
+      SQ_UNROLL
+      for (int fj = 0; fj < FN; ++fj)
+        SQ_UNROLL
+        for (int e = 0; e < 4; ++e) f(fj, 16 * fi + g + 8 * (e / 2), 8 * fj + 2 * t + e % 2, v[fi][fj][e]);
+  }
   // The outputs through op's epilogue, the warp's tile at (m0, n0): a lane holds outputs (g, 2t)
   // and (g, 2t + 1) of each 8-row half of a fragment, one 8-byte store where pair (n is even, so
   // n + 1 < N with N even), else two. z: the split-K slice.

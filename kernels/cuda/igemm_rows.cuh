@@ -228,19 +228,12 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rows_kernel(FwdOp op, R
           for (int fi = 0; fi < FM; ++fi) Prec::mma(acc.v[fi][fj], a[fi], b);
         }
       }
-      // The outputs (pr, q) with q < Q and p0 + pr < P, rows m < M: lane (g, t) holds rows g and
-      // g + 8 of each fragment, columns 2t and 2t + 1.
-      SQ_UNROLL
-      for (int fi = 0; fi < FM; ++fi)
-        SQ_UNROLL
-        for (int fj = 0; fj < FG; ++fj)
-          SQ_UNROLL
-          for (int e = 0; e < 4; ++e) {
-            if (f0 + fj >= FN) break;
-            const int m = wm + 16 * fi + gq + 8 * (e / 2), n = wn + 8 * (f0 + fj) + 2 * t + e % 2;
-            const int pr = n / kRowsQ, q = n - pr * kRowsQ, p = p0 + pr;
-            if (m < op.M && q < g.Q && p < g.P) op.store(m, img * PQ + p * g.Q + q, acc.v[fi][fj][e], 0);
-          }
+      // The outputs (pr, q) with q < Q and p0 + pr < P, rows m < M.
+      acc.each(gq, t, [&](int fj, int r, int j, float v) {
+        if (f0 + fj >= FN) return;
+        const int m = wm + r, n = wn + 8 * f0 + j, pr = n / kRowsQ, q = n - pr * kRowsQ, p = p0 + pr;
+        if (m < op.M && q < g.Q && p < g.P) op.store(m, img * PQ + p * g.Q + q, v, 0);
+      });
     }
   }
   cp_async_wait<0>();  // (only an empty group remains)
@@ -266,7 +259,7 @@ constexpr int kRowswK = kRowsQ;  // pixels a tile: one output row, padded
 struct RowswLayout {
   int lda, rp, hp, stage;
   SQ_HOST_DEVICE int a_floats(int tm) const { return tm * lda; }
-  SQ_HOST_DEVICE int floats(int tn) const { return tn + 2 * stage; }  // the k table, two stages
+  SQ_HOST_DEVICE int floats() const { return 2 * stage; }  // two stages
 };
 SQ_HOST_DEVICE inline RowswLayout rowsw_layout(const Geo& g, int tm, bool bf16) {
   RowswLayout l;
@@ -284,7 +277,7 @@ inline int rowsw_fn(const Geo& g) { return (g.C * g.R * g.S + 63) / 64; }
 inline int rowsw_mtiles(int M) { return (M + 16 * rowsw_fm(M) - 1) / (16 * rowsw_fm(M)); }
 template <class Prec, int FM, int FN>
 size_t rowsw_smem_bytes(const Geo& g) {
-  return size_t(rowsw_layout(g, 16 * FM, Prec::K == 16).floats(64 * FN)) * sizeof(float);
+  return size_t(rowsw_layout(g, 16 * FM, Prec::K == 16).floats()) * sizeof(float);
 }
 // The weight gradient that the row kernel takes: the forward's geometry (stride 2, no padding, a
 // square filter of at most 7x7, output rows of at most 112), at most 192 taps, and stages within
@@ -294,34 +287,32 @@ inline bool rows_fits(const WeightOp& op) {
   if (g.stride != 2 || g.pad != 0 || g.R != g.S || g.R > kRowsMaxR || g.Q > kRowsQ) return false;
   const int fn = rowsw_fn(g), tm = 16 * rowsw_fm(g.K);
   if (fn > 3) return false;
-  return size_t(rowsw_layout(g, tm, false).floats(64 * fn)) * sizeof(float) <= kRowsSmem &&
-         size_t(rowsw_layout(g, tm, true).floats(64 * fn)) * sizeof(float) <= kRowsSmem;
+  return size_t(rowsw_layout(g, tm, false).floats()) * sizeof(float) <= kRowsSmem &&
+         size_t(rowsw_layout(g, tm, true).floats()) * sizeof(float) <= kRowsSmem;
 }
-// Its split-K slices: as many blocks as resident (two an SM), at most 256 slices and one output
-// row a slice.
+// Its split-K slices: as many blocks as resident (two an SM), at most kRowswSlices (the sum of the
+// slices loops over them per output; conv.cu's workspace holds that many) and one output row a slice.
+constexpr int kRowswSlices = 256;
 inline int rowsw_slices(const Geo& g, int resident) {
   const long long rows = (long long)g.N * g.P, per = (resident + rowsw_mtiles(g.K) - 1) / rowsw_mtiles(g.K);
-  return int(std::max<long long>(1, std::min<long long>({256, rows, per})));
+  return int(std::max<long long>(1, std::min<long long>({kRowswSlices, rows, per})));
 }
 
 template <class Prec, int FM, int FN>
 __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rowsw_kernel(WeightOp op, RowswLayout L) {
   constexpr int TM = 16 * FM, TN = 64 * FN;
-  SQ_DYNAMIC_SHARED(float, smem);
-  int* const koff = reinterpret_cast<int*>(smem);
-  float* const stages = smem + TN;
+  SQ_DYNAMIC_SHARED(float, stages);
   const Geo& g = op.g;
   const int crs = g.C * g.R * g.S, HW = g.H * g.W, PQ = g.P * g.Q, rows = g.N * g.P;
   const int m0 = int(blockIdx.y) * TM, z = int(blockIdx.x);
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, gq = lane / 4, t = lane % 4;
   const int wn = warp * (TN / 8);
-  for (int n = int(threadIdx.x); n < TN; n += kGemmThreads) {
-    int o = 0;
-    if (n < crs) {
-      const int s = n / (g.C * g.R), cr = n - s * (g.C * g.R);
-      o = cr * L.rp + (s & 1) * L.hp + s / 2;  // (row c R + r of the stage)
-    }
-    koff[n] = o;
+  // The lane's column of each fragment: its tap's place in a stage (row c R + r), 0 past the taps.
+  int kc[FN];
+  SQ_UNROLL
+  for (int fj = 0; fj < FN; ++fj) {
+    const int n = wn + 8 * fj + gq, s = n / (g.C * g.R), cr = n - s * (g.C * g.R);
+    kc[fj] = n < crs ? cr * L.rp + (s & 1) * L.hp + s / 2 : 0;
   }
   const int ntile = (rows - z + int(gridDim.x) - 1) / int(gridDim.x);  // output rows z, z + Z, ...
   auto issue = [&](int u) {
@@ -354,17 +345,12 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rowsw_kernel(WeightOp o
   RowSums<TM, kRowswK> rsum;
   MmaAcc<FM, FN> acc;
   acc.clear();
-  int kc[FN];  // the lane's column of each fragment: its tap's place in a stage
 
   issue(0);
   for (int u = 0; u < ntile; ++u) {
     cp_async_wait<0>();
-    __syncthreads();  // tile u's copies (and the k table, at the first); everyone done with u - 1
+    __syncthreads();  // tile u's copies; everyone done with u - 1
     issue(u + 1);
-    if (u == 0) {
-      SQ_UNROLL
-      for (int fj = 0; fj < FN; ++fj) kc[fj] = koff[wn + 8 * fj + gq];
-    }
     const float* As = stages + (u % 2) * L.stage;
     const float* Bs = As + L.a_floats(TM);
     if (rows_out) rsum.add(As, L.lda);
@@ -383,20 +369,14 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rowsw_kernel(WeightOp o
     }
   }
   cp_async_wait<0>();  // (only an empty group remains)
-  if (rows_out) rsum.finish(smem, rows_out, m0, op.M, z);
-  // Lane (g, t): rows g and g + 8 of each fragment, columns 2t and 2t + 1; column n = (s, c, r)
-  // is dW's (c R + r) S + s.
-  SQ_UNROLL
-  for (int fi = 0; fi < FM; ++fi)
-    SQ_UNROLL
-    for (int fj = 0; fj < FN; ++fj)
-      SQ_UNROLL
-      for (int e = 0; e < 4; ++e) {
-        const int m = m0 + 16 * fi + gq + 8 * (e / 2), n = wn + 8 * fj + 2 * t + e % 2;
-        if (m >= op.M || n >= crs) continue;
-        const int s = n / (g.C * g.R), cr = n - s * (g.C * g.R);
-        op.store(m, cr * g.S + s, acc.v[fi][fj][e], z);
-      }
+  if (rows_out) rsum.finish(stages, rows_out, m0, op.M, z);
+  // Column n = (s, c, r) is dW's (c R + r) S + s.
+  acc.each(gq, t, [&](int, int r, int j, float v) {
+    const int m = m0 + r, n = wn + j;
+    if (m >= op.M || n >= crs) return;
+    const int s = n / (g.C * g.R), cr = n - s * (g.C * g.R);
+    op.store(m, cr * g.S + s, v, z);
+  });
 }
 
 }  // namespace

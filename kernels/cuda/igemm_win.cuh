@@ -461,17 +461,12 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_winw_kernel(WeightOp op
   }
   cp_async_wait<0>();  // (only an empty group remains)
   if (rows) rsum.finish(smem, rows, m0, op.M, z);  // (the same for the whole block)
-  // Lane (g, t) holds rows g and g + 8 of each fragment, channels 2t and 2t + 1 of the warp's 8:
-  // dW's columns 9 c + tap. An empty slice stores its zeros.
-  SQ_UNROLL
-  for (int fi = 0; fi < Sh::FM; ++fi)
-    SQ_UNROLL
-    for (int tap = 0; tap < 9; ++tap)
-      SQ_UNROLL
-      for (int e = 0; e < 4; ++e) {
-        const int m = m0 + wm + 16 * fi + g + 8 * (e / 2), c = c0 + 8 * wn + 2 * t + e % 2;
-        if (m < op.M) op.store(m, 9 * c + tap, acc.v[fi][tap][e], z);
-      }
+  // Fragment `tap`'s column j is channel j - 8 tap of the warp's 8: dW's column 9 c + tap. An empty
+  // slice stores its zeros.
+  acc.each(g, t, [&](int tap, int r, int j, float v) {
+    const int m = m0 + wm + r, c = c0 + 8 * wn + j - 8 * tap;
+    if (m < op.M) op.store(m, 9 * c + tap, v, z);
+  });
 }
 
 }  // namespace
