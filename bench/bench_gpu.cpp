@@ -6,7 +6,8 @@
 //  2. training steps (forward, loss, backward, fused SGD) of squeezenet1.0 and 1.1 at 224x224
 //     and the Fashion-MNIST configuration, batch 128, images/s, for the same variants.
 // Timing: CUDA events around each repetition on one stream, 3 warm-up reps, median of --reps.
-//   build/bench_gpu [--reps N] [--json FILE] [--sections LIST]
+//   build/bench_gpu [--reps N] [--json FILE] [--sections LIST] [--variants LIST]
+//     (--variants: the columns to run, by name, e.g. "own fp32,cuDNN fp32"; default all)
 //   build/bench_gpu --profile CONFIG:MATH    one training step inside cudaProfilerStart/Stop (ncu)
 #include <cstdio>
 
@@ -153,15 +154,16 @@ int profile_one_step(const std::string& what, int N) {
 
 int main(int argc, char** argv) {
   int reps = 20;
-  std::string json_path, sections = "0,1,1b,2,3,3f", profile;
+  std::string json_path, sections = "0,1,1b,2,3,3f", profile, only;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
     else if (!std::strcmp(argv[i], "--sections") && i + 1 < argc) sections = argv[++i];
     else if (!std::strcmp(argv[i], "--profile") && i + 1 < argc) profile = argv[++i];
+    else if (!std::strcmp(argv[i], "--variants") && i + 1 < argc) only = argv[++i];
     else {
       std::fprintf(stderr, "usage: bench_gpu [--reps N] [--json FILE] [--sections 0,1,1b,2,3,3f] "
-                           "[--profile squeezenet1.0|squeezenet1.1|fmnist:fp32|tf32|bf16]\n");
+                           "[--variants 'own fp32,cuDNN fp32,...'] [--profile squeezenet1.0|squeezenet1.1|fmnist:fp32|tf32|bf16]\n");
       return 2;
     }
   }
@@ -220,6 +222,16 @@ int main(int argc, char** argv) {
     if (have_cudnn) {
       variants.insert(variants.begin() + 1, {"cuDNN fp32", cuda::ConvImpl::kCudnn, cuda::ConvMath::kFp32});
       variants.insert(variants.begin() + 3, {"cuDNN tf32", cuda::ConvImpl::kCudnn, cuda::ConvMath::kTf32});
+    }
+    if (!only.empty()) {  // --variants: those named, in the usual order
+      std::vector<Variant> kept;
+      for (const Variant& v : variants)
+        if (("," + only + ",").find("," + std::string(v.name) + ",") != std::string::npos) kept.push_back(v);
+      if (kept.empty()) {
+        std::fprintf(stderr, "bench_gpu: --variants '%s' names none of the variants\n", only.c_str());
+        return 2;
+      }
+      variants = kept;
     }
     auto use = [](const Variant& v) {
       cuda::set_conv_impl(v.impl);

@@ -8,7 +8,8 @@
 #   test     every GPU test (test_cuda_ops), --check-layers on three configurations, one epoch
 #            `squeeze train --device cuda` (the default job: 3 epochs of Fashion-MNIST), one BF16
 #            epoch; the tensor-core tests through the WMMA kernel (SQUEEZE_IGEMM_MMA=0), and
-#            without the window kernel (SQUEEZE_IGEMM_WIN=0)
+#            without the window kernel (SQUEEZE_IGEMM_WIN=0); the fp32 convolution, Fire and model
+#            tests and --check-layers through three TF32 products (SQUEEZE_IGEMM_3XTF32=1)
 #   nccl     the NCCL test of test_mpi at 1 rank (and at 2 ranks on the one GPU, which NCCL
 #            refuses before 2.30), `mpirun -np 1 squeeze train --device cuda` over NCCL; two GPU
 #            ranks on the one GPU over MPI through pinned host memory (test_mpi's test and one
@@ -21,7 +22,8 @@
 #            step profiles of squeezenet1.0 and the Fashion-MNIST configuration; then the
 #            training section again with SQUEEZE_CUDA_GRAPH=1 (the step as CUDA graphs), and the
 #            convolutions and training with SQUEEZE_IGEMM_PERSIST=0 (one block a tile), and with
-#            SQUEEZE_IGEMM_WIN=0 (the expand 3x3 products through the mma kernel's gathers); the
+#            SQUEEZE_IGEMM_WIN=0 (the expand 3x3 products through the mma kernel's gathers), and
+#            the fp32 columns with SQUEEZE_IGEMM_3XTF32=1 (three TF32 products a multiply); the
 #            algorithms cuDNN picked for each geometry ($OUT/cudnn_algos.txt). The
 #            opt-in kernel variants run the same way by their switches (SQUEEZE_IGEMM_MMA=0,
 #            SQUEEZE_IGEMM_WIDE=1, SQUEEZE_IGEMM_WARPS=4x8, SQUEEZE_IGEMM_PREFETCH=0)
@@ -124,6 +126,12 @@ for phase in $phases; do
     # kernel): every model shape against the double reference.
     SQUEEZE_IGEMM_WIN=0 run "test_cuda_ops, 3x3 products without the window kernel" $B/test_cuda_ops \
       --gtest_color=no --gtest_filter='CudaOps.TensorCoreConvolution*'
+    # fp32 through three TF32 products (opt-in): every model shape at the fp32 tolerance, the Fire
+    # modules, the model against the CPU layer by layer and over training steps.
+    SQUEEZE_IGEMM_3XTF32=1 run "test_cuda_ops, fp32 through 3xTF32" $B/test_cuda_ops --gtest_color=no \
+      --gtest_filter='CudaOps.Convolution:CudaOps.FireModule:CudaModel.*'
+    SQUEEZE_IGEMM_3XTF32=1 run "check-layers, fp32 through 3xTF32" $B/squeeze train --device cuda \
+      --check-layers --model squeezenet1.0 --batch-size 32 --data-dir "$data"
     ;;
   nccl)
     run "test_mpi Nccl, 1 rank" mpirun -np 1 $B/test_mpi --gtest_color=no --gtest_filter='Nccl.*:Mpi/*'
@@ -165,6 +173,11 @@ for phase in $phases; do
     SQUEEZE_IGEMM_WIN=0 run "bench_gpu, 3x3 products without the window kernel (convolutions, training)" \
       $B/bench_gpu --reps 20 --sections 1b,2 --json "$OUT/bench_gpu_nowin.json" &&
       python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_nowin.json"
+    # ... and fp32 through three TF32 products (opt-in), against the fp32 kernel and cuDNN fp32.
+    SQUEEZE_IGEMM_3XTF32=1 run "bench_gpu, fp32 through 3xTF32 (Fire modules, convolutions, training)" \
+      $B/bench_gpu --reps 20 --sections 1,1b,2 --variants 'own fp32,cuDNN fp32' \
+      --json "$OUT/bench_gpu_3xtf32.json" &&
+      python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_3xtf32.json" --columns '^own fp32'
     ;;
   profile)
     # One training step a configuration under Nsight Compute: per kernel, its time and a few counters.

@@ -265,6 +265,11 @@ void cp_async_wait() {
 inline uint32_t pack_bf16x2(float lo, float hi) {
   return uint32_t(__float2bfloat16_rn(lo).bits) | (uint32_t(__float2bfloat16_rn(hi).bits) << 16);
 }
+inline float __uint_as_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
 inline uint32_t tf32_bits(float v) {
   const float r = nvcuda::wmma::__float_to_tf32(v);
   uint32_t u;
@@ -274,7 +279,10 @@ inline uint32_t tf32_bits(float v) {
 
 namespace simt {
 inline float bf16_half(uint32_t reg, int hi) { return simt_to_float(__nv_bfloat16{uint16_t(hi ? reg >> 16 : reg)}); }
+// A TF32 operand's value: the tensor cores read its upper 19 bits only, so a kernel that passes
+// unrounded fp32 gets TF32 here too, not fp32's precision.
 inline float tf32_value(uint32_t reg) {
+  reg &= 0xffffe000u;
   float f;
   std::memcpy(&f, &reg, 4);
   return f;

@@ -50,6 +50,12 @@ const bool g_square_warps = env_is("SQUEEZE_IGEMM_WARPS", "4x8");
 // v7 took the squeezenet1.0 TF32 step from 3,210 to 4,741 img/s and BF16 from 4,448 to 4,992.
 const bool g_mma = !env_is("SQUEEZE_IGEMM_MMA", "0");
 
+// fp32 products on the tensor cores as three TF32 products each (igemm_mma.cuh, MmaTf32x3), only
+// with SQUEEZE_IGEMM_3XTF32=1, through the mma and window kernels (the first convolution through
+// the mma kernel: the row kernels hold A rounded). Unmeasured on a GPU: it stays opt-in until a
+// lease times it against the fp32 kernel (docs/KERNELS.md, "fp32 on the tensor cores").
+const bool g_3xtf32 = env_is("SQUEEZE_IGEMM_3XTF32", "1");
+
 // The fp32 block tile. M <= 32: the narrowest one that holds all M rows (16x256, 32x128, 4x4
 // shares), so that one row of tiles reads the B operand (the expensive im2col gather) once; on
 // the H200 a 16x256 tile over M = 48 (three row tiles) made fire6's input gradient slower than
@@ -144,6 +150,17 @@ Tile mma_tile(int M, int N, bool b_along_k) {
   if (N <= 64 || (b_along_k && M > 32)) return {64, 64};
   return {M <= 16 ? 16 : M <= 32 ? 32 : 64, 128};
 }
+// The tile precision Prec runs for mma_tile's t: t itself, or for MmaTf32x3 (takes_tile) t's
+// columns and warps with one 16-row fragment row a warp (128x64 -> 64x64, 64x128 -> 32x128).
+template <class Prec>
+Tile prec_tile(Tile t) {
+  Tile r = t;
+  for_each_mma_tile([&](auto tile) {
+    using T = decltype(tile);
+    if (Prec::kSplit && T::m == t.m && T::n == t.n) r.m = 16 * T::wm;
+  });
+  return r;
+}
 
 // Blocks of the mma kernel resident on the GPU at once (two an SM: igemm_mma_kernel's launch
 // bounds and about 100 KB of shared memory), the persistent launches' grid (MmaGrid); 0 with
@@ -174,17 +191,22 @@ auto win_kernel() {
 // slices (the input gradient at small images: data_splits) of whole chunks, a block a tile.
 template <class Prec, class Op>
 void launch_win(const Op& op, int splits, cudaStream_t s) {
-  const WinTile t = win_tile(op.M);
+  const WinTile t = Prec::kSplit ? WinTile{16, 256} : win_tile(op.M);  // (takes_tile)
   const MmaGrid mg = mma_grid(op.M, op.N, t.m, t.n, false, 0, splits, mma_resident());
   const int slice_chunks = win_slice_chunks(Win<Op>::channels(op), splits);
+  bool launched = false;
   for_each_win_tile([&](auto tile) {
     using T = decltype(tile);
-    if (T::m != t.m || T::n != t.n) return;
-    auto* kernel = win_kernel<Op, Prec, T::m, T::n, T::wm>();
-    const int ldw = win_ld(T::n, op.g.W, Prec::K == 16);
-    kernel<<<dim3(mg.blocks, 1, splits), kGemmThreads, win_smem_bytes<Prec, T::m, T::n, T::wm>(op.g.W), s>>>(
-        op, ldw, mma_vec(op), mg.tiles, slice_chunks);
+    if constexpr (takes_tile<Prec>(T::m, T::wm)) {
+      if (T::m != t.m || T::n != t.n) return;
+      auto* kernel = win_kernel<Op, Prec, T::m, T::n, T::wm>();
+      const int ldw = win_ld(T::n, op.g.W, Prec::K == 16);
+      kernel<<<dim3(mg.blocks, 1, splits), kGemmThreads, win_smem_bytes<Prec, T::m, T::n, T::wm>(op.g.W), s>>>(
+          op, ldw, mma_vec(op), mg.tiles, slice_chunks);
+      launched = true;
+    }
   });
+  SQ_ASSERT(launched, "no window kernel for its tile");
 }
 
 // The window kernel of the weight gradient (igemm_win.cuh, igemm_winw_kernel), its limit raised.
@@ -196,14 +218,19 @@ auto winw_kernel() {
 // A block a tile and split-K slice (weight_splits' slices, rounded to whole chunks of pixels).
 template <class Prec>
 void launch_winw(const WeightOp& op, int splits, cudaStream_t s) {
-  const int tm = winw_tile(op.M), tiles = (op.M + tm - 1) / tm * (op.g.C / kWinC);
+  const int tm = Prec::kSplit ? 64 : winw_tile(op.M), tiles = (op.M + tm - 1) / tm * (op.g.C / kWinC);
   const int ldw = winw_ld(op.g.W), slice = winw_slice_pixels(op.Kd, splits);
+  bool launched = false;
   for_each_winw_tile([&](auto t) {
     constexpr int TM = decltype(t)::value;
-    if (TM != tm) return;
-    winw_kernel<Prec, TM>()<<<dim3(tiles, 1, splits), kGemmThreads, winw_smem_bytes<Prec, TM>(op.g.W), s>>>(
-        op, ldw, slice);
+    if constexpr (takes_tile<Prec>(TM, WinWShape<Prec, TM>::WM)) {
+      if (TM != tm) return;
+      winw_kernel<Prec, TM>()<<<dim3(tiles, 1, splits), kGemmThreads, winw_smem_bytes<Prec, TM>(op.g.W), s>>>(
+          op, ldw, slice);
+      launched = true;
+    }
   });
+  SQ_ASSERT(launched, "no weight-gradient window kernel for its tile");
 }
 
 // The row kernel (igemm_rows.cuh: the first convolution's forward), its limit raised.
@@ -268,7 +295,7 @@ template <class Op>
 Route route(const Op& op) {
   if (!g_win) return Route::kMma;
   if constexpr (!std::is_same_v<Op, DataOp>) {
-    if (rows_fits(op)) return Route::kRows;
+    if (g_math != ConvMath::kFp32 && rows_fits(op)) return Route::kRows;  // (not MmaTf32x3)
   }
   return win_fits(op) ? Route::kWin : Route::kMma;
 }
@@ -276,9 +303,11 @@ Route route(const Op& op) {
 template <class Prec, class Op>
 void launch_mma(const Op& op, int splits, cudaStream_t s) {
   const Route r = route(op);
-  if (r == Route::kRows) {  // (never the input gradient)
-    if constexpr (std::is_same_v<Op, FwdOp>) return launch_rows<Prec>(op, s);
-    if constexpr (std::is_same_v<Op, WeightOp>) return launch_rowsw<Prec>(op, splits, s);
+  if constexpr (Prec::kRowKernels) {
+    if (r == Route::kRows) {  // (never the input gradient)
+      if constexpr (std::is_same_v<Op, FwdOp>) return launch_rows<Prec>(op, s);
+      if constexpr (std::is_same_v<Op, WeightOp>) return launch_rowsw<Prec>(op, splits, s);
+    }
   }
   if (r == Route::kWin) {
     if constexpr (Op::kBAlongK)
@@ -286,16 +315,21 @@ void launch_mma(const Op& op, int splits, cudaStream_t s) {
     else
       return launch_win<Prec>(op, splits, s);
   }
-  const Tile t = mma_tile(op.M, op.N, Op::kBAlongK);
+  const Tile t = prec_tile<Prec>(mma_tile(op.M, op.N, Op::kBAlongK));
   const int chunk = mma_chunk(op.Kd, splits);
   const MmaGrid mg = mma_grid(op.M, op.N, t.m, t.n, Op::kBAlongK, chunk, splits, mma_resident());
+  bool launched = false;
   for_each_mma_tile([&](auto tile) {
     using T = decltype(tile);
-    if (T::m != t.m || T::n != t.n) return;
-    using Sh = MmaShape<Op, Prec, T::m, T::n, T::wm>;
-    auto* kernel = mma_kernel<Op, Prec, T::m, T::n, T::wm>();
-    kernel<<<dim3(mg.blocks, 1, splits), kGemmThreads, Sh::kSmemBytes, s>>>(op, chunk, mma_vec(op), mg.tiles);
+    if constexpr (takes_tile<Prec>(T::m, T::wm)) {
+      if (T::m != t.m || T::n != t.n) return;
+      using Sh = MmaShape<Op, Prec, T::m, T::n, T::wm>;
+      auto* kernel = mma_kernel<Op, Prec, T::m, T::n, T::wm>();
+      kernel<<<dim3(mg.blocks, 1, splits), kGemmThreads, Sh::kSmemBytes, s>>>(op, chunk, mma_vec(op), mg.tiles);
+      launched = true;
+    }
   });
+  SQ_ASSERT(launched, "no mma kernel for its tile");
 }
 
 template <bool kPrefetch, class Op>
@@ -306,8 +340,11 @@ void launch_tc(const Op& op, int splits, int chunk, cudaStream_t s) {
     launch_tc_tile<Bf16, kPrefetch>(op, splits, chunk, s);
 }
 
-// Whether the products go through the mma kernel: TF32 and BF16 unless SQUEEZE_IGEMM_MMA=0.
-bool mma_path() { return g_mma && (g_math == ConvMath::kTf32 || g_math == ConvMath::kBf16); }
+// Whether the products go through the mma kernel: TF32 and BF16 unless SQUEEZE_IGEMM_MMA=0, fp32
+// with SQUEEZE_IGEMM_3XTF32=1.
+bool mma_path() {
+  return g_mma && (g_math == ConvMath::kTf32 || g_math == ConvMath::kBf16 || g_3xtf32);
+}
 
 template <class Op>
 void launch_igemm(const Op& op, int splits, cudaStream_t s, const char* what) {
@@ -322,6 +359,8 @@ void launch_igemm(const Op& op, int splits, cudaStream_t s, const char* what) {
     launch_mma<MmaTf32>(op, splits, s);
   } else if (mma && g_math == ConvMath::kBf16) {
     launch_mma<MmaBf16>(op, splits, s);
+  } else if (mma) {
+    launch_mma<MmaTf32x3>(op, splits, s);
   } else if (g_math == ConvMath::kTf32 || g_math == ConvMath::kBf16) {
     if (g_prefetch)
       launch_tc<true>(op, splits, chunk, s);
@@ -399,6 +438,13 @@ void prepare_conv_kernels() {
     mma_kernel<FwdOp, MmaBf16, T::m, T::n, T::wm>();
     mma_kernel<DataOp, MmaBf16, T::m, T::n, T::wm>();
     mma_kernel<WeightOp, MmaBf16, T::m, T::n, T::wm>();
+    if constexpr (takes_tile<MmaTf32x3>(T::m, T::wm)) {
+      if (g_3xtf32) {
+        mma_kernel<FwdOp, MmaTf32x3, T::m, T::n, T::wm>();
+        mma_kernel<DataOp, MmaTf32x3, T::m, T::n, T::wm>();
+        mma_kernel<WeightOp, MmaTf32x3, T::m, T::n, T::wm>();
+      }
+    }
   });
   for_each_win_tile([](auto tile) {
     using T = decltype(tile);
@@ -406,10 +452,20 @@ void prepare_conv_kernels() {
     win_kernel<DataOp, MmaTf32, T::m, T::n, T::wm>();
     win_kernel<FwdOp, MmaBf16, T::m, T::n, T::wm>();
     win_kernel<DataOp, MmaBf16, T::m, T::n, T::wm>();
+    if constexpr (takes_tile<MmaTf32x3>(T::m, T::wm)) {
+      if (g_3xtf32) {
+        win_kernel<FwdOp, MmaTf32x3, T::m, T::n, T::wm>();
+        win_kernel<DataOp, MmaTf32x3, T::m, T::n, T::wm>();
+      }
+    }
   });
   for_each_winw_tile([](auto t) {
     winw_kernel<MmaTf32, decltype(t)::value>();
     winw_kernel<MmaBf16, decltype(t)::value>();
+    constexpr int TM = decltype(t)::value;
+    if constexpr (takes_tile<MmaTf32x3>(TM, WinWShape<MmaTf32x3, TM>::WM)) {
+      if (g_3xtf32) winw_kernel<MmaTf32x3, TM>();
+    }
   });
   for_each_rows_fm([](auto f) {
     rows_kernel<MmaTf32, decltype(f)::value>();

@@ -85,6 +85,10 @@ __device__ __forceinline__ void mma_tf32_1688(float (&d)[4], const uint32_t (&a)
 // fragment is the same for both: element e at row g + 8 (e / 2), column 2t + e % 2.
 struct MmaBf16 {
   static constexpr int K = 16, kPadRowK = 8, kPadKN = 4;
+  static constexpr bool kRowKernels = true;  // (igemm_rows.cuh takes this precision)
+  static constexpr bool kSplit = false;       // (MmaTf32x3)
+  using FragA = uint32_t[4];
+  using FragB = uint32_t[2];
   __device__ static uint32_t pair(const float* p) {
     const float2 v = *reinterpret_cast<const float2*>(p);
     return pack_bf16x2(v.x, v.y);
@@ -114,6 +118,10 @@ struct MmaBf16 {
 };
 struct MmaTf32 {
   static constexpr int K = 8, kPadRowK = 4, kPadKN = 8;
+  static constexpr bool kRowKernels = true;
+  static constexpr bool kSplit = false;
+  using FragA = uint32_t[4];
+  using FragB = uint32_t[2];
   // Registers: (g, t), (g+8, t), (g, t+4), (g+8, t+4).
   __device__ static void load_a(uint32_t (&a)[4], const float* p, int ld, int g, int t) {
     const float* r = p + g * ld + t;
@@ -133,6 +141,50 @@ struct MmaTf32 {
   }
   __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     mma_tf32_1688(d, a, b);
+  }
+};
+
+// fp32 products on the tensor cores, three TF32 products each (CUTLASS's "3xTF32"; opt-in as
+// SQUEEZE_IGEMM_3XTF32=1, docs/KERNELS.md): every operand v is read as big = tf32(v) and small =
+// tf32(v - big) (v - big is exact in fp32), and a b as a_big b_big + (a_small b_big + a_big
+// b_small), fp32 accumulation. What is left out, a_small b_small and small's own rounding, is
+// within about 2^-21 of a b, below the fp32 accumulation's error over these products' depths
+// (tests/test_igemm.cpp compares the two). The stages and their fp32 layouts are
+// MmaTf32's; a fragment holds big in registers 0-3 (A) or 0-1 (B), small after them.
+struct MmaTf32x3 {
+  static constexpr int K = 8, kPadRowK = 4, kPadKN = 8;
+  static constexpr bool kRowKernels = false;  // (their resident A is stored rounded, one word a value)
+  static constexpr bool kSplit = true;
+  using FragA = uint32_t[8];
+  using FragB = uint32_t[4];
+  __device__ static void split(float v, uint32_t& big, uint32_t& small) {
+    big = tf32_bits(v);
+    small = tf32_bits(v - __uint_as_float(big));
+  }
+  __device__ static void load_a(uint32_t (&a)[8], const float* p, int ld, int g, int t) {
+    const float* r = p + g * ld + t;
+    split(r[0], a[0], a[4]), split(r[8 * ld], a[1], a[5]), split(r[4], a[2], a[6]), split(r[8 * ld + 4], a[3], a[7]);
+  }
+  __device__ static void load_b_nk(uint32_t (&b)[4], const float* p, int ld, int g, int t) {
+    const float* r = p + g * ld + t;
+    split(r[0], b[0], b[2]), split(r[4], b[1], b[3]);
+  }
+  __device__ static void load_b_kn(uint32_t (&b)[4], const float* p, int ld, int g, int t) {
+    const float* c = p + t * ld + g;
+    split(c[0], b[0], b[2]), split(c[4 * ld], b[1], b[3]);
+  }
+  // The two small products go into a fresh accumulator, added to d once: d takes one rounding
+  // per product of big parts and one per mma, about what an fp32 sum of the same terms takes,
+  // where adding all three products to d would round it three times as often.
+  __device__ static void mma(float (&d)[4], const uint32_t (&a)[8], const uint32_t (&b)[4]) {
+    const uint32_t ab[4] = {a[0], a[1], a[2], a[3]}, as[4] = {a[4], a[5], a[6], a[7]};
+    const uint32_t bb[2] = {b[0], b[1]}, bs[2] = {b[2], b[3]};
+    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    mma_tf32_1688(c, as, bb);
+    mma_tf32_1688(c, ab, bs);
+    mma_tf32_1688(d, ab, bb);
+    SQ_UNROLL
+    for (int e = 0; e < 4; ++e) d[e] += c[e];
   }
 };
 
@@ -231,6 +283,15 @@ struct MmaAcc {
         }
   }
 };
+
+// Whether precision Prec takes a tile of TM rows over WM warp rows (the mma, window and
+// weight-gradient window kernels): MmaTf32x3's fragments take twice the registers, and its kernels
+// fit 128 registers a thread unspilled (ptxas, sm_90) only where a warp owns one 16-row fragment
+// row (two spilled 8-68 bytes); TF32 and BF16 take every tile.
+template <class Prec>
+constexpr bool takes_tile(int tm, int wm) {
+  return !Prec::kSplit || tm == 16 * wm;
+}
 
 // A tile of the mma or window kernel: rows, columns, warp rows (conv.cu's lists of tiles).
 template <int TM, int TN, int WM>
@@ -429,9 +490,10 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
     SQ_UNROLL
     for (int kk = 0; kk < KB; kk += Prec::K) {
       if (kk >= depth) break;  // (the same for the whole block)
-      uint32_t a[Sh::FM][4], b[Sh::FN][2];
+      typename Prec::FragA a[Sh::FM];
       SQ_UNROLL
       for (int fi = 0; fi < Sh::FM; ++fi) Prec::load_a(a[fi], As + (wm + 16 * fi) * LDA + kk, LDA, g, t);
+      typename Prec::FragB b[Sh::FN];
       SQ_UNROLL
       for (int fj = 0; fj < Sh::FN; ++fj) {
         if (Sh::kBnk)

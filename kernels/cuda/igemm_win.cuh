@@ -72,6 +72,14 @@ struct WinA<MmaTf32> {
   }
 };
 template <>
+struct WinA<MmaTf32x3> {
+  __device__ static void load(uint32_t (&a)[8], const float* p, int ld, int g, int t) {
+    const float* r = p + g * ld + 9 * t;
+    MmaTf32x3::split(r[0], a[0], a[4]), MmaTf32x3::split(r[8 * ld], a[1], a[5]);
+    MmaTf32x3::split(r[36], a[2], a[6]), MmaTf32x3::split(r[8 * ld + 36], a[3], a[7]);
+  }
+};
+template <>
 struct WinA<MmaBf16> {
   // (g, 2t..2t+1), (g + 8, 2t..), (g, 2t+8..), (g + 8, 2t+8..).
   __device__ static void load(uint32_t (&a)[4], const float* p, int ld, int g, int t) {
@@ -242,14 +250,15 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_win_kernel(Op op, int l
       const float* At = As + wm * LDA + (Win<Op>::kFlip ? 8 - tap : tap);
       SQ_UNROLL
       for (int kk = 0; kk < kWinC; kk += Prec::K) {
-        uint32_t a[Sh::FM][4], b[Sh::FN][2];
+        typename Prec::FragA a[Sh::FM];
+        typename Prec::FragB b[Sh::FN];
         SQ_UNROLL
         for (int fi = 0; fi < Sh::FM; ++fi) WinA<Prec>::load(a[fi], At + 16 * fi * LDA + 9 * kk, LDA, g, t);
         SQ_UNROLL
         for (int fj = 0; fj < Sh::FN; ++fj) {
           Prec::load_b_kn(b[fj], Wt + kk * ldw + 8 * fj, ldw, g, t);
           const bool on = (pbits[fj] & tb) == tb;  // the tap lands inside the pixel's image
-          b[fj][0] = on ? b[fj][0] : 0u, b[fj][1] = on ? b[fj][1] : 0u;
+          for (uint32_t& e : b[fj]) e = on ? e : 0u;
         }
         SQ_UNROLL
         for (int fi = 0; fi < Sh::FM; ++fi)
@@ -366,6 +375,17 @@ struct WinB<MmaTf32> {
   }
 };
 template <>
+struct WinB<MmaTf32x3> {
+  static constexpr int kBits = 2;
+  __device__ static void bits(unsigned (&b)[2], const unsigned* pb, int t) { b[0] = pb[t], b[1] = pb[t + 4]; }
+  __device__ static void load(uint32_t (&b)[4], const float* p, int ld, int g, int t, const unsigned (&pb)[2],
+                              unsigned tb) {
+    const float* r = p + g * ld + t;
+    MmaTf32x3::split((pb[0] & tb) == tb ? r[0] : 0.0f, b[0], b[2]);
+    MmaTf32x3::split((pb[1] & tb) == tb ? r[4] : 0.0f, b[1], b[3]);
+  }
+};
+template <>
 struct WinB<MmaBf16> {
   static constexpr int kBits = 4;
   __device__ static void bits(unsigned (&b)[4], const unsigned* pb, int t) {
@@ -444,7 +464,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_winw_kernel(WeightOp op
     const float* Wc = Ws + 8 * wn * ldw + (p0 - win0(p0));  // pixel p0 of the warp's first channel
     SQ_UNROLL
     for (int kk = 0; kk < kWinP; kk += Prec::K) {
-      uint32_t a[Sh::FM][4];
+      typename Prec::FragA a[Sh::FM];
       SQ_UNROLL
       for (int fi = 0; fi < Sh::FM; ++fi) Prec::load_a(a[fi], As + (wm + 16 * fi) * LDA + kk, LDA, g, t);
       unsigned pbits[WinB<Prec>::kBits];
@@ -452,7 +472,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_winw_kernel(WeightOp op
       SQ_UNROLL
       for (int tap = 0; tap < 9; ++tap) {
         const int r = tap / 3, s = tap % 3;
-        uint32_t b[2];
+        typename Prec::FragB b;
         WinB<Prec>::load(b, Wc + kk + (r - 1) * W + (s - 1), ldw, g, t, pbits, tap_bits(r, s));
         SQ_UNROLL
         for (int fi = 0; fi < Sh::FM; ++fi) Prec::mma(acc.v[fi][tap], a[fi], b);
