@@ -17,12 +17,6 @@ namespace sq {
 namespace cuda {
 namespace {  // internal linkage: one copy per translation unit (conv.cu; the CPU tests)
 
-#ifdef __CUDACC__
-#define SQ_UNROLL _Pragma("unroll")
-#else
-#define SQ_UNROLL
-#endif
-
 constexpr int BM = 64, BN = 64, BK = 16, kGemmThreads = 256;
 
 // The operand keys of one block (igemm_ops.h, Key): those of the k-steps, in NB buffers (the keys

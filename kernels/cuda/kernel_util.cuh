@@ -3,6 +3,13 @@
 #pragma once
 #include <cstddef>
 
+// A loop the GPU compiler unrolls (its arrays then stay in registers); nothing on the CPU.
+#ifdef __CUDACC__
+#define SQ_UNROLL _Pragma("unroll")
+#else
+#define SQ_UNROLL
+#endif
+
 namespace sq {
 namespace cuda {
 
