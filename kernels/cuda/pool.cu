@@ -63,6 +63,7 @@ void avgpool_forward(int N, int C, int HW, const float* x, float* y, cudaStream_
 void avgpool_backward(int N, int C, int HW, const float* dy, float* dx, cudaStream_t s,
                       const float* relu_x) {
   SQ_ASSERT(HW > 0, "avgpool over an empty plane");
+  SQ_ASSERT((long long)N * C * HW < (1LL << 31), "avgpool input of 2^31 or more elements: ", N, "x", C, "x", HW);
   avgpool_backward_kernel<<<blocks_for(size_t(N) * C * HW), kThreads, 0, s>>>(N, C, HW, dy, dx, relu_x);
   SQ_CUDA_LAUNCH("avgpool_backward");
 }

@@ -177,13 +177,15 @@ __global__ void avgpool_forward_kernel(int N, int C, int HW, const float* x, flo
   }
 }
 
+// dx (C, N, HW) from dy (N, C), fewer than 2^31 elements (pool.cu checks): the plane's (c, n) by
+// 32-bit divisions. Three 64-bit divisions an element, about 200 instructions, made this take
+// 0.133 ms in run c where its bytes take 0.04.
 __global__ void avgpool_backward_kernel(int N, int C, int HW, const float* dy, float* dx,
                                         const float* relu_x = nullptr) {
   const size_t total = size_t(C) * N * HW;
   const float inv = 1.0f / float(HW);
   SQ_GRID_STRIDE(i, total) {
-    const size_t cn = i / HW;
-    const int n = int(cn % N), c = int(cn / N);
+    const unsigned cn = unsigned(i) / unsigned(HW), c = cn / unsigned(N), n = cn - c * unsigned(N);
     dx[i] = !relu_x || relu_x[i] > 0.0f ? dy[size_t(n) * C + c] * inv : 0.0f;
   }
 }
