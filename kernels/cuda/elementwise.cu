@@ -1,5 +1,6 @@
 // Element-wise kernels: ReLU backward, bypass add, scaling, the deterministic sum of squares,
 // and the fused SGD step.
+#include "core/error.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/elementwise_kernels.cuh"
 
@@ -16,6 +17,7 @@ void swap_outer(const float* src, int A, int B, size_t inner, float* dst, bool a
                 cudaStream_t s) {
   const size_t total = size_t(A) * B * inner;
   if (total == 0) return;
+  SQ_ASSERT(total < (size_t(1) << 31), "swap_outer of 2^31 or more elements: ", A, "x", B, "x", inner);
   swap_outer_kernel<<<blocks_for(total), kThreads, 0, s>>>(src, A, B, inner, dst, accumulate);
   SQ_CUDA_LAUNCH("swap_outer");
 }

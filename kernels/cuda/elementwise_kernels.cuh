@@ -51,13 +51,17 @@ __global__ void sgd_kernel(size_t n, float* param, const float* grad, float* vel
   }
 }
 
+// Fewer than 2^31 elements (elementwise.cu checks): the indices by 32-bit divisions (four 64-bit
+// ones an element made it instruction-bound; it stages cuDNN's NCHW copies, inside the baseline's
+// timings).
 __global__ void swap_outer_kernel(const float* src, int A, int B, size_t inner, float* dst,
                                   bool accumulate) {
   const size_t total = size_t(A) * B * inner;
+  const unsigned in = unsigned(inner);
   SQ_GRID_STRIDE(i, total) {  // i runs over dst (b, a, j): the writes are coalesced
-    const size_t j = i % inner, ba = i / inner;
-    const size_t a = ba % A, b = ba / A;
-    const float v = src[(a * B + b) * inner + j];
+    const unsigned ba = unsigned(i) / in, j = unsigned(i) - ba * in;
+    const unsigned b = ba / unsigned(A), a = ba - b * unsigned(A);
+    const float v = src[(size_t(a) * B + b) * inner + j];
     dst[i] = accumulate ? dst[i] + v : v;
   }
 }
