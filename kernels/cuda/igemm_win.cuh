@@ -375,9 +375,7 @@ struct WinB<MmaTf32> {
   }
 };
 template <>
-struct WinB<MmaTf32x3> {
-  static constexpr int kBits = 2;
-  __device__ static void bits(unsigned (&b)[2], const unsigned* pb, int t) { b[0] = pb[t], b[1] = pb[t + 4]; }
+struct WinB<MmaTf32x3> : WinB<MmaTf32> {  // (TF32's pixels and bits; each value split)
   __device__ static void load(uint32_t (&b)[4], const float* p, int ld, int g, int t, const unsigned (&pb)[2],
                               unsigned tb) {
     const float* r = p + g * ld + t;
