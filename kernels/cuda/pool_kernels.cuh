@@ -165,15 +165,18 @@ __global__ void maxpool_backward_k3s2_kernel(PoolArgs a, const uint8_t* argmax, 
   }
 }
 
-// y (N, C) from x (C, N, HW): one thread per (n, c), summed in double in order, as on the CPU.
+// y (N, C) from x (C, N, HW): one thread per plane (c, n), summed in double in order, as on the
+// CPU. Neighbouring threads take neighbouring planes, so a warp reads one contiguous 32 HW-float
+// stretch. Threads by output (n, c) had their planes N HW floats apart (86 KB for conv10's
+// output at batch 128): 0.095 ms in run c for 0.02 of bytes.
 __global__ void avgpool_forward_kernel(int N, int C, int HW, const float* x, float* y) {
   const size_t total = size_t(N) * C;
   SQ_GRID_STRIDE(i, total) {
-    const int c = int(i % C), n = int(i / C);
-    const float* xp = x + (size_t(c) * N + n) * HW;
+    const unsigned c = unsigned(i) / unsigned(N), n = unsigned(i) - c * unsigned(N);
+    const float* xp = x + i * HW;
     double acc = 0;
     for (int j = 0; j < HW; ++j) acc += double(xp[j]);
-    y[i] = float(acc * (1.0 / HW));
+    y[size_t(n) * C + c] = float(acc * (1.0 / HW));
   }
 }
 
