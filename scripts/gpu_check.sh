@@ -174,8 +174,8 @@ for phase in $phases; do
       $B/bench_gpu --reps 20 --sections 1b,2 --json "$OUT/bench_gpu_nowin.json" &&
       python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_nowin.json"
     # ... and fp32 through three TF32 products (opt-in), against the fp32 kernel and cuDNN fp32.
-    SQUEEZE_IGEMM_3XTF32=1 run "bench_gpu, fp32 through 3xTF32 (Fire modules, convolutions, training)" \
-      $B/bench_gpu --reps 20 --sections 1,1b,2 --variants 'own fp32,cuDNN fp32' \
+    SQUEEZE_IGEMM_3XTF32=1 run "bench_gpu, fp32 through 3xTF32 (Fire modules, convolutions, training, layers)" \
+      $B/bench_gpu --reps 20 --sections 1,1b,2,3 --variants 'own fp32,cuDNN fp32' \
       --json "$OUT/bench_gpu_3xtf32.json" &&
       python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_3xtf32.json" --columns '^own fp32'
     ;;
