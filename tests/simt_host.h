@@ -281,12 +281,7 @@ namespace simt {
 inline float bf16_half(uint32_t reg, int hi) { return simt_to_float(__nv_bfloat16{uint16_t(hi ? reg >> 16 : reg)}); }
 // A TF32 operand's value: the tensor cores read its upper 19 bits only, so a kernel that passes
 // unrounded fp32 gets TF32 here too, not fp32's precision.
-inline float tf32_value(uint32_t reg) {
-  reg &= 0xffffe000u;
-  float f;
-  std::memcpy(&f, &reg, 4);
-  return f;
-}
+inline float tf32_value(uint32_t reg) { return __uint_as_float(reg & 0xffffe000u); }
 // The warp's mma, written from the PTX ISA's fragment tables independently of the kernel: every
 // lane deposits its registers, a barrier, then each lane computes its own four outputs (row
 // g + 8 (e / 2), column 2t + e % 2 for e = 0..3) from the 32 deposits, summing k in order in float.

@@ -161,17 +161,22 @@ struct MmaTf32x3 {
     big = tf32_bits(v);
     small = tf32_bits(v - __uint_as_float(big));
   }
+  // The fragments from the values of TF32's registers 0-3 (A) or 0-1 (B), in that order.
+  __device__ static void split_a(uint32_t (&a)[8], float v0, float v1, float v2, float v3) {
+    split(v0, a[0], a[4]), split(v1, a[1], a[5]), split(v2, a[2], a[6]), split(v3, a[3], a[7]);
+  }
+  __device__ static void split_b(uint32_t (&b)[4], float v0, float v1) { split(v0, b[0], b[2]), split(v1, b[1], b[3]); }
   __device__ static void load_a(uint32_t (&a)[8], const float* p, int ld, int g, int t) {
     const float* r = p + g * ld + t;
-    split(r[0], a[0], a[4]), split(r[8 * ld], a[1], a[5]), split(r[4], a[2], a[6]), split(r[8 * ld + 4], a[3], a[7]);
+    split_a(a, r[0], r[8 * ld], r[4], r[8 * ld + 4]);
   }
   __device__ static void load_b_nk(uint32_t (&b)[4], const float* p, int ld, int g, int t) {
     const float* r = p + g * ld + t;
-    split(r[0], b[0], b[2]), split(r[4], b[1], b[3]);
+    split_b(b, r[0], r[4]);
   }
   __device__ static void load_b_kn(uint32_t (&b)[4], const float* p, int ld, int g, int t) {
     const float* c = p + t * ld + g;
-    split(c[0], b[0], b[2]), split(c[4 * ld], b[1], b[3]);
+    split_b(b, c[0], c[4 * ld]);
   }
   // The two small products go into a fresh accumulator, added to d once: d takes one rounding
   // per product of big parts and one per mma, about what an fp32 sum of the same terms takes,

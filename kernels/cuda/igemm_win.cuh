@@ -75,8 +75,7 @@ template <>
 struct WinA<MmaTf32x3> {
   __device__ static void load(uint32_t (&a)[8], const float* p, int ld, int g, int t) {
     const float* r = p + g * ld + 9 * t;
-    MmaTf32x3::split(r[0], a[0], a[4]), MmaTf32x3::split(r[8 * ld], a[1], a[5]);
-    MmaTf32x3::split(r[36], a[2], a[6]), MmaTf32x3::split(r[8 * ld + 36], a[3], a[7]);
+    MmaTf32x3::split_a(a, r[0], r[8 * ld], r[36], r[8 * ld + 36]);
   }
 };
 template <>
@@ -379,8 +378,7 @@ struct WinB<MmaTf32x3> : WinB<MmaTf32> {  // (TF32's pixels and bits; each value
   __device__ static void load(uint32_t (&b)[4], const float* p, int ld, int g, int t, const unsigned (&pb)[2],
                               unsigned tb) {
     const float* r = p + g * ld + t;
-    MmaTf32x3::split((pb[0] & tb) == tb ? r[0] : 0.0f, b[0], b[2]);
-    MmaTf32x3::split((pb[1] & tb) == tb ? r[4] : 0.0f, b[1], b[3]);
+    MmaTf32x3::split_b(b, (pb[0] & tb) == tb ? r[0] : 0.0f, (pb[1] & tb) == tb ? r[4] : 0.0f);
   }
 };
 template <>

@@ -28,8 +28,6 @@ template <int K, int S>
 __device__ inline int window_argmax(const PoolArgs& a, const Window<K, S>& win, const float* xp,
                                     int p, int q, float* best) {
   const int hs = p * win.stride - a.pad, ws = q * win.stride - a.pad;
-  const int h0 = max(hs, 0), h1 = min(hs + win.k, a.H);
-  const int w0 = max(ws, 0), w1 = min(ws + win.k, a.W);
   if (K > 0) {
     // A compile-time window: its elements inside the plane loaded first (the others never read),
     // then the generic scan's order over them. One path for every window, so that a warp whose
@@ -58,6 +56,8 @@ __device__ inline int window_argmax(const PoolArgs& a, const Window<K, S>& win, 
     *best = m;
     return (hs + at / KK) * a.W + ws + at % KK;
   }
+  const int h0 = max(hs, 0), h1 = min(hs + win.k, a.H);
+  const int w0 = max(ws, 0), w1 = min(ws + win.k, a.W);
   int arg = h0 * a.W + w0;
   float m = xp[arg];
   for (int h = h0; h < h1; ++h)
