@@ -1,9 +1,11 @@
 // Runs CUDA kernel source on the CPU, for tests on machines without a GPU: the kernel's block
-// executes one at a time, each of its threads a fiber (ucontext) with its own stack;
-// __syncthreads() switches back to the scheduler, which resumes every thread once per round, so
-// all threads reach a barrier before any passes it. __shared__ variables become function-static
-// (one copy shared by the block's threads, as on the device). A missing barrier shows as a wrong
-// result when threads run in the order that exposes it: run() takes forward or reverse order.
+// executes one at a time, each of its threads a fiber (ucontext) with its own stack. Barriers
+// switch back to the scheduler. Between two __syncthreads() the warps run one after another, each
+// to the barrier (a warp's __syncwarp() and mma.sync synchronise its lanes only), so every access
+// of one warp comes before, or in reverse order after, every access of another: a missing barrier
+// between two warps' accesses of the same shared memory shows as a wrong result in one of the two
+// orders, and run() takes forward or reverse. __shared__ variables become function-static (one
+// copy shared by the block's threads, as on the device).
 // Supports what the project's kernels use: threadIdx, blockIdx, blockDim, gridDim, float2, float4,
 // min, max, isnan, fmaf, exp, log, __fadd_rn/__fmul_rn/__fsub_rn, bfloat16, WMMA, and the mma
 // kernel's asynchronous copies, dynamic shared memory and mma.sync (below). Include it before the
@@ -53,7 +55,7 @@ inline float __fsub_rn(float a, float b) {
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
 #define __syncthreads() ::simt::barrier()
-#define __syncwarp() ::simt::barrier()  // stricter than a warp's sync; every kernel calls it block-uniformly
+#define __syncwarp() ::simt::warp_barrier()
 
 // bfloat16 and WMMA, as the tensor-core kernel uses them. A fragment holds its whole tile in every
 // thread (the device's distribution over a warp's threads is unspecified, and the kernel only
@@ -153,22 +155,28 @@ struct Scheduler {
   ucontext_t main;
   std::vector<ucontext_t> ctx;
   std::vector<std::vector<char>> stacks;
-  std::vector<char> done;
+  std::vector<char> state;  // per thread: a ThreadState
   int cur = 0;
   const std::function<void()>* body = nullptr;
   std::vector<ThreadAsync> async;          // per thread
   std::vector<MmaOperands> mma_slots[2];   // per thread, alternating between consecutive mmas
   std::vector<int> mma_count;              // per thread
   std::vector<float> dynamic_shared;       // the block's dynamic shared memory
+  bool eager_copies = false;               // cp.async lands at issue (else at its wait)
 };
 inline Scheduler& sched() {
   static Scheduler s;
   return s;
 }
-inline void barrier() {
+// Where a thread stands when it hands control back to the scheduler.
+enum ThreadState : char { kRunning, kAtWarpBarrier, kAtBlockBarrier, kDone };
+inline void wait_at(ThreadState where) {
   Scheduler& s = sched();
+  s.state[size_t(s.cur)] = where;
   swapcontext(&s.ctx[size_t(s.cur)], &s.main);
 }
+inline void barrier() { wait_at(kAtBlockBarrier); }       // __syncthreads()
+inline void warp_barrier() { wait_at(kAtWarpBarrier); }   // __syncwarp(), and inside mma.sync
 
 // Dynamic shared memory: 256 KiB, filled with NaN at every block's start (a read of what no copy
 // wrote shows up in the result).
@@ -180,16 +188,45 @@ T* dynamic_shared() {
 inline void entry() {
   Scheduler& s = sched();
   (*s.body)();
-  s.done[size_t(s.cur)] = 1;  // returning resumes uc_link: the scheduler
+  s.state[size_t(s.cur)] = kDone;  // returning resumes uc_link: the scheduler
 }
 
-// Runs body (the kernel call) for every block of `grid` with `threads` threads per block.
+// Runs the live threads [lo, hi) of one warp until each has reached a block barrier or its end,
+// releasing the warp's barriers as all of its live lanes reach them. Returns false if the lanes
+// disagree (some at a warp barrier while others wait at a block barrier or have ended).
+inline bool run_warp(int lo, int hi, bool reverse) {
+  Scheduler& s = sched();
+  for (;;) {
+    int at_warp = 0, live = 0;
+    for (int i = lo; i < hi; ++i) {
+      const int t = reverse ? hi - 1 - (i - lo) : i;
+      if (s.state[size_t(t)] != kRunning) continue;
+      s.cur = t;
+      threadIdx = {unsigned(t), 0, 0};
+      swapcontext(&s.main, &s.ctx[size_t(t)]);
+    }
+    for (int t = lo; t < hi; ++t) {
+      at_warp += s.state[size_t(t)] == kAtWarpBarrier;
+      live += s.state[size_t(t)] != kDone;
+    }
+    if (at_warp == 0) return true;
+    if (at_warp != live || live != hi - lo) return false;
+    for (int t = lo; t < hi; ++t) s.state[size_t(t)] = kRunning;
+  }
+}
+
+// Runs body (the kernel call) for every block of `grid` with `threads` threads per block. Forward:
+// the warps of each stretch between block barriers in order, and asynchronous copies landing as
+// late as the device allows (at their wait), which exposes a read before the wait or the barrier
+// after it. Reverse: the warps in reverse order, and copies landing at issue, as early as allowed,
+// which exposes a copy into a stage that another warp has yet to read (no barrier between).
 // Returns false if the threads of a block disagreed on the number of barriers.
 inline bool run(SimtDim3 grid, int threads, const std::function<void()>& body, bool reverse = false) {
   Scheduler& s = sched();
+  s.eager_copies = reverse;
   s.ctx.resize(size_t(threads));
   s.stacks.resize(size_t(threads));
-  s.done.assign(size_t(threads), 0);
+  s.state.assign(size_t(threads), kRunning);
   s.body = &body;
   gridDim = grid;
   blockDim = {unsigned(threads), 1, 1};
@@ -208,20 +245,19 @@ inline bool run(SimtDim3 grid, int threads, const std::function<void()>& body, b
           s.ctx[size_t(t)].uc_stack.ss_size = s.stacks[size_t(t)].size();
           s.ctx[size_t(t)].uc_link = &s.main;
           makecontext(&s.ctx[size_t(t)], entry, 0);
-          s.done[size_t(t)] = 0;
+          s.state[size_t(t)] = kRunning;
         }
-        for (;;) {  // one round: every live thread runs to its next barrier or its end
-          int finished = 0;
-          for (int i = 0; i < threads; ++i) {
-            const int t = reverse ? threads - 1 - i : i;
-            if (s.done[size_t(t)]) continue;
-            s.cur = t;
-            threadIdx = {unsigned(t), 0, 0};
-            swapcontext(&s.main, &s.ctx[size_t(t)]);
-            finished += s.done[size_t(t)];
+        const int warps = (threads + 31) / 32;
+        for (;;) {  // one stretch: every warp in turn runs to the next block barrier or its end
+          for (int i = 0; i < warps; ++i) {
+            const int w = reverse ? warps - 1 - i : i;
+            if (!run_warp(32 * w, min(threads, 32 * w + 32), reverse)) return false;
           }
+          int finished = 0;
+          for (int t = 0; t < threads; ++t) finished += s.state[size_t(t)] == kDone;
           if (finished == threads) break;
           if (finished != 0) return false;  // some threads ended while others wait at a barrier
+          for (int t = 0; t < threads; ++t) s.state[size_t(t)] = kRunning;
         }
       }
   return true;
@@ -231,12 +267,16 @@ inline bool run(SimtDim3 grid, int threads, const std::function<void()>& body, b
 
 #define SQ_DYNAMIC_SHARED(T, name) T* name = ::simt::dynamic_shared<T>()
 
-// cp.async: a copy is recorded when issued and performed only when its thread waits for its group
-// (the latest the device may perform it), so reading a stage before waiting for it, or before the
-// barrier after the other threads' waits, reads stale data. valid false: zero-fill, src not read.
+// cp.async: in a forward run a copy is recorded when issued and performed only when its thread
+// waits for its group (the latest the device may perform it), so reading a stage before waiting for
+// it, or before the barrier after the other threads' waits, reads stale data. In a reverse run it is
+// performed at issue (the earliest). valid false: zero-fill, src not read.
 inline void cp_async4(float* dst, const float* src, bool valid) {
   simt::Scheduler& s = simt::sched();
-  s.async[size_t(s.cur)].open.push_back({dst, src, valid});
+  if (s.eager_copies)
+    *dst = valid ? *src : 0.0f;
+  else
+    s.async[size_t(s.cur)].open.push_back({dst, src, valid});
 }
 // The 16-byte copy: 4 floats, the first `valid` read and the rest zero-filled. Both addresses must
 // be 16-byte aligned (the device faults otherwise): a misaligned one ends the test run here.
@@ -245,8 +285,7 @@ inline void cp_async16(float* dst, const float* src, int valid) {
     std::fprintf(stderr, "simt: cp_async16 with a misaligned address or %d valid floats\n", valid);
     std::abort();
   }
-  simt::Scheduler& s = simt::sched();
-  for (int i = 0; i < 4; ++i) s.async[size_t(s.cur)].open.push_back({dst + i, src + i, i < valid});
+  for (int i = 0; i < 4; ++i) cp_async4(dst + i, src + i, i < valid);
 }
 inline void cp_async_commit() {
   simt::ThreadAsync& a = simt::sched().async[size_t(simt::sched().cur)];
@@ -298,7 +337,7 @@ void warp_mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   std::vector<MmaOperands>& slot = s.mma_slots[s.mma_count[size_t(me)]++ % 2];
   for (int i = 0; i < 4; ++i) slot[size_t(me)].a[i] = a[i];
   for (int i = 0; i < 2; ++i) slot[size_t(me)].b[i] = b[i];
-  barrier();
+  warp_barrier();
   const int K = kBf16 ? 16 : 8;
   for (int e = 0; e < 4; ++e) {
     const int r = g + 8 * (e / 2), n = 2 * t + e % 2;

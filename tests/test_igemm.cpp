@@ -260,15 +260,17 @@ void check_rounded_products(const Case& c, double tol, Run run, bool rounds = tr
 // them, against the same reference at test_cuda_ops' tolerances for these precisions.
 template <class Prec, bool kPrefetch, int TM = cuda::BM, int TN = cuda::BN>
 void check_tensor_core(const Case& c, double tol) {
-  SCOPED_TRACE("tile " + std::to_string(TM) + "x" + std::to_string(TN));
-  auto run = [](const auto& op, int splits) {
-    using Op = std::decay_t<decltype(op)>;
-    const int chunk = (op.Kd + splits - 1) / splits;
-    const SimtDim3 grid{unsigned((op.N + TN - 1) / TN), unsigned((op.M + TM - 1) / TM), unsigned(splits)};
-    const std::function<void()> body = [&] { cuda::igemm_tc_kernel<Op, Prec, kPrefetch, TM, TN>(op, chunk); };
-    ASSERT_TRUE(simt::run(grid, cuda::kGemmThreads, body)) << "threads disagree on barriers";
-  };
-  check_rounded_products(c, tol, run);
+  for (bool reverse : {false, true}) {
+    SCOPED_TRACE("tile " + std::to_string(TM) + "x" + std::to_string(TN) + (reverse ? ", reverse" : ""));
+    auto run = [reverse](const auto& op, int splits) {
+      using Op = std::decay_t<decltype(op)>;
+      const int chunk = (op.Kd + splits - 1) / splits;
+      const SimtDim3 grid{unsigned((op.N + TN - 1) / TN), unsigned((op.M + TM - 1) / TM), unsigned(splits)};
+      const std::function<void()> body = [&] { cuda::igemm_tc_kernel<Op, Prec, kPrefetch, TM, TN>(op, chunk); };
+      ASSERT_TRUE(simt::run(grid, cuda::kGemmThreads, body, reverse)) << "threads disagree on barriers";
+    };
+    check_rounded_products(c, tol, run);
+  }
 }
 
 }  // namespace

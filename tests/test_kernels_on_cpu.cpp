@@ -63,7 +63,89 @@ void expect_same_bits(const std::vector<float>& got, const std::vector<float>& w
       FAIL() << what << ": first difference at " << i << ": " << got[i] << " vs " << want[i];
 }
 
+// Runs a 64-thread (two-warp) kernel that writes out[t] for every thread; true if out equals want.
+bool gives(const std::function<void()>& kernel, bool reverse, std::vector<float>& out, const std::vector<float>& want) {
+  std::fill(out.begin(), out.end(), -1.0f);
+  return simt::run({1, 1, 1}, 64, kernel, reverse) && out == want;
+}
+
 }  // namespace
+
+// The emulator itself: a kernel whose warps share memory without the barrier between must give a
+// wrong result in one of the two runs, and the same kernel with the barrier the right one in both.
+// Between block barriers the warps run one after another (__syncwarp and mma.sync order a warp's
+// lanes only), and asynchronous copies land at their wait in the forward run, at issue in reverse.
+TEST(SimtHost, ExposesMissingBarriersInOneOfTheTwoOrders) {
+  std::vector<float> out(64), src(64, 2.0f), other(64), neighbour(64), ones(64, 1.0f);
+  for (int t = 0; t < 64; ++t) other[size_t(t)] = float((t + 32) % 64), neighbour[size_t(t)] = float(t ^ 1);
+  // A plain store read by the other warp (read after write).
+  auto stores = [&](bool sync) {
+    return [&, sync] {
+      SQ_DYNAMIC_SHARED(float, s);
+      const int t = int(threadIdx.x);
+      s[t] = float(t);
+      if (sync) __syncthreads();
+      out[size_t(t)] = s[(t + 32) % 64];
+    };
+  };
+  // A warp barrier orders its own lanes, not the other warp.
+  auto warp_sync = [&](int partner_xor) {
+    return [&, partner_xor] {
+      SQ_DYNAMIC_SHARED(float, s);
+      const int t = int(threadIdx.x);
+      s[t] = float(t);
+      __syncwarp();
+      out[size_t(t)] = s[t ^ partner_xor];
+    };
+  };
+  // An asynchronous copy read by the other warp after the copying thread's wait (read after write).
+  auto copy_then_read = [&](bool sync) {
+    return [&, sync] {
+      SQ_DYNAMIC_SHARED(float, s);
+      const int t = int(threadIdx.x);
+      cp_async4(s + t, src.data() + t, true);
+      cp_async_commit();
+      cp_async_wait<0>();
+      if (sync) __syncthreads();
+      out[size_t(t)] = s[(t + 32) % 64] - 1.0f;
+    };
+  };
+  // An asynchronous copy into what the other warp has yet to read (write after read), waited for
+  // after the next barrier, as a pipeline fills the stage just used with a later step.
+  auto read_then_copy = [&](bool sync) {
+    return [&, sync] {
+      SQ_DYNAMIC_SHARED(float, s);
+      const int t = int(threadIdx.x);
+      s[t] = 1.0f;
+      __syncthreads();
+      const float v = s[(t + 32) % 64];
+      if (sync) __syncthreads();
+      cp_async4(s + t, src.data() + t, true);
+      cp_async_commit();
+      __syncthreads();
+      cp_async_wait<0>();
+      out[size_t(t)] = v;
+    };
+  };
+  struct Case {
+    const char* what;
+    std::function<void()> right, racing;  // the kernel, and the kernel without its barrier
+    const std::vector<float>&right_out, &racing_out;  // what each gives without a race
+  };
+  const Case cases[] = {
+      {"store, then the other warp's load", stores(true), stores(false), other, other},
+      {"__syncwarp, then a load of its own warp, or of the other", warp_sync(1), warp_sync(32), neighbour, other},
+      {"cp.async, then the other warp's load", copy_then_read(true), copy_then_read(false), ones, ones},
+      {"load, then the other warp's cp.async", read_then_copy(true), read_then_copy(false), ones, ones},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    EXPECT_TRUE(gives(c.right, false, out, c.right_out)) << "forward";
+    EXPECT_TRUE(gives(c.right, true, out, c.right_out)) << "reverse";
+    EXPECT_FALSE(gives(c.racing, false, out, c.racing_out) && gives(c.racing, true, out, c.racing_out))
+        << "the missing barrier went unseen in both orders";
+  }
+}
 
 TEST(CompressKernelsOnCpu, MaskKernelMatchesMaskConstraint) {
   const Model m(small_model(), 1, false);
