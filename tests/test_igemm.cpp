@@ -985,6 +985,82 @@ TEST(ImplicitGemm, WindowKernelTakesTheExpand3x3Products) {
   EXPECT_FALSE(cuda::win_fits(wgt(geo(8, 16, 128, 64, 3, 1, 1), aligned, aligned)));
 }
 
+// On a GPU that allows a block less shared memory than kWinSmem and kRowsSmem (sm_86 and sm_89:
+// 99 KB, running sm_80's code), conv.cu passes its limit: the window and row kernels then take only
+// the products whose stages fit, and the mma kernel's gathers the rest. Every stage size is
+// recomputed here from the kernels' own layouts, for every tile and both precisions.
+TEST(ImplicitGemm, WindowAndRowKernelsTakeOnlyWhatTheGpuAllowsABlock) {
+  const size_t sm86 = 99 * 1024;
+  std::vector<float> buf(8);
+  const float* aligned = buf.data();
+  auto geo = [](int N, int C, int H, int K, int R, int stride, int pad) {
+    const int P = (H + 2 * pad - R) / stride + 1;
+    return cuda::Geo{N, C, H, H, K, R, R, stride, pad, P, P};
+  };
+  // The largest stages over the tiles and precisions a kernel may launch with, at rows of W.
+  auto win_bytes = [](int W) {
+    size_t most = 0;
+    cuda::for_each_win_tile([&](auto t) {
+      using T = decltype(t);
+      most = std::max({most, cuda::win_smem_bytes<cuda::MmaTf32, T::m, T::n, T::wm>(W),
+                       cuda::win_smem_bytes<cuda::MmaBf16, T::m, T::n, T::wm>(W)});
+    });
+    return most;
+  };
+  auto winw_bytes = [](int W) {
+    size_t most = 0;
+    cuda::for_each_winw_tile([&](auto tm) {
+      constexpr int TM = decltype(tm)::value;
+      most = std::max({most, cuda::winw_smem_bytes<cuda::MmaTf32, TM>(W), cuda::winw_smem_bytes<cuda::MmaBf16, TM>(W)});
+    });
+    return most;
+  };
+  for (int W = 3; W <= 130; ++W) {
+    const cuda::Geo g = geo(4, 16, W, 64, 3, 1, 1);
+    const int n = 4 * W * W;
+    for (size_t limit : {cuda::kWinSmem, sm86}) {
+      SCOPED_TRACE("rows of " + std::to_string(W) + ", limit " + std::to_string(limit));
+      EXPECT_EQ(cuda::win_fits(g, 16, n, aligned, limit), win_bytes(W) <= limit);
+      EXPECT_EQ(cuda::win_fits(cuda::WeightOp{g, aligned, aligned, nullptr, 64, 144, n}, limit),
+                winw_bytes(W) <= limit);
+    }
+  }
+  // The model's products at 99 KB: the expand 3x3's forward and input gradient at 27 and 13 still
+  // through windows (rows up to 31), not at 54 or 55; every weight gradient (rows up to 63).
+  EXPECT_TRUE(cuda::win_fits(geo(128, 64, 27, 256, 3, 1, 1), 64, 128 * 729, aligned, sm86));
+  EXPECT_TRUE(cuda::win_fits(geo(128, 16, 31, 64, 3, 1, 1), 16, 128 * 961, aligned, sm86));
+  EXPECT_FALSE(cuda::win_fits(geo(128, 16, 32, 64, 3, 1, 1), 16, 128 * 1024, aligned, sm86));
+  EXPECT_FALSE(cuda::win_fits(geo(128, 16, 54, 64, 3, 1, 1), 16, 128 * 54 * 54, aligned, sm86));
+  const cuda::Geo g55 = geo(128, 16, 55, 64, 3, 1, 1);
+  EXPECT_TRUE(cuda::win_fits(cuda::WeightOp{g55, aligned, aligned, nullptr, 64, 144, 128 * 55 * 55}, sm86));
+  EXPECT_TRUE(cuda::winw_geometry_fits(geo(4, 16, 63, 64, 3, 1, 1), sm86));
+  EXPECT_FALSE(cuda::winw_geometry_fits(geo(4, 16, 64, 64, 3, 1, 1), sm86));
+  // conv1: squeezenet1.0's forward (111 KB in TF32) through the mma kernel at 99 KB; its weight
+  // gradient (94 KB) and squeezenet1.1's 3x3 (36 and 50 KB) still through the row kernels.
+  auto fwd = [&](int C, int K, int R) {
+    const cuda::Geo g = geo(128, C, 224, K, R, 2, 0);
+    return cuda::FwdOp{g, nullptr, nullptr, nullptr, nullptr, true, K, 128 * g.P * g.Q, C * R * R};
+  };
+  auto rows_bytes = [](const cuda::FwdOp& op, bool bf16) {
+    return size_t(cuda::rows_layout(op.g, bf16).floats(32 * cuda::rows_fm(op.g.K))) * sizeof(float);
+  };
+  for (const cuda::FwdOp& op : {fwd(3, 96, 7), fwd(3, 64, 3)})
+    for (size_t limit : {cuda::kRowsSmem, sm86}) {
+      SCOPED_TRACE(std::to_string(op.g.R) + "x" + std::to_string(op.g.R) + ", limit " + std::to_string(limit));
+      EXPECT_EQ(cuda::rows_fits(op, limit), std::max(rows_bytes(op, false), rows_bytes(op, true)) <= limit);
+      const cuda::WeightOp w{op.g, nullptr, nullptr, nullptr, op.M, op.Kd, op.N};
+      const int tm = 16 * cuda::rowsw_fm(op.M);
+      const size_t wbytes = sizeof(float) * size_t(std::max(cuda::rowsw_layout(op.g, tm, false).floats(),
+                                                            cuda::rowsw_layout(op.g, tm, true).floats()));
+      EXPECT_EQ(cuda::rows_fits(w, limit), wbytes <= limit) << "weight gradient";
+    }
+  EXPECT_TRUE(cuda::rows_fits(fwd(3, 96, 7))) << "squeezenet1.0's conv1 at kRowsSmem";
+  EXPECT_FALSE(cuda::rows_fits(fwd(3, 96, 7), sm86)) << "squeezenet1.0's conv1 at 99 KB";
+  EXPECT_TRUE(cuda::rows_fits(fwd(3, 64, 3), sm86)) << "squeezenet1.1's conv1 at 99 KB";
+  EXPECT_TRUE(cuda::rows_fits(cuda::WeightOp{fwd(3, 96, 7).g, nullptr, nullptr, nullptr, 96, 147, 128 * 109 * 109}, sm86))
+      << "squeezenet1.0's conv1 weight gradient at 99 KB";
+}
+
 // fp32 on the tensor cores (SQUEEZE_IGEMM_3XTF32=1; igemm_mma.cuh, MmaTf32x3): the mma and window
 // kernels with each operand split into two TF32 parts and three products a multiply, on the CPU,
 // in the tiles conv.cu gives that precision (takes_tile: one 16-row fragment row a warp),

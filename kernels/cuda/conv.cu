@@ -108,12 +108,26 @@ void launch_tc_tile(const Op& op, int splits, int chunk, cudaStream_t s) {
     igemm_tc_kernel<Op, Prec, kPrefetch, 64, 64><<<grid, kGemmThreads, 0, s>>>(op, chunk);
 }
 
-// A kernel with its shared-memory limit raised to kBytes: above 48 KB of dynamic shared memory a
-// kernel must ask, once (one GPU a process).
+// The dynamic shared memory a block of this GPU may have (bytes): 227 KB on sm_90, 163 KB on
+// sm_80, 99 KB on sm_86 and sm_89, whose blocks run sm_80's code. The window and row kernels take
+// only the products whose stages fit it (route); the mma kernel's stages fit 99 KB (MmaShape).
+size_t smem_optin() {
+  static const size_t n = [] {
+    int dev = 0, bytes = 0;
+    SQ_CUDA(cudaGetDevice(&dev));
+    SQ_CUDA(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    return size_t(bytes);
+  }();
+  return n;
+}
+
+// A kernel with its shared-memory limit raised to kBytes, or to what the GPU allows if less: above
+// 48 KB of dynamic shared memory a kernel must ask, once (one GPU a process).
 template <auto kKernel, size_t kBytes>
 auto smem_limited() {
   static const bool asked = [] {
-    SQ_CUDA(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kBytes)));
+    const size_t bytes = std::min(kBytes, smem_optin());
+    SQ_CUDA(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
     return true;
   }();
   (void)asked;
@@ -295,9 +309,10 @@ template <class Op>
 Route route(const Op& op) {
   if (!g_win) return Route::kMma;
   if constexpr (!std::is_same_v<Op, DataOp>) {
-    if (g_math != ConvMath::kFp32 && rows_fits(op)) return Route::kRows;  // (not MmaTf32x3)
+    if (g_math != ConvMath::kFp32 && rows_fits(op, std::min(kRowsSmem, smem_optin())))  // (not MmaTf32x3)
+      return Route::kRows;
   }
-  return win_fits(op) ? Route::kWin : Route::kMma;
+  return win_fits(op, std::min(kWinSmem, smem_optin())) ? Route::kWin : Route::kMma;
 }
 
 template <class Prec, class Op>
@@ -429,7 +444,7 @@ void set_conv_math(ConvMath m) { g_math = m; }
 
 void prepare_conv_kernels() {
   if (!g_mma) return;
-  mma_resident();  // (its device query, too, before any graph capture)
+  mma_resident(), smem_optin();  // (their device queries, too, before any graph capture)
   for_each_mma_tile([](auto tile) {
     using T = decltype(tile);
     mma_kernel<FwdOp, MmaTf32, T::m, T::n, T::wm>();

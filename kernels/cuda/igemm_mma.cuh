@@ -304,9 +304,14 @@ struct MmaTile {
   static constexpr int m = TM, n = TN, wm = WM;
 };
 
+// The least dynamic shared memory a block may have on the GPUs this build runs on (sm_86 and
+// sm_89, with sm_80's code; sm_80 allows 163 KB, sm_90 227 KB). Kernels that need more take only
+// the products that fit the GPU at hand (conv.cu's route).
+constexpr size_t kMinSmemOptin = 99 * 1024;
+
 // The block tile TM x TN, 8 warps as WM x (8 / WM), k-steps of KB; the stage layout in dynamic
-// shared memory (floats), and as many stages (2-4) as fit in about 100 KB, so that two blocks
-// share an SM.
+// shared memory (floats), and as many stages (2-4) as fit in 99 KB (kMinSmemOptin), so that two
+// blocks share an SM of sm_90 and every GPU of the build takes them.
 template <class Op, class Prec, int TM, int TN, int WM>
 struct MmaShape {
   static constexpr int KB = 32, WN = 8 / WM, WTM = TM / WM, WTN = TN / WN, FM = WTM / 16, FN = WTN / 8;
@@ -317,9 +322,10 @@ struct MmaShape {
   static constexpr int kAFloats = TM * LDA, kBFloats = kBnk ? TN * LDB : KB * LDB;
   static constexpr int kStageFloats = kAFloats + kBFloats;
   static_assert(kAFloats % 4 == 0 && kStageFloats % 4 == 0, "16-byte aligned tiles");
-  static constexpr int kFit = 100 * 1024 / (kStageFloats * 4);
+  static constexpr int kFit = int(kMinSmemOptin / (kStageFloats * 4));
   static constexpr int kStages = kFit < 2 ? 2 : kFit > 4 ? 4 : kFit;
   static constexpr size_t kSmemBytes = size_t(kStages) * kStageFloats * sizeof(float);
+  static_assert(kSmemBytes <= kMinSmemOptin, "stages that every GPU of the build allows a block");
   static constexpr int RA = TM * KB / kGemmThreads, RB = KB * TN / kGemmThreads;
   static_assert(RA * kGemmThreads == TM * KB && RB * kGemmThreads == KB * TN, "whole copies per thread");
 };

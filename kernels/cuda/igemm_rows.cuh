@@ -111,16 +111,17 @@ size_t rows_smem_bytes(const Geo& g) {
 
 // The forward that the row kernel takes: stride 2, no padding, a square filter of at most 7x7,
 // outputs rows of at most 112, at most 96 filters (FM <= 3), and its stages within kWinSmem in
-// both precisions (for squeezenet1.0's conv1 at 224², 111 KB in TF32).
+// both precisions (for squeezenet1.0's conv1 at 224², 111 KB in TF32), or within `limit` where
+// the GPU allows a block less (conv.cu).
 constexpr size_t kRowsSmem = 113 * 1024;
-inline bool rows_fits(const FwdOp& op) {
+inline bool rows_fits(const FwdOp& op, size_t limit = kRowsSmem) {
   const Geo& g = op.g;
   if (g.stride != 2 || g.pad != 0 || g.R != g.S || g.R > kRowsMaxR || g.Q > kRowsQ) return false;
   const int fm = rows_fm(g.K);
   if (fm > 3) return false;
   const size_t tf32 = size_t(rows_layout(g, false).floats(32 * fm)) * sizeof(float);
   const size_t bf16 = size_t(rows_layout(g, true).floats(32 * fm)) * sizeof(float);
-  return tf32 <= kRowsSmem && bf16 <= kRowsSmem;
+  return tf32 <= limit && bf16 <= limit;
 }
 // The tiles: two output rows of an image.
 SQ_HOST_DEVICE inline int rows_tiles(const Geo& g) { return g.N * ((g.P + 1) / 2); }
@@ -281,14 +282,14 @@ size_t rowsw_smem_bytes(const Geo& g) {
 }
 // The weight gradient that the row kernel takes: the forward's geometry (stride 2, no padding, a
 // square filter of at most 7x7, output rows of at most 112), at most 192 taps, and stages within
-// kRowsSmem in both precisions.
-inline bool rows_fits(const WeightOp& op) {
+// `limit` (kRowsSmem, or less: conv.cu) in both precisions.
+inline bool rows_fits(const WeightOp& op, size_t limit = kRowsSmem) {
   const Geo& g = op.g;
   if (g.stride != 2 || g.pad != 0 || g.R != g.S || g.R > kRowsMaxR || g.Q > kRowsQ) return false;
   const int fn = rowsw_fn(g), tm = 16 * rowsw_fm(g.K);
   if (fn > 3) return false;
-  return size_t(rowsw_layout(g, tm, false).floats()) * sizeof(float) <= kRowsSmem &&
-         size_t(rowsw_layout(g, tm, true).floats()) * sizeof(float) <= kRowsSmem;
+  return size_t(rowsw_layout(g, tm, false).floats()) * sizeof(float) <= limit &&
+         size_t(rowsw_layout(g, tm, true).floats()) * sizeof(float) <= limit;
 }
 // Its split-K slices: as many blocks as resident (two an SM), at most kRowswSlices (the sum of the
 // slices loops over them per output; conv.cu's workspace holds that many) and one output row a slice.

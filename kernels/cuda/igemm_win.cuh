@@ -132,21 +132,22 @@ inline WinTile win_tile(int M) { return M <= 16 ? WinTile{16, 256} : M <= 32 ? W
 // Whether the window kernel can take a product whose window operand src has `channels` runs of n
 // pixels: a 3x3 filter at stride 1 and padding 1, whole chunks of 16 channels, runs of 4k floats
 // from a 16-byte aligned tensor (whole 16-byte pieces), and stages of every tile in both
-// precisions within kWinSmem, which holds rows up to W = 79.
-inline bool win_fits(const Geo& g, int channels, int n, const float* src) {
+// precisions within `limit` bytes: kWinSmem (rows up to W = 79), or less where the GPU allows a
+// block less (conv.cu: 99 KB on sm_86 and sm_89, rows up to W = 31).
+inline bool win_fits(const Geo& g, int channels, int n, const float* src, size_t limit = kWinSmem) {
   if (g.R != 3 || g.S != 3 || g.stride != 1 || g.pad != 1) return false;
   if (channels % kWinC != 0 || n % 4 != 0 || !aligned16(src)) return false;
   bool fit = true;
   for_each_win_tile([&](auto tile) {
     using T = decltype(tile);
-    fit = fit && win_smem_bytes<MmaTf32, T::m, T::n, T::wm>(g.W) <= kWinSmem &&
-          win_smem_bytes<MmaBf16, T::m, T::n, T::wm>(g.W) <= kWinSmem;
+    fit = fit && win_smem_bytes<MmaTf32, T::m, T::n, T::wm>(g.W) <= limit &&
+          win_smem_bytes<MmaBf16, T::m, T::n, T::wm>(g.W) <= limit;
   });
   return fit;
 }
 template <class Op>
-bool win_fits(const Op& op) {
-  return win_fits(op.g, Win<Op>::channels(op), op.N, Win<Op>::src(op));
+bool win_fits(const Op& op, size_t limit = kWinSmem) {
+  return win_fits(op.g, Win<Op>::channels(op), op.N, Win<Op>::src(op), limit);
 }
 // The chunks of a split-K slice (the input gradient's, DataOp::partial; conv.cu's data_splits).
 inline int win_slice_chunks(int channels, int splits) { return (channels / kWinC + splits - 1) / splits; }
@@ -332,19 +333,20 @@ inline int winw_slice_pixels(int Kd, int splits) {
 }
 // Whether the window kernel can take a weight gradient of geometry g: a 3x3 filter at stride 1 and
 // padding 1, whole chunks of 16 channels, planes of 4k floats, and the stages of both tiles in both
-// precisions within kWinSmem (rows up to W = 127); and of op: x and dz 16-byte aligned.
-inline bool winw_geometry_fits(const Geo& g) {
+// precisions within `limit` bytes (kWinSmem: rows up to W = 127; 99 KB: up to W = 63); and of op:
+// x and dz 16-byte aligned.
+inline bool winw_geometry_fits(const Geo& g, size_t limit = kWinSmem) {
   if (g.R != 3 || g.S != 3 || g.stride != 1 || g.pad != 1) return false;
   if (g.C % kWinC != 0 || (long long)g.N * g.H * g.W % 4 != 0) return false;
   bool fit = true;
   for_each_winw_tile([&](auto tm) {
     constexpr int TM = decltype(tm)::value;
-    fit = fit && winw_smem_bytes<MmaTf32, TM>(g.W) <= kWinSmem && winw_smem_bytes<MmaBf16, TM>(g.W) <= kWinSmem;
+    fit = fit && winw_smem_bytes<MmaTf32, TM>(g.W) <= limit && winw_smem_bytes<MmaBf16, TM>(g.W) <= limit;
   });
   return fit;
 }
-inline bool win_fits(const WeightOp& op) {
-  return winw_geometry_fits(op.g) && aligned16(op.x) && aligned16(op.dz);
+inline bool win_fits(const WeightOp& op, size_t limit = kWinSmem) {
+  return winw_geometry_fits(op.g, limit) && aligned16(op.x) && aligned16(op.dz);
 }
 // The weight gradient's split-K slices through the window kernel: enough for about `fill` blocks
 // (conv.cu: two waves of two blocks an SM), slices of at least 4 chunks, at most 256 slices (the
