@@ -24,7 +24,8 @@
 #            convolutions and training with SQUEEZE_IGEMM_PERSIST=0 (one block a tile), and with
 #            SQUEEZE_IGEMM_WIN=0 (the expand 3x3 products through the mma kernel's gathers), and
 #            the fp32 columns with SQUEEZE_IGEMM_3XTF32=1 (three TF32 products a multiply); the
-#            algorithms cuDNN picked for each geometry ($OUT/cudnn_algos.txt). The
+#            algorithms cuDNN picked for each geometry ($OUT/cudnn_algos.txt), and the own
+#            kernel, tile and grid each product ran on ($OUT/igemm_routes.txt). The
 #            opt-in kernel variants run the same way by their switches (SQUEEZE_IGEMM_MMA=0,
 #            SQUEEZE_IGEMM_WIDE=1, SQUEEZE_IGEMM_WARPS=4x8, SQUEEZE_IGEMM_PREFETCH=0)
 #   profile  Nsight Compute (ncu): every kernel of one training step of squeezenet1.0 and of the
@@ -157,8 +158,10 @@ for phase in $phases; do
     ;;
   bench)
     # (SQUEEZE_CUDNN_ALGOS=1: each cuDNN plan's algorithms on stderr, kept in the log: whether
-    # cuDNN's fp32 3x3 times come from Winograd or FFT, fewer multiplies than a direct product.)
-    SQUEEZE_CUDNN_ALGOS=1 run bench_gpu $B/bench_gpu --reps 20 --json "$OUT/bench_gpu.json"
+    # cuDNN's fp32 3x3 times come from Winograd or FFT, fewer multiplies than a direct product.
+    # SQUEEZE_IGEMM_ROUTES=FILE: which of the own kernels each product ran on, its tile and grid.)
+    rm -f /tmp/igemm_routes.txt
+    SQUEEZE_CUDNN_ALGOS=1 SQUEEZE_IGEMM_ROUTES=/tmp/igemm_routes.txt run bench_gpu $B/bench_gpu --reps 20 --json "$OUT/bench_gpu.json"
     grep "squeeze: cuDNN .* plan for" "$OUT/gpu_check.log" | sort -u > "$OUT/cudnn_algos.txt"
     # ... and the training step replayed as CUDA graphs (opt-in), same run.
     SQUEEZE_CUDA_GRAPH=1 run "bench_gpu, CUDA graphs (training)" \
@@ -174,10 +177,12 @@ for phase in $phases; do
       $B/bench_gpu --reps 20 --sections 1b,2 --json "$OUT/bench_gpu_nowin.json" &&
       python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_nowin.json"
     # ... and fp32 through three TF32 products (opt-in), against the fp32 kernel and cuDNN fp32.
-    SQUEEZE_IGEMM_3XTF32=1 run "bench_gpu, fp32 through 3xTF32 (Fire modules, convolutions, training, layers)" \
+    SQUEEZE_IGEMM_3XTF32=1 SQUEEZE_IGEMM_ROUTES=/tmp/igemm_routes.txt run "bench_gpu, fp32 through 3xTF32 (Fire modules, convolutions, training, layers)" \
       $B/bench_gpu --reps 20 --sections 1,1b,2,3 --variants 'own fp32,cuDNN fp32' \
       --json "$OUT/bench_gpu_3xtf32.json" &&
       python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_3xtf32.json" --columns '^own fp32'
+    # The own kernels' routes of both runs, one line a product, geometry, precision and kernel.
+    sort -u /tmp/igemm_routes.txt > "$OUT/igemm_routes.txt" 2>/dev/null || true
     ;;
   profile)
     # One training step a configuration under Nsight Compute: per kernel, its time and a few counters.

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -323,6 +324,46 @@ TEST(CudaOps, TensorCoreConvolutionEveryTileSmall) {
                                  {"7x7/2 3->96, rows", ConvGeom{2, 3, 23, 23, 96, 7, 7, 2, 0}},
                                  {"3x3/2 3->64, rows", ConvGeom{3, 3, 17, 17, 64, 3, 3, 2, 0}},
                                  {"5x5/2 1->16, rows", ConvGeom{2, 1, 12, 16, 16, 5, 5, 2, 0}}});
+}
+
+// The products of the small convolutions above take the kernels and tiles their comment names:
+// conv.cu's route and tile rules, read back from its route log (log_conv_routes) after one TF32
+// forward and backward each.
+TEST(CudaOps, TensorCoreProductsTakeTheirKernels) {
+  REQUIRE_GPU();
+  FILE* f = std::tmpfile();
+  ASSERT_NE(f, nullptr);
+  cuda::log_conv_routes(f);
+  cuda::set_conv_math(cuda::ConvMath::kTf32);
+  for (const ConvGeom& g : {ConvGeom{2, 16, 9, 9, 128, 3, 3, 1, 1}, ConvGeom{4, 16, 9, 9, 64, 3, 3, 1, 1},
+                            ConvGeom{4, 32, 9, 9, 32, 3, 3, 1, 1}, ConvGeom{2, 3, 23, 23, 96, 7, 7, 2, 0}}) {
+    const size_t nx = size_t(g.C) * g.N * g.H * g.W, nw = size_t(g.K) * g.C * g.R * g.S;
+    const size_t ny = size_t(g.K) * g.N * g.P() * g.Q();
+    Dev<float> X(randn(nx)), Wt(randn(nw, 0.1f)), Y(ny), DZ(randn(ny)), DW(nw), DB(size_t(g.K)), DX(nx);
+    Dev<float> WS(cuda::conv_backward_workspace(g));
+    cuda::conv_forward(g, X.get(), Wt.get(), nullptr, Y.get(), false, nullptr);
+    cuda::conv_backward(g, X.get(), Wt.get(), DZ.get(), DW.get(), DB.get(), DX.get(), false, WS.get(), nullptr);
+  }
+  cuda::log_conv_routes(nullptr);  // (the lines are written as the launches are made)
+  cuda::set_conv_math(cuda::ConvMath::kFp32);
+  std::string log;
+  std::rewind(f);
+  for (int c; (c = std::fgetc(f)) != EOF;) log += char(c);
+  std::fclose(f);
+  const char* want[] = {
+      // 162 pixels, not a multiple of 4: no window.
+      "forward of 16->128 3x3 stride 1 pad 1 at 9x9, batch 2, TF32: mma kernel, tile 128x64,",
+      "input gradient of 16->128 3x3 stride 1 pad 1 at 9x9, batch 2, TF32: mma kernel, tile 16x128,",
+      "weight gradient of 16->128 3x3 stride 1 pad 1 at 9x9, batch 2, TF32: mma kernel, tile 128x64,",
+      "forward of 16->64 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: window kernel, tile 64x128,",
+      "input gradient of 16->64 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: window kernel, tile 16x256,",
+      "weight gradient of 16->64 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: window kernel, tile 64x144,",
+      "forward of 32->32 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: window kernel, tile 32x256,",
+      "input gradient of 32->32 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: window kernel, tile 32x256,",
+      "forward of 3->96 7x7 stride 2 pad 0 at 23x23, batch 2, TF32: row kernel, tile 96x224,",
+      "weight gradient of 3->96 7x7 stride 2 pad 0 at 23x23, batch 2, TF32: row kernel,",
+  };
+  for (const char* w : want) EXPECT_NE(log.find(w), std::string::npos) << "no line with \"" << w << "\" in:\n" << log;
 }
 
 TEST(CudaOps, FireModule) {

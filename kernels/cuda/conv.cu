@@ -8,6 +8,11 @@
 // This is the portable fp32 baseline the fused Fire kernels and the tensor-core path are measured
 // against; its time against cuDNN is in docs/BENCHMARKS.md ("GPU").
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <set>
+#include <string>
 #include <type_traits>
 
 #include "core/error.h"
@@ -56,6 +61,55 @@ const bool g_mma = !env_is("SQUEEZE_IGEMM_MMA", "0");
 // lease times it against the fp32 kernel (docs/KERNELS.md, "fp32 on the tensor cores").
 const bool g_3xtf32 = env_is("SQUEEZE_IGEMM_3XTF32", "1");
 
+// SQUEEZE_IGEMM_ROUTES=1 (or =FILE): one line on stderr (or appended to FILE) the first time each
+// product (forward, input or weight gradient) of a geometry runs in a precision on a kernel, with
+// its tile, grid and shared memory (gpu_check.sh bench keeps them: $OUT/igemm_routes.txt), so that
+// a time can be read against the kernel that produced it, and the route's choices (window, row,
+// mma, split-K slices, the 99 KB limit) are visible without a profiler.
+struct RouteLog {
+  FILE* out = nullptr;
+  std::set<std::string> seen;  // the lines written to out
+};
+RouteLog& route_log() {
+  static RouteLog log = [] {
+    RouteLog l;
+    const char* v = std::getenv("SQUEEZE_IGEMM_ROUTES");
+    if (!v || !*v || std::strcmp(v, "0") == 0) return l;
+    l.out = std::strcmp(v, "1") == 0 ? stderr : std::fopen(v, "a");
+    if (!l.out) fail("SQUEEZE_IGEMM_ROUTES: cannot open '", v, "' for appending");
+    return l;
+  }();
+  return log;
+}
+template <class Op>
+const char* product_name() {
+  if constexpr (std::is_same_v<Op, FwdOp>) return "forward";
+  if constexpr (std::is_same_v<Op, DataOp>) return "input gradient";
+  return "weight gradient";
+}
+template <class Prec>
+const char* prec_name() {
+  if constexpr (std::is_same_v<Prec, MmaTf32>) return "TF32";
+  if constexpr (std::is_same_v<Prec, MmaBf16>) return "BF16";
+  if constexpr (std::is_same_v<Prec, MmaTf32x3>) return "fp32 as 3xTF32";
+  if constexpr (std::is_same_v<Prec, Tf32>) return "TF32 (WMMA)";
+  if constexpr (std::is_same_v<Prec, Bf16>) return "BF16 (WMMA)";
+  return "fp32";
+}
+template <class Op>
+void report_route(const Op& op, const char* prec, const char* kernel, int tm, int tn, dim3 grid, size_t smem) {
+  RouteLog& log = route_log();
+  if (!log.out) return;
+  const Geo& g = op.g;
+  char line[400];
+  std::snprintf(line, sizeof line,
+                "squeeze: own %s of %d->%d %dx%d stride %d pad %d at %dx%d, batch %d, %s: %s kernel, tile %dx%d, "
+                "grid %ux%ux%u, %zu bytes of dynamic shared memory",
+                product_name<Op>(), g.C, g.K, g.R, g.S, g.stride, g.pad, g.H, g.W, g.N, prec, kernel, tm, tn,
+                grid.x, grid.y, grid.z, smem);
+  if (log.seen.insert(line).second) std::fprintf(log.out, "%s\n", line), std::fflush(log.out);
+}
+
 // The fp32 block tile. M <= 32: the narrowest one that holds all M rows (16x256, 32x128, 4x4
 // shares), so that one row of tiles reads the B operand (the expensive im2col gather) once; on
 // the H200 a 16x256 tile over M = 48 (three row tiles) made fire6's input gradient slower than
@@ -83,6 +137,7 @@ template <bool kPrefetch, class Op>
 void launch_fp32(const Op& op, int splits, int chunk, cudaStream_t s) {
   const Tile t = pick_tile(op.M, op.N);
   const dim3 grid((op.N + t.n - 1) / t.n, (op.M + t.m - 1) / t.m, splits);
+  report_route(op, "fp32", "tile", t.m, t.n, grid, 0);
   if (t.m == 16)
     igemm_kernel<Op, 16, 256, kPrefetch><<<grid, kGemmThreads, 0, s>>>(op, chunk, g_square_warps);
   else if (t.m == 32)
@@ -100,6 +155,7 @@ void launch_tc_tile(const Op& op, int splits, int chunk, cudaStream_t s) {
   // 64x64, or the fp32 rule's wide tiles for every M (the warp grid is 4 x 2: no narrow tiles).
   const Tile t = wide_tile(op.M, op.N);
   const dim3 grid((op.N + t.n - 1) / t.n, (op.M + t.m - 1) / t.m, splits);
+  report_route(op, prec_name<Prec>(), "WMMA tile", t.m, t.n, grid, 0);
   if (t.m == 128)
     igemm_tc_kernel<Op, Prec, kPrefetch, 128, 128><<<grid, kGemmThreads, 0, s>>>(op, chunk);
   else if (t.n == 256)
@@ -215,8 +271,9 @@ void launch_win(const Op& op, int splits, cudaStream_t s) {
       if (T::m != t.m || T::n != t.n) return;
       auto* kernel = win_kernel<Op, Prec, T::m, T::n, T::wm>();
       const int ldw = win_ld(T::n, op.g.W, Prec::K == 16);
-      kernel<<<dim3(mg.blocks, 1, splits), kGemmThreads, win_smem_bytes<Prec, T::m, T::n, T::wm>(op.g.W), s>>>(
-          op, ldw, mma_vec(op), mg.tiles, slice_chunks);
+      const size_t smem = win_smem_bytes<Prec, T::m, T::n, T::wm>(op.g.W);
+      report_route(op, prec_name<Prec>(), "window", T::m, T::n, dim3(mg.blocks, 1, splits), smem);
+      kernel<<<dim3(mg.blocks, 1, splits), kGemmThreads, smem, s>>>(op, ldw, mma_vec(op), mg.tiles, slice_chunks);
       launched = true;
     }
   });
@@ -239,8 +296,9 @@ void launch_winw(const WeightOp& op, int splits, cudaStream_t s) {
     constexpr int TM = decltype(t)::value;
     if constexpr (takes_tile<Prec>(TM, WinWShape<Prec, TM>::WM)) {
       if (TM != tm) return;
-      winw_kernel<Prec, TM>()<<<dim3(tiles, 1, splits), kGemmThreads, winw_smem_bytes<Prec, TM>(op.g.W), s>>>(
-          op, ldw, slice);
+      const size_t smem = winw_smem_bytes<Prec, TM>(op.g.W);
+      report_route(op, prec_name<Prec>(), "window", TM, 16 * 9, dim3(tiles, 1, splits), smem);
+      winw_kernel<Prec, TM>()<<<dim3(tiles, 1, splits), kGemmThreads, smem, s>>>(op, ldw, slice);
       launched = true;
     }
   });
@@ -269,7 +327,9 @@ void launch_rows(const FwdOp& op, cudaStream_t s) {
   for_each_rows_fm([&](auto f) {
     constexpr int FM = decltype(f)::value;
     if (FM != fm) return;
-    rows_kernel<Prec, FM>()<<<blocks, kGemmThreads, rows_smem_bytes<Prec, FM>(op.g), s>>>(op, l);
+    const size_t smem = rows_smem_bytes<Prec, FM>(op.g);
+    report_route(op, prec_name<Prec>(), "row", 32 * FM, kRowsTN, dim3(blocks), smem);
+    rows_kernel<Prec, FM>()<<<blocks, kGemmThreads, smem, s>>>(op, l);
   });
 }
 
@@ -293,8 +353,9 @@ void launch_rowsw(const WeightOp& op, int splits, cudaStream_t s) {
     constexpr int FM = decltype(m)::value, FN = decltype(n)::value;
     if (FM != fm || FN != fn) return;
     const RowswLayout l = rowsw_layout(op.g, 16 * FM, Prec::K == 16);
-    rowsw_kernel<Prec, FM, FN>()<<<dim3(splits, mtiles), kGemmThreads, rowsw_smem_bytes<Prec, FM, FN>(op.g), s>>>(
-        op, l);
+    const size_t smem = rowsw_smem_bytes<Prec, FM, FN>(op.g);
+    report_route(op, prec_name<Prec>(), "row", 16 * FM, 64 * FN, dim3(splits, mtiles), smem);
+    rowsw_kernel<Prec, FM, FN>()<<<dim3(splits, mtiles), kGemmThreads, smem, s>>>(op, l);
   });
 }
 // The row kernel's weight-gradient blocks: as many as resident, or two waves' worth of a 132-SM GPU
@@ -340,6 +401,7 @@ void launch_mma(const Op& op, int splits, cudaStream_t s) {
       if (T::m != t.m || T::n != t.n) return;
       using Sh = MmaShape<Op, Prec, T::m, T::n, T::wm>;
       auto* kernel = mma_kernel<Op, Prec, T::m, T::n, T::wm>();
+      report_route(op, prec_name<Prec>(), "mma", T::m, T::n, dim3(mg.blocks, 1, splits), Sh::kSmemBytes);
       kernel<<<dim3(mg.blocks, 1, splits), kGemmThreads, Sh::kSmemBytes, s>>>(op, chunk, mma_vec(op), mg.tiles);
       launched = true;
     }
@@ -441,6 +503,9 @@ void set_conv_impl(ConvImpl impl) {
 }
 ConvImpl conv_impl() { return g_impl; }
 void set_conv_math(ConvMath m) { g_math = m; }
+void log_conv_routes(FILE* f) {
+  route_log() = RouteLog{f, {}};
+}
 
 void prepare_conv_kernels() {
   if (!g_mma) return;

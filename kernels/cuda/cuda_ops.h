@@ -10,6 +10,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <cstdio>
 #include <cstdint>
 #include <string>
 
@@ -111,6 +112,10 @@ ConvImpl conv_impl();
 enum class ConvMath { kFp32, kTf32, kBf16 };
 void set_conv_math(ConvMath m);
 ConvMath conv_math();
+// Where the own convolutions record which kernel each product ran on (one line the first time a
+// product, geometry, precision, kernel, tile and grid runs; nullptr: nowhere). Initially from
+// SQUEEZE_IGEMM_ROUTES: 1 for stderr, or a file to append to.
+void log_conv_routes(FILE* f);
 // The cuDNN implementation itself (kernels/cuda/conv_cudnn.cpp), same contract as below.
 void cudnn_conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b,
                         float* y, bool relu, cudaStream_t s);
