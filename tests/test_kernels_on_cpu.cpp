@@ -74,7 +74,8 @@ bool gives(const std::function<void()>& kernel, bool reverse, std::vector<float>
 // The emulator itself: a kernel whose warps share memory without the barrier between must give a
 // wrong result in one of the two runs, and the same kernel with the barrier the right one in both.
 // Between block barriers the warps run one after another (__syncwarp and mma.sync order a warp's
-// lanes only), and asynchronous copies land at their wait in the forward run, at issue in reverse.
+// lanes only; between those, the lanes run one after another too), and asynchronous copies land
+// at their wait in the forward run, at issue in reverse.
 TEST(SimtHost, ExposesMissingBarriersInOneOfTheTwoOrders) {
   std::vector<float> out(64), src(64, 2.0f), other(64), neighbour(64), ones(64, 1.0f);
   for (int t = 0; t < 64; ++t) other[size_t(t)] = float((t + 32) % 64), neighbour[size_t(t)] = float(t ^ 1);
@@ -88,13 +89,13 @@ TEST(SimtHost, ExposesMissingBarriersInOneOfTheTwoOrders) {
       out[size_t(t)] = s[(t + 32) % 64];
     };
   };
-  // A warp barrier orders its own lanes, not the other warp.
-  auto warp_sync = [&](int partner_xor) {
-    return [&, partner_xor] {
+  // A warp barrier orders its own lanes, not the other warp; without it, not even its own lanes.
+  auto warp_sync = [&](int partner_xor, bool sync = true) {
+    return [&, partner_xor, sync] {
       SQ_DYNAMIC_SHARED(float, s);
       const int t = int(threadIdx.x);
       s[t] = float(t);
-      __syncwarp();
+      if (sync) __syncwarp();
       out[size_t(t)] = s[t ^ partner_xor];
     };
   };
@@ -135,6 +136,7 @@ TEST(SimtHost, ExposesMissingBarriersInOneOfTheTwoOrders) {
   const Case cases[] = {
       {"store, then the other warp's load", stores(true), stores(false), other, other},
       {"__syncwarp, then a load of its own warp, or of the other", warp_sync(1), warp_sync(32), neighbour, other},
+      {"store, then a load of another lane of the warp", warp_sync(1), warp_sync(1, false), neighbour, neighbour},
       {"cp.async, then the other warp's load", copy_then_read(true), copy_then_read(false), ones, ones},
       {"load, then the other warp's cp.async", read_then_copy(true), read_then_copy(false), ones, ones},
   };
