@@ -25,7 +25,8 @@
 #            SQUEEZE_IGEMM_WIN=0 (the expand 3x3 products through the mma kernel's gathers), and
 #            the fp32 columns with SQUEEZE_IGEMM_3XTF32=1 (three TF32 products a multiply); the
 #            algorithms cuDNN picked for each geometry ($OUT/cudnn_algos.txt), and the own
-#            kernel, tile and grid each product ran on ($OUT/igemm_routes.txt). The
+#            kernel, tile and grid each product ran on ($OUT/igemm_routes.txt); then every
+#            prediction since run c scored against these runs ($OUT/predictions.md). The
 #            opt-in kernel variants run the same way by their switches (SQUEEZE_IGEMM_MMA=0,
 #            SQUEEZE_IGEMM_WIDE=1, SQUEEZE_IGEMM_WARPS=4x8, SQUEEZE_IGEMM_PREFETCH=0)
 #   profile  Nsight Compute (ncu): every kernel of one training step of squeezenet1.0 and of the
@@ -183,6 +184,8 @@ for phase in $phases; do
       python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_3xtf32.json" --columns '^own fp32'
     # The own kernels' routes of both runs, one line a product, geometry, precision and kernel.
     sort -u /tmp/igemm_routes.txt > "$OUT/igemm_routes.txt" 2>/dev/null || true
+    # Every prediction since run c (docs/KERNELS.md) against these runs: a Markdown table.
+    run "predictions since run c" sh -c "python3 bench/predictions.py '$OUT' | tee '$OUT/predictions.md'"
     ;;
   profile)
     # One training step a configuration under Nsight Compute: per kernel, its time and a few counters.

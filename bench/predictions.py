@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""The predictions made for the kernel changes since run c, each against a lease's measurement.
+
+    python3 bench/predictions.py OUT_DIR [--baseline docs/gpu/run-c]
+    python3 bench/predictions.py --self-test
+
+OUT_DIR holds what `scripts/gpu_check.sh bench` wrote: bench_gpu.json (the defaults),
+bench_gpu_nowin.json (SQUEEZE_IGEMM_WIN=0), bench_gpu_nopersist.json (SQUEEZE_IGEMM_PERSIST=0) and
+bench_gpu_3xtf32.json (SQUEEZE_IGEMM_3XTF32=1); a missing file leaves its rows "not measured".
+The baseline is run c (its v7 TF32/BF16 times are in bench_gpu_mma.json there).
+
+Each row: what docs/KERNELS.md predicted (the section is named), run c's value, the new one, the
+predicted range and a verdict: as predicted, better, short of it, or FALSIFIED where the
+section's falsifier holds (its consequence follows). The table is Markdown, for
+docs/BENCHMARKS.md. Times are ms, lower is better; img/s and speed-ups, higher is better.
+"""
+import argparse
+import json
+import os
+import sys
+
+FIRES = ["fire%d" % i for i in range(2, 10)]
+FMNIST = "fmnist (1.0, small stem, 28x28)"
+SQ10 = "squeezenet1.0 224x224"
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        sys.exit(f"predictions: {path}: {e}")
+
+
+def row(data, section, name):
+    """The row of `section` whose name (conv, layer, config) is `name`, or None."""
+    if data is None:
+        return None
+    for r in data.get(section, []):
+        if name in (r.get("conv"), r.get("layer"), r.get("config")):
+            return r
+    return None
+
+
+def value(data, section, name, column):
+    r = row(data, section, name)
+    v = None if r is None else r.get(column)
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def total(data, section, names, column):
+    vals = [value(data, section, n, column) for n in names]
+    return None if any(v is None for v in vals) else sum(vals)
+
+
+def step_ms(data, config, column):
+    ips = value(data, "train", config, column)
+    return None if not ips else 128.0 / ips * 1000.0
+
+
+class P:
+    """One prediction: get(runs) -> the value ('main', 'nowin', ... -> JSON); lo..hi predicted
+    (None where the section gave only a falsifier); higher: whether higher is better;
+    falsified(v) with its consequence."""
+
+    def __init__(self, what, section, get, lo, hi, higher=False, falsified=None, then=""):
+        self.what, self.section, self.get, self.lo, self.hi = what, section, get, lo, hi
+        self.higher, self.falsified, self.then = higher, falsified, then
+
+    def verdict(self, v):
+        if v is None:
+            return "not measured"
+        if self.falsified is not None and self.falsified(v):
+            return "FALSIFIED: " + self.then
+        if self.lo is None:
+            return "not falsified"
+        if self.lo <= v <= self.hi:
+            return "as predicted"
+        better = v > self.hi if self.higher else v < self.lo
+        return "better than predicted" if better else "short of the prediction"
+
+
+def predictions():
+    e3 = ["%s expand3x3" % f for f in FIRES]
+    e3_678 = ["fire6 expand3x3", "fire7 expand3x3", "fire8 expand3x3"]
+    ps = [
+        P("Fashion-MNIST TF32 img/s", "split-K for products with few output tiles",
+          lambda r: value(r["main"], "train", FMNIST, "own tf32 img/s"), 34000, 40000, higher=True),
+        P("Fashion-MNIST Fire backwards, TF32 ms", "split-K for products with few output tiles",
+          lambda r: total(r["main"], "layers_fmnist", ["%s bwd" % f for f in FIRES], "own tf32 ms"), 2.0, 2.6),
+        P("Fashion-MNIST fire9 backward, TF32 ms", "split-K for products with few output tiles",
+          lambda r: value(r["main"], "layers_fmnist", "fire9 bwd", "own tf32 ms"), None, None,
+          falsified=lambda v: v > 0.4, then="the time is in the chain of small kernels, not the depth"),
+        P("conv10 backward, TF32 ms", "the input gradient reads w transposed",
+          lambda r: value(r["main"], "layers", "conv10 bwd", "own tf32 ms"), 0.8, 1.0,
+          falsified=lambda v: v > 1.3, then="A's copies did not limit it; the profile decides"),
+        P("fire8 expand 3x3 forward, fp32 ms", "the B operand through keys",
+          lambda r: value(r["main"], "conv", "fire8 expand3x3", "own fp32 fwd ms"), 1.0, 1.08,
+          falsified=lambda v: v > 1.12, then="the fp32 kernel is not issue-bound on the gathers"),
+        P("TF32 step, ms shorter than SQUEEZE_IGEMM_PERSIST=0", "persistent blocks",
+          lambda r: None if r["nopersist"] is None or r["main"] is None else
+          step_ms(r["nopersist"], SQ10, "own tf32 img/s") - step_ms(r["main"], SQ10, "own tf32 img/s"),
+          0.8, 1.5, higher=True),
+        P("fire8 expand 3x3 forward, TF32 ms", "the window kernel",
+          lambda r: value(r["main"], "conv", "fire8 expand3x3", "own tf32 fwd ms"), 0.25, 0.40),
+        P("fire8 expand 3x3 forward, BF16 ms", "the window kernel",
+          lambda r: value(r["main"], "conv", "fire8 expand3x3", "own bf16 fwd ms"), 0.18, 0.32),
+        P("the eight expand 3x3 forwards, TF32 ms", "the window kernel",
+          lambda r: total(r["main"], "conv", e3, "own tf32 fwd ms"), 1.3, 2.0),
+        P("fire6-fire8 expand 3x3 forwards, TF32, speed-up over SQUEEZE_IGEMM_WIN=0", "the window kernel",
+          lambda r: None if r["nowin"] is None or r["main"] is None else
+          total(r["nowin"], "conv", e3_678, "own tf32 fwd ms") / total(r["main"], "conv", e3_678, "own tf32 fwd ms"),
+          None, None, higher=True, falsified=lambda v: v < 1.2,
+          then="the fragment reads, not the gathers, limit them: BF16 storage and ldmatrix next"),
+        P("the eight expand 3x3 backwards, TF32 ms", "the 3x3 weight gradient over windows",
+          lambda r: total(r["main"], "conv", e3, "own tf32 bwd ms"), 4.0, 6.0),
+        P("conv1 forward, TF32 ms", "the row kernel",
+          lambda r: value(r["main"], "layers", "conv1 fwd", "own tf32 ms"), 0.3, 0.5,
+          falsified=lambda v: v > 0.8, then="the 4-byte stores or the copies bound it: stage outputs for 16-byte stores"),
+        P("conv1 backward, TF32 ms", "the first convolution's weight gradient",
+          lambda r: value(r["main"], "layers", "conv1 bwd", "own tf32 ms"), 0.3, 0.5,
+          falsified=lambda v: v > 0.9, then="the row weight-gradient kernel does not pay"),
+        P("pool2 forward ms", "the pools",
+          lambda r: value(r["main"], "layers", "pool2 fwd", "own tf32 ms"), 0.13, 0.18,
+          falsified=lambda v: v > 0.25, then="divergence was not its cost"),
+        P("average pool backward ms", "the global average pool's backward",
+          lambda r: value(r["main"], "layers", "avgpool bwd", "own tf32 ms"), 0.04, 0.06,
+          falsified=lambda v: v > 0.09, then="the divisions were not its cost"),
+        P("average pool forward ms", "the global average pool's backward",
+          lambda r: value(r["main"], "layers", "avgpool fwd", "own tf32 ms"), 0.03, 0.05),
+        P("dropout forward ms", "the global average pool's backward",
+          lambda r: value(r["main"], "layers", "dropout fwd", "own tf32 ms"), 0.025, 0.04),
+        P("dropout backward ms", "the global average pool's backward",
+          lambda r: value(r["main"], "layers", "dropout bwd", "own tf32 ms"), 0.025, 0.04),
+    ]
+    for f in FIRES:
+        ps.append(P("%s forward + backward, 3xTF32 over TF32" % f, "fp32 on the tensor cores",
+                    lambda r, f=f: None if r["x3"] is None or r["main"] is None else
+                    value(r["x3"], "fire", f, "own fp32 fwd+bwd ms") / value(r["main"], "fire", f, "own tf32 fwd+bwd ms"),
+                    1.3, 2.0, falsified=lambda v: v > 2.2, then="Winograd, not 3xTF32, is the way to the fp32 goal"))
+    return ps
+
+
+def runs_in(directory, main="bench_gpu.json"):
+    return {
+        "main": load(os.path.join(directory, main)),
+        "nowin": load(os.path.join(directory, "bench_gpu_nowin.json")),
+        "nopersist": load(os.path.join(directory, "bench_gpu_nopersist.json")),
+        "x3": load(os.path.join(directory, "bench_gpu_3xtf32.json")),
+    }
+
+
+def fmt(v):
+    return "" if v is None else ("%.3g" % v if abs(v) < 100 else "{:,.0f}".format(v))
+
+
+def table(runs, base):
+    lines = ["| prediction (docs/KERNELS.md) | run c | now | predicted | verdict |",
+             "|---|---:|---:|---:|---|"]
+    verdicts = []
+    for p in predictions():
+        try:
+            now = p.get(runs)
+        except (TypeError, ZeroDivisionError):
+            now = None
+        try:
+            before = p.get(base)
+        except (TypeError, ZeroDivisionError):
+            before = None
+        v = p.verdict(now)
+        verdicts.append((p.what, v))
+        lines.append("| %s (\"%s\") | %s | %s | %s | %s |" %
+                     (p.what, p.section, fmt(before), fmt(now),
+                      "falsifier only" if p.lo is None else fmt(p.lo) + "–" + fmt(p.hi), v))
+    return "\n".join(lines), verdicts
+
+
+def self_test():
+    """Run c against itself: nothing since run c is in it, so the verdicts are known."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    runc = os.path.join(here, "..", "docs", "gpu", "run-c")
+    runs = runs_in(runc, "bench_gpu_mma.json")
+    _, verdicts = table(runs, runs)
+    got = dict(verdicts)
+    want = {
+        "conv10 backward, TF32 ms": "FALSIFIED",  # 1.57 ms in run c, above 1.3
+        "pool2 forward ms": "FALSIFIED",  # 0.32 > 0.25
+        "average pool backward ms": "FALSIFIED",  # 0.133 > 0.09
+        "fire8 expand 3x3 forward, fp32 ms": "FALSIFIED",  # 1.19 > 1.12
+        "conv1 forward, TF32 ms": "FALSIFIED",  # 1.87 > 0.8
+        "dropout forward ms": "short of the prediction",  # 0.073 > 0.04
+        "Fashion-MNIST TF32 img/s": "short of the prediction",  # 28,276 < 34,000
+        "fire8 expand 3x3 forward, TF32 ms": "short of the prediction",  # 0.649 > 0.40
+        "Fashion-MNIST fire9 backward, TF32 ms": "FALSIFIED",  # 0.556 > 0.4
+        "Fashion-MNIST Fire backwards, TF32 ms": "short of the prediction",  # 3.3 > 2.6
+        "fire2 forward + backward, 3xTF32 over TF32": "not measured",  # no 3xTF32 run in run c
+        "TF32 step, ms shorter than SQUEEZE_IGEMM_PERSIST=0": "not measured",
+    }
+    bad = [(k, got.get(k), w) for k, w in want.items() if not (got.get(k) or "").startswith(w)]
+    # The verdict rules themselves, on a made-up prediction.
+    p = P("x", "s", lambda r: None, 1.0, 2.0, falsified=lambda v: v > 3.0, then="t")
+    rules = [(p.verdict(0.5), "better than predicted"), (p.verdict(1.5), "as predicted"),
+             (p.verdict(2.5), "short of the prediction"), (p.verdict(3.5), "FALSIFIED: t")]
+    q = P("y", "s", lambda r: None, 1.0, 2.0, higher=True)
+    rules += [(q.verdict(0.5), "short of the prediction"), (q.verdict(2.5), "better than predicted")]
+    f = P("z", "s", lambda r: None, None, None, falsified=lambda v: v > 1.0, then="u")
+    rules += [(f.verdict(0.5), "not falsified"), (f.verdict(1.5), "FALSIFIED: u"), (f.verdict(None), "not measured")]
+    bad += [("rule", g, w) for g, w in rules if g != w]
+    for what, g, w in bad:
+        print(f"predictions self-test: {what}: got {g!r}, want {w!r}")
+    return 1 if bad else 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out_dir", nargs="?")
+    ap.add_argument("--baseline", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                        "..", "docs", "gpu", "run-c"))
+    ap.add_argument("--self-test", action="store_true")
+    a = ap.parse_args()
+    if a.self_test:
+        return self_test()
+    if not a.out_dir:
+        ap.error("OUT_DIR is required (or --self-test)")
+    if not os.path.isdir(a.out_dir):
+        sys.exit(f"predictions: {a.out_dir}: not a directory")
+    runs = runs_in(a.out_dir)
+    if runs["main"] is None:
+        sys.exit(f"predictions: {a.out_dir}: no bench_gpu.json")
+    text, _ = table(runs, runs_in(a.baseline, "bench_gpu_mma.json"))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
