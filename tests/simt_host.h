@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <cstdlib>
 #include <functional>
 #include <vector>
@@ -162,6 +163,7 @@ struct Scheduler {
   std::vector<MmaOperands> mma_slots[2];   // per thread, alternating between consecutive mmas
   std::vector<int> mma_count;              // per thread
   std::vector<float> dynamic_shared;       // the block's dynamic shared memory
+  std::vector<std::pair<void*, size_t>> statics;  // the __shared__ variables seen (SQ_FRESH_SHARED)
   bool eager_copies = false;               // cp.async lands at issue (else at its wait)
 };
 inline Scheduler& sched() {
@@ -177,6 +179,17 @@ inline void wait_at(ThreadState where) {
 }
 inline void barrier() { wait_at(kAtBlockBarrier); }       // __syncthreads()
 inline void warp_barrier() { wait_at(kAtWarpBarrier); }   // __syncwarp(), and inside mma.sync
+
+// A static __shared__ variable (kernel_util.cuh's SQ_FRESH_SHARED, after its declaration): filled
+// with 0xFF bytes when first seen, and again at every block's start (run), so that a read before
+// the block's own write gives NaN (or -1), not what a previous block left.
+inline void fresh_shared(void* p, size_t bytes) {
+  Scheduler& s = sched();
+  for (const auto& v : s.statics)
+    if (v.first == p) return;
+  s.statics.emplace_back(p, bytes);
+  std::memset(p, 0xFF, bytes);
+}
 
 // Dynamic shared memory: 256 KiB, filled with NaN at every block's start (a read of what no copy
 // wrote shows up in the result).
@@ -238,6 +251,7 @@ inline bool run(SimtDim3 grid, int threads, const std::function<void()>& body, b
         for (auto& slots : s.mma_slots) slots.assign(size_t(threads), MmaOperands{});
         s.mma_count.assign(size_t(threads), 0);
         s.dynamic_shared.assign(kDynamicSharedFloats, NAN);
+        for (const auto& v : s.statics) std::memset(v.first, 0xFF, v.second);
         for (int t = 0; t < threads; ++t) {
           s.stacks[size_t(t)].resize(256 * 1024);
           getcontext(&s.ctx[size_t(t)]);
@@ -266,6 +280,7 @@ inline bool run(SimtDim3 grid, int threads, const std::function<void()>& body, b
 }  // namespace simt
 
 #define SQ_DYNAMIC_SHARED(T, name) T* name = ::simt::dynamic_shared<T>()
+#define SQ_FRESH_SHARED(var) ::simt::fresh_shared(&(var), sizeof(var))
 
 // cp.async: in a forward run a copy is recorded when issued and performed only when its thread
 // waits for its group (the latest the device may perform it), so reading a stage before waiting for

@@ -149,6 +149,25 @@ TEST(SimtHost, ExposesMissingBarriersInOneOfTheTwoOrders) {
   }
 }
 
+// Static shared memory holds nothing of a previous block (SQ_FRESH_SHARED): a read before the
+// block's own write gives NaN, where the emulator's function-static variable would otherwise still
+// hold the previous block's value.
+TEST(SimtHost, StaticSharedMemoryStartsEmptyInEveryBlock) {
+  std::vector<float> out(3, 0.0f);
+  const std::function<void()> kernel = [&] {
+    __shared__ float v;
+    SQ_FRESH_SHARED(v);
+    if (blockIdx.x == 0 && threadIdx.x == 0) v = 7.0f;  // only the first block writes it
+    __syncthreads();
+    if (threadIdx.x == 0) out[blockIdx.x] = v;
+  };
+  for (bool reverse : {false, true}) {
+    ASSERT_TRUE(simt::run({3, 1, 1}, 64, kernel, reverse));
+    EXPECT_EQ(out[0], 7.0f);
+    EXPECT_TRUE(std::isnan(out[1]) && std::isnan(out[2])) << "a later block read " << out[1] << ", " << out[2];
+  }
+}
+
 TEST(CompressKernelsOnCpu, MaskKernelMatchesMaskConstraint) {
   const Model m(small_model(), 1, false);
   const size_t n = m.layout().total;

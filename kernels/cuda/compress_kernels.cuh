@@ -20,6 +20,7 @@ __global__ void apply_mask_kernel(float* x, const uint8_t* mask, size_t n) {
 __global__ void centroid_sgd_kernel(const int32_t* start, const int32_t* members, const float* grads,
                                     float* codebook, double* velocity, double lr, double momentum) {
   __shared__ double sh[kThreads];
+  SQ_FRESH_SHARED(sh);
   const int g = blockIdx.x;
   double acc = 0;
   for (int j = start[g] + int(threadIdx.x); j < start[g + 1]; j += blockDim.x) acc += double(grads[members[j]]);

@@ -26,6 +26,7 @@ constexpr int kSumBlocks = 256;
 // Block b sums elements b, b + B*T, ... in a fixed order per thread, then a fixed tree.
 __global__ void sum_squares_partial(const float* x, size_t n, double* partial) {
   __shared__ double sh[kThreads];
+  SQ_FRESH_SHARED(sh);
   double acc = 0;
   SQ_GRID_STRIDE(i, n) acc += double(x[i]) * double(x[i]);
   const double total = block_sum(acc, sh);
@@ -34,6 +35,7 @@ __global__ void sum_squares_partial(const float* x, size_t n, double* partial) {
 
 __global__ void sum_partials(const double* partial, int m, double* out) {
   __shared__ double sh[kThreads];
+  SQ_FRESH_SHARED(sh);
   double acc = 0;
   for (int i = threadIdx.x; i < m; i += blockDim.x) acc += partial[i];
   const double total = block_sum(acc, sh);

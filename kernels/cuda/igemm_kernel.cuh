@@ -138,6 +138,9 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk,
   __shared__ __align__(16) float As[BK][TM + 4];
   __shared__ __align__(16) float Bs[BK][TN + 4];
   __shared__ Keys<Op, TN> tab;
+  SQ_FRESH_SHARED(As);
+  SQ_FRESH_SHARED(Bs);
+  SQ_FRESH_SHARED(tab);
   const int m0 = blockIdx.y * TM, n0 = blockIdx.x * TN;
   const int kb = blockIdx.z * k_chunk, ke = min(op.Kd, kb + k_chunk);
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
@@ -237,6 +240,7 @@ __global__ void data_splitk_reduce_kernel(DataOp op, int splits) {
 // row k in order. One block per k alone left most of a large GPU idle on rows of 10^5 to 10^6.
 __global__ void bias_partial_kernel(const float* dz, size_t npq, size_t chunk, float* partial) {
   __shared__ float sh[kThreads];
+  SQ_FRESH_SHARED(sh);
   const float* row = dz + size_t(blockIdx.x) * npq;
   const size_t b = size_t(blockIdx.y) * chunk, e = b + chunk < npq ? b + chunk : npq;
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -292,6 +296,10 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_tc_kernel(Op op, int k_chu
   __shared__ __align__(32) E Bs[BK * LDB];  // (k, n) row-major
   __shared__ __align__(32) float Cs[kGemmThreads / 32][16 * LDC];
   __shared__ Keys<Op, TN> tab;
+  SQ_FRESH_SHARED(As);
+  SQ_FRESH_SHARED(Bs);
+  SQ_FRESH_SHARED(Cs);
+  SQ_FRESH_SHARED(tab);
   const int m0 = blockIdx.y * TM, n0 = blockIdx.x * TN;
   const int kb = blockIdx.z * k_chunk, ke = min(op.Kd, kb + k_chunk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;

@@ -383,6 +383,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
   // was issued, two iterations (and barriers) earlier.
   constexpr int NK = NS + 1;
   __shared__ Keys<Op, TN, KB, NK> tab;
+  SQ_FRESH_SHARED(tab);
   // The block's tiles (MmaGrid): u-th at tile blockIdx.x + u * gridDim.x, rows of tiles fastest;
   // one tile where B runs along k. Its steps are numbered through all of them, `steps` a tile.
   const int mtiles = (op.M + TM - 1) / TM;

@@ -10,6 +10,14 @@
 #define SQ_UNROLL
 #endif
 
+// After each static __shared__ declaration of a kernel: nothing on the GPU. Under
+// tests/simt_host.h the variable is filled with 0xFF bytes (NaN floats, -1 integers) at every
+// block's start, as the device's shared memory holds nothing of a previous block, so a read
+// before the block has written shows in the result rather than a previous block's value.
+#ifndef SQ_FRESH_SHARED
+#define SQ_FRESH_SHARED(var)
+#endif
+
 namespace sq {
 namespace cuda {
 

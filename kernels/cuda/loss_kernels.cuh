@@ -19,6 +19,9 @@ __global__ void xent_kernel(int K, const float* logits, const int32_t* labels, f
   __shared__ float sm[kLossThreads];
   __shared__ int sa[kLossThreads];
   __shared__ double sd[kLossThreads];
+  SQ_FRESH_SHARED(sm);
+  SQ_FRESH_SHARED(sa);
+  SQ_FRESH_SHARED(sd);
   // First maximum: per thread over its strided elements, then a tree keeping the lower index.
   float m = -INFINITY;
   int arg = K;
