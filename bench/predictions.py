@@ -82,31 +82,36 @@ class P:
         return "better than predicted" if better else "short of the prediction"
 
 
+def at(section, name, column):
+    """The getter of one value of the default run."""
+    return lambda r: value(r["main"], section, name, column)
+
+
 def predictions():
     e3 = ["%s expand3x3" % f for f in FIRES]
     e3_678 = ["fire6 expand3x3", "fire7 expand3x3", "fire8 expand3x3"]
     ps = [
         P("Fashion-MNIST TF32 img/s", "split-K for products with few output tiles",
-          lambda r: value(r["main"], "train", FMNIST, "own tf32 img/s"), 34000, 40000, higher=True),
+          at("train", FMNIST, "own tf32 img/s"), 34000, 40000, higher=True),
         P("Fashion-MNIST Fire backwards, TF32 ms", "split-K for products with few output tiles",
           lambda r: total(r["main"], "layers_fmnist", ["%s bwd" % f for f in FIRES], "own tf32 ms"), 2.0, 2.6),
         P("Fashion-MNIST fire9 backward, TF32 ms", "split-K for products with few output tiles",
-          lambda r: value(r["main"], "layers_fmnist", "fire9 bwd", "own tf32 ms"), None, None,
+          at("layers_fmnist", "fire9 bwd", "own tf32 ms"), None, None,
           falsified=lambda v: v > 0.4, then="the time is in the chain of small kernels, not the depth"),
         P("conv10 backward, TF32 ms", "the input gradient reads w transposed",
-          lambda r: value(r["main"], "layers", "conv10 bwd", "own tf32 ms"), 0.8, 1.0,
+          at("layers", "conv10 bwd", "own tf32 ms"), 0.8, 1.0,
           falsified=lambda v: v > 1.3, then="A's copies did not limit it; the profile decides"),
         P("fire8 expand 3x3 forward, fp32 ms", "the B operand through keys",
-          lambda r: value(r["main"], "conv", "fire8 expand3x3", "own fp32 fwd ms"), 1.0, 1.08,
+          at("conv", "fire8 expand3x3", "own fp32 fwd ms"), 1.0, 1.08,
           falsified=lambda v: v > 1.12, then="the fp32 kernel is not issue-bound on the gathers"),
         P("TF32 step, ms shorter than SQUEEZE_IGEMM_PERSIST=0", "persistent blocks",
           lambda r: None if r["nopersist"] is None or r["main"] is None else
           step_ms(r["nopersist"], SQ10, "own tf32 img/s") - step_ms(r["main"], SQ10, "own tf32 img/s"),
           0.8, 1.5, higher=True),
         P("fire8 expand 3x3 forward, TF32 ms", "the window kernel",
-          lambda r: value(r["main"], "conv", "fire8 expand3x3", "own tf32 fwd ms"), 0.25, 0.40),
+          at("conv", "fire8 expand3x3", "own tf32 fwd ms"), 0.25, 0.40),
         P("fire8 expand 3x3 forward, BF16 ms", "the window kernel",
-          lambda r: value(r["main"], "conv", "fire8 expand3x3", "own bf16 fwd ms"), 0.18, 0.32),
+          at("conv", "fire8 expand3x3", "own bf16 fwd ms"), 0.18, 0.32),
         P("the eight expand 3x3 forwards, TF32 ms", "the window kernel",
           lambda r: total(r["main"], "conv", e3, "own tf32 fwd ms"), 1.3, 2.0),
         P("fire6-fire8 expand 3x3 forwards, TF32, speed-up over SQUEEZE_IGEMM_WIN=0", "the window kernel",
@@ -117,23 +122,23 @@ def predictions():
         P("the eight expand 3x3 backwards, TF32 ms", "the 3x3 weight gradient over windows",
           lambda r: total(r["main"], "conv", e3, "own tf32 bwd ms"), 4.0, 6.0),
         P("conv1 forward, TF32 ms", "the row kernel",
-          lambda r: value(r["main"], "layers", "conv1 fwd", "own tf32 ms"), 0.3, 0.5,
+          at("layers", "conv1 fwd", "own tf32 ms"), 0.3, 0.5,
           falsified=lambda v: v > 0.8, then="the 4-byte stores or the copies bound it: stage outputs for 16-byte stores"),
         P("conv1 backward, TF32 ms", "the first convolution's weight gradient",
-          lambda r: value(r["main"], "layers", "conv1 bwd", "own tf32 ms"), 0.3, 0.5,
+          at("layers", "conv1 bwd", "own tf32 ms"), 0.3, 0.5,
           falsified=lambda v: v > 0.9, then="the row weight-gradient kernel does not pay"),
         P("pool2 forward ms", "the pools",
-          lambda r: value(r["main"], "layers", "pool2 fwd", "own tf32 ms"), 0.13, 0.18,
+          at("layers", "pool2 fwd", "own tf32 ms"), 0.13, 0.18,
           falsified=lambda v: v > 0.25, then="divergence was not its cost"),
         P("average pool backward ms", "the global average pool's backward",
-          lambda r: value(r["main"], "layers", "avgpool bwd", "own tf32 ms"), 0.04, 0.06,
+          at("layers", "avgpool bwd", "own tf32 ms"), 0.04, 0.06,
           falsified=lambda v: v > 0.09, then="the divisions were not its cost"),
         P("average pool forward ms", "the global average pool's backward",
-          lambda r: value(r["main"], "layers", "avgpool fwd", "own tf32 ms"), 0.03, 0.05),
+          at("layers", "avgpool fwd", "own tf32 ms"), 0.03, 0.05),
         P("dropout forward ms", "the global average pool's backward",
-          lambda r: value(r["main"], "layers", "dropout fwd", "own tf32 ms"), 0.025, 0.04),
+          at("layers", "dropout fwd", "own tf32 ms"), 0.025, 0.04),
         P("dropout backward ms", "the global average pool's backward",
-          lambda r: value(r["main"], "layers", "dropout bwd", "own tf32 ms"), 0.025, 0.04),
+          at("layers", "dropout bwd", "own tf32 ms"), 0.025, 0.04),
     ]
     for f in FIRES:
         ps.append(P("%s forward + backward, 3xTF32 over TF32" % f, "fp32 on the tensor cores",
