@@ -105,8 +105,7 @@ def predictions():
           at("conv", "fire8 expand3x3", "own fp32 fwd ms"), 1.0, 1.08,
           falsified=lambda v: v > 1.12, then="the fp32 kernel is not issue-bound on the gathers"),
         P("TF32 step, ms shorter than SQUEEZE_IGEMM_PERSIST=0", "persistent blocks",
-          lambda r: None if r["nopersist"] is None or r["main"] is None else
-          step_ms(r["nopersist"], SQ10, "own tf32 img/s") - step_ms(r["main"], SQ10, "own tf32 img/s"),
+          lambda r: step_ms(r["nopersist"], SQ10, "own tf32 img/s") - step_ms(r["main"], SQ10, "own tf32 img/s"),
           0.8, 1.5, higher=True),
         P("fire8 expand 3x3 forward, TF32 ms", "the window kernel",
           at("conv", "fire8 expand3x3", "own tf32 fwd ms"), 0.25, 0.40),
@@ -115,8 +114,7 @@ def predictions():
         P("the eight expand 3x3 forwards, TF32 ms", "the window kernel",
           lambda r: total(r["main"], "conv", e3, "own tf32 fwd ms"), 1.3, 2.0),
         P("fire6-fire8 expand 3x3 forwards, TF32, speed-up over SQUEEZE_IGEMM_WIN=0", "the window kernel",
-          lambda r: None if r["nowin"] is None or r["main"] is None else
-          total(r["nowin"], "conv", e3_678, "own tf32 fwd ms") / total(r["main"], "conv", e3_678, "own tf32 fwd ms"),
+          lambda r: total(r["nowin"], "conv", e3_678, "own tf32 fwd ms") / total(r["main"], "conv", e3_678, "own tf32 fwd ms"),
           None, None, higher=True, falsified=lambda v: v < 1.2,
           then="the fragment reads, not the gathers, limit them: BF16 storage and ldmatrix next"),
         P("the eight expand 3x3 backwards, TF32 ms", "the 3x3 weight gradient over windows",
@@ -142,8 +140,8 @@ def predictions():
     ]
     for f in FIRES:
         ps.append(P("%s forward + backward, 3xTF32 over TF32" % f, "fp32 on the tensor cores",
-                    lambda r, f=f: None if r["x3"] is None or r["main"] is None else
-                    value(r["x3"], "fire", f, "own fp32 fwd+bwd ms") / value(r["main"], "fire", f, "own tf32 fwd+bwd ms"),
+                    lambda r, f=f: value(r["x3"], "fire", f, "own fp32 fwd+bwd ms") /
+                    value(r["main"], "fire", f, "own tf32 fwd+bwd ms"),
                     1.3, 2.0, falsified=lambda v: v > 2.2, then="Winograd, not 3xTF32, is the way to the fp32 goal"))
     return ps
 
@@ -165,15 +163,14 @@ def table(runs, base):
     lines = ["| prediction (docs/KERNELS.md) | run c | now | predicted | verdict |",
              "|---|---:|---:|---:|---|"]
     verdicts = []
+    def get(p, r):  # (a missing run or row: None, whose arithmetic raises TypeError)
+        try:
+            return p.get(r)
+        except (TypeError, ZeroDivisionError):
+            return None
+
     for p in predictions():
-        try:
-            now = p.get(runs)
-        except (TypeError, ZeroDivisionError):
-            now = None
-        try:
-            before = p.get(base)
-        except (TypeError, ZeroDivisionError):
-            before = None
+        now, before = get(p, runs), get(p, base)
         v = p.verdict(now)
         verdicts.append((p.what, v))
         lines.append("| %s (\"%s\") | %s | %s | %s | %s |" %

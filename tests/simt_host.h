@@ -210,7 +210,7 @@ inline void entry() {
 inline bool run_warp(int lo, int hi, bool reverse) {
   Scheduler& s = sched();
   for (;;) {
-    int at_warp = 0, live = 0;
+    int at_warp = 0;
     for (int i = lo; i < hi; ++i) {
       const int t = reverse ? hi - 1 - (i - lo) : i;
       if (s.state[size_t(t)] != kRunning) continue;
@@ -218,12 +218,9 @@ inline bool run_warp(int lo, int hi, bool reverse) {
       threadIdx = {unsigned(t), 0, 0};
       swapcontext(&s.main, &s.ctx[size_t(t)]);
     }
-    for (int t = lo; t < hi; ++t) {
-      at_warp += s.state[size_t(t)] == kAtWarpBarrier;
-      live += s.state[size_t(t)] != kDone;
-    }
+    for (int t = lo; t < hi; ++t) at_warp += s.state[size_t(t)] == kAtWarpBarrier;
     if (at_warp == 0) return true;
-    if (at_warp != live || live != hi - lo) return false;
+    if (at_warp != hi - lo) return false;  // (some lanes at a block barrier or ended)
     for (int t = lo; t < hi; ++t) s.state[size_t(t)] = kRunning;
   }
 }
@@ -239,7 +236,7 @@ inline bool run(SimtDim3 grid, int threads, const std::function<void()>& body, b
   s.eager_copies = reverse;
   s.ctx.resize(size_t(threads));
   s.stacks.resize(size_t(threads));
-  s.state.assign(size_t(threads), kRunning);
+  s.state.resize(size_t(threads));  // (set for each block below)
   s.body = &body;
   gridDim = grid;
   blockDim = {unsigned(threads), 1, 1};
