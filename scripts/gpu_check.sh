@@ -9,7 +9,10 @@
 #            `squeeze train --device cuda` (the default job: 3 epochs of Fashion-MNIST), one BF16
 #            epoch; the tensor-core tests through the WMMA kernel (SQUEEZE_IGEMM_MMA=0), and
 #            without the window kernel (SQUEEZE_IGEMM_WIN=0); the fp32 convolution, Fire and model
-#            tests and --check-layers through three TF32 products (SQUEEZE_IGEMM_3XTF32=1)
+#            tests and --check-layers through three TF32 products (SQUEEZE_IGEMM_3XTF32=1). When
+#            test_cuda_ops fails: every test that did not pass again alone, then under each of
+#            SQUEEZE_IGEMM_WIN=0, PERSIST=0 and MMA=0, to name the kernel family at fault
+#            (`isolate`); `bench` then times with the switch that passed
 #   nccl     the NCCL test of test_mpi at 1 rank (and at 2 ranks on the one GPU, which NCCL
 #            refuses before 2.30), `mpirun -np 1 squeeze train --device cuda` over NCCL; two GPU
 #            ranks on the one GPU over MPI through pinned host memory (test_mpi's test and one
@@ -105,10 +108,40 @@ run() {  # run LABEL CMD...: time-limited, its result in the summary
 }
 summary=()
 
+# After a failed gtest run: each test that did not pass, again in its own process (a kernel fault
+# leaves the CUDA context unusable, so every test after it failed too), then each one still
+# failing under each switch that routes around kernels made since run c. The switch under which
+# every one passes names the faulty kernel family, and `bench` then times with it rather than
+# losing its phase. (fp32's changes since run c have no switch: if none helps, look there.)
+switches="SQUEEZE_IGEMM_WIN=0 SQUEEZE_IGEMM_PERSIST=0 SQUEEZE_IGEMM_MMA=0"
+fallback=""
+isolate() {  # isolate LOG BIN: LOG holds the failed run's output
+  local log=$1 bin=$2 t sw failing=() still=()
+  for t in $("$bin" --gtest_list_tests | awk '/^[^ ]/ {s=$1} /^  / {print s $1}'); do
+    grep -qF "[       OK ] $t (" "$log" || grep -qF "[  SKIPPED ] $t (" "$log" || failing+=("$t")
+  done
+  echo "isolate: ${#failing[@]} test(s) did not pass: ${failing[*]}"
+  for t in "${failing[@]}"; do
+    run "alone: $t" "$bin" --gtest_color=no --gtest_brief=1 --gtest_filter="$t" || still+=("$t")
+  done
+  [ ${#still[@]} = 0 ] && { echo "isolate: every one passes alone (a fault in an earlier test?)"; return; }
+  for sw in $switches; do
+    local all=1
+    for t in "${still[@]}"; do
+      env "$sw" timeout -k 5 "$limit" "$bin" --gtest_color=no --gtest_brief=1 --gtest_filter="$t" \
+        > /tmp/isolate.log 2>&1 || { all=0; tail -3 /tmp/isolate.log; }
+    done
+    summary+=("with $sw: ${#still[@]} failing test(s) $([ $all = 1 ] && echo pass || echo "still fail")")
+    echo "isolate: with $sw the failing tests $([ $all = 1 ] && echo pass || echo "still fail")"
+    [ $all = 1 ] && [ -z "$fallback" ] && fallback=$sw
+  done
+}
+
 for phase in $phases; do
   case $phase in
   test)
-    run test_cuda_ops $B/test_cuda_ops --gtest_color=no
+    run test_cuda_ops bash -o pipefail -c "$B/test_cuda_ops --gtest_color=no | tee /tmp/test_cuda_ops.log" ||
+      isolate /tmp/test_cuda_ops.log $B/test_cuda_ops
     for args in "--model squeezenet1.0" "--model squeezenet1.1" "--model squeezenet1.0 --bypass complex"; do
       run "check-layers $args" $B/squeeze train --device cuda --check-layers $args --batch-size 32 --data-dir "$data"
     done
@@ -162,7 +195,13 @@ for phase in $phases; do
     # cuDNN's fp32 3x3 times come from Winograd or FFT, fewer multiplies than a direct product.
     # SQUEEZE_IGEMM_ROUTES=FILE: which of the own kernels each product ran on, its tile and grid.)
     rm -f /tmp/igemm_routes.txt
-    SQUEEZE_CUDNN_ALGOS=1 SQUEEZE_IGEMM_ROUTES=/tmp/igemm_routes.txt run bench_gpu $B/bench_gpu --reps 20 --json "$OUT/bench_gpu.json"
+    SQUEEZE_CUDNN_ALGOS=1 SQUEEZE_IGEMM_ROUTES=/tmp/igemm_routes.txt run bench_gpu $B/bench_gpu --reps 20 --json "$OUT/bench_gpu.json" || {
+      # A fault in a kernel made since run c: time around it (the switch the test phase found,
+      # else the window, row and persistent kernels all off), and say so above the predictions.
+      sw=${fallback:-"SQUEEZE_IGEMM_WIN=0 SQUEEZE_IGEMM_PERSIST=0"}
+      run "bench_gpu with $sw" env $sw SQUEEZE_IGEMM_ROUTES=/tmp/igemm_routes.txt $B/bench_gpu --reps 20 \
+        --json "$OUT/bench_gpu.json" && echo "bench_gpu.json was measured with $sw" > "$OUT/bench_gpu.fallback"
+    }
     grep "squeeze: cuDNN .* plan for" "$OUT/gpu_check.log" | sort -u > "$OUT/cudnn_algos.txt"
     # ... and the training step replayed as CUDA graphs (opt-in), same run.
     SQUEEZE_CUDA_GRAPH=1 run "bench_gpu, CUDA graphs (training)" \
@@ -185,7 +224,8 @@ for phase in $phases; do
     # The own kernels' routes of both runs, one line a product, geometry, precision and kernel.
     sort -u /tmp/igemm_routes.txt > "$OUT/igemm_routes.txt" 2>/dev/null || true
     # Every prediction since run c (docs/KERNELS.md) against these runs: a Markdown table.
-    run "predictions since run c" sh -c "python3 bench/predictions.py '$OUT' | tee '$OUT/predictions.md'"
+    cat "$OUT/bench_gpu.fallback" > "$OUT/predictions.md" 2>/dev/null
+    run "predictions since run c" sh -c "python3 bench/predictions.py '$OUT' | tee -a '$OUT/predictions.md'"
     ;;
   profile)
     # One training step a configuration under Nsight Compute: per kernel, its time and a few counters.
