@@ -8,10 +8,13 @@
 // copy shared by the block's threads, as on the device).
 // Supports what the project's kernels use: threadIdx, blockIdx, blockDim, gridDim, float2, float4,
 // min, max, isnan, fmaf, exp, log, __fadd_rn/__fmul_rn/__fsub_rn, bfloat16, WMMA, and the mma
-// kernel's asynchronous copies, dynamic shared memory and mma.sync (below). Include it before the
-// kernel source.
+// kernel's asynchronous copies, dynamic shared memory (exactly the launch's bytes, an access past
+// them a fault) and mma.sync (below). Include it before the kernel source.
 #pragma once
+#include <signal.h>
+#include <sys/mman.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdint>
@@ -162,7 +165,7 @@ struct Scheduler {
   std::vector<ThreadAsync> async;          // per thread
   std::vector<MmaOperands> mma_slots[2];   // per thread, alternating between consecutive mmas
   std::vector<int> mma_count;              // per thread
-  std::vector<float> dynamic_shared;       // the block's dynamic shared memory
+  float* dynamic_shared = nullptr;         // the launch's dynamic shared memory (DynamicShared)
   std::vector<std::pair<void*, size_t>> statics;  // the __shared__ variables seen (SQ_FRESH_SHARED)
   bool eager_copies = false;               // cp.async lands at issue (else at its wait)
 };
@@ -191,12 +194,59 @@ inline void fresh_shared(void* p, size_t bytes) {
   std::memset(p, 0xFF, bytes);
 }
 
-// Dynamic shared memory: 256 KiB, filled with NaN at every block's start (a read of what no copy
-// wrote shows up in the result).
+// Dynamic shared memory: at most 256 KiB, filled with NaN at every block's start (a read of what no
+// copy wrote shows up in the result). A launch gets the bytes it asks for (run's dynamic_bytes,
+// rounded up to 16), placed right before an inaccessible page: an access past them ends the test
+// run with a message, as the device faults on an access past the block's shared memory.
 constexpr size_t kDynamicSharedFloats = 64 * 1024;
+struct DynamicShared {
+  char* arena = nullptr;  // kDynamicSharedFloats floats, then the guard page
+  size_t page = 0;
+  char* end() const { return arena + kDynamicSharedFloats * sizeof(float); }
+};
+inline DynamicShared& dynamic_arena() {
+  static DynamicShared d;
+  return d;
+}
+inline void on_guard_fault(int sig, siginfo_t* info, void*) {
+  const DynamicShared& d = dynamic_arena();
+  const char* at = static_cast<const char*>(info->si_addr);
+  if (at >= d.end() && at < d.end() + d.page) {
+    static const char msg[] = "simt: access past the launch's dynamic shared memory (run's dynamic_bytes)\n";
+    (void)!write(2, msg, sizeof msg - 1);
+    std::abort();
+  }
+  signal(sig, SIG_DFL);  // any other fault: the default action when the access repeats
+}
+// The launch's dynamic shared memory, NaN-filled: `bytes` (rounded up to 16) ending at the guard.
+inline float* dynamic_shared_for(size_t bytes) {
+  DynamicShared& d = dynamic_arena();
+  if (!d.arena) {
+    d.page = size_t(sysconf(_SC_PAGESIZE));
+    void* m = mmap(nullptr, kDynamicSharedFloats * sizeof(float) + d.page, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED || mprotect(static_cast<char*>(m) + kDynamicSharedFloats * sizeof(float), d.page, PROT_NONE)) {
+      std::fprintf(stderr, "simt: cannot map the dynamic shared memory and its guard page\n");
+      std::abort();
+    }
+    d.arena = static_cast<char*>(m);
+    struct sigaction sa {};
+    sa.sa_sigaction = on_guard_fault;
+    sa.sa_flags = SA_SIGINFO;
+    sigaction(SIGSEGV, &sa, nullptr);
+  }
+  if (bytes > kDynamicSharedFloats * sizeof(float)) {
+    std::fprintf(stderr, "simt: %zu bytes of dynamic shared memory asked for, %zu available\n", bytes,
+                 kDynamicSharedFloats * sizeof(float));
+    std::abort();
+  }
+  float* all = reinterpret_cast<float*>(d.arena);
+  for (size_t i = 0; i < kDynamicSharedFloats; ++i) all[i] = NAN;
+  return reinterpret_cast<float*>(d.end() - (bytes + 15) / 16 * 16);
+}
 template <class T>
 T* dynamic_shared() {
-  return reinterpret_cast<T*>(sched().dynamic_shared.data());
+  return reinterpret_cast<T*>(sched().dynamic_shared);
 }
 inline void entry() {
   Scheduler& s = sched();
@@ -230,8 +280,10 @@ inline bool run_warp(int lo, int hi, bool reverse) {
 // late as the device allows (at their wait), which exposes a read before the wait or the barrier
 // after it. Reverse: the warps in reverse order, and copies landing at issue, as early as allowed,
 // which exposes a copy into a stage that another warp has yet to read (no barrier between).
-// Returns false if the threads of a block disagreed on the number of barriers.
-inline bool run(SimtDim3 grid, int threads, const std::function<void()>& body, bool reverse = false) {
+// dynamic_bytes: the launch's dynamic shared memory, as conv.cu passes it. Returns false if the
+// threads of a block disagreed on the number of barriers.
+inline bool run(SimtDim3 grid, int threads, const std::function<void()>& body, bool reverse = false,
+                size_t dynamic_bytes = 0) {
   Scheduler& s = sched();
   s.eager_copies = reverse;
   s.ctx.resize(size_t(threads));
@@ -247,7 +299,7 @@ inline bool run(SimtDim3 grid, int threads, const std::function<void()>& body, b
         s.async.assign(size_t(threads), ThreadAsync{});
         for (auto& slots : s.mma_slots) slots.assign(size_t(threads), MmaOperands{});
         s.mma_count.assign(size_t(threads), 0);
-        s.dynamic_shared.assign(kDynamicSharedFloats, NAN);
+        s.dynamic_shared = dynamic_shared_for(dynamic_bytes);
         for (const auto& v : s.statics) std::memset(v.first, 0xFF, v.second);
         for (int t = 0; t < threads; ++t) {
           s.stacks[size_t(t)].resize(256 * 1024);

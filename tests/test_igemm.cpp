@@ -363,7 +363,8 @@ bool run_mma(const Op& op, int splits, bool reverse, int resident) {
   const cuda::MmaGrid mg = cuda::mma_grid(op.M, op.N, TM, TN, Op::kBAlongK, chunk, splits, resident, 1 << 30);
   const SimtDim3 grid{unsigned(mg.blocks), 1, unsigned(splits)};
   const std::function<void()> body = [&] { cuda::igemm_mma_kernel<Op, Prec, TM, TN, WM>(op, chunk, vec, mg.tiles); };
-  EXPECT_TRUE(simt::run(grid, cuda::kGemmThreads, body, reverse)) << "threads disagree on barriers";
+  EXPECT_TRUE(simt::run(grid, cuda::kGemmThreads, body, reverse, cuda::MmaShape<Op, Prec, TM, TN, WM>::kSmemBytes))
+      << "threads disagree on barriers";
   return mg.blocks < mg.tiles;
 }
 
@@ -528,7 +529,7 @@ TEST(ImplicitGemm, InputGradientEpilogueAddsThenAppliesTheReluOfX) {
       const int tiles = ((op.N + 127) / 128) * ((op.M + 63) / 64);
       ASSERT_TRUE(simt::run({unsigned(tiles), 1, unsigned(splits)}, cuda::kGemmThreads, [&] {
         cuda::igemm_mma_kernel<cuda::DataOp, cuda::MmaBf16, 64, 128, 2>(op, chunk, cuda::mma_vec(op), tiles);
-      }));
+      }, false, cuda::MmaShape<cuda::DataOp, cuda::MmaBf16, 64, 128, 2>::kSmemBytes));
     };
     mma(op_onto(dx), 1);
     EXPECT_LT(rel(dx, want), 2e-2) << "mma kernel, bf16";
@@ -592,7 +593,6 @@ template <class Prec, int TM, int TN, int WM, class Op>
 void run_win(const Op& op, bool reverse, int resident, int splits = 1) {
   ASSERT_TRUE(cuda::win_fits(op));
   const size_t smem = cuda::win_smem_bytes<Prec, TM, TN, WM>(op.g.W);
-  ASSERT_LE(smem, simt::kDynamicSharedFloats * sizeof(float));
   const int tiles = ((op.M + TM - 1) / TM) * ((op.N + TN - 1) / TN);
   const int blocks = resident > 0 && splits == 1 ? std::min(tiles, resident) : tiles;
   const int ldw = cuda::win_ld(TN, op.g.W, Prec::K == 16);
@@ -600,7 +600,7 @@ void run_win(const Op& op, bool reverse, int resident, int splits = 1) {
   const cuda::MmaVec vec = cuda::mma_vec(op);
   ASSERT_TRUE(simt::run({unsigned(blocks), 1, unsigned(splits)}, cuda::kGemmThreads,
                         [&] { cuda::igemm_win_kernel<Op, Prec, TM, TN, WM>(op, ldw, vec, tiles, slice_chunks); },
-                        reverse))
+                        reverse, smem))
       << "threads disagree on barriers";
 }
 
@@ -707,11 +707,11 @@ namespace {
 template <class Prec, int TM>
 void run_winw(const cuda::WeightOp& op, int splits, bool reverse) {
   ASSERT_TRUE(cuda::win_fits(op));
-  ASSERT_LE((cuda::winw_smem_bytes<Prec, TM>(op.g.W)), simt::kDynamicSharedFloats * sizeof(float));
   const int tiles = (op.M + TM - 1) / TM * (op.g.C / cuda::kWinC);
   const int ldw = cuda::winw_ld(op.g.W), slice = cuda::winw_slice_pixels(op.Kd, splits);
   ASSERT_TRUE(simt::run({unsigned(tiles), 1, unsigned(splits)}, cuda::kGemmThreads,
-                        [&] { cuda::igemm_winw_kernel<Prec, TM>(op, ldw, slice); }, reverse))
+                        [&] { cuda::igemm_winw_kernel<Prec, TM>(op, ldw, slice); }, reverse,
+                        cuda::winw_smem_bytes<Prec, TM>(op.g.W)))
       << "threads disagree on barriers";
 }
 
@@ -804,11 +804,11 @@ void run_rows(const cuda::FwdOp& op, int blocks, bool reverse) {
   ASSERT_TRUE(cuda::rows_fits(op));
   ASSERT_EQ(cuda::rows_fm(op.M), FM);
   const cuda::RowsLayout l = cuda::rows_layout(op.g, Prec::K == 16);
-  ASSERT_LE(size_t(l.floats(32 * FM)), simt::kDynamicSharedFloats);
   const int tiles = cuda::rows_tiles(op.g);
   const int grid = blocks > 0 ? std::min(blocks, tiles) : tiles;
   ASSERT_TRUE(simt::run({unsigned(grid), 1, 1}, cuda::kGemmThreads,
-                        [&] { cuda::igemm_rows_kernel<Prec, FM>(op, l); }, reverse))
+                        [&] { cuda::igemm_rows_kernel<Prec, FM>(op, l); }, reverse,
+                        cuda::rows_smem_bytes<Prec, FM>(op.g)))
       << "threads disagree on barriers";
 }
 
@@ -838,9 +838,9 @@ void check_rowsw(const Case& c, const Case& r, int slices, bool reverse, bool bi
   ASSERT_EQ(cuda::rowsw_fm(K), FM);
   ASSERT_EQ(cuda::rowsw_fn(c.g), FN);
   const cuda::RowswLayout l = cuda::rowsw_layout(c.g, 16 * FM, Prec::K == 16);
-  ASSERT_LE(size_t(l.floats()), simt::kDynamicSharedFloats);
   ASSERT_TRUE(simt::run({unsigned(slices), unsigned(cuda::rowsw_mtiles(K)), 1}, cuda::kGemmThreads,
-                        [&] { cuda::igemm_rowsw_kernel<Prec, FM, FN>(op, l); }, reverse))
+                        [&] { cuda::igemm_rowsw_kernel<Prec, FM, FN>(op, l); }, reverse,
+                        cuda::rowsw_smem_bytes<Prec, FM, FN>(c.g)))
       << "threads disagree on barriers";
   expect_weight_slices(c, r, ws, rows, slices, bias, reverse);
 }

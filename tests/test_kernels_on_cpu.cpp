@@ -66,10 +66,31 @@ void expect_same_bits(const std::vector<float>& got, const std::vector<float>& w
 // Runs a 64-thread (two-warp) kernel that writes out[t] for every thread; true if out equals want.
 bool gives(const std::function<void()>& kernel, bool reverse, std::vector<float>& out, const std::vector<float>& want) {
   std::fill(out.begin(), out.end(), -1.0f);
-  return simt::run({1, 1, 1}, 64, kernel, reverse) && out == want;
+  return simt::run({1, 1, 1}, 64, kernel, reverse, 64 * sizeof(float)) && out == want;
 }
 
 }  // namespace
+
+// The emulator itself: a launch gets the dynamic shared memory it asks for and no more. An access
+// past it ends the run, as on the device (where conv.cu passes *_smem_bytes; the kernel tests pass
+// the same functions' bytes, so a kernel whose layout outgrows its launch's count fails here).
+TEST(SimtHost, AnAccessPastTheLaunchsDynamicSharedMemoryEndsTheRun) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  std::vector<float> out(64, -1.0f);
+  auto touch = [&](int past) {
+    return [&, past] {
+      SQ_DYNAMIC_SHARED(float, s);
+      const int t = int(threadIdx.x);
+      s[t + past] = float(t);
+      out[size_t(t)] = s[t + past];
+    };
+  };
+  ASSERT_TRUE(simt::run({2, 1, 1}, 64, touch(0), false, 64 * sizeof(float)));
+  for (int t = 0; t < 64; ++t) ASSERT_EQ(out[size_t(t)], float(t));
+  EXPECT_DEATH(simt::run({1, 1, 1}, 64, touch(1), false, 64 * sizeof(float)), "past the launch's dynamic shared memory");
+  EXPECT_DEATH(simt::run({1, 1, 1}, 64, touch(0), false, 60 * sizeof(float)), "past the launch's dynamic shared memory");
+  EXPECT_DEATH(simt::run({1, 1, 1}, 64, touch(0), false), "past the launch's dynamic shared memory");
+}
 
 // The emulator itself: a kernel whose warps share memory without the barrier between must give a
 // wrong result in one of the two runs, and the same kernel with the barrier the right one in both.
