@@ -30,10 +30,12 @@ struct SimtDim3 {
   unsigned x = 0, y = 0, z = 0;
 };
 inline SimtDim3 threadIdx, blockIdx, blockDim, gridDim;
-struct float2 {
+// Aligned as on the device, so that a vector access through a misaligned pointer (a fault there)
+// is one for -fsanitize=alignment here.
+struct alignas(8) float2 {
   float x, y;
 };
-struct float4 {
+struct alignas(16) float4 {
   float x, y, z, w;
 };
 inline int min(int a, int b) { return a < b ? a : b; }

@@ -177,12 +177,15 @@ size_t smem_optin() {
   return n;
 }
 
-// A kernel with its shared-memory limit raised to kBytes, or to what the GPU allows if less: above
-// 48 KB of dynamic shared memory a kernel must ask, once (one GPU a process).
+// A kernel with its dynamic shared-memory limit raised to kBytes, or to what the GPU allows beside
+// the kernel's static shared memory if less (the two together may not pass the GPU's limit: the
+// mma kernel's keys are static): above 48 KB a kernel must ask, once (one GPU a process).
 template <auto kKernel, size_t kBytes>
 auto smem_limited() {
   static const bool asked = [] {
-    const size_t bytes = std::min(kBytes, smem_optin());
+    cudaFuncAttributes attr;
+    SQ_CUDA(cudaFuncGetAttributes(&attr, kKernel));
+    const size_t bytes = std::min(kBytes, smem_optin() - attr.sharedSizeBytes);
     SQ_CUDA(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
     return true;
   }();

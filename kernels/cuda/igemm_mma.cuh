@@ -384,6 +384,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
   constexpr int NK = NS + 1;
   __shared__ Keys<Op, TN, KB, NK> tab;
   SQ_FRESH_SHARED(tab);
+  static_assert(Sh::kSmemBytes + sizeof(tab) <= kMinSmemOptin, "stages and keys that every GPU of the build allows a block");
   // The block's tiles (MmaGrid): u-th at tile blockIdx.x + u * gridDim.x, rows of tiles fastest;
   // one tile where B runs along k. Its steps are numbered through all of them, `steps` a tile.
   const int mtiles = (op.M + TM - 1) / TM;
