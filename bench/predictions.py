@@ -128,6 +128,11 @@ def predictions():
         P("pool2 forward ms", "the pools",
           at("layers", "pool2 fwd", "own tf32 ms"), 0.13, 0.18,
           falsified=lambda v: v > 0.25, then="divergence was not its cost"),
+        P("pool1 backward ms", "the pools",
+          at("layers", "pool1 bwd", "own tf32 ms"), 0.34, 0.45,
+          falsified=lambda v: v > 0.52, then="the mask's bytes were not its cost; the gathers' latency is"),
+        P("the three max-pool backwards ms", "the pools",
+          lambda r: total(r["main"], "layers", ["pool1 bwd", "pool2 bwd", "pool3 bwd"], "own tf32 ms"), 0.65, 0.85),
         P("average pool backward ms", "the global average pool's backward",
           at("layers", "avgpool bwd", "own tf32 ms"), 0.04, 0.06,
           falsified=lambda v: v > 0.09, then="the divisions were not its cost"),
@@ -189,6 +194,8 @@ def self_test():
     want = {
         "conv10 backward, TF32 ms": "FALSIFIED",  # 1.57 ms in run c, above 1.3
         "pool2 forward ms": "FALSIFIED",  # 0.32 > 0.25
+        "pool1 backward ms": "FALSIFIED",  # 0.60 > 0.52
+        "the three max-pool backwards ms": "short of the prediction",  # 1.18 > 0.85
         "average pool backward ms": "FALSIFIED",  # 0.133 > 0.09
         "fire8 expand 3x3 forward, fp32 ms": "FALSIFIED",  # 1.19 > 1.12
         "conv1 forward, TF32 ms": "FALSIFIED",  # 1.87 > 0.8

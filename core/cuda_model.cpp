@@ -204,7 +204,7 @@ void CudaModel::backward(const float* params, const float* dlogits, float* grads
       case LayerKind::kMaxPool: {
         PoolGeom g = l.pool;
         g.N = N;
-        cuda::maxpool_backward(g, pool_idx_ + pool_idx_offset_[li], dcur, dprev, s, in_mask);
+        cuda::maxpool_backward(g, pool_idx_ + pool_idx_offset_[li], dcur, dprev, s, relu_in);
         break;
       }
       case LayerKind::kFire: {

@@ -422,6 +422,7 @@ TEST(CudaOps, MaxPoolMatchesTheCpuBitForBit) {
     SCOPED_TRACE(name);
     const size_t nx = size_t(g.C) * g.N * g.H * g.W, ny = size_t(g.C) * g.N * g.P() * g.Q();
     std::vector<float> x = randn(nx);
+    for (float& v : x) v -= 1.0f;  // windows with no positive element too (the ReLU mask below)
     // Ties and NaNs: quantise some values so windows hold equal maxima; plant a few NaNs.
     for (size_t i = 0; i < nx; i += 3) x[i] = std::round(x[i]);
     for (size_t i = 17; i < nx; i += 9973) x[i] = std::nanf("");
@@ -437,6 +438,11 @@ TEST(CudaOps, MaxPoolMatchesTheCpuBitForBit) {
     expect_equal(Y.download(), y, "forward");
     expect_equal(Y2.download(), y, "forward without indices");
     expect_equal(DX.download(), dx, "backward");
+    // With the ReLU whose output is x applied in the same pass (the mask from the argmax bytes).
+    std::vector<float> dxr(nx);
+    relu_backward<float>(dx.data(), x.data(), dxr.data(), nx);
+    cuda::maxpool_backward(g, ARG.get(), DY.get(), DX.get(), nullptr, true);
+    expect_equal(DX.download(), dxr, "backward with the ReLU of its input");
   }
 }
 

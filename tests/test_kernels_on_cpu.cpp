@@ -286,6 +286,7 @@ TEST(KernelsOnCpu, PoolsMatchTheCpuOpsBitForBit) {
                    (reverse ? ", reverse" : ""));
       const size_t nx = size_t(g.C) * g.N * g.H * g.W, ny = size_t(g.C) * g.N * g.P() * g.Q();
       std::vector<float> x = randn(nx);
+      for (float& v : x) v -= 1.0f;  // a fifth to a half of the windows with no positive element
       for (size_t i = 0; i < nx; i += 3) x[i] = std::round(x[i]);  // ties
       for (size_t i = 17; i < nx; i += 101) x[i] = std::nanf("");
       const std::vector<float> dy = randn(ny);
@@ -309,23 +310,31 @@ TEST(KernelsOnCpu, PoolsMatchTheCpuOpsBitForBit) {
           else
             cuda::maxpool_forward_kernel(a, x.data(), yk.data(), arg.data());
         }, reverse));
-        auto backward = [&](const float* relu_mask) {
+        auto backward = [&](bool relu_in) {
           std::fill(dxk.begin(), dxk.end(), -1.0f);
           return simt::run({3, 2, 1}, 32, [&] {
             if (special)
-              cuda::maxpool_backward_k3s2_kernel(a, arg.data(), dy.data(), dxk.data(), relu_mask);
+              cuda::maxpool_backward_k3s2_kernel(a, arg.data(), dy.data(), dxk.data(), relu_in);
             else
-              cuda::maxpool_backward_kernel(a, arg.data(), dy.data(), dxk.data(), relu_mask);
+              cuda::maxpool_backward_kernel(a, arg.data(), dy.data(), dxk.data(), relu_in);
           }, reverse);
         };
-        ASSERT_TRUE(backward(nullptr));
+        ASSERT_TRUE(backward(false));
         expect_same_bits(yk, y, "max-pool forward");
         expect_same_bits(dxk, dx, "max-pool backward");
-        // With the previous layer's ReLU applied in the same pass (its output as the mask).
-        const std::vector<float> relu_out = relu_of(randn(nx));
+        // The windows whose maximum is not positive, flagged in their argmax bytes: both kinds.
+        size_t flagged = 0;
+        for (size_t i = 0; i < ny; ++i) {
+          flagged += (arg[i] & cuda::kNotPositive) != 0;
+          ASSERT_EQ((arg[i] & cuda::kNotPositive) != 0, !(y[i] > 0.0f)) << "argmax byte " << i;
+        }
+        EXPECT_GT(flagged, ny / 10);
+        EXPECT_LT(flagged, ny - ny / 10);
+        // With the previous layer's ReLU applied in the same pass: its output is the pool's input,
+        // the mask x > 0, which the kernel takes from the argmax bytes.
         std::vector<float> dxr = dx;
-        relu_backward<float>(dx.data(), relu_out.data(), dxr.data(), nx);
-        ASSERT_TRUE(backward(relu_out.data()));
+        relu_backward<float>(dx.data(), x.data(), dxr.data(), nx);
+        ASSERT_TRUE(backward(true));
         expect_same_bits(dxk, dxr, "max-pool backward with the ReLU of its input");
       }
     }

@@ -68,16 +68,19 @@ void write_shared_weights(size_t n, const int32_t* centroid_of, const float* cod
 
 // ---- pooling --------------------------------------------------------------------------------
 // argmax (C*N*P*Q bytes, may be null): each window's first maximum, as its offset r*k + s in
-// the window, for the backward.
+// the window, and whether it is positive (pool_kernels.cuh, kNotPositive), for the backward.
+// Windows of at most 11 x 11.
 void maxpool_forward(const PoolGeom& g, const float* x, float* y, uint8_t* argmax, cudaStream_t s);
 // Gathers, per input element, dy of the windows whose recorded first maximum it is (no atomics;
 // the windows in row-major order, as the CPU op adds them).
 //
-// relu_x, here and in the avgpool and dropout backwards (may be null): the layer's input is a
-// ReLU's output, and dx also goes through that ReLU's backward, dx = relu_x > 0 ? dx : 0, in the
-// same pass (CudaModel's backward: the layer after a ReLU applies its backward; docs/KERNELS.md).
+// relu_x, in the avgpool and dropout backwards (may be null): the layer's input is a ReLU's
+// output, and dx also goes through that ReLU's backward, dx = relu_x > 0 ? dx : 0, in the same
+// pass (CudaModel's backward: the layer after a ReLU applies its backward; docs/KERNELS.md).
+// relu_in, here: the same with the pool's input x (the forward's) as the mask, taken from the
+// argmax bytes: x is not read.
 void maxpool_backward(const PoolGeom& g, const uint8_t* argmax, const float* dy, float* dx,
-                      cudaStream_t s, const float* relu_x = nullptr);
+                      cudaStream_t s, bool relu_in = false);
 void avgpool_forward(int N, int C, int HW, const float* x, float* y, cudaStream_t s);
 void avgpool_backward(int N, int C, int HW, const float* dy, float* dx, cudaStream_t s,
                       const float* relu_x = nullptr);

@@ -1,7 +1,8 @@
 // Max-pool with ceil rounding (first maximum; a NaN wins and the first NaN takes the gradient,
 // as in the CPU op) and the global average pool. The forward records each window's first
-// maximum as a byte (its offset r*k + s inside the window), so the backward reads one byte per
-// window instead of searching every window again.
+// maximum as a byte (its offset r*k + s inside the window, and whether that maximum is positive),
+// so the backward reads one byte per window instead of searching every window again, and applies
+// the previous ReLU without reading the input.
 #include <algorithm>
 
 #include "core/error.h"
@@ -14,8 +15,8 @@ namespace cuda {
 namespace {
 
 PoolArgs args_of(const PoolGeom& g) {
-  SQ_ASSERT(g.k > 0 && g.k <= 15 && g.stride > 0 && g.pad >= 0 && 2 * g.pad <= g.k,
-            "bad pool geometry (window offsets must fit a byte)");
+  SQ_ASSERT(g.k > 0 && g.k <= 11 && g.stride > 0 && g.pad >= 0 && 2 * g.pad <= g.k,
+            "bad pool geometry (window offsets must fit 7 bits of a byte: k at most 11)");
   const int P = g.P(), Q = g.Q();
   SQ_ASSERT(P > 0 && Q > 0, "pool output is empty: H=", g.H, " W=", g.W);
   SQ_ASSERT((long long)g.H * g.W < (1LL << 31) && (long long)g.N * g.C < (1LL << 31),
@@ -43,13 +44,13 @@ void maxpool_forward(const PoolGeom& g, const float* x, float* y, uint8_t* argma
 }
 
 void maxpool_backward(const PoolGeom& g, const uint8_t* argmax, const float* dy, float* dx,
-                      cudaStream_t s, const float* relu_x) {
+                      cudaStream_t s, bool relu_in) {
   const PoolArgs a = args_of(g);
   if (a.k == 3 && a.stride == 2) {  // (args_of: 2 * pad <= k, so pad is 0 or 1)
     const long long cells = (long long)((a.H + a.pad + 1) / 2) * ((a.W + a.pad + 1) / 2);
-    maxpool_backward_k3s2_kernel<<<plane_grid(a, cells), kThreads, 0, s>>>(a, argmax, dy, dx, relu_x);
+    maxpool_backward_k3s2_kernel<<<plane_grid(a, cells), kThreads, 0, s>>>(a, argmax, dy, dx, relu_in);
   } else {
-    maxpool_backward_kernel<<<plane_grid(a, (long long)a.H * a.W), kThreads, 0, s>>>(a, argmax, dy, dx, relu_x);
+    maxpool_backward_kernel<<<plane_grid(a, (long long)a.H * a.W), kThreads, 0, s>>>(a, argmax, dy, dx, relu_in);
   }
   SQ_CUDA_LAUNCH("maxpool_backward");
 }
