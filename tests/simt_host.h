@@ -277,6 +277,19 @@ inline bool run_warp(int lo, int hi, bool reverse) {
   }
 }
 
+// Thread t's fiber, at the start of the kernel. (Its own function: getcontext returns twice, which
+// GCC warns about for the caller's loop variables.)
+__attribute__((noinline)) inline void start_thread(int t) {
+  Scheduler& s = sched();
+  s.stacks[size_t(t)].resize(256 * 1024);
+  getcontext(&s.ctx[size_t(t)]);
+  s.ctx[size_t(t)].uc_stack.ss_sp = s.stacks[size_t(t)].data();
+  s.ctx[size_t(t)].uc_stack.ss_size = s.stacks[size_t(t)].size();
+  s.ctx[size_t(t)].uc_link = &s.main;
+  makecontext(&s.ctx[size_t(t)], entry, 0);
+  s.state[size_t(t)] = kRunning;
+}
+
 // Runs body (the kernel call) for every block of `grid` with `threads` threads per block. Forward:
 // the warps of each stretch between block barriers in order, and asynchronous copies landing as
 // late as the device allows (at their wait), which exposes a read before the wait or the barrier
@@ -303,15 +316,7 @@ inline bool run(SimtDim3 grid, int threads, const std::function<void()>& body, b
         s.mma_count.assign(size_t(threads), 0);
         s.dynamic_shared = dynamic_shared_for(dynamic_bytes);
         for (const auto& v : s.statics) std::memset(v.first, 0xFF, v.second);
-        for (int t = 0; t < threads; ++t) {
-          s.stacks[size_t(t)].resize(256 * 1024);
-          getcontext(&s.ctx[size_t(t)]);
-          s.ctx[size_t(t)].uc_stack.ss_sp = s.stacks[size_t(t)].data();
-          s.ctx[size_t(t)].uc_stack.ss_size = s.stacks[size_t(t)].size();
-          s.ctx[size_t(t)].uc_link = &s.main;
-          makecontext(&s.ctx[size_t(t)], entry, 0);
-          s.state[size_t(t)] = kRunning;
-        }
+        for (int t = 0; t < threads; ++t) start_thread(t);
         const int warps = (threads + 31) / 32;
         for (;;) {  // one stretch: every warp in turn runs to the next block barrier or its end
           for (int i = 0; i < warps; ++i) {
