@@ -1,6 +1,7 @@
 #include "core/config.h"
 
 #include <cmath>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -71,28 +72,89 @@ nlohmann::json to_json(const ModelConfig& c) {
           {"pct_3x3", c.pct_3x3}, {"freq", c.freq}, {"sr", c.sr}, {"dropout", c.dropout}};
 }
 
+namespace {
+
+std::string shown(const nlohmann::json& v) {
+  return v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+// v as an integer in [lo, hi] (0 <= hi), or an error naming it `what`.
+int64_t integer_in(const nlohmann::json& v, const std::string& what, int64_t lo, int64_t hi) {
+  bool ok = false;
+  int64_t x = 0;
+  if (v.is_number_unsigned()) {
+    ok = v.get<uint64_t>() <= uint64_t(hi);
+    if (ok) x = int64_t(v.get<uint64_t>());
+  } else if (v.is_number_integer()) {
+    x = v.get<int64_t>();
+    ok = true;
+  }
+  if (!ok || x < lo || x > hi) fail(what, " must be an integer in [", lo, ", ", hi, "], got ", shown(v));
+  return x;
+}
+
+}  // namespace
+
+const nlohmann::json& json_field(const nlohmann::json& j, const char* key) {
+  if (!j.is_object()) fail("expected a JSON object, got ", shown(j));
+  auto it = j.find(key);
+  if (it == j.end()) fail("\"", key, "\" is missing");
+  return *it;
+}
+
+int64_t json_integer(const nlohmann::json& j, const char* key, int64_t lo, int64_t hi) {
+  return integer_in(json_field(j, key), str("\"", key, "\""), lo, hi);
+}
+
+uint64_t json_unsigned(const nlohmann::json& j, const char* key) {
+  const nlohmann::json& v = json_field(j, key);
+  if (v.is_number_unsigned()) return v.get<uint64_t>();
+  if (v.is_number_integer() && v.get<int64_t>() >= 0) return uint64_t(v.get<int64_t>());
+  fail("\"", key, "\" must be an integer in [0, 18446744073709551615], got ", shown(v));
+}
+
+double json_number(const nlohmann::json& j, const char* key) {
+  const nlohmann::json& v = json_field(j, key);
+  if (!v.is_number()) fail("\"", key, "\" must be a number, got ", shown(v));
+  return v.get<double>();
+}
+
+std::string json_string(const nlohmann::json& j, const char* key) {
+  const nlohmann::json& v = json_field(j, key);
+  if (!v.is_string()) fail("\"", key, "\" must be a string, got ", shown(v));
+  return v.get<std::string>();
+}
+
+bool json_bool(const nlohmann::json& j, const char* key) {
+  const nlohmann::json& v = json_field(j, key);
+  if (!v.is_boolean()) fail("\"", key, "\" must be true or false, got ", shown(v));
+  return v.get<bool>();
+}
+
 ModelConfig model_config_from_json(const nlohmann::json& j) {
+  constexpr int64_t kIntMax = std::numeric_limits<int>::max(), kIntMin = std::numeric_limits<int>::min();
   ModelConfig c;
   try {
-    c = preset(j.at("model").get<std::string>());
-    c.stem = parse_stem(j.at("stem").get<std::string>());
-    c.bypass = parse_bypass(j.at("bypass").get<std::string>());
-    c.num_classes = j.at("classes").get<int>();
-    auto in = j.at("input").get<std::vector<int>>();
-    if (in.size() != 3) fail("model config: input must have 3 entries");
-    c.in_c = in[0];
-    c.in_h = in[1];
-    c.in_w = in[2];
-    c.base_e = j.at("base_e").get<int>();
-    c.incr_e = j.at("incr_e").get<int>();
-    c.pct_3x3 = j.at("pct_3x3").get<double>();
-    c.freq = j.at("freq").get<int>();
-    c.sr = j.at("sr").get<double>();
-    c.dropout = j.at("dropout").get<double>();
-  } catch (const nlohmann::json::exception& e) {
+    c = preset(json_string(j, "model"));
+    c.stem = parse_stem(json_string(j, "stem"));
+    c.bypass = parse_bypass(json_string(j, "bypass"));
+    c.num_classes = int(json_integer(j, "classes", kIntMin, kIntMax));
+    const nlohmann::json& in = json_field(j, "input");
+    if (!in.is_array() || in.size() != 3)
+      fail("\"input\" must be [channels, height, width], got ", shown(in));
+    c.in_c = int(integer_in(in[0], "input channels", kIntMin, kIntMax));
+    c.in_h = int(integer_in(in[1], "input height", kIntMin, kIntMax));
+    c.in_w = int(integer_in(in[2], "input width", kIntMin, kIntMax));
+    c.base_e = int(json_integer(j, "base_e", kIntMin, kIntMax));
+    c.incr_e = int(json_integer(j, "incr_e", kIntMin, kIntMax));
+    c.pct_3x3 = json_number(j, "pct_3x3");
+    c.freq = int(json_integer(j, "freq", kIntMin, kIntMax));
+    c.sr = json_number(j, "sr");
+    c.dropout = json_number(j, "dropout");
+    c.validate();
+  } catch (const Error& e) {
     fail("model config: ", e.what());
   }
-  c.validate();
   return c;
 }
 

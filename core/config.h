@@ -6,6 +6,7 @@
 //    fire2,4,6,8)
 //  - stem: imagenet (as above) | small (conv1 3x3 stride 1 pad 1, for 28-32 px inputs)
 #pragma once
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -53,5 +54,15 @@ Bypass parse_bypass(const std::string& s);
 
 nlohmann::json to_json(const ModelConfig& c);
 ModelConfig model_config_from_json(const nlohmann::json& j);  // validates
+
+// Fields of a JSON object read from a file, each checked for its type and range before use
+// (nlohmann's get<int> truncates 2.5 and wraps 1e20 without a word). A fault throws sq::Error
+// naming the key: "\"epochs\" must be an integer in [...], got 2.5".
+const nlohmann::json& json_field(const nlohmann::json& j, const char* key);
+int64_t json_integer(const nlohmann::json& j, const char* key, int64_t lo, int64_t hi);
+uint64_t json_unsigned(const nlohmann::json& j, const char* key);
+double json_number(const nlohmann::json& j, const char* key);
+std::string json_string(const nlohmann::json& j, const char* key);
+bool json_bool(const nlohmann::json& j, const char* key);
 
 }  // namespace sq

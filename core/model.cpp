@@ -1,9 +1,13 @@
 #include "core/model.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <iomanip>
+#include <new>
 #include <sstream>
 
 #include "core/error.h"
@@ -15,6 +19,12 @@ namespace {
 
 int64_t conv_macs(const ConvGeom& g) {
   return int64_t(g.K) * g.C * g.R * g.S * g.P() * g.Q();
+}
+
+std::string gib(double bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f", bytes / 1073741824.0);
+  return buf;
 }
 
 // Max-pools follow conv1 and these Fire modules (index 0 = fire2).
@@ -184,10 +194,36 @@ void BasicModel<T>::plan(bool allocate) {
     }
   }
   if (!allocate) return;
-  arena_.assign(total, T(0));
-  grad_a_.assign(largest, T(0));
-  grad_b_.assign(largest, T(0));
-  ws_.assign(std::max<size_t>(ws, 1), T(0));
+  const std::string what = str("the activations of ", arch_name(c.arch), " (input ", c.in_c, "x",
+                               c.in_h, "x", c.in_w, ") for a batch of ", max_batch_);
+  const double bytes = (double(total) + 2.0 * double(largest) + double(std::max<size_t>(ws, 1))) * sizeof(T);
+  require_memory(bytes, what);
+  try {
+    arena_.assign(total, T(0));
+    grad_a_.assign(largest, T(0));
+    grad_b_.assign(largest, T(0));
+    ws_.assign(std::max<size_t>(ws, 1), T(0));
+  } catch (const std::bad_alloc&) {
+    fail(what, ": cannot allocate ", gib(bytes), " GiB; lower the batch size or the model's width");
+  }
+}
+
+void require_memory(double bytes, const std::string& what) {
+  // MemAvailable: what can be allocated without swapping or the OOM killer; else all of it.
+  double avail = 0;
+  std::FILE* f = std::fopen("/proc/meminfo", "r");
+  if (f) {
+    char line[256];
+    unsigned long long kb = 0;
+    while (std::fgets(line, sizeof line, f))
+      if (std::sscanf(line, "MemAvailable: %llu kB", &kb) == 1) avail = double(kb) * 1024.0;
+    std::fclose(f);
+  }
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
+  if (avail <= 0 && pages > 0 && page > 0) avail = double(pages) * double(page);
+  if (avail > 0 && bytes > avail)
+    fail(what, " need ", gib(bytes), " GiB, more than the ", gib(avail),
+         " GiB of memory available; lower the batch size or the model's width");
 }
 
 template <class T>

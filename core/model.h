@@ -122,6 +122,12 @@ std::vector<char> relu_backward_by_next(const std::vector<Layer>& layers);
 // rounding alone gives; Model.CheckLayersToleranceHoldsForRoundingAlone keeps it below the bound.
 double check_layers_tolerance(OperandRounding r);
 
+// Throws sq::Error "<what> need N GiB, more than the M GiB of memory available" when `bytes`
+// exceed the memory available (/proc/meminfo's MemAvailable): a request that large is refused
+// with a std::bad_alloc that names nothing or, with overcommit, granted and then ended by the
+// kernel's OOM killer.
+void require_memory(double bytes, const std::string& what);
+
 // Per-layer table like the paper's Table 1 (for `squeeze info`).
 template <class T>
 std::string model_table(const BasicModel<T>& m);

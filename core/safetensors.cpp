@@ -494,13 +494,28 @@ mode_t current_umask() {
   return 022;
 }
 
+// The directory atomic_write_file creates its temporary in.
+std::string dir_of(const std::string& path) {
+  size_t slash = path.rfind('/');
+  return slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+}
+
 }  // namespace
+
+void check_writable(const std::string& path) {
+  if (path.empty()) fail("output file: empty path");
+  const std::string dir = dir_of(path);
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0) fail(path, ": cannot write into ", dir, ": ", std::strerror(errno));
+  if (!S_ISDIR(st.st_mode)) fail(path, ": cannot write into ", dir, ": not a directory");
+  if (::access(dir.c_str(), W_OK | X_OK) != 0)
+    fail(path, ": cannot write into ", dir, ": ", std::strerror(errno));
+  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) fail(path, ": is a directory");
+}
 
 void atomic_write_file(const std::string& path, const void* data, size_t size) {
   if (path.empty()) fail("atomic write: empty path");
-  size_t slash = path.rfind('/');
-  const std::string dir =
-      slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  const std::string dir = dir_of(path);
 
   std::string tmp = path + ".tmp." + std::to_string(::getpid()) + ".XXXXXX";
   int fd = ::mkostemp(tmp.data(), O_CLOEXEC);

@@ -42,4 +42,9 @@ SafetensorsFile read_safetensors(const std::string& path);
 // temporary removed; throws sq::Error naming the path and the errno text.
 void atomic_write_file(const std::string& path, const void* data, size_t size);
 
+// Whether atomic_write_file(path) can succeed, as far as can be told before the work that makes
+// the data: the directory exists and is writable, and `path` is not a directory. Throws sq::Error
+// naming the path otherwise, so that a long run is refused at its start rather than at its end.
+void check_writable(const std::string& path);
+
 }  // namespace sq

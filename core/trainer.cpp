@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <optional>
 #include <nlohmann/json.hpp>
 #include <sys/stat.h>
@@ -56,15 +57,46 @@ double parse_double(const Metadata& m, const std::string& key, const std::string
   }
 }
 
+// A running sum of the checkpoint: finite and non-negative (NaN would poison the epoch's metrics).
+double parse_sum(const Metadata& m, const std::string& key, const std::string& path) {
+  const double v = parse_double(m, key, path);
+  if (!(v >= 0) || !std::isfinite(v))
+    fail(path, ": checkpoint metadata '", key, "' must be a finite number >= 0, got '", m.at(key), "'");
+  return v;
+}
+
+// A count of the checkpoint: a whole number in [0, 2^53] (int64_t(1e30) or int64_t(nan) is
+// undefined, and 2.5 steps is no step).
+int64_t parse_count(const Metadata& m, const std::string& key, const std::string& path) {
+  const double v = parse_sum(m, key, path);
+  if (v != std::floor(v) || v > 9007199254740992.0)
+    fail(path, ": checkpoint metadata '", key, "' must be a whole number, got '", m.at(key), "'");
+  return int64_t(v);
+}
+
 void make_dirs(const std::string& dir) {
   std::string cur;
   for (size_t i = 0; i <= dir.size(); ++i) {
     if (i == dir.size() || dir[i] == '/') {
-      if (!cur.empty() && ::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST)
-        fail(cur, ": cannot create directory: ", std::strerror(errno));
+      if (!cur.empty() && ::mkdir(cur.c_str(), 0755) != 0) {
+        const int err = errno;
+        struct stat st;
+        if (err != EEXIST) fail(cur, ": cannot create directory: ", std::strerror(err));
+        if (::stat(cur.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+          fail(cur, ": exists and is not a directory");
+      }
     }
     if (i < dir.size()) cur += dir[i];
   }
+}
+
+// One line appended to (or, with trunc, starting) a metrics file; a failed write is an error,
+// not a silently missing line.
+void write_line(const std::string& path, std::ios::openmode mode, const std::string& line) {
+  std::ofstream f(path, mode);
+  if (f.is_open() && !line.empty()) f << line << "\n";
+  if (f.is_open()) f.close();
+  if (f.fail()) fail(path, ": cannot write: ", std::strerror(errno));
 }
 
 }  // namespace
@@ -74,7 +106,8 @@ void TrainConfig::validate() const {
   if (batch < 1) fail("--batch-size must be at least 1, got ", batch);
   if (batch > 65536) fail("--batch-size must be at most 65536, got ", batch);
   if (!(momentum >= 0.0 && momentum < 1.0)) fail("--momentum must be in [0, 1), got ", momentum);
-  if (!(weight_decay >= 0.0)) fail("--weight-decay must not be negative, got ", weight_decay);
+  if (!(weight_decay >= 0.0 && std::isfinite(weight_decay)))
+    fail("--weight-decay must be a finite number >= 0, got ", weight_decay);
   if (!(clip_grad_norm >= 0.0 && std::isfinite(clip_grad_norm)))
     fail("--clip-grad-norm must be a finite number >= 0 (0: off), got ", clip_grad_norm);
   if (init != "torchvision" && init != "xavier" && init != "lsuv")
@@ -114,33 +147,35 @@ nlohmann::json to_json(const TrainConfig& c) {
 }
 
 TrainConfig train_config_from_json(const nlohmann::json& j) {
+  constexpr int64_t kIntMax = std::numeric_limits<int>::max(), kIntMin = std::numeric_limits<int>::min();
+  constexpr int64_t kI64Max = std::numeric_limits<int64_t>::max(), kI64Min = std::numeric_limits<int64_t>::min();
   TrainConfig c;
   try {
-    c.model = model_config_from_json(j.at("model"));
-    c.stem = j.at("stem").get<std::string>();
-    c.data = parse_data_format(j.at("dataset").get<std::string>());
-    c.epochs = j.at("epochs").get<int>();
-    c.batch = j.at("batch").get<int>();
-    const auto& s = j.at("schedule");
-    c.schedule.kind = s.at("kind").get<std::string>();
-    c.schedule.lr = s.at("lr").get<double>();
-    c.schedule.warmup = s.at("warmup").get<int64_t>();
-    c.schedule.step_size = s.at("step_size").get<int64_t>();
-    c.schedule.gamma = s.at("gamma").get<double>();
-    c.momentum = j.at("momentum").get<double>();
-    c.weight_decay = j.at("weight_decay").get<double>();
-    c.clip_grad_norm = j.at("clip_grad_norm").get<double>();
-    c.init = j.at("init").get<std::string>();
-    c.seed = j.at("seed").get<uint64_t>();
-    c.augment.crop_pad = j.at("crop_pad").get<int>();
-    c.augment.hflip = j.at("hflip").get<bool>();
-    c.shuffle = j.at("shuffle").get<bool>();
-    c.train_limit = j.at("train_limit").get<int64_t>();
-    c.test_limit = j.at("test_limit").get<int64_t>();
-  } catch (const nlohmann::json::exception& e) {
+    c.model = model_config_from_json(json_field(j, "model"));
+    c.stem = json_string(j, "stem");
+    c.data = parse_data_format(json_string(j, "dataset"));
+    c.epochs = int(json_integer(j, "epochs", kIntMin, kIntMax));
+    c.batch = int(json_integer(j, "batch", kIntMin, kIntMax));
+    const nlohmann::json& s = json_field(j, "schedule");
+    c.schedule.kind = json_string(s, "kind");
+    c.schedule.lr = json_number(s, "lr");
+    c.schedule.warmup = json_integer(s, "warmup", kI64Min, kI64Max);
+    c.schedule.step_size = json_integer(s, "step_size", kI64Min, kI64Max);
+    c.schedule.gamma = json_number(s, "gamma");
+    c.momentum = json_number(j, "momentum");
+    c.weight_decay = json_number(j, "weight_decay");
+    c.clip_grad_norm = json_number(j, "clip_grad_norm");
+    c.init = json_string(j, "init");
+    c.seed = json_unsigned(j, "seed");
+    c.augment.crop_pad = int(json_integer(j, "crop_pad", kIntMin, kIntMax));
+    c.augment.hflip = json_bool(j, "hflip");
+    c.shuffle = json_bool(j, "shuffle");
+    c.train_limit = json_integer(j, "train_limit", kI64Min, kI64Max);
+    c.test_limit = json_integer(j, "test_limit", kI64Min, kI64Max);
+    c.validate();
+  } catch (const Error& e) {
     fail("training config: ", e.what());
   }
-  c.validate();
   return c;
 }
 
@@ -241,7 +276,14 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     } catch (const nlohmann::json::exception& e) {
       fail(opt.resume, ": training config is not valid JSON: ", e.what());
     }
-    cfg = train_config_from_json(j);
+    // Where the data lies is not a setting of the run (the checkpoint does not hold it).
+    const std::string data_dir = cfg.data_dir;
+    try {
+      cfg = train_config_from_json(j);
+    } catch (const Error& e) {
+      fail(opt.resume, ": ", e.what());
+    }
+    cfg.data_dir = data_dir;
   }
   cfg.validate();
   if (cfg.batch % world != 0)
@@ -258,6 +300,11 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
   const Normalization norm = compute_normalization(data.train);
 
   const int local_batch = cfg.batch / world;
+  // Sized before anything is allocated: the parameters, gradients and momentum here, the
+  // activations in the model.
+  const size_t n_params = Model(cfg.model, 1, false).layout().total;
+  require_memory(3.0 * double(n_params) * sizeof(float),
+                 str("the parameters, gradients and momentum (", n_params, " values each)"));
   // On the GPU the host model only lends its layer table and layout (and LSUV a temporary one).
   Model model(cfg.model, opt.cuda ? 1 : local_batch);
   const ParamLayout& layout = model.layout();
@@ -272,11 +319,11 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
   EpochSums sums;
   if (!opt.resume.empty()) {
     load_checkpoint(opt.resume, layout, params.data(), momentum.data());
-    step = int64_t(parse_double(resume_meta, "squeeze.step", opt.resume));
-    sums.loss = parse_double(resume_meta, "squeeze.epoch_loss_sum", opt.resume);
-    sums.correct = parse_double(resume_meta, "squeeze.epoch_correct", opt.resume);
-    sums.seen = parse_double(resume_meta, "squeeze.epoch_seen", opt.resume);
-    sums.clipped = int64_t(parse_double(resume_meta, "squeeze.epoch_clipped", opt.resume));
+    step = parse_count(resume_meta, "squeeze.step", opt.resume);
+    sums.loss = parse_sum(resume_meta, "squeeze.epoch_loss_sum", opt.resume);
+    sums.correct = parse_sum(resume_meta, "squeeze.epoch_correct", opt.resume);
+    sums.seen = parse_sum(resume_meta, "squeeze.epoch_seen", opt.resume);
+    sums.clipped = parse_count(resume_meta, "squeeze.epoch_clipped", opt.resume);
     if (step < 0 || step > total_steps) fail(opt.resume, ": step ", step, " outside the run");
   } else if (opt.initial_params) {
     if (opt.initial_params->size() != params.size())
@@ -317,8 +364,9 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
   };
   // Several ranks on GPUs without NCCL: the gradient is reduced over MPI in pinned host memory.
   float* host_grads = dev && world > 1 && !comm.device_buffers() ? dev->host_staging() : grads.data();
-  GradReducer reducer(comm, host_grads,
-                      plan_buckets(tensor_bounds(layout), size_t(opt.bucket_mib * 1048576.0 / 4)),
+  // A cap past the model's size is one bucket, as 0 is (and keeps size_t's conversion defined).
+  const double cap_floats = std::min(opt.bucket_mib * 1048576.0 / 4, double(layout.total));
+  GradReducer reducer(comm, host_grads, plan_buckets(tensor_bounds(layout), size_t(cap_floats)),
                       ReduceOp::kSum, opt.overlap);
   // With a communicator that reduces device buffers (NCCL), the same buckets of the device
   // gradients, started from the GPU backward's hook.
@@ -334,7 +382,10 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     metrics_path = opt.out_dir + "/metrics.jsonl";
     ckpt_path = opt.out_dir + "/checkpoint.safetensors";
     weights_path = opt.out_dir + "/weights.safetensors";
-    if (opt.resume.empty()) std::ofstream(metrics_path, std::ios::trunc);
+    // An output that cannot be written is refused now, before the first epoch's work.
+    check_writable(ckpt_path);
+    check_writable(weights_path);
+    write_line(metrics_path, opt.resume.empty() ? std::ios::trunc : std::ios::app, "");
   }
   const nlohmann::json cfg_json = to_json(cfg);
   auto meta_common = [&]() {
@@ -579,7 +630,7 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
                               {"test_loss", em.test_loss}, {"test_acc", em.test_acc},
                               {"images_per_s", em.images_per_s}, {"seconds", em.seconds},
                               {"clipped_steps", em.clipped_steps}};
-          std::ofstream(metrics_path, std::ios::app) << j.dump() << "\n";
+          write_line(metrics_path, std::ios::app, j.dump());
         }
         save(step);
       }

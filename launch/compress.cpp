@@ -1,5 +1,8 @@
 #include "launch/compress.h"
 
+#include <sys/stat.h>
+
+#include <cmath>
 #include <cstdio>
 #include <optional>
 #include <nlohmann/json.hpp>
@@ -12,7 +15,45 @@
 
 namespace sq {
 
+namespace {
+
+// A metadata entry of `path` parsed as JSON; a fault names the file and the key.
+nlohmann::json metadata_json(const std::string& path, const std::string& key, const std::string& text) {
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    fail(path, ": metadata ", key, " is not valid JSON: ", e.what());
+  }
+}
+
+// squeeze.normalization: one finite mean and one positive finite standard deviation (a zero one
+// divides every input by zero) per input channel (`channels`; 0: not known, any equal count).
+Normalization normalization_from_json(const std::string& path, const nlohmann::json& j, int channels) {
+  const std::string where = path + ": metadata squeeze.normalization";
+  Normalization n;
+  for (const char* key : {"mean", "std"}) {
+    const bool is_std = key[0] == 's';
+    const auto it = j.is_object() ? j.find(key) : j.end();
+    if (it == j.end() || !it->is_array() || it->empty() || (channels > 0 && int(it->size()) != channels))
+      fail(where, ": \"", key, "\" must be an array of one number per input channel",
+           channels > 0 ? str(" (", channels, ")") : "");
+    std::vector<float>& out = is_std ? n.stddev : n.mean;
+    for (const nlohmann::json& v : *it) {
+      const double x = v.is_number() ? v.get<double>() : std::nan("");
+      if (!std::isfinite(x) || (is_std && !(x > 0)))
+        fail(where, ": \"", key, "\" holds ", v.dump(), ", not a ", is_std ? "positive " : "", "finite number");
+      out.push_back(float(x));
+    }
+  }
+  if (n.mean.size() != n.stddev.size())
+    fail(where, ": ", n.mean.size(), " means but ", n.stddev.size(), " standard deviations");
+  return n;
+}
+
+}  // namespace
+
 LoadedWeights describe_weights(const std::string& path) {
+  if (path.empty()) fail("--weights: empty path");
   LoadedWeights w;
   if (is_compressed_file(path)) {
     w.compressed = read_compressed(path);
@@ -25,14 +66,25 @@ LoadedWeights describe_weights(const std::string& path) {
   const SafetensorsFile& f = *w.file;
   auto it = f.metadata.find("squeeze.model");
   if (it != f.metadata.end()) {
-    w.config = model_config_from_json(nlohmann::json::parse(it->second));
+    const nlohmann::json j = metadata_json(path, "squeeze.model", it->second);
+    try {
+      w.config = model_config_from_json(j);
+    } catch (const Error& e) {
+      fail(path, ": ", e.what());
+    }
     w.has_config = true;
+    // The metadata must describe the tensors the file holds, before anything is sized from it.
+    const Model plan(w.config, 1, false);
+    size_t held = 0;
+    for (const TensorData& t : f.tensors) held += t.data.size();
+    if (held != plan.layout().total)
+      fail(path, ": metadata squeeze.model describes ", plan.layout().total,
+           " parameters but the file holds ", held, " values");
   }
   auto nit = f.metadata.find("squeeze.normalization");
   if (nit != f.metadata.end()) {
-    const auto j = nlohmann::json::parse(nit->second);
-    w.norm.mean = j.at("mean").get<std::vector<float>>();
-    w.norm.stddev = j.at("std").get<std::vector<float>>();
+    const nlohmann::json j = metadata_json(path, "squeeze.normalization", nit->second);
+    w.norm = normalization_from_json(path, j, w.has_config ? w.config.in_c : 0);
     w.has_norm = true;
   }
   return w;
@@ -58,6 +110,13 @@ void check_model_fits(const std::string& what, const ModelConfig& c, const Datas
 
 namespace {
 
+// Whether a and b name one existing file (through any links or spellings of the path).
+bool same_file(const std::string& a, const std::string& b) {
+  struct stat sa, sb;
+  return ::stat(a.c_str(), &sa) == 0 && ::stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev &&
+         sa.st_ino == sb.st_ino;
+}
+
 std::string with_commas(size_t n) {
   std::string s = std::to_string(n);
   for (int i = int(s.size()) - 3; i > 0; i -= 3) s.insert(size_t(i), ",");
@@ -71,8 +130,10 @@ int run_compress(const CompressOptions& o, Communicator& comm) {
   if (o.batch < 1) fail("--batch-size must be at least 1, got ", o.batch);
   if (o.retrain_epochs < 0) fail("--retrain-epochs must not be negative, got ", o.retrain_epochs);
   if (o.retrain_epochs > 0 && o.dataset.empty()) fail("--retrain-epochs needs --dataset (the training data)");
-  if (!(o.lr > 0)) fail("--lr must be positive, got ", o.lr);
+  if (!(o.lr > 0) || !std::isfinite(o.lr)) fail("--lr must be a positive finite number, got ", o.lr);
   if (o.cuda && o.dataset.empty()) fail("--device cuda needs --dataset (without data nothing runs on the GPU)");
+  if (same_file(o.weights, o.out)) fail("--out ", o.out, " is the --weights file: it would overwrite the weights it compresses");
+  if (comm.rank() == 0) check_writable(o.out);  // before the work (retraining may take hours)
   LoadedWeights lw = describe_weights(o.weights);
   if (lw.compressed) fail(o.weights, ": already a compressed model");
   if (!lw.has_config) fail(o.weights, ": no squeeze.model metadata (write it with squeeze train)");

@@ -5,7 +5,11 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
+#include <climits>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -62,6 +66,35 @@ struct ModelFlags {
   }
 };
 
+// "CxHxW", three decimal integers and nothing else (sscanf would take "3x224x224x5" or wrap an
+// overflowing field).
+bool parse_chw(const std::string& s, int* c, int* h, int* w) {
+  int* fields[3] = {c, h, w};
+  const char* p = s.c_str();
+  for (int i = 0; i < 3; ++i) {
+    if (i > 0 && *p++ != 'x') return false;
+    if (!(*p >= '0' && *p <= '9') && *p != '-') return false;
+    char* end = nullptr;
+    errno = 0;
+    const long v = std::strtol(p, &end, 10);
+    if (end == p || errno == ERANGE || v < INT_MIN || v > INT_MAX) return false;
+    *fields[i] = int(v);
+    p = end;
+  }
+  return *p == '\0';
+}
+
+// CLI11 reads "-1", and any number past 2^64 - 1, into a uint64_t as 2^64 - 1 without a word.
+std::string unsigned_64(const std::string& s) {
+  char* end = nullptr;
+  errno = 0;
+  if (!s.empty() && s[0] >= '0' && s[0] <= '9') {
+    std::strtoull(s.c_str(), &end, 0);
+    if (*end == '\0' && errno != ERANGE) return "";
+  }
+  return "must be an integer in [0, 18446744073709551615], got '" + s + "'";
+}
+
 int run_info(const ModelFlags& mf, const std::string& input, int classes, const std::string& weights) {
   ModelConfig c;
   if (!weights.empty()) {
@@ -81,16 +114,14 @@ int run_info(const ModelFlags& mf, const std::string& input, int classes, const 
   } else {
     c = mf.config();
     int ch = 0, h = 0, w = 0;
-    char x1 = 0, x2 = 0;
-    if (std::sscanf(input.c_str(), "%d%c%d%c%d", &ch, &x1, &h, &x2, &w) != 5 || x1 != 'x' || x2 != 'x')
-      fail("--input must look like 3x224x224, got '", input, "'");
+    if (!parse_chw(input, &ch, &h, &w)) fail("--input must look like 3x224x224, got '", input, "'");
     c.in_c = ch;
     c.in_h = h;
     c.in_w = w;
     c.num_classes = classes;
     if (mf.stem == "auto") c.stem = std::max(h, w) <= 64 ? Stem::kSmall : Stem::kImageNet;
   }
-  Model m(c, 1);
+  const Model m(c, 1, false);  // the table needs no activations: any size of model is described
   std::fputs(model_table(m).c_str(), stdout);
   return 0;
 }
@@ -190,6 +221,15 @@ int main(int argc, char** argv) {
   }
   CLI::App app{"squeeze: data-parallel SqueezeNet training (CPU reference engine)"};
   app.require_subcommand(1);
+  // A parse error reads like every other error: one line, naming the flag (or the word).
+  app.failure_message([](const CLI::App* a, const CLI::Error& e) {
+    std::string what = e.what();
+    // CLI11 says only "A subcommand is required" when the first word is not a subcommand.
+    if (dynamic_cast<const CLI::RequiredError*>(&e) && a->get_subcommands().empty() &&
+        !a->remaining().empty())
+      what = "unknown subcommand '" + a->remaining().front() + "' (known: train, eval, compress, info)";
+    return "squeeze: error: " + what + " (see --help)\n";
+  });
   int threads = 0;
   app.add_option("--threads", threads,
                  "CPU threads per rank (0: all cores; under mpirun, the host's cores shared by its ranks)");
@@ -217,13 +257,15 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--momentum", tc.momentum, "SGD momentum")->capture_default_str();
   train_cmd->add_option("--weight-decay", tc.weight_decay, "L2 weight decay")->capture_default_str();
   train_cmd->add_option("--init", tc.init, "torchvision | xavier | lsuv (data-dependent, see docs/RESULTS.md)")->capture_default_str();
-  train_cmd->add_option("--seed", tc.seed, "seed of every random draw")->capture_default_str();
+  train_cmd->add_option("--seed", tc.seed, "seed of every random draw")
+      ->check(unsigned_64, "", "UINT")
+      ->capture_default_str();
   train_cmd->add_option("--crop-pad", tc.augment.crop_pad, "random crop with this zero padding (0: off)")->capture_default_str();
   train_cmd->add_flag("--hflip", tc.augment.hflip, "random horizontal flips");
   train_cmd->add_option("--train-limit", tc.train_limit, "train on the first N samples only (0: all)");
   train_cmd->add_option("--test-limit", tc.test_limit, "evaluate on the first N test samples (0: all)");
   train_cmd->add_option("--out", ro.out_dir, "directory for metrics.jsonl, checkpoint and weights ('' : none)")->capture_default_str();
-  train_cmd->add_option("--resume", ro.resume, "continue from this checkpoint (its settings are used)");
+  train_cmd->add_option("--resume", ro.resume, "continue from this checkpoint (its settings are used; --data-dir still says where the data is)");
   train_cmd->add_option("--max-steps", ro.max_steps, "stop after this global step, with a checkpoint");
   std::string mpi_progress = "thread", fault, device = "cpu", conv = "own", precision = "fp32";
   train_cmd->add_option("--precision", precision,
@@ -350,7 +392,9 @@ int main(int argc, char** argv) {
       }
       ro.cuda = device == "cuda";
       ro.gpu = job.world.local_rank;  // one GPU per rank
-      if (ro.bucket_mib < 0) fail("--bucket-mib must not be negative, got ", ro.bucket_mib);
+      if (ro.max_steps < 0) fail("--max-steps must not be negative, got ", ro.max_steps);
+      if (!(ro.bucket_mib >= 0) || !std::isfinite(ro.bucket_mib))
+        fail("--bucket-mib must be a finite number >= 0 (0: one bucket), got ", ro.bucket_mib);
       if (ro.check_replicas_every < 0)
         fail("--check-replicas must not be negative, got ", ro.check_replicas_every);
       if (!(nccl_timeout > 0)) fail("--nccl-timeout must be positive, got ", nccl_timeout);

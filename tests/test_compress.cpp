@@ -26,6 +26,7 @@
 #include "core/model.h"
 #include "core/trainer.h"
 #include "comm/communicator.h"
+#include "launch/compress.h"
 
 namespace {
 
@@ -637,6 +638,7 @@ TEST(Cli, CompressWritesAFileAndRefusesBadInput) {
       {"--device tpu", "--device"},
       {"--device cuda", "--dataset"},
       {"--prune-steps 2", "--retrain-epochs"},
+      {"--lr inf", "--lr"},
   };
   for (const auto& [args, needle] : bad) {
     EXPECT_NE(run(base + args, &err), 0) << args;
@@ -650,6 +652,81 @@ TEST(Cli, CompressWritesAFileAndRefusesBadInput) {
   std::ifstream bad_file(dir + "/bad.sqz");
   EXPECT_FALSE(bad_file.good()) << "a refused run wrote its output";
   std::system(("rm -rf '" + dir + "'").c_str());
+}
+
+// The input is never the casualty of a slip: --out naming the --weights file (by any path) is
+// refused and the weights stay as they were; an output directory that does not exist is refused
+// before the work (retraining can take hours), not when the result is written.
+TEST(Cli, CompressNeverOverwritesItsInput) {
+  char tmpl[] = "/tmp/sq_test_compress_self_XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl, weights = dir + "/w.safetensors", errfile = dir + "/err.txt";
+  const Model m(tiny_config(), 1, false);
+  const std::vector<float> p = random_params(m);
+  export_weights(weights, m.layout(), p.data(), {{"squeeze.model", to_json(tiny_config()).dump()}});
+  auto bytes = [](const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  };
+  const std::string before = bytes(weights);
+  auto run = [&](const std::string& args, std::string* err) {
+    const int status = std::system((std::string(SQUEEZE_BINARY) + " " + args + " > /dev/null 2> " + errfile).c_str());
+    *err = bytes(errfile);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  };
+  std::string err;
+  for (const std::string& out : {weights, dir + "/../" + dir.substr(5) + "/w.safetensors"}) {
+    EXPECT_NE(run("compress --weights " + weights + " --out " + out, &err), 0) << out;
+    EXPECT_NE(err.find("is the --weights file"), std::string::npos) << err;
+    EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
+    EXPECT_EQ(bytes(weights), before) << "the weights were overwritten through " << out;
+  }
+  EXPECT_NE(run("compress --weights " + weights + " --out " + dir + "/absent/m.sqz", &err), 0);
+  EXPECT_NE(err.find(dir + "/absent/m.sqz: cannot write into " + dir + "/absent"), std::string::npos) << err;
+  std::system(("rm -rf '" + dir + "'").c_str());
+}
+
+// Weight files' metadata (squeeze.model, squeeze.normalization) is checked when the file is
+// described, and a fault names the file and the field: never a bare nlohmann message, an internal
+// assertion, or a zero standard deviation dividing every input.
+TEST(WeightsFile, DamagedMetadataIsRefusedNamingTheFile) {
+  char tmpl[] = "/tmp/sq_test_weights_meta_XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string path = std::string(tmpl) + "/w.safetensors";
+  const Model m(tiny_config(), 1, false);
+  const std::vector<float> p = random_params(m);
+  const nlohmann::json model = to_json(tiny_config());
+  auto describe = [&](const std::string& model_meta, const std::string& norm_meta) {
+    Metadata meta = {{"squeeze.model", model_meta}};
+    if (!norm_meta.empty()) meta["squeeze.normalization"] = norm_meta;
+    export_weights(path, m.layout(), p.data(), meta);
+    try {
+      describe_weights(path);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  auto expect_refused = [&](const std::string& model_meta, const std::string& norm_meta,
+                            const std::string& word) {
+    const std::string err = describe(model_meta, norm_meta);
+    EXPECT_EQ(err.rfind(path + ": ", 0), 0u) << err;
+    EXPECT_NE(err.find(word), std::string::npos) << err;
+  };
+  EXPECT_EQ(describe(model.dump(), R"({"mean": [0.3], "std": [0.2]})"), "");  // the control
+  nlohmann::json j = model;
+  expect_refused("{bad", "", "squeeze.model");
+  j["classes"] = 2.5;
+  expect_refused(j.dump(), "", "\"classes\"");
+  j = model;
+  j["base_e"] = 32;  // a model other than the one whose tensors the file holds
+  expect_refused(j.dump(), "", "parameters");
+  expect_refused(model.dump(), "{bad", "squeeze.normalization");
+  expect_refused(model.dump(), R"({"mean": [0.3], "std": [0]})", "\"std\"");
+  expect_refused(model.dump(), R"({"mean": [0.3, 0.1], "std": [0.2, 0.2]})", "\"mean\"");
+  expect_refused(model.dump(), R"({"mean": "x", "std": [0.2]})", "\"mean\"");
+  expect_refused(model.dump(), R"({"std": [0.2]})", "\"mean\"");
+  std::system(("rm -rf '" + std::string(tmpl) + "'").c_str());
 }
 
 }  // namespace

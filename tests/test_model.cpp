@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <numeric>
 
 #include "core/config.h"
@@ -196,6 +197,49 @@ TEST(Model, BadConfigsAreRefusedWithTheirName) {
   expect_error(c, "classes");
   EXPECT_THROW(preset("squeezenet2.0"), Error);
   EXPECT_THROW(Model(preset("squeezenet1.0"), 0), Error);
+}
+
+// A model config read from a file (weights' and checkpoints' metadata): each field is checked for
+// its type and range and a fault names the field; nothing is truncated (2.5 classes as 2) or
+// wrapped (1e20 as INT_MIN).
+TEST(Model, ConfigFromJsonChecksEveryFieldNamingIt) {
+  const nlohmann::json good = to_json(preset("squeezenet1.1"));
+  EXPECT_EQ(to_json(model_config_from_json(good)), good);
+  auto expect_error = [&](const char* key, const nlohmann::json& v, const std::string& word) {
+    nlohmann::json j = good;
+    if (v.is_discarded())
+      j.erase(key);
+    else
+      j[key] = v;
+    try {
+      model_config_from_json(j);
+      FAIL() << "accepted " << key << " = " << v.dump() << "; expected an error mentioning " << word;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(word), std::string::npos) << e.what();
+    }
+  };
+  expect_error("classes", 2.5, "\"classes\"");
+  expect_error("classes", "10", "\"classes\"");
+  expect_error("base_e", 1e20, "\"base_e\"");
+  expect_error("base_e", 4294967296ll, "\"base_e\"");
+  expect_error("model", 5, "\"model\"");
+  expect_error("input", {1, 28}, "\"input\"");
+  expect_error("input", {1, 28.5, 28}, "input height");
+  expect_error("sr", nlohmann::json(nlohmann::json::value_t::discarded), "\"sr\"");
+  expect_error("sr", 3, "--sr");
+}
+
+// An activation plan larger than the machine's memory is refused by name before the arena is
+// touched (it used to end in std::bad_alloc, or under overcommit in the OOM killer).
+TEST(Model, AnActivationPlanBeyondMemoryIsRefusedNamingTheBatch) {
+  try {
+    Model m(preset("squeezenet1.0"), 1 << 20);  // about 6 TB of activations
+    FAIL() << "planned " << m.arena_bytes() << " bytes of activations";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("a batch of 1048576"), std::string::npos) << e.what();
+  }
+  const Model plan(preset("squeezenet1.0"), 1 << 20, false);  // the layer table alone is fine
+  EXPECT_EQ(plan.layout().total, 1248424u);
 }
 
 TEST(Model, InitSchemesHaveTheirScales) {

@@ -1,5 +1,6 @@
 // End-to-end: the model's gradient against a directional finite difference, a short run on real
-// Fashion-MNIST lowering the loss, bit-identical resume, and the CLI refusing bad flags.
+// Fashion-MNIST lowering the loss, bit-identical resume, bad outputs and checkpoints refused before
+// any work, and the CLI refusing bad flags with one line each.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -12,12 +13,15 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
 
 #include "comm/communicator.h"
 #include "core/checkpoint.h"
 #include "core/error.h"
 #include "core/model.h"
 #include "core/rng.h"
+#include "core/safetensors.h"
 #include "core/trainer.h"
 
 using namespace sq;
@@ -52,6 +56,55 @@ TrainConfig small_config() {
   c.augment.hflip = true;
   return c;
 }
+
+// A data set in MNIST's format (raw IDX files, 28x28, labels i % 10) of n_train and n_test images,
+// written to `dir`: training runs that need data without the installed data sets.
+void write_tiny_mnist(const std::string& dir, int n_train, int n_test) {
+  ::mkdir(dir.c_str(), 0755);
+  auto write_idx = [&](const std::string& name, const std::vector<uint32_t>& dims) {
+    std::ofstream f(dir + "/" + name, std::ios::binary);
+    std::vector<uint32_t> header = {0x800u | uint32_t(dims.size())};  // unsigned bytes, rank
+    header.insert(header.end(), dims.begin(), dims.end());
+    for (uint32_t v : header) {
+      const char be[4] = {char(v >> 24), char(v >> 16), char(v >> 8), char(v)};
+      f.write(be, 4);
+    }
+    size_t count = 1;
+    for (uint32_t d : dims) count *= d;
+    const bool labels = dims.size() == 1;
+    for (size_t i = 0; i < count; ++i) f.put(char(labels ? i % 10 : (i * 37) % 256));
+  };
+  write_idx("train-images-idx3-ubyte", {uint32_t(n_train), 28, 28});
+  write_idx("train-labels-idx1-ubyte", {uint32_t(n_train)});
+  write_idx("t10k-images-idx3-ubyte", {uint32_t(n_test), 28, 28});
+  write_idx("t10k-labels-idx1-ubyte", {uint32_t(n_test)});
+}
+
+// A narrow model on the tiny data set: a step takes milliseconds.
+TrainConfig tiny_mnist_config(const std::string& data_dir) {
+  TrainConfig c;
+  c.data = DataFormat::kMnist;
+  c.data_dir = data_dir;
+  c.model.base_e = 16;
+  c.model.incr_e = 16;
+  c.init = "torchvision";  // LSUV's forward passes would cost more than the steps
+  c.epochs = 1;
+  c.batch = 32;
+  return c;
+}
+
+// The message of the sq::Error that `f` throws ("" if it returns).
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 // Runs the CLI, returns its exit status and puts stderr in *err.
 int run_cli(const std::string& args, std::string* err) {
@@ -313,6 +366,162 @@ TEST(Cli, BadFlagsAreRefusedBeforeWork) {
   EXPECT_NE(err.find("/nonexistent.safetensors"), std::string::npos) << err;
   EXPECT_NE(run_cli("info --input 3x224", &err), 0);
   EXPECT_NE(err.find("--input"), std::string::npos) << err;
+}
+
+// Every malformed flag, whether CLI11 or squeeze finds it, is one line "squeeze: error: ..." that
+// names it. A training flag wrongly accepted runs into the absent data directory instead of a run.
+TEST(Cli, MalformedFlagsAreOneLineErrorsNamingThem) {
+  const std::string train = "train --data-dir /nonexistent/squeeze-test ";
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {train + "--lr abc", "--lr"},
+      {train + "--epochs 2147483648", "--epochs"},
+      {train + "--frobnicate 3", "--frobnicate"},
+      {"frob", "'frob'"},
+      {train + "--seed -1", "--seed"},
+      {train + "--seed 99999999999999999999999", "--seed"},
+      {train + "--weight-decay inf", "--weight-decay"},
+      {train + "--max-steps -1", "--max-steps"},
+      {train + "--bucket-mib nan", "--bucket-mib"},
+      {"info --input 3x224x224x5", "--input"},
+      {"eval --weights ''", "--weights"},
+  };
+  for (const auto& [args, needle] : bad) {
+    std::string err;
+    EXPECT_NE(run_cli(args, &err), 0) << args;
+    EXPECT_EQ(err.rfind("squeeze: error: ", 0), 0u) << args << ": " << err;
+    EXPECT_TRUE(contains(err, needle)) << args << ": " << err;
+    EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << args << ": " << err;
+  }
+}
+
+// info plans no activations: a model far too large to train is still described (the table used
+// to allocate its activations for one image).
+TEST(Cli, InfoDescribesAModelTooLargeToAllocate) {
+  std::string err;
+  EXPECT_EQ(run_cli("info --input 3x4096x4096 --base-e 100000", &err), 0) << err;
+  EXPECT_EQ(err, "");
+}
+
+// A model whose parameters cannot fit in memory is refused by name before anything is allocated
+// (not a std::bad_alloc, nor the OOM killer after minutes of page faults).
+TEST(Train, AModelTooLargeForMemoryIsRefusedBeforeAllocating) {
+  const std::string data = temp_dir("tiny_huge");
+  write_tiny_mnist(data, 64, 32);
+  TrainConfig c = tiny_mnist_config(data);
+  c.model.base_e = 100000;
+  RunOptions o;
+  o.quiet = true;
+  auto comm = make_local_communicator();
+  const std::string err = error_of([&] { train(c, o, *comm); });
+  EXPECT_TRUE(contains(err, "parameters, gradients and momentum")) << err;
+  EXPECT_TRUE(contains(err, "GiB")) << err;
+  std::system(("rm -rf '" + data + "'").c_str());
+}
+
+// An output directory that cannot take the run's files is refused before the first step (a
+// fault injected at step 0 would otherwise be the error), not at the first checkpoint, and a
+// metrics file that cannot be written is an error, not silently missing lines.
+TEST(Train, OutputsThatCannotBeWrittenAreRefusedBeforeTraining) {
+  const std::string data = temp_dir("tiny_out"), out = temp_dir("out");
+  write_tiny_mnist(data, 64, 32);
+  ::mkdir(out.c_str(), 0755);
+  auto comm = make_local_communicator();
+  auto run_into = [&](const std::string& out_dir) {
+    RunOptions o;
+    o.quiet = true;
+    o.out_dir = out_dir;
+    o.fault.kind = FaultInjection::Kind::kThrow;  // at rank 0, step 0
+    return error_of([&] { train(tiny_mnist_config(data), o, *comm); });
+  };
+  std::ofstream(out + "/file") << "x";
+  std::string err = run_into(out + "/file");
+  EXPECT_TRUE(contains(err, out + "/file: exists and is not a directory")) << err;
+  ::mkdir((out + "/m").c_str(), 0755);
+  ::mkdir((out + "/m/metrics.jsonl").c_str(), 0755);
+  err = run_into(out + "/m");
+  EXPECT_TRUE(contains(err, out + "/m/metrics.jsonl: cannot write")) << err;
+  ::mkdir((out + "/c").c_str(), 0755);
+  ::mkdir((out + "/c/checkpoint.safetensors").c_str(), 0755);
+  err = run_into(out + "/c");
+  EXPECT_TRUE(contains(err, out + "/c/checkpoint.safetensors: is a directory")) << err;
+  ::mkdir((out + "/w").c_str(), 0755);
+  ::mkdir((out + "/w/weights.safetensors").c_str(), 0755);
+  err = run_into(out + "/w");
+  EXPECT_TRUE(contains(err, out + "/w/weights.safetensors: is a directory")) << err;
+  EXPECT_TRUE(contains(run_into(out + "/fine"), "injected fault at step 0"));  // the control
+  std::system(("rm -rf '" + data + "' '" + out + "'").c_str());
+}
+
+// The checkpoint holds what the run computes, not where its data lies: --resume with --data-dir
+// reads the data there (it used to fall back to the format's default directory).
+TEST(Train, ResumeReadsTheDataFromTheGivenDirectory) {
+  const std::string data = temp_dir("tiny_resume"), out = temp_dir("resume_dir");
+  write_tiny_mnist(data, 64, 32);
+  auto comm = make_local_communicator();
+  RunOptions first;
+  first.quiet = true;
+  first.out_dir = out;
+  first.max_steps = 1;
+  ASSERT_EQ(train(tiny_mnist_config(data), first, *comm).steps, 1);
+  RunOptions second;
+  second.quiet = true;
+  second.resume = out + "/checkpoint.safetensors";
+  TrainConfig c;  // the run's settings come from the checkpoint, its data from here
+  c.data_dir = data;
+  TrainResult r;
+  const std::string err = error_of([&] { r = train(c, second, *comm); });
+  EXPECT_EQ(err, "");
+  EXPECT_EQ(r.steps, 2);  // 64 samples, batch 32: the tiny set's one epoch
+  std::system(("rm -rf '" + data + "' '" + out + "'").c_str());
+}
+
+// A checkpoint whose metadata was damaged by hand is refused with its path and the bad field,
+// never read with a truncated or wrapped value (batch 3.7 as 3, step 1e30 as INT64_MIN).
+TEST(Train, ResumeRefusesDamagedMetadataNamingTheCheckpoint) {
+  const std::string data = temp_dir("tiny_damaged"), out = temp_dir("damaged");
+  write_tiny_mnist(data, 64, 32);
+  auto comm = make_local_communicator();
+  RunOptions first;
+  first.quiet = true;
+  first.out_dir = out;
+  first.max_steps = 1;
+  train(tiny_mnist_config(data), first, *comm);
+  const SafetensorsFile good = read_safetensors(out + "/checkpoint.safetensors");
+  const nlohmann::json cfg = nlohmann::json::parse(good.metadata.at("squeeze.train_config"));
+  auto resume_with = [&](const std::string& key, const std::string& value) {
+    std::map<std::string, std::string> meta = good.metadata;
+    meta[key] = value;
+    std::vector<TensorRef> refs;
+    for (const TensorData& t : good.tensors) refs.push_back({t.name, t.shape, t.data.data()});
+    const std::string path = out + "/damaged.safetensors";
+    write_safetensors(path, refs, meta);
+    RunOptions o;
+    o.quiet = true;
+    o.resume = path;
+    TrainConfig c;
+    c.data_dir = data;
+    return error_of([&] { train(c, o, *comm); });
+  };
+  const std::string path = out + "/damaged.safetensors: ";
+  auto with = [&](const char* key, const nlohmann::json& v) {
+    nlohmann::json j = cfg;
+    j[key] = v;
+    return j.dump();
+  };
+  std::string err = resume_with("squeeze.train_config", with("batch", 3.7));
+  EXPECT_TRUE(contains(err, path) && contains(err, "\"batch\"")) << err;
+  err = resume_with("squeeze.train_config", with("epochs", -3));
+  EXPECT_TRUE(contains(err, path) && contains(err, "--epochs")) << err;
+  err = resume_with("squeeze.train_config", with("seed", -5));
+  EXPECT_TRUE(contains(err, path) && contains(err, "\"seed\"")) << err;
+  err = resume_with("squeeze.step", "2.5");
+  EXPECT_TRUE(contains(err, path) && contains(err, "squeeze.step")) << err;
+  err = resume_with("squeeze.step", "1e30");
+  EXPECT_TRUE(contains(err, path) && contains(err, "squeeze.step")) << err;
+  err = resume_with("squeeze.epoch_seen", "nan");
+  EXPECT_TRUE(contains(err, path) && contains(err, "squeeze.epoch_seen")) << err;
+  EXPECT_EQ(resume_with("squeeze.step", "1"), "");  // the control: an intact copy resumes
+  std::system(("rm -rf '" + data + "' '" + out + "'").c_str());
 }
 
 TEST(Cli, InfoPrintsTheTable) {
