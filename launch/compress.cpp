@@ -64,6 +64,10 @@ LoadedWeights describe_weights(const std::string& path) {
   }
   w.file = read_safetensors(path);
   const SafetensorsFile& f = *w.file;
+  auto kind = f.metadata.find("squeeze.kind");
+  if (kind != f.metadata.end() && kind->second == "checkpoint")
+    fail(path, ": the file is a training checkpoint, not a weights file (train writes weights.safetensors "
+         "beside it; a checkpoint is for --resume)");
   auto it = f.metadata.find("squeeze.model");
   if (it != f.metadata.end()) {
     const nlohmann::json j = metadata_json(path, "squeeze.model", it->second);

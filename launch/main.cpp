@@ -305,7 +305,7 @@ int main(int argc, char** argv) {
   eval_model.add(eval);
   std::string eval_weights, eval_dataset = "fashion-mnist", eval_dir;
   int eval_batch = 256;
-  eval->add_option("--weights", eval_weights, "safetensors weights, checkpoint or compressed model")->required();
+  eval->add_option("--weights", eval_weights, "safetensors weights (train's weights.safetensors) or a compressed model (.sqz); not a checkpoint")->required();
   eval->add_option("--dataset", eval_dataset, "fashion-mnist | mnist | cifar10")->capture_default_str();
   eval->add_option("--data-dir", eval_dir, "directory of the data files");
   eval->add_option("--batch-size", eval_batch, "batch size")->capture_default_str();

@@ -726,6 +726,18 @@ TEST(WeightsFile, DamagedMetadataIsRefusedNamingTheFile) {
   expect_refused(model.dump(), R"({"mean": [0.3, 0.1], "std": [0.2, 0.2]})", "\"mean\"");
   expect_refused(model.dump(), R"({"mean": "x", "std": [0.2]})", "\"mean\"");
   expect_refused(model.dump(), R"({"std": [0.2]})", "\"mean\"");
+  // A training checkpoint (parameters and momentum, twice the values) is named as one, before its
+  // metadata is checked against its tensors.
+  const std::vector<float> v(p.size(), 0.5f);
+  save_checkpoint(path, m.layout(), p.data(), v.data(), {{"squeeze.model", model.dump()}});
+  std::string err;
+  try {
+    describe_weights(path);
+  } catch (const Error& e) {
+    err = e.what();
+  }
+  EXPECT_EQ(err.rfind(path + ": ", 0), 0u) << err;
+  EXPECT_NE(err.find("training checkpoint, not a weights file"), std::string::npos) << err;
   std::system(("rm -rf '" + std::string(tmpl) + "'").c_str());
 }
 
