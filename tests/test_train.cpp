@@ -452,10 +452,10 @@ TEST(Train, OutputsThatCannotBeWrittenAreRefusedBeforeTraining) {
   std::system(("rm -rf '" + data + "' '" + out + "'").c_str());
 }
 
-// The checkpoint holds what the run computes, not where its data lies: --resume with --data-dir
-// reads the data there (it used to fall back to the format's default directory).
-TEST(Train, ResumeReadsTheDataFromTheGivenDirectory) {
-  const std::string data = temp_dir("tiny_resume"), out = temp_dir("resume_dir");
+namespace {
+// The tiny set (64 samples) written to `data`, and a checkpoint after its first step (batch 32) in
+// `out`.
+void checkpoint_after_one_step(const std::string& data, const std::string& out) {
   write_tiny_mnist(data, 64, 32);
   auto comm = make_local_communicator();
   RunOptions first;
@@ -463,6 +463,15 @@ TEST(Train, ResumeReadsTheDataFromTheGivenDirectory) {
   first.out_dir = out;
   first.max_steps = 1;
   ASSERT_EQ(train(tiny_mnist_config(data), first, *comm).steps, 1);
+}
+}  // namespace
+
+// The checkpoint holds what the run computes, not where its data lies: --resume with --data-dir
+// reads the data there (it used to fall back to the format's default directory).
+TEST(Train, ResumeReadsTheDataFromTheGivenDirectory) {
+  const std::string data = temp_dir("tiny_resume"), out = temp_dir("resume_dir");
+  checkpoint_after_one_step(data, out);
+  auto comm = make_local_communicator();
   RunOptions second;
   second.quiet = true;
   second.resume = out + "/checkpoint.safetensors";
@@ -479,13 +488,8 @@ TEST(Train, ResumeReadsTheDataFromTheGivenDirectory) {
 // never read with a truncated or wrapped value (batch 3.7 as 3, step 1e30 as INT64_MIN).
 TEST(Train, ResumeRefusesDamagedMetadataNamingTheCheckpoint) {
   const std::string data = temp_dir("tiny_damaged"), out = temp_dir("damaged");
-  write_tiny_mnist(data, 64, 32);
+  checkpoint_after_one_step(data, out);
   auto comm = make_local_communicator();
-  RunOptions first;
-  first.quiet = true;
-  first.out_dir = out;
-  first.max_steps = 1;
-  train(tiny_mnist_config(data), first, *comm);
   const SafetensorsFile good = read_safetensors(out + "/checkpoint.safetensors");
   const nlohmann::json cfg = nlohmann::json::parse(good.metadata.at("squeeze.train_config"));
   auto resume_with = [&](const std::string& key, const std::string& value) {
