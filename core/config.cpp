@@ -93,6 +93,10 @@ int64_t integer_in(const nlohmann::json& v, const std::string& what, int64_t lo,
   return x;
 }
 
+int int_in(const nlohmann::json& v, const std::string& what) {
+  return int(integer_in(v, what, std::numeric_limits<int>::min(), std::numeric_limits<int>::max()));
+}
+
 }  // namespace
 
 const nlohmann::json& json_field(const nlohmann::json& j, const char* key) {
@@ -102,9 +106,12 @@ const nlohmann::json& json_field(const nlohmann::json& j, const char* key) {
   return *it;
 }
 
-int64_t json_integer(const nlohmann::json& j, const char* key, int64_t lo, int64_t hi) {
-  return integer_in(json_field(j, key), str("\"", key, "\""), lo, hi);
+int64_t json_integer(const nlohmann::json& j, const char* key) {
+  return integer_in(json_field(j, key), str("\"", key, "\""), std::numeric_limits<int64_t>::min(),
+                    std::numeric_limits<int64_t>::max());
 }
+
+int json_int(const nlohmann::json& j, const char* key) { return int_in(json_field(j, key), str("\"", key, "\"")); }
 
 uint64_t json_unsigned(const nlohmann::json& j, const char* key) {
   const nlohmann::json& v = json_field(j, key);
@@ -132,23 +139,22 @@ bool json_bool(const nlohmann::json& j, const char* key) {
 }
 
 ModelConfig model_config_from_json(const nlohmann::json& j) {
-  constexpr int64_t kIntMax = std::numeric_limits<int>::max(), kIntMin = std::numeric_limits<int>::min();
   ModelConfig c;
   try {
     c = preset(json_string(j, "model"));
     c.stem = parse_stem(json_string(j, "stem"));
     c.bypass = parse_bypass(json_string(j, "bypass"));
-    c.num_classes = int(json_integer(j, "classes", kIntMin, kIntMax));
+    c.num_classes = json_int(j, "classes");
     const nlohmann::json& in = json_field(j, "input");
     if (!in.is_array() || in.size() != 3)
       fail("\"input\" must be [channels, height, width], got ", shown(in));
-    c.in_c = int(integer_in(in[0], "input channels", kIntMin, kIntMax));
-    c.in_h = int(integer_in(in[1], "input height", kIntMin, kIntMax));
-    c.in_w = int(integer_in(in[2], "input width", kIntMin, kIntMax));
-    c.base_e = int(json_integer(j, "base_e", kIntMin, kIntMax));
-    c.incr_e = int(json_integer(j, "incr_e", kIntMin, kIntMax));
+    c.in_c = int_in(in[0], "input channels");
+    c.in_h = int_in(in[1], "input height");
+    c.in_w = int_in(in[2], "input width");
+    c.base_e = json_int(j, "base_e");
+    c.incr_e = json_int(j, "incr_e");
     c.pct_3x3 = json_number(j, "pct_3x3");
-    c.freq = int(json_integer(j, "freq", kIntMin, kIntMax));
+    c.freq = json_int(j, "freq");
     c.sr = json_number(j, "sr");
     c.dropout = json_number(j, "dropout");
     c.validate();

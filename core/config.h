@@ -59,7 +59,8 @@ ModelConfig model_config_from_json(const nlohmann::json& j);  // validates
 // (nlohmann's get<int> truncates 2.5 and wraps 1e20 without a word). A fault throws sq::Error
 // naming the key: "\"epochs\" must be an integer in [...], got 2.5".
 const nlohmann::json& json_field(const nlohmann::json& j, const char* key);
-int64_t json_integer(const nlohmann::json& j, const char* key, int64_t lo, int64_t hi);
+int64_t json_integer(const nlohmann::json& j, const char* key);
+int json_int(const nlohmann::json& j, const char* key);  // an integer in int's range
 uint64_t json_unsigned(const nlohmann::json& j, const char* key);
 double json_number(const nlohmann::json& j, const char* key);
 std::string json_string(const nlohmann::json& j, const char* key);

@@ -9,7 +9,6 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
-#include <limits>
 #include <optional>
 #include <nlohmann/json.hpp>
 #include <sys/stat.h>
@@ -147,31 +146,29 @@ nlohmann::json to_json(const TrainConfig& c) {
 }
 
 TrainConfig train_config_from_json(const nlohmann::json& j) {
-  constexpr int64_t kIntMax = std::numeric_limits<int>::max(), kIntMin = std::numeric_limits<int>::min();
-  constexpr int64_t kI64Max = std::numeric_limits<int64_t>::max(), kI64Min = std::numeric_limits<int64_t>::min();
   TrainConfig c;
   try {
     c.model = model_config_from_json(json_field(j, "model"));
     c.stem = json_string(j, "stem");
     c.data = parse_data_format(json_string(j, "dataset"));
-    c.epochs = int(json_integer(j, "epochs", kIntMin, kIntMax));
-    c.batch = int(json_integer(j, "batch", kIntMin, kIntMax));
+    c.epochs = json_int(j, "epochs");
+    c.batch = json_int(j, "batch");
     const nlohmann::json& s = json_field(j, "schedule");
     c.schedule.kind = json_string(s, "kind");
     c.schedule.lr = json_number(s, "lr");
-    c.schedule.warmup = json_integer(s, "warmup", kI64Min, kI64Max);
-    c.schedule.step_size = json_integer(s, "step_size", kI64Min, kI64Max);
+    c.schedule.warmup = json_integer(s, "warmup");
+    c.schedule.step_size = json_integer(s, "step_size");
     c.schedule.gamma = json_number(s, "gamma");
     c.momentum = json_number(j, "momentum");
     c.weight_decay = json_number(j, "weight_decay");
     c.clip_grad_norm = json_number(j, "clip_grad_norm");
     c.init = json_string(j, "init");
     c.seed = json_unsigned(j, "seed");
-    c.augment.crop_pad = int(json_integer(j, "crop_pad", kIntMin, kIntMax));
+    c.augment.crop_pad = json_int(j, "crop_pad");
     c.augment.hflip = json_bool(j, "hflip");
     c.shuffle = json_bool(j, "shuffle");
-    c.train_limit = json_integer(j, "train_limit", kI64Min, kI64Max);
-    c.test_limit = json_integer(j, "test_limit", kI64Min, kI64Max);
+    c.train_limit = json_integer(j, "train_limit");
+    c.test_limit = json_integer(j, "test_limit");
     c.validate();
   } catch (const Error& e) {
     fail("training config: ", e.what());

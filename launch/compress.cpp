@@ -30,21 +30,23 @@ nlohmann::json metadata_json(const std::string& path, const std::string& key, co
 // divides every input by zero) per input channel (`channels`; 0: not known, any equal count).
 Normalization normalization_from_json(const std::string& path, const nlohmann::json& j, int channels) {
   const std::string where = path + ": metadata squeeze.normalization";
-  Normalization n;
-  for (const char* key : {"mean", "std"}) {
-    const bool is_std = key[0] == 's';
+  auto numbers = [&](const char* key, bool positive) {
     const auto it = j.is_object() ? j.find(key) : j.end();
     if (it == j.end() || !it->is_array() || it->empty() || (channels > 0 && int(it->size()) != channels))
       fail(where, ": \"", key, "\" must be an array of one number per input channel",
            channels > 0 ? str(" (", channels, ")") : "");
-    std::vector<float>& out = is_std ? n.stddev : n.mean;
+    std::vector<float> out;
     for (const nlohmann::json& v : *it) {
       const double x = v.is_number() ? v.get<double>() : std::nan("");
-      if (!std::isfinite(x) || (is_std && !(x > 0)))
-        fail(where, ": \"", key, "\" holds ", v.dump(), ", not a ", is_std ? "positive " : "", "finite number");
+      if (!std::isfinite(x) || (positive && !(x > 0)))
+        fail(where, ": \"", key, "\" holds ", v.dump(), ", not a ", positive ? "positive " : "", "finite number");
       out.push_back(float(x));
     }
-  }
+    return out;
+  };
+  Normalization n;
+  n.mean = numbers("mean", false);
+  n.stddev = numbers("std", true);
   if (n.mean.size() != n.stddev.size())
     fail(where, ": ", n.mean.size(), " means but ", n.stddev.size(), " standard deviations");
   return n;

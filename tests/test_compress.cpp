@@ -696,16 +696,19 @@ TEST(WeightsFile, DamagedMetadataIsRefusedNamingTheFile) {
   const Model m(tiny_config(), 1, false);
   const std::vector<float> p = random_params(m);
   const nlohmann::json model = to_json(tiny_config());
-  auto describe = [&](const std::string& model_meta, const std::string& norm_meta) {
-    Metadata meta = {{"squeeze.model", model_meta}};
-    if (!norm_meta.empty()) meta["squeeze.normalization"] = norm_meta;
-    export_weights(path, m.layout(), p.data(), meta);
+  auto refusal = [&] {  // describe_weights(path)'s error, or ""
     try {
       describe_weights(path);
     } catch (const Error& e) {
       return std::string(e.what());
     }
     return std::string();
+  };
+  auto describe = [&](const std::string& model_meta, const std::string& norm_meta) {
+    Metadata meta = {{"squeeze.model", model_meta}};
+    if (!norm_meta.empty()) meta["squeeze.normalization"] = norm_meta;
+    export_weights(path, m.layout(), p.data(), meta);
+    return refusal();
   };
   auto expect_refused = [&](const std::string& model_meta, const std::string& norm_meta,
                             const std::string& word) {
@@ -730,12 +733,7 @@ TEST(WeightsFile, DamagedMetadataIsRefusedNamingTheFile) {
   // metadata is checked against its tensors.
   const std::vector<float> v(p.size(), 0.5f);
   save_checkpoint(path, m.layout(), p.data(), v.data(), {{"squeeze.model", model.dump()}});
-  std::string err;
-  try {
-    describe_weights(path);
-  } catch (const Error& e) {
-    err = e.what();
-  }
+  const std::string err = refusal();
   EXPECT_EQ(err.rfind(path + ": ", 0), 0u) << err;
   EXPECT_NE(err.find("training checkpoint, not a weights file"), std::string::npos) << err;
   std::system(("rm -rf '" + std::string(tmpl) + "'").c_str());
