@@ -106,13 +106,18 @@ std::string error_of(F&& f) {
 
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
-// Runs the CLI, returns its exit status and puts stderr in *err.
+// Runs the CLI, returns its exit status and puts stderr in *err. The file is named by the process:
+// ctest runs these tests in parallel processes, and a shared name let one test read another's
+// message (a short message written over the start of a longer one).
 int run_cli(const std::string& args, std::string* err) {
-  std::string errfile = ::testing::TempDir() + "squeeze_cli_err.txt";
+  std::string errfile = ::testing::TempDir() + "squeeze_cli_err_" + std::to_string(::getpid()) + ".txt";
   std::string cmd = std::string(SQUEEZE_BINARY) + " " + args + " > /dev/null 2> " + errfile;
   int status = std::system(cmd.c_str());
-  std::ifstream f(errfile);
-  err->assign(std::istreambuf_iterator<char>(f), {});
+  {
+    std::ifstream f(errfile);
+    err->assign(std::istreambuf_iterator<char>(f), {});
+  }
+  std::remove(errfile.c_str());
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
@@ -529,10 +534,14 @@ TEST(Train, ResumeRefusesDamagedMetadataNamingTheCheckpoint) {
 }
 
 TEST(Cli, InfoPrintsTheTable) {
-  std::string out_file = ::testing::TempDir() + "squeeze_info.txt";
+  std::string out_file = ::testing::TempDir() + "squeeze_info_" + std::to_string(::getpid()) + ".txt";
   ASSERT_EQ(std::system((std::string(SQUEEZE_BINARY) + " info --model squeezenet1.0 > " + out_file).c_str()), 0);
-  std::ifstream f(out_file);
-  std::string text((std::istreambuf_iterator<char>(f)), {});
+  std::string text;
+  {
+    std::ifstream f(out_file);
+    text.assign(std::istreambuf_iterator<char>(f), {});
+  }
+  std::remove(out_file.c_str());
   EXPECT_NE(text.find("1248424"), std::string::npos) << text;
   EXPECT_NE(text.find("818924576"), std::string::npos) << text;
   EXPECT_NE(text.find("96x109x109"), std::string::npos) << text;
