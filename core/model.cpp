@@ -208,8 +208,83 @@ void BasicModel<T>::plan(bool allocate) {
   }
 }
 
+namespace {
+
+// The first whitespace-separated number of a file ("max" and anything unreadable: nothing).
+bool read_bytes(const std::string& path, double* v) {
+  std::FILE* f = std::fopen(path.c_str(), "r");
+  if (!f) return false;
+  unsigned long long x = 0;
+  const bool ok = std::fscanf(f, "%llu", &x) == 1;
+  std::fclose(f);
+  if (ok) *v = double(x);
+  return ok;
+}
+
+// The value of `key` in a memory.stat file (0 when absent).
+double stat_value(const std::string& path, const char* key) {
+  std::FILE* f = std::fopen(path.c_str(), "r");
+  if (!f) return 0;
+  char name[128];
+  unsigned long long x = 0;
+  double v = 0;
+  while (std::fscanf(f, "%127s %llu", name, &x) == 2)
+    if (std::strcmp(name, key) == 0) {
+      v = double(x);
+      break;
+    }
+  std::fclose(f);
+  return v;
+}
+
+}  // namespace
+
+double cgroup_memory_available(const std::string& self_cgroup, const std::string& cgroup_root) {
+  double best = INFINITY;
+  std::FILE* f = std::fopen(self_cgroup.c_str(), "r");
+  if (!f) return best;
+  char line[4096];
+  while (std::fgets(line, sizeof line, f)) {
+    // "ID:CONTROLLERS:PATH": v2 is "0::PATH" under the root; v1's memory controller has its own
+    // mount, ROOT/memory.
+    std::string l(line);
+    if (!l.empty() && l.back() == '\n') l.pop_back();
+    const size_t a = l.find(':'), b = a == std::string::npos ? a : l.find(':', a + 1);
+    if (b == std::string::npos) continue;
+    const std::string controllers = l.substr(a + 1, b - a - 1);
+    std::string path = l.substr(b + 1);
+    bool v1 = false;
+    if (controllers.empty() && l.compare(0, a, "0") == 0) {
+      v1 = false;
+    } else {
+      std::stringstream in(controllers);
+      std::string c;
+      while (std::getline(in, c, ',')) v1 = v1 || c == "memory";
+      if (!v1) continue;
+    }
+    const std::string base = v1 ? cgroup_root + "/memory" : cgroup_root;
+    // The process's cgroup, then each ancestor up to the root (limits are hierarchical).
+    while (true) {
+      const std::string dir = base + (path == "/" ? "" : path);
+      double limit = 0, usage = 0;
+      const bool limited = v1 ? read_bytes(dir + "/memory.limit_in_bytes", &limit) && limit < 0x1p62
+                              : read_bytes(dir + "/memory.max", &limit);
+      if (limited && read_bytes(dir + (v1 ? "/memory.usage_in_bytes" : "/memory.current"), &usage)) {
+        const double cache = stat_value(dir + "/memory.stat", v1 ? "total_inactive_file" : "inactive_file");
+        best = std::min(best, std::max(0.0, limit - std::max(0.0, usage - cache)));
+      }
+      if (path.empty() || path == "/") break;
+      const size_t slash = path.find_last_of('/');
+      path = slash == 0 || slash == std::string::npos ? "/" : path.substr(0, slash);
+    }
+  }
+  std::fclose(f);
+  return best;
+}
+
 void require_memory(double bytes, const std::string& what) {
-  // MemAvailable: what can be allocated without swapping or the OOM killer; else all of it.
+  // MemAvailable: what can be allocated without swapping or the OOM killer; else all of it; and
+  // no more than the cgroup allows.
   double avail = 0;
   std::FILE* f = std::fopen("/proc/meminfo", "r");
   if (f) {
@@ -221,9 +296,13 @@ void require_memory(double bytes, const std::string& what) {
   }
   const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
   if (avail <= 0 && pages > 0 && page > 0) avail = double(pages) * double(page);
-  if (avail > 0 && bytes > avail)
-    fail(what, " need ", gib(bytes), " GiB, more than the ", gib(avail),
-         " GiB of memory available; lower the batch size or the model's width");
+  const double cgroup = cgroup_memory_available();
+  const bool by_cgroup = cgroup < avail || (avail <= 0 && std::isfinite(cgroup));
+  if (by_cgroup) avail = cgroup;
+  if ((avail > 0 || by_cgroup) && bytes > avail)
+    fail(what, " need ", gib(bytes), " GiB, more than the ", gib(avail), " GiB of memory ",
+         by_cgroup ? "this process's cgroup leaves it" : "available",
+         "; lower the batch size or the model's width");
 }
 
 template <class T>

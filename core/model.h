@@ -123,10 +123,20 @@ std::vector<char> relu_backward_by_next(const std::vector<Layer>& layers);
 double check_layers_tolerance(OperandRounding r);
 
 // Throws sq::Error "<what> need N GiB, more than the M GiB of memory available" when `bytes`
-// exceed the memory available (/proc/meminfo's MemAvailable): a request that large is refused
-// with a std::bad_alloc that names nothing or, with overcommit, granted and then ended by the
-// kernel's OOM killer.
+// exceed the memory available: /proc/meminfo's MemAvailable, or less where the process's cgroup
+// limits it (cgroup_memory_available). A request that large is refused with a std::bad_alloc
+// that names nothing or, with overcommit, granted and then ended by the kernel's OOM killer.
 void require_memory(double bytes, const std::string& what);
+
+// What the memory cgroups of this process still let it allocate, in bytes: over its cgroup and
+// each ancestor that has a limit, the smallest of limit - (usage - inactive file pages), the
+// file pages being cache the kernel reclaims first. cgroup v2 (memory.max, memory.current,
+// memory.stat's inactive_file) and v1 (memory.limit_in_bytes, memory.usage_in_bytes,
+// total_inactive_file) alike. Infinity where no cgroup is limited or none is readable: in a
+// container, MemAvailable is the host's, and only the cgroup says what the container may use.
+// The paths are parameters for the tests.
+double cgroup_memory_available(const std::string& self_cgroup = "/proc/self/cgroup",
+                               const std::string& cgroup_root = "/sys/fs/cgroup");
 
 // Per-layer table like the paper's Table 1 (for `squeeze info`).
 template <class T>

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -419,6 +420,11 @@ int main(int argc, char** argv) {
       run_info(info_model, info_input, info_classes, info_weights);
     }
     comm.reset();
+    // What went to stdout (info's table, eval's accuracy, the progress lines) must have arrived:
+    // `squeeze info > /dev/full` is an error, not exit 0 with nothing written.
+    errno = 0;
+    if (std::fflush(stdout) != 0 || std::ferror(stdout))
+      fail("cannot write standard output", errno ? std::string(": ") + std::strerror(errno) : "");
   } catch (const std::exception& e) {
     fail_job(job, e.what());
   }

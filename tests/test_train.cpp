@@ -106,12 +106,12 @@ std::string error_of(F&& f) {
 
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
-// Runs the CLI, returns its exit status and puts stderr in *err. The file is named by the process:
+// Runs the CLI with stdout to `out`, returns its exit status and puts stderr in *err. The file is named by the process:
 // ctest runs these tests in parallel processes, and a shared name let one test read another's
 // message (a short message written over the start of a longer one).
-int run_cli(const std::string& args, std::string* err) {
+int run_cli(const std::string& args, std::string* err, const std::string& out = "/dev/null") {
   std::string errfile = ::testing::TempDir() + "squeeze_cli_err_" + std::to_string(::getpid()) + ".txt";
-  std::string cmd = std::string(SQUEEZE_BINARY) + " " + args + " > /dev/null 2> " + errfile;
+  std::string cmd = std::string(SQUEEZE_BINARY) + " " + args + " > " + out + " 2> " + errfile;
   int status = std::system(cmd.c_str());
   {
     std::ifstream f(errfile);
@@ -423,6 +423,50 @@ TEST(Train, AModelTooLargeForMemoryIsRefusedBeforeAllocating) {
   std::system(("rm -rf '" + data + "'").c_str());
 }
 
+// The cgroup limits that require_memory takes the smaller of with MemAvailable, read from fake
+// cgroup trees: v2 (a limit on the parent, "max" on the process's own cgroup), v1 (the memory
+// controller's own mount, its "unlimited" as a huge number), and nothing to read.
+TEST(Memory, CgroupLimitsAreReadForVersionsOneAndTwo) {
+  const std::string root = temp_dir("cgroup");
+  auto put = [&](const std::string& rel, const std::string& text) {
+    std::system(("mkdir -p \"$(dirname '" + root + rel + "')\"").c_str());
+    std::ofstream(root + rel) << text;
+  };
+  // v2: /a limits to 1,000,000 with 400,000 used of which 100,000 inactive file cache; /a/b
+  // has no limit of its own.
+  put("/v2/a/memory.max", "1000000\n");
+  put("/v2/a/memory.current", "400000\n");
+  put("/v2/a/memory.stat", "anon 250000\nfile 150000\ninactive_file 100000\nactive_file 50000\n");
+  put("/v2/a/b/memory.max", "max\n");
+  put("/v2/a/b/memory.current", "300000\n");
+  put("/self_v2", "0::/a/b\n");
+  EXPECT_DOUBLE_EQ(cgroup_memory_available(root + "/self_v2", root + "/v2"), 700000.0);
+  // A tighter limit below wins; usage beyond the limit is no room at all, not negative room.
+  put("/v2/a/b/memory.max", "350000\n");
+  EXPECT_DOUBLE_EQ(cgroup_memory_available(root + "/self_v2", root + "/v2"), 50000.0);
+  put("/v2/a/b/memory.max", "200000\n");
+  EXPECT_DOUBLE_EQ(cgroup_memory_available(root + "/self_v2", root + "/v2"), 0.0);
+
+  // v1 (hybrid: the "0::/" line finds no memory.max at the v2 root); the process's group is
+  // unlimited (2^63 rounded to pages), its parent is not; total_inactive_file, not
+  // inactive_file, counts the hierarchy.
+  put("/v1/memory/x/memory.limit_in_bytes", "2000000\n");
+  put("/v1/memory/x/memory.usage_in_bytes", "600000\n");
+  put("/v1/memory/x/memory.stat", "inactive_file 1\ntotal_inactive_file 100000\n");
+  put("/v1/memory/x/y/memory.limit_in_bytes", "9223372036854771712\n");
+  put("/v1/memory/x/y/memory.usage_in_bytes", "500000\n");
+  put("/self_v1", "5:devices:/x/y\n4:memory:/x/y\n0::/\n");
+  EXPECT_DOUBLE_EQ(cgroup_memory_available(root + "/self_v1", root + "/v1"), 1500000.0);
+  put("/self_v1", "4:cpu,memory:/x/y\n");  // controllers mounted together
+  EXPECT_DOUBLE_EQ(cgroup_memory_available(root + "/self_v1", root + "/v1"), 1500000.0);
+  put("/self_v1", "4:cpu:/x/y\n");  // no memory controller: no limit
+  EXPECT_EQ(cgroup_memory_available(root + "/self_v1", root + "/v1"), INFINITY);
+  EXPECT_EQ(cgroup_memory_available(root + "/missing", root + "/v1"), INFINITY);
+  // This machine's own cgroups: whatever they say, a number >= 0.
+  EXPECT_GE(cgroup_memory_available(), 0.0);
+  std::system(("rm -rf '" + root + "'").c_str());
+}
+
 // An output directory that cannot take the run's files is refused before the first step (a
 // fault injected at step 0 would otherwise be the error), not at the first checkpoint, and a
 // metrics file that cannot be written is an error, not silently missing lines.
@@ -531,6 +575,17 @@ TEST(Train, ResumeRefusesDamagedMetadataNamingTheCheckpoint) {
   EXPECT_TRUE(contains(err, path) && contains(err, "squeeze.epoch_seen")) << err;
   EXPECT_EQ(resume_with("squeeze.step", "1"), "");  // the control: an intact copy resumes
   std::system(("rm -rf '" + data + "' '" + out + "'").c_str());
+}
+
+// Output that cannot be written is an error: exit 0 would tell a script the table was saved.
+TEST(Cli, AFailedWriteToStandardOutputIsAnError) {
+  struct stat st;
+  if (::stat("/dev/full", &st) != 0) GTEST_SKIP() << "no /dev/full";
+  std::string err;
+  EXPECT_NE(run_cli("info --model squeezenet1.0", &err, "/dev/full"), 0);
+  EXPECT_TRUE(contains(err, "cannot write standard output")) << err;
+  EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
+  EXPECT_EQ(run_cli("info --model squeezenet1.0", &err), 0) << err;  // the control
 }
 
 TEST(Cli, InfoPrintsTheTable) {
