@@ -253,15 +253,11 @@ double cgroup_memory_available(const std::string& self_cgroup, const std::string
     if (b == std::string::npos) continue;
     const std::string controllers = l.substr(a + 1, b - a - 1);
     std::string path = l.substr(b + 1);
+    const bool v2 = controllers.empty() && l.compare(0, a, "0") == 0;
     bool v1 = false;
-    if (controllers.empty() && l.compare(0, a, "0") == 0) {
-      v1 = false;
-    } else {
-      std::stringstream in(controllers);
-      std::string c;
-      while (std::getline(in, c, ',')) v1 = v1 || c == "memory";
-      if (!v1) continue;
-    }
+    std::stringstream in(controllers);
+    for (std::string c; std::getline(in, c, ',');) v1 = v1 || c == "memory";
+    if (!v1 && !v2) continue;
     const std::string base = v1 ? cgroup_root + "/memory" : cgroup_root;
     // The process's cgroup, then each ancestor up to the root (limits are hierarchical).
     while (true) {
@@ -297,9 +293,12 @@ void require_memory(double bytes, const std::string& what) {
   const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
   if (avail <= 0 && pages > 0 && page > 0) avail = double(pages) * double(page);
   const double cgroup = cgroup_memory_available();
-  const bool by_cgroup = cgroup < avail || (avail <= 0 && std::isfinite(cgroup));
-  if (by_cgroup) avail = cgroup;
-  if ((avail > 0 || by_cgroup) && bytes > avail)
+  const bool by_cgroup = std::isfinite(cgroup) && (avail <= 0 || cgroup < avail);
+  if (by_cgroup)
+    avail = cgroup;
+  else if (avail <= 0)
+    return;  // nothing says how much there is
+  if (bytes > avail)
     fail(what, " need ", gib(bytes), " GiB, more than the ", gib(avail), " GiB of memory ",
          by_cgroup ? "this process's cgroup leaves it" : "available",
          "; lower the batch size or the model's width");

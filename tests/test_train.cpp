@@ -106,9 +106,9 @@ std::string error_of(F&& f) {
 
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
-// Runs the CLI with stdout to `out`, returns its exit status and puts stderr in *err. The file is named by the process:
-// ctest runs these tests in parallel processes, and a shared name let one test read another's
-// message (a short message written over the start of a longer one).
+// Runs the CLI with stdout to `out`, returns its exit status and puts stderr in *err. The stderr
+// file is named by the process: ctest runs these tests in parallel processes, and a shared name
+// let one test read another's message (a short one written over the start of a longer one).
 int run_cli(const std::string& args, std::string* err, const std::string& out = "/dev/null") {
   std::string errfile = ::testing::TempDir() + "squeeze_cli_err_" + std::to_string(::getpid()) + ".txt";
   std::string cmd = std::string(SQUEEZE_BINARY) + " " + args + " > " + out + " 2> " + errfile;
@@ -590,8 +590,8 @@ TEST(Cli, AFailedWriteToStandardOutputIsAnError) {
 
 TEST(Cli, InfoPrintsTheTable) {
   std::string out_file = ::testing::TempDir() + "squeeze_info_" + std::to_string(::getpid()) + ".txt";
-  ASSERT_EQ(std::system((std::string(SQUEEZE_BINARY) + " info --model squeezenet1.0 > " + out_file).c_str()), 0);
-  std::string text;
+  std::string err, text;
+  ASSERT_EQ(run_cli("info --model squeezenet1.0", &err, out_file), 0) << err;
   {
     std::ifstream f(out_file);
     text.assign(std::istreambuf_iterator<char>(f), {});
