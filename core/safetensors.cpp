@@ -513,6 +513,12 @@ void check_writable(const std::string& path) {
   if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) fail(path, ": is a directory");
 }
 
+bool same_file(const std::string& a, const std::string& b) {
+  struct stat sa, sb;
+  return ::stat(a.c_str(), &sa) == 0 && ::stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev &&
+         sa.st_ino == sb.st_ino;
+}
+
 void atomic_write_file(const std::string& path, const void* data, size_t size) {
   if (path.empty()) fail("atomic write: empty path");
   const std::string dir = dir_of(path);

@@ -47,4 +47,7 @@ void atomic_write_file(const std::string& path, const void* data, size_t size);
 // naming the path otherwise, so that a long run is refused at its start rather than at its end.
 void check_writable(const std::string& path);
 
+// Whether a and b name one existing file (through any links or spellings of the path).
+bool same_file(const std::string& a, const std::string& b);
+
 }  // namespace sq

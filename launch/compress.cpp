@@ -1,6 +1,5 @@
 #include "launch/compress.h"
 
-#include <sys/stat.h>
 
 #include <cmath>
 #include <cstdio>
@@ -115,13 +114,6 @@ void check_model_fits(const std::string& what, const ModelConfig& c, const Datas
 }
 
 namespace {
-
-// Whether a and b name one existing file (through any links or spellings of the path).
-bool same_file(const std::string& a, const std::string& b) {
-  struct stat sa, sb;
-  return ::stat(a.c_str(), &sa) == 0 && ::stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev &&
-         sa.st_ino == sb.st_ino;
-}
 
 std::string with_commas(size_t n) {
   std::string s = std::to_string(n);
