@@ -1,6 +1,5 @@
 #include "launch/compress.h"
 
-
 #include <cmath>
 #include <cstdio>
 #include <optional>
