@@ -1,12 +1,17 @@
 // safetensors reader/writer and the atomic file write under it. See docs/FORMATS.md.
 #include "core/safetensors.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <sched.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -500,6 +505,111 @@ std::string dir_of(const std::string& path) {
   return slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
 }
 
+// A Ctrl-C or a scheduler's SIGTERM during a checkpoint write would otherwise leave a
+// checkpoint-sized temporary behind. One slot, for the handler: the path is written before
+// `g_armed` is set, and only whoever clears `g_armed` (an exchange) reads it afterwards.
+constexpr int kCleanupSignals[] = {SIGINT, SIGTERM, SIGHUP, SIGXFSZ};
+constexpr int kNumCleanupSignals = sizeof kCleanupSignals / sizeof kCleanupSignals[0];
+static_assert(std::atomic<bool>::is_always_lock_free, "the signal handler needs lock-free atomics");
+
+std::atomic<bool> g_slot_taken{false};  // try-lock: one write at a time is protected
+std::atomic<bool> g_armed{false};       // g_tmp_path names a temporary that may exist
+std::atomic<bool> g_removed{false};     // a handler took the slot and is done with g_tmp_path
+pid_t g_tmp_owner = 0;                  // a forked child must not remove its parent's temporary
+char g_tmp_path[PATH_MAX];
+struct sigaction g_prev_action[kNumCleanupSignals];
+
+// Async-signal-safe calls only. Removes the temporary, then lets the signal do what it did before
+// (kill the process, or run the handler that was there first, e.g. an MPI library's).
+void remove_temp_on_signal(int sig) {
+  const int saved_errno = errno;
+  if (g_armed.exchange(false)) {
+    if (::getpid() == g_tmp_owner) ::unlink(g_tmp_path);
+    g_removed.store(true);
+  }
+  for (int i = 0; i < kNumCleanupSignals; ++i)
+    if (kCleanupSignals[i] == sig) ::sigaction(sig, &g_prev_action[i], nullptr);
+  ::raise(sig);  // blocked until this handler returns, then delivered to the previous action
+  errno = saved_errno;
+}
+
+bool install_cleanup_handlers() {
+  struct sigaction ours;
+  std::memset(&ours, 0, sizeof ours);
+  ours.sa_handler = remove_temp_on_signal;
+  sigemptyset(&ours.sa_mask);
+  for (int s : kCleanupSignals) sigaddset(&ours.sa_mask, s);
+  ours.sa_flags = SA_RESTART;
+  for (int i = 0; i < kNumCleanupSignals; ++i) {
+    struct sigaction old;
+    if (::sigaction(kCleanupSignals[i], nullptr, &old) != 0) continue;
+    // An ignored signal (nohup's SIGHUP) must stay harmless.
+    if (!(old.sa_flags & SA_SIGINFO) && old.sa_handler == SIG_IGN) continue;
+    g_prev_action[i] = old;
+    ::sigaction(kCleanupSignals[i], &ours, nullptr);
+  }
+  return true;
+}
+
+// Holds the slot while the temporary exists. Another thread writing at the same time finds the
+// slot taken and goes unprotected (a signal then leaves its temporary, for the next run to remove).
+class TempSlot {
+ public:
+  explicit TempSlot(const std::string& tmp) {
+    if (tmp.size() >= sizeof g_tmp_path || g_slot_taken.exchange(true)) return;
+    std::memcpy(g_tmp_path, tmp.c_str(), tmp.size() + 1);
+    g_tmp_owner = ::getpid();
+    g_armed.store(true);
+    held_ = true;
+  }
+  TempSlot(const TempSlot&) = delete;
+  TempSlot& operator=(const TempSlot&) = delete;
+  ~TempSlot() { release(); }
+  // Gives the slot up; false if a signal handler took it (and removed the temporary) first.
+  bool release() {
+    if (!held_) return true;
+    held_ = false;
+    const bool ours = g_armed.exchange(false);
+    if (!ours)  // the handler may still be reading g_tmp_path on another thread
+      while (!g_removed.load()) ::sched_yield();
+    g_removed.store(false);
+    g_slot_taken.store(false);
+    return ours;
+  }
+
+ private:
+  bool held_ = false;
+};
+
+// Removes `<base>.tmp.<pid>.XXXXXX` files in `dir` left by a process that no longer exists (killed
+// by SIGKILL, or the machine lost power). Best effort; a live process's temporary is never touched.
+void remove_stale_temps(const std::string& dir, const std::string& base) {
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return;  // the write itself will report why
+  const std::string prefix = base + ".tmp.";
+  const pid_t self = ::getpid();
+  std::vector<std::string> stale;
+  while (const struct dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name;
+    if (name.size() < prefix.size() + 8 || name.compare(0, prefix.size(), prefix) != 0) continue;
+    const size_t dot = name.size() - 7;  // before mkstemp's six letters and digits
+    const std::string digits = name.substr(prefix.size(), dot - prefix.size());
+    auto digit = [](char c) { return c >= '0' && c <= '9'; };
+    auto alnum = [&](char c) {
+      return digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+    };
+    if (name[dot] != '.' || !std::all_of(name.begin() + dot + 1, name.end(), alnum) ||
+        digits.size() > 9 || !std::all_of(digits.begin(), digits.end(), digit))
+      continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(digits));
+    if (pid <= 0 || pid == self) continue;
+    // ESRCH only: EPERM means alive (another user's process).
+    if (::kill(pid, 0) != 0 && errno == ESRCH) stale.push_back(name);
+  }
+  for (const std::string& name : stale) ::unlinkat(::dirfd(d), name.c_str(), 0);
+  ::closedir(d);
+}
+
 }  // namespace
 
 void check_writable(const std::string& path) {
@@ -522,17 +632,22 @@ bool same_file(const std::string& a, const std::string& b) {
 void atomic_write_file(const std::string& path, const void* data, size_t size) {
   if (path.empty()) fail("atomic write: empty path");
   const std::string dir = dir_of(path);
+  remove_stale_temps(dir, path.substr(path.rfind('/') + 1));
+  static const bool handlers_installed = install_cleanup_handlers();
+  (void)handlers_installed;
 
   std::string tmp = path + ".tmp." + std::to_string(::getpid()) + ".XXXXXX";
   int fd = ::mkostemp(tmp.data(), O_CLOEXEC);
   if (fd < 0)
     fail(path, ": cannot create a temporary file in ", dir, ": ", std::strerror(errno));
+  TempSlot slot(tmp);
 
   // From here on, any failure closes and removes the temporary and leaves `path` alone.
   auto bail = [&](const char* what) {
     int err = errno;
     if (fd >= 0) ::close(fd);
     ::unlink(tmp.c_str());
+    if (!slot.release()) fail(path, ": ", what, ": a signal removed the temporary file");
     fail(path, ": ", what, ": ", std::strerror(err));
   };
 
@@ -559,6 +674,9 @@ void atomic_write_file(const std::string& path, const void* data, size_t size) {
   fd = -1;
   if (rc != 0) bail("close failed");
   if (::rename(tmp.c_str(), path.c_str()) != 0) bail("cannot rename the temporary file over it");
+  // Released after the rename, not before, so that no instant is left unguarded: a handler
+  // that runs in between finds the name gone, and its unlink fails harmlessly.
+  slot.release();
 
   // The new file is in place; make the rename itself durable.
   int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -837,6 +838,67 @@ TEST_F(Formats, FailedWriteKeepsPreviousFile) {
   sq::Metadata meta = sq::load_checkpoint(p, layout, p2.data(), m2.data());
   EXPECT_EQ(meta.at("step"), "1");
   EXPECT_EQ(p2, params);
+}
+
+TEST_F(Formats, SignalDuringWriteRemovesTempAndKeepsPreviousFile) {
+  // SIGXFSZ, raised by the kernel at RLIMIT_FSIZE, stands in for a Ctrl-C or a scheduler's
+  // SIGTERM: it arrives mid-write and its default action kills the process.
+  const std::string p = path("ckpt.safetensors");
+  const std::string old = "previous checkpoint";
+  // This write also installs the handlers (if no earlier one did); the child inherits them.
+  sq::atomic_write_file(p, old.data(), old.size());
+  const std::vector<uint8_t> big(1 << 20, 0x5a);
+  std::fflush(nullptr);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0) << std::strerror(errno);
+  if (child == 0) {  // no gtest code here, and _exit: the parent's fixture must not run twice
+    struct rlimit no_core = {0, 0}, lim = {4096, 4096};
+    ::setrlimit(RLIMIT_CORE, &no_core);  // SIGXFSZ's default action dumps core
+    ::setrlimit(RLIMIT_FSIZE, &lim);
+    try {
+      sq::atomic_write_file(p, big.data(), big.size());
+    } catch (...) {
+      ::_exit(2);
+    }
+    ::_exit(0);  // not reached: the signal kills the child
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child) << std::strerror(errno);
+  ASSERT_TRUE(WIFSIGNALED(status)) << "the child exited with status " << WEXITSTATUS(status);
+  EXPECT_EQ(WTERMSIG(status), SIGXFSZ) << strsignal(WTERMSIG(status));
+  Bytes got = read_raw(p);
+  EXPECT_EQ(std::string(got.begin(), got.end()), old);
+  for (const std::string& name : listing())
+    EXPECT_EQ(name.find(".tmp."), std::string::npos) << "temporary left behind: " << name;
+}
+
+TEST_F(Formats, AtomicWriteRemovesTempsOfDeadProcessesOnly) {
+  // What SIGKILL or a power loss leaves is removed by the next write of the same file.
+  const pid_t dead = ::fork();
+  ASSERT_GE(dead, 0) << std::strerror(errno);
+  if (dead == 0) ::_exit(0);
+  ASSERT_EQ(::waitpid(dead, nullptr, 0), dead);
+  const std::string d = std::to_string(dead), self = std::to_string(::getpid());
+  const std::vector<std::string> kept = {
+      "w.safetensors.tmp." + self + ".ghijkl",   // this process: alive
+      "w.safetensors.tmp.1.mnopqr",              // init: alive
+      "other.tmp." + d + ".abcdef",              // another file's
+      "xw.safetensors.tmp." + d + ".abcdef",     // another file's, ending in the same name
+      "w.safetensors.tmp." + d + ".abcdefg",     // not mkstemp's six characters
+      "w.safetensors.tmp." + d + ".abc-ef",
+      "w.safetensors.tmp." + d + "x.abcdef",     // not a pid
+      "w.safetensors.tmp..abcdef",
+  };
+  for (const std::string& name : kept) write_raw(path(name), {1, 2, 3});
+  write_raw(path("w.safetensors.tmp." + d + ".abcdef"), {4, 5, 6});
+  const std::string s = "new bytes";
+  sq::atomic_write_file(path("w.safetensors"), s.data(), s.size());
+  Bytes got = read_raw(path("w.safetensors"));
+  EXPECT_EQ(std::string(got.begin(), got.end()), s);
+  std::vector<std::string> want = kept;
+  want.push_back("w.safetensors");
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(listing(), want);
 }
 
 TEST_F(Formats, WriteIntoReadOnlyDirectoryKeepsPreviousFile) {
