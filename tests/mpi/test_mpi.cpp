@@ -221,47 +221,98 @@ TrainConfig small_config() {
   return c;  // dropout 0.5, LSUV init and gradient clipping: the defaults
 }
 
+// A data set in MNIST's format whose every pixel and label is drawn at random (a fixed
+// generator: the same files on every rank), written to `dir`. Unlike Fashion-MNIST it has no
+// flat background: no max-pool window holds mathematically equal values.
+void write_random_mnist(const std::string& dir, int n_train, int n_test) {
+  ::mkdir(dir.c_str(), 0755);
+  std::mt19937 gen(12345);
+  auto write_idx = [&](const std::string& name, const std::vector<uint32_t>& dims) {
+    FILE* f = std::fopen((dir + "/" + name).c_str(), "wb");
+    ASSERT_NE(f, nullptr) << dir << "/" << name;
+    std::vector<uint32_t> header = {0x800u | uint32_t(dims.size())};
+    header.insert(header.end(), dims.begin(), dims.end());
+    for (uint32_t v : header) {
+      const unsigned char be[4] = {uint8_t(v >> 24), uint8_t(v >> 16), uint8_t(v >> 8), uint8_t(v)};
+      std::fwrite(be, 1, 4, f);
+    }
+    size_t count = 1;
+    for (uint32_t d : dims) count *= d;
+    for (size_t i = 0; i < count; ++i) std::fputc(dims.size() == 1 ? int(gen() % 10) : int(gen() % 256), f);
+    ASSERT_EQ(std::fclose(f), 0);
+  };
+  write_idx("train-images-idx3-ubyte", {uint32_t(n_train), 28, 28});
+  write_idx("train-labels-idx1-ubyte", {uint32_t(n_train)});
+  write_idx("t10k-images-idx3-ubyte", {uint32_t(n_test), 28, 28});
+  write_idx("t10k-labels-idx1-ubyte", {uint32_t(n_test)});
+}
+
 }  // namespace
 
 // -np N computes the same function as one process (dropout, augmentation and LSUV keyed by
 // global sample, the ragged batch split across ranks, sharded evaluation), up to the summation
-// order of floats: after one epoch (7 steps) the parameters and every metric agree to 1e-5.
-// Measured: 2e-7 at 2 ranks, 5e-8 at 4. The learning rate is low on purpose: early in training
-// a rounding difference can flip a discrete decision (mostly a max-pool window over Fashion-
-// MNIST's flat background, where mathematically exact ties are broken by rounding), and each
-// flip moves the parameters by about lr x a gradient element. At lr 0.005 and 2 epochs the
-// trajectories of 1 and 4 ranks part by 1e-4 after 14 steps, as do 1 and 2 threads of one
-// process (docs/ARCHITECTURE.md, "N ranks, one function").
+// order of floats. Each step of an epoch is checked from the same state: the N-rank run resumes
+// the one-process run's checkpoint after k steps and takes step k+1, and its parameters and
+// (after the last, ragged step) every metric agree with the one-process step to 1e-5.
+// Why step by step: a rounding difference can flip a discrete decision (a ReLU input or a max-pool
+// near-tie; the GEMM shapes, and with them the rounding, depend on the per-rank batch), and each
+// flip moves the parameters by about lr x a gradient element; whole trajectories then part by a
+// CPU-dependent amount. Measured on an AVX-512 EPYC over one epoch: 1.04e-5 at 4 ranks on
+// Fashion-MNIST and 8.5e-6 at 2 ranks on this random set, from one flip each (1.4e-6 at the step
+// it happened, carried forward and grown by momentum); other pairs stayed at 1e-9. A bug (a mask
+// or a sample on the wrong rank, a wrong scale) parts them at its first step by orders more.
 TEST(Train, RanksComputeTheSameFunctionAsOneProcess) {
-  if (!have_fashion()) GTEST_SKIP() << "Fashion-MNIST not installed at " << kFashion;
   TrainConfig c = small_config();
   c.epochs = 1;
-  RunOptions o;
-  o.quiet = true;
-  o.bucket_mib = 0.05;  // several buckets even for this narrow model
+  // Each rank its own data and its own one-process checkpoints (no rank reads what another
+  // writes); the one-process runs are the same on every rank.
+  const std::string dir = ::testing::TempDir() + "squeeze_mpi_steps_" + std::to_string(::getpid());
+  write_random_mnist(dir, 200, 200);
+  c.data = DataFormat::kMnist;
+  c.data_dir = dir;
   auto local = make_local_communicator();
-  const TrainResult one = train(c, o, *local);
-  for (MpiProgress mode : {MpiProgress::kThread, MpiProgress::kNonblocking}) {
-    SCOPED_TRACE(mode == MpiProgress::kThread ? "thread" : "nonblocking");
-    auto comm = make_mpi_communicator(mode);
-    o.check_replicas_every = 2;
-    const TrainResult many = train(c, o, *comm);
-    ASSERT_EQ(many.steps, one.steps);
-    ASSERT_EQ(many.epochs.size(), 1u);
-    const double d = rel_diff(many.params, one.params);
-    std::printf("rank %d of %d: parameters differ from one process by %.3g relative\n",
-                comm->rank(), comm->size(), d);
-    EXPECT_LT(d, 1e-5);
-    const EpochMetrics &a = many.epochs[0], &b = one.epochs[0];
-    EXPECT_NEAR(a.train_loss, b.train_loss, 1e-5 * b.train_loss);
-    EXPECT_EQ(a.train_acc, b.train_acc);
-    EXPECT_NEAR(a.test_loss, b.test_loss, 1e-5 * b.test_loss);
-    EXPECT_NEAR(a.test_acc, b.test_acc, 1.0 / 200 + 1e-12);  // a near-tie may flip one sample
+  const std::string ckpt = dir + "/one/checkpoint.safetensors", state = dir + "/state.safetensors";
+  double worst = 0;
+  for (int64_t k = 0;; ++k) {  // from the state after k steps, step k+1
+    SCOPED_TRACE("step " + std::to_string(k + 1));
+    RunOptions o;
+    o.quiet = true;
+    o.bucket_mib = 0.05;  // several buckets even for this narrow model
+    o.max_steps = k + 1;
+    if (k > 0) o.resume = state;
+    RunOptions one_o = o;
+    one_o.out_dir = dir + "/one";
+    one_o.resume = k > 0 ? ckpt : "";
+    const TrainResult one = train(c, one_o, *local);
+    for (MpiProgress mode : {MpiProgress::kThread, MpiProgress::kNonblocking}) {
+      SCOPED_TRACE(mode == MpiProgress::kThread ? "thread" : "nonblocking");
+      auto comm = make_mpi_communicator(mode);
+      o.check_replicas_every = 1;
+      const TrainResult many = train(c, o, *comm);
+      ASSERT_EQ(many.steps, k + 1);
+      const double d = rel_diff(many.params, one.params);
+      worst = std::max(worst, d);
+      EXPECT_LT(d, 1e-5);
+      ASSERT_EQ(many.epochs.size(), one.epochs.size());
+      if (one.epochs.empty()) continue;
+      const EpochMetrics &a = many.epochs[0], &b = one.epochs[0];
+      EXPECT_NEAR(a.train_loss, b.train_loss, 1e-5 * b.train_loss);
+      EXPECT_EQ(a.train_acc, b.train_acc);
+      EXPECT_NEAR(a.test_loss, b.test_loss, 1e-5 * b.test_loss);
+      EXPECT_NEAR(a.test_acc, b.test_acc, 1.0 / 200 + 1e-12);  // a near-tie may flip one sample
+    }
+    if (!one.epochs.empty()) break;  // the epoch's last step
+    // The one-process state after step k+1, for the next step's N-rank run to start from.
+    std::system(("cp '" + ckpt + "' '" + state + "'").c_str());
   }
+  std::printf("rank %d: every step's parameters within %.3g (relative) of one process\n", g_world.rank, worst);
+  std::system(("rm -rf '" + dir + "'").c_str());
 }
 
-// A checkpoint written by rank 0 of an N-rank run resumes in one process and finishes where an
-// uninterrupted one-process run does (to summation order, as above).
+// A checkpoint written by rank 0 of an N-rank run holds the whole state (resumed at N ranks, the
+// next step is bit-identical to the uninterrupted run's) and resumes in one process: its next step
+// agrees with the N-rank one to summation order (step by step, as above: trajectories part by
+// flipped decisions), and it runs the epoch to its end.
 TEST(Train, CheckpointOfNRanksResumesInOneProcess) {
   if (!have_fashion()) GTEST_SKIP() << "Fashion-MNIST not installed at " << kFashion;
   auto comm = make_mpi_communicator(MpiProgress::kThread);
@@ -269,22 +320,28 @@ TEST(Train, CheckpointOfNRanksResumesInOneProcess) {
   const std::string dir = ::testing::TempDir() + "squeeze_mpi_ckpt_" + std::to_string(pid0);
   TrainConfig c = small_config();
   c.epochs = 1;
-  RunOptions first;
-  first.quiet = true;
-  first.out_dir = dir;
-  first.max_steps = 4;  // mid-epoch
-  train(c, first, *comm);
-  comm->barrier();  // the checkpoint is on disk before anyone reads it
+  auto run = [&](Communicator& on, const std::string& out, const std::string& resume, int64_t max_steps) {
+    RunOptions o;
+    o.quiet = true;
+    o.out_dir = out;
+    o.resume = resume;
+    o.max_steps = max_steps;
+    return train(resume.empty() ? c : small_config(), o, on);  // resumed: the checkpoint's settings
+  };
+  const std::string ckpt = dir + "/checkpoint.safetensors";
+  run(*comm, dir, "", 4);  // mid-epoch
+  comm->barrier();         // the checkpoint is on disk before anyone reads it
+  const TrainResult straight = run(*comm, "", "", 5), resumed_n = run(*comm, "", ckpt, 5);
+  ASSERT_EQ(resumed_n.params.size(), straight.params.size());
+  EXPECT_EQ(std::memcmp(resumed_n.params.data(), straight.params.data(), straight.params.size() * sizeof(float)), 0)
+      << "resumed at the same world size, the step differs from the uninterrupted one";
   auto local = make_local_communicator();
-  RunOptions second;
-  second.quiet = true;
-  second.resume = dir + "/checkpoint.safetensors";
-  const TrainResult resumed = train(small_config(), second, *local);  // settings: the checkpoint's
-  RunOptions straight;
-  straight.quiet = true;
-  const TrainResult ref = train(c, straight, *local);
-  ASSERT_EQ(resumed.steps, ref.steps);
-  EXPECT_LT(rel_diff(resumed.params, ref.params), 1e-5);
+  const TrainResult resumed_1 = run(*local, "", ckpt, 5);
+  ASSERT_EQ(resumed_1.steps, 5);
+  EXPECT_LT(rel_diff(resumed_1.params, resumed_n.params), 1e-5);
+  const TrainResult to_end = run(*local, "", ckpt, 0);
+  EXPECT_EQ(to_end.steps, 7);
+  EXPECT_EQ(to_end.epochs.size(), 1u);
   comm->barrier();
   if (comm->rank() == 0) std::system(("rm -rf '" + dir + "'").c_str());
 }
@@ -382,6 +439,29 @@ TEST(Train, BadWorldShapesAreClearErrorsOnEveryRank) {
     EXPECT_NE(std::string(e.what()).find("not divisible by the world size"), std::string::npos)
         << e.what();
   }
+  // A resumed run keeps its batch: the error names the checkpoint, not a --batch-size it ignores.
+  const uint64_t pid0 = comm->allgather(uint64_t(::getpid()))[0];
+  const std::string dir = ::testing::TempDir() + "squeeze_mpi_oddbatch_" + std::to_string(pid0);
+  if (comm->rank() == 0) {
+    RunOptions one;
+    one.quiet = true;
+    one.out_dir = dir;
+    one.max_steps = 1;
+    auto local = make_local_communicator();
+    train(c, one, *local);  // batch 8P+1 in one process
+  }
+  comm->barrier();
+  RunOptions resume = o;
+  resume.resume = dir + "/checkpoint.safetensors";
+  try {
+    train(small_config(), resume, *comm);
+    ADD_FAILURE() << "a checkpoint whose batch the world size does not divide was resumed";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(resume.resume + ": the run's global batch " + std::to_string(8 * P + 1)),
+              std::string::npos) << e.what();
+  }
+  comm->barrier();
+  if (comm->rank() == 0) std::system(("rm -rf '" + dir + "'").c_str());
   c = small_config();
   c.train_limit = P - 1;
   c.batch = P;
