@@ -64,6 +64,9 @@ PruneSchedule parse_schedule(const std::string& spec, const Model& plan) {
     return s;
   }
   if (spec == "none" || spec.empty()) return s;
+  // A stray comma (leading, doubled or trailing) is a slip in the list, not an empty entry to skip.
+  if (spec.front() == ',' || spec.back() == ',' || spec.find(",,") != std::string::npos)
+    fail("prune schedule '", spec, "' has an empty entry (a stray comma)");
   std::stringstream in(spec);
   std::string item;
   while (std::getline(in, item, ',')) {

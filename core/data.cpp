@@ -363,7 +363,7 @@ Dataset load_cifar10_bin(const std::vector<std::string>& paths, const std::strin
   return d;
 }
 
-DataSplit load_dataset(DataFormat f, const std::string& dir) {
+DataSplit load_dataset(DataFormat f, const std::string& dir, bool with_train) {
   const std::string fmt = format_name(f);
   DataSplit s;
   if (f == DataFormat::kCifar10) {
@@ -373,7 +373,7 @@ DataSplit load_dataset(DataFormat f, const std::string& dir) {
       base += "/cifar-10-batches-bin";
     std::vector<std::string> train;
     for (int i = 1; i <= 5; ++i) train.push_back(base + "/data_batch_" + std::to_string(i) + ".bin");
-    s.train = load_cifar10_bin(train, fmt + "/train");
+    if (with_train) s.train = load_cifar10_bin(train, fmt + "/train");
     s.test = load_cifar10_bin({base + "/test_batch.bin"}, fmt + "/test");
     return s;
   }
@@ -386,11 +386,12 @@ DataSplit load_dataset(DataFormat f, const std::string& dir) {
     fail(gz, ": cannot open: ", std::strerror(e), " (nor ", raw, "); is the ", fmt,
          " data set installed there? Pass its directory with --data-dir");
   };
-  const std::string train_images = find("train-images-idx3-ubyte"), train_labels = find("train-labels-idx1-ubyte");
+  std::string train_images, train_labels;
+  if (with_train) train_images = find("train-images-idx3-ubyte"), train_labels = find("train-labels-idx1-ubyte");
   const std::string test_images = find("t10k-images-idx3-ubyte"), test_labels = find("t10k-labels-idx1-ubyte");
-  s.train = load_idx(train_images, train_labels, 10, fmt + "/train");
+  if (with_train) s.train = load_idx(train_images, train_labels, 10, fmt + "/train");
   s.test = load_idx(test_images, test_labels, 10, fmt + "/test");
-  if (s.train.h != s.test.h || s.train.w != s.test.w)
+  if (with_train && (s.train.h != s.test.h || s.train.w != s.test.w))
     fail(dir, ": train images are ", s.train.h, "x", s.train.w, " but test images are ", s.test.h, "x", s.test.w);
   return s;
 }

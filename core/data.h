@@ -42,8 +42,10 @@ Dataset load_idx(const std::string& images_path, const std::string& labels_path,
 Dataset load_cifar10_bin(const std::vector<std::string>& paths, const std::string& name);
 
 // Loads train and test splits of a format from a directory (file names as distributed:
-// train-images-idx3-ubyte[.gz], ..., or data_batch_{1..5}.bin and test_batch.bin).
-DataSplit load_dataset(DataFormat f, const std::string& dir);
+// train-images-idx3-ubyte[.gz], ..., or data_batch_{1..5}.bin and test_batch.bin). With
+// with_train false, the test split only (train left empty): evaluating weights that carry
+// their normalization needs nothing else.
+DataSplit load_dataset(DataFormat f, const std::string& dir, bool with_train = true);
 
 // Per-channel mean and standard deviation of a data set's pixels in [0, 1].
 struct Normalization {

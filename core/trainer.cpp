@@ -12,12 +12,14 @@
 #include <optional>
 #include <nlohmann/json.hpp>
 #include <sys/stat.h>
+#include <zlib.h>
 
 #include <csignal>
 
 #include "comm/reducer.h"
 #include "core/device_step.h"
 #include "core/checkpoint.h"
+#include "core/compress.h"
 #include "core/safetensors.h"
 #include "core/error.h"
 #include "core/rng.h"
@@ -96,6 +98,49 @@ void write_line(const std::string& path, std::ios::openmode mode, const std::str
   if (f.is_open() && !line.empty()) f << line << "\n";
   if (f.is_open()) f.close();
   if (f.fail()) fail(path, ": cannot write: ", std::strerror(errno));
+}
+
+// The training set's identity, kept in the checkpoint: its sample count and a CRC-32 of its
+// images and labels. --resume on other data would go on silently with another schedule (steps
+// per epoch) and another normalization.
+nlohmann::json data_fingerprint(const Dataset& d) {
+  uLong crc = crc32_z(0, Z_NULL, 0);
+  crc = crc32_z(crc, d.images.data(), d.images.size());
+  crc = crc32_z(crc, reinterpret_cast<const Bytef*>(d.labels.data()), d.labels.size() * sizeof(int32_t));
+  char hex[16];
+  std::snprintf(hex, sizeof hex, "%08lx", static_cast<unsigned long>(crc));
+  return {{"samples", d.n}, {"crc32", hex}};
+}
+
+std::string describe_fingerprint(const nlohmann::json& j) {
+  if (!j.is_object() || !j.contains("samples") || !j.contains("crc32")) return j.dump();
+  return str(j["samples"].dump(), " samples, CRC-32 ", j["crc32"].is_string() ? j["crc32"].get<std::string>() : j["crc32"].dump());
+}
+
+bool is_regular_file(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// On --resume, the metrics file keeps the epochs the checkpoint holds. An epoch's line is
+// written before its checkpoint, so a run stopped between the two would log that epoch again;
+// a line torn by the stop is dropped too. Returns the number of lines dropped.
+int64_t trim_metrics(const std::string& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in.is_open()) return 0;  // none here yet: the resumed run starts one
+  std::string line, kept;
+  int64_t dropped = 0;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    const bool keep = j.is_object() && j.contains("step") && j["step"].is_number_integer() &&
+                      j["step"].get<int64_t>() <= step;
+    if (keep) kept += line + "\n";
+    dropped += !keep;
+  }
+  if (in.bad()) fail(path, ": cannot read: ", std::strerror(errno));
+  if (dropped) atomic_write_file(path, kept.data(), kept.size());
+  return dropped;
 }
 
 }  // namespace
@@ -264,8 +309,15 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
   Metadata resume_meta;
   if (!opt.resume.empty()) {
     // The checkpoint's settings define the run; only how it runs comes from the command line.
+    if (is_compressed_file(opt.resume))
+      fail(opt.resume, ": a compressed model (.sqz), not a training checkpoint (--resume takes the "
+           "checkpoint.safetensors that train writes into --out)");
     resume_meta = read_safetensors(opt.resume).metadata;
     auto it = resume_meta.find("squeeze.train_config");
+    const auto kind = resume_meta.find("squeeze.kind");
+    if (it == resume_meta.end() && kind != resume_meta.end() && kind->second == "weights")
+      fail(opt.resume, ": a weights file, not a training checkpoint (--resume takes the "
+           "checkpoint.safetensors that train writes beside weights.safetensors)");
     if (it == resume_meta.end()) fail(opt.resume, ": checkpoint lacks its training config");
     nlohmann::json j;
     try {
@@ -283,8 +335,13 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     cfg.data_dir = data_dir;
   }
   cfg.validate();
+  if (cfg.batch % world != 0 && !opt.resume.empty())
+    fail(opt.resume, ": the run's global batch ", cfg.batch, " is not divisible by the world size ",
+         world, " (a resumed run keeps its batch: resume it on a world size that divides ", cfg.batch, ")");
   if (cfg.batch % world != 0)
     fail("--batch-size ", cfg.batch, " is not divisible by the world size ", world);
+  if (opt.fault.kind != FaultInjection::Kind::kNone && opt.fault.rank >= world)
+    fail("--inject-fault: rank ", opt.fault.rank, " does not exist (world size ", world, ")");
 
   const std::string dir = cfg.data_dir.empty() ? default_data_dir(cfg.data) : cfg.data_dir;
   DataSplit data = load_dataset(cfg.data, dir);
@@ -294,7 +351,24 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     data.train.labels.resize(size_t(cfg.train_limit));
   }
   adapt_model_to_data(cfg.model, cfg.stem, data.train);
-  const Normalization norm = compute_normalization(data.train);
+  const Normalization norm = opt.normalization ? *opt.normalization : compute_normalization(data.train);
+  const nlohmann::json norm_json = {{"mean", norm.mean}, {"std", norm.stddev}};
+  const nlohmann::json fingerprint = data_fingerprint(data.train);
+  if (!opt.resume.empty()) {
+    const auto it = resume_meta.find("squeeze.train_data");
+    const nlohmann::json held = it == resume_meta.end() ? nlohmann::json()
+                                                        : nlohmann::json::parse(it->second, nullptr, false);
+    if (it != resume_meta.end() && held.is_discarded())
+      fail(opt.resume, ": checkpoint metadata 'squeeze.train_data' is not valid JSON");
+    if (it != resume_meta.end() && held != fingerprint)
+      fail(opt.resume, ": trained on another training set (", describe_fingerprint(held), ") than the one in ",
+           dir, " (", describe_fingerprint(fingerprint), "); resume with the data it was trained on");
+    // A checkpoint from before the fingerprint: its normalization is the training set's.
+    const auto nit = resume_meta.find("squeeze.normalization");
+    if (it == resume_meta.end() && nit != resume_meta.end() && nit->second != norm_json.dump())
+      fail(opt.resume, ": trained on another training set (its normalization ", nit->second,
+           " is not that of the data in ", dir, ", ", norm_json.dump(), "); resume with the data it was trained on");
+  }
 
   const int local_batch = cfg.batch / world;
   // Sized before anything is allocated: the parameters, gradients and momentum here, the
@@ -382,20 +456,34 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     // An output that cannot be written is refused now, before the first epoch's work.
     check_writable(ckpt_path);
     check_writable(weights_path);
-    write_line(metrics_path, opt.resume.empty() ? std::ios::trunc : std::ios::app, "");
+    // Another run's files are not overwritten unless asked: a fresh run would truncate their
+    // metrics now and replace their checkpoint at its first epoch's end.
+    const bool continues_this_out = !opt.resume.empty() && same_file(opt.resume, ckpt_path);
+    if (!opt.overwrite && !continues_this_out)
+      for (const std::string& f : {ckpt_path, metrics_path, weights_path})
+        if (is_regular_file(f))
+          fail("--out ", opt.out_dir, " holds another run (", f, "); continue it with --resume ",
+               ckpt_path, ", pass --overwrite to replace it, or choose another --out");
+    if (continues_this_out) {
+      const int64_t dropped = trim_metrics(metrics_path, step);
+      if (dropped && !opt.quiet)
+        std::printf("%s: dropped %lld line(s) past the checkpoint's step %lld\n", metrics_path.c_str(),
+                    (long long)dropped, (long long)step);
+    }
+    write_line(metrics_path, continues_this_out ? std::ios::app : std::ios::trunc, "");
   }
   const nlohmann::json cfg_json = to_json(cfg);
   auto meta_common = [&]() {
     Metadata m;
     m["squeeze.model"] = to_json(cfg.model).dump();
-    nlohmann::json nj = {{"mean", norm.mean}, {"std", norm.stddev}};
-    m["squeeze.normalization"] = nj.dump();
+    m["squeeze.normalization"] = norm_json.dump();
     return m;
   };
   auto save = [&](int64_t at_step) {
     if (ckpt_path.empty()) return;
     Metadata m = meta_common();
     m["squeeze.train_config"] = cfg_json.dump();
+    m["squeeze.train_data"] = fingerprint.dump();
     m["squeeze.step"] = std::to_string(at_step);
     m["squeeze.epoch_loss_sum"] = fmt17(sums.loss);
     m["squeeze.epoch_correct"] = fmt17(sums.correct);
@@ -410,8 +498,9 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
                 arch_name(cfg.model.arch).c_str(), stem_name(cfg.model.stem).c_str(),
                 bypass_name(cfg.model.bypass).c_str(), layout.total, cfg.model.in_c,
                 cfg.model.in_h, cfg.model.in_w, cfg.model.num_classes);
+    const int64_t n_test = cfg.test_limit > 0 ? std::min(cfg.test_limit, data.test.n) : data.test.n;
     std::printf("data %s: %lld train, %lld test from %s; batch %d, %lld steps/epoch, %d epochs\n",
-                data.train.name.c_str(), (long long)n_train, (long long)data.test.n, dir.c_str(),
+                data.train.name.c_str(), (long long)n_train, (long long)n_test, dir.c_str(),
                 cfg.batch, (long long)steps_per_epoch, cfg.epochs);
     if (!dev)
       std::printf("allocating %.1f MiB for activations, gradients and workspace\n",
@@ -424,6 +513,9 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
                   world, comm.name().c_str(), local_batch, reducer.plan().size(), opt.bucket_mib,
                   opt.overlap ? "overlapped with backward" : "after backward");
     if (!opt.resume.empty()) std::printf("resumed from %s at step %lld\n", opt.resume.c_str(), (long long)step);
+    if (!opt.resume.empty() && step == total_steps)
+      std::printf("its run is complete (step %lld of %lld): nothing left to train\n", (long long)step,
+                  (long long)total_steps);
     std::fflush(stdout);
   }
 

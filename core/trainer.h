@@ -87,6 +87,12 @@ struct RunOptions {  // how to run, not what to compute: never changes the traje
   // update (on the CPU or the GPU): squeeze compress's retraining.
   const std::vector<float>* initial_params = nullptr;
   ParamConstraint* constraint = nullptr;
+  // Normalize the inputs with these statistics instead of the training set's (compress's
+  // retraining: the weights' own).
+  const Normalization* normalization = nullptr;
+  // A fresh run may replace the metrics, checkpoint and weights of another run in out_dir
+  // (otherwise refused).
+  bool overwrite = false;
   FaultInjection fault;
 };
 

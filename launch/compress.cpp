@@ -124,9 +124,12 @@ std::string with_commas(size_t n) {
 
 int run_compress(const CompressOptions& o, Communicator& comm) {
   if (o.out.empty()) fail("--out: the compressed model file is required");
-  if (o.batch < 1) fail("--batch-size must be at least 1, got ", o.batch);
+  SQ_ASSERT(o.batch >= 1, "evaluation batch ", o.batch);
   if (o.retrain_epochs < 0) fail("--retrain-epochs must not be negative, got ", o.retrain_epochs);
   if (o.retrain_epochs > 0 && o.dataset.empty()) fail("--retrain-epochs needs --dataset (the training data)");
+  if (o.retrain_batch < 1) fail("--batch-size must be at least 1, got ", o.retrain_batch);
+  if (o.retrain_epochs > 0 && o.retrain_batch % comm.size() != 0)
+    fail("--batch-size ", o.retrain_batch, " is not divisible by the world size ", comm.size());
   if (!(o.lr > 0) || !std::isfinite(o.lr)) fail("--lr must be a positive finite number, got ", o.lr);
   if (o.cuda && o.dataset.empty()) fail("--device cuda needs --dataset (without data nothing runs on the GPU)");
   if (same_file(o.weights, o.out)) fail("--out ", o.out, " is the --weights file: it would overwrite the weights it compresses");
@@ -171,12 +174,14 @@ int run_compress(const CompressOptions& o, Communicator& comm) {
     tc.model = lw.config;
     tc.stem = lw.config.stem == Stem::kSmall ? "small" : "imagenet";
     tc.epochs = o.retrain_epochs;
+    tc.batch = o.retrain_batch;
     tc.schedule.lr = o.lr;
   }
   RunOptions ro;
   ro.quiet = comm.rank() != 0;
   ro.cuda = o.cuda;
   ro.gpu = o.gpu;
+  ro.normalization = &norm;  // the weights' own statistics where they carry them
   auto retrain = [&](const std::vector<float>& start, ParamConstraint& constraint) {
     ro.initial_params = &start;
     ro.constraint = &constraint;

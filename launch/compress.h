@@ -22,7 +22,8 @@ struct CompressOptions {
   int batch = 256;             // evaluation batch
   int retrain_epochs = 0;      // after pruning, and again after quantization (needs dataset)
   int prune_steps = 1;         // prune in this many steps, retraining after each
-  double lr = 0.002;           // retraining: poly schedule from this rate, batch 128
+  double lr = 0.002;           // retraining: poly schedule from this rate
+  int retrain_batch = 128;     // retraining's global batch (divisible by the world size)
   bool cuda = false;           // retrain and evaluate on GPU `gpu`
   int gpu = 0;
 };

@@ -132,7 +132,10 @@ int run_eval(const ModelFlags& mf, const std::string& weights, const std::string
   if (batch < 1) fail("--batch-size must be at least 1, got ", batch);
   const LoadedWeights lw = describe_weights(weights);
   const DataFormat fmt = parse_data_format(dataset);
-  DataSplit data = load_dataset(fmt, data_dir.empty() ? default_data_dir(fmt) : data_dir);
+  // The training set only fills in what the weights do not say (the model's shape, the inputs'
+  // normalization).
+  const bool need_train = !lw.has_config || !lw.has_norm;
+  DataSplit data = load_dataset(fmt, data_dir.empty() ? default_data_dir(fmt) : data_dir, need_train);
   ModelConfig c;
   if (lw.has_config) {
     c = lw.config;
@@ -232,8 +235,8 @@ int main(int argc, char** argv) {
     return "squeeze: error: " + what + " (see --help)\n";
   });
   int threads = 0;
-  app.add_option("--threads", threads,
-                 "CPU threads per rank (0: all cores; under mpirun, the host's cores shared by its ranks)");
+  const char* threads_help = "CPU threads per rank (0: all cores; under mpirun, the host's cores shared by its ranks)";
+  app.add_option("--threads", threads, threads_help);
 
   // train
   CLI::App* train_cmd = app.add_subcommand("train", "train a SqueezeNet (default: Fashion-MNIST)");
@@ -266,6 +269,8 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--train-limit", tc.train_limit, "train on the first N samples only (0: all)");
   train_cmd->add_option("--test-limit", tc.test_limit, "evaluate on the first N test samples (0: all)");
   train_cmd->add_option("--out", ro.out_dir, "directory for metrics.jsonl, checkpoint and weights ('' : none)")->capture_default_str();
+  train_cmd->add_flag("--overwrite", ro.overwrite,
+                      "replace another run's metrics, checkpoint and weights in --out (otherwise refused)");
   train_cmd->add_option("--resume", ro.resume, "continue from this checkpoint (its settings are used; --data-dir still says where the data is)");
   train_cmd->add_option("--max-steps", ro.max_steps, "stop after this global step, with a checkpoint");
   std::string mpi_progress = "thread", fault, device = "cpu", conv = "own", precision = "fp32";
@@ -329,7 +334,9 @@ int main(int argc, char** argv) {
                        "retrain this many epochs after pruning (mask held) and after quantization "
                        "(centroids trained); needs --dataset")
       ->capture_default_str();
-  compress->add_option("--lr", co.lr, "retraining learning rate (poly schedule, batch 128)")->capture_default_str();
+  compress->add_option("--lr", co.lr, "retraining learning rate (poly schedule)")->capture_default_str();
+  compress->add_option("--batch-size", co.retrain_batch, "retraining's global batch (divisible by the number of ranks)")
+      ->capture_default_str();
   compress->add_option("--prune-steps", co.prune_steps,
                        "prune in this many steps (the pruned fraction growing linearly), retraining after each")
       ->capture_default_str();
@@ -348,6 +355,9 @@ int main(int argc, char** argv) {
   info->add_option("--classes", info_classes, "number of classes")->capture_default_str();
   info->add_option("--weights", info_weights, "describe the model stored in this file (weights or compressed) instead");
 
+  // --threads before or after the subcommand (each subcommand's --help lists it).
+  for (CLI::App* sub : {train_cmd, eval, compress, info})
+    sub->add_option("--threads", threads, threads_help);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

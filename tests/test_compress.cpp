@@ -135,7 +135,8 @@ TEST(Prune, SchedulesAreCheckedAgainstTheModel) {
   EXPECT_EQ(parse_schedule("fire2.expand3x3=0.5,conv10=0", m).size(), 2u);
   EXPECT_TRUE(parse_schedule("none", m).empty());
   for (const char* bad : {"fire2.expand3x3", "fire22.squeeze=0.5", "conv10=1.5", "conv10=-0.1",
-                          "conv10=abc", "conv10=0.5x", "conv10=0.5,conv10=0.4", "conv10="}) {
+                          "conv10=abc", "conv10=0.5x", "conv10=0.5,conv10=0.4", "conv10=",
+                          "conv10=0.2,", ",conv10=0.2", "conv10=0.2,,fire2.expand3x3=0.5"}) {
     SCOPED_TRACE(bad);
     try {
       parse_schedule(bad, m);

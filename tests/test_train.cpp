@@ -106,6 +106,24 @@ std::string error_of(F&& f) {
 
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+void copy_file(const std::string& from, const std::string& to) {
+  std::ofstream(to, std::ios::binary) << slurp(from);
+}
+
+// The "step" of each line of a metrics file (a line that is not JSON throws).
+std::vector<int64_t> metric_steps(const std::string& path) {
+  std::vector<int64_t> steps;
+  std::ifstream f(path);
+  for (std::string line; std::getline(f, line);)
+    steps.push_back(nlohmann::json::parse(line).at("step").get<int64_t>());
+  return steps;
+}
+
 // Runs the CLI with stdout to `out`, returns its exit status and puts stderr in *err. The stderr
 // file is named by the process: ctest runs these tests in parallel processes, and a shared name
 // let one test read another's message (a short one written over the start of a longer one).
@@ -590,14 +608,219 @@ TEST(Cli, AFailedWriteToStandardOutputIsAnError) {
 
 TEST(Cli, InfoPrintsTheTable) {
   std::string out_file = ::testing::TempDir() + "squeeze_info_" + std::to_string(::getpid()) + ".txt";
-  std::string err, text;
+  std::string err;
   ASSERT_EQ(run_cli("info --model squeezenet1.0", &err, out_file), 0) << err;
-  {
-    std::ifstream f(out_file);
-    text.assign(std::istreambuf_iterator<char>(f), {});
-  }
+  const std::string text = slurp(out_file);
   std::remove(out_file.c_str());
   EXPECT_NE(text.find("1248424"), std::string::npos) << text;
   EXPECT_NE(text.find("818924576"), std::string::npos) << text;
   EXPECT_NE(text.find("96x109x109"), std::string::npos) << text;
+}
+
+// A run stopped after an epoch's metrics line and before that epoch's checkpoint resumes from
+// the checkpoint before: the epoch runs again and is logged once, not twice, and a line torn by
+// the stop is dropped.
+TEST(Train, ResumeLogsEachEpochOnce) {
+  const std::string data = temp_dir("tiny_epochs"), out = temp_dir("epochs");
+  write_tiny_mnist(data, 64, 32);  // batch 32: 2 steps per epoch
+  TrainConfig c = tiny_mnist_config(data);
+  c.epochs = 3;
+  auto comm = make_local_communicator();
+  const std::string ckpt = out + "/checkpoint.safetensors", metrics = out + "/metrics.jsonl";
+  auto run = [&](bool resume, int64_t max_steps) {
+    RunOptions o;
+    o.quiet = true;
+    o.out_dir = out;
+    o.max_steps = max_steps;
+    if (resume) o.resume = ckpt;
+    return error_of([&] { train(c, o, *comm); });
+  };
+  ASSERT_EQ(run(false, 2), "");
+  copy_file(ckpt, out + "/epoch1.safetensors");
+  ASSERT_EQ(run(true, 4), "");
+  EXPECT_EQ(metric_steps(metrics), (std::vector<int64_t>{2, 4}));
+  // The stop: epoch 2's line written, its checkpoint not; and half of a line after it.
+  copy_file(out + "/epoch1.safetensors", ckpt);
+  std::ofstream(metrics, std::ios::app) << "{\"epoch\":3,\"st";
+  ASSERT_EQ(run(true, 0), "");
+  EXPECT_EQ(metric_steps(metrics), (std::vector<int64_t>{2, 4, 6}));
+  std::system(("rm -rf '" + data + "' '" + out + "'").c_str());
+}
+
+// Another run's files in --out are not overwritten unless asked (a fresh run truncated their
+// metrics at start-up and replaced their checkpoint at its first epoch's end).
+TEST(Train, AFreshRunRefusesAnotherRunsOutput) {
+  const std::string data = temp_dir("tiny_taken"), out = temp_dir("taken"), other = temp_dir("taken_other");
+  checkpoint_after_one_step(data, out);
+  checkpoint_after_one_step(data, other);
+  const std::string ckpt = out + "/checkpoint.safetensors";
+  const std::string before = slurp(ckpt);
+  auto comm = make_local_communicator();
+  auto run = [&](const std::string& resume, bool overwrite) {
+    RunOptions o;
+    o.quiet = true;
+    o.out_dir = out;
+    o.resume = resume;
+    o.overwrite = overwrite;
+    return error_of([&] { train(tiny_mnist_config(data), o, *comm); });
+  };
+  std::string err = run("", false);
+  EXPECT_TRUE(contains(err, "--out " + out + " holds another run") && contains(err, "--overwrite")) << err;
+  // Another directory's checkpoint resumed into this one would replace this one's.
+  err = run(other + "/checkpoint.safetensors", false);
+  EXPECT_TRUE(contains(err, "--out " + out + " holds another run")) << err;
+  EXPECT_EQ(slurp(ckpt), before);
+  EXPECT_EQ(run(ckpt, false), "");  // the controls: the run's own checkpoint, and --overwrite
+  EXPECT_EQ(run("", true), "");
+  EXPECT_NE(slurp(ckpt), before);
+  std::system(("rm -rf '" + data + "' '" + out + "' '" + other + "'").c_str());
+}
+
+// --resume on another training set would go on with another schedule and another normalization.
+TEST(Train, ResumeRefusesOtherTrainingData) {
+  const std::string data = temp_dir("tiny_own"), out = temp_dir("own"), changed = temp_dir("tiny_changed");
+  checkpoint_after_one_step(data, out);
+  write_tiny_mnist(changed, 64, 32);  // the same size, one image changed
+  {
+    std::fstream f(changed + "/train-images-idx3-ubyte", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(16 + 5 * 784);
+    f << std::string(784, '\xff');
+  }
+  auto comm = make_local_communicator();
+  auto resume = [&](const std::string& ckpt, const std::string& dir) {
+    RunOptions o;
+    o.quiet = true;
+    o.resume = ckpt;
+    TrainConfig c;
+    c.data_dir = dir;
+    return error_of([&] { train(c, o, *comm); });
+  };
+  const std::string ckpt = out + "/checkpoint.safetensors";
+  std::string err = resume(ckpt, changed);
+  EXPECT_TRUE(contains(err, ckpt + ": trained on another training set") && contains(err, changed)) << err;
+  // A checkpoint from before the fingerprint is told apart by its normalization.
+  const SafetensorsFile f = read_safetensors(ckpt);
+  std::map<std::string, std::string> meta = f.metadata;
+  ASSERT_EQ(meta.erase("squeeze.train_data"), 1u);
+  std::vector<TensorRef> refs;
+  for (const TensorData& t : f.tensors) refs.push_back({t.name, t.shape, t.data.data()});
+  const std::string old = out + "/old.safetensors";
+  write_safetensors(old, refs, meta);
+  err = resume(old, changed);
+  EXPECT_TRUE(contains(err, old + ": trained on another training set") && contains(err, "normalization")) << err;
+  EXPECT_EQ(resume(old, data), "");  // the controls: the data it was trained on
+  EXPECT_EQ(resume(ckpt, data), "");
+  std::system(("rm -rf '" + data + "' '" + out + "' '" + changed + "'").c_str());
+}
+
+// --resume given a file that is not a checkpoint says what the file is.
+TEST(Train, ResumeNamesTheKindOfAFileThatIsNotACheckpoint) {
+  const std::string data = temp_dir("tiny_kinds"), out = temp_dir("kinds");
+  checkpoint_after_one_step(data, out);
+  const std::string weights = out + "/weights.safetensors", sqz = out + "/model.sqz";
+  std::string err;
+  ASSERT_EQ(run_cli("compress --weights " + weights + " --out " + sqz + " --prune none", &err), 0) << err;
+  auto comm = make_local_communicator();
+  for (const auto& [file, kind] : {std::pair<std::string, std::string>{weights, ": a weights file"},
+                                   {sqz, ": a compressed model (.sqz)"}}) {
+    RunOptions o;
+    o.quiet = true;
+    o.resume = file;
+    err = error_of([&] { train(tiny_mnist_config(data), o, *comm); });
+    EXPECT_TRUE(contains(err, file + kind)) << err;
+  }
+  std::system(("rm -rf '" + data + "' '" + out + "'").c_str());
+}
+
+// Given statistics (compress's retraining: the weights' own) replace the training set's: the
+// inputs are normalized with them, and the files record them.
+TEST(Train, GivenNormalizationIsTheOneTheRunUses) {
+  const std::string data = temp_dir("tiny_norm"), out = temp_dir("norm");
+  write_tiny_mnist(data, 64, 32);
+  auto comm = make_local_communicator();
+  const Normalization given{{0.25f}, {0.5f}};
+  auto one_step = [&](const Normalization* n) {
+    RunOptions o;
+    o.quiet = true;
+    o.out_dir = out;
+    o.overwrite = true;
+    o.max_steps = 1;
+    o.normalization = n;
+    return train(tiny_mnist_config(data), o, *comm).params;
+  };
+  const std::vector<float> own = one_step(nullptr), with_given = one_step(&given);
+  EXPECT_NE(own, with_given);
+  const nlohmann::json j =
+      nlohmann::json::parse(read_safetensors(out + "/weights.safetensors").metadata.at("squeeze.normalization"));
+  EXPECT_EQ(j.at("mean"), nlohmann::json::array({0.25}));
+  EXPECT_EQ(j.at("std"), nlohmann::json::array({0.5}));
+  std::system(("rm -rf '" + data + "' '" + out + "'").c_str());
+}
+
+// eval reads the training set only for what the weights do not say: weights from train carry
+// their model and normalization, so the test files alone serve.
+TEST(Cli, EvalOfWeightsCarryingTheirNormalizationNeedsNoTrainingSet) {
+  const std::string data = temp_dir("tiny_evalonly"), out = temp_dir("evalonly"), tests = temp_dir("tests_only");
+  checkpoint_after_one_step(data, out);
+  ::mkdir(tests.c_str(), 0755);
+  for (const char* f : {"/t10k-images-idx3-ubyte", "/t10k-labels-idx1-ubyte"}) copy_file(data + f, tests + f);
+  const std::string text = out + "/eval.txt";
+  std::string err;
+  ASSERT_EQ(run_cli("eval --weights " + out + "/weights.safetensors --dataset mnist --data-dir " + tests, &err, text), 0)
+      << err;
+  EXPECT_TRUE(contains(slurp(text), "32 samples")) << slurp(text);
+  std::system(("rm -rf '" + data + "' '" + out + "' '" + tests + "'").c_str());
+}
+
+// Small slips of the command line: --threads after the subcommand is accepted (it was refused
+// as unexpected); --inject-fault on a rank the job lacks is refused (it trained, faultless); the
+// start-up line counts the test samples evaluated, and resuming a complete run says so.
+TEST(Cli, ThreadsFaultRankTestLimitAndACompleteRun) {
+  std::string err;
+  EXPECT_EQ(run_cli("info --model squeezenet1.1 --threads 1", &err), 0) << err;
+  EXPECT_EQ(run_cli("--threads 1 info --model squeezenet1.1", &err), 0) << err;
+  const std::string data = temp_dir("tiny_slips"), out = temp_dir("slips");
+  write_tiny_mnist(data, 64, 32);
+  const std::string train = "train --dataset mnist --data-dir " + data + " --base-e 16 --incr-e 16 --init torchvision "
+                            "--epochs 1 --batch-size 32 --out " + out;
+  EXPECT_NE(run_cli(train + " --inject-fault 3:0:throw", &err), 0);
+  EXPECT_TRUE(contains(err, "--inject-fault: rank 3 does not exist (world size 1)")) << err;
+  const std::string text = temp_dir("slips.txt");
+  ASSERT_EQ(run_cli(train + " --overwrite --test-limit 10", &err, text), 0) << err;
+  EXPECT_TRUE(contains(slurp(text), "64 train, 10 test from")) << slurp(text);
+  ASSERT_EQ(run_cli(train + " --resume " + out + "/checkpoint.safetensors", &err, text), 0) << err;
+  EXPECT_TRUE(contains(slurp(text), "its run is complete (step 2 of 2): nothing left to train")) << slurp(text);
+  std::system(("rm -rf '" + data + "' '" + out + "' '" + text + "'").c_str());
+}
+
+// compress retrains on any world size dividing its --batch-size (it used to hand train() a batch
+// of 128 whatever the flags, and failed after pruning on 3 ranks); one that does not divide it is
+// refused up front, naming the flag.
+TEST(Cli, CompressRetrainsOnThreeRanks) {
+#ifndef SQUEEZE_MPIEXEC
+  GTEST_SKIP() << "built without MPI";
+#else
+  const std::string data = temp_dir("tiny_np3"), out = temp_dir("np3");
+  checkpoint_after_one_step(data, out);
+  const std::string mpirun = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
+                             "OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1 timeout -s KILL 120 " +
+                             std::string(SQUEEZE_MPIEXEC) + " -n 3 ";
+  const std::string compress = "compress --weights " + out + "/weights.safetensors --out " + out +
+                               "/m.sqz --prune conv10=0.5 --dataset mnist --data-dir " + data + " --retrain-epochs 1";
+  // run_cli puts SQUEEZE_BINARY first: here mpirun goes before it.
+  auto run = [&](const std::string& extra, std::string* err) {
+    const std::string errfile = out + "/err.txt";
+    const int st = std::system((mpirun + SQUEEZE_BINARY + " " + compress + extra + " > /dev/null 2> " + errfile).c_str());
+    *err = slurp(errfile);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  };
+  std::string err;
+  EXPECT_NE(run("", &err), 0);
+  EXPECT_TRUE(contains(err, "--batch-size 128 is not divisible by the world size 3")) << err;
+  struct stat st;
+  EXPECT_NE(::stat((out + "/m.sqz").c_str(), &st), 0);
+  EXPECT_EQ(run(" --batch-size 30", &err), 0) << err;
+  EXPECT_EQ(::stat((out + "/m.sqz").c_str(), &st), 0);
+  std::system(("rm -rf '" + data + "' '" + out + "'").c_str());
+#endif
 }
