@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 out=${1:-runs/compression}
 sq=./build/squeeze
 mkdir -p "$out"
-[ -f "$out/dense/weights.safetensors" ] || $sq train --out "$out/dense" | tee "$out/dense.log"
+[ -f "$out/dense/weights.safetensors" ] || $sq train --out "$out/dense" --overwrite | tee "$out/dense.log"
 for b in 8 6 4; do
   $sq compress --weights "$out/dense/weights.safetensors" --out "$out/fmnist$b.sqz" --bits $b \
     --dataset fashion-mnist --retrain-epochs 1 --lr 0.002 | tee "$out/fmnist$b.log"

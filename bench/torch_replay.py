@@ -9,9 +9,9 @@ per step, and compares its final parameters with squeeze's tensor by tensor.
 
     # squeeze: initial weights (lr ~ 0 leaves them unchanged) and the weights after 5 steps
     ./build/squeeze train --train-limit 128 --batch-size 128 --dropout 0 --lr 1e-30 \
-        --schedule constant --epochs 1 --test-limit 100 --out /tmp/replay0
+        --schedule constant --epochs 1 --test-limit 100 --out /tmp/replay0 --overwrite
     ./build/squeeze train --train-limit 128 --batch-size 128 --dropout 0 --lr 0.01 \
-        --schedule constant --epochs 5 --test-limit 100 --out /tmp/replay5
+        --schedule constant --epochs 5 --test-limit 100 --out /tmp/replay5 --overwrite
     /usr/bin/python3 bench/torch_replay.py /tmp/replay0/weights.safetensors 5 \
         /tmp/replay5/weights.safetensors --n 128 --lr 0.01
 

@@ -150,9 +150,9 @@ for phase in $phases; do
         --precision $prec --model squeezenet1.0 --batch-size 32 --data-dir "$data"
     done
     run "train --device cuda (the default job)" $B/squeeze train --device cuda --data-dir "$data" \
-      --out /tmp/sq_gpu_run
+      --out /tmp/sq_gpu_run --overwrite
     run "train --device cuda --precision bf16 (1 epoch)" \
-      $B/squeeze train --device cuda --precision bf16 --epochs 1 --data-dir "$data" --out /tmp/sq_gpu_bf16
+      $B/squeeze train --device cuda --precision bf16 --epochs 1 --data-dir "$data" --out /tmp/sq_gpu_bf16 --overwrite
     # The opt-in WMMA tensor-core kernel (the default is v7's mma.sync): every model shape against
     # the double reference, and the graph test's TF32 steps.
     SQUEEZE_IGEMM_MMA=0 run "test_cuda_ops, WMMA kernel (tensor-core tests)" $B/test_cuda_ops \
@@ -173,12 +173,12 @@ for phase in $phases; do
     NCCL_MULTI_RANK_GPU_ENABLE=1 run "test_mpi Nccl, 2 ranks on 1 GPU" \
       mpirun -np 2 -x NCCL_MULTI_RANK_GPU_ENABLE $B/test_mpi --gtest_color=no --gtest_filter='Nccl.*'
     run "mpirun -np 1 train --device cuda (NCCL)" mpirun -np 1 $B/squeeze train --device cuda \
-      --epochs 1 --data-dir "$data" --out /tmp/sq_gpu_nccl
+      --epochs 1 --data-dir "$data" --out /tmp/sq_gpu_nccl --overwrite
     # Two ranks on the one GPU: NCCL refuses before 2.30, so MPI through pinned host memory.
     run "test_mpi GPU ranks over MPI, 2 ranks" mpirun -np 2 -x SQUEEZE_FASHION_MNIST $B/test_mpi \
       --gtest_color=no --gtest_filter='Train.GpuRanksWithoutNcclMatchOneCpuProcess'
     run "mpirun -np 2 train --device cuda (MPI through pinned host memory)" mpirun -np 2 \
-      $B/squeeze train --device cuda --epochs 1 --data-dir "$data" --out /tmp/sq_gpu_mpi
+      $B/squeeze train --device cuda --epochs 1 --data-dir "$data" --out /tmp/sq_gpu_mpi --overwrite
     ;;
   ddp)
     run "bench_ddp_gpu, squeezenet1.0, 1 rank (NCCL)" mpirun -np 1 $B/bench_ddp_gpu \
@@ -288,7 +288,7 @@ for phase in $phases; do
     ;;
   compress)
     [ -f /tmp/sq_gpu_run/weights.safetensors ] || run "train --device cuda (weights to compress)" \
-      $B/squeeze train --device cuda --data-dir "$data" --out /tmp/sq_gpu_run
+      $B/squeeze train --device cuda --data-dir "$data" --out /tmp/sq_gpu_run --overwrite
     run "compress --device cuda (6 bits, 1+1 epochs)" $B/squeeze compress --device cuda --weights /tmp/sq_gpu_run/weights.safetensors \
       --out "$OUT/fmnist6_gpu.sqz" --bits 6 --dataset fashion-mnist --data-dir "$data" --retrain-epochs 1
     run "mpirun -np 1 compress --device cuda (NCCL)" mpirun -np 1 $B/squeeze compress --device cuda \
