@@ -531,6 +531,24 @@ void checkpoint_after_one_step(const std::string& data, const std::string& out) 
   first.max_steps = 1;
   ASSERT_EQ(train(tiny_mnist_config(data), first, *comm).steps, 1);
 }
+
+// The error of resuming `ckpt` with its data in `data_dir` ("" if it runs to the end).
+std::string resume_error(Communicator& comm, const std::string& ckpt, const std::string& data_dir) {
+  RunOptions o;
+  o.quiet = true;
+  o.resume = ckpt;
+  TrainConfig c;  // the run's settings come from the checkpoint, its data from here
+  c.data_dir = data_dir;
+  return error_of([&] { train(c, o, comm); });
+}
+
+// `f`'s tensors written to `path` with other metadata.
+void write_with_metadata(const SafetensorsFile& f, const std::string& path,
+                         const std::map<std::string, std::string>& meta) {
+  std::vector<TensorRef> refs;
+  for (const TensorData& t : f.tensors) refs.push_back({t.name, t.shape, t.data.data()});
+  write_safetensors(path, refs, meta);
+}
 }  // namespace
 
 // The checkpoint holds what the run computes, not where its data lies: --resume with --data-dir
@@ -562,16 +580,9 @@ TEST(Train, ResumeRefusesDamagedMetadataNamingTheCheckpoint) {
   auto resume_with = [&](const std::string& key, const std::string& value) {
     std::map<std::string, std::string> meta = good.metadata;
     meta[key] = value;
-    std::vector<TensorRef> refs;
-    for (const TensorData& t : good.tensors) refs.push_back({t.name, t.shape, t.data.data()});
     const std::string path = out + "/damaged.safetensors";
-    write_safetensors(path, refs, meta);
-    RunOptions o;
-    o.quiet = true;
-    o.resume = path;
-    TrainConfig c;
-    c.data_dir = data;
-    return error_of([&] { train(c, o, *comm); });
+    write_with_metadata(good, path, meta);
+    return resume_error(*comm, path, data);
   };
   const std::string path = out + "/damaged.safetensors: ";
   auto with = [&](const char* key, const nlohmann::json& v) {
@@ -687,14 +698,7 @@ TEST(Train, ResumeRefusesOtherTrainingData) {
     f << std::string(784, '\xff');
   }
   auto comm = make_local_communicator();
-  auto resume = [&](const std::string& ckpt, const std::string& dir) {
-    RunOptions o;
-    o.quiet = true;
-    o.resume = ckpt;
-    TrainConfig c;
-    c.data_dir = dir;
-    return error_of([&] { train(c, o, *comm); });
-  };
+  auto resume = [&](const std::string& ckpt, const std::string& dir) { return resume_error(*comm, ckpt, dir); };
   const std::string ckpt = out + "/checkpoint.safetensors";
   std::string err = resume(ckpt, changed);
   EXPECT_TRUE(contains(err, ckpt + ": trained on another training set") && contains(err, changed)) << err;
@@ -702,10 +706,8 @@ TEST(Train, ResumeRefusesOtherTrainingData) {
   const SafetensorsFile f = read_safetensors(ckpt);
   std::map<std::string, std::string> meta = f.metadata;
   ASSERT_EQ(meta.erase("squeeze.train_data"), 1u);
-  std::vector<TensorRef> refs;
-  for (const TensorData& t : f.tensors) refs.push_back({t.name, t.shape, t.data.data()});
   const std::string old = out + "/old.safetensors";
-  write_safetensors(old, refs, meta);
+  write_with_metadata(f, old, meta);
   err = resume(old, changed);
   EXPECT_TRUE(contains(err, old + ": trained on another training set") && contains(err, "normalization")) << err;
   EXPECT_EQ(resume(old, data), "");  // the controls: the data it was trained on
