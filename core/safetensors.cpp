@@ -519,36 +519,49 @@ pid_t g_tmp_owner = 0;                  // a forked child must not remove its pa
 char g_tmp_path[PATH_MAX];
 struct sigaction g_prev_action[kNumCleanupSignals];
 
-// Async-signal-safe calls only. Removes the temporary, then lets the signal do what it did before
-// (kill the process, or run the handler that was there first, e.g. an MPI library's).
-void remove_temp_on_signal(int sig) {
+// Async-signal-safe calls only. Where the signal would kill the process (its previous action is
+// the default), removes the temporary, restores the default and re-raises. Where a handler was
+// there first (squeeze train's stop request, an MPI library's), calls it and leaves the write to
+// go on: that handler decides whether the process ends.
+void remove_temp_on_signal(int sig, siginfo_t* info, void* context) {
   const int saved_errno = errno;
-  if (g_armed.exchange(false)) {
-    if (::getpid() == g_tmp_owner) ::unlink(g_tmp_path);
-    g_removed.store(true);
+  int i = 0;
+  while (i < kNumCleanupSignals && kCleanupSignals[i] != sig) ++i;
+  if (i == kNumCleanupSignals) return;
+  const struct sigaction& prev = g_prev_action[i];
+  if (prev.sa_flags & SA_SIGINFO) {
+    prev.sa_sigaction(sig, info, context);
+  } else if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN) {
+    prev.sa_handler(sig);
+  } else {
+    if (g_armed.exchange(false)) {
+      if (::getpid() == g_tmp_owner) ::unlink(g_tmp_path);
+      g_removed.store(true);
+    }
+    ::sigaction(sig, &prev, nullptr);
+    ::raise(sig);  // blocked until this handler returns, then delivered to the default action
   }
-  for (int i = 0; i < kNumCleanupSignals; ++i)
-    if (kCleanupSignals[i] == sig) ::sigaction(sig, &g_prev_action[i], nullptr);
-  ::raise(sig);  // blocked until this handler returns, then delivered to the previous action
   errno = saved_errno;
 }
 
-bool install_cleanup_handlers() {
+// At every write: a handler installed since the last one (squeeze train's stop request is
+// installed after a first write elsewhere in the process) becomes the one chained to.
+void install_cleanup_handlers() {
   struct sigaction ours;
   std::memset(&ours, 0, sizeof ours);
-  ours.sa_handler = remove_temp_on_signal;
+  ours.sa_sigaction = remove_temp_on_signal;
   sigemptyset(&ours.sa_mask);
   for (int s : kCleanupSignals) sigaddset(&ours.sa_mask, s);
-  ours.sa_flags = SA_RESTART;
+  ours.sa_flags = SA_RESTART | SA_SIGINFO;
   for (int i = 0; i < kNumCleanupSignals; ++i) {
     struct sigaction old;
     if (::sigaction(kCleanupSignals[i], nullptr, &old) != 0) continue;
+    if ((old.sa_flags & SA_SIGINFO) && old.sa_sigaction == remove_temp_on_signal) continue;  // ours
     // An ignored signal (nohup's SIGHUP) must stay harmless.
     if (!(old.sa_flags & SA_SIGINFO) && old.sa_handler == SIG_IGN) continue;
     g_prev_action[i] = old;
     ::sigaction(kCleanupSignals[i], &ours, nullptr);
   }
-  return true;
 }
 
 // Holds the slot while the temporary exists. Another thread writing at the same time finds the
@@ -633,8 +646,7 @@ void atomic_write_file(const std::string& path, const void* data, size_t size) {
   if (path.empty()) fail("atomic write: empty path");
   const std::string dir = dir_of(path);
   remove_stale_temps(dir, path.substr(path.rfind('/') + 1));
-  static const bool handlers_installed = install_cleanup_handlers();
-  (void)handlers_installed;
+  install_cleanup_handlers();
 
   std::string tmp = path + ".tmp." + std::to_string(::getpid()) + ".XXXXXX";
   int fd = ::mkostemp(tmp.data(), O_CLOEXEC);

@@ -40,8 +40,9 @@ SafetensorsFile read_safetensors(const std::string& path);
 // Writes bytes to `path` atomically: a temporary file in the same directory, fsync, rename,
 // fsync of the directory. On any failure the old file (if any) is untouched and the
 // temporary removed; throws sq::Error naming the path and the errno text. A SIGINT, SIGTERM,
-// SIGHUP or SIGXFSZ during the write removes the temporary before the signal takes its course,
-// and temporaries of `path` left by a process that no longer exists (SIGKILL, power loss) are
+// SIGHUP or SIGXFSZ during the write whose action is the default (death) removes the temporary
+// first; where the program handles the signal itself, its handler runs and the write goes on.
+// Temporaries of `path` left by a process that no longer exists (SIGKILL, power loss) are
 // removed at the start of the next write.
 void atomic_write_file(const std::string& path, const void* data, size_t size);
 

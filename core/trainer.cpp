@@ -589,7 +589,7 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
       params[0] += 1.0f;
       if (dev) dev->upload(params.data(), nullptr);
     }
-    double stats[2] = {0, 0};
+    double stats[3] = {0, 0, 0};  // loss sum, correct count, ranks asked to stop
     if (cur.step != step) assemble(step, cur);
     if (dev) {
       std::function<void(size_t)> hook;
@@ -634,7 +634,9 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
       else
         opt.constraint->on_gradient(grads.data());
     }
-    comm.allreduce_sum(stats, 2);
+    stats[2] = opt.stop_signal && *opt.stop_signal ? 1.0 : 0.0;
+    comm.allreduce_sum(stats, 3);
+    const bool stop_requested = stats[2] > 0;  // the same on every rank
     if (!std::isfinite(stats[0]))
       fail("training diverged: loss is ", stats[0], " at step ", step, " (epoch ", epoch + 1,
            "); try a lower --lr");
@@ -725,6 +727,10 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
       }
       epoch_t0 = Clock::now();
       epoch_images = 0;
+    }
+    if (stop_requested) {  // checkpointed below, where --max-steps stops
+      result.stopped = true;
+      break;
     }
   }
   if (root && opt.progress) std::printf("\r\033[K");

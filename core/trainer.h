@@ -5,6 +5,7 @@
 // function of its settings alone, and a checkpoint needs no generator state: it holds the
 // parameters, momentum, the step, the position in the epoch and the epoch's running metrics.
 #pragma once
+#include <csignal>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -93,6 +94,9 @@ struct RunOptions {  // how to run, not what to compute: never changes the traje
   // A fresh run may replace the metrics, checkpoint and weights of another run in out_dir
   // (otherwise refused).
   bool overwrite = false;
+  // Set (non-zero) by a signal handler, on any rank: every rank stops after the same step (the
+  // flag rides on the step's allreduce), with a checkpoint, and the result says so.
+  const volatile std::sig_atomic_t* stop_signal = nullptr;
   FaultInjection fault;
 };
 
@@ -109,6 +113,7 @@ struct TrainResult {
   int64_t steps = 0;
   std::vector<float> params;  // final parameters
   ModelConfig model;
+  bool stopped = false;  // ended early at a stop request (RunOptions::stop_signal)
 };
 
 // Loads the data set, builds the model, trains, evaluates each epoch.

@@ -6,6 +6,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cerrno>
+#include <csignal>
 #include <climits>
 #include <cmath>
 #include <cstdio>
@@ -32,6 +33,38 @@
 namespace {
 
 using namespace sq;
+
+// A stop request: SIGINT, SIGTERM or SIGUSR1 (the one mpirun forwards to every rank; on SIGINT
+// and SIGTERM it kills the ranks itself) ends training at the next step boundary with a
+// checkpoint. A second one ends the process at once.
+volatile std::sig_atomic_t g_stop_signal = 0;
+constexpr int kStopSignals[] = {SIGINT, SIGTERM, SIGUSR1};
+
+extern "C" void request_stop(int sig) {
+  if (g_stop_signal != 0) {
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+    return;
+  }
+  g_stop_signal = sig;
+}
+
+const char* signal_name(int sig) {
+  return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : sig == SIGUSR1 ? "SIGUSR1" : "a signal";
+}
+
+void stop_on_signals() {
+  for (int sig : kStopSignals) {
+    struct sigaction old, ours;
+    std::memset(&ours, 0, sizeof ours);
+    ours.sa_handler = request_stop;
+    sigemptyset(&ours.sa_mask);
+    ours.sa_flags = SA_RESTART;
+    // A signal ignored at start (a shell's background job ignores SIGINT) stays ignored.
+    if (::sigaction(sig, nullptr, &old) == 0 && old.sa_handler != SIG_IGN)
+      if (::sigaction(sig, &ours, nullptr) != 0) fail("sigaction(", signal_name(sig), "): ", std::strerror(errno));
+  }
+}
 
 // Flags that shape the model, shared by train, eval and info.
 struct ModelFlags {
@@ -370,6 +403,7 @@ int main(int argc, char** argv) {
   // Outlives the try block: a failing rank must reach MPI_Abort before the communicator's
   // destructor, which could otherwise wait on a collective that the other ranks never join.
   std::unique_ptr<Communicator> comm;
+  int exit_status = 0;
   try {
     set_threads(threads == 0 ? default_threads(job) : threads);
     if (*train_cmd) {
@@ -411,10 +445,24 @@ int main(int argc, char** argv) {
       if (!(nccl_timeout > 0)) fail("--nccl-timeout must be positive, got ", nccl_timeout);
       comm = make_job_communicator(job, parse_mpi_progress(mpi_progress));
       if (ro.cuda && job.mpi) use_nccl_if_possible(job, nccl_timeout, comm, ro.gpu);
+      stop_on_signals();
+      ro.stop_signal = &g_stop_signal;
       TrainResult r = sq::train(tc, ro, *comm);
-      if (job.root() && !r.epochs.empty())
+      if (r.stopped) {
+        // Every rank stopped after the same step; the exit status says the run did not finish.
+        const int sig = g_stop_signal ? int(g_stop_signal) : SIGTERM;
+        if (job.root()) {
+          const std::string ckpt = ro.out_dir.empty() ? "" : ro.out_dir + "/checkpoint.safetensors";
+          std::fprintf(stderr, "squeeze: stopped by %s after step %lld: %s\n",
+                       g_stop_signal ? signal_name(g_stop_signal) : "another rank's signal", (long long)r.steps,
+                       ckpt.empty() ? "nothing saved (--out '')"
+                                    : ("checkpoint " + ckpt + "; continue with --resume " + ckpt).c_str());
+        }
+        exit_status = 128 + sig;
+      } else if (job.root() && !r.epochs.empty()) {
         std::printf("final test accuracy %.4f after %lld steps\n", r.epochs.back().test_acc,
                     (long long)r.steps);
+      }
     } else if (*eval) {
       comm = make_job_communicator(job, MpiProgress::kThread);
       run_eval(eval_model, eval_weights, eval_dataset, eval_dir, eval_batch, *comm);
@@ -439,5 +487,5 @@ int main(int argc, char** argv) {
     fail_job(job, e.what());
   }
   end_job(job);
-  return 0;
+  return exit_status;
 }

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/checkpoint.h"
@@ -868,6 +869,56 @@ TEST_F(Formats, SignalDuringWriteRemovesTempAndKeepsPreviousFile) {
   EXPECT_EQ(WTERMSIG(status), SIGXFSZ) << strsignal(WTERMSIG(status));
   Bytes got = read_raw(p);
   EXPECT_EQ(std::string(got.begin(), got.end()), old);
+  for (const std::string& name : listing())
+    EXPECT_EQ(name.find(".tmp."), std::string::npos) << "temporary left behind: " << name;
+}
+
+namespace {
+volatile sig_atomic_t g_own_handler_ran = 0;
+void own_handler(int) { g_own_handler_ran = 1; }
+}  // namespace
+
+// A program's own handler (squeeze train's stop request) is chained to, not overridden: a SIGTERM
+// mid-write runs it and the write completes (a checkpoint written as training stops is kept).
+// Removing the temporary there instead made the write fail at its rename.
+TEST_F(Formats, SignalDuringWriteWithAProgramsHandlerLetsTheWriteComplete) {
+  const std::string p = path("ckpt.safetensors");
+  const std::vector<uint8_t> big(size_t(256) << 20, 0x5a);  // long enough to be caught mid-write
+  std::fflush(nullptr);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0) << std::strerror(errno);
+  if (child == 0) {  // exit codes: 0 as expected, 2 the write threw, 3 no temporary seen, 4 no handler run
+    struct sigaction own;
+    std::memset(&own, 0, sizeof own);
+    own.sa_handler = own_handler;
+    sigemptyset(&own.sa_mask);
+    own.sa_flags = SA_RESTART;
+    ::sigaction(SIGTERM, &own, nullptr);  // after any the parent's writes installed: replaced
+    bool saw_temp = false;
+    std::thread signaller([&] {
+      for (int i = 0; i < 2000000 && !saw_temp; ++i)
+        for (const std::string& name : listing())
+          if (name.find(".tmp.") != std::string::npos) saw_temp = true;
+      ::kill(::getpid(), SIGTERM);
+    });
+    int code = 0;
+    try {
+      sq::atomic_write_file(p, big.data(), big.size());
+    } catch (...) {
+      code = 2;
+    }
+    signaller.join();
+    if (code == 0 && !saw_temp) code = 3;
+    if (code == 0 && !g_own_handler_ran) code = 4;
+    ::_exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child) << std::strerror(errno);
+  ASSERT_TRUE(WIFEXITED(status)) << strsignal(WTERMSIG(status));
+  ASSERT_EQ(WEXITSTATUS(status), 0) << "2: the write threw, 3: no temporary seen, 4: no handler ran";
+  struct stat st;
+  ASSERT_EQ(::stat(p.c_str(), &st), 0);
+  EXPECT_EQ(size_t(st.st_size), big.size());
   for (const std::string& name : listing())
     EXPECT_EQ(name.find(".tmp."), std::string::npos) << "temporary left behind: " << name;
 }

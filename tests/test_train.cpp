@@ -4,16 +4,20 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <omp.h>
 
 #include <algorithm>
+#include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "comm/communicator.h"
@@ -795,6 +799,16 @@ TEST(Cli, ThreadsFaultRankTestLimitAndACompleteRun) {
   std::system(("rm -rf '" + data + "' '" + out + "' '" + text + "'").c_str());
 }
 
+#ifdef SQUEEZE_MPIEXEC
+namespace {
+// mpirun for n ranks of one thread each (as root, more ranks than cores: CI's machine).
+std::string mpirun_command(int n) {
+  return "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 "
+         "OMP_NUM_THREADS=1 " + std::string(SQUEEZE_MPIEXEC) + " -n " + std::to_string(n) + " ";
+}
+}  // namespace
+#endif
+
 // compress retrains on any world size dividing its --batch-size (it used to hand train() a batch
 // of 128 whatever the flags, and failed after pruning on 3 ranks); one that does not divide it is
 // refused up front, naming the flag.
@@ -804,12 +818,9 @@ TEST(Cli, CompressRetrainsOnThreeRanks) {
 #else
   const std::string data = temp_dir("tiny_np3"), out = temp_dir("np3");
   checkpoint_after_one_step(data, out);
-  const std::string mpirun = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
-                             "OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1 timeout -s KILL 120 " +
-                             std::string(SQUEEZE_MPIEXEC) + " -n 3 ";
+  const std::string mpirun = "timeout -s KILL 120 " + mpirun_command(3);
   const std::string compress = "compress --weights " + out + "/weights.safetensors --out " + out +
                                "/m.sqz --prune conv10=0.5 --dataset mnist --data-dir " + data + " --retrain-epochs 1";
-  // run_cli puts SQUEEZE_BINARY first: here mpirun goes before it.
   auto run = [&](const std::string& extra, std::string* err) {
     const std::string errfile = out + "/err.txt";
     const int st = std::system((mpirun + SQUEEZE_BINARY + " " + compress + extra + " > /dev/null 2> " + errfile).c_str());
@@ -824,5 +835,152 @@ TEST(Cli, CompressRetrainsOnThreeRanks) {
   EXPECT_EQ(run(" --batch-size 30", &err), 0) << err;
   EXPECT_EQ(::stat((out + "/m.sqz").c_str(), &st), 0);
   std::system(("rm -rf '" + data + "' '" + out + "'").c_str());
+#endif
+}
+
+namespace {
+// Raises the stop flag during step `at` (1-based, after its update), as a signal would; the
+// trainer reads the flag before each step's allreduce, so it stops after step at + 1.
+class StopAt : public ParamConstraint {
+ public:
+  StopAt(volatile std::sig_atomic_t* flag, int64_t at) : flag_(flag), at_(at) {}
+  void on_gradient(float*) override {}
+  void after_update(float*, float*, const float*, double) override {
+    if (++steps_ == at_) *flag_ = SIGTERM;
+  }
+
+ private:
+  volatile std::sig_atomic_t* flag_;
+  int64_t at_, steps_ = 0;
+};
+}  // namespace
+
+// A stop request ends training after the step in progress, mid-epoch, with a checkpoint of that
+// step; the resumed run ends where an uninterrupted one does, bit for bit.
+TEST(Train, AStopRequestEndsAfterTheStepWithACheckpoint) {
+  const std::string data = temp_dir("tiny_stop"), out = temp_dir("stop");
+  write_tiny_mnist(data, 64, 32);
+  TrainConfig c = tiny_mnist_config(data);
+  c.epochs = 3;  // 6 steps
+  auto comm = make_local_communicator();
+  RunOptions straight;
+  straight.quiet = true;
+  const TrainResult ref = train(c, straight, *comm);
+  volatile std::sig_atomic_t flag = 0;
+  StopAt stop(&flag, 2);
+  RunOptions o = straight;
+  o.out_dir = out;
+  o.stop_signal = &flag;
+  o.constraint = &stop;  // changes nothing but the flag
+  const TrainResult r = train(c, o, *comm);
+  EXPECT_TRUE(r.stopped);
+  EXPECT_EQ(r.steps, 3);
+  EXPECT_EQ(read_safetensors(out + "/checkpoint.safetensors").metadata.at("squeeze.step"), "3");
+  EXPECT_EQ(metric_steps(out + "/metrics.jsonl"), (std::vector<int64_t>{2}));
+  RunOptions again = straight;
+  again.out_dir = out;
+  again.resume = out + "/checkpoint.safetensors";
+  const TrainResult resumed = train(c, again, *comm);
+  EXPECT_FALSE(resumed.stopped);
+  EXPECT_EQ(resumed.steps, 6);
+  EXPECT_EQ(resumed.params, ref.params);
+  EXPECT_EQ(metric_steps(out + "/metrics.jsonl"), (std::vector<int64_t>{2, 4, 6}));
+  std::system(("rm -rf '" + data + "' '" + out + "'").c_str());
+}
+
+namespace {
+// Starts `cmd` through sh, exec'd: the pid returned is the command's own.
+pid_t spawn(const std::string& cmd) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  return pid;
+}
+
+// Waits up to `seconds` for `path` to exist.
+bool wait_for_file(const std::string& path, double seconds) {
+  const auto t0 = std::chrono::steady_clock::now();
+  struct stat st;
+  while (::stat(path.c_str(), &st) != 0) {
+    if (std::chrono::steady_clock::now() - t0 > std::chrono::duration<double>(seconds)) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
+}
+
+// The exit status of `pid` (128 + the signal that killed it), or -1 if it runs past `seconds`
+// (then killed).
+int wait_exit(pid_t pid, double seconds) {
+  const auto t0 = std::chrono::steady_clock::now();
+  int st = 0;
+  while (::waitpid(pid, &st, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() - t0 > std::chrono::duration<double>(seconds)) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &st, 0);
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+// The step a checkpoint holds.
+int64_t checkpoint_step(const std::string& path) {
+  return std::stoll(read_safetensors(path).metadata.at("squeeze.step"));
+}
+}  // namespace
+
+// SIGTERM (a batch scheduler's, or kill) stops squeeze train at the next step boundary: exit
+// status 143, one line on stderr naming the checkpoint, and the checkpoint resumes. Without the
+// handler the process died at once, the epoch's steps lost.
+TEST(Cli, SigtermStopsTrainingWithACheckpoint) {
+  const std::string data = temp_dir("tiny_sigterm"), out = temp_dir("sigterm");
+  write_tiny_mnist(data, 64, 32);
+  const std::string train = "train --dataset mnist --data-dir " + data +
+                            " --base-e 16 --incr-e 16 --init torchvision --batch-size 32 --out " + out;
+  const std::string err = out + ".err";
+  const pid_t pid = spawn(std::string(SQUEEZE_BINARY) + " " + train + " --epochs 100000 > /dev/null 2> " + err);
+  const std::string ckpt = out + "/checkpoint.safetensors";
+  ASSERT_TRUE(wait_for_file(ckpt, 60)) << slurp(err);  // past the first epoch
+  ::kill(pid, SIGTERM);
+  EXPECT_EQ(wait_exit(pid, 60), 128 + SIGTERM) << slurp(err);
+  const std::string msg = slurp(err);
+  EXPECT_TRUE(contains(msg, "squeeze: stopped by SIGTERM after step ") &&
+              contains(msg, "continue with --resume " + ckpt)) << msg;
+  EXPECT_EQ(std::count(msg.begin(), msg.end(), '\n'), 1) << msg;
+  const int64_t step = checkpoint_step(ckpt);
+  EXPECT_GT(step, 0);
+  std::string e;
+  EXPECT_EQ(run_cli(train + " --resume " + ckpt + " --max-steps " + std::to_string(step + 1), &e), 0) << e;
+  EXPECT_EQ(checkpoint_step(ckpt), step + 1);
+  std::system(("rm -rf '" + data + "' '" + out + "' '" + err + "'").c_str());
+}
+
+// Under mpirun, SIGUSR1 (which mpirun forwards to every rank; SIGTERM it turns into killing them)
+// stops every rank after the same step, with rank 0's checkpoint.
+TEST(Cli, SigusrOneToMpirunStopsEveryRankWithACheckpoint) {
+#ifndef SQUEEZE_MPIEXEC
+  GTEST_SKIP() << "built without MPI";
+#else
+  const std::string data = temp_dir("tiny_sigusr1"), out = temp_dir("sigusr1");
+  write_tiny_mnist(data, 64, 32);
+  const std::string err = out + ".err";
+  const pid_t pid = spawn(mpirun_command(2) + SQUEEZE_BINARY +
+      " train --dataset mnist --data-dir " + data + " --base-e 16 --incr-e 16 --init torchvision "
+      "--batch-size 32 --epochs 100000 --out " + out + " > /dev/null 2> " + err);
+  const std::string ckpt = out + "/checkpoint.safetensors";
+  ASSERT_TRUE(wait_for_file(ckpt, 60)) << slurp(err);
+  ::kill(pid, SIGUSR1);
+  EXPECT_NE(wait_exit(pid, 60), 0) << slurp(err);
+  const std::string msg = slurp(err);
+  const std::string said = "squeeze: stopped by SIGUSR1 after step ";
+  const size_t at = msg.find(said);
+  ASSERT_NE(at, std::string::npos) << msg;
+  const int64_t step = std::stoll(msg.substr(at + said.size()));
+  EXPECT_GT(step, 0);
+  EXPECT_EQ(checkpoint_step(ckpt), step);  // the step every rank stopped after
+  std::system(("rm -rf '" + data + "' '" + out + "' '" + err + "'").c_str());
 #endif
 }
