@@ -346,13 +346,19 @@ TEST(Train, CheckpointOfNRanksResumesInOneProcess) {
   if (comm->rank() == 0) std::system(("rm -rf '" + dir + "'").c_str());
 }
 
-// squeeze compress's retraining under mpirun: one epoch with the pruning mask, then one with
-// 4-bit codebooks, at N ranks against one process (to summation order, as above). Pruned weights
-// stay zero and the tuned weights are exactly the codebooks on every rank.
+// squeeze compress's retraining under mpirun against one process, step by step as above (whole
+// trajectories part by flipped decisions). With the pruning mask, which holds no state, every
+// step of an epoch from the one-process state before it (the N-rank run resumes the one-process
+// checkpoint); pruned weights stay zero on every rank. With 4-bit codebooks, whose velocities no
+// checkpoint holds: the first step from the same quantized weights, codebooks included; and over
+// an epoch at N ranks the tuned weights are exactly the codebooks, on every rank alike.
 TEST(Train, CompressionRetrainingAtNRanksMatchesOneProcess) {
-  if (!have_fashion()) GTEST_SKIP() << "Fashion-MNIST not installed at " << kFashion;
   TrainConfig c = small_config();
   c.epochs = 1;
+  const std::string dir = ::testing::TempDir() + "squeeze_mpi_compress_" + std::to_string(::getpid());
+  write_random_mnist(dir, 200, 200);
+  c.data = DataFormat::kMnist;
+  c.data_dir = dir;
   RunOptions o;
   o.quiet = true;
   auto local = make_local_communicator();
@@ -362,40 +368,60 @@ TEST(Train, CompressionRetrainingAtNRanksMatchesOneProcess) {
   const std::vector<uint8_t> mask = magnitude_mask(plan, dense.params.data(), paper_schedule());
   std::vector<float> pruned = dense.params;
   apply_mask(pruned.data(), mask);
-  o.initial_params = &pruned;
-  MaskConstraint mask_one(mask), mask_many(mask);
-  o.constraint = &mask_one;
-  const TrainResult one = train(c, o, *local);
-  o.constraint = &mask_many;
-  o.check_replicas_every = 2;
-  const TrainResult many = train(c, o, *comm);
-  EXPECT_LT(rel_diff(many.params, one.params), 1e-5);
-  for (size_t i = 0; i < mask.size(); ++i) {
-    if (!mask[i]) {
-      ASSERT_EQ(many.params[i], 0.0f) << "pruned parameter " << i;
+  MaskConstraint masked(mask);
+  const std::string ckpt = dir + "/one/checkpoint.safetensors", state = dir + "/state.safetensors";
+  std::vector<float> retrained;
+  for (int64_t k = 0; retrained.empty(); ++k) {  // from the state after k steps, step k+1
+    SCOPED_TRACE("masked step " + std::to_string(k + 1));
+    RunOptions step = o;
+    step.constraint = &masked;
+    step.max_steps = k + 1;
+    RunOptions one_o = step;
+    one_o.out_dir = dir + "/one";
+    if (k == 0) one_o.initial_params = &pruned;
+    else one_o.resume = ckpt;
+    const TrainResult one = train(c, one_o, *local);
+    if (k == 0) step.initial_params = &pruned;
+    else step.resume = state;
+    step.check_replicas_every = 1;
+    const TrainResult many = train(c, step, *comm);
+    ASSERT_EQ(many.steps, k + 1);
+    EXPECT_LT(rel_diff(many.params, one.params), 1e-5);
+    for (size_t i = 0; i < mask.size(); ++i) {
+      if (!mask[i]) {
+        ASSERT_EQ(many.params[i], 0.0f) << "pruned parameter " << i;
+      }
     }
+    if (!one.epochs.empty()) retrained = one.params;  // the epoch's last step
+    std::system(("cp '" + ckpt + "' '" + state + "'").c_str());
   }
 
-  CompressedModel cm_one = quantize(plan, one.params.data(), mask, 4), cm_many = cm_one;
+  auto books = [](const CompressedModel& cm) {
+    std::vector<float> all;
+    for (const QuantizedTensor& q : cm.weights) all.insert(all.end(), q.codebook.begin(), q.codebook.end());
+    return all;
+  };
+  CompressedModel cm_one = quantize(plan, retrained.data(), mask, 4), cm_many = cm_one, cm_epoch = cm_one;
   const std::vector<float> q = dequantize(cm_one, plan);
   QuantizedConstraint q_one(cm_one, plan, c.momentum), q_many(cm_many, plan, c.momentum);
   o.initial_params = &q;
+  o.max_steps = 1;
   o.constraint = &q_one;
-  o.check_replicas_every = 0;
-  const TrainResult tuned_one = train(c, o, *local);
+  const TrainResult first_one = train(c, o, *local);
   o.constraint = &q_many;
+  const TrainResult first_many = train(c, o, *comm);
+  EXPECT_LT(rel_diff(first_many.params, first_one.params), 1e-5);
+  EXPECT_LT(rel_diff(books(cm_many), books(cm_one)), 1e-5);
+  EXPECT_NE(books(cm_many), books(quantize(plan, retrained.data(), mask, 4)));  // the step moved them
+
+  QuantizedConstraint q_epoch(cm_epoch, plan, c.momentum);
+  o.constraint = &q_epoch;
+  o.max_steps = 0;
   o.check_replicas_every = 2;
-  const TrainResult tuned_many = train(c, o, *comm);
-  q_one.finish(tuned_one.params.data());
-  q_many.finish(tuned_many.params.data());
-  EXPECT_LT(rel_diff(tuned_many.params, tuned_one.params), 1e-5);
-  EXPECT_EQ(dequantize(cm_many, plan), tuned_many.params);
-  std::vector<float> books_one, books_many;
-  for (size_t t = 0; t < cm_one.weights.size(); ++t) {
-    books_one.insert(books_one.end(), cm_one.weights[t].codebook.begin(), cm_one.weights[t].codebook.end());
-    books_many.insert(books_many.end(), cm_many.weights[t].codebook.begin(), cm_many.weights[t].codebook.end());
-  }
-  EXPECT_LT(rel_diff(books_many, books_one), 1e-5);
+  const TrainResult tuned = train(c, o, *comm);
+  q_epoch.finish(tuned.params.data());
+  EXPECT_EQ(dequantize(cm_epoch, plan), tuned.params);
+  std::system(("rm -rf '" + dir + "'").c_str());
 }
 
 // GPU ranks over the MPI backend (what squeeze train --device cuda does where NCCL cannot serve,
