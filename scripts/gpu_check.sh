@@ -93,7 +93,7 @@ if ! { [ -x $B/squeeze ] && $B/squeeze --help > /dev/null 2>&1 && ! ldd $B/test_
     -DSQUEEZE_WITH_MPI=OFF ${cudnn_root:+-DCUDNN_ROOT=$cudnn_root} \
     -DCMAKE_CUDA_ARCHITECTURES="${cap:-90}" > /tmp/configure.log 2>&1 || { tail -30 /tmp/configure.log; exit 1; }
   grep -E "CUDA kernels" /tmp/configure.log  # (no MPI headers carried: the nccl phase fails)
-  cmake --build build-gpu -j"$(nproc)" --target squeeze test_cuda_ops bench_gpu \
+  cmake --build build-gpu -j"$(nproc)" --target squeeze test_cuda_ops test_train bench_gpu \
     > /tmp/build.log 2>&1 || { grep -E "error" -A3 /tmp/build.log | head -60; exit 1; }
   B=build-gpu
 fi
@@ -153,6 +153,9 @@ for phase in $phases; do
       --out /tmp/sq_gpu_run --overwrite
     run "train --device cuda --precision bf16 (1 epoch)" \
       $B/squeeze train --device cuda --precision bf16 --epochs 1 --data-dir "$data" --out /tmp/sq_gpu_bf16 --overwrite
+    SQUEEZE_TEST_TRAIN_DEVICE=cuda SQUEEZE_BINARY=$PWD/$B/squeeze \
+      run "SIGTERM stops GPU training after the step, with a checkpoint" \
+      $B/test_train --gtest_color=no --gtest_filter='Cli.SigtermStopsTrainingWithACheckpoint'
     # The opt-in WMMA tensor-core kernel (the default is v7's mma.sync): every model shape against
     # the double reference, and the graph test's TF32 steps.
     SQUEEZE_IGEMM_MMA=0 run "test_cuda_ops, WMMA kernel (tensor-core tests)" $B/test_cuda_ops \

@@ -5,7 +5,7 @@
 # tool's `carry`), which scripts/gpu_check.sh uses there:
 #   .device/debs  Debian packages: OpenBLAS, Open MPI's run time (relocated there by OPAL_PREFIX),
 #                 Fashion-MNIST, and the headers for a build there;
-#   .device/bin.tar.xz  squeeze, test_cuda_ops, test_mpi, bench_gpu, bench_collectives and
+#   .device/bin.tar.xz  squeeze, test_cuda_ops, test_mpi, test_train, bench_gpu, bench_collectives and
 #                 bench_ddp_gpu built here for sm_90 (x86-64-v3, not -march=native), so that
 #                 the lease is not spent compiling; gpu_check.sh unpacks them to .device/bin there and builds instead
 #                 when they do not run. (Packed: unpacked, their kernels' code would take the
@@ -20,7 +20,7 @@ rm -rf .device/bin && mkdir -p /tmp/sq_device_bin/bin
   libevent-pthreads-2.1-7 libpmix2 libnuma1 libmunge2 2> >(grep -v "unsandboxed" >&2))
 cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DSQUEEZE_NATIVE=OFF \
   -DCMAKE_CXX_FLAGS="-march=x86-64-v3" -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null
-bins="squeeze test_cuda_ops test_mpi bench_gpu bench_collectives bench_ddp_gpu"
+bins="squeeze test_cuda_ops test_mpi test_train bench_gpu bench_collectives bench_ddp_gpu"
 cmake --build build-device -j"$(nproc)" --target $bins
 B=/tmp/sq_device_bin/bin
 for b in $bins; do strip -o $B/$b build-device/$b; done

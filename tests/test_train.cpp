@@ -110,6 +110,13 @@ std::string error_of(F&& f) {
 
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
+// The squeeze binary: the build's, or $SQUEEZE_BINARY where the tests run elsewhere (the GPU
+// machine runs binaries built on another, scripts/gpu_check.sh).
+std::string squeeze_binary() {
+  const char* env = std::getenv("SQUEEZE_BINARY");
+  return env ? env : SQUEEZE_BINARY;
+}
+
 std::string slurp(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(f), {});
@@ -133,7 +140,7 @@ std::vector<int64_t> metric_steps(const std::string& path) {
 // let one test read another's message (a short one written over the start of a longer one).
 int run_cli(const std::string& args, std::string* err, const std::string& out = "/dev/null") {
   std::string errfile = ::testing::TempDir() + "squeeze_cli_err_" + std::to_string(::getpid()) + ".txt";
-  std::string cmd = std::string(SQUEEZE_BINARY) + " " + args + " > " + out + " 2> " + errfile;
+  std::string cmd = squeeze_binary() + " " + args + " > " + out + " 2> " + errfile;
   int status = std::system(cmd.c_str());
   {
     std::ifstream f(errfile);
@@ -365,7 +372,7 @@ TEST(Train, ExportedWeightsEvaluateTheSame) {
   TrainResult r = train(c, o, *comm);
   std::string err;
   std::string out_file = o.out_dir + "/eval.txt";
-  std::string cmd = std::string(SQUEEZE_BINARY) + " eval --weights " + o.out_dir +
+  std::string cmd = squeeze_binary() + " eval --weights " + o.out_dir +
                     "/weights.safetensors > " + out_file;
   ASSERT_EQ(std::system(cmd.c_str()), 0);
   std::ifstream f(out_file);
@@ -823,7 +830,7 @@ TEST(Cli, CompressRetrainsOnThreeRanks) {
                                "/m.sqz --prune conv10=0.5 --dataset mnist --data-dir " + data + " --retrain-epochs 1";
   auto run = [&](const std::string& extra, std::string* err) {
     const std::string errfile = out + "/err.txt";
-    const int st = std::system((mpirun + SQUEEZE_BINARY + " " + compress + extra + " > /dev/null 2> " + errfile).c_str());
+    const int st = std::system((mpirun + squeeze_binary() + " " + compress + extra + " > /dev/null 2> " + errfile).c_str());
     *err = slurp(errfile);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
   };
@@ -934,14 +941,17 @@ int64_t checkpoint_step(const std::string& path) {
 
 // SIGTERM (a batch scheduler's, or kill) stops squeeze train at the next step boundary: exit
 // status 143, one line on stderr naming the checkpoint, and the checkpoint resumes. Without the
-// handler the process died at once, the epoch's steps lost.
+// handler the process died at once, the epoch's steps lost. SQUEEZE_TEST_TRAIN_DEVICE=cuda runs
+// it on the GPU (scripts/gpu_check.sh).
 TEST(Cli, SigtermStopsTrainingWithACheckpoint) {
   const std::string data = temp_dir("tiny_sigterm"), out = temp_dir("sigterm");
   write_tiny_mnist(data, 64, 32);
+  const char* device = std::getenv("SQUEEZE_TEST_TRAIN_DEVICE");
   const std::string train = "train --dataset mnist --data-dir " + data +
-                            " --base-e 16 --incr-e 16 --init torchvision --batch-size 32 --out " + out;
+                            " --base-e 16 --incr-e 16 --init torchvision --batch-size 32 --out " + out +
+                            (device ? std::string(" --device ") + device : "");
   const std::string err = out + ".err";
-  const pid_t pid = spawn(std::string(SQUEEZE_BINARY) + " " + train + " --epochs 100000 > /dev/null 2> " + err);
+  const pid_t pid = spawn(squeeze_binary() + " " + train + " --epochs 100000 > /dev/null 2> " + err);
   const std::string ckpt = out + "/checkpoint.safetensors";
   ASSERT_TRUE(wait_for_file(ckpt, 60)) << slurp(err);  // past the first epoch
   ::kill(pid, SIGTERM);
@@ -967,7 +977,7 @@ TEST(Cli, SigusrOneToMpirunStopsEveryRankWithACheckpoint) {
   const std::string data = temp_dir("tiny_sigusr1"), out = temp_dir("sigusr1");
   write_tiny_mnist(data, 64, 32);
   const std::string err = out + ".err";
-  const pid_t pid = spawn(mpirun_command(2) + SQUEEZE_BINARY +
+  const pid_t pid = spawn(mpirun_command(2) + squeeze_binary() +
       " train --dataset mnist --data-dir " + data + " --base-e 16 --incr-e 16 --init torchvision "
       "--batch-size 32 --epochs 100000 --out " + out + " > /dev/null 2> " + err);
   const std::string ckpt = out + "/checkpoint.safetensors";
