@@ -534,10 +534,7 @@ void remove_temp_on_signal(int sig, siginfo_t* info, void* context) {
   } else if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN) {
     prev.sa_handler(sig);
   } else {
-    if (g_armed.exchange(false)) {
-      if (::getpid() == g_tmp_owner) ::unlink(g_tmp_path);
-      g_removed.store(true);
-    }
+    abandon_atomic_write();
     ::sigaction(sig, &prev, nullptr);
     ::raise(sig);  // blocked until this handler returns, then delivered to the default action
   }
@@ -624,6 +621,13 @@ void remove_stale_temps(const std::string& dir, const std::string& base) {
 }
 
 }  // namespace
+
+void abandon_atomic_write() {
+  if (g_armed.exchange(false)) {
+    if (::getpid() == g_tmp_owner) ::unlink(g_tmp_path);
+    g_removed.store(true);
+  }
+}
 
 void check_writable(const std::string& path) {
   if (path.empty()) fail("output file: empty path");

@@ -46,6 +46,10 @@ SafetensorsFile read_safetensors(const std::string& path);
 // removed at the start of the next write.
 void atomic_write_file(const std::string& path, const void* data, size_t size);
 
+// Async-signal-safe: removes the temporary of the atomic write in progress, if any. For a signal
+// handler about to end the process (squeeze train's, at a second stop signal).
+void abandon_atomic_write();
+
 // Whether atomic_write_file(path) can succeed, as far as can be told before the work that makes
 // the data: the directory exists and is writable, and `path` is not a directory. Throws sq::Error
 // naming the path otherwise, so that a long run is refused at its start rather than at its end.

@@ -126,11 +126,17 @@ bool is_regular_file(const std::string& path) {
 // written before its checkpoint, so a run stopped between the two would log that epoch again;
 // a line torn by the stop is dropped too. Returns the number of lines dropped.
 int64_t trim_metrics(const std::string& path, int64_t step) {
-  std::ifstream in(path);
+  std::ifstream in(path, std::ios::binary);
   if (!in.is_open()) return 0;  // none here yet: the resumed run starts one
-  std::string line, kept;
+  const std::string text{std::istreambuf_iterator<char>(in), {}};
+  if (in.bad()) fail(path, ": cannot read: ", std::strerror(errno));
+  std::string kept;
   int64_t dropped = 0;
-  while (std::getline(in, line)) {
+  for (size_t at = 0; at < text.size();) {
+    size_t end = text.find('\n', at);
+    if (end == std::string::npos) end = text.size();
+    const std::string line = text.substr(at, end - at);
+    at = end + 1;
     if (line.empty()) continue;
     const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
     const bool keep = j.is_object() && j.contains("step") && j["step"].is_number_integer() &&
@@ -138,8 +144,9 @@ int64_t trim_metrics(const std::string& path, int64_t step) {
     if (keep) kept += line + "\n";
     dropped += !keep;
   }
-  if (in.bad()) fail(path, ": cannot read: ", std::strerror(errno));
-  if (dropped) atomic_write_file(path, kept.data(), kept.size());
+  // Rewritten also where only the last line's newline is missing: the next line appended would
+  // join it.
+  if (kept != text) atomic_write_file(path, kept.data(), kept.size());
   return dropped;
 }
 
@@ -385,6 +392,8 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
   if (n_train < world) fail("more ranks (", world, ") than training samples (", n_train, ")");
   const int64_t steps_per_epoch = (n_train + cfg.batch - 1) / cfg.batch;
   const int64_t total_steps = steps_per_epoch * cfg.epochs;
+  if (opt.fault.kind != FaultInjection::Kind::kNone && opt.fault.step >= total_steps)
+    fail("--inject-fault: step ", opt.fault.step, " is past the run's last (", total_steps, " steps)");
 
   int64_t step = 0;
   EpochSums sums;
@@ -449,10 +458,12 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
 
   std::string metrics_path, ckpt_path, weights_path;
   if (root && !opt.out_dir.empty()) {
-    make_dirs(opt.out_dir);
-    metrics_path = opt.out_dir + "/metrics.jsonl";
-    ckpt_path = opt.out_dir + "/checkpoint.safetensors";
-    weights_path = opt.out_dir + "/weights.safetensors";
+    std::string out = opt.out_dir;  // "runs/x/" names its files runs/x/..., not runs/x//...
+    while (out.size() > 1 && out.back() == '/') out.pop_back();
+    make_dirs(out);
+    metrics_path = out + "/metrics.jsonl";
+    ckpt_path = out + "/checkpoint.safetensors";
+    weights_path = out + "/weights.safetensors";
     // An output that cannot be written is refused now, before the first epoch's work.
     check_writable(ckpt_path);
     check_writable(weights_path);
@@ -462,13 +473,15 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     if (!opt.overwrite && !continues_this_out)
       for (const std::string& f : {ckpt_path, metrics_path, weights_path})
         if (is_regular_file(f))
-          fail("--out ", opt.out_dir, " holds another run (", f, "); continue it with --resume ",
-               ckpt_path, ", pass --overwrite to replace it, or choose another --out");
+          fail("--out ", out, " holds another run (", f, "); ",
+               is_regular_file(ckpt_path) ? "continue it with --resume " + ckpt_path + ", pass"
+                                          : std::string("it has no checkpoint to continue from: pass"),
+               " --overwrite to replace it, or choose another --out");
     if (continues_this_out) {
       const int64_t dropped = trim_metrics(metrics_path, step);
       if (dropped && !opt.quiet)
-        std::printf("%s: dropped %lld line(s) past the checkpoint's step %lld\n", metrics_path.c_str(),
-                    (long long)dropped, (long long)step);
+        std::printf("%s: dropped %lld line(s) past the checkpoint's step %lld or unreadable\n",
+                    metrics_path.c_str(), (long long)dropped, (long long)step);
     }
     write_line(metrics_path, continues_this_out ? std::ios::app : std::ios::trunc, "");
   }
@@ -516,6 +529,9 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     if (!opt.resume.empty() && step == total_steps)
       std::printf("its run is complete (step %lld of %lld): nothing left to train\n", (long long)step,
                   (long long)total_steps);
+    else if (!opt.resume.empty() && opt.max_steps > 0 && opt.max_steps <= step)
+      std::printf("--max-steps %lld is not past the checkpoint's step: nothing to train\n",
+                  (long long)opt.max_steps);
     std::fflush(stdout);
   }
 
@@ -589,7 +605,7 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
       params[0] += 1.0f;
       if (dev) dev->upload(params.data(), nullptr);
     }
-    double stats[3] = {0, 0, 0};  // loss sum, correct count, ranks asked to stop
+    double stats[4] = {0, 0, 0, 0};  // loss sum, correct count, ranks asked to stop, their signals
     if (cur.step != step) assemble(step, cur);
     if (dev) {
       std::function<void(size_t)> hook;
@@ -634,8 +650,10 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
       else
         opt.constraint->on_gradient(grads.data());
     }
-    stats[2] = opt.stop_signal && *opt.stop_signal ? 1.0 : 0.0;
-    comm.allreduce_sum(stats, 3);
+    const int asked = opt.stop_signal ? int(*opt.stop_signal) : 0;
+    stats[2] = asked ? 1.0 : 0.0;
+    stats[3] = asked;
+    comm.allreduce_sum(stats, 4);
     const bool stop_requested = stats[2] > 0;  // the same on every rank
     if (!std::isfinite(stats[0]))
       fail("training diverged: loss is ", stats[0], " at step ", step, " (epoch ", epoch + 1,
@@ -728,8 +746,10 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
       epoch_t0 = Clock::now();
       epoch_images = 0;
     }
-    if (stop_requested) {  // checkpointed below, where --max-steps stops
+    if (stop_requested && step < total_steps) {  // checkpointed below, where --max-steps stops
       result.stopped = true;
+      const double each = stats[3] / stats[2];  // the signal, where every rank asked got the same
+      result.stop_signal = each == std::floor(each) ? int(each) : 0;
       break;
     }
   }

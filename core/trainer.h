@@ -113,7 +113,8 @@ struct TrainResult {
   int64_t steps = 0;
   std::vector<float> params;  // final parameters
   ModelConfig model;
-  bool stopped = false;  // ended early at a stop request (RunOptions::stop_signal)
+  bool stopped = false;  // ended before the run's end at a stop request (RunOptions::stop_signal)
+  int stop_signal = 0;   // the signal every rank that got one got (0: differing ones)
 };
 
 // Loads the data set, builds the model, trains, evaluates each epoch.

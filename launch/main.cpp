@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 
 #include "comm/communicator.h"
@@ -42,6 +43,7 @@ constexpr int kStopSignals[] = {SIGINT, SIGTERM, SIGUSR1};
 
 extern "C" void request_stop(int sig) {
   if (g_stop_signal != 0) {
+    sq::abandon_atomic_write();  // a checkpoint being written: its temporary goes with the process
     std::signal(sig, SIG_DFL);
     std::raise(sig);
     return;
@@ -301,7 +303,10 @@ int main(int argc, char** argv) {
   train_cmd->add_flag("--hflip", tc.augment.hflip, "random horizontal flips");
   train_cmd->add_option("--train-limit", tc.train_limit, "train on the first N samples only (0: all)");
   train_cmd->add_option("--test-limit", tc.test_limit, "evaluate on the first N test samples (0: all)");
-  train_cmd->add_option("--out", ro.out_dir, "directory for metrics.jsonl, checkpoint and weights ('' : none)")->capture_default_str();
+  train_cmd->add_option("--out", ro.out_dir,
+                        "directory for metrics.jsonl, checkpoint and weights ('' : none; with --resume: "
+                        "the checkpoint's directory)")
+      ->capture_default_str();
   train_cmd->add_flag("--overwrite", ro.overwrite,
                       "replace another run's metrics, checkpoint and weights in --out (otherwise refused)");
   train_cmd->add_option("--resume", ro.resume, "continue from this checkpoint (its settings are used; --data-dir still says where the data is)");
@@ -445,23 +450,48 @@ int main(int argc, char** argv) {
       if (!(nccl_timeout > 0)) fail("--nccl-timeout must be positive, got ", nccl_timeout);
       comm = make_job_communicator(job, parse_mpi_progress(mpi_progress));
       if (ro.cuda && job.mpi) use_nccl_if_possible(job, nccl_timeout, comm, ro.gpu);
+      while (ro.out_dir.size() > 1 && ro.out_dir.back() == '/') ro.out_dir.pop_back();
+      if (!ro.resume.empty()) {
+        // Continuing a run writes into that run's directory unless told otherwise.
+        if (train_cmd->count("--out") == 0) {
+          const size_t slash = ro.resume.rfind('/');
+          ro.out_dir = slash == std::string::npos ? "." : slash == 0 ? "/" : ro.resume.substr(0, slash);
+        }
+        // The run's settings are the checkpoint's: a flag that would change them is said to be
+        // ignored rather than silently dropped.
+        static const std::set<std::string> how = {
+            "--out", "--resume", "--max-steps", "--data-dir", "--device", "--precision", "--conv",
+            "--bucket-mib", "--overlap", "--mpi-progress", "--check-replicas", "--nccl-timeout",
+            "--threads", "--inject-fault", "--overwrite", "--check-layers"};
+        std::string ignored;
+        for (const CLI::Option* o : train_cmd->get_options())
+          if (o->count() > 0 && !how.count(o->get_name()))
+            ignored += (ignored.empty() ? "" : ", ") + o->get_name();
+        if (!ignored.empty() && job.root())
+          std::printf("note: --resume continues with the checkpoint's settings; ignoring %s\n", ignored.c_str());
+      }
       stop_on_signals();
       ro.stop_signal = &g_stop_signal;
       TrainResult r = sq::train(tc, ro, *comm);
       if (r.stopped) {
         // Every rank stopped after the same step; the exit status says the run did not finish.
-        const int sig = g_stop_signal ? int(g_stop_signal) : SIGTERM;
+        const int sig = r.stop_signal ? r.stop_signal : SIGTERM;
         if (job.root()) {
           const std::string ckpt = ro.out_dir.empty() ? "" : ro.out_dir + "/checkpoint.safetensors";
+          const std::string data = tc.data_dir.empty() ? "" : " --data-dir " + tc.data_dir;
           std::fprintf(stderr, "squeeze: stopped by %s after step %lld: %s\n",
-                       g_stop_signal ? signal_name(g_stop_signal) : "another rank's signal", (long long)r.steps,
+                       r.stop_signal ? signal_name(r.stop_signal) : "a signal", (long long)r.steps,
                        ckpt.empty() ? "nothing saved (--out '')"
-                                    : ("checkpoint " + ckpt + "; continue with --resume " + ckpt).c_str());
+                                    : ("checkpoint " + ckpt + "; continue with: squeeze train --resume " + ckpt + data).c_str());
         }
         exit_status = 128 + sig;
       } else if (job.root() && !r.epochs.empty()) {
-        std::printf("final test accuracy %.4f after %lld steps\n", r.epochs.back().test_acc,
-                    (long long)r.steps);
+        const EpochMetrics& last = r.epochs.back();
+        if (last.step == r.steps)
+          std::printf("final test accuracy %.4f after %lld steps\n", last.test_acc, (long long)r.steps);
+        else  // --max-steps stopped mid-epoch: the last accuracy measured is older
+          std::printf("stopped at step %lld; test accuracy %.4f at step %lld (epoch %lld's end)\n",
+                      (long long)r.steps, last.test_acc, (long long)last.step, (long long)last.epoch);
       }
     } else if (*eval) {
       comm = make_job_communicator(job, MpiProgress::kThread);

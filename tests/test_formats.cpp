@@ -923,6 +923,55 @@ TEST_F(Formats, SignalDuringWriteWithAProgramsHandlerLetsTheWriteComplete) {
     EXPECT_EQ(name.find(".tmp."), std::string::npos) << "temporary left behind: " << name;
 }
 
+namespace {
+void abandon_and_exit(int) {
+  sq::abandon_atomic_write();
+  ::_exit(9);
+}
+}  // namespace
+
+// A handler that ends the process mid-write (squeeze train's, at a second stop signal) removes
+// the temporary through abandon_atomic_write first; the previous file stays whole.
+TEST_F(Formats, AHandlerEndingTheProcessMidWriteLeavesNoTemp) {
+  const std::string p = path("ckpt.safetensors");
+  const std::string old = "previous checkpoint";
+  sq::atomic_write_file(p, old.data(), old.size());
+  const std::vector<uint8_t> big(size_t(256) << 20, 0x5a);
+  std::fflush(nullptr);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0) << std::strerror(errno);
+  if (child == 0) {
+    struct sigaction own;
+    std::memset(&own, 0, sizeof own);
+    own.sa_handler = abandon_and_exit;
+    sigemptyset(&own.sa_mask);
+    ::sigaction(SIGTERM, &own, nullptr);
+    std::thread signaller([&] {
+      bool saw_temp = false;
+      for (int i = 0; i < 2000000 && !saw_temp; ++i)
+        for (const std::string& name : listing())
+          if (name.find(".tmp.") != std::string::npos) saw_temp = true;
+      if (!saw_temp) ::_exit(3);
+      ::kill(::getpid(), SIGTERM);
+      for (;;) ::pause();
+    });
+    try {
+      sq::atomic_write_file(p, big.data(), big.size());
+    } catch (...) {
+      ::_exit(2);
+    }
+    ::_exit(0);  // the write finished before the signal came: not what this test needs
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child) << std::strerror(errno);
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), 9) << "0: the write finished first, 2: it threw, 3: no temporary seen";
+  Bytes got = read_raw(p);
+  EXPECT_EQ(std::string(got.begin(), got.end()), old);
+  for (const std::string& name : listing())
+    EXPECT_EQ(name.find(".tmp."), std::string::npos) << "temporary left behind: " << name;
+}
+
 TEST_F(Formats, AtomicWriteRemovesTempsOfDeadProcessesOnly) {
   // What SIGKILL or a power loss leaves is removed by the next write of the same file.
   const pid_t dead = ::fork();

@@ -659,6 +659,10 @@ TEST(Train, ResumeLogsEachEpochOnce) {
   };
   ASSERT_EQ(run(false, 2), "");
   copy_file(ckpt, out + "/epoch1.safetensors");
+  // A last line without its newline (an editor's save): the next line must not join it.
+  const std::string first = slurp(metrics);
+  ASSERT_EQ(first.back(), '\n');
+  std::ofstream(metrics, std::ios::trunc) << first.substr(0, first.size() - 1);
   ASSERT_EQ(run(true, 4), "");
   EXPECT_EQ(metric_steps(metrics), (std::vector<int64_t>{2, 4}));
   // The stop: epoch 2's line written, its checkpoint not; and half of a line after it.
@@ -958,7 +962,7 @@ TEST(Cli, SigtermStopsTrainingWithACheckpoint) {
   EXPECT_EQ(wait_exit(pid, 60), 128 + SIGTERM) << slurp(err);
   const std::string msg = slurp(err);
   EXPECT_TRUE(contains(msg, "squeeze: stopped by SIGTERM after step ") &&
-              contains(msg, "continue with --resume " + ckpt)) << msg;
+              contains(msg, "continue with: squeeze train --resume " + ckpt + " --data-dir " + data)) << msg;
   EXPECT_EQ(std::count(msg.begin(), msg.end(), '\n'), 1) << msg;
   const int64_t step = checkpoint_step(ckpt);
   EXPECT_GT(step, 0);
@@ -969,28 +973,66 @@ TEST(Cli, SigtermStopsTrainingWithACheckpoint) {
 }
 
 // Under mpirun, SIGUSR1 (which mpirun forwards to every rank; SIGTERM it turns into killing them)
-// stops every rank after the same step, with rank 0's checkpoint.
-TEST(Cli, SigusrOneToMpirunStopsEveryRankWithACheckpoint) {
+// stops every rank after the same step, with rank 0's checkpoint; so does a signal that reaches
+// one rank only (the other ranks learn it from the step's allreduce), and the job's exit status
+// and rank 0's line name that rank's signal.
+TEST(Cli, SigusrOneStopsEveryRankWithACheckpoint) {
 #ifndef SQUEEZE_MPIEXEC
   GTEST_SKIP() << "built without MPI";
 #else
-  const std::string data = temp_dir("tiny_sigusr1"), out = temp_dir("sigusr1");
+  const std::string data = temp_dir("tiny_sigusr1");
   write_tiny_mnist(data, 64, 32);
-  const std::string err = out + ".err";
-  const pid_t pid = spawn(mpirun_command(2) + squeeze_binary() +
-      " train --dataset mnist --data-dir " + data + " --base-e 16 --incr-e 16 --init torchvision "
-      "--batch-size 32 --epochs 100000 --out " + out + " > /dev/null 2> " + err);
-  const std::string ckpt = out + "/checkpoint.safetensors";
-  ASSERT_TRUE(wait_for_file(ckpt, 60)) << slurp(err);
-  ::kill(pid, SIGUSR1);
-  EXPECT_NE(wait_exit(pid, 60), 0) << slurp(err);
-  const std::string msg = slurp(err);
-  const std::string said = "squeeze: stopped by SIGUSR1 after step ";
-  const size_t at = msg.find(said);
-  ASSERT_NE(at, std::string::npos) << msg;
-  const int64_t step = std::stoll(msg.substr(at + said.size()));
-  EXPECT_GT(step, 0);
-  EXPECT_EQ(checkpoint_step(ckpt), step);  // the step every rank stopped after
-  std::system(("rm -rf '" + data + "' '" + out + "' '" + err + "'").c_str());
+  for (const bool one_rank : {false, true}) {
+    SCOPED_TRACE(one_rank ? "to one rank" : "to mpirun");
+    const std::string out = temp_dir(one_rank ? "sigusr1_rank" : "sigusr1"), err = out + ".err";
+    const pid_t pid = spawn(mpirun_command(2) + squeeze_binary() +
+        " train --dataset mnist --data-dir " + data + " --base-e 16 --incr-e 16 --init torchvision "
+        "--batch-size 32 --epochs 100000 --out " + out + " > /dev/null 2> " + err);
+    const std::string ckpt = out + "/checkpoint.safetensors";
+    ASSERT_TRUE(wait_for_file(ckpt, 60)) << slurp(err);
+    pid_t target = pid;
+    if (one_rank) {  // the last rank mpirun started
+      FILE* p = ::popen(("pgrep -P " + std::to_string(pid) + " | tail -1").c_str(), "r");
+      ASSERT_NE(p, nullptr);
+      long child = 0;
+      EXPECT_EQ(std::fscanf(p, "%ld", &child), 1);
+      ::pclose(p);
+      ASSERT_GT(child, 0);
+      target = pid_t(child);
+    }
+    ::kill(target, SIGUSR1);
+    EXPECT_EQ(wait_exit(pid, 60), 128 + SIGUSR1) << slurp(err);
+    const std::string msg = slurp(err);
+    const std::string said = "squeeze: stopped by SIGUSR1 after step ";
+    const size_t at = msg.find(said);
+    ASSERT_NE(at, std::string::npos) << msg;
+    const int64_t step = std::stoll(msg.substr(at + said.size()));
+    EXPECT_GT(step, 0);
+    EXPECT_EQ(checkpoint_step(ckpt), step);  // the step every rank stopped after
+    std::system(("rm -rf '" + out + "' '" + err + "'").c_str());
+  }
+  std::system(("rm -rf '" + data + "'").c_str());
 #endif
+}
+
+// --resume without --out continues in the checkpoint's directory (the run's metrics there, not a
+// second half in runs/squeeze); flags that the checkpoint's settings override are named as
+// ignored; --max-steps not past the checkpoint says so; a run stopped mid-epoch by --max-steps
+// says which step its last test accuracy is from.
+TEST(Cli, ResumeContinuesInTheCheckpointsDirectory) {
+  const std::string data = temp_dir("tiny_cont"), out = temp_dir("cont"), text = temp_dir("cont.txt");
+  write_tiny_mnist(data, 64, 32);
+  const std::string flags = " --dataset mnist --data-dir " + data +
+                            " --base-e 16 --incr-e 16 --init torchvision --batch-size 32 --epochs 3";
+  std::string err;
+  ASSERT_EQ(run_cli("train" + flags + " --max-steps 3 --out " + out + "/", &err, text), 0) << err;
+  EXPECT_TRUE(contains(slurp(text), "stopped at step 3; test accuracy ")) << slurp(text);
+  EXPECT_TRUE(contains(slurp(text), " at step 2 (epoch 1's end)")) << slurp(text);
+  const std::string ckpt = out + "/checkpoint.safetensors";
+  ASSERT_EQ(run_cli("train --resume " + ckpt + " --data-dir " + data + " --max-steps 2", &err, text), 0) << err;
+  EXPECT_TRUE(contains(slurp(text), "--max-steps 2 is not past the checkpoint's step: nothing to train")) << slurp(text);
+  ASSERT_EQ(run_cli("train --resume " + ckpt + " --data-dir " + data + " --epochs 7 --lr 0.5", &err, text), 0) << err;
+  EXPECT_TRUE(contains(slurp(text), "ignoring --epochs, --lr")) << slurp(text);
+  EXPECT_EQ(metric_steps(out + "/metrics.jsonl"), (std::vector<int64_t>{2, 4, 6}));
+  std::system(("rm -rf '" + data + "' '" + out + "' '" + text + "'").c_str());
 }
