@@ -146,7 +146,12 @@ int64_t trim_metrics(const std::string& path, int64_t step) {
   }
   // Rewritten also where only the last line's newline is missing: the next line appended would
   // join it.
-  if (kept != text) atomic_write_file(path, kept.data(), kept.size());
+  if (kept != text) {
+    struct stat st;
+    const bool had_mode = ::stat(path.c_str(), &st) == 0;
+    atomic_write_file(path, kept.data(), kept.size());
+    if (had_mode) ::chmod(path.c_str(), st.st_mode & 07777);  // as it was (best effort)
+  }
   return dropped;
 }
 

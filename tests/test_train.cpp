@@ -668,8 +668,12 @@ TEST(Train, ResumeLogsEachEpochOnce) {
   // The stop: epoch 2's line written, its checkpoint not; and half of a line after it.
   copy_file(out + "/epoch1.safetensors", ckpt);
   std::ofstream(metrics, std::ios::app) << "{\"epoch\":3,\"st";
+  ASSERT_EQ(::chmod(metrics.c_str(), 0640), 0);
   ASSERT_EQ(run(true, 0), "");
   EXPECT_EQ(metric_steps(metrics), (std::vector<int64_t>{2, 4, 6}));
+  struct stat st;
+  ASSERT_EQ(::stat(metrics.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0640u) << "the rewritten file keeps its mode";
   std::system(("rm -rf '" + data + "' '" + out + "'").c_str());
 }
 
