@@ -170,7 +170,17 @@ int run_eval(const ModelFlags& mf, const std::string& weights, const std::string
   // The training set only fills in what the weights do not say (the model's shape, the inputs'
   // normalization).
   const bool need_train = !lw.has_config || !lw.has_norm;
-  DataSplit data = load_dataset(fmt, data_dir.empty() ? default_data_dir(fmt) : data_dir, need_train);
+  const std::string dir = data_dir.empty() ? default_data_dir(fmt) : data_dir;
+  DataSplit data;
+  try {
+    data = load_dataset(fmt, dir, need_train);
+  } catch (const Error& e) {
+    // Where only the training files are missing, say why they are needed.
+    if (!need_train) throw;
+    load_dataset(fmt, dir, false);  // throws if the test files fail too: that error is the one
+    fail(weights, " carries no ", lw.has_config ? "normalization" : "model configuration",
+         ", so the training set is read for it: ", e.what());
+  }
   ModelConfig c;
   if (lw.has_config) {
     c = lw.config;

@@ -790,6 +790,16 @@ TEST(Cli, EvalOfWeightsCarryingTheirNormalizationNeedsNoTrainingSet) {
   ASSERT_EQ(run_cli("eval --weights " + out + "/weights.safetensors --dataset mnist --data-dir " + tests, &err, text), 0)
       << err;
   EXPECT_TRUE(contains(slurp(text), "32 samples")) << slurp(text);
+  // Without its normalization the training set is needed, and the error says why.
+  const SafetensorsFile w = read_safetensors(out + "/weights.safetensors");
+  std::map<std::string, std::string> meta = w.metadata;
+  ASSERT_EQ(meta.erase("squeeze.normalization"), 1u);
+  const std::string bare = out + "/bare.safetensors";
+  write_with_metadata(w, bare, meta);
+  EXPECT_NE(run_cli("eval --weights " + bare + " --dataset mnist --data-dir " + tests, &err), 0);
+  EXPECT_TRUE(contains(err, bare + " carries no normalization, so the training set is read for it: ") &&
+              contains(err, tests + "/train-images-idx3-ubyte")) << err;
+  EXPECT_EQ(run_cli("eval --weights " + bare + " --dataset mnist --data-dir " + data, &err), 0) << err;
   std::system(("rm -rf '" + data + "' '" + out + "' '" + tests + "'").c_str());
 }
 
