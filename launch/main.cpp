@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <iterator>
 #include <set>
 #include <string>
 
@@ -55,17 +56,31 @@ const char* signal_name(int sig) {
   return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : sig == SIGUSR1 ? "SIGUSR1" : "a signal";
 }
 
+struct sigaction g_previous[std::size(kStopSignals)];
+bool g_installed[std::size(kStopSignals)] = {};
+
+// Installed first thing (MPI_Init leaves these signals alone), so that a signal while MPI and the
+// data start up is a stop request too (it used to kill the ranks there).
 void stop_on_signals() {
-  for (int sig : kStopSignals) {
-    struct sigaction old, ours;
+  for (size_t i = 0; i < std::size(kStopSignals); ++i) {
+    const int sig = kStopSignals[i];
+    struct sigaction ours;
     std::memset(&ours, 0, sizeof ours);
     ours.sa_handler = request_stop;
     sigemptyset(&ours.sa_mask);
     ours.sa_flags = SA_RESTART;
     // A signal ignored at start (a shell's background job ignores SIGINT) stays ignored.
-    if (::sigaction(sig, nullptr, &old) == 0 && old.sa_handler != SIG_IGN)
-      if (::sigaction(sig, &ours, nullptr) != 0) fail("sigaction(", signal_name(sig), "): ", std::strerror(errno));
+    if (::sigaction(sig, nullptr, &g_previous[i]) == 0 && g_previous[i].sa_handler != SIG_IGN)
+      g_installed[i] = ::sigaction(sig, &ours, nullptr) == 0;
   }
+}
+
+// Commands other than training end at a signal as usual: the previous actions back, and a
+// signal that came meanwhile raised again.
+void default_signals() {
+  for (size_t i = 0; i < std::size(kStopSignals); ++i)
+    if (g_installed[i]) ::sigaction(kStopSignals[i], &g_previous[i], nullptr), g_installed[i] = false;
+  if (g_stop_signal) std::raise(g_stop_signal);
 }
 
 // Flags that shape the model, shared by train, eval and info.
@@ -262,6 +277,7 @@ int run_check_layers(TrainConfig tc, const Job& job) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  stop_on_signals();
   Job job;
   try {
     job = start_job(&argc, &argv);
@@ -414,6 +430,7 @@ int main(int argc, char** argv) {
     end_job(job);
     return rc;
   }
+  if (!*train_cmd || check_layers_flag) default_signals();
 
   // Outlives the try block: a failing rank must reach MPI_Abort before the communicator's
   // destructor, which could otherwise wait on a collective that the other ranks never join.
@@ -480,7 +497,6 @@ int main(int argc, char** argv) {
         if (!ignored.empty() && job.root())
           std::printf("note: --resume continues with the checkpoint's settings; ignoring %s\n", ignored.c_str());
       }
-      stop_on_signals();
       ro.stop_signal = &g_stop_signal;
       TrainResult r = sq::train(tc, ro, *comm);
       if (r.stopped) {
