@@ -523,13 +523,30 @@ struct sigaction g_prev_action[kNumCleanupSignals];
 // the default), removes the temporary, restores the default and re-raises. Where a handler was
 // there first (squeeze train's stop request, an MPI library's), calls it and leaves the write to
 // go on: that handler decides whether the process ends.
+void remove_temp_on_signal(int sig, siginfo_t* info, void* context);
+
+// Whether `a` runs remove_temp_on_signal, with or without SA_SIGINFO: a program that saved and
+// restored it through signal() reinstalled it without the flag.
+bool is_ours(const struct sigaction& a) {
+  return (a.sa_flags & SA_SIGINFO) ? a.sa_sigaction == remove_temp_on_signal
+                                   : reinterpret_cast<void*>(a.sa_handler) ==
+                                         reinterpret_cast<void*>(&remove_temp_on_signal);
+}
+
 void remove_temp_on_signal(int sig, siginfo_t* info, void* context) {
   const int saved_errno = errno;
   int i = 0;
   while (i < kNumCleanupSignals && kCleanupSignals[i] != sig) ++i;
   if (i == kNumCleanupSignals) return;
   const struct sigaction& prev = g_prev_action[i];
-  if (prev.sa_flags & SA_SIGINFO) {
+  if (is_ours(prev)) {  // never chain to ourselves (that recursed until the stack ran out)
+    abandon_atomic_write();
+    struct sigaction dfl;
+    std::memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    ::sigaction(sig, &dfl, nullptr);
+    ::raise(sig);
+  } else if (prev.sa_flags & SA_SIGINFO) {
     prev.sa_sigaction(sig, info, context);
   } else if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN) {
     prev.sa_handler(sig);
@@ -553,7 +570,10 @@ void install_cleanup_handlers() {
   for (int i = 0; i < kNumCleanupSignals; ++i) {
     struct sigaction old;
     if (::sigaction(kCleanupSignals[i], nullptr, &old) != 0) continue;
-    if ((old.sa_flags & SA_SIGINFO) && old.sa_sigaction == remove_temp_on_signal) continue;  // ours
+    if (is_ours(old)) {  // reinstalled through signal(), without SA_SIGINFO: put the flag back
+      if (!(old.sa_flags & SA_SIGINFO)) ::sigaction(kCleanupSignals[i], &ours, nullptr);
+      continue;
+    }
     // An ignored signal (nohup's SIGHUP) must stay harmless.
     if (!(old.sa_flags & SA_SIGINFO) && old.sa_handler == SIG_IGN) continue;
     g_prev_action[i] = old;
