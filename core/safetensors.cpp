@@ -499,11 +499,6 @@ mode_t current_umask() {
   return 022;
 }
 
-// The directory atomic_write_file creates its temporary in.
-std::string dir_of(const std::string& path) {
-  size_t slash = path.rfind('/');
-  return slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-}
 
 // A Ctrl-C or a scheduler's SIGTERM during a checkpoint write would otherwise leave a
 // checkpoint-sized temporary behind. One slot, for the handler: the path is written before
@@ -539,22 +534,21 @@ void remove_temp_on_signal(int sig, siginfo_t* info, void* context) {
   while (i < kNumCleanupSignals && kCleanupSignals[i] != sig) ++i;
   if (i == kNumCleanupSignals) return;
   const struct sigaction& prev = g_prev_action[i];
-  if (is_ours(prev)) {  // never chain to ourselves (that recursed until the stack ran out)
-    abandon_atomic_write();
-    struct sigaction dfl;
-    std::memset(&dfl, 0, sizeof dfl);
-    dfl.sa_handler = SIG_DFL;
-    ::sigaction(sig, &dfl, nullptr);
-    ::raise(sig);
-  } else if (prev.sa_flags & SA_SIGINFO) {
-    prev.sa_sigaction(sig, info, context);
-  } else if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN) {
-    prev.sa_handler(sig);
-  } else {
-    abandon_atomic_write();
-    ::sigaction(sig, &prev, nullptr);
-    ::raise(sig);  // blocked until this handler returns, then delivered to the default action
+  // Never chained to ourselves (that recursed until the stack ran out).
+  const bool chain = !is_ours(prev) && ((prev.sa_flags & SA_SIGINFO) ||
+                                        (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN));
+  if (chain) {
+    if (prev.sa_flags & SA_SIGINFO) prev.sa_sigaction(sig, info, context);
+    else prev.sa_handler(sig);
+    errno = saved_errno;
+    return;
   }
+  abandon_atomic_write();
+  struct sigaction dfl;
+  std::memset(&dfl, 0, sizeof dfl);
+  dfl.sa_handler = SIG_DFL;
+  ::sigaction(sig, &dfl, nullptr);
+  ::raise(sig);  // blocked until this handler returns, then delivered to the default action
   errno = saved_errno;
 }
 
@@ -658,6 +652,11 @@ void check_writable(const std::string& path) {
   if (::access(dir.c_str(), W_OK | X_OK) != 0)
     fail(path, ": cannot write into ", dir, ": ", std::strerror(errno));
   if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) fail(path, ": is a directory");
+}
+
+std::string dir_of(const std::string& path) {
+  size_t slash = path.rfind('/');
+  return slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
 }
 
 bool same_file(const std::string& a, const std::string& b) {

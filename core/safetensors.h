@@ -55,6 +55,9 @@ void abandon_atomic_write();
 // naming the path otherwise, so that a long run is refused at its start rather than at its end.
 void check_writable(const std::string& path);
 
+// The directory of `path` ("." for a bare name, "/" for a file at the root).
+std::string dir_of(const std::string& path);
+
 // Whether a and b name one existing file (through any links or spellings of the path).
 bool same_file(const std::string& a, const std::string& b);
 

@@ -365,7 +365,9 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
   adapt_model_to_data(cfg.model, cfg.stem, data.train);
   const Normalization norm = opt.normalization ? *opt.normalization : compute_normalization(data.train);
   const nlohmann::json norm_json = {{"mean", norm.mean}, {"std", norm.stddev}};
-  const nlohmann::json fingerprint = data_fingerprint(data.train);
+  // Only where a checkpoint is written or read (a CRC over the whole training set).
+  const nlohmann::json fingerprint =
+      opt.resume.empty() && opt.out_dir.empty() ? nlohmann::json() : data_fingerprint(data.train);
   if (!opt.resume.empty()) {
     const auto it = resume_meta.find("squeeze.train_data");
     const nlohmann::json held = it == resume_meta.end() ? nlohmann::json()
@@ -497,6 +499,7 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     m["squeeze.normalization"] = norm_json.dump();
     return m;
   };
+  TrainResult result;
   auto save = [&](int64_t at_step) {
     if (ckpt_path.empty()) return;
     Metadata m = meta_common();
@@ -509,6 +512,7 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     m["squeeze.epoch_clipped"] = std::to_string(sums.clipped);
     sync_host();
     save_checkpoint(ckpt_path, layout, params.data(), momentum.data(), m);
+    result.checkpoint = ckpt_path;
   };
 
   if (root && !opt.quiet) {
@@ -557,7 +561,6 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
   HostBatch cur = make_batch(), next = dev ? make_batch() : HostBatch{};
   std::vector<float> dlogits(size_t(K) * local_batch);
 
-  TrainResult result;
   auto epoch_t0 = Clock::now();
   int64_t epoch_images = 0;
   auto last_progress = Clock::now();

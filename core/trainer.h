@@ -115,6 +115,7 @@ struct TrainResult {
   ModelConfig model;
   bool stopped = false;  // ended before the run's end at a stop request (RunOptions::stop_signal)
   int stop_signal = 0;   // the signal every rank that got one got (0: differing ones)
+  std::string checkpoint;  // the checkpoint rank 0 wrote last ("" elsewhere, or without out_dir)
 };
 
 // Loads the data set, builds the model, trains, evaluates each epoch.

@@ -79,7 +79,7 @@ void stop_on_signals() {
 // signal that came meanwhile raised again.
 void default_signals() {
   for (size_t i = 0; i < std::size(kStopSignals); ++i)
-    if (g_installed[i]) ::sigaction(kStopSignals[i], &g_previous[i], nullptr), g_installed[i] = false;
+    if (g_installed[i]) ::sigaction(kStopSignals[i], &g_previous[i], nullptr);
   if (g_stop_signal) std::raise(g_stop_signal);
 }
 
@@ -477,13 +477,9 @@ int main(int argc, char** argv) {
       if (!(nccl_timeout > 0)) fail("--nccl-timeout must be positive, got ", nccl_timeout);
       comm = make_job_communicator(job, parse_mpi_progress(mpi_progress));
       if (ro.cuda && job.mpi) use_nccl_if_possible(job, nccl_timeout, comm, ro.gpu);
-      while (ro.out_dir.size() > 1 && ro.out_dir.back() == '/') ro.out_dir.pop_back();
       if (!ro.resume.empty()) {
         // Continuing a run writes into that run's directory unless told otherwise.
-        if (train_cmd->count("--out") == 0) {
-          const size_t slash = ro.resume.rfind('/');
-          ro.out_dir = slash == std::string::npos ? "." : slash == 0 ? "/" : ro.resume.substr(0, slash);
-        }
+        if (train_cmd->count("--out") == 0) ro.out_dir = dir_of(ro.resume);
         // The run's settings are the checkpoint's: a flag that would change them is said to be
         // ignored rather than silently dropped.
         static const std::set<std::string> how = {
@@ -503,7 +499,7 @@ int main(int argc, char** argv) {
         // Every rank stopped after the same step; the exit status says the run did not finish.
         const int sig = r.stop_signal ? r.stop_signal : SIGTERM;
         if (job.root()) {
-          const std::string ckpt = ro.out_dir.empty() ? "" : ro.out_dir + "/checkpoint.safetensors";
+          const std::string& ckpt = r.checkpoint;
           const std::string data = tc.data_dir.empty() ? "" : " --data-dir " + tc.data_dir;
           std::fprintf(stderr, "squeeze: stopped by %s after step %lld: %s\n",
                        r.stop_signal ? signal_name(r.stop_signal) : "a signal", (long long)r.steps,
