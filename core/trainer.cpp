@@ -613,7 +613,8 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
       params[0] += 1.0f;
       if (dev) dev->upload(params.data(), nullptr);
     }
-    double stats[4] = {0, 0, 0, 0};  // loss sum, correct count, ranks asked to stop, their signals
+    // Loss sum, correct count; ranks asked to stop, the sum of their signals and of its squares.
+    double stats[5] = {0, 0, 0, 0, 0};
     if (cur.step != step) assemble(step, cur);
     if (dev) {
       std::function<void(size_t)> hook;
@@ -661,7 +662,8 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     const int asked = opt.stop_signal ? int(*opt.stop_signal) : 0;
     stats[2] = asked ? 1.0 : 0.0;
     stats[3] = asked;
-    comm.allreduce_sum(stats, 4);
+    stats[4] = double(asked) * asked;
+    comm.allreduce_sum(stats, 5);
     const bool stop_requested = stats[2] > 0;  // the same on every rank
     if (!std::isfinite(stats[0]))
       fail("training diverged: loss is ", stats[0], " at step ", step, " (epoch ", epoch + 1,
@@ -756,8 +758,10 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     }
     if (stop_requested && step < total_steps) {  // checkpointed below, where --max-steps stops
       result.stopped = true;
-      const double each = stats[3] / stats[2];  // the signal, where every rank asked got the same
-      result.stop_signal = each == std::floor(each) ? int(each) : 0;
+      // One signal where every rank asked got the same: n * sum(s^2) == sum(s)^2 only then (the
+      // mean alone took SIGINT and SIGUSR1 on two ranks for SIGABRT).
+      const bool one_signal = stats[2] * stats[4] == stats[3] * stats[3];
+      result.stop_signal = one_signal ? int(stats[3] / stats[2]) : 0;
       break;
     }
   }

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <new>
 #include <cstdio>
+#include <csignal>
 #include <cstring>
 #include <random>
 
@@ -448,6 +449,33 @@ TEST(Train, GpuRanksWithoutNcclMatchOneCpuProcess) {
   ASSERT_EQ(gpu.steps, cpu.steps);
   EXPECT_LT(rel_diff(gpu.params, cpu.params), 1e-4);
 #endif
+}
+
+// A stop request on any rank stops every rank after the same step; the result names the signal
+// where the ranks that got one got the same, and none where they differ.
+TEST(Train, AStopOnAnyRankStopsEveryRankAndNamesOneSignal) {
+  TrainConfig c = small_config();
+  const std::string dir = ::testing::TempDir() + "squeeze_mpi_stop_" + std::to_string(::getpid());
+  write_random_mnist(dir, 200, 200);
+  c.data = DataFormat::kMnist;
+  c.data_dir = dir;
+  auto comm = make_mpi_communicator(MpiProgress::kThread);
+  const int P = comm->size(), last = P - 1;
+  struct Case {
+    int first_rank, last_rank, expected;  // signals on rank 0 and on the last rank
+  };
+  for (const Case& k : {Case{0, SIGUSR1, SIGUSR1}, Case{SIGUSR1, SIGUSR1, SIGUSR1}, Case{SIGINT, SIGUSR1, 0}}) {
+    SCOPED_TRACE(std::to_string(k.first_rank) + " and " + std::to_string(k.last_rank));
+    volatile std::sig_atomic_t flag = comm->rank() == 0 ? k.first_rank : comm->rank() == last ? k.last_rank : 0;
+    RunOptions o;
+    o.quiet = true;
+    o.stop_signal = &flag;
+    const TrainResult r = train(c, o, *comm);
+    EXPECT_TRUE(r.stopped);
+    EXPECT_EQ(r.steps, 1);
+    EXPECT_EQ(r.stop_signal, k.expected);
+  }
+  std::system(("rm -rf '" + dir + "'").c_str());
 }
 
 TEST(Train, BadWorldShapesAreClearErrorsOnEveryRank) {
