@@ -605,12 +605,14 @@ class TempSlot {
   bool held_ = false;
 };
 
-// Removes `<base>.tmp.<pid>.XXXXXX` files in `dir` left by a process that no longer exists (killed
-// by SIGKILL, or the machine lost power). Best effort; a live process's temporary is never touched.
+// Removes `<base>.tmp.<host>.<pid>.XXXXXX` files in `dir` left by a process of this host that no
+// longer exists (killed by SIGKILL, or the machine lost power). Best effort; a live process's
+// temporary is never touched, nor one written from another host (on a shared filesystem its pid
+// means nothing here).
 void remove_stale_temps(const std::string& dir, const std::string& base) {
   DIR* d = ::opendir(dir.c_str());
   if (!d) return;  // the write itself will report why
-  const std::string prefix = base + ".tmp.";
+  const std::string prefix = base + ".tmp." + atomic_write_host() + ".";
   const pid_t self = ::getpid();
   std::vector<std::string> stale;
   while (const struct dirent* e = ::readdir(d)) {
@@ -623,7 +625,7 @@ void remove_stale_temps(const std::string& dir, const std::string& base) {
       return digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
     };
     if (name[dot] != '.' || !std::all_of(name.begin() + dot + 1, name.end(), alnum) ||
-        digits.size() > 9 || !std::all_of(digits.begin(), digits.end(), digit))
+        digits.empty() || digits.size() > 9 || !std::all_of(digits.begin(), digits.end(), digit))
       continue;
     const pid_t pid = static_cast<pid_t>(std::stol(digits));
     if (pid <= 0 || pid == self) continue;
@@ -635,6 +637,17 @@ void remove_stale_temps(const std::string& dir, const std::string& base) {
 }
 
 }  // namespace
+
+std::string atomic_write_host() {
+  // No '.' survives, so a temporary's name splits unambiguously; "localhost" if there is no name.
+  char buf[256] = {};
+  if (::gethostname(buf, sizeof buf - 1) != 0 || buf[0] == 0) return "localhost";
+  std::string h(buf, ::strnlen(buf, 64));
+  for (char& c : h)
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-'))
+      c = '_';
+  return h;
+}
 
 void abandon_atomic_write() {
   if (g_armed.exchange(false)) {
@@ -671,7 +684,8 @@ void atomic_write_file(const std::string& path, const void* data, size_t size) {
   remove_stale_temps(dir, path.substr(path.rfind('/') + 1));
   install_cleanup_handlers();
 
-  std::string tmp = path + ".tmp." + std::to_string(::getpid()) + ".XXXXXX";
+  std::string tmp =
+      path + ".tmp." + atomic_write_host() + "." + std::to_string(::getpid()) + ".XXXXXX";
   int fd = ::mkostemp(tmp.data(), O_CLOEXEC);
   if (fd < 0)
     fail(path, ": cannot create a temporary file in ", dir, ": ", std::strerror(errno));

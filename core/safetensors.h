@@ -42,9 +42,14 @@ SafetensorsFile read_safetensors(const std::string& path);
 // temporary removed; throws sq::Error naming the path and the errno text. A SIGINT, SIGTERM,
 // SIGHUP or SIGXFSZ during the write whose action is the default (death) removes the temporary
 // first; where the program handles the signal itself, its handler runs and the write goes on.
-// Temporaries of `path` left by a process that no longer exists (SIGKILL, power loss) are
-// removed at the start of the next write.
+// The temporary is `<path>.tmp.<host>.<pid>.XXXXXX`. Temporaries of `path` left by a process of
+// this host that no longer exists (SIGKILL, power loss) are removed at the start of the next
+// write; another host's are left alone (its pids cannot be checked from here).
 void atomic_write_file(const std::string& path, const void* data, size_t size);
+
+// The <host> of atomic_write_file's temporaries: gethostname() with every character other than
+// letters, digits and '-' made '_', at most 64 characters.
+std::string atomic_write_host();
 
 // Async-signal-safe: removes the temporary of the atomic write in progress, if any. For a signal
 // handler about to end the process (squeeze train's, at a second stop signal).

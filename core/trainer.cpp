@@ -103,13 +103,16 @@ void write_line(const std::string& path, std::ios::openmode mode, const std::str
 // The training set's identity, kept in the checkpoint: its sample count and a CRC-32 of its
 // images and labels. --resume on other data would go on silently with another schedule (steps
 // per epoch) and another normalization.
-nlohmann::json data_fingerprint(const Dataset& d) {
+// Sample count and CRC-32 of the first n samples (all of them if n is negative).
+nlohmann::json data_fingerprint(const Dataset& d, int64_t n = -1) {
+  if (n < 0 || n > d.n) n = d.n;
+  const size_t per_image = d.n > 0 ? d.images.size() / size_t(d.n) : 0;
   uLong crc = crc32_z(0, Z_NULL, 0);
-  crc = crc32_z(crc, d.images.data(), d.images.size());
-  crc = crc32_z(crc, reinterpret_cast<const Bytef*>(d.labels.data()), d.labels.size() * sizeof(int32_t));
+  crc = crc32_z(crc, d.images.data(), per_image * size_t(n));
+  crc = crc32_z(crc, reinterpret_cast<const Bytef*>(d.labels.data()), size_t(n) * sizeof(int32_t));
   char hex[16];
   std::snprintf(hex, sizeof hex, "%08lx", static_cast<unsigned long>(crc));
-  return {{"samples", d.n}, {"crc32", hex}};
+  return {{"samples", n}, {"crc32", hex}};
 }
 
 std::string describe_fingerprint(const nlohmann::json& j) {
@@ -366,17 +369,32 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
   const Normalization norm = opt.normalization ? *opt.normalization : compute_normalization(data.train);
   const nlohmann::json norm_json = {{"mean", norm.mean}, {"std", norm.stddev}};
   // Only where a checkpoint is written or read (a CRC over the whole training set).
-  const nlohmann::json fingerprint =
-      opt.resume.empty() && opt.out_dir.empty() ? nlohmann::json() : data_fingerprint(data.train);
+  const bool fingerprinted = !opt.resume.empty() || !opt.out_dir.empty();
+  const nlohmann::json fingerprint = fingerprinted ? data_fingerprint(data.train) : nlohmann::json();
+  // The test samples the epochs are evaluated on (after --test-limit), so that one metrics.jsonl
+  // never mixes two test sets.
+  const int64_t n_test = cfg.test_limit > 0 ? std::min(cfg.test_limit, data.test.n) : data.test.n;
+  const nlohmann::json test_fingerprint =
+      fingerprinted ? data_fingerprint(data.test, n_test) : nlohmann::json();
   if (!opt.resume.empty()) {
+    auto held_json = [&](const char* key) {
+      const auto it = resume_meta.find(key);
+      if (it == resume_meta.end()) return nlohmann::json();
+      nlohmann::json j = nlohmann::json::parse(it->second, nullptr, false);
+      if (j.is_discarded()) fail(opt.resume, ": checkpoint metadata '", key, "' is not valid JSON");
+      return j;
+    };
     const auto it = resume_meta.find("squeeze.train_data");
-    const nlohmann::json held = it == resume_meta.end() ? nlohmann::json()
-                                                        : nlohmann::json::parse(it->second, nullptr, false);
-    if (it != resume_meta.end() && held.is_discarded())
-      fail(opt.resume, ": checkpoint metadata 'squeeze.train_data' is not valid JSON");
+    const nlohmann::json held = held_json("squeeze.train_data");
     if (it != resume_meta.end() && held != fingerprint)
       fail(opt.resume, ": trained on another training set (", describe_fingerprint(held), ") than the one in ",
            dir, " (", describe_fingerprint(fingerprint), "); resume with the data it was trained on");
+    // Checkpoints from before 2026-12-04 hold no test fingerprint.
+    const nlohmann::json held_test = held_json("squeeze.test_data");
+    if (!held_test.is_null() && held_test != test_fingerprint)
+      fail(opt.resume, ": evaluated on another test set (", describe_fingerprint(held_test),
+           ") than the one in ", dir, " (", describe_fingerprint(test_fingerprint),
+           "); its metrics would mix two test sets: resume with the data it was trained on");
     // A checkpoint from before the fingerprint: its normalization is the training set's.
     const auto nit = resume_meta.find("squeeze.normalization");
     if (it == resume_meta.end() && nit != resume_meta.end() && nit->second != norm_json.dump())
@@ -505,6 +523,7 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     Metadata m = meta_common();
     m["squeeze.train_config"] = cfg_json.dump();
     m["squeeze.train_data"] = fingerprint.dump();
+    m["squeeze.test_data"] = test_fingerprint.dump();
     m["squeeze.step"] = std::to_string(at_step);
     m["squeeze.epoch_loss_sum"] = fmt17(sums.loss);
     m["squeeze.epoch_correct"] = fmt17(sums.correct);
@@ -520,7 +539,6 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
                 arch_name(cfg.model.arch).c_str(), stem_name(cfg.model.stem).c_str(),
                 bypass_name(cfg.model.bypass).c_str(), layout.total, cfg.model.in_c,
                 cfg.model.in_h, cfg.model.in_w, cfg.model.num_classes);
-    const int64_t n_test = cfg.test_limit > 0 ? std::min(cfg.test_limit, data.test.n) : data.test.n;
     std::printf("data %s: %lld train, %lld test from %s; batch %d, %lld steps/epoch, %d epochs\n",
                 data.train.name.c_str(), (long long)n_train, (long long)n_test, dir.c_str(),
                 cfg.batch, (long long)steps_per_epoch, cfg.epochs);

@@ -899,10 +899,13 @@ TEST_F(Formats, SignalDuringWriteWithAProgramsHandlerLetsTheWriteComplete) {
     own.sa_flags = SA_RESTART;
     ::sigaction(SIGTERM, &own, nullptr);  // after any the parent's writes installed: replaced
     bool saw_temp = false;
+    // Named by host and pid, so that only this host's next write judges whether it is stale.
+    const std::string tmp_prefix =
+        "ckpt.safetensors.tmp." + sq::atomic_write_host() + "." + std::to_string(::getpid()) + ".";
     std::thread signaller([&] {
       for (int i = 0; i < 2000000 && !saw_temp; ++i)
         for (const std::string& name : listing())
-          if (name.find(".tmp.") != std::string::npos) saw_temp = true;
+          if (name.compare(0, tmp_prefix.size(), tmp_prefix) == 0) saw_temp = true;
       ::kill(::getpid(), SIGTERM);
     });
     int code = 0;
@@ -982,19 +985,27 @@ TEST_F(Formats, AtomicWriteRemovesTempsOfDeadProcessesOnly) {
   ASSERT_GE(dead, 0) << std::strerror(errno);
   if (dead == 0) ::_exit(0);
   ASSERT_EQ(::waitpid(dead, nullptr, 0), dead);
+  const std::string host = sq::atomic_write_host();
+  ASSERT_FALSE(host.empty());
+  ASSERT_EQ(host.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"),
+            std::string::npos) << host;
   const std::string d = std::to_string(dead), self = std::to_string(::getpid());
+  const std::string w = "w.safetensors.tmp." + host + ".";
   const std::vector<std::string> kept = {
-      "w.safetensors.tmp." + self + ".ghijkl",   // this process: alive
-      "w.safetensors.tmp.1.mnopqr",              // init: alive
-      "other.tmp." + d + ".abcdef",              // another file's
-      "xw.safetensors.tmp." + d + ".abcdef",     // another file's, ending in the same name
-      "w.safetensors.tmp." + d + ".abcdefg",     // not mkstemp's six characters
-      "w.safetensors.tmp." + d + ".abc-ef",
-      "w.safetensors.tmp." + d + "x.abcdef",     // not a pid
-      "w.safetensors.tmp..abcdef",
+      w + self + ".ghijkl",                          // this process: alive
+      w + "1.mnopqr",                                // init: alive
+      "other.tmp." + host + "." + d + ".abcdef",     // another file's
+      "x" + w + d + ".abcdef",                       // another file's, ending in the same name
+      w + d + ".abcdefg",                            // not mkstemp's six characters
+      w + d + ".abc-ef",
+      w + d + "x.abcdef",                            // not a pid
+      w + ".abcdef",
+      "w.safetensors.tmp." + host + "x." + d + ".abcdef",  // another host's: its pid is not ours
+      "w.safetensors.tmp.x" + host + "." + d + ".abcdef",
+      "w.safetensors.tmp." + d + ".abcdef",          // no host (written before hosts were named)
   };
   for (const std::string& name : kept) write_raw(path(name), {1, 2, 3});
-  write_raw(path("w.safetensors.tmp." + d + ".abcdef"), {4, 5, 6});
+  write_raw(path(w + d + ".abcdef"), {4, 5, 6});
   const std::string s = "new bytes";
   sq::atomic_write_file(path("w.safetensors"), s.data(), s.size());
   Bytes got = read_raw(path("w.safetensors"));

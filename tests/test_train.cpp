@@ -734,6 +734,44 @@ TEST(Train, ResumeRefusesOtherTrainingData) {
   std::system(("rm -rf '" + data + "' '" + out + "' '" + changed + "'").c_str());
 }
 
+// The test samples the epochs are evaluated on (those within --test-limit) are fingerprinted
+// too: a resume that would log accuracies over another test set in the same metrics.jsonl is
+// refused; a change past the limit, which no epoch evaluates, is not.
+TEST(Train, ResumeRefusesOtherTestData) {
+  const std::string data = temp_dir("tiny_test_own"), out = temp_dir("test_own");
+  const std::string inside = temp_dir("tiny_test_inside"), past = temp_dir("tiny_test_past");
+  write_tiny_mnist(data, 64, 32);
+  auto comm = make_local_communicator();
+  TrainConfig c = tiny_mnist_config(data);
+  c.test_limit = 16;
+  RunOptions first;
+  first.quiet = true;
+  first.out_dir = out;
+  first.max_steps = 1;
+  ASSERT_EQ(train(c, first, *comm).steps, 1);
+  for (const auto& [dir, image] : {std::pair<std::string, int>{inside, 5}, {past, 20}}) {
+    write_tiny_mnist(dir, 64, 32);
+    std::fstream f(dir + "/t10k-images-idx3-ubyte", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(16 + image * 784);
+    f << std::string(784, '\xff');
+  }
+  const std::string ckpt = out + "/checkpoint.safetensors";
+  std::string err = resume_error(*comm, ckpt, inside);
+  EXPECT_TRUE(contains(err, ckpt + ": evaluated on another test set (16 samples") &&
+              contains(err, inside) && contains(err, "mix two test sets"))
+      << err;
+  EXPECT_EQ(resume_error(*comm, ckpt, past), "");  // image 20 is past --test-limit 16
+  // A checkpoint from before the test fingerprint resumes on any test set.
+  const SafetensorsFile f = read_safetensors(ckpt);
+  std::map<std::string, std::string> meta = f.metadata;
+  ASSERT_EQ(meta.erase("squeeze.test_data"), 1u);
+  const std::string old = out + "/old.safetensors";
+  write_with_metadata(f, old, meta);
+  EXPECT_EQ(resume_error(*comm, old, inside), "");
+  EXPECT_EQ(resume_error(*comm, ckpt, data), "");  // the control: the data it was trained on
+  std::system(("rm -rf '" + data + "' '" + out + "' '" + inside + "' '" + past + "'").c_str());
+}
+
 // --resume given a file that is not a checkpoint says what the file is.
 TEST(Train, ResumeNamesTheKindOfAFileThatIsNotACheckpoint) {
   const std::string data = temp_dir("tiny_kinds"), out = temp_dir("kinds");
