@@ -272,6 +272,8 @@ class CudaStep final : public DeviceStep {
 
 }  // namespace
 
+void use_cuda_device(int device) { cuda::use_device(device); }
+
 std::unique_ptr<DeviceStep> make_cuda_step(const ModelConfig& cfg, int max_batch, int device) {
   return std::make_unique<CudaStep>(cfg, max_batch, device);
 }

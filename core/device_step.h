@@ -67,5 +67,9 @@ class DeviceStep {
 
 // The step on GPU `device` (this process's local rank) for batches of up to max_batch.
 std::unique_ptr<DeviceStep> make_cuda_step(const ModelConfig& cfg, int max_batch, int device);
+// Selects `device` for this process, or throws sq::Error saying why it cannot run here (no GPU,
+// no such device, no code for its architecture, a build without CUDA). Cheap: the trainer calls
+// it before loading data and initialising, so that a run that cannot use the GPU fails at once.
+void use_cuda_device(int device);
 
 }  // namespace sq

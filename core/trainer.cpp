@@ -358,6 +358,10 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
   if (opt.fault.kind != FaultInjection::Kind::kNone && opt.fault.rank >= world)
     fail("--inject-fault: rank ", opt.fault.rank, " does not exist (world size ", world, ")");
 
+  // Before the data and the initialisation (LSUV's forward passes take seconds on the CPU): a
+  // run that cannot use its GPU says so at once.
+  if (opt.cuda) use_cuda_device(opt.gpu);
+
   const std::string dir = cfg.data_dir.empty() ? default_data_dir(cfg.data) : cfg.data_dir;
   DataSplit data = load_dataset(cfg.data, dir);
   if (cfg.train_limit > 0 && cfg.train_limit < data.train.n) {
@@ -454,6 +458,7 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
                         [&](double* v, size_t k) { comm.allreduce_sum(v, k); });
     }
   }
+  const int64_t first_step = step;
   comm.broadcast(params.data(), params.size(), 0);
   comm.broadcast(momentum.data(), momentum.size(), 0);
   verify_replicas(comm, params.data(), params.size(), "at start");
@@ -548,10 +553,18 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     if (dev)
       std::printf("training on %s: %.1f MiB of device memory\n", dev->name().c_str(),
                   dev->device_bytes() / 1048576.0);
-    if (world > 1)
-      std::printf("%d ranks over %s: local batch %d, gradient in %zu bucket(s) of up to %g MiB, %s\n",
-                  world, comm.name().c_str(), local_batch, reducer.plan().size(), opt.bucket_mib,
-                  opt.overlap ? "overlapped with backward" : "after backward");
+    if (world > 1) {
+      // A bucket closes at a tensor's end, so it can pass the cap: the largest is what is sent.
+      size_t largest = 0;
+      for (const Bucket& b : reducer.plan()) largest = std::max(largest, b.end - b.begin);
+      const size_t n_buckets = reducer.plan().size();
+      char largest_text[64] = "";
+      if (n_buckets > 1)
+        std::snprintf(largest_text, sizeof largest_text, "s (the largest %.2f MiB)", largest * 4.0 / 1048576.0);
+      std::printf("%d ranks over %s: local batch %d, gradient of %.2f MiB in %zu bucket%s, %s\n",
+                  world, comm.name().c_str(), local_batch, layout.total * 4.0 / 1048576.0, n_buckets,
+                  largest_text, opt.overlap ? "overlapped with backward" : "after backward");
+    }
     if (!opt.resume.empty()) std::printf("resumed from %s at step %lld\n", opt.resume.c_str(), (long long)step);
     if (!opt.resume.empty() && step == total_steps)
       std::printf("its run is complete (step %lld of %lld): nothing left to train\n", (long long)step,
@@ -791,6 +804,8 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
     export_weights(weights_path, layout, params.data(), m);
   }
   result.steps = step;
+  result.total_steps = total_steps;
+  result.first_step = first_step;
   result.params = std::move(params);
   result.model = cfg.model;
   return result;

@@ -110,7 +110,9 @@ struct EpochMetrics {
 
 struct TrainResult {
   std::vector<EpochMetrics> epochs;
-  int64_t steps = 0;
+  int64_t steps = 0;        // the global step reached
+  int64_t total_steps = 0;  // the run's last step (steps < total_steps: --max-steps or a stop)
+  int64_t first_step = 0;   // the step it started from (the checkpoint's, on --resume)
   std::vector<float> params;  // final parameters
   ModelConfig model;
   bool stopped = false;  // ended before the run's end at a stop request (RunOptions::stop_signal)

@@ -1,5 +1,7 @@
 #include "launch/compress.h"
 
+#include <sys/stat.h>
+
 #include <cmath>
 #include <cstdio>
 #include <optional>
@@ -54,6 +56,9 @@ Normalization normalization_from_json(const std::string& path, const nlohmann::j
 
 LoadedWeights describe_weights(const std::string& path) {
   if (path.empty()) fail("--weights: empty path");
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_size == 0)
+    fail(path, ": empty file (0 bytes), neither a weights file (safetensors) nor a compressed model (.sqz)");
   LoadedWeights w;
   if (is_compressed_file(path)) {
     w.compressed = read_compressed(path);

@@ -91,7 +91,10 @@ struct ModelFlags {
   int base_e = 128, incr_e = 128, freq = 2;
   double pct_3x3 = 0.5, sr = 0.125, dropout = 0.5;
 
+  CLI::App* app_ = nullptr;
+
   void add(CLI::App* app) {
+    app_ = app;
     app->add_option("--model", model, "squeezenet1.0 | squeezenet1.1")->capture_default_str();
     app->add_option("--stem", stem, "auto | imagenet | small (auto: small for inputs <= 64 px)")
         ->capture_default_str();
@@ -103,6 +106,22 @@ struct ModelFlags {
     app->add_option("--sr", sr, "squeeze ratio SR in (0, 1]")->capture_default_str();
     app->add_option("--dropout", dropout, "dropout before conv10, in [0, 1)")->capture_default_str();
   }
+  // The model flags given on the command line, comma-separated ("" if none), and `extra` ones.
+  std::string given(std::initializer_list<const char*> extra = {}) const {
+    std::string names;
+    for (const char* name : {"--model", "--stem", "--bypass", "--base-e", "--incr-e", "--pct-3x3",
+                             "--freq", "--sr", "--dropout"})
+      if (app_->count(name) > 0) names += (names.empty() ? "" : ", ") + std::string(name);
+    for (const char* name : extra)
+      if (app_->count(name) > 0) names += (names.empty() ? "" : ", ") + std::string(name);
+    return names;
+  }
+  // A file that names its model decides it: flags that would shape another are said to be ignored.
+  void note_ignored(const std::string& file, std::initializer_list<const char*> extra = {}) const {
+    const std::string names = given(extra);
+    if (!names.empty())
+      std::printf("note: %s holds its model's configuration; ignoring %s\n", file.c_str(), names.c_str());
+  }
   ModelConfig config() const {
     ModelConfig c = preset(model);
     c.bypass = parse_bypass(bypass);
@@ -112,6 +131,8 @@ struct ModelFlags {
     c.freq = freq;
     c.sr = sr;
     c.dropout = dropout;
+    if (stem != "auto" && stem != "imagenet" && stem != "small")
+      fail("unknown --stem '", stem, "' (known: auto, imagenet, small)");
     if (stem != "auto") c.stem = parse_stem(stem);
     return c;
   }
@@ -152,6 +173,7 @@ int run_info(const ModelFlags& mf, const std::string& input, int classes, const 
     const LoadedWeights lw = describe_weights(weights);
     if (!lw.has_config) fail(weights, ": no squeeze.model metadata; pass --model flags instead");
     c = lw.config;
+    mf.note_ignored(weights, {"--input", "--classes"});
     if (lw.compressed) {
       const CompressedModel& cm = *lw.compressed;
       const Model plan(c, 1, false);
@@ -199,6 +221,7 @@ int run_eval(const ModelFlags& mf, const std::string& weights, const std::string
   ModelConfig c;
   if (lw.has_config) {
     c = lw.config;
+    if (comm.rank() == 0) mf.note_ignored(weights);
   } else {
     c = mf.config();
     adapt_model_to_data(c, mf.stem, data.train);
@@ -336,7 +359,7 @@ int main(int argc, char** argv) {
   train_cmd->add_flag("--overwrite", ro.overwrite,
                       "replace another run's metrics, checkpoint and weights in --out (otherwise refused)");
   train_cmd->add_option("--resume", ro.resume, "continue from this checkpoint (its settings are used; --data-dir still says where the data is)");
-  train_cmd->add_option("--max-steps", ro.max_steps, "stop after this global step, with a checkpoint");
+  train_cmd->add_option("--max-steps", ro.max_steps, "stop after this global step, with a checkpoint (0: run to the end)");
   std::string mpi_progress = "thread", fault, device = "cpu", conv = "own", precision = "fp32";
   train_cmd->add_option("--precision", precision,
                         "fp32 | tf32 | bf16: the GPU convolutions' multiply (tensor cores for "
@@ -425,10 +448,11 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    // The same on every rank: rank 0 speaks for the job.
+    // The same on every rank: rank 0 speaks for the job. --help exits 0; every error 1, as the
+    // errors found after parsing do (CLI11's own codes, 104 to 109, would tell nothing apart).
     const int rc = job.root() ? app.exit(e) : e.get_exit_code();
     end_job(job);
-    return rc;
+    return rc == 0 ? 0 : 1;
   }
   if (!*train_cmd || check_layers_flag) default_signals();
 
@@ -507,13 +531,23 @@ int main(int argc, char** argv) {
                                     : ("checkpoint " + ckpt + "; continue with: squeeze train --resume " + ckpt + data).c_str());
         }
         exit_status = 128 + sig;
-      } else if (job.root() && !r.epochs.empty()) {
-        const EpochMetrics& last = r.epochs.back();
-        if (last.step == r.steps)
-          std::printf("final test accuracy %.4f after %lld steps\n", last.test_acc, (long long)r.steps);
-        else  // --max-steps stopped mid-epoch: the last accuracy measured is older
+      } else if (job.root()) {
+        const bool ended_epoch = !r.epochs.empty() && r.epochs.back().step == r.steps;
+        if (ended_epoch) {
+          std::printf("final test accuracy %.4f after %lld steps\n", r.epochs.back().test_acc,
+                      (long long)r.steps);
+        } else if (!r.epochs.empty()) {  // --max-steps stopped mid-epoch: the last accuracy is older
+          const EpochMetrics& last = r.epochs.back();
           std::printf("stopped at step %lld; test accuracy %.4f at step %lld (epoch %lld's end)\n",
                       (long long)r.steps, last.test_acc, (long long)last.step, (long long)last.epoch);
+        } else if (r.steps > r.first_step && r.steps < r.total_steps && ro.max_steps == r.steps) {
+          std::printf("stopped at step %lld (--max-steps), before an epoch's end: no test accuracy yet\n",
+                      (long long)r.steps);
+        }
+        if (r.steps > r.first_step && r.steps < r.total_steps && ro.max_steps == r.steps &&
+            !r.checkpoint.empty())
+          std::printf("continue with: squeeze train --resume %s%s\n", r.checkpoint.c_str(),
+                      tc.data_dir.empty() ? "" : (" --data-dir " + tc.data_dir).c_str());
       }
     } else if (*eval) {
       comm = make_job_communicator(job, MpiProgress::kThread);

@@ -1,6 +1,7 @@
 // End-to-end: the model's gradient against a directional finite difference, a short run on real
 // Fashion-MNIST lowering the loss, bit-identical resume, bad outputs and checkpoints refused before
 // any work, and the CLI refusing bad flags with one line each.
+#include <dirent.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -382,6 +383,26 @@ TEST(Train, ExportedWeightsEvaluateTheSame) {
   EXPECT_NE(text.find(buf), std::string::npos) << text << " expected " << buf;
 }
 
+// --device cuda where no GPU can run is refused before the data is read and the model
+// initialised (LSUV took 7 to 35 s on the CPU before the GPU was first looked at). Where a GPU is
+// present the run gets past that check to the missing data directory.
+TEST(Cli, NoUsableGpuIsRefusedBeforeTheData) {
+  DIR* gpus = ::opendir("/proc/driver/nvidia/gpus");
+  bool gpu = false;
+  if (gpus) {
+    while (const dirent* e = ::readdir(gpus)) gpu = gpu || e->d_name[0] != '.';
+    ::closedir(gpus);
+  }
+  std::string err;
+  EXPECT_EQ(run_cli("train --device cuda --data-dir /nonexistent/squeeze-gpu-order", &err), 1);
+  if (gpu) {
+    EXPECT_TRUE(contains(err, "/nonexistent/squeeze-gpu-order")) << err;
+  } else {
+    EXPECT_TRUE(contains(err, "squeeze: error: --device cuda: ")) << err;
+    EXPECT_FALSE(contains(err, "/nonexistent/squeeze-gpu-order")) << err;
+  }
+}
+
 TEST(Cli, BadFlagsAreRefusedBeforeWork) {
   std::string err;
   EXPECT_NE(run_cli("train --sr 1.5", &err), 0);
@@ -403,9 +424,12 @@ TEST(Cli, BadFlagsAreRefusedBeforeWork) {
 }
 
 // Every malformed flag, whether CLI11 or squeeze finds it, is one line "squeeze: error: ..." that
-// names it. A training flag wrongly accepted runs into the absent data directory instead of a run.
+// names it, and exit status 1 (CLI11's own codes were 104 to 109). A training flag wrongly
+// accepted runs into the absent data directory instead of a run.
 TEST(Cli, MalformedFlagsAreOneLineErrorsNamingThem) {
   const std::string train = "train --data-dir /nonexistent/squeeze-test ";
+  const std::string empty = ::testing::TempDir() + "squeeze_empty_" + std::to_string(::getpid()) + ".sqz";
+  std::ofstream{empty};
   const std::vector<std::pair<std::string, std::string>> bad = {
       {train + "--lr abc", "--lr"},
       {train + "--epochs 2147483648", "--epochs"},
@@ -418,14 +442,22 @@ TEST(Cli, MalformedFlagsAreOneLineErrorsNamingThem) {
       {train + "--bucket-mib nan", "--bucket-mib"},
       {"info --input 3x224x224x5", "--input"},
       {"eval --weights ''", "--weights"},
+      {"eval --weights " + empty, empty + ": empty file (0 bytes)"},
+      {"", "subcommand is required"},
+      {"eval", "--weights is required"},
+      {train + "--overlap maybe", "--overlap"},
+      {train + "--stem foo", "(known: auto, imagenet, small)"},
   };
   for (const auto& [args, needle] : bad) {
     std::string err;
-    EXPECT_NE(run_cli(args, &err), 0) << args;
+    EXPECT_EQ(run_cli(args, &err), 1) << args;
     EXPECT_EQ(err.rfind("squeeze: error: ", 0), 0u) << args << ": " << err;
     EXPECT_TRUE(contains(err, needle)) << args << ": " << err;
     EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << args << ": " << err;
   }
+  std::remove(empty.c_str());
+  std::string err;
+  EXPECT_EQ(run_cli("train --help", &err), 0) << err;  // the control: help is not an error
 }
 
 // info plans no activations: a model far too large to train is still described (the table used
@@ -772,6 +804,30 @@ TEST(Train, ResumeRefusesOtherTestData) {
   std::system(("rm -rf '" + data + "' '" + out + "' '" + inside + "' '" + past + "'").c_str());
 }
 
+// eval and info of a file that names its model say which model flags they ignore, as --resume
+// does (they were silently dropped: `eval --model squeezenet1.1` evaluated a squeezenet1.0).
+TEST(Cli, EvalAndInfoNameTheModelFlagsAFileOverrides) {
+  const std::string data = temp_dir("tiny_ignored"), out = temp_dir("ignored");
+  checkpoint_after_one_step(data, out);
+  const std::string weights = out + "/weights.safetensors", text_file = out + "/stdout.txt";
+  auto stdout_of = [&](const std::string& args) {
+    std::string err;
+    EXPECT_EQ(run_cli(args, &err, text_file), 0) << args << ": " << err;
+    std::ifstream f(text_file);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  };
+  const std::string eval = "eval --dataset mnist --data-dir " + data + " --weights " + weights;
+  std::string text = stdout_of(eval + " --model squeezenet1.1 --sr 0.5");
+  EXPECT_TRUE(contains(text, "note: " + weights + " holds its model's configuration; ignoring --model, --sr\n"))
+      << text;
+  text = stdout_of("info --weights " + weights + " --bypass simple --input 3x64x64 --classes 7");
+  EXPECT_TRUE(contains(text, "ignoring --bypass, --input, --classes\n")) << text;
+  EXPECT_TRUE(contains(text, "bypass none")) << text;  // the file's model, not the flags'
+  for (const std::string& plain : {eval, "info --weights " + weights})  // the controls
+    EXPECT_FALSE(contains(stdout_of(plain), "note:")) << plain;
+  std::system(("rm -rf '" + data + "' '" + out + "'").c_str());
+}
+
 // --resume given a file that is not a checkpoint says what the file is.
 TEST(Train, ResumeNamesTheKindOfAFileThatIsNotACheckpoint) {
   const std::string data = temp_dir("tiny_kinds"), out = temp_dir("kinds");
@@ -1070,19 +1126,25 @@ TEST(Cli, SigusrOneStopsEveryRankWithACheckpoint) {
 // --resume without --out continues in the checkpoint's directory (the run's metrics there, not a
 // second half in runs/squeeze); flags that the checkpoint's settings override are named as
 // ignored; --max-steps not past the checkpoint says so; a run stopped mid-epoch by --max-steps
-// says which step its last test accuracy is from.
+// says which step its last test accuracy is from (or that there is none yet), and each prints
+// the command that continues it.
 TEST(Cli, ResumeContinuesInTheCheckpointsDirectory) {
   const std::string data = temp_dir("tiny_cont"), out = temp_dir("cont"), text = temp_dir("cont.txt");
   write_tiny_mnist(data, 64, 32);
   const std::string flags = " --dataset mnist --data-dir " + data +
                             " --base-e 16 --incr-e 16 --init torchvision --batch-size 32 --epochs 3";
-  std::string err;
-  ASSERT_EQ(run_cli("train" + flags + " --max-steps 3 --out " + out + "/", &err, text), 0) << err;
-  EXPECT_TRUE(contains(slurp(text), "stopped at step 3; test accuracy ")) << slurp(text);
-  EXPECT_TRUE(contains(slurp(text), " at step 2 (epoch 1's end)")) << slurp(text);
   const std::string ckpt = out + "/checkpoint.safetensors";
+  const std::string next = "continue with: squeeze train --resume " + ckpt + " --data-dir " + data + "\n";
+  std::string err;
+  ASSERT_EQ(run_cli("train" + flags + " --max-steps 1 --out " + out + " --overwrite", &err, text), 0) << err;
+  EXPECT_TRUE(contains(slurp(text), "stopped at step 1 (--max-steps), before an epoch's end: no test accuracy yet\n" + next))
+      << slurp(text);
+  ASSERT_EQ(run_cli("train" + flags + " --max-steps 3 --overwrite --out " + out + "/", &err, text), 0) << err;
+  EXPECT_TRUE(contains(slurp(text), "stopped at step 3; test accuracy ")) << slurp(text);
+  EXPECT_TRUE(contains(slurp(text), " at step 2 (epoch 1's end)\n" + next)) << slurp(text);
   ASSERT_EQ(run_cli("train --resume " + ckpt + " --data-dir " + data + " --max-steps 2", &err, text), 0) << err;
   EXPECT_TRUE(contains(slurp(text), "--max-steps 2 is not past the checkpoint's step: nothing to train")) << slurp(text);
+  EXPECT_FALSE(contains(slurp(text), "continue with")) << slurp(text);  // it said why nothing ran
   ASSERT_EQ(run_cli("train --resume " + ckpt + " --data-dir " + data + " --epochs 7 --lr 0.5", &err, text), 0) << err;
   EXPECT_TRUE(contains(slurp(text), "ignoring --epochs, --lr")) << slurp(text);
   EXPECT_EQ(metric_steps(out + "/metrics.jsonl"), (std::vector<int64_t>{2, 4, 6}));

@@ -32,16 +32,32 @@
 using namespace sq;
 
 // Counts C++ heap allocations, for the test that a steady-state step allocates nothing. (GCC
-// cannot see that this operator new pairs with the free() below.)
+// cannot see that this operator new pairs with the free() below.) Every form that a sanitizer's
+// runtime would otherwise supply is replaced, so that no block is allocated by one allocator and
+// freed by the other: libstdc++'s std::stable_sort takes its buffer with the nothrow form and
+// gives it back with the sized delete, which ASan reported as operator new against free().
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 static std::atomic<long> g_news{0};
-void* operator new(std::size_t n) {
+static void* counted_alloc(std::size_t n) noexcept {
   g_news.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n ? n : 1)) return p;
+  return std::malloc(n ? n : 1);
+}
+void* operator new(std::size_t n) {
+  if (void* p = counted_alloc(n)) return p;
   throw std::bad_alloc();
 }
+void* operator new[](std::size_t n) {
+  if (void* p = counted_alloc(n)) return p;
+  throw std::bad_alloc();
+}
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept { return counted_alloc(n); }
+void* operator new[](std::size_t n, const std::nothrow_t&) noexcept { return counted_alloc(n); }
 void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
 
 namespace {
 
