@@ -14,7 +14,8 @@
 //   --profile_steps=N  timed steps for the breakdown (default 5, after 2 warm-up steps)
 //   --profile_config=S only these configurations (comma-separated names, e.g. squeezenet1.0)
 //
-// Benchmark names: step/<config>/b<batch>, config in {squeezenet1.0, squeezenet1.1, fmnist}.
+// Benchmark names: step/<config>/b<batch>, config in {squeezenet1.0, squeezenet1.1, fmnist};
+// maxpool/<config>/<pool layer>/b<batch>: one max-pool layer's forward and backward.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -41,9 +42,11 @@
 namespace {
 
 using sq::Bypass;
+using sq::Layer;
 using sq::LayerKind;
 using sq::Model;
 using sq::ModelConfig;
+using sq::PoolGeom;
 using Clock = std::chrono::steady_clock;
 
 constexpr float kLr = 0.01f, kMomentum = 0.9f, kWeightDecay = 2e-4f;
@@ -134,6 +137,27 @@ void BM_Step(benchmark::State& state, BenchConfig cfg) {
                  std::to_string(cfg.model.in_c) + "x" + std::to_string(cfg.model.in_h) + "x" +
                  std::to_string(cfg.model.in_w) + " classes " +
                  std::to_string(cfg.model.num_classes));
+}
+
+// One max-pool layer of a configuration, forward then backward, on random input of the step's
+// batch (the two pool paths of kernels/cpu/pool.cpp: the window table for planes of at most 1024
+// outputs, the row path above).
+void BM_MaxPool(benchmark::State& state, sq::PoolGeom g) {
+  const size_t nx = size_t(g.C) * g.N * g.H * g.W, ny = size_t(g.C) * g.N * g.P() * g.Q();
+  std::vector<float> x(nx), dx(nx), y(ny), dy(ny);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd;
+  for (float& v : x) v = nd(rng);
+  for (float& v : dy) v = nd(rng);
+  for (auto _ : state) {
+    sq::maxpool_forward(g, x.data(), y.data());
+    sq::maxpool_backward(g, x.data(), dy.data(), dx.data());
+    benchmark::DoNotOptimize(dx.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(int64_t(state.iterations()) * g.N);
+  state.SetLabel(std::to_string(g.C) + "x" + std::to_string(g.N) + "x" + std::to_string(g.H) + "x" +
+                 std::to_string(g.W) + " -> " + std::to_string(g.P()) + "x" + std::to_string(g.Q()));
 }
 
 // ---- profile: the same step, op by op --------------------------------------------------------
@@ -590,6 +614,18 @@ int main(int argc, char** argv) {
                                    BM_Step, c)
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
+    }
+    for (const auto& c : bench_configs()) {
+      const Model plan(c.model, 1, false);
+      for (const Layer& l : plan.layers()) {
+        if (l.kind != LayerKind::kMaxPool) continue;
+        PoolGeom g = l.pool;
+        g.N = g_batch;
+        benchmark::RegisterBenchmark(
+            ("maxpool/" + c.name + "/" + l.name + "/b" + std::to_string(g_batch)).c_str(), BM_MaxPool, g)
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
+      }
     }
     int n = int(args.size());
     benchmark::Initialize(&n, args.data());

@@ -4,12 +4,20 @@
 
 #include <cmath>
 #include <limits>
+#include <ostream>
 #include <vector>
 
 #include "kernels/ops.h"
 #include "tests/ops_testing.h"
 
 namespace sq {
+
+// Test names as "N x C x H x W, k/stride/pad".
+void PrintTo(const PoolGeom& g, std::ostream* os) {
+  *os << g.N << "x" << g.C << "x" << g.H << "x" << g.W << ", k" << g.k << " s" << g.stride << " p" << g.pad
+      << (g.ceil_mode ? " ceil" : " floor");
+}
+
 namespace {
 
 using testing_ops::check_grad;
@@ -73,14 +81,21 @@ std::vector<T> naive_maxpool(const PoolGeom& g, const std::vector<T>& x) {
   return y;
 }
 
+// Planes with output rows of at most 16 (and at most 1024 outputs) go through the window table
+// (pool.cpp's kTableRow), the others through the row path; both are covered, with clipped
+// windows (ceil mode, padding).
 std::vector<PoolGeom> pool_cases() {
   return {pool_geom(2, 3, 13, 13, 3, 2, 0), pool_geom(3, 2, 54, 11, 3, 2, 0),
           pool_geom(1, 2, 5, 6, 2, 2, 1),   pool_geom(2, 2, 6, 7, 3, 2, 1),
           pool_geom(2, 3, 9, 8, 3, 2, 1, false), pool_geom(1, 1, 7, 7, 3, 3, 1),
-          // squeezenet1.0's pool1 plane (vectorised interior, ceil-mode last column and row),
-          // stride 1 with padding, and a row wider than one 256-column piece
-          pool_geom(2, 1, 111, 111, 3, 2, 0), pool_geom(1, 2, 10, 13, 3, 1, 1),
-          pool_geom(1, 1, 3, 530, 3, 2, 1)};
+          // the Fashion-MNIST model's three pools (table; 28 and 14: ceil-mode last column and
+          // row), squeezenet1.0's pool1 plane (rows: vectorised interior, ceil-mode last column
+          // and row), stride 1 with padding (table at 13 columns, rows at 37), and rows wider
+          // than one 256-column piece
+          pool_geom(2, 2, 28, 28, 3, 2, 0), pool_geom(1, 2, 14, 14, 3, 2, 0),
+          pool_geom(1, 2, 7, 7, 3, 2, 0), pool_geom(2, 1, 111, 111, 3, 2, 0),
+          pool_geom(1, 2, 10, 13, 3, 1, 1), pool_geom(1, 1, 40, 37, 3, 1, 1),
+          pool_geom(1, 1, 3, 530, 3, 2, 1), pool_geom(1, 1, 9, 530, 3, 2, 1)};
 }
 
 TEST(MaxPool, ForwardMatchesNaive) {
@@ -111,9 +126,11 @@ TEST(MaxPool, BackwardFiniteDifferencesDouble) {
   }
 }
 
-TEST(MaxPool, TiesRouteToFirstMaximum) {
+class MaxPoolTies : public ::testing::TestWithParam<PoolGeom> {};
+
+TEST_P(MaxPoolTies, RouteToFirstMaximum) {
   // All-equal planes: each window's gradient goes to its first (top-left, clipped) element.
-  const PoolGeom g = pool_geom(2, 2, 7, 6, 3, 2, 1);
+  const PoolGeom g = GetParam();
   const int P = g.P(), Q = g.Q();
   std::vector<float> x(size_t(g.C) * g.N * g.H * g.W, 0.5f);
   const auto dy = random_vec<float>(size_t(g.C) * g.N * P * Q, 950);
@@ -126,6 +143,13 @@ TEST(MaxPool, TiesRouteToFirstMaximum) {
       }
   maxpool_backward<float>(g, x.data(), dy.data(), dx.data());
   expect_close(dx, ref, 1e-6, "tied maxpool dx");
+}
+// Table (7x6 and 28x28, padded and ceil-clipped) and rows (75x75 padded).
+INSTANTIATE_TEST_SUITE_P(Paths, MaxPoolTies,
+                         ::testing::Values(pool_geom(2, 2, 7, 6, 3, 2, 1), pool_geom(1, 2, 28, 28, 3, 2, 0),
+                                           pool_geom(1, 1, 75, 75, 3, 2, 1)));
+
+TEST(MaxPool, TieInsideOneWindowGoesToTheEarlierElement) {
   // A tie inside one window between a later and an earlier element: the earlier one wins.
   const PoolGeom g1 = pool_geom(1, 1, 3, 3, 3, 2, 0);
   const std::vector<float> x1 = {0, 2, 1, 2, 0, 2, 1, 1, 2};
@@ -135,11 +159,13 @@ TEST(MaxPool, TiesRouteToFirstMaximum) {
   EXPECT_EQ(dx1, (std::vector<float>{0, 5, 0, 0, 0, 0, 0, 0, 0}));
 }
 
-TEST(MaxPool, NaNWinsAndRoutesToTheFirstNaN) {
+class MaxPoolNaN : public ::testing::TestWithParam<PoolGeom> {};
+
+TEST_P(MaxPoolNaN, WinsAndRoutesToTheFirstNaN) {
   // As PyTorch's CPU kernel: a window holding a NaN outputs NaN, and its gradient goes to the
   // window's first NaN in row-major order; otherwise to the first maximum. Checked against a
-  // scalar reference on a squeezenet-sized plane (the vectorised path) with NaNs sprinkled in.
-  const PoolGeom g = pool_geom(1, 2, 57, 57, 3, 2, 0);
+  // scalar reference with NaNs sprinkled in, on planes through the table and through the rows.
+  const PoolGeom g = GetParam();
   const int P = g.P(), Q = g.Q();
   auto x = random_vec<float>(size_t(g.C) * g.N * g.H * g.W, 990);
   for (size_t i = 0; i < x.size(); i += 37) x[i] = std::numeric_limits<float>::quiet_NaN();
@@ -171,9 +197,13 @@ TEST(MaxPool, NaNWinsAndRoutesToTheFirstNaN) {
         }
         ref_dx[best_i] += dy[o];
       }
-  EXPECT_GT(nan_windows, 50);
+  EXPECT_GT(nan_windows, 20);
   expect_close(dx, ref_dx, 1e-6, "maxpool dx with NaNs");
 }
+// 28x28 (ceil-clipped last column and row): the table; 57x57 and 75x75: the rows.
+INSTANTIATE_TEST_SUITE_P(Paths, MaxPoolNaN,
+                         ::testing::Values(pool_geom(1, 2, 57, 57, 3, 2, 0), pool_geom(2, 2, 28, 28, 3, 2, 0),
+                                           pool_geom(1, 2, 75, 75, 3, 2, 0)));
 
 TEST(AvgPool, ForwardNaiveAndBackwardFiniteDifferences) {
   const int N = 3, C = 5, HW = 13;

@@ -2,7 +2,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <limits>
+#include <vector>
 
 #include "core/error.h"
 #include "kernels/ops.h"
@@ -144,10 +147,100 @@ void pool_row(const PoolGeom& g, const T* plane, int p, int qb, int qe, int q_lo
   }
 }
 
+// Planes with output rows of at most kTableRow (the Fashion-MNIST model's three pools: 14x14,
+// 7x7 and 3x3; squeezenet's last, 13x13) and at most kTableOutputs outputs go through a table
+// instead of pool_row(): its nine passes over a row of 3 to 14 outputs cost more in loop set-up
+// than in work (the Fashion-MNIST pool3 took 54 ns an output). At 27 outputs a row (squeezenet's
+// pool2) the rows were 0-20 % faster, at 55 they were level (bench_step's maxpool/ rows,
+// docs/BENCHMARKS.md).
+constexpr int kTableRow = 16;
+constexpr int kTableOutputs = 1024;
+
+// SQUEEZE_POOL_TABLE=0 sends every plane through the row path: the benchmark's A/B switch
+// (bench_step's maxpool/ rows), read once.
+bool table_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("SQUEEZE_POOL_TABLE");
+    return !(e && std::string(e) == "0");
+  }();
+  return on;
+}
+
+// For each window element j (row-major) and output o, the input offset table[j * PQ + o]; an
+// element outside the input (a clipped window) repeats the window's first element inside it,
+// which can never win against itself (not greater; a NaN there has already won), so that every
+// window has k*k entries and argmax()'s semantics hold unchanged.
+std::vector<int32_t> window_table(const PoolGeom& g, int P, int Q) {
+  const int PQ = P * Q, K = g.k * g.k;
+  std::vector<int32_t> t(size_t(K) * PQ);
+  for (int p = 0; p < P; ++p)
+    for (int q = 0; q < Q; ++q) {
+      const Window win = window(g, p, q);
+      const int32_t first = win.h0 * g.W + win.w0;
+      const int hs = p * g.stride - g.pad, ws = q * g.stride - g.pad;
+      for (int j = 0; j < K; ++j) {
+        const int h = hs + j / g.k, w = ws + j % g.k;
+        const bool inside = h >= 0 && h < g.H && w >= 0 && w < g.W;
+        t[size_t(j) * PQ + p * Q + q] = inside ? h * g.W + w : first;
+      }
+    }
+  // Entry 0 is the window's first element inside: its top-left corner where that is inside,
+  // else `first`. The running maximum starts there, as in argmax().
+  return t;
+}
+
+// window_table() of the geometry, built at its first use on this thread and kept: a training
+// step allocates nothing after its first (docs/ARCHITECTURE.md, "No allocation in the step").
+// The caller's thread owns the cache; the OpenMP threads of its parallel loop only read it.
+const int32_t* cached_window_table(const PoolGeom& g, int P, int Q) {
+  struct Entry {
+    int H, W, k, stride, pad;
+    bool ceil_mode;
+    std::vector<int32_t> table;
+  };
+  thread_local std::vector<Entry> cache;
+  for (const Entry& e : cache)
+    if (e.H == g.H && e.W == g.W && e.k == g.k && e.stride == g.stride && e.pad == g.pad &&
+        e.ceil_mode == g.ceil_mode)
+      return e.table.data();  // a moved vector keeps its buffer: earlier pointers stay valid
+  cache.push_back({g.H, g.W, g.k, g.stride, g.pad, g.ceil_mode, window_table(g, P, Q)});
+  return cache.back().table.data();
+}
+
+// Every output of one plane through the table: m[o], idx[o] as argmax() gives them.
+template <class T>
+void pool_plane_table(const T* __restrict plane, const int32_t* __restrict table, int PQ, int K,
+                      T* __restrict m, int32_t* __restrict idx) {
+#pragma omp simd
+  for (int o = 0; o < PQ; ++o) {
+    idx[o] = table[o];
+    m[o] = plane[table[o]];
+  }
+  for (int j = 1; j < K; ++j) {
+    const int32_t* __restrict tj = table + size_t(j) * PQ;
+#pragma omp simd
+    for (int o = 0; o < PQ; ++o) {
+      const T v = plane[tj[o]];
+      const T cur = m[o];
+      const bool take = (v > cur) | ((v != v) & (cur == cur));
+      m[o] = take ? v : cur;
+      idx[o] = take ? tj[o] : idx[o];
+    }
+  }
+}
+
 // Calls f(p, qb, n, m, idx) for every piece [qb, qb + n) of every output row of one plane, m and
-// idx holding the piece's max values and their input offsets.
+// idx holding the piece's max values and their input offsets. `table`: window_table() of a plane
+// of at most kTableOutputs outputs, or null for the row path.
 template <class T, class F>
-void for_each_row(const PoolGeom& g, const T* plane, int P, int Q, F&& f) {
+void for_each_row(const PoolGeom& g, const T* plane, int P, int Q, const int32_t* table, F&& f) {
+  if (table) {
+    T m[kTableOutputs];
+    int32_t idx[kTableOutputs];
+    pool_plane_table(plane, table, P * Q, g.k * g.k, m, idx);
+    for (int p = 0; p < P; ++p) f(p, 0, Q, m + p * Q, idx + p * Q);
+    return;
+  }
   int q_lo, q_hi;
   interior_cols(g, Q, q_lo, q_hi);
   T m[kRowChunk];
@@ -181,12 +274,14 @@ void maxpool_forward(const PoolGeom& g, const T* x, T* y) {
   const int P = g.P(), Q = g.Q();
   const i64 HW = i64(g.H) * g.W, PQ = i64(P) * Q;
   const i64 work = i64(g.C) * g.N * (PQ * g.k * g.k + HW);
+  const int32_t* tab =
+      Q <= kTableRow && PQ <= kTableOutputs && table_enabled() ? cached_window_table(g, P, Q) : nullptr;
 #pragma omp parallel for collapse(2) schedule(static) if (work > kParallelMin)
   for (int c = 0; c < g.C; ++c) {
     for (int n = 0; n < g.N; ++n) {
       const i64 plane = i64(c) * g.N + n;
       T* yp = y + plane * PQ;
-      for_each_row(g, x + plane * HW, P, Q,
+      for_each_row(g, x + plane * HW, P, Q, tab,
                    [&](int p, int qb, int cnt, const T* m, const int32_t*) {
                      std::copy(m, m + cnt, yp + i64(p) * Q + qb);
                    });
@@ -200,6 +295,8 @@ void maxpool_backward(const PoolGeom& g, const T* x, const T* dy, T* dx) {
   const int P = g.P(), Q = g.Q();
   const i64 HW = i64(g.H) * g.W, PQ = i64(P) * Q;
   const i64 work = i64(g.C) * g.N * (PQ * g.k * g.k + HW);
+  const int32_t* tab =
+      Q <= kTableRow && PQ <= kTableOutputs && table_enabled() ? cached_window_table(g, P, Q) : nullptr;
 #pragma omp parallel for collapse(2) schedule(static) if (work > kParallelMin)
   for (int c = 0; c < g.C; ++c) {
     for (int n = 0; n < g.N; ++n) {
@@ -207,7 +304,7 @@ void maxpool_backward(const PoolGeom& g, const T* x, const T* dy, T* dx) {
       const T* dyp = dy + plane * PQ;
       T* dxp = dx + plane * HW;
       std::fill(dxp, dxp + HW, T(0));
-      for_each_row(g, x + plane * HW, P, Q,
+      for_each_row(g, x + plane * HW, P, Q, tab,
                    [&](int p, int qb, int cnt, const T*, const int32_t* idx) {
                      const T* d = dyp + i64(p) * Q + qb;
                      for (int q = 0; q < cnt; ++q) dxp[idx[q]] += d[q];

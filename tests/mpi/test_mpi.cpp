@@ -205,6 +205,41 @@ INSTANTIATE_TEST_SUITE_P(Mpi, Collectives,
                          ::testing::Values(MpiProgress::kThread, MpiProgress::kNonblocking),
                          progress_name);
 
+// The CPU model's step allocates nothing after its first either (docs/ARCHITECTURE.md, "No
+// allocation in the step"): activations, gradients and workspace are planned at start-up, and
+// what an op builds once (the max-pools' window tables) is kept. The Fashion-MNIST model (its
+// pools take the table path) and squeezenet1.1 at 224x224 (pool1 takes the row path).
+TEST(Model, ASteadyStateCpuStepAllocatesNothing) {
+  for (const char* name : {"fmnist", "squeezenet1.1"}) {
+    SCOPED_TRACE(name);
+    ModelConfig cfg = preset("squeezenet1.0");
+    if (std::string(name) == "fmnist") {
+      cfg.stem = Stem::kSmall, cfg.in_c = 1, cfg.in_h = cfg.in_w = 28, cfg.num_classes = 10;
+    } else {
+      cfg = preset(name);
+    }
+    const int N = 2, K = cfg.num_classes;
+    Model m(cfg, N);
+    std::vector<float> p(m.layout().total), g(p.size(), 0.0f);
+    std::vector<float> x(size_t(cfg.in_c) * N * cfg.in_h * cfg.in_w), dl(size_t(K) * N);
+    std::mt19937 rng(5);
+    std::normal_distribution<float> nd;
+    for (float& v : x) v = nd(rng);
+    m.init_params(p.data(), "torchvision", 3);
+    const uint64_t keys[N] = {11, 12};
+    const int32_t labels[N] = {1, 0};
+    auto step = [&] {
+      const float* logits = m.forward(p.data(), x.data(), N, true, keys);
+      softmax_xent(N, K, logits, labels, 1.0f / N, dl.data(), static_cast<int*>(nullptr));
+      m.backward(p.data(), dl.data(), g.data(), N, keys);
+    };
+    step();
+    const long before = g_news.load();
+    for (int i = 0; i < 3; ++i) step();
+    EXPECT_EQ(g_news.load() - before, 0) << "heap allocations in 3 steady-state steps";
+  }
+}
+
 TEST(Replicas, ADesyncedRankIsNamedOnEveryRank) {
   auto comm = make_mpi_communicator(MpiProgress::kThread);
   const int P = comm->size(), R = comm->rank();
