@@ -499,7 +499,6 @@ mode_t current_umask() {
   return 022;
 }
 
-
 // A Ctrl-C or a scheduler's SIGTERM during a checkpoint write would otherwise leave a
 // checkpoint-sized temporary behind. One slot, for the handler: the path is written before
 // `g_armed` is set, and only whoever clears `g_armed` (an exchange) reads it afterwards.
@@ -609,10 +608,10 @@ class TempSlot {
 // longer exists (killed by SIGKILL, or the machine lost power). Best effort; a live process's
 // temporary is never touched, nor one written from another host (on a shared filesystem its pid
 // means nothing here).
-void remove_stale_temps(const std::string& dir, const std::string& base) {
+void remove_stale_temps(const std::string& dir, const std::string& base, const std::string& host) {
   DIR* d = ::opendir(dir.c_str());
   if (!d) return;  // the write itself will report why
-  const std::string prefix = base + ".tmp." + atomic_write_host() + ".";
+  const std::string prefix = base + ".tmp." + host + ".";
   const pid_t self = ::getpid();
   std::vector<std::string> stale;
   while (const struct dirent* e = ::readdir(d)) {
@@ -681,11 +680,11 @@ bool same_file(const std::string& a, const std::string& b) {
 void atomic_write_file(const std::string& path, const void* data, size_t size) {
   if (path.empty()) fail("atomic write: empty path");
   const std::string dir = dir_of(path);
-  remove_stale_temps(dir, path.substr(path.rfind('/') + 1));
+  const std::string host = atomic_write_host();
+  remove_stale_temps(dir, path.substr(path.rfind('/') + 1), host);
   install_cleanup_handlers();
 
-  std::string tmp =
-      path + ".tmp." + atomic_write_host() + "." + std::to_string(::getpid()) + ".XXXXXX";
+  std::string tmp = path + ".tmp." + host + "." + std::to_string(::getpid()) + ".XXXXXX";
   int fd = ::mkostemp(tmp.data(), O_CLOEXEC);
   if (fd < 0)
     fail(path, ": cannot create a temporary file in ", dir, ": ", std::strerror(errno));

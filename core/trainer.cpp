@@ -100,10 +100,9 @@ void write_line(const std::string& path, std::ios::openmode mode, const std::str
   if (f.fail()) fail(path, ": cannot write: ", std::strerror(errno));
 }
 
-// The training set's identity, kept in the checkpoint: its sample count and a CRC-32 of its
-// images and labels. --resume on other data would go on silently with another schedule (steps
-// per epoch) and another normalization.
-// Sample count and CRC-32 of the first n samples (all of them if n is negative).
+// A data set's identity, kept in the checkpoint: the sample count and a CRC-32 of the images and
+// labels of its first n samples (all if n is negative). --resume on other training data would go
+// on silently with another schedule (steps per epoch) and another normalization.
 nlohmann::json data_fingerprint(const Dataset& d, int64_t n = -1) {
   if (n < 0 || n > d.n) n = d.n;
   const size_t per_image = d.n > 0 ? d.images.size() / size_t(d.n) : 0;
@@ -388,9 +387,8 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
       if (j.is_discarded()) fail(opt.resume, ": checkpoint metadata '", key, "' is not valid JSON");
       return j;
     };
-    const auto it = resume_meta.find("squeeze.train_data");
     const nlohmann::json held = held_json("squeeze.train_data");
-    if (it != resume_meta.end() && held != fingerprint)
+    if (!held.is_null() && held != fingerprint)
       fail(opt.resume, ": trained on another training set (", describe_fingerprint(held), ") than the one in ",
            dir, " (", describe_fingerprint(fingerprint), "); resume with the data it was trained on");
     // Checkpoints from before 2026-12-04 hold no test fingerprint.
@@ -401,7 +399,7 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
            "); its metrics would mix two test sets: resume with the data it was trained on");
     // A checkpoint from before the fingerprint: its normalization is the training set's.
     const auto nit = resume_meta.find("squeeze.normalization");
-    if (it == resume_meta.end() && nit != resume_meta.end() && nit->second != norm_json.dump())
+    if (held.is_null() && nit != resume_meta.end() && nit->second != norm_json.dump())
       fail(opt.resume, ": trained on another training set (its normalization ", nit->second,
            " is not that of the data in ", dir, ", ", norm_json.dump(), "); resume with the data it was trained on");
   }

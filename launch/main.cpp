@@ -16,6 +16,7 @@
 #include <iterator>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "comm/communicator.h"
 #include "core/checkpoint.h"
@@ -50,6 +51,11 @@ extern "C" void request_stop(int sig) {
     return;
   }
   g_stop_signal = sig;
+}
+
+// The command that continues a run from its checkpoint, with the data directory it was given.
+std::string continue_command(const std::string& checkpoint, const std::string& data_dir) {
+  return "squeeze train --resume " + checkpoint + (data_dir.empty() ? "" : " --data-dir " + data_dir);
 }
 
 const char* signal_name(int sig) {
@@ -108,11 +114,11 @@ struct ModelFlags {
   }
   // The model flags given on the command line, comma-separated ("" if none), and `extra` ones.
   std::string given(std::initializer_list<const char*> extra = {}) const {
+    std::vector<const char*> flags = {"--model", "--stem", "--bypass", "--base-e", "--incr-e",
+                                      "--pct-3x3", "--freq", "--sr", "--dropout"};
+    flags.insert(flags.end(), extra.begin(), extra.end());
     std::string names;
-    for (const char* name : {"--model", "--stem", "--bypass", "--base-e", "--incr-e", "--pct-3x3",
-                             "--freq", "--sr", "--dropout"})
-      if (app_->count(name) > 0) names += (names.empty() ? "" : ", ") + std::string(name);
-    for (const char* name : extra)
+    for (const char* name : flags)
       if (app_->count(name) > 0) names += (names.empty() ? "" : ", ") + std::string(name);
     return names;
   }
@@ -522,17 +528,18 @@ int main(int argc, char** argv) {
       if (r.stopped) {
         // Every rank stopped after the same step; the exit status says the run did not finish.
         const int sig = r.stop_signal ? r.stop_signal : SIGTERM;
-        if (job.root()) {
-          const std::string& ckpt = r.checkpoint;
-          const std::string data = tc.data_dir.empty() ? "" : " --data-dir " + tc.data_dir;
+        if (job.root())
           std::fprintf(stderr, "squeeze: stopped by %s after step %lld: %s\n",
                        r.stop_signal ? signal_name(r.stop_signal) : "a signal", (long long)r.steps,
-                       ckpt.empty() ? "nothing saved (--out '')"
-                                    : ("checkpoint " + ckpt + "; continue with: squeeze train --resume " + ckpt + data).c_str());
-        }
+                       r.checkpoint.empty()
+                           ? "nothing saved (--out '')"
+                           : ("checkpoint " + r.checkpoint + "; continue with: " +
+                              continue_command(r.checkpoint, tc.data_dir)).c_str());
         exit_status = 128 + sig;
       } else if (job.root()) {
         const bool ended_epoch = !r.epochs.empty() && r.epochs.back().step == r.steps;
+        // --max-steps ended this run early, after training at least one step.
+        const bool cut_short = r.steps > r.first_step && r.steps < r.total_steps && ro.max_steps == r.steps;
         if (ended_epoch) {
           std::printf("final test accuracy %.4f after %lld steps\n", r.epochs.back().test_acc,
                       (long long)r.steps);
@@ -540,14 +547,12 @@ int main(int argc, char** argv) {
           const EpochMetrics& last = r.epochs.back();
           std::printf("stopped at step %lld; test accuracy %.4f at step %lld (epoch %lld's end)\n",
                       (long long)r.steps, last.test_acc, (long long)last.step, (long long)last.epoch);
-        } else if (r.steps > r.first_step && r.steps < r.total_steps && ro.max_steps == r.steps) {
+        } else if (cut_short) {
           std::printf("stopped at step %lld (--max-steps), before an epoch's end: no test accuracy yet\n",
                       (long long)r.steps);
         }
-        if (r.steps > r.first_step && r.steps < r.total_steps && ro.max_steps == r.steps &&
-            !r.checkpoint.empty())
-          std::printf("continue with: squeeze train --resume %s%s\n", r.checkpoint.c_str(),
-                      tc.data_dir.empty() ? "" : (" --data-dir " + tc.data_dir).c_str());
+        if (cut_short && !r.checkpoint.empty())
+          std::printf("continue with: %s\n", continue_command(r.checkpoint, tc.data_dir).c_str());
       }
     } else if (*eval) {
       comm = make_job_communicator(job, MpiProgress::kThread);

@@ -813,8 +813,7 @@ TEST(Cli, EvalAndInfoNameTheModelFlagsAFileOverrides) {
   auto stdout_of = [&](const std::string& args) {
     std::string err;
     EXPECT_EQ(run_cli(args, &err, text_file), 0) << args << ": " << err;
-    std::ifstream f(text_file);
-    return std::string(std::istreambuf_iterator<char>(f), {});
+    return slurp(text_file);
   };
   const std::string eval = "eval --dataset mnist --data-dir " + data + " --weights " + weights;
   std::string text = stdout_of(eval + " --model squeezenet1.1 --sr 0.5");

@@ -169,7 +169,9 @@ bool table_enabled() {
 // For each window element j (row-major) and output o, the input offset table[j * PQ + o]; an
 // element outside the input (a clipped window) repeats the window's first element inside it,
 // which can never win against itself (not greater; a NaN there has already won), so that every
-// window has k*k entries and argmax()'s semantics hold unchanged.
+// window has k*k entries and argmax()'s semantics hold unchanged. Entry 0 is that first element
+// (the top-left corner, or its stand-in where the corner lies in the padding): the running
+// maximum starts there, as in argmax().
 std::vector<int32_t> window_table(const PoolGeom& g, int P, int Q) {
   const int PQ = P * Q, K = g.k * g.k;
   std::vector<int32_t> t(size_t(K) * PQ);
@@ -184,8 +186,6 @@ std::vector<int32_t> window_table(const PoolGeom& g, int P, int Q) {
         t[size_t(j) * PQ + p * Q + q] = inside ? h * g.W + w : first;
       }
     }
-  // Entry 0 is the window's first element inside: its top-left corner where that is inside,
-  // else `first`. The running maximum starts there, as in argmax().
   return t;
 }
 
