@@ -50,7 +50,8 @@
 # Uses the binaries carried in .device/bin.tar.xz when they run here, else builds (a minute or two; without
 # MPI, so the nccl phase then fails). Each phase
 # has a time limit (PHASE_LIMIT_S, default 150 s) so that a hang costs one phase, not the lease.
-# Everything printed also goes to $OUT/gpu_check.log; JSON results to $OUT/*.json.
+# Everything printed also goes to $OUT/gpu_check.log; the other results (JSON, route and algorithm
+# lists, profiles) into $OUT/results_<phases>.tgz when the script ends.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 phases=${*:-test nccl collectives bench pytorch}
@@ -58,6 +59,19 @@ OUT=${OUT:-/tmp/sq_gpu_out}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 limit=${PHASE_LIMIT_S:-150}
+# The device tool returns at most 8 files from $OUT: on the way out (a timeout's TERM too), this
+# run's results other than the log and the predictions go into one archive,
+# $OUT/results_<phases>.tgz (a later run in the same call makes its own).
+packed=0
+pack() {
+  [ $packed = 1 ] && return; packed=1
+  local tgz files
+  tgz=results_$(echo $phases | tr ' ' '_').tgz
+  files=$(cd "$OUT" && ls | grep -vx -e gpu_check.log -e predictions.md -e 'results_.*\.tgz')
+  [ -n "$files" ] && (cd "$OUT" && tar -czf "$tgz" $files && rm -f $files)
+}
+trap pack EXIT
+trap 'pack; exit 143' TERM INT
 t0=$(date +%s)
 elapsed() { echo "$(( $(date +%s) - t0 )) s"; }
 

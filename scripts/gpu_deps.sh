@@ -18,6 +18,12 @@ rm -rf .device/bin && mkdir -p /tmp/sq_device_bin/bin
   libopenblas0 libgfortran5 nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev zlib1g-dev \
   dataset-fashion-mnist libopenmpi3 openmpi-bin openmpi-common libhwloc15 libevent-core-2.1-7 \
   libevent-pthreads-2.1-7 libpmix2 libnuma1 libmunge2 2> >(grep -v "unsandboxed" >&2))
+# The BLAS development package only for a fallback build there: its 58 MB static library (5 MB
+# packed) would take the carried tree past the device tool's 64 MiB, and a build links the shared one.
+dev=$(ls .device/debs/libopenblas-openmp-dev_*.deb)
+rm -rf /tmp/sq_blas_dev && dpkg-deb -R "$dev" /tmp/sq_blas_dev
+find /tmp/sq_blas_dev -name '*.a' -delete
+dpkg-deb -b /tmp/sq_blas_dev "$dev" > /dev/null
 cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DSQUEEZE_NATIVE=OFF \
   -DCMAKE_CXX_FLAGS="-march=x86-64-v3" -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null
 bins="squeeze test_cuda_ops test_mpi test_train bench_gpu bench_collectives bench_ddp_gpu"
@@ -28,3 +34,7 @@ git rev-parse HEAD > $B/COMMIT
 git diff --quiet || echo "(uncommitted changes)" >> $B/COMMIT
 tar -C /tmp/sq_device_bin -cJf .device/bin.tar.xz bin
 du -sh .device/debs .device/bin.tar.xz
+# What a call carries: .device and the tracked tree, against the device tool's 64 MiB.
+carried=$(( $(du -sb .device/debs .device/bin.tar.xz | awk '{s += $1} END {print s}') + $(git ls-files -z | du -cb --files0-from=- | tail -1 | cut -f1) ))
+echo "carried with .device: $(( carried / 1048576 )) MiB of the 64 MiB a call may take"
+[ "$carried" -lt $(( 64 * 1048576 )) ] || { echo "gpu_deps.sh: over the device tool's 64 MiB" >&2; exit 1; }
