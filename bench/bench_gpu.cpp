@@ -4,7 +4,10 @@
 //     forward FLOPs and minimal bytes for the notes file's floors;
 //     (1b: every convolution, forward, backward, and the backward's weight and bias part alone)
 //  2. training steps (forward, loss, backward, fused SGD) of squeezenet1.0 and 1.1 at 224x224
-//     and the Fashion-MNIST configuration, batch 128, images/s, for the same variants.
+//     and the Fashion-MNIST configuration, batch 128, images/s, for the same variants, and the
+//     host time a step spends staging the next batch (prefetch());
+//  3. where a training step's time goes, per layer: squeezenet1.0 (3), the Fashion-MNIST
+//     configuration (3f) and squeezenet1.1 (3b).
 // Timing: CUDA events around each repetition on one stream, 3 warm-up reps, median of --reps.
 //   build/bench_gpu [--reps N] [--json FILE] [--sections LIST] [--variants LIST]
 //     (--variants: the columns to run, by name, e.g. "own fp32,cuDNN fp32"; default all)
@@ -115,11 +118,16 @@ TrainData train_data(const ModelConfig& cfg, int N) {
   return d;
 }
 // As the trainer runs a step: the step on the prefetched batch, the next batch's copy to the
-// device during it, the SGD update (finish() waits for the step).
-void train_step(DeviceStep& step, const TrainData& d, int N) {
+// device during it, the SGD update (finish() waits for the step). The host milliseconds of each
+// prefetch() (the batch's copy into pinned memory and the copy's launch) go to *staging: when
+// they and the launches outlast the GPU's step, the host bounds the step, not the kernels.
+void train_step(DeviceStep& step, const TrainData& d, int N, std::vector<double>* staging = nullptr) {
   double st[2] = {0, 0};
   step.launch(nullptr, d.labels.data(), d.keys.data(), N, 1.0f / N);
+  const auto t0 = std::chrono::steady_clock::now();
   step.prefetch(d.input.data(), d.labels.data(), d.keys.data(), N);
+  if (staging)
+    staging->push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   step.finish(st);
   step.sgd(0.01f, 0.9f, 2e-4f);
 }
@@ -154,7 +162,7 @@ int profile_one_step(const std::string& what, int N) {
 
 int main(int argc, char** argv) {
   int reps = 20;
-  std::string json_path, sections = "0,1,1b,2,3,3f", profile, only;
+  std::string json_path, sections = "0,1,1b,2,3,3f,3b", profile, only;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
@@ -162,7 +170,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--profile") && i + 1 < argc) profile = argv[++i];
     else if (!std::strcmp(argv[i], "--variants") && i + 1 < argc) only = argv[++i];
     else {
-      std::fprintf(stderr, "usage: bench_gpu [--reps N] [--json FILE] [--sections 0,1,1b,2,3,3f] "
+      std::fprintf(stderr, "usage: bench_gpu [--reps N] [--json FILE] [--sections 0,1,1b,2,3,3f,3b] "
                            "[--variants 'own fp32,cuDNN fp32,...'] [--profile squeezenet1.0|squeezenet1.1|fmnist:fp32|tf32|bf16]\n");
       return 2;
     }
@@ -176,7 +184,7 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  // Sections: 0 ceilings, 1 Fire modules, 1b every convolution, 2 training img/s, 3 step profile.
+  // Sections: 0 ceilings, 1 Fire modules, 1b every convolution, 2 training img/s, 3, 3f, 3b step profiles.
   auto want = [&](const char* name) {
     return ("," + sections + ",").find("," + std::string(name) + ",") != std::string::npos;
   };
@@ -359,10 +367,12 @@ int main(int argc, char** argv) {
           {"squeezenet1.0 224x224", preset("squeezenet1.0")},
           {"squeezenet1.1 224x224", preset("squeezenet1.1")},
           {"fmnist (1.0, small stem, 28x28)", bench::fmnist_config()}};
+      std::string staging_line;  // the median prefetch() of each config, printed after the table
       for (const auto& [name, cfg] : cfgs) {
         std::printf("| %s |", name.c_str());
         nlohmann::json row = {{"config", name}};
         const TrainData d = train_data(cfg, N);
+        std::vector<double> staged;
         for (const Variant& v : variants) {
           use(v);
           try {
@@ -370,9 +380,13 @@ int main(int argc, char** argv) {
           step->upload(d.params.data(), d.mom.data());
           // Host clock per step, as the trainer runs it (train_step).
           step->prefetch(d.input.data(), d.labels.data(), d.keys.data(), N);
-          const double ms = host_ms(reps, [&] { train_step(*step, d, N); });
+          std::vector<double> staging;
+          const double ms = host_ms(reps, [&] { train_step(*step, d, N, &staging); });
+          std::sort(staging.begin(), staging.end());
           std::printf(" %.0f |", N / (ms / 1e3));
           row[std::string(v.name) + " img/s"] = N / (ms / 1e3);
+          row[std::string(v.name) + " staging ms"] = staging[staging.size() / 2];
+          staged.push_back(staging[staging.size() / 2]);
           } catch (const std::exception& e) {
             std::printf(" failed |");
             std::fprintf(stderr, "bench_gpu: %s, %s: %s\n", name.c_str(), v.name, e.what());
@@ -380,7 +394,14 @@ int main(int argc, char** argv) {
         }
         std::printf("\n");
         out["train"].push_back(row);
+        char part[160];
+        std::snprintf(part, sizeof part, "%s%s %.2f-%.2f", staging_line.empty() ? "" : "; ", name.c_str(),
+                      staged.empty() ? 0.0 : *std::min_element(staged.begin(), staged.end()),
+                      staged.empty() ? 0.0 : *std::max_element(staged.begin(), staged.end()));
+        staging_line += part;
       }
+      std::printf("\nHost ms a step in prefetch() (the batch into pinned memory; median, range over the "
+                  "columns): %s\n", staging_line.c_str());
     }
 
     // ---- 3. where a training step's time goes: per layer, forward and backward ---------------
@@ -451,6 +472,7 @@ int main(int argc, char** argv) {
     };
     if (want("3")) profile_layers("squeezenet1.0", preset("squeezenet1.0"), "layers");
     if (want("3f")) profile_layers("fmnist (1.0, small stem, 28x28)", bench::fmnist_config(), "layers_fmnist");
+    if (want("3b")) profile_layers("squeezenet1.1", preset("squeezenet1.1"), "layers_11");
 
     cuda::set_conv_impl(cuda::ConvImpl::kOwn);
     cuda::set_conv_math(cuda::ConvMath::kFp32);

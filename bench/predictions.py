@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""The predictions made for the kernel changes since run c, each against a lease's measurement.
+"""The predictions made for the GPU changes since run c, each against a lease's measurement.
 
-    python3 bench/predictions.py OUT_DIR [--baseline docs/gpu/run-c]
+    python3 bench/predictions.py OUT_DIR [--docs docs/gpu]
     python3 bench/predictions.py --self-test
 
 OUT_DIR holds what `scripts/gpu_check.sh bench` wrote: bench_gpu.json (the defaults),
 bench_gpu_nowin.json (SQUEEZE_IGEMM_WIN=0), bench_gpu_nopersist.json (SQUEEZE_IGEMM_PERSIST=0) and
 bench_gpu_3xtf32.json (SQUEEZE_IGEMM_3XTF32=1); a missing file leaves its rows "not measured".
-The baseline is run c (its v7 TF32/BF16 times are in bench_gpu_mma.json there).
+The baseline of a prediction is the run it was made after: run c (its v7 TF32/BF16 times are in
+bench_gpu_mma.json there) or run d (docs/gpu/run-d/bench_gpu.json).
 
 Each row: what docs/KERNELS.md predicted (the section is named), run c's value, the new one, the
 predicted range and a verdict: as predicted, better, short of it, or FALSIFIED where the
@@ -22,6 +23,7 @@ import sys
 FIRES = ["fire%d" % i for i in range(2, 10)]
 FMNIST = "fmnist (1.0, small stem, 28x28)"
 SQ10 = "squeezenet1.0 224x224"
+SQ11 = "squeezenet1.1 224x224"
 
 
 def load(path):
@@ -65,9 +67,9 @@ class P:
     (None where the section gave only a falsifier); higher: whether higher is better;
     falsified(v) with its consequence."""
 
-    def __init__(self, what, section, get, lo, hi, higher=False, falsified=None, then=""):
+    def __init__(self, what, section, get, lo, hi, higher=False, falsified=None, then="", since="c"):
         self.what, self.section, self.get, self.lo, self.hi = what, section, get, lo, hi
-        self.higher, self.falsified, self.then = higher, falsified, then
+        self.higher, self.falsified, self.then, self.since = higher, falsified, then, since
 
     def verdict(self, v):
         if v is None:
@@ -148,6 +150,20 @@ def predictions():
                     lambda r, f=f: value(r["x3"], "fire", f, "own fp32 fwd+bwd ms") /
                     value(r["main"], "fire", f, "own tf32 fwd+bwd ms"),
                     1.3, 2.0, falsified=lambda v: v > 2.2, then="Winograd, not 3xTF32, is the way to the fp32 goal"))
+    # Since run d (its bench_gpu.json the baseline): the batch's copy into pinned memory on every
+    # core (docs/BENCHMARKS.md, "The host bounds the 224² steps").
+    ps += [
+        P("squeezenet1.1 TF32 img/s", "the staging copy on every core",
+          at("train", SQ11, "own tf32 img/s"), 13000, 18000, higher=True, since="d",
+          falsified=lambda v: v < 10000, then="the copy did not bound the step: read section 3b's per-layer sum"),
+        P("squeezenet1.1 fp32 img/s", "the staging copy on every core",
+          at("train", SQ11, "own fp32 img/s"), 8800, 10000, higher=True, since="d"),
+        P("squeezenet1.0 BF16 img/s", "the staging copy on every core",
+          at("train", SQ10, "own bf16 img/s"), 8900, 9500, higher=True, since="d"),
+        P("host ms a step in prefetch(), squeezenet1.0 TF32", "the staging copy on every core",
+          at("train", SQ10, "own tf32 staging ms"), 0.5, 3.0, since="d",
+          falsified=lambda v: v > 6.0, then="the copy did not spread over the cores"),
+    ]
     return ps
 
 
@@ -164,8 +180,10 @@ def fmt(v):
     return "" if v is None else ("%.3g" % v if abs(v) < 100 else "{:,.0f}".format(v))
 
 
-def table(runs, base):
-    lines = ["| prediction (docs/KERNELS.md) | run c | now | predicted | verdict |",
+def table(runs, bases):
+    """bases: run name ('c', 'd') -> its runs; each prediction is shown against the run it was
+    made after."""
+    lines = ["| prediction (docs/KERNELS.md, BENCHMARKS.md) | before (run) | now | predicted | verdict |",
              "|---|---:|---:|---:|---|"]
     verdicts = []
     def get(p, r):  # (a missing run or row: None, whose arithmetic raises TypeError)
@@ -175,21 +193,26 @@ def table(runs, base):
             return None
 
     for p in predictions():
-        now, before = get(p, runs), get(p, base)
+        now, before = get(p, runs), get(p, bases.get(p.since))
         v = p.verdict(now)
         verdicts.append((p.what, v))
         lines.append("| %s (\"%s\") | %s | %s | %s | %s |" %
-                     (p.what, p.section, fmt(before), fmt(now),
+                     (p.what, p.section, fmt(before) + (" (%s)" % p.since if before is not None else ""), fmt(now),
                       "falsifier only" if p.lo is None else fmt(p.lo) + "–" + fmt(p.hi), v))
     return "\n".join(lines), verdicts
 
 
+def baselines(docs):
+    return {"c": runs_in(os.path.join(docs, "run-c"), "bench_gpu_mma.json"), "d": runs_in(os.path.join(docs, "run-d"))}
+
+
 def self_test():
-    """Run c against itself: nothing since run c is in it, so the verdicts are known."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    runc = os.path.join(here, "..", "docs", "gpu", "run-c")
-    runs = runs_in(runc, "bench_gpu_mma.json")
-    _, verdicts = table(runs, runs)
+    """Run c against itself: nothing since run c is in it, so the verdicts are known; then run d,
+    the verdicts docs/BENCHMARKS.md records for it."""
+    docs = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "gpu")
+    bases = baselines(docs)
+    runs = bases["c"]
+    _, verdicts = table(runs, bases)
     got = dict(verdicts)
     want = {
         "conv10 backward, TF32 ms": "FALSIFIED",  # 1.57 ms in run c, above 1.3
@@ -208,6 +231,22 @@ def self_test():
         "TF32 step, ms shorter than SQUEEZE_IGEMM_PERSIST=0": "not measured",
     }
     bad = [(k, got.get(k), w) for k, w in want.items() if not (got.get(k) or "").startswith(w)]
+    _, verdicts_d = table(bases["d"], bases)
+    got_d = dict(verdicts_d)
+    want_d = {
+        "Fashion-MNIST TF32 img/s": "better than predicted",  # 63,052 > 40,000
+        "conv10 backward, TF32 ms": "better than predicted",  # 0.692 < 0.8
+        "TF32 step, ms shorter than SQUEEZE_IGEMM_PERSIST=0": "short of the prediction",  # 0.53 < 0.8
+        "fire8 expand 3x3 forward, TF32 ms": "as predicted",  # 0.330
+        "conv1 forward, TF32 ms": "FALSIFIED",  # 1.50 > 0.8
+        "conv1 backward, TF32 ms": "FALSIFIED",  # 0.922 > 0.9
+        "pool2 forward ms": "FALSIFIED",  # 0.278 > 0.25
+        "average pool backward ms": "FALSIFIED",  # 0.123 > 0.09
+        "fire8 forward + backward, 3xTF32 over TF32": "short of the prediction",  # 2.17 > 2.0
+        "squeezenet1.1 TF32 img/s": "FALSIFIED",  # run d itself: 8,910 < 10,000, before the change
+        "host ms a step in prefetch(), squeezenet1.0 TF32": "not measured",  # not timed in run d
+    }
+    bad += [("run d: " + k, got_d.get(k), w) for k, w in want_d.items() if not (got_d.get(k) or "").startswith(w)]
     # The verdict rules themselves, on a made-up prediction.
     p = P("x", "s", lambda r: None, 1.0, 2.0, falsified=lambda v: v > 3.0, then="t")
     rules = [(p.verdict(0.5), "better than predicted"), (p.verdict(1.5), "as predicted"),
@@ -225,8 +264,8 @@ def self_test():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out_dir", nargs="?")
-    ap.add_argument("--baseline", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                        "..", "docs", "gpu", "run-c"))
+    ap.add_argument("--docs", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "gpu"),
+                    help="the folder of the recorded runs (run-c, run-d), the predictions' baselines")
     ap.add_argument("--self-test", action="store_true")
     a = ap.parse_args()
     if a.self_test:
@@ -238,7 +277,7 @@ def main():
     runs = runs_in(a.out_dir)
     if runs["main"] is None:
         sys.exit(f"predictions: {a.out_dir}: no bench_gpu.json")
-    text, _ = table(runs, runs_in(a.baseline, "bench_gpu_mma.json"))
+    text, _ = table(runs, baselines(a.docs))
     print(text)
     return 0
 

@@ -19,6 +19,7 @@
 #include "core/error.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/device_buffer.h"
+#include "kernels/ops.h"
 
 namespace sq {
 
@@ -105,7 +106,7 @@ class CudaStep final : public DeviceStep {
     // The host side of the slot is free once its last copy is done (long ago, in a pipeline).
     SQ_CUDA(cudaEventSynchronize(sl.copied.get()));
     const size_t in = in_per_sample_ * size_t(N);
-    std::memcpy(sl.host_input.get(), input, in * sizeof(float));
+    copy_parallel(sl.host_input.get(), input, in * sizeof(float));
     std::memcpy(sl.host_labels.get(), labels, size_t(N) * sizeof(int32_t));
     if (keys) std::memcpy(sl.host_keys.get(), keys, size_t(N) * sizeof(uint64_t));
     else std::memset(sl.host_keys.get(), 0, size_t(N) * sizeof(uint64_t));
@@ -166,7 +167,7 @@ class CudaStep final : public DeviceStep {
     SQ_CUDA(cudaEventSynchronize(sl.copied.get()));
     SQ_CUDA(cudaStreamSynchronize(stream_.s));  // the pinned buffers were last read by this stream
     const size_t in = in_per_sample_ * size_t(N);
-    std::memcpy(sl.host_input.get(), input, in * sizeof(float));
+    copy_parallel(sl.host_input.get(), input, in * sizeof(float));
     std::memcpy(sl.host_labels.get(), labels, size_t(N) * sizeof(int32_t));
     SQ_CUDA(cudaMemcpyAsync(sl.input.get(), sl.host_input.get(), in * sizeof(float), cudaMemcpyHostToDevice,
                             stream_.s));

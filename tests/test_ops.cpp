@@ -2,6 +2,7 @@
 // GEMM, convolution (vs a naive direct convolution and central finite differences in double),
 // the chunked im2col path, ReLU, bypass add, dropout, softmax cross-entropy and SGD.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -363,6 +364,27 @@ TEST(Elementwise, AddInplace) {
   const auto y0 = y;
   add_inplace<float>(y.data(), x.data(), m);
   for (size_t i = 0; i < m; ++i) ASSERT_EQ(y[i], y0[i] + x[i]) << i;
+}
+
+// The threaded copy against the bytes it was given, at sizes around its 4 MiB slices (one
+// thread below two slices; a last slice that is not whole cache lines), with 1, 2 and 3 threads;
+// the bytes after dst's end are left alone.
+TEST(Elementwise, CopyParallelCopiesEveryByteAndNoMore) {
+  constexpr size_t kMiB = size_t(1) << 20, kGuard = 4096;
+  std::mt19937_64 gen(20261204);
+  const int threads0 = omp_get_max_threads();
+  for (int threads : {1, 2, 3}) {
+    omp_set_num_threads(threads);
+    for (size_t bytes : {size_t(0), size_t(1), 4 * kMiB - 1, 8 * kMiB, 8 * kMiB + 13, 13 * kMiB + 4095}) {
+      std::vector<unsigned char> src(bytes), dst(bytes + kGuard, 0xA5);
+      for (auto& b : src) b = static_cast<unsigned char>(gen());
+      copy_parallel(dst.data(), src.data(), bytes);
+      EXPECT_EQ(std::memcmp(dst.data(), src.data(), bytes), 0) << bytes << " bytes, " << threads << " threads";
+      EXPECT_TRUE(std::all_of(dst.begin() + bytes, dst.end(), [](unsigned char b) { return b == 0xA5; }))
+          << "written past the end: " << bytes << " bytes, " << threads << " threads";
+    }
+  }
+  omp_set_num_threads(threads0);
 }
 
 // ---- dropout ----------------------------------------------------------------------------------

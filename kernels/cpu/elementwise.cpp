@@ -1,5 +1,10 @@
-// Element-wise ops: ReLU backward, the bypass add, and the two passes of gradient clipping.
+// Element-wise ops: ReLU backward, the bypass add, the two passes of gradient clipping, and a
+// threaded copy.
+#include <omp.h>
+
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 #include "kernels/ops.h"
 
@@ -45,6 +50,21 @@ template void scale_inplace<float>(float*, float, size_t);
 template void scale_inplace<double>(double*, double, size_t);
 template void relu_backward<float>(const float*, const float*, float*, size_t);
 template void relu_backward<double>(const double*, const double*, double*, size_t);
+void copy_parallel(void* dst, const void* src, size_t bytes) {
+  constexpr size_t kSlice = size_t(4) << 20;
+  const int parts = int(std::min<size_t>(size_t(omp_get_max_threads()), bytes / kSlice));
+  if (parts <= 1) {
+    if (bytes) std::memcpy(dst, src, bytes);
+    return;
+  }
+  const size_t per = (bytes / parts + 63) / 64 * 64;  // whole cache lines a slice
+#pragma omp parallel for schedule(static) num_threads(parts)
+  for (int i = 0; i < parts; ++i) {
+    const size_t lo = std::min(bytes, per * size_t(i)), hi = i == parts - 1 ? bytes : std::min(bytes, lo + per);
+    std::memcpy(static_cast<char*>(dst) + lo, static_cast<const char*>(src) + lo, hi - lo);
+  }
+}
+
 template void add_inplace<float>(float*, const float*, size_t);
 template void add_inplace<double>(double*, const double*, size_t);
 
