@@ -66,9 +66,9 @@ void conv_backward(const ConvGeom& g, const T* x, const T* w, const T* dz, T* dw
 enum class OperandRounding { kNone, kTf32, kBf16 };
 void set_conv_operand_rounding(OperandRounding r);
 OperandRounding conv_operand_rounding();
-// v as the GPU rounds an operand: TF32 keeps 10 mantissa bits, to nearest with ties away from
-// zero (cvt.rna.tf32.f32); BF16 keeps 7, to nearest even (__floats2bfloat162_rn). Infinities and
-// NaNs pass through.
+// v as the GPU rounds an operand: TF32 keeps 10 mantissa bits and cuts the rest, toward zero (the
+// mma, window and row kernels pass fp32 bits, of which mma reads the upper 19); BF16 keeps 7, to
+// nearest even (__floats2bfloat162_rn). Infinities and NaNs pass through.
 float round_operand(float v, OperandRounding r);
 
 // ---- element-wise ---------------------------------------------------------------------------

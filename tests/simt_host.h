@@ -386,6 +386,11 @@ inline uint32_t tf32_bits(float v) {
   std::memcpy(&u, &r, 4);
   return u;
 }
+inline uint32_t tf32_operand(float v) {  // fp32's bits; mma_tf32_1688 reads the upper 19
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  return u;
+}
 
 namespace simt {
 inline float bf16_half(uint32_t reg, int hi) { return simt_to_float(__nv_bfloat16{uint16_t(hi ? reg >> 16 : reg)}); }

@@ -545,10 +545,11 @@ TEST(ImplicitGemm, InputGradientEpilogueAddsThenAppliesTheReluOfX) {
 
 namespace {
 
-// The operand as the emulator's mma rounds it (tests/simt_host.h: TF32 and BF16 to nearest even).
+// The operand as the kernels round it: TF32 cut toward zero (they pass fp32 bits, of which mma
+// reads the upper 19: tests/simt_host.h's tf32_value), BF16 to nearest even (pack_bf16x2).
 template <class Prec>
 float rounded(float v) {
-  if (Prec::K == 8) return nvcuda::wmma::__float_to_tf32(v);
+  if (Prec::K == 8) return simt::tf32_value(tf32_operand(v));
   return simt_to_float(__float2bfloat16_rn(v));
 }
 // The case with x, w and dz rounded so, and its references from them: what a kernel that rounds

@@ -251,11 +251,12 @@ uint32_t bits_of(float f) {
 TEST(Conv, RoundOperandAsTheGpu) {
   const OperandRounding tf = OperandRounding::kTf32, bf = OperandRounding::kBf16;
   const float e10 = std::ldexp(1.0f, -10), e7 = std::ldexp(1.0f, -7);
-  // TF32: 10 mantissa bits, ties away from zero (cvt.rna); just under a tie, down.
-  EXPECT_EQ(round_operand(1.0f + e10 / 2, tf), 1.0f + e10);
-  EXPECT_EQ(round_operand(-(1.0f + e10 / 2), tf), -(1.0f + e10));
-  EXPECT_EQ(round_operand(1.0f + e10 + e10 / 2, tf), 1.0f + 2 * e10);
-  EXPECT_EQ(round_operand(std::nextafter(1.0f + e10 / 2, 0.0f), tf), 1.0f);
+  // TF32: 10 mantissa bits, the rest cut (toward zero, as mma reads fp32 bits), whatever their value.
+  EXPECT_EQ(round_operand(1.0f + e10 / 2, tf), 1.0f);
+  EXPECT_EQ(round_operand(-(1.0f + e10 / 2), tf), -1.0f);
+  EXPECT_EQ(round_operand(1.0f + e10 + e10 / 2, tf), 1.0f + e10);
+  EXPECT_EQ(round_operand(std::nextafter(1.0f + e10, 2.0f), tf), 1.0f + e10);
+  EXPECT_EQ(round_operand(std::nextafter(1.0f + e10, 0.0f), tf), 1.0f);
   // BF16: 7 bits, ties to even.
   EXPECT_EQ(round_operand(1.0f + e7 / 2, bf), 1.0f);
   EXPECT_EQ(round_operand(1.0f + e7 + e7 / 2, bf), 1.0f + 2 * e7);
@@ -264,8 +265,8 @@ TEST(Conv, RoundOperandAsTheGpu) {
   for (OperandRounding r : {tf, bf}) {
     EXPECT_TRUE(std::isinf(round_operand(INFINITY, r)));
     EXPECT_TRUE(std::isnan(round_operand(NAN, r)));
-    // Random values: the dropped bits are zero, and the result is the nearer of the two
-    // neighbours that keep the mantissa's width.
+    // Random values: the dropped bits are zero, and the result is (BF16) the nearer of the two
+    // neighbours that keep the mantissa's width, (TF32) the one toward zero.
     const int drop = r == tf ? 13 : 16;
     std::mt19937 rng(9);
     std::uniform_real_distribution<float> u(-3.0f, 3.0f);
@@ -273,7 +274,10 @@ TEST(Conv, RoundOperandAsTheGpu) {
       const float v = u(rng), got = round_operand(v, r);
       ASSERT_EQ(bits_of(got) & ((1u << drop) - 1), 0u) << v;
       const float lo = from_bits(bits_of(v) & ~((1u << drop) - 1)), hi = from_bits(bits_of(lo) + (1u << drop));
-      ASSERT_LE(std::fabs(double(got) - v), std::min(std::fabs(double(lo) - v), std::fabs(double(hi) - v))) << v;
+      if (r == tf)
+        ASSERT_EQ(got, lo) << v;
+      else
+        ASSERT_LE(std::fabs(double(got) - v), std::min(std::fabs(double(lo) - v), std::fabs(double(hi) - v))) << v;
     }
   }
 }

@@ -57,7 +57,7 @@ float round_operand(float v, OperandRounding r) {
   std::memcpy(&u, &v, 4);
   if (r == OperandRounding::kNone || (u & 0x7F800000u) == 0x7F800000u) return v;  // inf, NaN
   if (r == OperandRounding::kTf32)
-    u = (u + 0x1000u) & 0xFFFFE000u;  // half of the 13 dropped bits' unit, on the magnitude
+    u &= 0xFFFFE000u;  // the 13 dropped bits cut: the GPU kernels pass fp32 bits to mma (toward zero)
   else
     u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
   std::memcpy(&v, &u, 4);

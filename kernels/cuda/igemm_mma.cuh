@@ -18,7 +18,7 @@
 //   along k (the weight gradient), so that the copies' stores stay conflict-free too.
 //
 // Kernel source only, no CUDA runtime: tests/test_igemm.cpp runs it on the CPU under
-// tests/simt_host.h, which defines the same cp_async*, pack_bf16x2, tf32_bits and mma_* functions:
+// tests/simt_host.h, which defines the same cp_async*, pack_bf16x2, tf32_bits, tf32_operand and mma_* functions:
 // the copies land only when the thread waits for their group, and mma exchanges the 32 lanes'
 // fragments by the PTX ISA's fragment layouts, so a wrong fragment index, a missing wait or a
 // missing barrier gives a wrong product there.
@@ -62,6 +62,12 @@ __device__ __forceinline__ uint32_t tf32_bits(float v) {
   asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(v));
   return r;
 }
+// A TF32 operand as the kernels pass it: fp32's own bits, of which mma reads the upper 19, so the
+// 13 dropped bits round toward zero, as in the Hopper matrix products that take fp32 straight from
+// shared memory. cvt.rna (tf32_bits) costs three instructions an element in the SASS (FSETP, IADD,
+// LOP3), a chain in front of each mma: 72 of the 112 instructions of a 32x64 warp tile's 8-deep
+// k-step (docs/KERNELS.md, "TF32 operands truncated"). 3xTF32's split keeps cvt.rna.
+__device__ __forceinline__ uint32_t tf32_operand(float v) { return __float_as_uint(v); }
 // d += a * b over a 16 x 8 x 16 (BF16) or 16 x 8 x 8 (TF32) tile, fp32 accumulation.
 __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   asm volatile(
@@ -125,19 +131,20 @@ struct MmaTf32 {
   // Registers: (g, t), (g+8, t), (g, t+4), (g+8, t+4).
   __device__ static void load_a(uint32_t (&a)[4], const float* p, int ld, int g, int t) {
     const float* r = p + g * ld + t;
-    a[0] = tf32_bits(r[0]), a[1] = tf32_bits(r[8 * ld]), a[2] = tf32_bits(r[4]), a[3] = tf32_bits(r[8 * ld + 4]);
+    a[0] = tf32_operand(r[0]), a[1] = tf32_operand(r[8 * ld]), a[2] = tf32_operand(r[4]),
+    a[3] = tf32_operand(r[8 * ld + 4]);
   }
   // Registers: k t and t+4, column g.
   __device__ static void load_b_nk(uint32_t (&b)[2], const float* p, int ld, int g, int t) {
     const float* r = p + g * ld + t;
-    b[0] = tf32_bits(r[0]), b[1] = tf32_bits(r[4]);
+    b[0] = tf32_operand(r[0]), b[1] = tf32_operand(r[4]);
   }
   __device__ static void load_b_kn(uint32_t (&b)[2], const float* p, int ld, int g, int t) {
     const float* c = p + t * ld + g;
-    b[0] = tf32_bits(c[0]), b[1] = tf32_bits(c[4 * ld]);
+    b[0] = tf32_operand(c[0]), b[1] = tf32_operand(c[4 * ld]);
   }
   __device__ static void load_b_nk_any(uint32_t (&b)[2], const float* p, int t) {
-    b[0] = tf32_bits(p[t]), b[1] = tf32_bits(p[t + 4]);
+    b[0] = tf32_operand(p[t]), b[1] = tf32_operand(p[t + 4]);
   }
   __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     mma_tf32_1688(d, a, b);

@@ -46,7 +46,7 @@ struct RowsA;
 template <>
 struct RowsA<MmaTf32> {
   static constexpr int kPerWord = 1;
-  __device__ static uint32_t word(const float* v) { return tf32_bits(v[0]); }
+  __device__ static uint32_t word(const float* v) { return tf32_operand(v[0]); }
 };
 template <>
 struct RowsA<MmaBf16> {
@@ -63,7 +63,7 @@ struct RowsB<MmaTf32> {
   static constexpr int kTaps = 2;
   __device__ static void offsets(int (&ko)[2], const int* koff, int t) { ko[0] = koff[t], ko[1] = koff[t + 4]; }
   __device__ static void load(uint32_t (&b)[2], const float* Bs, const int (&ko)[2], int cb) {
-    b[0] = tf32_bits(Bs[ko[0] + cb]), b[1] = tf32_bits(Bs[ko[1] + cb]);
+    b[0] = tf32_operand(Bs[ko[0] + cb]), b[1] = tf32_operand(Bs[ko[1] + cb]);
   }
 };
 template <>

@@ -68,7 +68,8 @@ struct WinA<MmaTf32> {
   // (g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4).
   __device__ static void load(uint32_t (&a)[4], const float* p, int ld, int g, int t) {
     const float* r = p + g * ld + 9 * t;
-    a[0] = tf32_bits(r[0]), a[1] = tf32_bits(r[8 * ld]), a[2] = tf32_bits(r[36]), a[3] = tf32_bits(r[8 * ld + 36]);
+    a[0] = tf32_operand(r[0]), a[1] = tf32_operand(r[8 * ld]), a[2] = tf32_operand(r[36]),
+    a[3] = tf32_operand(r[8 * ld + 36]);
   }
 };
 template <>
@@ -371,8 +372,8 @@ struct WinB<MmaTf32> {
   __device__ static void load(uint32_t (&b)[2], const float* p, int ld, int g, int t, const unsigned (&pb)[2],
                               unsigned tb) {
     const float* r = p + g * ld + t;
-    b[0] = (pb[0] & tb) == tb ? tf32_bits(r[0]) : 0u;
-    b[1] = (pb[1] & tb) == tb ? tf32_bits(r[4]) : 0u;
+    b[0] = (pb[0] & tb) == tb ? tf32_operand(r[0]) : 0u;
+    b[1] = (pb[1] & tb) == tb ? tf32_operand(r[4]) : 0u;
   }
 };
 template <>
