@@ -275,24 +275,38 @@ struct MmaAcc {
   // The outputs through op's epilogue, the warp's tile at (m0, n0): a lane holds outputs (g, 2t)
   // and (g, 2t + 1) of each 8-row half of a fragment, one 8-byte store where pair (n is even, so
   // n + 1 < N with N even), else two. z: the split-K slice.
+  // The forward's bias: read once a row (FwdOp::bias_of), before that row's stores.
   template <class Op>
   __device__ void store(const Op& op, int m0, int n0, int g, int t, bool pair, int z) const {
     SQ_UNROLL
     for (int fi = 0; fi < FM; ++fi)
       SQ_UNROLL
-      for (int fj = 0; fj < FN; ++fj)
+      for (int h = 0; h < 2; ++h) {
+        const int m = m0 + 16 * fi + g + 8 * h;
+        if (m >= op.M) continue;
+        float bm = 0.0f;
+        if constexpr (std::is_same<Op, FwdOp>::value) bm = op.bias_of(m);
         SQ_UNROLL
-        for (int h = 0; h < 2; ++h) {
-          const int m = m0 + 16 * fi + g + 8 * h, n = n0 + 8 * fj + 2 * t;
+        for (int fj = 0; fj < FN; ++fj) {
+          const int n = n0 + 8 * fj + 2 * t;
           const float v0 = v[fi][fj][2 * h], v1 = v[fi][fj][2 * h + 1];
-          if (m >= op.M || n >= op.N) continue;
-          if (pair) {
+          if (n >= op.N) continue;
+          if constexpr (std::is_same<Op, FwdOp>::value) {
+            float* y = op.y + (size_t(m) * op.N + n);
+            if (pair) {
+              *reinterpret_cast<float2*>(y) = float2{op.out_biased(v0, bm), op.out_biased(v1, bm)};
+            } else {
+              y[0] = op.out_biased(v0, bm);
+              if (n + 1 < op.N) y[1] = op.out_biased(v1, bm);
+            }
+          } else if (pair) {
             op.store2(m, n, v0, v1, z);
           } else {
             op.store(m, n, v0, z);
             if (n + 1 < op.N) op.store(m, n + 1, v1, z);
           }
         }
+      }
   }
 };
 

@@ -197,6 +197,16 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rows_kernel(FwdOp op, R
     cb[fj] = 2 * pr * L.rp + q;
   }
 
+  // The lane's rows' biases, once (FwdOp::bias_of): rows wm + 16 fi + gq + 8 h.
+  float bias[FM][2];
+  SQ_UNROLL
+  for (int fi = 0; fi < FM; ++fi)
+    SQ_UNROLL
+    for (int h = 0; h < 2; ++h) {
+      const int m = wm + 16 * fi + gq + 8 * h;
+      bias[fi][h] = m < op.M ? op.bias_of(m) : 0.0f;
+    }
+
   issue(0);
   for (int u = 0; u < ntile_block; ++u) {
     cp_async_wait<0>();  // this thread's copies of tile u
@@ -229,12 +239,25 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rows_kernel(FwdOp op, R
           for (int fi = 0; fi < FM; ++fi) Prec::mma(acc.v[fi][fj], a[fi], b);
         }
       }
-      // The outputs (pr, q) with q < Q and p0 + pr < P, rows m < M.
-      acc.each(gq, t, [&](int fj, int r, int j, float v) {
-        if (f0 + fj >= FN) return;
-        const int m = wm + r, n = wn + 8 * f0 + j, pr = n / kRowsQ, q = n - pr * kRowsQ, p = p0 + pr;
-        if (m < op.M && q < g.Q && p < g.P) op.store(m, img * PQ + p * g.Q + q, v, 0);
-      });
+      // The outputs (pr, q) with q < Q and p0 + pr < P, rows m < M: the lane's (16 fi + gq + 8 h,
+      // 8 fj + 2 t + j), as MmaAcc::each lists them, with its rows' biases.
+      SQ_UNROLL
+      for (int fi = 0; fi < FM; ++fi)
+        SQ_UNROLL
+        for (int h = 0; h < 2; ++h) {
+          const int m = wm + 16 * fi + gq + 8 * h;
+          if (m >= op.M) continue;
+          SQ_UNROLL
+          for (int fj = 0; fj < FG; ++fj) {
+            if (f0 + fj >= FN) break;
+            SQ_UNROLL
+            for (int j = 0; j < 2; ++j) {
+              const int n = wn + 8 * (f0 + fj) + 2 * t + j, pr = n / kRowsQ, q = n - pr * kRowsQ, p = p0 + pr;
+              if (q < g.Q && p < g.P)
+                op.y[size_t(m) * op.N + (img * PQ + p * g.Q + q)] = op.out_biased(acc.v[fi][fj][2 * h + j], bias[fi][h]);
+            }
+          }
+        }
     }
   }
   cp_async_wait<0>();  // (only an empty group remains)
