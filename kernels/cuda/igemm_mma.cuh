@@ -275,7 +275,10 @@ struct MmaAcc {
   // The outputs through op's epilogue, the warp's tile at (m0, n0): a lane holds outputs (g, 2t)
   // and (g, 2t + 1) of each 8-row half of a fragment, one 8-byte store where pair (n is even, so
   // n + 1 < N with N even), else two. z: the split-K slice.
-  // The forward's bias: read once a row (FwdOp::bias_of), before that row's stores.
+  // The forward's bias: read once a row (FwdOp::bias_of), before that row's stores. The input
+  // gradient's epilogue inputs (the ReLU's x, dx's old value): a row's loads all issued before
+  // its stores (data_row), so that they are in flight together rather than each waiting behind
+  // the stores before it (which the compiler must assume may alias them).
   template <class Op>
   __device__ void store(const Op& op, int m0, int n0, int g, int t, bool pair, int z) const {
     SQ_UNROLL
@@ -284,6 +287,12 @@ struct MmaAcc {
       for (int h = 0; h < 2; ++h) {
         const int m = m0 + 16 * fi + g + 8 * h;
         if (m >= op.M) continue;
+        if constexpr (std::is_same<Op, DataOp>::value) {
+          if (!op.partial) {
+            data_row(op, m, n0, t, pair, v[fi], 2 * h);
+            continue;
+          }
+        }
         float bm = 0.0f;
         if constexpr (std::is_same<Op, FwdOp>::value) bm = op.bias_of(m);
         SQ_UNROLL
@@ -307,6 +316,70 @@ struct MmaAcc {
           }
         }
       }
+  }
+  // Row m of the input gradient (no split-K), values vf[fj][e0], vf[fj][e0 + 1] at columns
+  // n0 + 8 fj + 2t and + 1: DataOp::out's arithmetic, its loads first, a few fragments at a time:
+  // 4 with x's loads alone, 2 when dx's old values are loaded too (all FN of the 128x64 tile, or 4
+  // with both, held 5 registers too many and spilled keys out of the main loop).
+  __device__ static void data_row(const DataOp& op, int m, int n0, int t, bool pair, const float (&vf)[FN][4], int e0) {
+    constexpr int FX = FN > 4 ? 4 : FN, FA = FN > 2 ? 2 : FN;
+    if (op.accumulate) {
+      SQ_UNROLL
+      for (int f0 = 0; f0 < FN; f0 += FA) data_cols<FA, true>(op, m, n0, t, pair, vf, e0, f0);
+    } else {
+      SQ_UNROLL
+      for (int f0 = 0; f0 < FN; f0 += FX) data_cols<FX, false>(op, m, n0, t, pair, vf, e0, f0);
+    }
+  }
+  template <int FC, bool kAcc>
+  __device__ static void data_cols(const DataOp& op, int m, int n0, int t, bool pair, const float (&vf)[FN][4], int e0,
+                                   int f0) {
+    float xv[FC][2], old[FC][2];
+    SQ_UNROLL
+    for (int c = 0; c < FC; ++c) {
+      const int fj = f0 + c;
+      if (fj >= FN) break;
+      float (&xc)[2] = xv[c];
+      float (&oc)[2] = old[c];
+      const int n = n0 + 8 * fj + 2 * t;
+      const size_t i = size_t(m) * op.N + n;
+      xc[0] = xc[1] = 1.0f, oc[0] = oc[1] = 0.0f;
+      if (n >= op.N) continue;
+      if (pair) {
+        if (op.relu_x) {
+          const float2 x2 = *reinterpret_cast<const float2*>(op.relu_x + i);
+          xc[0] = x2.x, xc[1] = x2.y;
+        }
+        if (kAcc) {
+          const float2 d2 = *reinterpret_cast<const float2*>(op.dx + i);
+          oc[0] = d2.x, oc[1] = d2.y;
+        }
+      } else {
+        const bool two = n + 1 < op.N;
+        if (op.relu_x) xc[0] = op.relu_x[i], xc[1] = two ? op.relu_x[i + 1] : 1.0f;
+        if (kAcc) oc[0] = op.dx[i], oc[1] = two ? op.dx[i + 1] : 0.0f;
+      }
+    }
+    SQ_UNROLL
+    for (int c = 0; c < FC; ++c) {
+      const int fj = f0 + c;
+      if (fj >= FN) break;
+      const int n = n0 + 8 * fj + 2 * t;
+      if (n >= op.N) continue;
+      float o[2];
+      SQ_UNROLL
+      for (int e = 0; e < 2; ++e) {
+        const float a = kAcc ? old[c][e] + vf[fj][e0 + e] : vf[fj][e0 + e];
+        o[e] = !op.relu_x || xv[c][e] > 0.0f ? a : 0.0f;
+      }
+      float* d = op.dx + (size_t(m) * op.N + n);
+      if (pair) {
+        *reinterpret_cast<float2*>(d) = float2{o[0], o[1]};
+      } else {
+        d[0] = o[0];
+        if (n + 1 < op.N) d[1] = o[1];
+      }
+    }
   }
 };
 
