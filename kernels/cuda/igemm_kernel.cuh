@@ -5,6 +5,7 @@
 // between them (and stands in for WMMA and bfloat16), so the tiling, the operand keys and their
 // barriers are checked on machines without a GPU.
 #pragma once
+#include <type_traits>
 #ifdef __CUDACC__
 #include <cuda_bf16.h>
 #include <mma.h>
@@ -114,6 +115,41 @@ struct Staged {
   }
 };
 
+// A thread's J outputs of row m (columns n[j], values v[j]) through op's epilogue, the loads first:
+// the forward's bias once (FwdOp::bias_of), the input gradient's x and old dx for the whole row
+// before its stores (DataOp::out_loaded). Through op.store, each output's loads waited behind the
+// store before it, which the compiler must assume may alias them.
+template <class Op, int J>
+__device__ void store_row(const Op& op, int m, const int (&n)[J], const float (&v)[J], int z) {
+  if constexpr (std::is_same<Op, FwdOp>::value) {
+    const float bm = op.bias_of(m);
+    SQ_UNROLL
+    for (int j = 0; j < J; ++j)
+      if (n[j] < op.N) op.y[size_t(m) * op.N + n[j]] = op.out_biased(v[j], bm);
+  } else if constexpr (std::is_same<Op, DataOp>::value) {
+    if (!op.partial) {
+      float x[J], old[J];
+      SQ_UNROLL
+      for (int j = 0; j < J; ++j) {
+        const size_t i = size_t(m) * op.N + n[j];
+        x[j] = op.relu_x && n[j] < op.N ? op.relu_x[i] : 1.0f;
+        old[j] = op.accumulate && n[j] < op.N ? op.dx[i] : 0.0f;
+      }
+      SQ_UNROLL
+      for (int j = 0; j < J; ++j)
+        if (n[j] < op.N) op.dx[size_t(m) * op.N + n[j]] = op.out_loaded(v[j], x[j], old[j]);
+      return;
+    }
+    SQ_UNROLL
+    for (int j = 0; j < J; ++j)
+      if (n[j] < op.N) op.store(m, n[j], v[j], z);
+  } else {
+    SQ_UNROLL
+    for (int j = 0; j < J; ++j)
+      if (n[j] < op.N) op.store(m, n[j], v[j], z);
+  }
+}
+
 // The fp32 kernel's block tile is TM x TN outputs, and each thread's share MT x MT of them, MT =
 // 4 (64x64, 32x128, 16x256) or 8 (128x128, 64x256): the 8x8 share reads 4 floats from shared
 // memory per 16 products where the 4x4 share reads 2 per 4, the 4x4 kernel's limit. An 8x8 share
@@ -178,13 +214,14 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk,
     if (!kPrefetch && k0 + BK < ke) st.load(op, tab, cur ^ 1, m0, k0 + BK, ke);
   }
   SQ_UNROLL
-  for (int i = 0; i < MT; ++i)
+  for (int i = 0; i < MT; ++i) {
+    const int m = m0 + (i / 4) * (TM / H) + ty * 4 + i % 4;
+    if (m >= op.M) continue;
+    int n[MT];
     SQ_UNROLL
-    for (int j = 0; j < MT; ++j) {
-      const int m = m0 + (i / 4) * (TM / H) + ty * 4 + i % 4;
-      const int n = n0 + (j / 4) * (TN / H) + tx * 4 + j % 4;
-      if (m < op.M && n < op.N) op.store(m, n, acc[i][j], blockIdx.z);
-    }
+    for (int j = 0; j < MT; ++j) n[j] = n0 + (j / 4) * (TN / H) + tx * 4 + j % 4;
+    store_row(op, m, n, acc[i], blockIdx.z);
+  }
 }
 
 // wt[c][ko][r][s] = w[ko][c][r][s], element i of w: the input gradient's A operand along k

@@ -368,10 +368,7 @@ struct MmaAcc {
       if (n >= op.N) continue;
       float o[2];
       SQ_UNROLL
-      for (int e = 0; e < 2; ++e) {
-        const float a = kAcc ? old[c][e] + vf[fj][e0 + e] : vf[fj][e0 + e];
-        o[e] = !op.relu_x || xv[c][e] > 0.0f ? a : 0.0f;
-      }
+      for (int e = 0; e < 2; ++e) o[e] = op.out_loaded(vf[fj][e0 + e], xv[c][e], old[c][e]);
       float* d = op.dx + (size_t(m) * op.N + n);
       if (pair) {
         *reinterpret_cast<float2*>(d) = float2{o[0], o[1]};

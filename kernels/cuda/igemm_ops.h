@@ -167,8 +167,14 @@ struct DataOp {
   SQ_HOST_DEVICE const float* b_key(const Key& kk, const Key& nk) const { return keyed(dz, kk, nk); }
   SQ_HOST_DEVICE float b_value(const Key& kk, const Key& nk) const { return keyed_value(dz, kk, nk); }
   SQ_HOST_DEVICE float out(size_t i, float v) const {
-    v = accumulate ? dx[i] + v : v;
-    return !relu_x || relu_x[i] > 0.0f ? v : 0.0f;
+    return out_loaded(v, relu_x ? relu_x[i] : 1.0f, accumulate ? dx[i] : 0.0f);
+  }
+  // out() with its loads made ahead (the kernels load a row's x and old dx before its stores,
+  // which the compiler must otherwise assume may alias them): x = relu_x[i] (any value without
+  // one), old = dx[i] (any value unless accumulating).
+  SQ_HOST_DEVICE float out_loaded(float v, float x, float old) const {
+    v = accumulate ? old + v : v;
+    return !relu_x || x > 0.0f ? v : 0.0f;
   }
   SQ_HOST_DEVICE void store(int m, int n, float v, int z) const {
     const size_t i = size_t(m) * N + n;
