@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run HERE (a Debian machine with internet and the CUDA toolkit) before using the lent GPU
 # machine, which has nvcc, cmake and ninja but no BLAS, GoogleTest, JSON, CLI11, MPI or data set,
-# and no internet. It fills the git-ignored .device/ (about 55 MB; name `.device` in the device
+# and no internet. It fills the git-ignored .device/ (about 46 MB; name `.device` in the device
 # tool's `carry`), which scripts/gpu_check.sh uses there:
 #   .device/debs  Debian packages: OpenBLAS, Open MPI's run time (relocated there by OPAL_PREFIX),
 #                 Fashion-MNIST, and the headers for a build there;
