@@ -383,10 +383,11 @@ int main(int argc, char** argv) {
           std::vector<double> staging;
           const double ms = host_ms(reps, [&] { train_step(*step, d, N, &staging); });
           std::sort(staging.begin(), staging.end());
+          const double staging_ms = staging[staging.size() / 2];
           std::printf(" %.0f |", N / (ms / 1e3));
           row[std::string(v.name) + " img/s"] = N / (ms / 1e3);
-          row[std::string(v.name) + " staging ms"] = staging[staging.size() / 2];
-          staged.push_back(staging[staging.size() / 2]);
+          row[std::string(v.name) + " staging ms"] = staging_ms;
+          staged.push_back(staging_ms);
           } catch (const std::exception& e) {
             std::printf(" failed |");
             std::fprintf(stderr, "bench_gpu: %s, %s: %s\n", name.c_str(), v.name, e.what());

@@ -125,27 +125,25 @@ __device__ void store_row(const Op& op, int m, const int (&n)[J], const float (&
     const float bm = op.bias_of(m);
     SQ_UNROLL
     for (int j = 0; j < J; ++j)
-      if (n[j] < op.N) op.y[size_t(m) * op.N + n[j]] = op.out_biased(v[j], bm);
-  } else if constexpr (std::is_same<Op, DataOp>::value) {
-    if (!op.partial) {
-      float x[J], old[J];
-      SQ_UNROLL
-      for (int j = 0; j < J; ++j) {
-        const size_t i = size_t(m) * op.N + n[j];
-        x[j] = op.relu_x && n[j] < op.N ? op.relu_x[i] : 1.0f;
-        old[j] = op.accumulate && n[j] < op.N ? op.dx[i] : 0.0f;
+      if (n[j] < op.N) op.store_biased(m, n[j], v[j], bm);
+  } else {
+    if constexpr (std::is_same<Op, DataOp>::value) {
+      if (!op.partial) {
+        float x[J], old[J];
+        SQ_UNROLL
+        for (int j = 0; j < J; ++j) {
+          const size_t i = size_t(m) * op.N + n[j];
+          x[j] = op.relu_x && n[j] < op.N ? op.relu_x[i] : 1.0f;
+          old[j] = op.accumulate && n[j] < op.N ? op.dx[i] : 0.0f;
+        }
+        SQ_UNROLL
+        for (int j = 0; j < J; ++j)
+          if (n[j] < op.N) op.dx[size_t(m) * op.N + n[j]] = op.out_loaded(v[j], x[j], old[j]);
+        return;
       }
-      SQ_UNROLL
-      for (int j = 0; j < J; ++j)
-        if (n[j] < op.N) op.dx[size_t(m) * op.N + n[j]] = op.out_loaded(v[j], x[j], old[j]);
-      return;
     }
     SQ_UNROLL
-    for (int j = 0; j < J; ++j)
-      if (n[j] < op.N) op.store(m, n[j], v[j], z);
-  } else {
-    SQ_UNROLL
-    for (int j = 0; j < J; ++j)
+    for (int j = 0; j < J; ++j)  // the weight gradient, and the input gradient's split-K slices
       if (n[j] < op.N) op.store(m, n[j], v[j], z);
   }
 }

@@ -301,12 +301,11 @@ struct MmaAcc {
           const float v0 = v[fi][fj][2 * h], v1 = v[fi][fj][2 * h + 1];
           if (n >= op.N) continue;
           if constexpr (std::is_same<Op, FwdOp>::value) {
-            float* y = op.y + (size_t(m) * op.N + n);
             if (pair) {
-              *reinterpret_cast<float2*>(y) = float2{op.out_biased(v0, bm), op.out_biased(v1, bm)};
+              op.store2_biased(m, n, v0, v1, bm);
             } else {
-              y[0] = op.out_biased(v0, bm);
-              if (n + 1 < op.N) y[1] = op.out_biased(v1, bm);
+              op.store_biased(m, n, v0, bm);
+              if (n + 1 < op.N) op.store_biased(m, n + 1, v1, bm);
             }
           } else if (pair) {
             op.store2(m, n, v0, v1, z);

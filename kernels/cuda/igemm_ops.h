@@ -106,21 +106,23 @@ struct FwdOp {
   SQ_HOST_DEVICE const float* a_ptr(int m, int k) const { return w + (m * Kd + k); }
   SQ_HOST_DEVICE const float* b_key(const Key& kk, const Key& nk) const { return keyed(x, kk, nk); }
   SQ_HOST_DEVICE float b_value(const Key& kk, const Key& nk) const { return keyed_value(x, kk, nk); }
-  SQ_HOST_DEVICE float out(int m, float v) const { return out_biased(v, bias_of(m)); }
-  // The epilogue with row m's bias read once for all of a thread's outputs of that row: y's
-  // stores may alias b as far as the compiler knows, so out() loads b[m] again after each store,
-  // and each output waited on that load (conv1's forward: 9.6 of its 16.7 cycles an instruction
-  // were such waits in run d).
+  // The epilogue with row m's bias read once for all of a thread's outputs of that row (the
+  // kernels call store_biased): y's stores may alias b as far as the compiler knows, so store()
+  // loads b[m] again after each store, and each output waited on that load (conv1's forward: 9.6
+  // of its 16.7 cycles an instruction were such waits in run d).
   SQ_HOST_DEVICE float bias_of(int m) const { return b ? b[m] : 0.0f; }
   SQ_HOST_DEVICE float out_biased(float v, float bm) const {
     if (b) v += bm;
     if (relu) v = v > 0.0f ? v : 0.0f;
     return v;
   }
-  SQ_HOST_DEVICE void store(int m, int n, float v, int) const { y[size_t(m) * N + n] = out(m, v); }
+  SQ_HOST_DEVICE void store(int m, int n, float v, int) const { store_biased(m, n, v, bias_of(m)); }
   // Outputs n and n + 1 in one 8-byte store (the mma kernel, where pairs() holds).
-  SQ_HOST_DEVICE void store2(int m, int n, float v0, float v1, int) const {
-    *reinterpret_cast<float2*>(y + (size_t(m) * N + n)) = float2{out(m, v0), out(m, v1)};
+  SQ_HOST_DEVICE void store2(int m, int n, float v0, float v1, int) const { store2_biased(m, n, v0, v1, bias_of(m)); }
+  // The stores with row m's bias bm = bias_of(m) read ahead.
+  SQ_HOST_DEVICE void store_biased(int m, int n, float v, float bm) const { y[size_t(m) * N + n] = out_biased(v, bm); }
+  SQ_HOST_DEVICE void store2_biased(int m, int n, float v0, float v1, float bm) const {
+    *reinterpret_cast<float2*>(y + (size_t(m) * N + n)) = float2{out_biased(v0, bm), out_biased(v1, bm)};
   }
   bool pairs() const { return N % 2 == 0 && aligned8(y); }
 };

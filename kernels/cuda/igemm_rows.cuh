@@ -253,8 +253,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rows_kernel(FwdOp op, R
             SQ_UNROLL
             for (int j = 0; j < 2; ++j) {
               const int n = wn + 8 * (f0 + fj) + 2 * t + j, pr = n / kRowsQ, q = n - pr * kRowsQ, p = p0 + pr;
-              if (q < g.Q && p < g.P)
-                op.y[size_t(m) * op.N + (img * PQ + p * g.Q + q)] = op.out_biased(acc.v[fi][fj][2 * h + j], bias[fi][h]);
+              if (q < g.Q && p < g.P) op.store_biased(m, img * PQ + p * g.Q + q, acc.v[fi][fj][2 * h + j], bias[fi][h]);
             }
           }
         }
