@@ -1,7 +1,8 @@
 // GPU benchmarks of issue 4 (run by scripts/gpu_check.sh on the lent GPU machine):
 //  1. every Fire shape of squeezenet1.0 at batch 128 (3x224x224): forward and forward+backward
-//     time of the project's kernels against cuDNN, at fp32 and at TF32 (and own BF16), with the
-//     forward FLOPs and minimal bytes for the notes file's floors;
+//     time of the project's kernels against cuDNN, at fp32 and at TF32 (and own BF16 against
+//     cuDNN's BF16 convolutions alone, on BF16 NHWC tensors), with the forward FLOPs and minimal
+//     bytes for the notes file's floors;
 //     (1b: every convolution, forward, backward, and the backward's weight and bias part alone)
 //  2. training steps (forward, loss, backward, fused SGD) of squeezenet1.0 and 1.1 at 224x224
 //     and the Fashion-MNIST configuration, batch 128, images/s, for the same variants, and the
@@ -57,6 +58,20 @@ cuda::DeviceBuffer<float> random_buffer(size_t n, float scale = 0.1f) {
     x = scale * 1.7320508f * (float(z >> 40) * (2.0f / 16777216.0f) - 1.0f);
   }
   return cuda::DeviceBuffer<float>(h);
+}
+
+// The same values as BF16 bits (rounded to nearest even, as the own BF16 operands are), for
+// cuDNN's BF16 baseline.
+cuda::DeviceBuffer<uint16_t> random_bf16(size_t n, float scale = 0.1f) {
+  const std::vector<float> f = random_buffer(n, scale).download();
+  std::vector<uint16_t> h(n);
+  for (size_t i = 0; i < n; ++i) {
+    const float r = round_operand(f[i], OperandRounding::kBf16);
+    uint32_t u;
+    std::memcpy(&u, &r, 4);
+    h[i] = uint16_t(u >> 16);
+  }
+  return cuda::DeviceBuffer<uint16_t>(h);
 }
 
 // Median milliseconds of fn over reps, after 3 warm-up calls.
@@ -218,7 +233,8 @@ int main(int argc, char** argv) {
       out["h2d_gbs"] = m * sizeof(float) / h2d / 1e6;
     }
 
-    // Variants: (implementation, multiply). cuDNN has no BF16 variant on fp32 tensors.
+    // Variants: (implementation, multiply). cuDNN has no BF16 variant on fp32 tensors: its BF16
+    // convolutions take BF16 tensors, timed alone in sections 1 and 1b ("cuDNN bf16", below).
     struct Variant {
       const char* name;
       cuda::ConvImpl impl;
@@ -231,11 +247,17 @@ int main(int argc, char** argv) {
       variants.insert(variants.begin() + 1, {"cuDNN fp32", cuda::ConvImpl::kCudnn, cuda::ConvMath::kFp32});
       variants.insert(variants.begin() + 3, {"cuDNN tf32", cuda::ConvImpl::kCudnn, cuda::ConvMath::kTf32});
     }
+    auto named = [&](const char* name) {
+      return only.empty() || ("," + only + ",").find("," + std::string(name) + ",") != std::string::npos;
+    };
+    // cuDNN's BF16 convolutions on BF16 NHWC tensors (filters K, R, S, C), no bias, ReLU or bias
+    // gradient: a lower bound on a cuDNN BF16 layer, the last column of sections 1 and 1b.
+    const bool bf16_base = have_cudnn && named("cuDNN bf16");
     if (!only.empty()) {  // --variants: those named, in the usual order
       std::vector<Variant> kept;
       for (const Variant& v : variants)
-        if (("," + only + ",").find("," + std::string(v.name) + ",") != std::string::npos) kept.push_back(v);
-      if (kept.empty()) {
+        if (named(v.name)) kept.push_back(v);
+      if (kept.empty() && !bf16_base) {
         std::fprintf(stderr, "bench_gpu: --variants '%s' names none of the variants\n", only.c_str());
         return 2;
       }
@@ -245,12 +267,22 @@ int main(int argc, char** argv) {
       cuda::set_conv_impl(v.impl);
       cuda::set_conv_math(v.math);
     };
-    auto header = [&](const char* first, const char* unit) {
+    auto header = [&](const char* first, const char* unit, bool with_bf16_base = false) {
       std::printf("| %s |", first);
       for (const Variant& v : variants) std::printf(" %s %s |", v.name, unit);
+      if (with_bf16_base) std::printf(" cuDNN bf16 (convolutions alone) %s |", unit);
       std::printf("\n|---|");
-      for (size_t i = 0; i < variants.size(); ++i) std::printf("---:|");
+      for (size_t i = 0; i < variants.size() + (with_bf16_base ? 1 : 0); ++i) std::printf("---:|");
       std::printf("\n");
+    };
+    // Runs fn, printing " failed |" and the reason on stderr if it throws.
+    auto guarded = [](const std::string& what, const std::function<void()>& fn) {
+      try {
+        fn();
+      } catch (const std::exception& e) {
+        std::printf(" failed |");
+        std::fprintf(stderr, "bench_gpu: %s: %s\n", what.c_str(), e.what());
+      }
     };
 
     const int N = 128;
@@ -259,7 +291,7 @@ int main(int argc, char** argv) {
     if (want("1")) {
       std::printf("Fire modules, batch %d: forward ms / forward+backward ms (GFLOP forward and "
                   "minimal MB moved in the first column)\n\n", N);
-      header("fire: C→S→E1+E3 @ HxW, GFLOP, MB", "fwd / fwd+bwd ms");
+      header("fire: C→S→E1+E3 @ HxW, GFLOP, MB", "fwd / fwd+bwd ms", bf16_base);
       for (const Layer& l : plan.layers()) {
         if (l.kind != LayerKind::kFire) continue;
         FireGeom f = l.fire;
@@ -299,6 +331,36 @@ int main(int argc, char** argv) {
             std::fprintf(stderr, "bench_gpu: %s, %s: %s\n", l.name.c_str(), v.name, e.what());
           }
         }
+        if (bf16_base) {
+          // The Fire's three convolutions in cuDNN BF16: squeeze, then both expands from s into
+          // their own tensors (NHWC has no channel slices); backward, both expands' input
+          // gradients summed into ds (beta 1 for the second), then the squeeze's. Without the
+          // ReLUs' passes, biases or the concatenation.
+          guarded(l.name + ", cuDNN bf16", [&] {
+            const ConvGeom gs = f.squeeze(), g1 = f.expand1(), g3 = f.expand3();
+            const size_t n1 = size_t(f.E1) * plane, n3 = size_t(f.E3) * plane;
+            auto bx = random_bf16(nx, 1.0f), bs = random_bf16(ns), by1 = random_bf16(n1), by3 = random_bf16(n3),
+                 bdy1 = random_bf16(n1, 1.0f), bdy3 = random_bf16(n3, 1.0f), bds = random_bf16(ns),
+                 bdx = random_bf16(nx), bws = random_bf16(size_t(f.S) * f.C), bw1 = random_bf16(size_t(f.E1) * f.S),
+                 bw3 = random_bf16(size_t(f.E3) * 9 * f.S), bgs = random_bf16(size_t(f.S) * f.C),
+                 bg1 = random_bf16(size_t(f.E1) * f.S), bg3 = random_bf16(size_t(f.E3) * 9 * f.S);
+            auto forward = [&] {
+              cuda::cudnn_bf16_forward(gs, bx.get(), bws.get(), bs.get(), nullptr);
+              cuda::cudnn_bf16_forward(g1, bs.get(), bw1.get(), by1.get(), nullptr);
+              cuda::cudnn_bf16_forward(g3, bs.get(), bw3.get(), by3.get(), nullptr);
+            };
+            const double fwd = time_ms(reps, forward);
+            const double both = time_ms(reps, [&] {
+              forward();
+              cuda::cudnn_bf16_backward(g3, bs.get(), bw3.get(), bdy3.get(), bg3.get(), bds.get(), false, nullptr);
+              cuda::cudnn_bf16_backward(g1, bs.get(), bw1.get(), bdy1.get(), bg1.get(), bds.get(), true, nullptr);
+              cuda::cudnn_bf16_backward(gs, bx.get(), bws.get(), bds.get(), bgs.get(), bdx.get(), false, nullptr);
+            });
+            std::printf(" %.3f / %.3f |", fwd, both);
+            row["cuDNN bf16 fwd ms"] = fwd;
+            row["cuDNN bf16 fwd+bwd ms"] = both;
+          });
+        }
         std::printf("\n");
         out["fire"].push_back(row);
       }
@@ -308,7 +370,7 @@ int main(int argc, char** argv) {
     if (want("1b")) {
       std::printf("\nConvolutions of squeezenet1.0, batch %d: forward ms / backward ms (weights, bias "
                   "and input gradient) / of that, weights and bias alone\n\n", N);
-      header("conv: C→K RxS/stride @ HxW", "fwd / bwd / wts ms");
+      header("conv: C→K RxS/stride @ HxW", "fwd / bwd / wts ms", bf16_base);
       out["conv"] = nlohmann::json::array();
       {
         std::vector<std::pair<std::string, ConvGeom>> convs;
@@ -352,6 +414,23 @@ int main(int argc, char** argv) {
               std::printf(" failed |");
               std::fprintf(stderr, "bench_gpu: %s, %s: %s\n", name.c_str(), v.name, e.what());
             }
+          }
+          if (bf16_base) {  // the same products on BF16 NHWC tensors; weights alone: no dx
+            guarded(name + ", cuDNN bf16", [&] {
+              auto bx = random_bf16(nx, 1.0f), bw = random_bf16(nw), by = random_bf16(ny),
+                   bdz = random_bf16(ny, 1.0f), bdw = random_bf16(nw), bdx = random_bf16(nx);
+              const double fwd = time_ms(reps, [&] { cuda::cudnn_bf16_forward(g, bx.get(), bw.get(), by.get(), nullptr); });
+              const double bwd = time_ms(reps, [&] {
+                cuda::cudnn_bf16_backward(g, bx.get(), bw.get(), bdz.get(), bdw.get(), bdx.get(), false, nullptr);
+              });
+              const double wts = time_ms(reps, [&] {
+                cuda::cudnn_bf16_backward(g, bx.get(), bw.get(), bdz.get(), bdw.get(), nullptr, false, nullptr);
+              });
+              std::printf(" %.3f / %.3f / %.3f |", fwd, bwd, wts);
+              row["cuDNN bf16 fwd ms"] = fwd;
+              row["cuDNN bf16 bwd ms"] = bwd;
+              row["cuDNN bf16 bwd weights ms"] = wts;
+            });
           }
           std::printf("\n");
           out["conv"].push_back(row);

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The predictions made for the GPU changes since run c, each against a lease's measurement.
+"""The predictions made for the GPU changes since run c, each against a lease's measurement, and
+the issue's goals against the same lease.
 
     python3 bench/predictions.py OUT_DIR [--docs docs/gpu]
     python3 bench/predictions.py --self-test
@@ -14,6 +15,11 @@ Each row: what docs/KERNELS.md predicted (the section is named), run c's value, 
 predicted range and a verdict: as predicted, better, short of it, or FALSIFIED where the
 section's falsifier holds (its consequence follows). The table is Markdown, for
 docs/BENCHMARKS.md. Times are ms, lower is better; img/s and speed-ups, higher is better.
+
+Then the goals of issue 4: each Fire module's forward + backward, own ÷ cuDNN at equal precision
+(fp32, TF32; BF16 against cuDNN's BF16 convolutions alone, a lower bound on a cuDNN BF16 Fire),
+met below 1; and training img/s against PyTorch (pytorch_gpu.json in OUT_DIR), met at 1.5x eager
+and above torch.compile.
 """
 import argparse
 import json
@@ -201,6 +207,7 @@ def runs_in(directory, main="bench_gpu.json"):
         "nowin": load(os.path.join(directory, "bench_gpu_nowin.json")),
         "nopersist": load(os.path.join(directory, "bench_gpu_nopersist.json")),
         "x3": load(os.path.join(directory, "bench_gpu_3xtf32.json")),
+        "pytorch": load(os.path.join(directory, "pytorch_gpu.json")),
     }
 
 
@@ -227,6 +234,48 @@ def table(runs, bases):
         lines.append("| %s (\"%s\") | %s | %s | %s | %s |" %
                      (p.what, p.section, fmt(before) + (" (%s)" % p.since if before is not None else ""), fmt(now),
                       "falsifier only" if p.lo is None else fmt(p.lo) + "–" + fmt(p.hi), v))
+    return "\n".join(lines), verdicts
+
+
+PRECISIONS = [("fp32", "own fp32", "cuDNN fp32"), ("TF32", "own tf32", "cuDNN tf32"),
+              ("BF16", "own bf16", "cuDNN bf16")]
+TRAIN = [(SQ10, "squeezenet1.0"), (SQ11, "squeezenet1.1"), (FMNIST, "fmnist")]
+
+
+def goals(runs):
+    """The goals' tables (Markdown) and their verdicts: (what, 'met' / 'not met' / 'not measured')."""
+    main, torch = runs["main"], runs.get("pytorch")
+    verdicts = []
+
+    def ratio(a, b):
+        return None if a is None or not b else a / b
+
+    lines = ["| Fire, forward + backward | " + " | ".join("own ÷ cuDNN %s" % p for p, _, _ in PRECISIONS) + " |",
+             "|---|" + "---:|" * len(PRECISIONS)]
+    worst = {p: [] for p, _, _ in PRECISIONS}
+    for f in FIRES:
+        cells = []
+        for p, own, cudnn in PRECISIONS:
+            q = ratio(value(main, "fire", f, own + " fwd+bwd ms"), value(main, "fire", f, cudnn + " fwd+bwd ms"))
+            worst[p].append(q)
+            cells.append(fmt(q))
+        lines.append("| %s | %s |" % (f, " | ".join(cells)))
+    for p, _, _ in PRECISIONS:
+        qs = worst[p]
+        v = "not measured" if any(q is None for q in qs) else "met" if max(qs) < 1 else \
+            "not met (%d of 8 slower)" % sum(q >= 1 for q in qs)
+        verdicts.append(("every Fire faster than cuDNN, %s" % p, v))
+    lines += ["", "| training img/s, TF32 | own | PyTorch eager | own ÷ eager (goal 1.5) | torch.compile | own ÷ compile (goal > 1) |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for config, tname in TRAIN:
+        own = value(main, "train", config, "own tf32 img/s")
+        t = next((r for r in (torch or {}).get("rows", []) if r.get("config") == tname), {})
+        eager, comp = t.get("eager_img_s"), t.get("compile_img_s")
+        qe, qc = ratio(own, eager), ratio(own, comp)
+        lines.append("| %s | %s | %s | %s | %s | %s |" % (config, fmt(own), fmt(eager), fmt(qe), fmt(comp), fmt(qc)))
+        verdicts.append(("%s at 1.5x PyTorch eager" % tname, "not measured" if qe is None else "met" if qe >= 1.5 else "not met"))
+        verdicts.append(("%s ahead of torch.compile" % tname, "not measured" if qc is None else "met" if qc > 1 else "not met"))
+    lines += ["", "| goal | verdict |", "|---|---|"] + ["| %s | %s |" % wv for wv in verdicts]
     return "\n".join(lines), verdicts
 
 
@@ -280,6 +329,19 @@ def self_test():
         "the eight Fire backwards of the TF32 step ms": "FALSIFIED",  # 7.28, before the changes
     }
     bad += [("run d: " + k, got_d.get(k), w) for k, w in want_d.items() if not (got_d.get(k) or "").startswith(w)]
+    # The goals in run d, as docs/BENCHMARKS.md records them.
+    _, goals_d = goals(bases["d"])
+    got_g = dict(goals_d)
+    want_g = {
+        "every Fire faster than cuDNN, TF32": "met",  # 0.39-0.74
+        "every Fire faster than cuDNN, fp32": "not met (1 of 8 slower)",  # fire8 1.08
+        "every Fire faster than cuDNN, BF16": "not measured",  # no cuDNN BF16 column in run d
+        "squeezenet1.0 at 1.5x PyTorch eager": "not met",  # 1.31
+        "squeezenet1.0 ahead of torch.compile": "not met",  # 0.95
+        "fmnist at 1.5x PyTorch eager": "met",  # 3.39
+        "fmnist ahead of torch.compile": "met",  # 2.86
+    }
+    bad += [("run d goals: " + k, got_g.get(k), w) for k, w in want_g.items() if got_g.get(k) != w]
     # The verdict rules themselves, on a made-up prediction.
     p = P("x", "s", lambda r: None, 1.0, 2.0, falsified=lambda v: v > 3.0, then="t")
     rules = [(p.verdict(0.5), "better than predicted"), (p.verdict(1.5), "as predicted"),
@@ -312,6 +374,8 @@ def main():
         sys.exit(f"predictions: {a.out_dir}: no bench_gpu.json")
     text, _ = table(runs, baselines(a.docs))
     print(text)
+    print("\n### The goals of issue 4 in this run\n")
+    print(goals(runs)[0])
     return 0
 
 

@@ -37,8 +37,9 @@
 #            bench/ncu_summary.py tabulates them ($OUT/ncu_*.csv)
 #   limits   Nsight Compute's bottleneck sections (issue slots, pipes, stall reasons, shared-memory
 #            wavefronts and bank conflicts, cache and DRAM throughput) over the convolution kernels
-#            of one squeezenet1.0 TF32 step, in two runs (the forwards; the backwards), kernel
-#            replay; bench/ncu_summary.py --limits tabulates them ($OUT/ncu_limits.tar.gz)
+#            of one squeezenet1.0 TF32 step, in two runs (the forwards; the backwards), and over
+#            the step's other kernels (pools, dropout, loss, SGD) in a third, kernel replay;
+#            bench/ncu_summary.py --limits tabulates them ($OUT/ncu_limits.tar.gz)
 #   pytorch  bench/pytorch_gpu.py: PyTorch eager and torch.compile on the same GPU, and eager
 #            under BF16 autocast (the same arithmetic as --precision bf16)
 #   sanitize compute-sanitizer memcheck over small GPU training steps (every kernel of a model)
@@ -226,12 +227,12 @@ for phase in $phases; do
     # ... and the tensor-core kernel with one block a tile everywhere (the persistent blocks for
     # products of few k-steps off), same run: the convolutions and training.
     SQUEEZE_IGEMM_PERSIST=0 run "bench_gpu, one block a tile (convolutions, training)" \
-      $B/bench_gpu --reps 20 --sections 1b,2 --json "$OUT/bench_gpu_nopersist.json" &&
+      $B/bench_gpu --reps 20 --sections 1b,2 --variants 'own fp32,own tf32,own bf16' --json "$OUT/bench_gpu_nopersist.json" &&
       python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_nopersist.json"
     # ... and the expand 3x3 products through the mma kernel's gathers instead of the window
     # kernel (igemm_win.cuh), same run.
     SQUEEZE_IGEMM_WIN=0 run "bench_gpu, 3x3 products without the window kernel (convolutions, training)" \
-      $B/bench_gpu --reps 20 --sections 1b,2 --json "$OUT/bench_gpu_nowin.json" &&
+      $B/bench_gpu --reps 20 --sections 1b,2 --variants 'own fp32,own tf32,own bf16' --json "$OUT/bench_gpu_nowin.json" &&
       python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_nowin.json"
     # ... and fp32 through three TF32 products (opt-in), against the fp32 kernel and cuDNN fp32.
     SQUEEZE_IGEMM_3XTF32=1 SQUEEZE_IGEMM_ROUTES=/tmp/igemm_routes.txt run "bench_gpu, fp32 through 3xTF32 (Fire modules, convolutions, training, layers)" \
@@ -271,18 +272,24 @@ for phase in $phases; do
     # What bounds each convolution kernel: the sections' raw counters, one row a kernel. Kernel
     # replay (each kernel re-run once a pass, its memory saved and restored), so only the igemm
     # kernels of the profiled step: 26 forwards, then 51 backward products (a weight gradient
-    # each, an input gradient for all but conv1). Two runs, so that a time limit costs one half.
+    # each, an input gradient for all but conv1). Separate runs, so that a time limit costs one.
     ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
     mkdir -p /tmp/sq_limits
     sections="--section SpeedOfLight --section SchedulerStats --section WarpStateStats"
     sections="$sections --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy"
-    for part in "fwd:--launch-count 26" "bwd:--launch-skip 26 --launch-count 51"; do
-      csv=/tmp/sq_limits/limits_s10_tf32_${part%%:*}.csv
-      run "ncu limits, squeezenet1.0 TF32 ${part%%:*} convolutions" sh -c "\"$ncu\" --profile-from-start off \
-        --replay-mode kernel --clock-control none --cache-control none -k regex:igemm ${part#*:} \
+    # The third run: every other kernel of the step (pools, dropout, the average pool, split-K
+    # sums, loss, SGD), at 2-5x their bytes' time in run d and never profiled.
+    others='regex:pool|dropout|relu_backward|splitk|bias_|xent|sgd|add_kernel|scale_kernel|sum_'
+    for part in "fwd:-k regex:igemm --launch-count 26" "bwd:-k regex:igemm --launch-skip 26 --launch-count 51" \
+                "other:-k '$others'"; do
+      what=${part%%:*}
+      csv=/tmp/sq_limits/limits_s10_tf32_$what.csv
+      run "ncu limits, squeezenet1.0 TF32 $what $([ $what = other ] && echo kernels || echo convolutions)" \
+        sh -c "\"$ncu\" --profile-from-start off \
+        --replay-mode kernel --clock-control none --cache-control none ${part#*:} \
         $sections --csv --page raw --print-units base $B/bench_gpu --profile squeezenet1.0:tf32 > $csv" ||
         tail -5 "$csv"
-      python3 bench/ncu_summary.py --limits --labels "${part%%:*}" "$csv"
+      python3 bench/ncu_summary.py --limits $([ $what = other ] || echo --labels $what) "$csv"
     done
     tar -C /tmp -czf "$OUT/ncu_limits.tar.gz" sq_limits
     ;;

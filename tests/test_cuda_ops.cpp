@@ -267,6 +267,82 @@ TEST(CudaOps, CudnnOutlivesTheStreamsItRanOn) {
   cuda::set_conv_impl(cuda::ConvImpl::kOwn);
 }
 
+// cuDNN's BF16 baseline (bench_gpu's "cuDNN bf16" column) computes the convolution it is timed
+// as: on BF16 NHWC tensors, against the double reference on the same BF16 operands. Its outputs
+// are BF16 (2^-9 relative each), summed in fp32: 5e-3 norm-wise.
+uint16_t bf16_bits(float v) {
+  const float r = round_operand(v, OperandRounding::kBf16);
+  uint32_t u;
+  std::memcpy(&u, &r, 4);
+  return uint16_t(u >> 16);
+}
+float bf16_value(uint16_t h) {
+  const uint32_t u = uint32_t(h) << 16;
+  float v;
+  std::memcpy(&v, &u, 4);
+  return v;
+}
+// Channel-major (C, N, H, W) floats to NHWC BF16 bits, and back.
+std::vector<uint16_t> cnhw_to_nhwc_bf16(const std::vector<float>& v, int C, int N, int HW) {
+  std::vector<uint16_t> out(v.size());
+  for (int c = 0; c < C; ++c)
+    for (int n = 0; n < N; ++n)
+      for (int i = 0; i < HW; ++i)
+        out[(size_t(n) * HW + i) * C + c] = bf16_bits(v[(size_t(c) * N + n) * HW + i]);
+  return out;
+}
+std::vector<float> nhwc_bf16_to_cnhw(const std::vector<uint16_t>& v, int C, int N, int HW) {
+  std::vector<float> out(v.size());
+  for (int c = 0; c < C; ++c)
+    for (int n = 0; n < N; ++n)
+      for (int i = 0; i < HW; ++i)
+        out[(size_t(c) * N + n) * HW + i] = bf16_value(v[(size_t(n) * HW + i) * C + c]);
+  return out;
+}
+
+TEST(CudaOps, CudnnBf16BaselineComputesTheConvolution) {
+  REQUIRE_GPU();
+  if (!cuda::cudnn_built()) GTEST_SKIP() << "built without cuDNN";
+  constexpr double kBf16Out = 5e-3;
+  for (const auto& [name, g] : shapes().convs) {
+    SCOPED_TRACE(name);
+    const int HW = g.H * g.W, PQ = g.P() * g.Q(), RS = g.R * g.S;
+    const size_t nx = size_t(g.C) * g.N * HW, nw = size_t(g.K) * g.C * RS, ny = size_t(g.K) * g.N * PQ;
+    auto rounded = [](std::vector<float> v) {
+      for (float& e : v) e = round_operand(e, OperandRounding::kBf16);
+      return v;
+    };
+    const std::vector<float> x = rounded(randn(nx)), w = rounded(randn(nw, 0.1f)), dz = rounded(randn(ny)),
+                             dx0 = rounded(randn(nx));
+    std::vector<double> yd(ny), dwd(nw, 0.0), dxd = to_double(dx0), ws(conv_workspace(g) + 1);
+    conv_forward<double>(g, to_double(x).data(), to_double(w).data(), nullptr, yd.data(), false, ws.data());
+    conv_backward<double>(g, to_double(x).data(), to_double(w).data(), to_double(dz).data(), dwd.data(),
+                          nullptr, dxd.data(), /*accumulate=*/true, ws.data());
+    // (K, C, R, S) as (K, C, RS, 1) reordered to (K, RS, C): a filter is an "image" of C channels.
+    std::vector<uint16_t> wk(nw);
+    for (int k = 0; k < g.K; ++k)
+      for (int c = 0; c < g.C; ++c)
+        for (int rs = 0; rs < RS; ++rs) wk[(size_t(k) * RS + rs) * g.C + c] = bf16_bits(w[(size_t(k) * g.C + c) * RS + rs]);
+    Dev<uint16_t> X(cnhw_to_nhwc_bf16(x, g.C, g.N, HW)), Wt(wk), Y(ny), DZ(cnhw_to_nhwc_bf16(dz, g.K, g.N, PQ)),
+        DW(nw), DX(cnhw_to_nhwc_bf16(dx0, g.C, g.N, HW));
+    try {
+      cuda::cudnn_bf16_forward(g, X.get(), Wt.get(), Y.get(), nullptr);
+      cuda::cudnn_bf16_backward(g, X.get(), Wt.get(), DZ.get(), DW.get(), DX.get(), /*accumulate=*/true, nullptr);
+    } catch (const Error& e) {  // a shape cuDNN refuses fails here, named, and the others still run
+      ADD_FAILURE() << e.what();
+      continue;
+    }
+    expect_close(nhwc_bf16_to_cnhw(Y.download(), g.K, g.N, PQ), yd, kBf16Out, "forward");
+    expect_close(nhwc_bf16_to_cnhw(DX.download(), g.C, g.N, HW), dxd, kBf16Out, "input gradient (accumulated)");
+    const std::vector<uint16_t> dwk = DW.download();
+    std::vector<float> dw(nw);
+    for (int k = 0; k < g.K; ++k)
+      for (int c = 0; c < g.C; ++c)
+        for (int rs = 0; rs < RS; ++rs) dw[(size_t(k) * g.C + c) * RS + rs] = bf16_value(dwk[(size_t(k) * RS + rs) * g.C + c]);
+    expect_close(dw, dwd, kBf16Out, "weight gradient");
+  }
+}
+
 // The tensor-core multiply (TF32 / BF16 operands, fp32 accumulation) against the double
 // reference, with the operand rounding's expected error: about 2^-11 (TF32) and 2^-8 (BF16)
 // relative per product, so 3e-3 and 2e-2 norm-wise. The bias gradient, dz's row sums inside the

@@ -27,6 +27,13 @@ void cudnn_conv_backward(const ConvGeom&, const float*, const float*, const floa
                          float*, float*, bool, cudaStream_t) {
   fail("cuDNN convolution: this squeeze was built without cuDNN");
 }
+void cudnn_bf16_forward(const ConvGeom&, const uint16_t*, const uint16_t*, uint16_t*, cudaStream_t) {
+  fail("cuDNN BF16 convolution: this squeeze was built without cuDNN");
+}
+void cudnn_bf16_backward(const ConvGeom&, const uint16_t*, const uint16_t*, const uint16_t*, uint16_t*,
+                         uint16_t*, bool, cudaStream_t) {
+  fail("cuDNN BF16 convolution: this squeeze was built without cuDNN");
+}
 }  // namespace cuda
 }  // namespace sq
 
@@ -70,11 +77,24 @@ struct Plan {
 
 using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int>;
 
+// The BF16 baseline's plan: packed NHWC BF16 tensors, one algorithm a product, one workspace.
+struct Bf16Plan {
+  cudnnTensorDescriptor_t x = nullptr, y = nullptr;
+  cudnnFilterDescriptor_t w = nullptr;
+  cudnnConvolutionDescriptor_t conv = nullptr;
+  cudnnConvolutionFwdAlgo_t fwd{};
+  cudnnConvolutionBwdDataAlgo_t bwd_data{};
+  cudnnConvolutionBwdFilterAlgo_t bwd_filter{};
+  void* ws = nullptr;
+  size_t ws_bytes = 0;
+};
+
 struct State {
   std::mutex m;
   int device = -1;
   cudnnHandle_t handle = nullptr;
   std::map<Key, Plan> plans;
+  std::map<Key, Bf16Plan> bf16_plans;
 };
 State& state() {
   static State s;
@@ -135,6 +155,7 @@ cudnnHandle_t handle_on(cudaStream_t s) {
     SQ_CUDNN(cudnnCreate(&st.handle));
     st.device = dev;
     st.plans.clear();
+    st.bf16_plans.clear();
   }
   SQ_CUDNN(cudnnSetStream(st.handle, s));
   return st.handle;
@@ -269,9 +290,86 @@ Plan& plan_for(const ConvGeom& g) {
   return st.plans.emplace(key, p).first->second;
 }
 
+// The BF16 baseline's plan for g on the current device, made on first use: the fastest algorithm
+// of each product with tensor-op math (no fallback: a product cuDNN cannot run in BF16 is an
+// error that names it).
+Bf16Plan& bf16_plan_for(const ConvGeom& g) {
+  State& st = state();
+  int dev = 0;
+  SQ_CUDA(cudaGetDevice(&dev));
+  const Key key{g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, dev, 2};
+  auto it = st.bf16_plans.find(key);
+  if (it != st.bf16_plans.end()) return it->second;
+  Bf16Plan p;
+  SQ_CUDNN(cudnnCreateTensorDescriptor(&p.x));
+  SQ_CUDNN(cudnnCreateTensorDescriptor(&p.y));
+  SQ_CUDNN(cudnnCreateFilterDescriptor(&p.w));
+  SQ_CUDNN(cudnnCreateConvolutionDescriptor(&p.conv));
+  SQ_CUDNN(cudnnSetTensor4dDescriptor(p.x, CUDNN_TENSOR_NHWC, CUDNN_DATA_BFLOAT16, g.N, g.C, g.H, g.W));
+  SQ_CUDNN(cudnnSetTensor4dDescriptor(p.y, CUDNN_TENSOR_NHWC, CUDNN_DATA_BFLOAT16, g.N, g.K, g.P(), g.Q()));
+  SQ_CUDNN(cudnnSetFilter4dDescriptor(p.w, CUDNN_DATA_BFLOAT16, CUDNN_TENSOR_NHWC, g.K, g.C, g.R, g.S));
+  SQ_CUDNN(cudnnSetConvolution2dDescriptor(p.conv, g.pad, g.pad, g.stride, g.stride, 1, 1,
+                                           CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+  SQ_CUDNN(cudnnSetConvolutionMathType(p.conv, CUDNN_TENSOR_OP_MATH));
+  constexpr int kMax = 16;
+  std::string why;
+  auto need = [&](bool found, const char* kind) {
+    if (!found) fail("cuDNN has no BF16 ", kind, " algorithm for ", geometry(g), " (", why, ")");
+  };
+  {
+    int n = 0;
+    cudnnConvolutionFwdAlgoPerf_t perf[kMax];
+    SQ_CUDNN(cudnnFindConvolutionForwardAlgorithm(st.handle, p.x, p.w, p.conv, p.y, kMax, &n, perf));
+    need(fastest(perf, n, &p.ws_bytes, &p.fwd, &why), "forward");
+  }
+  {
+    int n = 0;
+    cudnnConvolutionBwdDataAlgoPerf_t perf[kMax];
+    SQ_CUDNN(cudnnFindConvolutionBackwardDataAlgorithm(st.handle, p.w, p.y, p.conv, p.x, kMax, &n, perf));
+    need(fastest(perf, n, &p.ws_bytes, &p.bwd_data, &why), "backward-data");
+  }
+  {
+    int n = 0;
+    cudnnConvolutionBwdFilterAlgoPerf_t perf[kMax];
+    SQ_CUDNN(cudnnFindConvolutionBackwardFilterAlgorithm(st.handle, p.x, p.y, p.conv, p.w, kMax, &n, perf));
+    need(fastest(perf, n, &p.ws_bytes, &p.bwd_filter, &why), "backward-filter");
+  }
+  if (p.ws_bytes) SQ_CUDA(cudaMalloc(&p.ws, p.ws_bytes));
+  if (env_is("SQUEEZE_CUDNN_ALGOS", "1"))
+    std::fprintf(stderr,
+                 "squeeze: cuDNN BF16 plan for %s: forward %s, backward data %s, backward filter %s "
+                 "(NHWC), workspace %.1f MB\n",
+                 geometry(g).c_str(), algo_name(p.fwd), algo_name(p.bwd_data), algo_name(p.bwd_filter),
+                 double(p.ws_bytes) / 1e6);
+  return st.bf16_plans.emplace(key, p).first->second;
+}
+
 }  // namespace
 
 bool cudnn_built() { return true; }
+
+void cudnn_bf16_forward(const ConvGeom& g, const uint16_t* x, const uint16_t* w, uint16_t* y,
+                        cudaStream_t s) {
+  std::lock_guard<std::mutex> lock(state().m);
+  cudnnHandle_t h = handle_on(s);  // before the plan: its searches run on the handle's stream
+  Bf16Plan& p = bf16_plan_for(g);
+  const float one = 1.0f, zero = 0.0f;  // (fp32 scalars: the compute type is FLOAT)
+  SQ_CUDNN(cudnnConvolutionForward(h, &one, p.x, x, p.w, w, p.conv, p.fwd, p.ws, p.ws_bytes, &zero,
+                                   p.y, y));
+}
+
+void cudnn_bf16_backward(const ConvGeom& g, const uint16_t* x, const uint16_t* w, const uint16_t* dz,
+                         uint16_t* dw, uint16_t* dx, bool accumulate, cudaStream_t s) {
+  std::lock_guard<std::mutex> lock(state().m);
+  cudnnHandle_t h = handle_on(s);
+  Bf16Plan& p = bf16_plan_for(g);
+  const float one = 1.0f, zero = 0.0f;
+  SQ_CUDNN(cudnnConvolutionBackwardFilter(h, &one, p.x, x, p.y, dz, p.conv, p.bwd_filter, p.ws,
+                                          p.ws_bytes, &zero, p.w, dw));
+  if (dx)
+    SQ_CUDNN(cudnnConvolutionBackwardData(h, &one, p.w, w, p.y, dz, p.conv, p.bwd_data, p.ws, p.ws_bytes,
+                                          accumulate ? &one : &zero, p.x, dx));
+}
 
 void cudnn_conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b,
                         float* y, bool relu, cudaStream_t s) {

@@ -124,6 +124,16 @@ void cudnn_conv_forward(const ConvGeom& g, const float* x, const float* w, const
                         float* y, bool relu, cudaStream_t s);
 void cudnn_conv_backward(const ConvGeom& g, const float* x, const float* w, const float* dz,
                          float* dw, float* db, float* dx, bool accumulate, cudaStream_t s);
+// cuDNN's BF16 convolutions alone: the BF16 baseline of bench_gpu, which the own convolutions'
+// ConvMath::kBf16 (BF16 operands of fp32 tensors) has no cuDNN counterpart for. Tensors hold BF16
+// bits (uint16_t) in cuDNN's layout for the tensor cores, NHWC (filters K, R, S, C), packed; fp32
+// accumulation (compute type FLOAT, tensor-op math). No bias, no ReLU and no bias gradient: what
+// the own kernels do in their epilogues, so the baseline is a lower bound on a cuDNN BF16 layer.
+// dw is written; dx written or accumulated (beta 1), or skipped when null.
+void cudnn_bf16_forward(const ConvGeom& g, const uint16_t* x, const uint16_t* w, uint16_t* y,
+                        cudaStream_t s);
+void cudnn_bf16_backward(const ConvGeom& g, const uint16_t* x, const uint16_t* w, const uint16_t* dz,
+                         uint16_t* dw, uint16_t* dx, bool accumulate, cudaStream_t s);
 
 // y = conv(x, w) + b (b may be null), then ReLU if relu. Shapes as kernels/ops.h.
 void conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y,
