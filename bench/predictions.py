@@ -6,8 +6,9 @@ the issue's goals against the same lease.
     python3 bench/predictions.py --self-test
 
 OUT_DIR holds what `scripts/gpu_check.sh bench` wrote: bench_gpu.json (the defaults),
-bench_gpu_nowin.json (SQUEEZE_IGEMM_WIN=0), bench_gpu_nopersist.json (SQUEEZE_IGEMM_PERSIST=0) and
-bench_gpu_3xtf32.json (SQUEEZE_IGEMM_3XTF32=1); a missing file leaves its rows "not measured".
+bench_gpu_nowin.json (SQUEEZE_IGEMM_WIN=0), bench_gpu_nopersist.json (SQUEEZE_IGEMM_PERSIST=0),
+bench_gpu_3xtf32.json (SQUEEZE_IGEMM_3XTF32=1) and bench_gpu_noband.json (SQUEEZE_POOL_BAND=0); a
+missing file leaves its rows "not measured".
 The baseline of a prediction is the run it was made after: run c (its v7 TF32/BF16 times are in
 bench_gpu_mma.json there) or run d (docs/gpu/run-d/bench_gpu.json).
 
@@ -30,6 +31,8 @@ FIRES = ["fire%d" % i for i in range(2, 10)]
 FMNIST = "fmnist (1.0, small stem, 28x28)"
 SQ10 = "squeezenet1.0 224x224"
 SQ11 = "squeezenet1.1 224x224"
+POOLS_FWD = ["pool1 fwd", "pool2 fwd", "pool3 fwd"]
+POOLS_BWD = ["pool1 bwd", "pool2 bwd", "pool3 bwd"]
 
 
 def load(path):
@@ -197,6 +200,24 @@ def predictions():
         P("conv1 forward, TF32 ms, bias once a row", "the forward's bias read once a row",
           at("layers", "conv1 fwd", "own tf32 ms"), 0.6, 0.95, since="d",
           falsified=lambda v: v > 1.2, then="the waits were the copies', not the bias's: read limits' long-scoreboard share"),
+        # The max-pools staged through shared memory (docs/KERNELS.md, "The pools through shared
+        # memory"), against run d and against SQUEEZE_POOL_BAND=0 in the same lease.
+        P("the three max-pool forwards ms, band kernels", "the pools through shared memory",
+          lambda r: total(r["main"], "layers", POOLS_FWD, "own tf32 ms"), 0.40, 0.60, since="d",
+          falsified=lambda v: v > 0.75, then="the gathers were not the cost: read limits' 'other' kernels"),
+        P("the three max-pool backwards ms, band kernels", "the pools through shared memory",
+          lambda r: total(r["main"], "layers", POOLS_BWD, "own tf32 ms"), 0.40, 0.65, since="d",
+          falsified=lambda v: v > 0.85, then="the gathers and strided stores were not the cost: read limits' 'other' kernels"),
+        P("pool1 forward ms, band kernels", "the pools through shared memory",
+          at("layers", "pool1 fwd", "own tf32 ms"), 0.20, 0.30, since="d", falsified=lambda v: v > 0.36,
+          then="staging a band does not reach the bandwidth"),
+        P("pool1 backward ms, band kernels", "the pools through shared memory",
+          at("layers", "pool1 bwd", "own tf32 ms"), 0.20, 0.32, since="d", falsified=lambda v: v > 0.40,
+          then="staging dy does not reach the bandwidth"),
+        P("max-pools, band over gathering kernels (same lease)", "the pools through shared memory",
+          lambda r: total(r["main"], "layers", POOLS_FWD + POOLS_BWD, "own tf32 ms") /
+          total(r["noband"], "layers", POOLS_FWD + POOLS_BWD, "own tf32 ms"), 0.45, 0.70, since="d",
+          falsified=lambda v: v > 0.9, then="the band kernels do not pay; keep the gathering ones"),
     ]
     return ps
 
@@ -207,6 +228,7 @@ def runs_in(directory, main="bench_gpu.json"):
         "nowin": load(os.path.join(directory, "bench_gpu_nowin.json")),
         "nopersist": load(os.path.join(directory, "bench_gpu_nopersist.json")),
         "x3": load(os.path.join(directory, "bench_gpu_3xtf32.json")),
+        "noband": load(os.path.join(directory, "bench_gpu_noband.json")),
         "pytorch": load(os.path.join(directory, "pytorch_gpu.json")),
     }
 
@@ -327,6 +349,8 @@ def self_test():
         "squeezenet1.0 TF32 step, sum of the layers ms": "short of the prediction",  # 15.34
         "conv1 forward, TF32 ms, bias once a row": "FALSIFIED",  # 1.50, before the change
         "the eight Fire backwards of the TF32 step ms": "FALSIFIED",  # 7.28, before the changes
+        "the three max-pool forwards ms, band kernels": "FALSIFIED",  # 0.842, before the change
+        "max-pools, band over gathering kernels (same lease)": "not measured",  # no such run in run d
     }
     bad += [("run d: " + k, got_d.get(k), w) for k, w in want_d.items() if not (got_d.get(k) or "").startswith(w)]
     # The goals in run d, as docs/BENCHMARKS.md records them.

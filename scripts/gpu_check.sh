@@ -25,7 +25,8 @@
 #            step profiles of squeezenet1.0 and the Fashion-MNIST configuration; then the
 #            training section again with SQUEEZE_CUDA_GRAPH=1 (the step as CUDA graphs), and the
 #            convolutions and training with SQUEEZE_IGEMM_PERSIST=0 (one block a tile), and with
-#            SQUEEZE_IGEMM_WIN=0 (the expand 3x3 products through the mma kernel's gathers), and
+#            SQUEEZE_IGEMM_WIN=0 (the expand 3x3 products through the mma kernel's gathers), the
+#            step's layers with SQUEEZE_POOL_BAND=0 (the max-pools' gathering kernels), and
 #            the fp32 columns with SQUEEZE_IGEMM_3XTF32=1 (three TF32 products a multiply); the
 #            algorithms cuDNN picked for each geometry ($OUT/cudnn_algos.txt), and the own
 #            kernel, tile and grid each product ran on ($OUT/igemm_routes.txt); then every
@@ -43,7 +44,8 @@
 #   pytorch  bench/pytorch_gpu.py: PyTorch eager and torch.compile on the same GPU, and eager
 #            under BF16 autocast (the same arithmetic as --precision bf16)
 #   sanitize compute-sanitizer memcheck over small GPU training steps (every kernel of a model)
-#            and the compression constraints' kernels; memcheck and racecheck of the mma kernel
+#            and the compression constraints' kernels and max-pools; memcheck and racecheck of the
+#            mma kernel; racecheck of the band max-pools
 #   compress `squeeze compress --device cuda` of the default job's weights (trained first when the
 #            test phase did not run): 6 bits, one epoch of retraining after each stage (its time:
 #            the elapsed stamps of this and the next header);
@@ -128,7 +130,7 @@ summary=()
 # failing under each switch that routes around kernels made since run c. The switch under which
 # every one passes names the faulty kernel family, and `bench` then times with it rather than
 # losing its phase. (fp32's changes since run c have no switch: if none helps, look there.)
-switches="SQUEEZE_IGEMM_WIN=0 SQUEEZE_IGEMM_PERSIST=0 SQUEEZE_IGEMM_MMA=0"
+switches="SQUEEZE_IGEMM_WIN=0 SQUEEZE_IGEMM_PERSIST=0 SQUEEZE_IGEMM_MMA=0 SQUEEZE_POOL_BAND=0"
 fallback=""
 isolate() {  # isolate LOG BIN: LOG holds the failed run's output
   local log=$1 bin=$2 t sw failing=() still=()
@@ -179,6 +181,10 @@ for phase in $phases; do
     # kernel): every model shape against the double reference.
     SQUEEZE_IGEMM_WIN=0 run "test_cuda_ops, 3x3 products without the window kernel" $B/test_cuda_ops \
       --gtest_color=no --gtest_filter='CudaOps.TensorCoreConvolution*'
+    # The max-pools' gathering kernels (the default is the band kernels): every model shape, bit
+    # for bit against the CPU.
+    SQUEEZE_POOL_BAND=0 run "test_cuda_ops, max-pools without the band kernels" $B/test_cuda_ops \
+      --gtest_color=no --gtest_filter='CudaOps.MaxPool*'
     # fp32 through three TF32 products (opt-in): every model shape at the fp32 tolerance, the Fire
     # modules, the model against the CPU layer by layer and over training steps.
     SQUEEZE_IGEMM_3XTF32=1 run "test_cuda_ops, fp32 through 3xTF32" $B/test_cuda_ops --gtest_color=no \
@@ -234,6 +240,11 @@ for phase in $phases; do
     SQUEEZE_IGEMM_WIN=0 run "bench_gpu, 3x3 products without the window kernel (convolutions, training)" \
       $B/bench_gpu --reps 20 --sections 1b,2 --variants 'own fp32,own tf32,own bf16' --json "$OUT/bench_gpu_nowin.json" &&
       python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_nowin.json"
+    # ... and the max-pools through their gathering kernels instead of the band kernels (the
+    # layers of the TF32 step), same run.
+    SQUEEZE_POOL_BAND=0 run "bench_gpu, max-pools without the band kernels (layers)" \
+      $B/bench_gpu --reps 20 --sections 3 --variants 'own tf32' --json "$OUT/bench_gpu_noband.json" &&
+      python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_noband.json" --columns '^own tf32'
     # ... and fp32 through three TF32 products (opt-in), against the fp32 kernel and cuDNN fp32.
     SQUEEZE_IGEMM_3XTF32=1 SQUEEZE_IGEMM_ROUTES=/tmp/igemm_routes.txt run "bench_gpu, fp32 through 3xTF32 (Fire modules, convolutions, training, layers)" \
       $B/bench_gpu --reps 20 --sections 1,1b,2,3 --variants 'own fp32,cuDNN fp32' \
@@ -300,7 +311,7 @@ for phase in $phases; do
   sanitize)
     run "compute-sanitizer memcheck (small model steps)" compute-sanitizer --tool memcheck \
       --error-exitcode 1 $B/test_cuda_ops --gtest_color=no \
-      --gtest_filter='CudaModel.TrainingStepsFollowTheCpu:CudaStep.*:CudaOps.SoftmaxCrossEntropy:CudaCompress.*'
+      --gtest_filter='CudaModel.TrainingStepsFollowTheCpu:CudaStep.*:CudaOps.SoftmaxCrossEntropy:CudaCompress.*:CudaOps.MaxPool*'
     # The cp.async + mma.sync kernel (v7): its copies' bounds (every model shape), and its
     # one-barrier-a-step pipeline's shared-memory hazards (racecheck, which took over 125 s on one
     # small model's steps: one small convolution per tile).
@@ -309,6 +320,10 @@ for phase in $phases; do
     run "compute-sanitizer racecheck (mma kernel)" compute-sanitizer --tool racecheck \
       --error-exitcode 1 $B/test_cuda_ops --gtest_color=no \
       --gtest_filter='CudaOps.TensorCoreConvolutionEveryTileSmall'
+    # The band max-pools' staging in shared memory (a barrier after the copies and after the
+    # item), every model shape.
+    run "compute-sanitizer racecheck (band max-pools)" compute-sanitizer --tool racecheck \
+      --error-exitcode 1 $B/test_cuda_ops --gtest_color=no --gtest_filter='CudaOps.MaxPool*'
     ;;
   compress)
     [ -f /tmp/sq_gpu_run/weights.safetensors ] || run "train --device cuda (weights to compress)" \

@@ -336,6 +336,50 @@ TEST(KernelsOnCpu, PoolsMatchTheCpuOpsBitForBit) {
         relu_backward<float>(dx.data(), x.data(), dxr.data(), nx);
         ASSERT_TRUE(backward(true));
         expect_same_bits(dxk, dxr, "max-pool backward with the ReLU of its input");
+
+        // The band kernels (pool.cu's default), with staging buffers of several sizes: all the
+        // planes an item; two planes an item (the last item short where the planes are odd); a
+        // band of output rows an item (a plane larger than the buffer: the forward only), as
+        // many rows as fit and one row a band. Two warps, two blocks striding over the items.
+        const int plane = g.H * g.W, pplane = g.P() * g.Q();
+        for (int cap : {cuda::kPoolBandFloats, 2 * plane + 7, plane - 1, g.k * g.W + g.W - 1}) {
+          SCOPED_TRACE("band kernels, staging " + std::to_string(cap) + " floats");
+          const cuda::PoolBand bf = cuda::pool_band_forward(a, cap);
+          ASSERT_TRUE(bf.ok);
+          ASSERT_EQ(bf.whole, plane <= cap);
+          // The staged rows of every item fit the buffer, and the items cover every output.
+          if (!bf.whole) {
+            ASSERT_LE(((bf.rows - 1) * g.stride + g.k) * g.W, cap);
+            ASSERT_EQ(bf.bands, (g.P() + bf.rows - 1) / bf.rows);
+          } else {
+            ASSERT_LE(bf.planes * plane, cap);
+          }
+          std::fill(yk.begin(), yk.end(), -1.0f);
+          std::fill(arg.begin(), arg.end(), uint8_t(255));
+          ASSERT_TRUE(simt::run({2, 1, 1}, 64, [&] {
+            if (special)
+              cuda::maxpool_forward_band_kernel<3, 2>(a, bf, x.data(), yk.data(), arg.data());
+            else
+              cuda::maxpool_forward_band_kernel(a, bf, x.data(), yk.data(), arg.data());
+          }, reverse));
+          expect_same_bits(yk, y, "band max-pool forward");
+          for (size_t i = 0; i < ny; ++i)
+            ASSERT_EQ((arg[i] & cuda::kNotPositive) != 0, !(y[i] > 0.0f)) << "band argmax byte " << i;
+          const cuda::PoolBand bb = cuda::pool_band_backward(a, cap);
+          ASSERT_EQ(bb.ok, pplane <= cap);
+          if (!bb.ok) continue;
+          ASSERT_LE(bb.planes * pplane, cap);
+          for (bool relu_in : {false, true}) {
+            std::fill(dxk.begin(), dxk.end(), -1.0f);
+            ASSERT_TRUE(simt::run({2, 1, 1}, 64, [&] {
+              if (special)
+                cuda::maxpool_backward_band_kernel<3, 2>(a, bb, arg.data(), dy.data(), dxk.data(), relu_in);
+              else
+                cuda::maxpool_backward_band_kernel(a, bb, arg.data(), dy.data(), dxk.data(), relu_in);
+            }, reverse));
+            expect_same_bits(dxk, relu_in ? dxr : dx, relu_in ? "band max-pool backward with the ReLU" : "band max-pool backward");
+          }
+        }
       }
     }
     const int N = 3, C = 5, HW = 13;

@@ -2,7 +2,9 @@
 // as in the CPU op) and the global average pool. The forward records each window's first
 // maximum as a byte (its offset r*k + s inside the window, and whether that maximum is positive),
 // so the backward reads one byte per window instead of searching every window again, and applies
-// the previous ReLU without reading the input.
+// the previous ReLU without reading the input. Both max-pool passes stage their input through
+// shared memory (the band kernels) where it fits, which is everywhere in the model family;
+// SQUEEZE_POOL_BAND=0 selects the gathering kernels instead (same results bit for bit).
 #include <algorithm>
 
 #include "core/error.h"
@@ -24,6 +26,17 @@ PoolArgs args_of(const PoolGeom& g) {
   return {g.N, g.C, g.H, g.W, g.k, g.stride, g.pad, P, Q};
 }
 
+const bool g_band = !env_is("SQUEEZE_POOL_BAND", "0");
+
+// The band kernels' grid: an item a block, at most 2^20 blocks (they stride over the rest).
+unsigned band_grid(const PoolBand& b) { return unsigned(std::max(1, std::min(b.items, 1 << 20))); }
+// The staging a launch uses, in floats: the whole buffer, unless that would leave fewer than
+// about 2048 items (5 blocks an SM of the H200's 132, three times over): a small tensor (the
+// Fashion-MNIST configuration's) then stages fewer planes an item, so that every SM has blocks.
+int band_cap(long long total, long long plane) {
+  return int(std::min<long long>(kPoolBandFloats, std::max(plane, total / 2048)));
+}
+
 // A plane (one image's channel) per grid column, its elements over the grid's rows of blocks.
 dim3 plane_grid(const PoolArgs& a, long long per_plane) {
   const long long planes = (long long)a.N * a.C, chunks = (per_plane + kThreads - 1) / kThreads;
@@ -35,6 +48,16 @@ dim3 plane_grid(const PoolArgs& a, long long per_plane) {
 
 void maxpool_forward(const PoolGeom& g, const float* x, float* y, uint8_t* argmax, cudaStream_t s) {
   const PoolArgs a = args_of(g);
+  const long long HW = (long long)a.H * a.W;
+  const PoolBand b = pool_band_forward(a, band_cap(HW * a.N * a.C, HW));
+  if (g_band && b.ok) {
+    if (a.k == 3 && a.stride == 2)
+      maxpool_forward_band_kernel<3, 2><<<band_grid(b), kThreads, 0, s>>>(a, b, x, y, argmax);
+    else
+      maxpool_forward_band_kernel<<<band_grid(b), kThreads, 0, s>>>(a, b, x, y, argmax);
+    SQ_CUDA_LAUNCH("maxpool_forward (band)");
+    return;
+  }
   const dim3 grid = plane_grid(a, (long long)a.P * a.Q);
   if (a.k == 3 && a.stride == 2)
     maxpool_forward_kernel<3, 2><<<grid, kThreads, 0, s>>>(a, x, y, argmax);
@@ -46,6 +69,16 @@ void maxpool_forward(const PoolGeom& g, const float* x, float* y, uint8_t* argma
 void maxpool_backward(const PoolGeom& g, const uint8_t* argmax, const float* dy, float* dx,
                       cudaStream_t s, bool relu_in) {
   const PoolArgs a = args_of(g);
+  const long long PQ = (long long)a.P * a.Q;
+  const PoolBand b = pool_band_backward(a, band_cap(PQ * a.N * a.C, PQ));
+  if (g_band && b.ok) {
+    if (a.k == 3 && a.stride == 2)
+      maxpool_backward_band_kernel<3, 2><<<band_grid(b), kThreads, 0, s>>>(a, b, argmax, dy, dx, relu_in);
+    else
+      maxpool_backward_band_kernel<<<band_grid(b), kThreads, 0, s>>>(a, b, argmax, dy, dx, relu_in);
+    SQ_CUDA_LAUNCH("maxpool_backward (band)");
+    return;
+  }
   if (a.k == 3 && a.stride == 2) {  // (args_of: 2 * pad <= k, so pad is 0 or 1)
     const long long cells = (long long)((a.H + a.pad + 1) / 2) * ((a.W + a.pad + 1) / 2);
     maxpool_backward_k3s2_kernel<<<plane_grid(a, cells), kThreads, 0, s>>>(a, argmax, dy, dx, relu_in);
