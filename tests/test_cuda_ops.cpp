@@ -522,6 +522,36 @@ TEST(CudaOps, MaxPoolMatchesTheCpuBitForBit) {
   }
 }
 
+// Small max-pools that take each of pool.cu's band-kernel forms: planes larger than the staging
+// buffer (bands of output rows), several planes an item, one plane an item; with and without
+// padding. Fast enough for compute-sanitizer's racecheck (gpu_check.sh sanitize).
+TEST(CudaOps, MaxPoolSmallTakesEveryBandForm) {
+  REQUIRE_GPU();
+  for (const PoolGeom& g : {PoolGeom{1, 2, 109, 109, 3, 2, 0, true}, PoolGeom{1, 3, 83, 80, 3, 2, 1, true},
+                            PoolGeom{64, 80, 13, 13, 3, 2, 0, true}, PoolGeom{2, 3, 13, 13, 3, 2, 0, true},
+                            PoolGeom{2, 2, 9, 10, 2, 2, 0, false}}) {
+    SCOPED_TRACE(std::to_string(g.N) + "x" + std::to_string(g.C) + "x" + std::to_string(g.H) + "x" +
+                 std::to_string(g.W) + " k" + std::to_string(g.k) + " pad " + std::to_string(g.pad));
+    const size_t nx = size_t(g.C) * g.N * g.H * g.W, ny = size_t(g.C) * g.N * g.P() * g.Q();
+    std::vector<float> x = randn(nx);
+    for (float& v : x) v -= 1.0f;
+    for (size_t i = 0; i < nx; i += 3) x[i] = std::round(x[i]);
+    const std::vector<float> dy = randn(ny);
+    std::vector<float> y(ny), dx(nx), dxr(nx);
+    maxpool_forward<float>(g, x.data(), y.data());
+    maxpool_backward<float>(g, x.data(), dy.data(), dx.data());
+    relu_backward<float>(dx.data(), x.data(), dxr.data(), nx);
+    Dev<float> X(x), Y(ny), DY(dy), DX(nx);
+    Dev<uint8_t> ARG(ny);
+    cuda::maxpool_forward(g, X.get(), Y.get(), ARG.get(), nullptr);
+    cuda::maxpool_backward(g, ARG.get(), DY.get(), DX.get(), nullptr);
+    expect_equal(Y.download(), y, "forward");
+    expect_equal(DX.download(), dx, "backward");
+    cuda::maxpool_backward(g, ARG.get(), DY.get(), DX.get(), nullptr, true);
+    expect_equal(DX.download(), dxr, "backward with the ReLU of its input");
+  }
+}
+
 TEST(CudaOps, AvgPoolDropoutElementwiseMatchTheCpuBitForBit) {
   REQUIRE_GPU();
   for (const auto& [name, N, C, HW] : shapes().avgpools) {
