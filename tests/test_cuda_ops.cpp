@@ -328,8 +328,15 @@ TEST(CudaOps, CudnnBf16BaselineComputesTheConvolution) {
     try {
       cuda::cudnn_bf16_forward(g, X.get(), Wt.get(), Y.get(), nullptr);
       cuda::cudnn_bf16_backward(g, X.get(), Wt.get(), DZ.get(), DW.get(), DX.get(), /*accumulate=*/true, nullptr);
-    } catch (const Error& e) {  // a shape cuDNN refuses fails here, named, and the others still run
-      ADD_FAILURE() << e.what();
+    } catch (const Error& e) {
+      // cuDNN may have no BF16 algorithm for a stem of 1 or 3 channels (the benchmark then says
+      // "failed" there); every channel count of 8k must run. Any other error fails the shape.
+      const bool refused = std::string(e.what()).find("cuDNN has no BF16") != std::string::npos;
+      if (refused && (g.C % 8 || g.K % 8)) {
+        std::printf("  (%s: %s)\n", name.c_str(), e.what());
+      } else {
+        ADD_FAILURE() << e.what();
+      }
       continue;
     }
     expect_close(nhwc_bf16_to_cnhw(Y.download(), g.K, g.N, PQ), yd, kBf16Out, "forward");
