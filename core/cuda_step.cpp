@@ -266,7 +266,7 @@ class CudaStep final : public DeviceStep {
   int cur_ = 1;          // the slot of the last launched step; prefetch() fills the other
   int prefetched_ = -1;  // N of the batch waiting in slot 1 - cur_, or -1
   bool pending_ = false;  // a launched step's stats are on their way to host_result_
-  bool graphs_ = cuda::env_is("SQUEEZE_CUDA_GRAPH", "1");
+  bool graphs_ = !cuda::env_is("SQUEEZE_CUDA_GRAPH", "0");
   // Declared last: destroyed first, before the buffers and streams they use.
   std::map<std::tuple<int, int, float, int>, Graph> graphs_by_key_;
 };

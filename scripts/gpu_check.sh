@@ -23,7 +23,8 @@
 #            Fashion-MNIST configuration at 2 ranks on the one GPU over MPI through pinned memory
 #   bench    bench_gpu: Fire shapes own vs cuDNN at fp32/TF32/BF16, training images/s, per-layer
 #            step profiles of squeezenet1.0 and the Fashion-MNIST configuration; then the
-#            training section again with SQUEEZE_CUDA_GRAPH=1 (the step as CUDA graphs), and the
+#            training section again with SQUEEZE_CUDA_GRAPH=0 (the step launched kernel by kernel,
+#            not replayed as a CUDA graph), and the
 #            convolutions and training with SQUEEZE_IGEMM_PERSIST=0 (one block a tile), and with
 #            SQUEEZE_IGEMM_WIN=0 (the expand 3x3 products through the mma kernel's gathers), the
 #            step's layers with SQUEEZE_POOL_BAND=0 (the max-pools' gathering kernels), and
@@ -227,9 +228,11 @@ for phase in $phases; do
         --json "$OUT/bench_gpu.json" && echo "bench_gpu.json was measured with $sw" > "$OUT/bench_gpu.fallback"
     }
     grep "squeeze: cuDNN .* plan for" "$OUT/gpu_check.log" | sort -u > "$OUT/cudnn_algos.txt"
-    # ... and the training step replayed as CUDA graphs (opt-in), same run.
-    SQUEEZE_CUDA_GRAPH=1 run "bench_gpu, CUDA graphs (training)" \
-      $B/bench_gpu --reps 20 --sections 2 --json "$OUT/bench_gpu_graph.json"
+    # ... and the training step launched kernel by kernel rather than replayed as a CUDA graph
+    # (the default since session 21), same run.
+    SQUEEZE_CUDA_GRAPH=0 run "bench_gpu, without CUDA graphs (training)" \
+      $B/bench_gpu --reps 20 --sections 2 --json "$OUT/bench_gpu_nograph.json" &&
+      python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_nograph.json" --columns '^own .*img/s'
     # ... and the tensor-core kernel with one block a tile everywhere (the persistent blocks for
     # products of few k-steps off), same run: the convolutions and training.
     SQUEEZE_IGEMM_PERSIST=0 run "bench_gpu, one block a tile (convolutions, training)" \
