@@ -218,6 +218,15 @@ def predictions():
           lambda r: total(r["main"], "layers", POOLS_FWD + POOLS_BWD, "own tf32 ms") /
           total(r["noband"], "layers", POOLS_FWD + POOLS_BWD, "own tf32 ms"), 0.45, 0.70, since="d",
           falsified=lambda v: v > 0.9, then="the band kernels do not pay; keep the gathering ones"),
+        # Everything since run d together (docs/BENCHMARKS.md, "What is still owed"): the
+        # truncated operands, the bias and the epilogue's loads, the band pools; and the graph,
+        # default since session 21, for img/s. 1.5x run d's PyTorch eager is 9,570 img/s.
+        P("squeezenet1.0 TF32 step, sum of the layers ms, every change since run d", "what is still owed",
+          lambda r: layers_total(r["main"], "layers", "own tf32 ms"), 11.0, 13.0, since="d",
+          falsified=lambda v: v > 13.8, then="the changes since run d do not add up to the 1.5x goal"),
+        P("squeezenet1.0 TF32 img/s, every change since run d", "what is still owed",
+          at("train", SQ10, "own tf32 img/s"), 9800, 11600, higher=True, since="d",
+          falsified=lambda v: v < 9300, then="the changes since run d do not add up to the 1.5x goal"),
     ]
     return ps
 
