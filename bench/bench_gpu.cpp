@@ -48,30 +48,30 @@ namespace {
 
 using namespace sq;
 
-// A device buffer of n values uniform in (-scale, scale)*sqrt(3) (variance scale^2), from a
-// cheap hash: the buffers reach 10^8 floats and only need to be non-zero, non-constant data.
-cuda::DeviceBuffer<float> random_buffer(size_t n, float scale = 0.1f) {
-  std::vector<float> h(n);
+// n values uniform in (-scale, scale)*sqrt(3) (variance scale^2), from a cheap hash: the
+// buffers reach 10^8 floats and only need to be non-zero, non-constant data. On the device as
+// floats, or as BF16 bits (rounded to nearest even, as the own BF16 operands are) for cuDNN's
+// BF16 baseline.
+template <class T, class Of>
+cuda::DeviceBuffer<T> random_values(size_t n, float scale, Of of) {
+  std::vector<T> h(n);
   uint64_t z = 0x9E3779B97F4A7C15ull ^ n;
-  for (float& x : h) {
+  for (T& x : h) {
     z ^= z << 13, z ^= z >> 7, z ^= z << 17;  // xorshift64
-    x = scale * 1.7320508f * (float(z >> 40) * (2.0f / 16777216.0f) - 1.0f);
+    x = of(scale * 1.7320508f * (float(z >> 40) * (2.0f / 16777216.0f) - 1.0f));
   }
-  return cuda::DeviceBuffer<float>(h);
+  return cuda::DeviceBuffer<T>(h);
 }
-
-// The same values as BF16 bits (rounded to nearest even, as the own BF16 operands are), for
-// cuDNN's BF16 baseline.
+cuda::DeviceBuffer<float> random_buffer(size_t n, float scale = 0.1f) {
+  return random_values<float>(n, scale, [](float v) { return v; });
+}
 cuda::DeviceBuffer<uint16_t> random_bf16(size_t n, float scale = 0.1f) {
-  const std::vector<float> f = random_buffer(n, scale).download();
-  std::vector<uint16_t> h(n);
-  for (size_t i = 0; i < n; ++i) {
-    const float r = round_operand(f[i], OperandRounding::kBf16);
+  return random_values<uint16_t>(n, scale, [](float v) {
+    const float r = round_operand(v, OperandRounding::kBf16);
     uint32_t u;
     std::memcpy(&u, &r, 4);
-    h[i] = uint16_t(u >> 16);
-  }
-  return cuda::DeviceBuffer<uint16_t>(h);
+    return uint16_t(u >> 16);
+  });
 }
 
 // Median milliseconds of fn over reps, after 3 warm-up calls.
