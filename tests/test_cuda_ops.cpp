@@ -282,21 +282,22 @@ float bf16_value(uint16_t h) {
   std::memcpy(&v, &u, 4);
   return v;
 }
-// Channel-major (C, N, H, W) floats to NHWC BF16 bits, and back.
-std::vector<uint16_t> cnhw_to_nhwc_bf16(const std::vector<float>& v, int C, int N, int HW) {
-  std::vector<uint16_t> out(v.size());
+// fn(channel-major index, NHWC index) of every element of a (C, N, HW) tensor: the layouts'
+// conversions, channel-major floats to NHWC BF16 bits and back.
+template <class Fn>
+void each_cnhw_nhwc(int C, int N, int HW, Fn fn) {
   for (int c = 0; c < C; ++c)
     for (int n = 0; n < N; ++n)
-      for (int i = 0; i < HW; ++i)
-        out[(size_t(n) * HW + i) * C + c] = bf16_bits(v[(size_t(c) * N + n) * HW + i]);
+      for (int i = 0; i < HW; ++i) fn((size_t(c) * N + n) * HW + i, (size_t(n) * HW + i) * C + c);
+}
+std::vector<uint16_t> cnhw_to_nhwc_bf16(const std::vector<float>& v, int C, int N, int HW) {
+  std::vector<uint16_t> out(v.size());
+  each_cnhw_nhwc(C, N, HW, [&](size_t cm, size_t nhwc) { out[nhwc] = bf16_bits(v[cm]); });
   return out;
 }
 std::vector<float> nhwc_bf16_to_cnhw(const std::vector<uint16_t>& v, int C, int N, int HW) {
   std::vector<float> out(v.size());
-  for (int c = 0; c < C; ++c)
-    for (int n = 0; n < N; ++n)
-      for (int i = 0; i < HW; ++i)
-        out[(size_t(c) * N + n) * HW + i] = bf16_value(v[(size_t(n) * HW + i) * C + c]);
+  each_cnhw_nhwc(C, N, HW, [&](size_t cm, size_t nhwc) { out[cm] = bf16_value(v[nhwc]); });
   return out;
 }
 

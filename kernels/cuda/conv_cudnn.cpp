@@ -187,12 +187,17 @@ void report(const ConvGeom& g, const Plan& p, bool tf32) {
                algo_name(p.bwd_data), algo_name(p.bwd_filter), layout(p.filter_nchw), double(p.ws_bytes) / 1e6);
 }
 
-Plan& plan_for(const ConvGeom& g) {
-  State& st = state();
+// A plan's key: the geometry, the current device and the arithmetic (0 fp32, 1 TF32, 2 BF16).
+Key plan_key(const ConvGeom& g, int math) {
   int dev = 0;
   SQ_CUDA(cudaGetDevice(&dev));
+  return Key{g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, dev, math};
+}
+
+Plan& plan_for(const ConvGeom& g) {
+  State& st = state();
   const bool tf32 = conv_math() == ConvMath::kTf32;
-  const Key key{g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, dev, tf32 ? 1 : 0};
+  const Key key = plan_key(g, tf32 ? 1 : 0);
   auto it = st.plans.find(key);
   if (it != st.plans.end()) return it->second;
   Plan p;
@@ -295,9 +300,7 @@ Plan& plan_for(const ConvGeom& g) {
 // error that names it).
 Bf16Plan& bf16_plan_for(const ConvGeom& g) {
   State& st = state();
-  int dev = 0;
-  SQ_CUDA(cudaGetDevice(&dev));
-  const Key key{g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, dev, 2};
+  const Key key = plan_key(g, 2);
   auto it = st.bf16_plans.find(key);
   if (it != st.bf16_plans.end()) return it->second;
   Bf16Plan p;
