@@ -218,6 +218,11 @@ def predictions():
           lambda r: total(r["main"], "layers", POOLS_FWD + POOLS_BWD, "own tf32 ms") /
           total(r["noband"], "layers", POOLS_FWD + POOLS_BWD, "own tf32 ms"), 0.45, 0.70, since="d",
           falsified=lambda v: v > 0.9, then="the band kernels do not pay; keep the gathering ones"),
+        # The dropout's backward from its output (docs/KERNELS.md, "the dropout's backward from
+        # its output"): memory alone, 132 MB at batch 128.
+        P("dropout backward ms, from the output", "the dropout's backward from its output",
+          at("layers", "dropout bwd", "own tf32 ms"), 0.03, 0.045, since="d",
+          falsified=lambda v: v > 0.06, then="the hash was not the backward's cost"),
         # Everything since run d together (docs/BENCHMARKS.md, "What is still owed"): the
         # truncated operands, the bias and the epilogue's loads, the band pools; and the graph,
         # default since session 21, for img/s. 1.5x run d's PyTorch eager is 9,570 img/s.

@@ -193,9 +193,11 @@ void CudaModel::backward(const float* params, const float* dlogits, float* grads
         break;
       }
       case LayerKind::kDropout:
-        if (cfg.dropout > 0.0)
+        if (cfg.dropout > 0.0 && relu_in)  // from the forward's output: no masks, no x
+          cuda::dropout_backward_relu_from_output(n_in, float(cfg.dropout), act(l.out), dcur, dprev, s);
+        else if (cfg.dropout > 0.0)
           cuda::dropout_backward(N, ain.c, ain.h * ain.w, float(cfg.dropout), dropout_keys, dcur,
-                                 dprev, s, in_mask);
+                                 dprev, s);
         else if (relu_in)
           cuda::relu_backward(dcur, in_mask, dprev, n_in, s);
         else

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -421,6 +422,18 @@ TEST(KernelsOnCpu, DropoutElementwiseAndSgdMatchTheCpuOps) {
       run(2, [&] { cuda::dropout_kernel(N, C, HW, p, 1.0f / (1.0f - p), keys.data(), dy.data(), dxk.data(), relu_out.data()); },
           reverse);
       expect_same_bits(dxk, dx, "dropout backward with the ReLU of its input");
+      // The same from the forward's output on that ReLU output (with NaNs, infinities and the
+      // smallest positive values among x), without the masks or x.
+      std::vector<float> xr = relu_out;
+      xr[1] = std::nanf(""), xr[2] = INFINITY, xr[3] = std::numeric_limits<float>::denorm_min(), xr[4] = 0.0f;
+      std::vector<float> yr(x.size()), dxr(x.size()), dxo(x.size(), -1.0f);
+      dropout_forward<float>(N, C, HW, p, keys.data(), xr.data(), yr.data());
+      dropout_backward<float>(N, C, HW, p, keys.data(), dy.data(), dxr.data());
+      relu_backward<float>(dxr.data(), xr.data(), dxr.data(), dxr.size());
+      run(2, [&] { cuda::dropout_backward_from_output_kernel(x.size(), 1.0f / (1.0f - p), yr.data(), dy.data(), dxo.data()); },
+          reverse);
+      expect_same_bits(dxo, dxr, "dropout backward from its output, on a ReLU's output");
+      EXPECT_GT(std::count(dxo.begin(), dxo.end(), 0.0f), int(x.size() / 4));  // dropped and x <= 0
     }
 
     const size_t n = 5000;

@@ -90,6 +90,11 @@ void dropout_forward(int N, int C, int HW, float p, const uint64_t* sample_keys,
                      float* y, cudaStream_t s);
 void dropout_backward(int N, int C, int HW, float p, const uint64_t* sample_keys,
                       const float* dy, float* dx, cudaStream_t s, const float* relu_x = nullptr);
+// The same as dropout_backward with relu_x (the dropout's input x is a ReLU's output), from the
+// forward's output y = dropout(x) instead of x and the masks: dx = y > 0 ? dy / (1 - p) : 0, bit for
+// bit. n elements; p in [0, 1).
+void dropout_backward_relu_from_output(size_t n, float p, const float* y, const float* dy, float* dx,
+                                       cudaStream_t s);
 
 // ---- loss -----------------------------------------------------------------------------------
 // As kernels/ops.h's softmax_xent; labels on the device. Writes result[0] = the loss sum and

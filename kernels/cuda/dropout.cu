@@ -41,5 +41,14 @@ void dropout_backward(int N, int C, int HW, float p, const uint64_t* sample_keys
   apply(N, C, HW, p, sample_keys, dy, dx, s, "dropout_backward", relu_x);
 }
 
+void dropout_backward_relu_from_output(size_t n, float p, const float* y, const float* dy, float* dx,
+                                       cudaStream_t s) {
+  SQ_ASSERT(p >= 0.0f && p < 1.0f, "dropout p must be in [0, 1), got ", p);
+  if (n == 0) return;
+  // (p = 0: y = x, and dx = x > 0 ? dy * 1 : 0 is relu_backward's dx bit for bit.)
+  dropout_backward_from_output_kernel<<<blocks_for(n), kThreads, 0, s>>>(n, 1.0f / (1.0f - p), y, dy, dx);
+  SQ_CUDA_LAUNCH("dropout_backward (from the output)");
+}
+
 }  // namespace cuda
 }  // namespace sq

@@ -26,6 +26,17 @@ __global__ void dropout_kernel(int N, int C, int HW, float p, float scale, const
   }
 }
 
+// The backward where the dropout's input x is a ReLU's output (x >= 0, or NaN), from the forward's
+// output y instead of the masks: dx = y > 0 ? dy * scale : 0. y = x * scale > 0 exactly where the
+// mask kept an element and x > 0 (scale >= 1, so no positive x rounds to 0; NaN > 0 is false on
+// both sides), so this is bit for bit dropout_kernel's backward with relu_x = x, without its hash
+// (two 64-bit mixes an element: run d timed that backward at 0.075 ms for 0.03 of bytes) and
+// without the divisions of an element's (c, n, hw).
+__global__ void dropout_backward_from_output_kernel(size_t n, float scale, const float* y, const float* dy,
+                                                    float* dx) {
+  SQ_GRID_STRIDE(i, n) { dx[i] = y[i] > 0.0f ? __fmul_rn(dy[i], scale) : 0.0f; }
+}
+
 }  // namespace
 }  // namespace cuda
 }  // namespace sq
