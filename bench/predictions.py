@@ -214,6 +214,12 @@ def predictions():
         P("pool1 backward ms, band kernels", "the pools through shared memory",
           at("layers", "pool1 bwd", "own tf32 ms"), 0.20, 0.32, since="d", falsified=lambda v: v > 0.40,
           then="staging dy does not reach the bandwidth"),
+        # The Fashion-MNIST configuration's pools: planes of 28², 14² and 7², 16-196 outputs a
+        # plane, so the gathering kernels ran a block of 256 threads a plane (65,536 blocks for
+        # pool3's 16 outputs each); the band kernels take up to 32 planes an item.
+        P("Fashion-MNIST max-pools forward + backward ms, band kernels", "the pools through shared memory",
+          lambda r: total(r["main"], "layers_fmnist", POOLS_FWD + POOLS_BWD, "own tf32 ms"), 0.04, 0.10, since="d",
+          falsified=lambda v: v > 0.15, then="the small planes' blocks were not the cost"),
         P("max-pools, band over gathering kernels (same lease)", "the pools through shared memory",
           lambda r: total(r["main"], "layers", POOLS_FWD + POOLS_BWD, "own tf32 ms") /
           total(r["noband"], "layers", POOLS_FWD + POOLS_BWD, "own tf32 ms"), 0.45, 0.70, since="d",
