@@ -229,6 +229,11 @@ def predictions():
         P("dropout backward ms, from the output", "the dropout's backward from its output",
           at("layers", "dropout bwd", "own tf32 ms"), 0.03, 0.045, since="d",
           falsified=lambda v: v > 0.06, then="the hash was not the backward's cost"),
+        # The average pool's backward a warp a plane (docs/KERNELS.md, "the dropout's backward
+        # from its output"); its row holds the loss too.
+        P("average pool backward ms (with the loss), a warp a plane", "the dropout's backward from its output",
+          at("layers", "avgpool bwd", "own tf32 ms"), 0.06, 0.10, since="d",
+          falsified=lambda v: v > 0.11, then="the divisions were not its cost either: read limits' 'other' kernels"),
         # Everything since run d together (docs/BENCHMARKS.md, "What is still owed"): the
         # truncated operands, the bias and the epilogue's loads, the band pools; and the graph,
         # default since session 21, for img/s. 1.5x run d's PyTorch eager is 9,570 img/s.

@@ -12,6 +12,8 @@
 #include <functional>
 #include <limits>
 #include <random>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/compress.h"
@@ -383,19 +385,27 @@ TEST(KernelsOnCpu, PoolsMatchTheCpuOpsBitForBit) {
         }
       }
     }
-    const int N = 3, C = 5, HW = 13;
-    const std::vector<float> x = randn(size_t(C) * N * HW), dy = randn(size_t(N) * C);
-    std::vector<float> y(size_t(N) * C), dx(x.size()), yk(y.size()), dxk(dx.size());
-    avgpool_forward<float>(N, C, HW, x.data(), y.data());
-    avgpool_backward<float>(N, C, HW, dy.data(), dx.data());
-    run(1, [&] { cuda::avgpool_forward_kernel(N, C, HW, x.data(), yk.data()); }, reverse);
-    run(2, [&] { cuda::avgpool_backward_kernel(N, C, HW, dy.data(), dxk.data()); }, reverse);
-    expect_same_bits(yk, y, "average-pool forward");
-    expect_same_bits(dxk, dx, "average-pool backward");
-    const std::vector<float> relu_out = relu_of(randn(x.size()));
-    relu_backward<float>(dx.data(), relu_out.data(), dx.data(), dx.size());
-    run(2, [&] { cuda::avgpool_backward_kernel(N, C, HW, dy.data(), dxk.data(), relu_out.data()); }, reverse);
-    expect_same_bits(dxk, dx, "average-pool backward with the ReLU of its input");
+    // Planes of 13 (one pass of a warp's lanes, some idle) and 45 elements (two passes).
+    for (const auto& shape : {std::tuple<int, int, int>{3, 5, 13}, {2, 3, 45}}) {
+      const int N = std::get<0>(shape), C = std::get<1>(shape), HW = std::get<2>(shape);
+      SCOPED_TRACE("average pool over " + std::to_string(HW));
+      const std::vector<float> x = randn(size_t(C) * N * HW), dy = randn(size_t(N) * C);
+      std::vector<float> y(size_t(N) * C), dx(x.size()), yk(y.size()), dxk(dx.size());
+      avgpool_forward<float>(N, C, HW, x.data(), y.data());
+      avgpool_backward<float>(N, C, HW, dy.data(), dx.data());
+      run(1, [&] { cuda::avgpool_forward_kernel(N, C, HW, x.data(), yk.data()); }, reverse);
+      run(2, [&] { cuda::avgpool_backward_kernel(N, C, HW, dy.data(), dxk.data()); }, reverse);
+      expect_same_bits(yk, y, "average-pool forward");
+      expect_same_bits(dxk, dx, "average-pool backward");
+      const std::vector<float> relu_out = relu_of(randn(x.size()));
+      relu_backward<float>(dx.data(), relu_out.data(), dx.data(), dx.size());
+      run(2, [&] { cuda::avgpool_backward_kernel(N, C, HW, dy.data(), dxk.data(), relu_out.data()); }, reverse);
+      expect_same_bits(dxk, dx, "average-pool backward with the ReLU of its input");
+      // Two warps striding over the planes.
+      std::fill(dxk.begin(), dxk.end(), -1.0f);
+      run(1, [&] { cuda::avgpool_backward_kernel(N, C, HW, dy.data(), dxk.data(), relu_out.data()); }, reverse, 64);
+      expect_same_bits(dxk, dx, "average-pool backward, two warps");
+    }
   }
 }
 

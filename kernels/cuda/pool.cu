@@ -99,7 +99,8 @@ void avgpool_backward(int N, int C, int HW, const float* dy, float* dx, cudaStre
                       const float* relu_x) {
   SQ_ASSERT(HW > 0, "avgpool over an empty plane");
   SQ_ASSERT((long long)N * C * HW < (1LL << 31), "avgpool input of 2^31 or more elements: ", N, "x", C, "x", HW);
-  avgpool_backward_kernel<<<blocks_for(size_t(N) * C * HW), kThreads, 0, s>>>(N, C, HW, dy, dx, relu_x);
+  // A warp a plane: N * C warps, at most 65535 * 8 blocks (they stride over the rest).
+  avgpool_backward_kernel<<<blocks_for(size_t(N) * C * 32), kThreads, 0, s>>>(N, C, HW, dy, dx, relu_x);
   SQ_CUDA_LAUNCH("avgpool_backward");
 }
 
