@@ -224,14 +224,13 @@ def predictions():
           lambda r: total(r["main"], "layers", POOLS_FWD + POOLS_BWD, "own tf32 ms") /
           total(r["noband"], "layers", POOLS_FWD + POOLS_BWD, "own tf32 ms"), 0.45, 0.70, since="d",
           falsified=lambda v: v > 0.9, then="the band kernels do not pay; keep the gathering ones"),
-        # The dropout's backward from its output (docs/KERNELS.md, "the dropout's backward from
-        # its output"): memory alone, 132 MB at batch 128.
-        P("dropout backward ms, from the output", "the dropout's backward from its output",
+        # The dropout's backward from its output (docs/KERNELS.md, "the dropout's and the average
+        # pool's backwards"): memory alone, 132 MB at batch 128.
+        P("dropout backward ms, from the output", "the dropout's and the average pool's backwards",
           at("layers", "dropout bwd", "own tf32 ms"), 0.03, 0.045, since="d",
           falsified=lambda v: v > 0.06, then="the hash was not the backward's cost"),
-        # The average pool's backward a warp a plane (docs/KERNELS.md, "the dropout's backward
-        # from its output"); its row holds the loss too.
-        P("average pool backward ms (with the loss), a warp a plane", "the dropout's backward from its output",
+        # The average pool's backward a warp a plane (the same section); its row holds the loss.
+        P("average pool backward ms (with the loss), a warp a plane", "the dropout's and the average pool's backwards",
           at("layers", "avgpool bwd", "own tf32 ms"), 0.06, 0.10, since="d",
           falsified=lambda v: v > 0.11, then="the divisions were not its cost either: read limits' 'other' kernels"),
         # Everything since run d together (docs/BENCHMARKS.md, "What is still owed"): the
