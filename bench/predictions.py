@@ -225,14 +225,17 @@ def predictions():
           total(r["noband"], "layers", POOLS_FWD + POOLS_BWD, "own tf32 ms"), 0.45, 0.70, since="d",
           falsified=lambda v: v > 0.9, then="the band kernels do not pay; keep the gathering ones"),
         # The dropout's backward from its output (docs/KERNELS.md, "the dropout's and the average
-        # pool's backwards"): memory alone, 132 MB at batch 128.
-        P("dropout backward ms, from the output", "the dropout's and the average pool's backwards",
+        # pool's passes"): memory alone, 132 MB at batch 128.
+        P("dropout backward ms, from the output", "the dropout's and the average pool's passes",
           at("layers", "dropout bwd", "own tf32 ms"), 0.03, 0.045, since="d",
           falsified=lambda v: v > 0.06, then="the hash was not the backward's cost"),
         # The average pool's backward a warp a plane (the same section); its row holds the loss.
-        P("average pool backward ms (with the loss), a warp a plane", "the dropout's and the average pool's backwards",
+        P("average pool backward ms (with the loss), a warp a plane", "the dropout's and the average pool's passes",
           at("layers", "avgpool bwd", "own tf32 ms"), 0.06, 0.10, since="d",
           falsified=lambda v: v > 0.11, then="the divisions were not its cost either: read limits' 'other' kernels"),
+        P("average pool forward ms, staged", "the dropout's and the average pool's passes",
+          at("layers", "avgpool fwd", "own tf32 ms"), 0.015, 0.035, since="d",
+          falsified=lambda v: v > 0.045, then="the column reads were not its cost"),
         # Everything since run d together (docs/BENCHMARKS.md, "What is still owed"): the
         # truncated operands, the bias and the epilogue's loads, the band pools; and the graph,
         # default since session 21, for img/s. 1.5x run d's PyTorch eager is 9,570 img/s.

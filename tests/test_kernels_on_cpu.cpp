@@ -385,8 +385,9 @@ TEST(KernelsOnCpu, PoolsMatchTheCpuOpsBitForBit) {
         }
       }
     }
-    // Planes of 13 (one pass of a warp's lanes, some idle) and 45 elements (two passes).
-    for (const auto& shape : {std::tuple<int, int, int>{3, 5, 13}, {2, 3, 45}}) {
+    // Planes of 13 (one pass of a warp's lanes, some idle) and 45 elements (two passes; 39 planes,
+    // more than a staged block takes).
+    for (const auto& shape : {std::tuple<int, int, int>{3, 5, 13}, {3, 13, 45}}) {
       const int N = std::get<0>(shape), C = std::get<1>(shape), HW = std::get<2>(shape);
       SCOPED_TRACE("average pool over " + std::to_string(HW));
       const std::vector<float> x = randn(size_t(C) * N * HW), dy = randn(size_t(N) * C);
@@ -396,6 +397,14 @@ TEST(KernelsOnCpu, PoolsMatchTheCpuOpsBitForBit) {
       run(1, [&] { cuda::avgpool_forward_kernel(N, C, HW, x.data(), yk.data()); }, reverse);
       run(2, [&] { cuda::avgpool_backward_kernel(N, C, HW, dy.data(), dxk.data()); }, reverse);
       expect_same_bits(yk, y, "average-pool forward");
+      // Staged in shared memory, 32 planes a block: one block over all the planes, then blocks
+      // of 64 threads that stride (the second shape has more than 32 planes).
+      std::fill(yk.begin(), yk.end(), -1.0f);
+      run(1, [&] { cuda::avgpool_forward_staged_kernel(N, C, HW, x.data(), yk.data()); }, reverse);
+      expect_same_bits(yk, y, "average-pool forward, staged");
+      std::fill(yk.begin(), yk.end(), -1.0f);
+      run(1, [&] { cuda::avgpool_forward_staged_kernel(N, C, HW, x.data(), yk.data()); }, reverse, 64);
+      expect_same_bits(yk, y, "average-pool forward, staged, one block striding");
       expect_same_bits(dxk, dx, "average-pool backward");
       const std::vector<float> relu_out = relu_of(randn(x.size()));
       relu_backward<float>(dx.data(), relu_out.data(), dx.data(), dx.size());

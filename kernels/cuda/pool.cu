@@ -91,7 +91,11 @@ void maxpool_backward(const PoolGeom& g, const uint8_t* argmax, const float* dy,
 void avgpool_forward(int N, int C, int HW, const float* x, float* y, cudaStream_t s) {
   SQ_ASSERT(HW > 0, "avgpool over an empty plane");
   SQ_ASSERT((long long)N * C < (1LL << 31), "avgpool over 2^31 or more planes: ", N, "x", C);
-  avgpool_forward_kernel<<<blocks_for(size_t(N) * C), kThreads, 0, s>>>(N, C, HW, x, y);
+  if (HW <= kAvgMaxHW) {  // 32 planes a block, staged in shared memory
+    avgpool_forward_staged_kernel<<<blocks_for(size_t(N) * C, kAvgPlanes), kThreads, 0, s>>>(N, C, HW, x, y);
+  } else {
+    avgpool_forward_kernel<<<blocks_for(size_t(N) * C), kThreads, 0, s>>>(N, C, HW, x, y);
+  }
   SQ_CUDA_LAUNCH("avgpool_forward");
 }
 
