@@ -116,6 +116,10 @@ int run(int argc, char** argv) {
   std::vector<float> params(T), momentum(T, 0.0f);
   host.init_params(params.data(), "torchvision", 42);  // identical on every rank
   std::unique_ptr<sq::DeviceStep> step = sq::make_cuda_step(cfg, N, gpu);
+  // Every mode launches kernel by kernel: the NCCL modes' readiness hook rules out the CUDA graph
+  // (the default for a step without one), so a graphed compute-only step would put the graph's
+  // gain (run d: 1-3 % at 224², 7-10 % on Fashion-MNIST) into the communication's exposed time.
+  step->use_graphs(false);
   step->upload(params.data(), momentum.data());
   if (nccl_comm) nccl_comm->set_compute_stream(step->stream());
 
