@@ -128,10 +128,10 @@ summary=()
 
 # After a failed gtest run: each test that did not pass, again in its own process (a kernel fault
 # leaves the CUDA context unusable, so every test after it failed too), then each one still
-# failing under each switch that routes around kernels made since run c. The switch under which
+# failing under each switch that routes around what changed since run c (kernels, the graph). The switch under which
 # every one passes names the faulty kernel family, and `bench` then times with it rather than
 # losing its phase. (fp32's changes since run c have no switch: if none helps, look there.)
-switches="SQUEEZE_IGEMM_WIN=0 SQUEEZE_IGEMM_PERSIST=0 SQUEEZE_IGEMM_MMA=0 SQUEEZE_POOL_BAND=0"
+switches="SQUEEZE_IGEMM_WIN=0 SQUEEZE_IGEMM_PERSIST=0 SQUEEZE_IGEMM_MMA=0 SQUEEZE_POOL_BAND=0 SQUEEZE_CUDA_GRAPH=0"
 fallback=""
 isolate() {  # isolate LOG BIN: LOG holds the failed run's output
   local log=$1 bin=$2 t sw failing=() still=()
