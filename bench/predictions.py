@@ -236,6 +236,9 @@ def predictions():
         P("average pool forward ms, staged", "the dropout's and the average pool's passes",
           at("layers", "avgpool fwd", "own tf32 ms"), 0.015, 0.035, since="d",
           falsified=lambda v: v > 0.045, then="the column reads were not its cost"),
+        P("dropout forward ms, a warp a plane", "the dropout's and the average pool's passes",
+          at("layers", "dropout fwd", "own tf32 ms"), 0.035, 0.055, since="d",
+          falsified=lambda v: v > 0.062, then="the divisions were not the forward's cost: the hash alone is"),
         # Everything since run d together (docs/BENCHMARKS.md, "What is still owed"): the
         # truncated operands, the bias and the epilogue's loads, the band pools; and the graph,
         # default since session 21, for img/s. 1.5x run d's PyTorch eager is 9,570 img/s.

@@ -431,6 +431,24 @@ TEST(KernelsOnCpu, DropoutElementwiseAndSgdMatchTheCpuOps) {
     dropout_forward<float>(N, C, HW, p, keys.data(), x.data(), y.data());
     run(2, [&] { cuda::dropout_kernel(N, C, HW, p, 1.0f / (1.0f - p), keys.data(), x.data(), yk.data()); }, reverse);
     expect_same_bits(yk, y, "dropout");
+    {  // a warp a plane (dropout.cu's kernel for planes of 32 or more): planes of 45, so each
+       // warp's lanes take two passes, in one block of two warps striding over the 21 planes,
+       // then in two blocks; forward, and backward with the ReLU of its input
+      const int HW2 = 45;
+      const std::vector<float> x2 = randn(size_t(C) * N * HW2), dy2 = randn(x2.size()),
+                               relu2 = relu_of(randn(x2.size()));
+      std::vector<float> y2(x2.size()), dx2(x2.size()), y2k(x2.size(), -1.0f), dx2k(x2.size(), -1.0f);
+      dropout_forward<float>(N, C, HW2, p, keys.data(), x2.data(), y2.data());
+      dropout_backward<float>(N, C, HW2, p, keys.data(), dy2.data(), dx2.data());
+      relu_backward<float>(dx2.data(), relu2.data(), dx2.data(), dx2.size());
+      run(1, [&] { cuda::dropout_plane_kernel(N, C, HW2, p, 1.0f / (1.0f - p), keys.data(), x2.data(), y2k.data()); },
+          reverse, 64);
+      expect_same_bits(y2k, y2, "dropout, a warp a plane");
+      run(2, [&] {
+        cuda::dropout_plane_kernel(N, C, HW2, p, 1.0f / (1.0f - p), keys.data(), dy2.data(), dx2k.data(), relu2.data());
+      }, reverse);
+      expect_same_bits(dx2k, dx2, "dropout backward with the ReLU of its input, a warp a plane");
+    }
     EXPECT_GT(std::count(y.begin(), y.end(), 0.0f), 0);
     {  // the backward with the previous layer's ReLU applied in the same pass: dropout's
        // backward, then relu_backward with that ReLU's output as the mask

@@ -25,7 +25,10 @@ void apply(int N, int C, int HW, float p, const uint64_t* keys, const float* in,
   SQ_ASSERT(keys != nullptr, "dropout: sample keys required");
   SQ_ASSERT(total < (size_t(1) << 31), "dropout over 2^31 or more elements: ", N, "x", C, "x", HW);
   const float scale = 1.0f / (1.0f - p);
-  dropout_kernel<<<blocks_for(total), kThreads, 0, s>>>(N, C, HW, p, scale, keys, in, out, relu_x);
+  if (HW >= 32)  // a warp a plane, N * C warps
+    dropout_plane_kernel<<<blocks_for(size_t(N) * C * 32), kThreads, 0, s>>>(N, C, HW, p, scale, keys, in, out, relu_x);
+  else
+    dropout_kernel<<<blocks_for(total), kThreads, 0, s>>>(N, C, HW, p, scale, keys, in, out, relu_x);
   SQ_CUDA_LAUNCH(what);
 }
 

@@ -26,6 +26,25 @@ __global__ void dropout_kernel(int N, int C, int HW, float p, float scale, const
   }
 }
 
+// The same a warp a plane (c, n) for planes of at least 32 elements (13 x 13 at 224²): the plane's
+// (c, n), its sample's key and its first element's index once a warp, where dropout_kernel divides
+// twice an element; the hash, the same, stays. blockDim.x a multiple of 32.
+__global__ void dropout_plane_kernel(int N, int C, int HW, float p, float scale, const uint64_t* keys,
+                                     const float* in, float* out, const float* relu_x = nullptr) {
+  const unsigned planes = unsigned(C) * unsigned(N), lane = threadIdx.x % 32;
+  const unsigned warps = gridDim.x * (blockDim.x / 32);
+  for (unsigned cn = (blockIdx.x * blockDim.x + threadIdx.x) / 32; cn < planes; cn += warps) {
+    const unsigned c = cn / unsigned(N), n = cn - c * unsigned(N);
+    const uint64_t key = keys[n], e0 = uint64_t(c) * uint64_t(HW);
+    const size_t base = size_t(cn) * unsigned(HW);
+    for (unsigned hw = lane; hw < unsigned(HW); hw += 32) {
+      const size_t i = base + hw;
+      const bool keep = uniform01(hash_combine(key, e0 + hw)) >= p;
+      out[i] = keep && (!relu_x || relu_x[i] > 0.0f) ? __fmul_rn(in[i], scale) : 0.0f;
+    }
+  }
+}
+
 // The backward where the dropout's input x is a ReLU's output (x >= 0, or NaN), from the forward's
 // output y instead of the masks: dx = y > 0 ? dy * scale : 0. y = x * scale > 0 exactly where the
 // mask kept an element and x > 0 (scale >= 1, so no positive x rounds to 0; NaN > 0 is false on
