@@ -539,5 +539,16 @@ TEST(KernelsOnCpu, SoftmaxCrossEntropyMatchesTheCpuOp) {
       EXPECT_GE(correct, 1);  // the tie went to the label
       for (size_t i = 0; i < d.size(); ++i) ASSERT_NEAR(dk[i], d[i], 1e-6 * (1e-3 + std::fabs(d[i]))) << i;
     }
+  // The sum over several of its chunks (600 samples: 256, 256, 88), in sample order bit for bit.
+  for (bool reverse : {false, true}) {
+    const int N = 600;
+    std::vector<double> ws(2 * size_t(N)), r(2, -1.0);
+    for (size_t i = 0; i < ws.size(); ++i) ws[i] = i % 2 ? double(rng()() % 2) : std::exp(double(randn(1)[0]) * 20.0);
+    double loss = 0, hits = 0;
+    for (int n = 0; n < N; ++n) loss += ws[2 * size_t(n)], hits += ws[2 * size_t(n) + 1];
+    run(1, [&] { cuda::xent_sum_kernel(N, ws.data(), r.data()); }, reverse, 64);
+    EXPECT_EQ(r[0], loss);
+    EXPECT_EQ(r[1], hits);
+  }
 }
 

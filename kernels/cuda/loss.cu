@@ -1,5 +1,6 @@
 // Softmax cross-entropy: one block per sample (max, sum of exponentials in double, gradient),
-// per-sample loss and hit into a workspace, then one block sums them in order.
+// per-sample loss and hit into a workspace, then one block sums them in order (staged in shared
+// memory a chunk at a time).
 #include "core/error.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/loss_kernels.cuh"
@@ -16,7 +17,7 @@ void softmax_xent(int N, int K, const float* logits, const int32_t* labels, floa
     xent_kernel<<<N, kLossThreads, 0, s>>>(K, logits, labels, grad_scale, dlogits, ws);
     SQ_CUDA_LAUNCH("softmax_xent");
   }
-  xent_sum_kernel<<<1, 32, 0, s>>>(N, ws, result);
+  xent_sum_kernel<<<1, kThreads, 0, s>>>(N, ws, result);
   SQ_CUDA_LAUNCH("softmax_xent (sum)");
 }
 

@@ -63,15 +63,23 @@ __global__ void xent_kernel(int K, const float* logits, const int32_t* labels, f
   }
 }
 
+// The per-sample (loss, hit) pairs summed in sample order by one block: its threads stage a chunk
+// of pairs in shared memory with whole-line loads, then thread 0 adds them in order. (One thread
+// reading them from global memory waited a load's latency every few samples.)
+constexpr int kSumChunk = 512;  // doubles: 256 samples a chunk
 __global__ void xent_sum_kernel(int N, const double* per_sample, double* result) {
-  if (threadIdx.x != 0) return;
+  __shared__ double chunk[kSumChunk];
+  SQ_FRESH_SHARED(chunk);
   double loss = 0, hits = 0;
-  for (int n = 0; n < N; ++n) {
-    loss += per_sample[2 * size_t(n)];
-    hits += per_sample[2 * size_t(n) + 1];
+  for (size_t s0 = 0; s0 < 2 * size_t(N); s0 += kSumChunk) {
+    const int m = int(2 * size_t(N) - s0 < size_t(kSumChunk) ? 2 * size_t(N) - s0 : size_t(kSumChunk));
+    for (int i = int(threadIdx.x); i < m; i += int(blockDim.x)) chunk[i] = per_sample[s0 + size_t(i)];
+    __syncthreads();
+    if (threadIdx.x == 0)
+      for (int i = 0; i < m; i += 2) loss += chunk[i], hits += chunk[i + 1];
+    __syncthreads();  // the chunk is staged again
   }
-  result[0] = loss;
-  result[1] = hits;
+  if (threadIdx.x == 0) result[0] = loss, result[1] = hits;
 }
 
 }  // namespace
