@@ -224,21 +224,21 @@ def predictions():
           lambda r: total(r["main"], "layers", POOLS_FWD + POOLS_BWD, "own tf32 ms") /
           total(r["noband"], "layers", POOLS_FWD + POOLS_BWD, "own tf32 ms"), 0.45, 0.70, since="d",
           falsified=lambda v: v > 0.9, then="the band kernels do not pay; keep the gathering ones"),
-        # The dropout's backward from its output (docs/KERNELS.md, "the dropout's and the average
-        # pool's passes"): memory alone, 132 MB at batch 128.
-        P("dropout backward ms, from the output", "the dropout's and the average pool's passes",
-          at("layers", "dropout bwd", "own tf32 ms"), 0.03, 0.045, since="d",
-          falsified=lambda v: v > 0.06, then="the hash was not the backward's cost"),
-        # The average pool's backward a warp a plane (the same section); its row holds the loss.
-        P("average pool backward ms (with the loss), a warp a plane", "the dropout's and the average pool's passes",
-          at("layers", "avgpool bwd", "own tf32 ms"), 0.06, 0.10, since="d",
-          falsified=lambda v: v > 0.11, then="the divisions were not its cost either: read limits' 'other' kernels"),
-        P("average pool forward ms, staged", "the dropout's and the average pool's passes",
-          at("layers", "avgpool fwd", "own tf32 ms"), 0.015, 0.035, since="d",
-          falsified=lambda v: v > 0.045, then="the column reads were not its cost"),
-        P("dropout forward ms, a warp a plane", "the dropout's and the average pool's passes",
-          at("layers", "dropout fwd", "own tf32 ms"), 0.035, 0.055, since="d",
-          falsified=lambda v: v > 0.062, then="the divisions were not the forward's cost: the hash alone is"),
+        # The dropout's and the average pool's passes (docs/KERNELS.md, the section of that name),
+        # each a layer of the TF32 step: the dropout's backward from its output (memory alone, 132
+        # MB at batch 128), the average pool's backward a warp a plane (its row holds the loss),
+        # its forward staged, the dropout's forward a warp a plane.
+        *[P(what, "the dropout's and the average pool's passes", at("layers", layer, "own tf32 ms"), lo, hi,
+            since="d", falsified=lambda v, above=above: v > above, then=then)
+          for what, layer, lo, hi, above, then in [
+              ("dropout backward ms, from the output", "dropout bwd", 0.03, 0.045, 0.06,
+               "the hash was not the backward's cost"),
+              ("average pool backward ms (with the loss), a warp a plane", "avgpool bwd", 0.06, 0.10, 0.11,
+               "the divisions were not its cost either: read limits' 'other' kernels"),
+              ("average pool forward ms, staged", "avgpool fwd", 0.015, 0.035, 0.045,
+               "the column reads were not its cost"),
+              ("dropout forward ms, a warp a plane", "dropout fwd", 0.035, 0.055, 0.062,
+               "the divisions were not the forward's cost: the hash alone is")]],
         # Everything since run d together (docs/BENCHMARKS.md, "What is still owed"): the
         # truncated operands, the bias and the epilogue's loads, the band pools; and the graph,
         # default since session 21, for img/s. 1.5x run d's PyTorch eager is 9,570 img/s.
