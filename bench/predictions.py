@@ -31,6 +31,7 @@ FIRES = ["fire%d" % i for i in range(2, 10)]
 FMNIST = "fmnist (1.0, small stem, 28x28)"
 SQ10 = "squeezenet1.0 224x224"
 SQ11 = "squeezenet1.1 224x224"
+FIRES_BWD = ["%s bwd" % f for f in FIRES]
 POOLS_FWD = ["pool1 fwd", "pool2 fwd", "pool3 fwd"]
 POOLS_BWD = ["pool1 bwd", "pool2 bwd", "pool3 bwd"]
 
@@ -113,7 +114,7 @@ def predictions():
         P("Fashion-MNIST TF32 img/s", "split-K for products with few output tiles",
           at("train", FMNIST, "own tf32 img/s"), 34000, 40000, higher=True),
         P("Fashion-MNIST Fire backwards, TF32 ms", "split-K for products with few output tiles",
-          lambda r: total(r["main"], "layers_fmnist", ["%s bwd" % f for f in FIRES], "own tf32 ms"), 2.0, 2.6),
+          lambda r: total(r["main"], "layers_fmnist", FIRES_BWD, "own tf32 ms"), 2.0, 2.6),
         P("Fashion-MNIST fire9 backward, TF32 ms", "split-K for products with few output tiles",
           at("layers_fmnist", "fire9 bwd", "own tf32 ms"), None, None,
           falsified=lambda v: v > 0.4, then="the time is in the chain of small kernels, not the depth"),
@@ -191,10 +192,10 @@ def predictions():
         P("squeezenet1.0 TF32 step, sum of the layers ms", "TF32 operands truncated",
           lambda r: layers_total(r["main"], "layers", "own tf32 ms"), 13.6, 14.6, since="d"),
         P("the eight Fire backwards of the TF32 step ms", "the input gradient's epilogue loads before it stores",
-          lambda r: total(r["main"], "layers", ["%s bwd" % f for f in FIRES], "own tf32 ms"), 5.6, 6.6, since="d",
+          lambda r: total(r["main"], "layers", FIRES_BWD, "own tf32 ms"), 5.6, 6.6, since="d",
           falsified=lambda v: v > 7.0, then="neither the conversions nor the epilogue's loads were the Fire backward's cost"),
         P("the eight Fire backwards of the fp32 step ms", "the input gradient's epilogue loads before it stores",
-          lambda r: total(r["main"], "layers", ["%s bwd" % f for f in FIRES], "own fp32 ms"), 13.5, 14.8, since="d"),
+          lambda r: total(r["main"], "layers", FIRES_BWD, "own fp32 ms"), 13.5, 14.8, since="d"),
         P("squeezenet1.0 fp32 img/s", "the input gradient's epilogue loads before it stores",
           at("train", SQ10, "own fp32 img/s"), 4150, 4400, higher=True, since="d"),
         P("conv1 forward, TF32 ms, bias once a row", "the forward's bias read once a row",

@@ -14,15 +14,19 @@ namespace {  // one copy per translation unit (the .cu file; the CPU tests)
 // through that ReLU's backward, out = relu_x > 0 ? out : 0 (docs/KERNELS.md, "ReLU backwards").
 // Fewer than 2^31 elements (dropout.cu checks): an element's (c, n, hw) by 32-bit divisions, where
 // four 64-bit ones made the kernel instruction-bound (0.07 ms in run c for 0.02 of bytes).
+// Element i, number e of its sample (key): in[i] scaled where the mask keeps it (and relu_x > 0).
+__device__ inline void dropout_element(size_t i, uint64_t key, uint64_t e, float p, float scale, const float* in,
+                                       float* out, const float* relu_x) {
+  const bool keep = uniform01(hash_combine(key, e)) >= p;
+  out[i] = keep && (!relu_x || relu_x[i] > 0.0f) ? __fmul_rn(in[i], scale) : 0.0f;
+}
 __global__ void dropout_kernel(int N, int C, int HW, float p, float scale, const uint64_t* keys,
                                const float* in, float* out, const float* relu_x = nullptr) {
   const size_t total = size_t(C) * N * HW;
   SQ_GRID_STRIDE(i, total) {
     const unsigned cn = unsigned(i) / unsigned(HW), hw = unsigned(i) - cn * unsigned(HW);
     const unsigned c = cn / unsigned(N), n = cn - c * unsigned(N);
-    const uint64_t e = uint64_t(c) * uint64_t(HW) + uint64_t(hw);
-    const bool keep = uniform01(hash_combine(keys[n], e)) >= p;
-    out[i] = keep && (!relu_x || relu_x[i] > 0.0f) ? __fmul_rn(in[i], scale) : 0.0f;
+    dropout_element(i, keys[n], uint64_t(c) * uint64_t(HW) + uint64_t(hw), p, scale, in, out, relu_x);
   }
 }
 
@@ -31,17 +35,12 @@ __global__ void dropout_kernel(int N, int C, int HW, float p, float scale, const
 // twice an element; the hash, the same, stays. blockDim.x a multiple of 32.
 __global__ void dropout_plane_kernel(int N, int C, int HW, float p, float scale, const uint64_t* keys,
                                      const float* in, float* out, const float* relu_x = nullptr) {
-  const unsigned planes = unsigned(C) * unsigned(N), lane = threadIdx.x % 32;
-  const unsigned warps = gridDim.x * (blockDim.x / 32);
-  for (unsigned cn = (blockIdx.x * blockDim.x + threadIdx.x) / 32; cn < planes; cn += warps) {
+  SQ_WARP_PLANES(cn, lane, unsigned(C) * unsigned(N)) {
     const unsigned c = cn / unsigned(N), n = cn - c * unsigned(N);
     const uint64_t key = keys[n], e0 = uint64_t(c) * uint64_t(HW);
     const size_t base = size_t(cn) * unsigned(HW);
-    for (unsigned hw = lane; hw < unsigned(HW); hw += 32) {
-      const size_t i = base + hw;
-      const bool keep = uniform01(hash_combine(key, e0 + hw)) >= p;
-      out[i] = keep && (!relu_x || relu_x[i] > 0.0f) ? __fmul_rn(in[i], scale) : 0.0f;
-    }
+    for (unsigned hw = lane; hw < unsigned(HW); hw += 32)
+      dropout_element(base + hw, key, e0 + hw, p, scale, in, out, relu_x);
   }
 }
 

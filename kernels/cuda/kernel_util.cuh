@@ -27,6 +27,12 @@ constexpr int kThreads = 256;
   for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n);               \
        i += size_t(blockDim.x) * gridDim.x)
 
+// A warp a plane: cn over [0, planes) by the grid's warps, lane the thread's place in its warp
+// (blockDim.x a multiple of 32).
+#define SQ_WARP_PLANES(cn, lane, planes)                                                           \
+  for (unsigned lane = threadIdx.x % 32, cn = (blockIdx.x * blockDim.x + threadIdx.x) / 32;       \
+       cn < (planes); cn += gridDim.x * (blockDim.x / 32))
+
 // The sum of every thread's v over the block, in a fixed tree order (deterministic), returned to
 // every thread. sh: blockDim.x elements of shared memory; blockDim.x a power of two.
 template <class T>

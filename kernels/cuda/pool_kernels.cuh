@@ -93,6 +93,12 @@ constexpr uint8_t kNotPositive = 0x80;
 // What of an argmax byte the backward compares with an offset: all of it under relu_in (a flagged
 // byte then matches none), else the offset alone.
 __device__ inline uint8_t argmax_bits(bool relu_in) { return relu_in ? 0xFF : uint8_t(~kNotPositive); }
+// Window (p, q)'s argmax byte from window_argmax's flat index arg and maximum m.
+template <int K, int S>
+__device__ inline uint8_t argmax_byte(const PoolArgs& a, const Window<K, S>& win, int arg, int p, int q, float m) {
+  const int r = arg / a.W - (p * win.stride - a.pad), c = arg % a.W - (q * win.stride - a.pad);
+  return uint8_t(r * win.k + c) | uint8_t(m > 0.0f ? 0 : kNotPositive);
+}
 
 template <int K = 0, int S = 0>
 __global__ void maxpool_forward_kernel(PoolArgs a, const float* x, float* y, uint8_t* argmax) {
@@ -104,10 +110,7 @@ __global__ void maxpool_forward_kernel(PoolArgs a, const float* x, float* y, uin
     float m;
     const int arg = window_argmax(a, win, x + size_t(plane) * a.H * a.W, p, q, &m);
     y[i] = m;
-    if (argmax) {
-      const int r = arg / a.W - (p * win.stride - a.pad), c = arg % a.W - (q * win.stride - a.pad);
-      argmax[i] = uint8_t(r * win.k + c) | uint8_t(m > 0.0f ? 0 : kNotPositive);
-    }
+    if (argmax) argmax[i] = argmax_byte(a, win, arg, p, q, m);
   }
 }
 
@@ -200,35 +203,34 @@ struct PoolBand {
   int items;     // items in all
   bool ok;       // the launch fits: the kernels below may run it
 };
+// Items of as many whole planes of `plane` floats as fit in `cap` (plane <= cap; fewer than 2^31
+// planes: pool.cu checks).
+SQ_HOST_DEVICE inline PoolBand whole_planes(const PoolArgs& a, long long planes, long long plane, int cap) {
+  PoolBand b{true, 1, a.P, 1, 0, true};
+  b.planes = int(cap / plane < planes ? cap / plane : planes);
+  b.items = int((planes + b.planes - 1) / b.planes);
+  return b;
+}
 // The forward's items: whole planes if one fits in `cap` floats, else bands of output rows whose
 // input rows fit.
 SQ_HOST_DEVICE inline PoolBand pool_band_forward(const PoolArgs& a, int cap = kPoolBandFloats) {
-  PoolBand b{true, 1, a.P, 1, 0, false};
   const long long planes = (long long)a.N * a.C, plane = (long long)a.H * a.W;
-  if (plane <= cap) {
-    b.planes = int(cap / plane < planes ? cap / plane : planes);
-    b.items = int((planes + b.planes - 1) / b.planes);
-  } else {
-    const int in_rows = cap / a.W;
-    if (in_rows < a.k) return b;  // not even one output row's windows fit
-    b.whole = false;
-    b.rows = (in_rows - a.k) / a.stride + 1;
-    b.bands = (a.P + b.rows - 1) / b.rows;
-    b.items = int(planes * b.bands);
-  }
+  if (plane <= cap) return whole_planes(a, planes, plane, cap);
+  PoolBand b{false, 1, a.P, 1, 0, false};
+  const int in_rows = cap / a.W;
+  if (in_rows < a.k) return b;  // not even one output row's windows fit
+  b.rows = (in_rows - a.k) / a.stride + 1;
+  b.bands = (a.P + b.rows - 1) / b.rows;
+  b.items = int(planes * b.bands);
   b.ok = planes * b.bands < (1LL << 31);
   return b;
 }
 // The backward's items: whole planes of dy and argmax bytes (never bands: dy's plane is a quarter
 // of x's; one that does not fit takes the kernels above).
 SQ_HOST_DEVICE inline PoolBand pool_band_backward(const PoolArgs& a, int cap = kPoolBandFloats) {
-  PoolBand b{true, 1, a.P, 1, 0, false};
   const long long planes = (long long)a.N * a.C, plane = (long long)a.P * a.Q;
-  if (plane > cap) return b;
-  b.planes = int(cap / plane < planes ? cap / plane : planes);
-  b.items = int((planes + b.planes - 1) / b.planes);
-  b.ok = true;
-  return b;
+  if (plane > cap) return PoolBand{true, 1, a.P, 1, 0, false};
+  return whole_planes(a, planes, plane, cap);
 }
 
 // n elements from src to dst (shared memory) by the block, in order, 8 loads a thread in flight
@@ -279,10 +281,7 @@ __global__ void __launch_bounds__(kThreads, K > 0 ? 5 : 4)
         float m;
         const int arg = window_argmax(a, win, xp, p, q, &m, h_lo);
         y[out + q] = m;
-        if (argmax) {
-          const int rr = arg / a.W - (p * win.stride - a.pad), c = arg % a.W - (q * win.stride - a.pad);
-          argmax[out + q] = uint8_t(rr * win.k + c) | uint8_t(m > 0.0f ? 0 : kNotPositive);
-        }
+        if (argmax) argmax[out + q] = argmax_byte(a, win, arg, p, q, m);
       }
     }
     __syncthreads();  // the band is staged again for the next item
@@ -333,15 +332,15 @@ __global__ void __launch_bounds__(kThreads, K > 0 ? 5 : 4)
 // CPU. Neighbouring threads take neighbouring planes, so a warp reads one contiguous 32 HW-float
 // stretch. Threads by output (n, c) had their planes N HW floats apart (86 KB for conv10's
 // output at batch 128): 0.095 ms in run c for 0.02 of bytes.
+// Plane i = (c, n)'s mean into y (N, C): its HW values summed in order in double, as on the CPU.
+__device__ inline void store_plane_mean(int N, int C, int HW, unsigned i, const float* xp, float* y) {
+  double acc = 0;
+  for (int j = 0; j < HW; ++j) acc += double(xp[j]);
+  const unsigned c = i / unsigned(N), n = i - c * unsigned(N);
+  y[size_t(n) * C + c] = float(acc * (1.0 / HW));
+}
 __global__ void avgpool_forward_kernel(int N, int C, int HW, const float* x, float* y) {
-  const size_t total = size_t(N) * C;
-  SQ_GRID_STRIDE(i, total) {
-    const unsigned c = unsigned(i) / unsigned(N), n = unsigned(i) - c * unsigned(N);
-    const float* xp = x + i * HW;
-    double acc = 0;
-    for (int j = 0; j < HW; ++j) acc += double(xp[j]);
-    y[size_t(n) * C + c] = float(acc * (1.0 / HW));
-  }
+  SQ_GRID_STRIDE(i, size_t(N) * C) store_plane_mean(N, C, HW, unsigned(i), x + i * HW, y);
 }
 
 // The same through shared memory, for planes of at most kAvgMaxHW elements (conv10's output is 13
@@ -359,13 +358,8 @@ __global__ void avgpool_forward_staged_kernel(int N, int C, int HW, const float*
     const int g = min(kAvgPlanes, planes - p0);
     stage_block(planes_s, x + size_t(p0) * HW, g * HW);
     __syncthreads();
-    if (int(threadIdx.x) < g) {
-      const float* xp = planes_s + threadIdx.x * HW;
-      double acc = 0;
-      for (int j = 0; j < HW; ++j) acc += double(xp[j]);
-      const unsigned i = unsigned(p0) + threadIdx.x, c = i / unsigned(N), n = i - c * unsigned(N);
-      y[size_t(n) * C + c] = float(acc * (1.0 / HW));
-    }
+    if (int(threadIdx.x) < g)
+      store_plane_mean(N, C, HW, unsigned(p0) + threadIdx.x, planes_s + threadIdx.x * HW, y);
     __syncthreads();  // the planes are staged again for the next item
   }
 }
@@ -377,10 +371,8 @@ __global__ void avgpool_forward_staged_kernel(int N, int C, int HW, const float*
 // take 0.04. blockDim.x a multiple of 32.
 __global__ void avgpool_backward_kernel(int N, int C, int HW, const float* dy, float* dx,
                                         const float* relu_x = nullptr) {
-  const unsigned planes = unsigned(C) * unsigned(N), lane = threadIdx.x % 32;
-  const unsigned warps = gridDim.x * (blockDim.x / 32);
   const float inv = 1.0f / float(HW);
-  for (unsigned cn = (blockIdx.x * blockDim.x + threadIdx.x) / 32; cn < planes; cn += warps) {
+  SQ_WARP_PLANES(cn, lane, unsigned(C) * unsigned(N)) {
     const unsigned c = cn / unsigned(N), n = cn - c * unsigned(N);
     const float g = dy[size_t(n) * C + c] * inv;
     const size_t base = size_t(cn) * unsigned(HW);
