@@ -6,11 +6,13 @@
 //     (1b: every convolution, forward, backward, and the backward's weight and bias part alone)
 //  2. training steps (forward, loss, backward, fused SGD) of squeezenet1.0 and 1.1 at 224x224
 //     and the Fashion-MNIST configuration, batch 128, images/s, for the same variants, and the
-//     host time a step spends staging the next batch (prefetch());
+//     host time a step spends staging the next batch: as the trainer does, the batch's bytes and
+//     their normalisation on the device (prefetch_bytes()), or with --float-batches its floats
+//     (prefetch(), the schedule of runs a-d);
 //  3. where a training step's time goes, per layer: squeezenet1.0 (3), the Fashion-MNIST
 //     configuration (3f) and squeezenet1.1 (3b).
 // Timing: CUDA events around each repetition on one stream, 3 warm-up reps, median of --reps.
-//   build/bench_gpu [--reps N] [--json FILE] [--sections LIST] [--variants LIST]
+//   build/bench_gpu [--reps N] [--json FILE] [--sections LIST] [--variants LIST] [--float-batches]
 //     (--variants: the columns to run, by name, e.g. "own fp32,cuDNN fp32"; default all)
 //   build/bench_gpu --profile CONFIG:MATH    one training step inside cudaProfilerStart/Stop (ncu)
 #include <cstdio>
@@ -38,6 +40,7 @@ int main() {
 #include "bench/bench_configs.h"
 #include "core/config.h"
 #include "core/cuda_model.h"
+#include "core/data.h"
 #include "core/device_step.h"
 #include "core/error.h"
 #include "core/model.h"
@@ -112,11 +115,15 @@ double host_ms(int reps, const std::function<void()>& fn) {
 }
 
 // One training batch of a model and its starting weights, as sections 2 and --profile use them.
+// The batch twice: as floats (input), and as the data set's bytes with a normalisation table
+// (bytes, table), which the trainer's step takes (train_step picks by float_batches).
 struct TrainData {
-  std::vector<float> params, mom, input;
+  std::vector<float> params, mom, input, table;
+  std::vector<uint8_t> bytes;
   std::vector<int32_t> labels;
   std::vector<uint64_t> keys;
 };
+bool float_batches = false;  // --float-batches
 TrainData train_data(const ModelConfig& cfg, int N) {
   TrainData d;
   Model host(cfg, 1);
@@ -127,20 +134,33 @@ TrainData train_data(const ModelConfig& cfg, int N) {
   std::mt19937 r(3);
   std::normal_distribution<float> nd;
   for (float& v : d.input) v = nd(r);
+  d.bytes.resize(d.input.size());
+  for (uint8_t& b : d.bytes) b = uint8_t(r() & 255u);
+  Normalization norm;
+  norm.mean.assign(size_t(cfg.in_c), 0.45f);
+  norm.stddev.assign(size_t(cfg.in_c), 0.25f);
+  d.table = normalization_table(norm);
   d.labels.resize(N);
   d.keys.resize(N);
   for (int n = 0; n < N; ++n) d.labels[n] = n % cfg.num_classes, d.keys[n] = uint64_t(n) * 7919;
   return d;
 }
+// The next batch into the step's free slot: its bytes, as the trainer's, or its floats.
+void stage(DeviceStep& step, const TrainData& d, int N) {
+  if (float_batches)
+    step.prefetch(d.input.data(), d.labels.data(), d.keys.data(), N);
+  else
+    step.prefetch_bytes(d.bytes.data(), d.table.data(), d.labels.data(), d.keys.data(), N);
+}
 // As the trainer runs a step: the step on the prefetched batch, the next batch's copy to the
 // device during it, the SGD update (finish() waits for the step). The host milliseconds of each
-// prefetch() (the batch's copy into pinned memory and the copy's launch) go to *staging: when
+// stage() (the batch's copy into pinned memory and the copy's launch) go to *staging: when
 // they and the launches outlast the GPU's step, the host bounds the step, not the kernels.
 void train_step(DeviceStep& step, const TrainData& d, int N, std::vector<double>* staging = nullptr) {
   double st[2] = {0, 0};
   step.launch(nullptr, d.labels.data(), d.keys.data(), N, 1.0f / N);
   const auto t0 = std::chrono::steady_clock::now();
-  step.prefetch(d.input.data(), d.labels.data(), d.keys.data(), N);
+  stage(step, d, N);
   if (staging)
     staging->push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   step.finish(st);
@@ -161,7 +181,7 @@ int profile_one_step(const std::string& what, int N) {
   const TrainData d = train_data(cfg, N);
   auto step = make_cuda_step(cfg, N, 0);
   step->upload(d.params.data(), d.mom.data());
-  step->prefetch(d.input.data(), d.labels.data(), d.keys.data(), N);
+  stage(*step, d, N);
   for (int i = 0; i < 3; ++i) train_step(*step, d, N);
   SQ_CUDA(cudaDeviceSynchronize());
   SQ_CUDA(cudaProfilerStart());
@@ -184,9 +204,10 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--sections") && i + 1 < argc) sections = argv[++i];
     else if (!std::strcmp(argv[i], "--profile") && i + 1 < argc) profile = argv[++i];
     else if (!std::strcmp(argv[i], "--variants") && i + 1 < argc) only = argv[++i];
+    else if (!std::strcmp(argv[i], "--float-batches")) float_batches = true;
     else {
       std::fprintf(stderr, "usage: bench_gpu [--reps N] [--json FILE] [--sections 0,1,1b,2,3,3f,3b] "
-                           "[--variants 'own fp32,cuDNN fp32,...'] [--profile squeezenet1.0|squeezenet1.1|fmnist:fp32|tf32|bf16]\n");
+                           "[--variants 'own fp32,cuDNN fp32,...'] [--float-batches] [--profile squeezenet1.0|squeezenet1.1|fmnist:fp32|tf32|bf16]\n");
       return 2;
     }
   }
@@ -440,7 +461,8 @@ int main(int argc, char** argv) {
 
     // ---- 2. training steps, batch 128 -------------------------------------------------------
     if (want("2")) {
-      std::printf("\nTraining step (forward, loss, backward, SGD), batch %d, images/s\n\n", N);
+      std::printf("\nTraining step (forward, loss, backward, SGD), batch %d, images/s, the batch from the "
+                  "host as %s\n\n", N, float_batches ? "floats (--float-batches)" : "bytes (as the trainer)");
       header("config", "img/s");
       std::vector<std::pair<std::string, ModelConfig>> cfgs = {
           {"squeezenet1.0 224x224", preset("squeezenet1.0")},
@@ -458,7 +480,7 @@ int main(int argc, char** argv) {
           auto step = make_cuda_step(cfg, N, 0);
           step->upload(d.params.data(), d.mom.data());
           // Host clock per step, as the trainer runs it (train_step).
-          step->prefetch(d.input.data(), d.labels.data(), d.keys.data(), N);
+          stage(*step, d, N);
           std::vector<double> staging;
           const double ms = host_ms(reps, [&] { train_step(*step, d, N, &staging); });
           std::sort(staging.begin(), staging.end());
@@ -480,8 +502,9 @@ int main(int argc, char** argv) {
                       staged.empty() ? 0.0 : *std::max_element(staged.begin(), staged.end()));
         staging_line += part;
       }
-      std::printf("\nHost ms a step in prefetch() (the batch into pinned memory; median, range over the "
-                  "columns): %s\n", staging_line.c_str());
+      std::printf("\nHost ms a step staging the next batch (its %s into pinned memory; median, range over "
+                  "the columns): %s\n", float_batches ? "floats" : "bytes", staging_line.c_str());
+      out["train batches"] = float_batches ? "floats" : "bytes";
     }
 
     // ---- 3. where a training step's time goes: per layer, forward and backward ---------------

@@ -1,8 +1,9 @@
 // The training step on one GPU: the CUDA model, the flat buffers in device memory, two staging
 // slots for batches (pinned host memory and device memory), the compute stream and a copy
 // stream. prefetch() copies the next batch into the slot the running step does not read, on the
-// copy stream, while the step computes; launch(nullptr) makes the compute stream wait for that
-// copy by an event. Host synchronisation only where a value is needed on the host: the loss
+// copy stream, while the step computes (prefetch_bytes() copies the data set's bytes and
+// normalises them there); launch(nullptr) makes the compute stream wait for that copy by an
+// event. Host synchronisation only where a value is needed on the host: the loss
 // statistics at the end of the step and the gradient norm for clipping.
 #include <cuda_runtime_api.h>
 
@@ -40,7 +41,8 @@ class CudaStep final : public DeviceStep {
         dlogits_(size_t(K_) * size_t(max_batch)),
         result_(4), loss_ws_(cuda::softmax_xent_workspace(max_batch)),
         sum_ws_(cuda::sum_of_squares_workspace()),
-        slots_{Slot(in_per_sample_, max_batch), Slot(in_per_sample_, max_batch)},
+        in_c_(cfg.in_c),
+        slots_{Slot(in_per_sample_, max_batch, cfg.in_c), Slot(in_per_sample_, max_batch, cfg.in_c)},
         host_result_(4) {
     cuda::prepare_conv_kernels();  // before any graph capture can meet a kernel's first launch
     cudaDeviceProp prop;
@@ -101,25 +103,12 @@ class CudaStep final : public DeviceStep {
   void use_graphs(bool on) override { graphs_ = on; }
 
   void prefetch(const float* input, const int32_t* labels, const uint64_t* keys, int N) override {
-    SQ_ASSERT(N >= 1 && N <= max_batch_, "batch ", N, " outside [1, ", max_batch_, "]");
-    Slot& sl = slots_[1 - cur_];  // not the slot of the step in flight
-    // The host side of the slot is free once its last copy is done (long ago, in a pipeline).
-    SQ_CUDA(cudaEventSynchronize(sl.copied.get()));
-    const size_t in = in_per_sample_ * size_t(N);
-    copy_parallel(sl.host_input.get(), input, in * sizeof(float));
-    std::memcpy(sl.host_labels.get(), labels, size_t(N) * sizeof(int32_t));
-    if (keys) std::memcpy(sl.host_keys.get(), keys, size_t(N) * sizeof(uint64_t));
-    else std::memset(sl.host_keys.get(), 0, size_t(N) * sizeof(uint64_t));
-    // The device side is free once the step that last read it is done.
-    SQ_CUDA(cudaStreamWaitEvent(copy_stream_.s, sl.consumed.get(), 0));
-    SQ_CUDA(cudaMemcpyAsync(sl.input.get(), sl.host_input.get(), in * sizeof(float),
-                            cudaMemcpyHostToDevice, copy_stream_.s));
-    SQ_CUDA(cudaMemcpyAsync(sl.labels.get(), sl.host_labels.get(), size_t(N) * sizeof(int32_t),
-                            cudaMemcpyHostToDevice, copy_stream_.s));
-    SQ_CUDA(cudaMemcpyAsync(sl.keys.get(), sl.host_keys.get(), size_t(N) * sizeof(uint64_t),
-                            cudaMemcpyHostToDevice, copy_stream_.s));
-    SQ_CUDA(cudaEventRecord(sl.copied.get(), copy_stream_.s));
-    prefetched_ = N;
+    stage(input, nullptr, nullptr, labels, keys, N);
+  }
+  void prefetch_bytes(const uint8_t* input, const float* table, const int32_t* labels, const uint64_t* keys,
+                      int N) override {
+    SQ_ASSERT(input && table, "prefetch_bytes without the batch's bytes or its table");
+    stage(nullptr, input, table, labels, keys, N);
   }
 
   void finish(double* stats) override {
@@ -196,19 +185,67 @@ class CudaStep final : public DeviceStep {
   // One staging slot: a batch in pinned host memory and on the device; `copied` is recorded on
   // the copy stream after its host-to-device copy, `consumed` on the compute stream after the
   // step that read it.
+  // A batch of bytes (prefetch_bytes) passes through `bytes` and `table` (C x 256 floats) into
+  // `input`.
   struct Slot {
-    Slot(size_t per_sample, int max_batch)
+    Slot(size_t per_sample, int max_batch, int in_c)
         : input(per_sample * size_t(max_batch)), labels(size_t(max_batch)), keys(size_t(max_batch)),
-          host_input(per_sample * size_t(max_batch)), host_labels(size_t(max_batch)),
-          host_keys(size_t(max_batch)) {}
+          table(size_t(in_c) * 256), host_input(per_sample * size_t(max_batch)), host_labels(size_t(max_batch)),
+          host_keys(size_t(max_batch)), host_table(size_t(in_c) * 256) {}
     cuda::DeviceBuffer<float> input;
     cuda::DeviceBuffer<int32_t> labels;
     cuda::DeviceBuffer<uint64_t> keys;
+    cuda::DeviceBuffer<float> table;
+    std::optional<cuda::DeviceBuffer<uint8_t>> bytes;
     cuda::PinnedBuffer<float> host_input;
     cuda::PinnedBuffer<int32_t> host_labels;
     cuda::PinnedBuffer<uint64_t> host_keys;
+    cuda::PinnedBuffer<float> host_table;
+    std::optional<cuda::PinnedBuffer<uint8_t>> host_bytes;
     cuda::Event copied, consumed;
   };
+  // prefetch() and prefetch_bytes(): the batch (floats, or bytes and their table) into the pinned
+  // side of the slot the running step does not read, then its copy to the device on the copy
+  // stream; bytes are normalised there into the slot's device input, before `copied`.
+  void stage(const float* input, const uint8_t* bytes, const float* table, const int32_t* labels,
+             const uint64_t* keys, int N) {
+    SQ_ASSERT(N >= 1 && N <= max_batch_, "batch ", N, " outside [1, ", max_batch_, "]");
+    Slot& sl = slots_[1 - cur_];  // not the slot of the step in flight
+    // The host side of the slot is free once its last copy is done (long ago, in a pipeline).
+    SQ_CUDA(cudaEventSynchronize(sl.copied.get()));
+    const size_t in = in_per_sample_ * size_t(N), tab = size_t(in_c_) * 256;
+    if (bytes) {
+      if (!sl.bytes) {  // on first use: a float-fed step (the tests', the benchmarks') never pays for them
+        sl.bytes.emplace(in_per_sample_ * size_t(max_batch_));
+        sl.host_bytes.emplace(in_per_sample_ * size_t(max_batch_));
+      }
+      copy_parallel(sl.host_bytes->get(), bytes, in);
+      std::memcpy(sl.host_table.get(), table, tab * sizeof(float));
+    } else {
+      copy_parallel(sl.host_input.get(), input, in * sizeof(float));
+    }
+    std::memcpy(sl.host_labels.get(), labels, size_t(N) * sizeof(int32_t));
+    if (keys) std::memcpy(sl.host_keys.get(), keys, size_t(N) * sizeof(uint64_t));
+    else std::memset(sl.host_keys.get(), 0, size_t(N) * sizeof(uint64_t));
+    // The device side is free once the step that last read it is done.
+    SQ_CUDA(cudaStreamWaitEvent(copy_stream_.s, sl.consumed.get(), 0));
+    if (bytes) {
+      SQ_CUDA(cudaMemcpyAsync(sl.bytes->get(), sl.host_bytes->get(), in, cudaMemcpyHostToDevice, copy_stream_.s));
+      SQ_CUDA(cudaMemcpyAsync(sl.table.get(), sl.host_table.get(), tab * sizeof(float), cudaMemcpyHostToDevice,
+                              copy_stream_.s));
+      cuda::bytes_to_input(sl.bytes->get(), in / size_t(in_c_), in_c_, sl.table.get(), sl.input.get(),
+                           copy_stream_.s);
+    } else {
+      SQ_CUDA(cudaMemcpyAsync(sl.input.get(), sl.host_input.get(), in * sizeof(float),
+                              cudaMemcpyHostToDevice, copy_stream_.s));
+    }
+    SQ_CUDA(cudaMemcpyAsync(sl.labels.get(), sl.host_labels.get(), size_t(N) * sizeof(int32_t),
+                            cudaMemcpyHostToDevice, copy_stream_.s));
+    SQ_CUDA(cudaMemcpyAsync(sl.keys.get(), sl.host_keys.get(), size_t(N) * sizeof(uint64_t),
+                            cudaMemcpyHostToDevice, copy_stream_.s));
+    SQ_CUDA(cudaEventRecord(sl.copied.get(), copy_stream_.s));
+    prefetched_ = N;
+  }
   // The step body's graph for this slot, batch, loss scale and precision, captured from the
   // compute stream on first use. The body's kernels read the slot's device buffers (the batch,
   // the dropout keys) and the flat buffers, whose addresses never change, so a replay computes
@@ -260,6 +297,7 @@ class CudaStep final : public DeviceStep {
   size_t n_, in_per_sample_;
   cuda::DeviceBuffer<float> params_, grads_, momentum_, dlogits_;
   cuda::DeviceBuffer<double> result_, loss_ws_, sum_ws_;
+  int in_c_;
   Slot slots_[2];
   cuda::PinnedBuffer<double> host_result_;
   std::optional<cuda::PinnedBuffer<float>> staging_;  // host_staging()

@@ -457,16 +457,18 @@ int draw_below(uint64_t h, uint64_t m) {
 }
 }  // namespace
 
-void assemble_batch(const Dataset& d, const int64_t* indices, int N, const Normalization& norm,
-                    const Augment& aug, uint64_t seed, int64_t epoch, float* out,
-                    int32_t* labels_out) {
+namespace {
+
+// assemble_batch and assemble_batch_bytes: out(c, i, y, x) = table[c * stride + crop(y, x)] of
+// sample indices[i]'s channel c, after augmentation, with the padding's pixels 0 (stride 0: one
+// table for every channel).
+template <class T>
+void assemble_with(const Dataset& d, const int64_t* indices, int N, const T* table, size_t stride,
+                   const Augment& aug, uint64_t seed, int64_t epoch, T* out, int32_t* labels_out) {
   if (N < 0) fail("assemble_batch: negative batch size ", N);
   if (N == 0) return;
   const int C = d.c, H = d.h, W = d.w;
   const size_t plane = size_t(H) * size_t(W);
-  if (norm.mean.size() != size_t(C) || norm.stddev.size() != size_t(C))
-    fail(d.name, ": normalisation has ", norm.mean.size(), " means and ", norm.stddev.size(),
-         " deviations for ", C, " channels");
   if (aug.crop_pad < 0 || aug.crop_pad > std::max(H, W))
     fail("crop padding ", aug.crop_pad, " outside [0, ", std::max(H, W), "] for ", H, "x", W, " images");
   SQ_ASSERT(d.images.size() >= size_t(d.n) * C * plane && d.labels.size() >= size_t(d.n),
@@ -475,15 +477,8 @@ void assemble_batch(const Dataset& d, const int64_t* indices, int N, const Norma
     if (indices[i] < 0 || indices[i] >= d.n)
       fail(d.name, ": sample index ", indices[i], " out of range [0, ", d.n, ")");
 
-  // Pixel value -> normalised float, per channel (exactly (v/255 - mean)/std rounded once).
-  std::vector<float> lut(size_t(C) * 256);
-  for (int ch = 0; ch < C; ++ch)
-    for (int v = 0; v < 256; ++v)
-      lut[size_t(ch) * 256 + v] = float((v / 255.0 - double(norm.mean[ch])) / double(norm.stddev[ch]));
-
   const int pad = aug.crop_pad;
   const bool hflip = aug.hflip;
-  const float* L0 = lut.data();
   // About 2 ns an element serially: a typical batch (128 x 3x32x32) takes well under a
   // millisecond, where a parallel region's fork and barrier cost more than they save, and much
   // more on a machine whose cores are shared. Only large batches (evaluation) go parallel.
@@ -505,12 +500,12 @@ void assemble_batch(const Dataset& d, const int64_t* indices, int N, const Norma
     const uint8_t* img = d.images.data() + size_t(idx) * C * plane;
     for (int ch = 0; ch < C; ++ch) {
       const uint8_t* src = img + size_t(ch) * plane;
-      float* dst = out + (size_t(ch) * N + i) * plane;
-      const float* L = L0 + size_t(ch) * 256;
-      const float zero = L[0];  // the zero padding, normalised
+      T* dst = out + (size_t(ch) * N + i) * plane;
+      const T* L = table + size_t(ch) * stride;
+      const T zero = L[0];  // the zero padding, through the table
       // out(y, x) = crop(y, flip ? W-1-x : x), crop(y, x) = image(y + dy, x + dx), 0 outside.
       for (int y = 0; y < H; ++y) {
-        float* row = dst + size_t(y) * W;
+        T* row = dst + size_t(y) * W;
         const int sy = y + dy;
         if (sy < 0 || sy >= H) {
           std::fill(row, row + W, zero);
@@ -533,6 +528,41 @@ void assemble_batch(const Dataset& d, const int64_t* indices, int N, const Norma
       }
     }
   }
+}
+
+}  // namespace
+
+void check_normalization(const Dataset& d, const Normalization& norm) {
+  if (norm.mean.size() != size_t(d.c) || norm.stddev.size() != size_t(d.c))
+    fail(d.name, ": normalisation has ", norm.mean.size(), " means and ", norm.stddev.size(),
+         " deviations for ", d.c, " channels");
+}
+
+std::vector<float> normalization_table(const Normalization& norm) {
+  SQ_ASSERT(norm.mean.size() == norm.stddev.size(), "normalisation with ", norm.mean.size(), " means and ",
+            norm.stddev.size(), " deviations");
+  const size_t C = norm.mean.size();
+  std::vector<float> lut(C * 256);
+  for (size_t ch = 0; ch < C; ++ch)
+    for (int v = 0; v < 256; ++v)
+      lut[ch * 256 + size_t(v)] = float((v / 255.0 - double(norm.mean[ch])) / double(norm.stddev[ch]));
+  return lut;
+}
+
+void assemble_batch(const Dataset& d, const int64_t* indices, int N, const Normalization& norm,
+                    const Augment& aug, uint64_t seed, int64_t epoch, float* out,
+                    int32_t* labels_out) {
+  check_normalization(d, norm);
+  // Pixel value -> normalised float, per channel (exactly (v/255 - mean)/std rounded once).
+  const std::vector<float> lut = normalization_table(norm);
+  assemble_with(d, indices, N, lut.data(), 256, aug, seed, epoch, out, labels_out);
+}
+
+void assemble_batch_bytes(const Dataset& d, const int64_t* indices, int N, const Augment& aug,
+                          uint64_t seed, int64_t epoch, uint8_t* out, int32_t* labels_out) {
+  uint8_t identity[256];
+  for (int v = 0; v < 256; ++v) identity[v] = uint8_t(v);
+  assemble_with(d, indices, N, identity, 0, aug, seed, epoch, out, labels_out);
 }
 
 }  // namespace sq

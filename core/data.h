@@ -69,4 +69,19 @@ void assemble_batch(const Dataset& d, const int64_t* indices, int N, const Norma
                     const Augment& aug, uint64_t seed, int64_t epoch, float* out,
                     int32_t* labels_out);
 
+// The same batch as the data set's bytes, before normalisation: out (c, N, h, w) uint8 after
+// augmentation, the padding's pixels 0. assemble_batch's output is, bit for bit,
+// normalization_table(norm)[ch * 256 + out[...]] of this one, channel ch's table applied to each
+// of its bytes. A GPU step copies these (a quarter of the floats' bytes) and normalises them on
+// the device (DeviceStep::prefetch_bytes).
+void assemble_batch_bytes(const Dataset& d, const int64_t* indices, int N, const Augment& aug,
+                          uint64_t seed, int64_t epoch, uint8_t* out, int32_t* labels_out);
+
+// Throws sq::Error naming d unless norm has a mean and a deviation for each of d's channels.
+void check_normalization(const Dataset& d, const Normalization& norm);
+
+// Pixel value -> normalised float, channel by channel: C x 256 floats, element ch * 256 + v =
+// (v / 255 - mean[ch]) / stddev[ch], computed in double and rounded once.
+std::vector<float> normalization_table(const Normalization& norm);
+
 }  // namespace sq

@@ -41,6 +41,12 @@ class DeviceStep {
   // starts its host-to-device copy on a stream of its own, so that it overlaps the step in
   // flight; the next launch(nullptr, ...) waits for that copy on the device, not the host.
   virtual void prefetch(const float* input, const int32_t* labels, const uint64_t* keys, int N) = 0;
+  // prefetch() of a batch as the data set's bytes: input (C, N, H, W) uint8 (core/data.h,
+  // assemble_batch_bytes) and its normalisation table (normalization_table, C x 256 floats). A
+  // quarter of the floats' bytes goes to the device, which normalises them on the copy stream
+  // into the floats assemble_batch would have written, bit for bit. The trainer's path.
+  virtual void prefetch_bytes(const uint8_t* input, const float* table, const int32_t* labels,
+                              const uint64_t* keys, int N) = 0;
   virtual void finish(double* stats) = 0;
   // Replay each step's forward, loss and backward as a CUDA graph, captured once per staging
   // slot, batch size, loss scale and convolution precision: one launch per step instead of some

@@ -575,18 +575,24 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
 
   const int K = cfg.model.num_classes;
   const size_t in_per_sample = size_t(data.train.c) * data.train.h * data.train.w;
-  // A step's batch on the host. On the GPU, `next` receives the following step's batch while
-  // the GPU computes the current one (the host's share of the step overlaps the device's).
+  // A step's batch on the host: floats for the CPU, the data set's bytes for the GPU, which
+  // normalises them itself (a quarter of the bytes to copy; DeviceStep::prefetch_bytes). On the
+  // GPU, `next` receives the following step's batch while the GPU computes the current one (the
+  // host's share of the step overlaps the device's).
   struct HostBatch {
     std::vector<float> input;
+    std::vector<uint8_t> bytes;
     std::vector<int32_t> labels;
     std::vector<uint64_t> keys;
     int64_t step = -1;  // whose batch it holds
   };
   auto make_batch = [&] {
-    return HostBatch{std::vector<float>(in_per_sample * local_batch),
+    return HostBatch{std::vector<float>(dev ? 0 : in_per_sample * local_batch),
+                     std::vector<uint8_t>(dev ? in_per_sample * local_batch : 0),
                      std::vector<int32_t>(local_batch), std::vector<uint64_t>(local_batch)};
   };
+  if (dev) check_normalization(data.train, norm);
+  const std::vector<float> norm_table = dev ? normalization_table(norm) : std::vector<float>();
   HostBatch cur = make_batch(), next = dev ? make_batch() : HostBatch{};
   std::vector<float> dlogits(size_t(K) * local_batch);
 
@@ -616,8 +622,12 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
       order_epoch = sh.epoch;
     }
     if (sh.N > 0) {
-      assemble_batch(data.train, order.data() + sh.r0, sh.N, norm, cfg.augment, cfg.seed,
-                     sh.epoch, hb.input.data(), hb.labels.data());
+      if (dev)
+        assemble_batch_bytes(data.train, order.data() + sh.r0, sh.N, cfg.augment, cfg.seed, sh.epoch,
+                             hb.bytes.data(), hb.labels.data());
+      else
+        assemble_batch(data.train, order.data() + sh.r0, sh.N, norm, cfg.augment, cfg.seed,
+                       sh.epoch, hb.input.data(), hb.labels.data());
       for (int i = 0; i < sh.N; ++i)
         hb.keys[i] = sample_key(cfg.seed, RngStream::kDropout, uint64_t(sh.epoch),
                                 uint64_t(order[sh.r0 + i]));
@@ -649,14 +659,15 @@ TrainResult train(TrainConfig cfg, const RunOptions& opt, Communicator& comm) {
       std::function<void(size_t)> hook;
       if (dev_reducer) hook = [&](size_t offset) { dev_reducer->ready(offset); };
       // The batch is on the device already when the last step prefetched it.
-      const bool staged = prefetched == step && N > 0;
-      dev->launch(staged ? nullptr : cur.input.data(), cur.labels.data(), cur.keys.data(), N,
-                  1.0f / float(gN), hook);
+      if (prefetched != step && N > 0)
+        dev->prefetch_bytes(cur.bytes.data(), norm_table.data(), cur.labels.data(), cur.keys.data(), N);
+      dev->launch(nullptr, nullptr, nullptr, N, 1.0f / float(gN), hook);
       if (step + 1 < stop_at) {  // while the GPU computes this step: the next batch, copied
         assemble(step + 1, next);  // to the device on its own stream
         const int next_n = share_of(step + 1).N;
         if (next_n > 0) {
-          dev->prefetch(next.input.data(), next.labels.data(), next.keys.data(), next_n);
+          dev->prefetch_bytes(next.bytes.data(), norm_table.data(), next.labels.data(), next.keys.data(),
+                              next_n);
           prefetched = step + 1;
         }
       }

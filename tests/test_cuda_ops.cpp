@@ -20,6 +20,7 @@
 #include "comm/communicator.h"
 #include "core/compress.h"
 #include "core/config.h"
+#include "core/data.h"
 #include "core/error.h"
 #include "core/model.h"
 #include "core/rng.h"
@@ -839,6 +840,69 @@ TEST(CudaStep, PrefetchedBatchesGiveTheSameStepsBitForBit) {
   expect_equal(pb, pa, "parameters after the steps");
   EXPECT_NE(pa, p) << "the steps changed nothing";
   EXPECT_THROW(piped->launch(nullptr, nullptr, nullptr, N, 1.0f / N), Error);  // none prefetched
+}
+
+// The trainer's batches: the data set's bytes (prefetch_bytes), normalised on the device, train
+// exactly as their floats through the normalisation table do (prefetch), on three channels whose
+// tables differ, so that a channel taken for another shows. The kernel alone, too, where a
+// channel's elements are a multiple of 4 (four a thread) and where they are not (one).
+TEST(CudaStep, ByteBatchesTrainAsTheirFloats) {
+  REQUIRE_GPU();
+  Normalization norm;
+  norm.mean = {0.2f, 0.5f, 0.7f};
+  norm.stddev = {0.3f, 0.2f, 0.25f};
+  const std::vector<float> table = normalization_table(norm);
+  std::mt19937 gen(kStepSeed + 2);
+  auto random_bytes = [&](size_t n) {
+    std::vector<uint8_t> b(n);
+    for (uint8_t& e : b) e = uint8_t(gen() & 255u);
+    return b;
+  };
+  auto through_table = [&](const std::vector<uint8_t>& b, size_t per_channel) {
+    std::vector<float> x(b.size());
+    for (size_t j = 0; j < b.size(); ++j) x[j] = table[j / per_channel * 256 + b[j]];
+    return x;
+  };
+  for (size_t per_channel : {size_t(316), size_t(315)}) {
+    const std::vector<uint8_t> b = random_bytes(3 * per_channel);
+    Dev<uint8_t> B(b);
+    Dev<float> T(table), X(b.size());
+    cuda::bytes_to_input(B.get(), per_channel, 3, T.get(), X.get(), nullptr);
+    expect_equal(X.download(), through_table(b, per_channel), "bytes to input");
+  }
+
+  ModelConfig cfg = small_11();
+  cfg.in_c = 3, cfg.in_h = 32, cfg.in_w = 32;
+  const int N = 13, steps = 3;
+  const size_t per_channel = size_t(N) * 32 * 32;
+  Model host(cfg, 1);
+  std::vector<float> p(host.layout().total), v(p.size(), 0.0f);
+  host.init_params(p.data(), "torchvision", 5);
+  auto floats = make_cuda_step(cfg, N, 0), bytes = make_cuda_step(cfg, N, 0);
+  floats->upload(p.data(), v.data());
+  bytes->upload(p.data(), v.data());
+  for (int s = 0; s < steps; ++s) {
+    const std::vector<uint8_t> b = random_bytes(3 * per_channel);
+    const std::vector<float> x = through_table(b, per_channel);
+    std::vector<int32_t> y(N);
+    std::vector<uint64_t> k(N);
+    for (int n = 0; n < N; ++n) y[n] = int32_t(gen() % 10), k[n] = gen();
+    double a[2] = {0, 0}, c[2] = {0, 0};
+    floats->forward_backward(x.data(), y.data(), k.data(), N, 1.0f / N, a);
+    floats->sgd(kStepLr, 0.9f, 2e-4f);
+    bytes->prefetch_bytes(b.data(), table.data(), y.data(), k.data(), N);
+    bytes->launch(nullptr, nullptr, nullptr, N, 1.0f / N);
+    bytes->finish(c);
+    bytes->sgd(kStepLr, 0.9f, 2e-4f);
+    ASSERT_TRUE(std::isfinite(a[0])) << "the steps diverged at step " << s << ": nothing left to compare";
+    EXPECT_EQ(a[0], c[0]) << "loss of step " << s;
+    EXPECT_EQ(a[1], c[1]) << "correct of step " << s;
+  }
+  std::vector<float> pa(p.size()), pb(p.size());
+  floats->download(pa.data(), nullptr);
+  bytes->download(pb.data(), nullptr);
+  expect_equal(pb, pa, "parameters after the steps");
+  EXPECT_NE(pa, p) << "the steps changed nothing";
 }
 
 // One epoch of a narrow squeezenet1.0 on 200 Fashion-MNIST images, batch 32, a low learning rate

@@ -628,6 +628,44 @@ TEST(AssembleBatch, AugmentationIndependentOfBatchPosition) {
   EXPECT_EQ(slot(oa, 3, 1, 3, 32, 32), slot(ob, 2, 0, 3, 32, 32));
 }
 
+// The bytes a GPU step copies: through the normalisation table, channel by channel, they are the
+// floats assemble_batch writes, bit for bit, with crops (padding included), flips and the
+// parallel path (a 3x32x32 batch of 200); the table's entries are (v/255 - mean)/std.
+TEST(AssembleBatch, BytesThroughTheTableAreTheFloatsBitForBit) {
+  const Dataset d = synthetic(200, 3, 32, 32);
+  Normalization nm = compute_normalization(d);
+  nm.mean[1] = 0.3f, nm.stddev[2] = 0.7f;  // three different channels
+  const std::vector<float> table = normalization_table(nm);
+  ASSERT_EQ(table.size(), size_t(3) * 256);
+  for (int ch = 0; ch < 3; ++ch)
+    for (int v : {0, 1, 128, 255})
+      EXPECT_EQ(table[size_t(ch) * 256 + size_t(v)], float((v / 255.0 - nm.mean[ch]) / nm.stddev[ch]));
+  for (int pad : {0, 3}) {
+    Augment aug;
+    aug.crop_pad = pad;
+    aug.hflip = pad > 0;
+    const auto order = epoch_order(d.n, 4, 2, true);
+    for (int N : {200, 7}) {
+      const size_t plane = 32 * 32, total = size_t(3) * N * plane;
+      std::vector<float> want(total, -99.f);
+      std::vector<uint8_t> bytes(total, 77);
+      std::vector<int32_t> lf(N, -1), lb(N, -2);
+      assemble_batch(d, order.data(), N, nm, aug, 4, 2, want.data(), lf.data());
+      assemble_batch_bytes(d, order.data(), N, aug, 4, 2, bytes.data(), lb.data());
+      EXPECT_EQ(lb, lf);
+      size_t zeros = 0;
+      for (size_t j = 0; j < total; ++j) {
+        const size_t ch = j / (size_t(N) * plane);
+        ASSERT_EQ(table[ch * 256 + bytes[j]], want[j]) << "pad " << pad << ", N " << N << ", element " << j;
+        zeros += bytes[j] == 0;
+      }
+      if (pad > 0) {  // the crops' padding (synthetic pixels are never 0)
+        EXPECT_GT(zeros, total / 100);
+      }
+    }
+  }
+}
+
 // Finds how sample s was transformed: the (dy, dx, flip) with out(y, x) = img(y+dy, x'+dx),
 // x' = flip ? w-1-x : x, padding value outside. Returns false if no candidate matches.
 struct Draw {

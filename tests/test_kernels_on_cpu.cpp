@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <random>
@@ -512,6 +513,37 @@ TEST(KernelsOnCpu, DropoutElementwiseAndSgdMatchTheCpuOps) {
           ASSERT_EQ(acc[to], base[to] + src[from]);
         }
   }
+}
+
+// A batch's bytes through the normalisation table (the GPU step's copy stream runs it on a batch
+// of assemble_batch_bytes): element i is table[channel * 256 + byte], bit for bit, the quad kernel
+// where a channel holds a multiple of 4 elements (its bytes unpacked low first), the byte kernel
+// elsewhere; few blocks, so that the grid strides.
+TEST(KernelsOnCpu, BytesToInputIsTheNormalisationTable) {
+  const int C = 3;
+  const std::vector<float> table = randn(size_t(C) * 256);
+  for (bool reverse : {false, true})
+    for (size_t per_channel : {size_t(5 * 28 * 28), size_t(3 * 7 * 5)}) {
+      const size_t total = per_channel * C;
+      std::vector<uint8_t> in(total);
+      for (uint8_t& b : in) b = uint8_t(rng()() & 255u);
+      in[0] = 0, in[1] = 255, in[total - 1] = 255;
+      std::vector<float> want(total), got(total, std::nanf(""));
+      for (size_t i = 0; i < total; ++i) want[i] = table[i / per_channel * 256 + in[i]];
+      if (per_channel % 4 == 0) {
+        std::vector<uint32_t> quads(total / 4);
+        std::memcpy(quads.data(), in.data(), total);
+        std::vector<float4> out(total / 4);
+        run(2, [&] {
+          cuda::bytes_to_input4_kernel(quads.data(), unsigned(per_channel), unsigned(total / 4), table.data(), out.data());
+        }, reverse);
+        std::memcpy(got.data(), out.data(), total * sizeof(float));
+      } else {
+        run(3, [&] { cuda::bytes_to_input_kernel(in.data(), unsigned(per_channel), unsigned(total), table.data(), got.data()); },
+            reverse);
+      }
+      expect_same_bits(got, want, per_channel % 4 == 0 ? "bytes to input, four a thread" : "bytes to input");
+    }
 }
 
 // Softmax cross-entropy with the launch of kernels/cuda/loss.cu (a block of kLossThreads per

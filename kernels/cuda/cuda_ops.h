@@ -43,6 +43,10 @@ void add_inplace(float* y, const float* x, size_t n, cudaStream_t s);
 void swap_outer(const float* src, int A, int B, size_t inner, float* dst, bool accumulate,
                 cudaStream_t s);
 void scale_inplace(float* x, float a, size_t n, cudaStream_t s);
+// out (C, per_channel) = table[c * 256 + in[...]] of the bytes in (C, per_channel): a batch
+// assembled as the data set's bytes (core/data.h, assemble_batch_bytes) normalised through
+// normalization_table, the floats assemble_batch writes, bit for bit.
+void bytes_to_input(const uint8_t* in, size_t per_channel, int C, const float* table, float* out, cudaStream_t s);
 // *out (device, one double) = sum x[i]^2, in a fixed order. ws: sum_of_squares_workspace()
 // doubles of device memory.
 size_t sum_of_squares_workspace();

@@ -1,5 +1,5 @@
-// Element-wise kernels: ReLU backward, bypass add, scaling, the deterministic sum of squares,
-// and the fused SGD step.
+// Element-wise kernels: ReLU backward, bypass add, scaling, the batch's bytes normalised, the
+// deterministic sum of squares, and the fused SGD step.
 #include "core/error.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/elementwise_kernels.cuh"
@@ -20,6 +20,19 @@ void swap_outer(const float* src, int A, int B, size_t inner, float* dst, bool a
   SQ_ASSERT(total < (size_t(1) << 31), "swap_outer of 2^31 or more elements: ", A, "x", B, "x", inner);
   swap_outer_kernel<<<blocks_for(total), kThreads, 0, s>>>(src, A, B, inner, dst, accumulate);
   SQ_CUDA_LAUNCH("swap_outer");
+}
+
+void bytes_to_input(const uint8_t* in, size_t per_channel, int C, const float* table, float* out, cudaStream_t s) {
+  const size_t total = per_channel * size_t(C);
+  if (total == 0) return;
+  SQ_ASSERT(total < (size_t(1) << 31), "bytes_to_input of 2^31 or more elements: ", C, "x", per_channel);
+  if (per_channel % 4 == 0 && reinterpret_cast<uintptr_t>(in) % 4 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0)
+    bytes_to_input4_kernel<<<blocks_for(total / 4), kThreads, 0, s>>>(
+        reinterpret_cast<const uint32_t*>(in), unsigned(per_channel), unsigned(total / 4), table,
+        reinterpret_cast<float4*>(out));
+  else
+    bytes_to_input_kernel<<<blocks_for(total), kThreads, 0, s>>>(in, unsigned(per_channel), unsigned(total), table, out);
+  SQ_CUDA_LAUNCH("bytes_to_input");
 }
 
 void add_inplace(float* y, const float* x, size_t n, cudaStream_t s) {

@@ -2,6 +2,7 @@
 // tests run it under tests/simt_host.h.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 
 #include "kernels/cuda/kernel_util.cuh"
 
@@ -65,6 +66,28 @@ __global__ void swap_outer_kernel(const float* src, int A, int B, size_t inner, 
     const unsigned b = ba / unsigned(A), a = ba - b * unsigned(A);
     const float v = src[(size_t(a) * B + b) * inner + j];
     dst[i] = accumulate ? dst[i] + v : v;
+  }
+}
+
+// The batch's bytes (C, N, H, W) to the model's input through the normalisation table (core/data.h,
+// normalization_table): out[i] = table[(i / per_channel) * 256 + in[i]], per_channel = N H W
+// elements a channel; the floats of the host's assemble_batch, bit for bit. Fewer than 2^31
+// elements (elementwise.cu checks).
+__global__ void bytes_to_input_kernel(const uint8_t* in, unsigned per_channel, unsigned total, const float* table,
+                                      float* out) {
+  SQ_GRID_STRIDE(i, total) out[i] = table[unsigned(i) / per_channel * 256u + in[i]];
+}
+// Four bytes a thread, where per_channel is a multiple of 4 (a quad never straddles two
+// channels): one 4-byte load, one 16-byte store. Byte e of a quad is its (8e)-th to (8e+7)-th
+// bits (little-endian, as the host and the GPU store it).
+__global__ void bytes_to_input4_kernel(const uint32_t* in, unsigned per_channel, unsigned quads, const float* table,
+                                       float4* out) {
+  SQ_GRID_STRIDE(q, quads) {
+    const uint32_t b = in[q];
+    const float* t = table + unsigned(q) * 4u / per_channel * 256u;
+    float4 v;
+    v.x = t[b & 255u], v.y = t[(b >> 8) & 255u], v.z = t[(b >> 16) & 255u], v.w = t[b >> 24];
+    out[q] = v;
   }
 }
 
