@@ -459,12 +459,13 @@ int draw_below(uint64_t h, uint64_t m) {
 
 namespace {
 
-// assemble_batch and assemble_batch_bytes: out(c, i, y, x) = table[c * stride + crop(y, x)] of
-// sample indices[i]'s channel c, after augmentation, with the padding's pixels 0 (stride 0: one
-// table for every channel).
-template <class T>
-void assemble_with(const Dataset& d, const int64_t* indices, int N, const T* table, size_t stride,
-                   const Augment& aug, uint64_t seed, int64_t epoch, T* out, int32_t* labels_out) {
+// assemble_batch and assemble_batch_bytes: out(c, i, y, x) = channel(c)(crop(y, x)) of sample
+// indices[i]'s channel c, after augmentation, with the padding's pixels 0. channel(c) maps a
+// pixel value to T: the normalisation table's row, or the byte itself (a map the compiler sees
+// through, so that the bytes' rows are plain copies).
+template <class T, class Channel>
+void assemble_with(const Dataset& d, const int64_t* indices, int N, Channel channel, const Augment& aug,
+                   uint64_t seed, int64_t epoch, T* out, int32_t* labels_out) {
   if (N < 0) fail("assemble_batch: negative batch size ", N);
   if (N == 0) return;
   const int C = d.c, H = d.h, W = d.w;
@@ -501,8 +502,8 @@ void assemble_with(const Dataset& d, const int64_t* indices, int N, const T* tab
     for (int ch = 0; ch < C; ++ch) {
       const uint8_t* src = img + size_t(ch) * plane;
       T* dst = out + (size_t(ch) * N + i) * plane;
-      const T* L = table + size_t(ch) * stride;
-      const T zero = L[0];  // the zero padding, through the table
+      const auto L = channel(ch);
+      const T zero = L(0);  // the zero padding, mapped
       // out(y, x) = crop(y, flip ? W-1-x : x), crop(y, x) = image(y + dy, x + dx), 0 outside.
       for (int y = 0; y < H; ++y) {
         T* row = dst + size_t(y) * W;
@@ -511,19 +512,16 @@ void assemble_with(const Dataset& d, const int64_t* indices, int N, const T* tab
           std::fill(row, row + W, zero);
           continue;
         }
+        // The columns whose source sx lies in the image, [x0, x1); the padding either side.
+        const int x0 = std::min(W, std::max(0, flip ? dx : -dx));
+        const int x1 = std::max(x0, std::min(W, flip ? W + dx : W - dx));
+        std::fill(row, row + x0, zero);
+        std::fill(row + x1, row + W, zero);
         const uint8_t* srow = src + size_t(sy) * W;
-        if (!flip && dx == 0) {
-          for (int x = 0; x < W; ++x) row[x] = L[srow[x]];
-        } else if (!flip) {
-          for (int x = 0; x < W; ++x) {
-            const int sx = x + dx;
-            row[x] = (sx >= 0 && sx < W) ? L[srow[sx]] : zero;
-          }
+        if (!flip) {
+          for (int x = x0; x < x1; ++x) row[x] = L(srow[x + dx]);
         } else {
-          for (int x = 0; x < W; ++x) {
-            const int sx = W - 1 - x + dx;
-            row[x] = (sx >= 0 && sx < W) ? L[srow[sx]] : zero;
-          }
+          for (int x = x0; x < x1; ++x) row[x] = L(srow[W - 1 - x + dx]);
         }
       }
     }
@@ -555,14 +553,17 @@ void assemble_batch(const Dataset& d, const int64_t* indices, int N, const Norma
   check_normalization(d, norm);
   // Pixel value -> normalised float, per channel (exactly (v/255 - mean)/std rounded once).
   const std::vector<float> lut = normalization_table(norm);
-  assemble_with(d, indices, N, lut.data(), 256, aug, seed, epoch, out, labels_out);
+  auto channel = [&lut](int ch) {
+    const float* L = lut.data() + size_t(ch) * 256;
+    return [L](uint8_t v) { return L[v]; };
+  };
+  assemble_with(d, indices, N, channel, aug, seed, epoch, out, labels_out);
 }
 
 void assemble_batch_bytes(const Dataset& d, const int64_t* indices, int N, const Augment& aug,
                           uint64_t seed, int64_t epoch, uint8_t* out, int32_t* labels_out) {
-  uint8_t identity[256];
-  for (int v = 0; v < 256; ++v) identity[v] = uint8_t(v);
-  assemble_with(d, indices, N, identity, 0, aug, seed, epoch, out, labels_out);
+  auto channel = [](int) { return [](uint8_t v) { return v; }; };
+  assemble_with(d, indices, N, channel, aug, seed, epoch, out, labels_out);
 }
 
 }  // namespace sq

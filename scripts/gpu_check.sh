@@ -233,6 +233,12 @@ for phase in $phases; do
     SQUEEZE_CUDA_GRAPH=0 run "bench_gpu, without CUDA graphs (training)" \
       $B/bench_gpu --reps 20 --sections 2 --json "$OUT/bench_gpu_nograph.json" &&
       python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_nograph.json" --columns '^own .*img/s'
+    # ... and the batch copied as floats rather than bytes (prefetch(), the schedule of runs a-d;
+    # since session 22 the trainer and bench_gpu copy the data set's bytes and normalise them on
+    # the device), same run: TF32 training.
+    run "bench_gpu, batches as floats (training)" \
+      $B/bench_gpu --reps 20 --sections 2 --variants 'own tf32' --float-batches --json "$OUT/bench_gpu_floats.json" &&
+      python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_floats.json" --columns '^own tf32'
     # ... and the tensor-core kernel with one block a tile everywhere (the persistent blocks for
     # products of few k-steps off), same run: the convolutions and training.
     SQUEEZE_IGEMM_PERSIST=0 run "bench_gpu, one block a tile (convolutions, training)" \
