@@ -15,7 +15,9 @@
 //   --profile_config=S only these configurations (comma-separated names, e.g. squeezenet1.0)
 //
 // Benchmark names: step/<config>/b<batch>, config in {squeezenet1.0, squeezenet1.1, fmnist};
-// maxpool/<config>/<pool layer>/b<batch>: one max-pool layer's forward and backward.
+// maxpool/<config>/<pool layer>/b<batch>: one max-pool layer's forward and backward;
+// host_batch/<floats|bytes>/<c>x<hw>/b<batch>: the host's share of a GPU step, the next batch
+// assembled and staged, as floats or as the data set's bytes.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -33,6 +35,7 @@
 
 #include "bench/bench_configs.h"
 #include "core/config.h"
+#include "core/data.h"
 #include "core/model.h"
 #include "core/rng.h"
 #include "kernels/cpu/conv_internal.h"
@@ -158,6 +161,44 @@ void BM_MaxPool(benchmark::State& state, sq::PoolGeom g) {
   state.SetItemsProcessed(int64_t(state.iterations()) * g.N);
   state.SetLabel(std::to_string(g.C) + "x" + std::to_string(g.N) + "x" + std::to_string(g.H) + "x" +
                  std::to_string(g.W) + " -> " + std::to_string(g.P()) + "x" + std::to_string(g.Q()));
+}
+
+// The host's share of a GPU training step: the next batch assembled (crop 4, flip) from a data set
+// of 256 images in memory and copied into a staging buffer (the pinned slot of DeviceStep), as
+// floats (assemble_batch + prefetch(): the schedule until session 22) or as the data set's bytes
+// (assemble_batch_bytes + prefetch_bytes(): the trainer's since), whose normalisation the GPU does.
+void BM_HostBatch(benchmark::State& state, int c, int hw, bool bytes) {
+  sq::Dataset d;
+  d.name = "synthetic", d.n = 256, d.c = c, d.h = hw, d.w = hw, d.num_classes = 10;
+  d.images.resize(size_t(d.n) * c * hw * hw);
+  std::mt19937 rng(5);
+  for (uint8_t& p : d.images) p = uint8_t(rng() & 255u);
+  d.labels.assign(size_t(d.n), 1);
+  const sq::Normalization norm = sq::compute_normalization(d);
+  sq::Augment aug;
+  aug.crop_pad = 4, aug.hflip = true;
+  const int N = g_batch;
+  std::vector<int64_t> idx(static_cast<size_t>(N));
+  for (int i = 0; i < N; ++i) idx[size_t(i)] = int64_t(rng() % uint32_t(d.n));
+  const size_t n = size_t(N) * c * hw * hw;
+  std::vector<float> f(bytes ? 0 : n), fs(bytes ? 0 : n);
+  std::vector<uint8_t> b(bytes ? n : 0), bs(bytes ? n : 0);
+  std::vector<int32_t> labels(static_cast<size_t>(N));
+  int64_t epoch = 0;
+  for (auto _ : state) {
+    if (bytes) {
+      sq::assemble_batch_bytes(d, idx.data(), N, aug, 1, epoch, b.data(), labels.data());
+      sq::copy_parallel(bs.data(), b.data(), n);
+    } else {
+      sq::assemble_batch(d, idx.data(), N, norm, aug, 1, epoch, f.data(), labels.data());
+      sq::copy_parallel(fs.data(), f.data(), n * sizeof(float));
+    }
+    ++epoch;  // other draws each time
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(int64_t(state.iterations()) * N);
+  state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(n * (bytes ? 1 : sizeof(float))));
+  state.counters["threads"] = sq::threads();
 }
 
 // ---- profile: the same step, op by op --------------------------------------------------------
@@ -627,6 +668,14 @@ int main(int argc, char** argv) {
             ->UseRealTime();
       }
     }
+    for (const auto& [c, hw] : {std::pair<int, int>{3, 224}, std::pair<int, int>{1, 28}})
+      for (bool bytes : {false, true})
+        benchmark::RegisterBenchmark(("host_batch/" + std::string(bytes ? "bytes" : "floats") + "/" +
+                                      std::to_string(c) + "x" + std::to_string(hw) + "/b" + std::to_string(g_batch))
+                                         .c_str(),
+                                     BM_HostBatch, c, hw, bytes)
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
     int n = int(args.size());
     benchmark::Initialize(&n, args.data());
     if (benchmark::ReportUnrecognizedArguments(n, args.data())) return 1;
