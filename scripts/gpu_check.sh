@@ -292,16 +292,19 @@ for phase in $phases; do
     sections="--section SpeedOfLight --section SchedulerStats --section WarpStateStats"
     sections="$sections --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy"
     # The third run: every other kernel of the step (pools, dropout, the average pool, split-K
-    # sums, loss, SGD), at 2-5x their bytes' time in run d and never profiled.
+    # sums, loss, SGD), at 2-5x their bytes' time in run d and never profiled. The fourth: the
+    # fp32 step's forward convolutions (the SIMT tile kernel, at about 55 % of the fp32 rate on
+    # the 3x3 products in run d, where fire8 trails cuDNN's Winograd), never profiled either.
     others='regex:pool|dropout|relu_backward|splitk|bias_|xent|sgd|add_kernel|scale_kernel|sum_'
-    for part in "fwd:-k regex:igemm --launch-count 26" "bwd:-k regex:igemm --launch-skip 26 --launch-count 51" \
-                "other:-k '$others'"; do
-      what=${part%%:*}
-      csv=/tmp/sq_limits/limits_s10_tf32_$what.csv
-      run "ncu limits, squeezenet1.0 TF32 $what $([ $what = other ] && echo kernels || echo convolutions)" \
+    for part in "tf32:fwd:-k regex:igemm --launch-count 26" "tf32:bwd:-k regex:igemm --launch-skip 26 --launch-count 51" \
+                "tf32:other:-k '$others'" "fp32:fwd:-k regex:igemm --launch-count 26"; do
+      math=${part%%:*} rest=${part#*:}
+      what=${rest%%:*}
+      csv=/tmp/sq_limits/limits_s10_${math}_$what.csv
+      run "ncu limits, squeezenet1.0 $math $what $([ $what = other ] && echo kernels || echo convolutions)" \
         sh -c "\"$ncu\" --profile-from-start off \
-        --replay-mode kernel --clock-control none --cache-control none ${part#*:} \
-        $sections --csv --page raw --print-units base $B/bench_gpu --profile squeezenet1.0:tf32 > $csv" ||
+        --replay-mode kernel --clock-control none --cache-control none ${rest#*:} \
+        $sections --csv --page raw --print-units base $B/bench_gpu --profile squeezenet1.0:$math > $csv" ||
         tail -5 "$csv"
       python3 bench/ncu_summary.py --limits $([ $what = other ] || echo --labels $what) "$csv"
     done
