@@ -52,8 +52,10 @@ class CudaStep final : public DeviceStep {
 
   std::string name() const override { return name_; }
   size_t device_bytes() const override {
+    // (The slots' bytes, allocated on the first prefetch_bytes(), counted: the trainer's path.)
     return model_.device_bytes() + 3 * n_ * sizeof(float) +
-           (2 * in_per_sample_ + size_t(K_)) * max_batch_ * sizeof(float);
+           (2 * in_per_sample_ + size_t(K_)) * max_batch_ * sizeof(float) + 2 * in_per_sample_ * max_batch_ +
+           2 * size_t(in_c_) * 256 * sizeof(float);
   }
 
   void upload(const float* params, const float* momentum) override {
