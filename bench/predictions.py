@@ -7,8 +7,9 @@ the issue's goals against the same lease.
 
 OUT_DIR holds what `scripts/gpu_check.sh bench` wrote: bench_gpu.json (the defaults),
 bench_gpu_nowin.json (SQUEEZE_IGEMM_WIN=0), bench_gpu_nopersist.json (SQUEEZE_IGEMM_PERSIST=0),
-bench_gpu_3xtf32.json (SQUEEZE_IGEMM_3XTF32=1), bench_gpu_noband.json (SQUEEZE_POOL_BAND=0) and
-bench_gpu_floats.json (--float-batches); a missing file leaves its rows "not measured".
+bench_gpu_3xtf32.json (SQUEEZE_IGEMM_3XTF32=1), bench_gpu_noband.json (SQUEEZE_POOL_BAND=0),
+bench_gpu_floats.json (--float-batches) and bench_gpu_async.json (SQUEEZE_IGEMM_ASYNC=1); a missing
+file leaves its rows "not measured".
 The baseline of a prediction is the run it was made after: run c (its v7 TF32/BF16 times are in
 bench_gpu_mma.json there) or run d (docs/gpu/run-d/bench_gpu.json).
 
@@ -245,6 +246,18 @@ def predictions():
                "the column reads were not its cost"),
               ("dropout forward ms, a warp a plane", "dropout fwd", 0.035, 0.055, 0.062,
                "the divisions were not the forward's cost: the hash alone is")]],
+        # v8 (opt-in): the fp32 8x8-share tiles on cp.async stages (docs/KERNELS.md, "v8"), in the
+        # same lease as v4's tiles and cuDNN fp32 (bench_gpu.json).
+        P("fire8 expand 3x3 forward, fp32 ms, v8", "v8",
+          lambda r: value(r["async"], "conv", "fire8 expand3x3", "own fp32 fwd ms"), 0.66, 0.85, since="d",
+          falsified=lambda v: v > 0.98, then="the 8x8 shares do not pay on stages either: the 4x4 share's limit is not its reads"),
+        P("fire8 forward + backward, fp32, v8 over cuDNN fp32 (same lease)", "v8",
+          lambda r: value(r["async"], "fire", "fire8", "own fp32 fwd+bwd ms") /
+          value(r["main"], "fire", "fire8", "cuDNN fp32 fwd+bwd ms"), 0.80, 0.97, since="d",
+          falsified=lambda v: v > 1.08, then="v8 is no faster than v4 on fire8"),
+        P("squeezenet1.0 fp32 img/s, v8 over v4 (same lease)", "v8",
+          lambda r: value(r["async"], "train", SQ10, "own fp32 img/s") / value(r["main"], "train", SQ10, "own fp32 img/s"),
+          1.10, 1.35, higher=True, falsified=lambda v: v < 1.0, then="keep v4's tiles"),
         # Everything since run d together (docs/BENCHMARKS.md, "What is still owed"): the
         # truncated operands, the bias and the epilogue's loads, the band pools; and the graph,
         # default since session 21, for img/s. 1.5x run d's PyTorch eager is 9,570 img/s.
@@ -266,6 +279,7 @@ def runs_in(directory, main="bench_gpu.json"):
         "x3": load(os.path.join(directory, "bench_gpu_3xtf32.json")),
         "noband": load(os.path.join(directory, "bench_gpu_noband.json")),
         "floats": load(os.path.join(directory, "bench_gpu_floats.json")),
+        "async": load(os.path.join(directory, "bench_gpu_async.json")),
         "pytorch": load(os.path.join(directory, "pytorch_gpu.json")),
     }
 
@@ -389,6 +403,8 @@ def self_test():
         "the three max-pool forwards ms, band kernels": "FALSIFIED",  # 0.842, before the change
         "max-pools, band over gathering kernels (same lease)": "not measured",  # no such run in run d
         "squeezenet1.1 TF32 img/s, bytes over floats (same lease)": "not measured",  # no such run in run d
+        "fire8 expand 3x3 forward, fp32 ms, v8": "not measured",  # no such run in run d
+        "squeezenet1.0 fp32 img/s, v8 over v4 (same lease)": "not measured",
     }
     bad += [("run d: " + k, got_d.get(k), w) for k, w in want_d.items() if not (got_d.get(k) or "").startswith(w)]
     # The goals in run d, as docs/BENCHMARKS.md records them.

@@ -192,6 +192,12 @@ for phase in $phases; do
       --gtest_filter='CudaOps.Convolution:CudaOps.FireModule:CudaModel.*'
     SQUEEZE_IGEMM_3XTF32=1 run "check-layers, fp32 through 3xTF32" $B/squeeze train --device cuda \
       --check-layers --model squeezenet1.0 --batch-size 32 --data-dir "$data"
+    # v8: the fp32 8x8-share tiles on cp.async stages (opt-in, since session 22): every model
+    # shape at the fp32 tolerance, the Fire modules, the model against the CPU, and --check-layers.
+    SQUEEZE_IGEMM_ASYNC=1 run "test_cuda_ops, fp32 through v8's async tiles" $B/test_cuda_ops --gtest_color=no \
+      --gtest_filter='CudaOps.Convolution:CudaOps.FireModule:CudaModel.*'
+    SQUEEZE_IGEMM_ASYNC=1 run "check-layers, fp32 through v8's async tiles" $B/squeeze train --device cuda \
+      --check-layers --model squeezenet1.0 --batch-size 32 --data-dir "$data"
     ;;
   nccl)
     run "test_mpi Nccl, 1 rank" mpirun -np 1 $B/test_mpi --gtest_color=no --gtest_filter='Nccl.*:Mpi/*'
@@ -259,6 +265,10 @@ for phase in $phases; do
       $B/bench_gpu --reps 20 --sections 1,1b,2,3 --variants 'own fp32,cuDNN fp32' \
       --json "$OUT/bench_gpu_3xtf32.json" &&
       python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_3xtf32.json" --columns '^own fp32'
+    # ... and fp32 through v8's 8x8-share tiles on cp.async stages (opt-in), against v4's tiles.
+    SQUEEZE_IGEMM_ASYNC=1 SQUEEZE_IGEMM_ROUTES=/tmp/igemm_routes.txt run "bench_gpu, fp32 through v8's async tiles (Fire modules, convolutions, training)" \
+      $B/bench_gpu --reps 20 --sections 1,1b,2 --variants 'own fp32' --json "$OUT/bench_gpu_async.json" &&
+      python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_async.json" --columns '^own fp32'
     # The own kernels' routes of both runs, one line a product, geometry, precision and kernel.
     sort -u /tmp/igemm_routes.txt > "$OUT/igemm_routes.txt" 2>/dev/null || true
     # Every prediction since run c (docs/KERNELS.md) against these runs: a Markdown table.

@@ -19,6 +19,7 @@
 #include "tests/simt_host.h"
 #include "kernels/cuda/igemm_ops.h"
 #include "kernels/cuda/igemm_kernel.cuh"
+#include "kernels/cuda/igemm_async.cuh"
 #include "kernels/cuda/igemm_mma.cuh"
 #include "kernels/cuda/igemm_win.cuh"
 #include "kernels/cuda/igemm_rows.cuh"
@@ -195,27 +196,53 @@ void data_in_slices(cuda::DataOp op, int splits, Run run, bool reverse = false) 
   ASSERT_TRUE(simt::run({2, 1, 1}, cuda::kThreads, [&] { cuda::data_splitk_reduce_kernel(sliced, splits); }, reverse));
 }
 
-template <int TM, int TN, bool kPrefetch>
-void check_tiles(const Case& c, bool reverse, bool square_warps = false) {
-  SCOPED_TRACE("tile " + std::to_string(TM) + "x" + std::to_string(TN) + (kPrefetch ? ", prefetch" : "") +
-               (reverse ? ", reverse" : "") + (square_warps ? ", 4x8 warps" : ""));
+// The fp32 8x8-share kernel on cp.async stages (kernels/cuda/igemm_async.cuh, v8), the grid and
+// dynamic shared memory as conv.cu launches it.
+template <int TM, int TN, class Op>
+void run_async_kernel(const Op& op, int splits, bool reverse) {
+  using Sh = cuda::AsyncShape<TM, TN>;
+  static_assert(Sh::kSmemBytes <= simt::kDynamicSharedFloats * sizeof(float), "the stages fit the emulator");
+  const int chunk = (op.Kd + splits - 1) / splits;
+  const SimtDim3 grid{unsigned((op.N + TN - 1) / TN), unsigned((op.M + TM - 1) / TM), unsigned(splits)};
+  const std::function<void()> body = [&] { cuda::igemm_async_kernel<Op, TM, TN>(op, chunk); };
+  ASSERT_TRUE(simt::run(grid, cuda::kGemmThreads, body, reverse, Sh::kSmemBytes)) << "threads disagree on barriers";
+}
+
+// The three fp32 products of c through run(op, splits) against the double reference: forward,
+// input gradient whole and in 3 split-K slices, weight gradient in 1 and 3 slices (summed by
+// conv.cu's fixed-order reduction).
+template <class Run>
+void check_fp32_products(const Case& c, bool reverse, Run run) {
   std::vector<float> y(c.y_ref.size(), NAN), dx(c.dx_ref.size(), NAN);
-  run_tile_kernel<TM, TN, kPrefetch>(c.fwd(y.data()), 1, reverse, square_warps);
+  run(c.fwd(y.data()), 1);
   EXPECT_LT(rel(y, c.y_ref), 1e-6) << "forward";
-  run_tile_kernel<TM, TN, kPrefetch>(c.data(dx.data()), 1, reverse, square_warps);
+  run(c.data(dx.data()), 1);
   EXPECT_LT(rel(dx, c.dx_ref), 1e-6) << "input gradient";
   std::fill(dx.begin(), dx.end(), NAN);
-  data_in_slices(c.data(dx.data()), 3, [&](const cuda::DataOp& op, int splits) {
-    run_tile_kernel<TM, TN, kPrefetch>(op, splits, reverse, square_warps);
-  }, reverse);
+  data_in_slices(c.data(dx.data()), 3, [&](const cuda::DataOp& op, int splits) { run(op, splits); }, reverse);
   EXPECT_LT(rel(dx, c.dx_ref), 1e-6) << "input gradient, 3 slices";
   for (int splits : {1, 3}) {  // the slices, then conv.cu's fixed-order sum of them into dw
     std::vector<float> ws(size_t(splits) * c.dw_ref.size(), NAN), dw(c.dw_ref.size(), 0.0f);
-    run_tile_kernel<TM, TN, kPrefetch>(c.wgt(ws.data()), splits, reverse, square_warps);
+    run(c.wgt(ws.data()), splits);
     const cuda::WeightSums sums{ws.data(), splits, c.g.K, c.g.C, c.g.R * c.g.S, dw.data()};
     ASSERT_TRUE(simt::run({2, 1, 1}, cuda::kThreads, [&] { cuda::splitk_reduce_kernel(sums); }, reverse));
     EXPECT_LT(rel(dw, c.dw_ref), 1e-6) << "weight gradient, " << splits << " slice(s)";
   }
+}
+
+template <int TM, int TN, bool kPrefetch>
+void check_tiles(const Case& c, bool reverse, bool square_warps = false) {
+  SCOPED_TRACE("tile " + std::to_string(TM) + "x" + std::to_string(TN) + (kPrefetch ? ", prefetch" : "") +
+               (reverse ? ", reverse" : "") + (square_warps ? ", 4x8 warps" : ""));
+  check_fp32_products(c, reverse, [&](const auto& op, int splits) {
+    run_tile_kernel<TM, TN, kPrefetch>(op, splits, reverse, square_warps);
+  });
+}
+
+template <int TM, int TN>
+void check_async(const Case& c, bool reverse) {
+  SCOPED_TRACE("async tile " + std::to_string(TM) + "x" + std::to_string(TN) + (reverse ? ", reverse" : ""));
+  check_fp32_products(c, reverse, [&](const auto& op, int splits) { run_async_kernel<TM, TN>(op, splits, reverse); });
 }
 
 // The bias gradient's two passes (a block per row and chunk, then the chunks of each row in
@@ -295,6 +322,8 @@ TEST(ImplicitGemm, TileKernelOnTheCpuReproducesTheCpuConvolution) {
       check_tiles<64, 64, true>(c, reverse, true);
       check_tiles<32, 128, true>(c, reverse, true);
       check_tiles<16, 256, true>(c, reverse, true);
+      check_async<128, 128>(c, reverse);
+      check_async<64, 256>(c, reverse);
       check_bias(c, 1, reverse);
       check_bias(c, 3, reverse);
     }

@@ -17,6 +17,7 @@
 
 #include "core/error.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/igemm_async.cuh"
 #include "kernels/cuda/igemm_kernel.cuh"
 #include "kernels/cuda/igemm_mma.cuh"
 #include "kernels/cuda/igemm_rows.cuh"
@@ -60,6 +61,11 @@ const bool g_mma = !env_is("SQUEEZE_IGEMM_MMA", "0");
 // the mma kernel: the row kernels hold A rounded). Unmeasured on a GPU: it stays opt-in until a
 // lease times it against the fp32 kernel (docs/KERNELS.md, "fp32 on the tensor cores").
 const bool g_3xtf32 = env_is("SQUEEZE_IGEMM_3XTF32", "1");
+
+// The fp32 8x8-share tiles on cp.async stages (igemm_async.cuh, docs/KERNELS.md v8), only with
+// SQUEEZE_IGEMM_ASYNC=1: unmeasured on a GPU. They take the products of more than 32 rows whose
+// wide tile (wide_tile's rule) is 128x128 or 64x256; the others keep v4's tiles.
+const bool g_async = env_is("SQUEEZE_IGEMM_ASYNC", "1");
 
 // SQUEEZE_IGEMM_ROUTES=1 (or =FILE): one line on stderr (or appended to FILE) the first time each
 // product (forward, input or weight gradient) of a geometry runs in a precision on a kernel, with
@@ -121,9 +127,9 @@ void report_route(const Op& op, const char* prec, const char* kernel, int tm, in
 struct Tile {
   int m, n;
 };
-// Without SQUEEZE_IGEMM_WIDE=1: 64x64.
-Tile wide_tile(int M, int N) {
-  if (!g_wide) return {64, 64};
+// Without SQUEEZE_IGEMM_WIDE=1 (or wide): 64x64.
+Tile wide_tile(int M, int N, bool wide = g_wide) {
+  if (!wide) return {64, 64};
   if (M <= 64 || (M % 128 == 64)) return N >= 1024 ? Tile{64, 256} : Tile{64, 64};
   return N >= 128 ? Tile{128, 128} : Tile{64, 64};
 }
@@ -197,6 +203,25 @@ auto smem_limited() {
 template <class Op, class Prec, int TM, int TN, int WM>
 auto mma_kernel() {
   return smem_limited<igemm_mma_kernel<Op, Prec, TM, TN, WM>, MmaShape<Op, Prec, TM, TN, WM>::kSmemBytes>();
+}
+
+// v8's fp32 kernel (SQUEEZE_IGEMM_ASYNC=1) where the wide rule gives a product an 8x8-share tile;
+// false where it keeps v4's tiles.
+template <class Op>
+bool launch_fp32_async(const Op& op, int splits, int chunk, cudaStream_t s) {
+  const Tile t = wide_tile(op.M, op.N, true);
+  if (op.M <= 32 || (t.m != 128 && t.n != 256)) return false;
+  const dim3 grid((op.N + t.n - 1) / t.n, (op.M + t.m - 1) / t.m, splits);
+  if (t.m == 128) {
+    constexpr size_t bytes = AsyncShape<128, 128>::kSmemBytes;
+    report_route(op, "fp32", "async tile", t.m, t.n, grid, bytes);
+    smem_limited<igemm_async_kernel<Op, 128, 128>, bytes>()<<<grid, kGemmThreads, bytes, s>>>(op, chunk);
+  } else {
+    constexpr size_t bytes = AsyncShape<64, 256>::kSmemBytes;
+    report_route(op, "fp32", "async tile", t.m, t.n, grid, bytes);
+    smem_limited<igemm_async_kernel<Op, 64, 256>, bytes>()<<<grid, kGemmThreads, bytes, s>>>(op, chunk);
+  }
+  return true;
 }
 
 // The mma kernel's tiles (rows, columns, warp rows), the one list that mma_tile picks from and
@@ -446,7 +471,7 @@ void launch_igemm(const Op& op, int splits, cudaStream_t s, const char* what) {
       launch_tc<true>(op, splits, chunk, s);
     else
       launch_tc<false>(op, splits, chunk, s);
-  } else {
+  } else if (!(g_async && launch_fp32_async(op, splits, chunk, s))) {
     if (g_prefetch)
       launch_fp32<true>(op, splits, chunk, s);
     else
