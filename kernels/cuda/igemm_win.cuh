@@ -153,6 +153,27 @@ bool win_fits(const Op& op, size_t limit = kWinSmem) {
 // The chunks of a split-K slice (the input gradient's, DataOp::partial; conv.cu's data_splits).
 inline int win_slice_chunks(int channels, int splits) { return (channels / kWinC + splits - 1) / splits; }
 
+// The windows of a chunk's kWinC channels: channel c0 + cc's pieces [a0, a0 + 4 npieces) of its
+// run of n floats (from src) into row cc of Ws (ldw floats apart), 16 bytes a copy, zero-filled
+// outside the run (a piece lies wholly inside or outside it: n and a0 are multiples of 4). Warp w
+// takes channels w, w + 8, its lanes along the pieces: no division, one pointer a channel (the
+// block's pieces by a flat index took a division by npieces and a 64-bit product a copy).
+__device__ inline void copy_windows(float* Ws, int ldw, const float* src, int c0, int n, int a0, int npieces, int warp,
+                                    int lane) {
+  static_assert(kWinC % (kGemmThreads / 32) == 0, "whole channels a warp");
+  SQ_UNROLL
+  for (int q = 0; q < kWinC / (kGemmThreads / 32); ++q) {
+    const int cc = warp + q * (kGemmThreads / 32);
+    const float* run = src + size_t(c0 + cc) * n;
+    float* row = Ws + cc * ldw;
+    for (int i = lane; i < npieces; i += 32) {
+      const int pos = a0 + 4 * i;
+      const bool in = pos >= 0 && pos < n;
+      cp_async16(row + 4 * i, in ? run + pos : src, in ? 4 : 0);
+    }
+  }
+}
+
 // vec.a: A's rows 16-byte aligned (else 4-byte copies); vec.pair: the output two at a time. tiles:
 // the product's TM x TN tiles, taken by the block as the mma kernel's (rows of tiles fastest).
 // slice_chunks: the chunks of split-K slice blockIdx.z (all of them in one slice); a slice past
@@ -178,6 +199,9 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_win_kernel(Op op, int l
   const int total = ntile_block * chunks;
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, g = lane / 4, t = lane % 4;
   const int wm = (warp / Sh::WN) * Sh::WTM, wn = (warp % Sh::WN) * Sh::WTN;
+  // A's 16-byte copies: KC / 4 pieces a row, kARows rows a pass of the block.
+  constexpr int kAPieces = KC / 4, kARows = kGemmThreads / kAPieces;
+  const int a_row = int(threadIdx.x) / kAPieces, a_kk = int(threadIdx.x) % kAPieces * 4;
 
   MmaAcc<Sh::FM, Sh::FN> acc;
   acc.clear();
@@ -194,9 +218,17 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_win_kernel(Op op, int l
       float* As = smem + (j % 2) * stage;
       float* Ws = As + Sh::kAFloats;
       if (vec.a) {
-        for (int l = int(threadIdx.x); l < TM * (KC / 4); l += kGemmThreads) {
-          const int mm = l / (KC / 4), kk = l % (KC / 4) * 4, m = m0 + mm;
-          cp_async16(As + mm * LDA + kk, m < op.M ? A + (size_t(m) * op.Kd + c0 * 9 + kk) : A, m < op.M ? 4 : 0);
+        // Thread (row a_row, piece a_kk) of each pass of kARows rows (the last 4 threads idle):
+        // the divisions once a kernel, a row's pointer a step (a division and a 64-bit product a
+        // copy made the copies half the instructions of a chunk).
+        if (a_row < kARows) {
+          const float* a = A + (size_t(m0 + a_row) * op.Kd + c0 * 9 + a_kk);
+          SQ_UNROLL
+          for (int r = 0; r < (TM + kARows - 1) / kARows; ++r) {
+            const int mm = a_row + r * kARows, m = m0 + mm;
+            if (mm < TM) cp_async16(As + mm * LDA + a_kk, m < op.M ? a : A, m < op.M ? 4 : 0);
+            a += size_t(kARows) * op.Kd;
+          }
         }
       } else {
         for (int l = int(threadIdx.x); l < TM * KC; l += kGemmThreads) {
@@ -204,12 +236,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_win_kernel(Op op, int l
           cp_async4(As + mm * LDA + kk, m < op.M ? A + (size_t(m) * op.Kd + c0 * 9 + kk) : A, m < op.M);
         }
       }
-      const int a0 = win0(n0);
-      for (int l = int(threadIdx.x); l < kWinC * npieces; l += kGemmThreads) {
-        const int cc = l / npieces, i = l % npieces * 4, pos = a0 + i;
-        const bool in = pos >= 0 && pos < op.N;
-        cp_async16(Ws + cc * ldw + i, in ? src + (size_t(c0 + cc) * op.N + pos) : src, in ? 4 : 0);
-      }
+      copy_windows(Ws, ldw, src, c0, op.N, win0(n0), npieces, warp, lane);
     }
     cp_async_commit();
   };
@@ -414,6 +441,10 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_winw_kernel(WeightOp op
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, g = lane / 4, t = lane % 4;
   const int wm = (warp / Sh::WN) * (TM / Sh::WM), wn = warp % Sh::WN;
   auto win0 = [&](int p0) { return (p0 - W - 1) & ~3; };
+  // dz's 16-byte copies: kWinP / 4 pieces a row, kARows rows a pass of the block.
+  constexpr int kAPieces = kWinP / 4, kARows = kGemmThreads / kAPieces;
+  static_assert(kARows * kAPieces == kGemmThreads && TM % kARows == 0, "whole passes");
+  const int a_row = int(threadIdx.x) / kAPieces, a_kk = int(threadIdx.x) % kAPieces * 4;
   float* const rows = c0 == 0 ? op.rows : nullptr;
   RowSums<TM, kWinP> rsum;
   MmaAcc<Sh::FM, Sh::FN> acc;
@@ -426,17 +457,17 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_winw_kernel(WeightOp op
       float* As = smem + (j % 2) * stage;
       float* Ws = As + Sh::kAFloats;
       unsigned* Pb = reinterpret_cast<unsigned*>(Ws + kWinC * ldw);
-      for (int l = int(threadIdx.x); l < TM * (kWinP / 4); l += kGemmThreads) {
-        const int mm = l / (kWinP / 4), kk = l % (kWinP / 4) * 4, m = m0 + mm, p = p0 + kk;
-        const int nv = m < op.M ? max(0, min(4, pe - p)) : 0;
-        cp_async16(As + mm * LDA + kk, nv > 0 ? op.dz + (size_t(m) * kd + p) : op.dz, nv);
+      {  // dz's rows: thread (a_row, a_kk) of each pass of kARows rows, a row's pointer a step
+        const int p = p0 + a_kk, nv = max(0, min(4, pe - p));
+        const float* a = op.dz + (size_t(m0 + a_row) * kd + p);
+        SQ_UNROLL
+        for (int r = 0; r < TM / kARows; ++r) {
+          const int mm = a_row + r * kARows, v = m0 + mm < op.M ? nv : 0;
+          cp_async16(As + mm * LDA + a_kk, v > 0 ? a : op.dz, v);
+          a += size_t(kARows) * kd;
+        }
       }
-      const int a0 = win0(p0);
-      for (int l = int(threadIdx.x); l < kWinC * npieces; l += kGemmThreads) {
-        const int cc = l / npieces, i = l % npieces * 4, pos = a0 + i;
-        const bool in = pos >= 0 && pos < kd;
-        cp_async16(Ws + cc * ldw + i, in ? op.x + (size_t(c0 + cc) * kd + pos) : op.x, in ? 4 : 0);
-      }
+      copy_windows(Ws, ldw, op.x, c0, kd, win0(p0), npieces, warp, lane);
       if (int(threadIdx.x) < kWinP) {  // (plain stores: visible after the barrier before the chunk's products)
         const int p = p0 + int(threadIdx.x), hw = p % HW, h = hw / W, w = hw - h * W;
         unsigned bits = 0;
