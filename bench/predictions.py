@@ -246,6 +246,17 @@ def predictions():
                "the column reads were not its cost"),
               ("dropout forward ms, a warp a plane", "dropout fwd", 0.035, 0.055, 0.062,
                "the divisions were not the forward's cost: the hash alone is")]],
+        # The window kernels' copies without divisions (docs/KERNELS.md, the section of that
+        # name), with the TF32 operands truncated: the expand 3x3 products.
+        P("the eight expand 3x3 forwards, TF32 ms, copies without divisions", "the window kernels' copies without divisions",
+          lambda r: total(r["main"], "conv", ["%s expand3x3" % f for f in FIRES], "own tf32 fwd ms"), 0.95, 1.25,
+          since="d", falsified=lambda v: v > 1.40, then="the copies were not on the issue path"),
+        P("the eight expand 3x3 backwards, TF32 ms, copies without divisions", "the window kernels' copies without divisions",
+          lambda r: total(r["main"], "conv", ["%s expand3x3" % f for f in FIRES], "own tf32 bwd ms"), 2.9, 3.6,
+          since="d", falsified=lambda v: v > 3.9, then="the copies were not on the issue path"),
+        P("the eight expand 3x3 forwards, BF16 ms, copies without divisions", "the window kernels' copies without divisions",
+          lambda r: total(r["main"], "conv", ["%s expand3x3" % f for f in FIRES], "own bf16 fwd ms"), 0.95, 1.2,
+          since="d"),
         # v8 (opt-in): the fp32 8x8-share tiles on cp.async stages (docs/KERNELS.md, "v8"), in the
         # same lease as v4's tiles and cuDNN fp32 (bench_gpu.json).
         P("fire8 expand 3x3 forward, fp32 ms, v8", "v8",
@@ -404,6 +415,7 @@ def self_test():
         "max-pools, band over gathering kernels (same lease)": "not measured",  # no such run in run d
         "squeezenet1.1 TF32 img/s, bytes over floats (same lease)": "not measured",  # no such run in run d
         "fire8 expand 3x3 forward, fp32 ms, v8": "not measured",  # no such run in run d
+        "the eight expand 3x3 forwards, TF32 ms, copies without divisions": "FALSIFIED",  # 1.53, before the change
         "squeezenet1.0 fp32 img/s, v8 over v4 (same lease)": "not measured",
     }
     bad += [("run d: " + k, got_d.get(k), w) for k, w in want_d.items() if not (got_d.get(k) or "").startswith(w)]

@@ -60,6 +60,9 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_async_kernel(Op op, int
   const int kb = int(blockIdx.z) * k_chunk, ke = min(op.Kd, kb + k_chunk);
   const int steps = ke > kb ? (ke - kb + KB - 1) / KB : 0;
   const int tx = int(threadIdx.x) % TX, ty = int(threadIdx.x) / TX;
+  // A's copies: KB threads along a row's k, kARows rows a pass.
+  constexpr int kARows = kGemmThreads / KB;
+  const int a_row = int(threadIdx.x) / KB, a_k = int(threadIdx.x) % KB;
 
   // A thread's B elements lie in one column (its key for the whole kernel) or, where B runs along
   // k, at one k of each step (its key read once a step).
@@ -74,12 +77,17 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_async_kernel(Op op, int
       const int k0 = kb + j * KB, buf = j % NK;
       float* As = smem + (j % NS) * Sh::kStageFloats;
       float* Bs = As + Sh::kAFloats;
-      SQ_UNROLL
-      for (int r = 0; r < Sh::RA; ++r) {
-        const int l = int(threadIdx.x) + r * kGemmThreads, mm = l / KB, kk = l % KB;
-        const int m = m0 + mm, k = k0 + kk;
-        const bool in = m < op.M && k < ke;
-        cp_async4(As + kk * LDA + mm, in ? op.a_ptr(m, k) : op.any(), in);
+      {  // thread (a_row, a_k) of each pass of kARows rows, a row's pointer a pass (a_ptr's rows
+         // are Kd apart)
+        const int k = k0 + a_k;
+        const float* a = op.a_ptr(m0 + a_row, k);
+        SQ_UNROLL
+        for (int r = 0; r < Sh::RA; ++r) {
+          const int mm = a_row + r * kARows;
+          const bool in = m0 + mm < op.M && k < ke;
+          cp_async4(As + a_k * LDA + mm, in ? a : op.any(), in);
+          a += size_t(kARows) * op.Kd;
+        }
       }
       const Key fk = Op::kBAlongK ? tab.k[buf][fixed_b] : col;
       SQ_UNROLL

@@ -84,7 +84,7 @@ struct Geo {
 
 inline bool aligned8(const void* p) { return reinterpret_cast<uintptr_t>(p) % 8 == 0; }
 
-// Every op reads A(m, k) at a_ptr(m, k) (never in the padding) and B(k, n) at
+// Every op reads A(m, k) at a_ptr(m, k) = a_ptr(0, k) + m Kd (never in the padding) and B(k, n) at
 // b_key(kkey(k), nkey(n)), nullptr in the padding: the mma kernel (igemm_mma.cuh) copies from
 // there asynchronously, the register-staged kernels (igemm_kernel.cuh) load b_value. kKNone and
 // kNNone: the bits of a key past the product's edge in k and in n.
