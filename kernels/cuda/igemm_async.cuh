@@ -125,31 +125,10 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_async_kernel(Op op, int
     const float* As = smem + (i % NS) * Sh::kStageFloats;
     const float* Bs = As + Sh::kAFloats;
     SQ_UNROLL
-    for (int kk = 0; kk < KB; ++kk) {
-      float av[MT], bv[MT];
-      SQ_UNROLL
-      for (int h = 0; h < 2; ++h) {
-        const float4 a4 = *reinterpret_cast<const float4*>(As + kk * LDA + h * (TM / 2) + ty * 4);
-        const float4 b4 = *reinterpret_cast<const float4*>(Bs + kk * LDB + h * (TN / 2) + tx * 4);
-        av[4 * h] = a4.x, av[4 * h + 1] = a4.y, av[4 * h + 2] = a4.z, av[4 * h + 3] = a4.w;
-        bv[4 * h] = b4.x, bv[4 * h + 1] = b4.y, bv[4 * h + 2] = b4.z, bv[4 * h + 3] = b4.w;
-      }
-      SQ_UNROLL
-      for (int a = 0; a < MT; ++a)
-        SQ_UNROLL
-        for (int b = 0; b < MT; ++b) acc[a][b] = fmaf(av[a], bv[b], acc[a][b]);
-    }
+    for (int kk = 0; kk < KB; ++kk) share_step<TM, TN>(As + kk * LDA, Bs + kk * LDB, ty, tx, acc);
   }
   cp_async_wait<0>();  // (only empty groups remain)
-  SQ_UNROLL
-  for (int i = 0; i < MT; ++i) {
-    const int m = m0 + (i / 4) * (TM / 2) + ty * 4 + i % 4;
-    if (m >= op.M) continue;
-    int n[MT];
-    SQ_UNROLL
-    for (int j = 0; j < MT; ++j) n[j] = n0 + (j / 4) * (TN / 2) + tx * 4 + j % 4;
-    store_row(op, m, n, acc[i], int(blockIdx.z));
-  }
+  store_share<TM, TN>(op, m0, n0, ty, tx, acc, int(blockIdx.z));
 }
 
 }  // namespace

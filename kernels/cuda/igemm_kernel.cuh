@@ -148,6 +148,40 @@ __device__ void store_row(const Op& op, int m, const int (&n)[J], const float (&
   }
 }
 
+// One k of a thread's MT x MT share of a TM x TN tile (the fp32 kernels: v4 here, v8 in
+// igemm_async.cuh): its MT rows of A from a (row k of the [k][m] tile) and MT columns of B from b
+// (row k of [k][n]), H = MT / 4 quarters of 4 half a tile apart, each one float4 read.
+template <int TM, int TN, int MT>
+__device__ inline void share_step(const float* a, const float* b, int ty, int tx, float (&acc)[MT][MT]) {
+  constexpr int H = MT / 4;
+  float av[MT], bv[MT];
+  SQ_UNROLL
+  for (int h = 0; h < H; ++h) {
+    const float4 a4 = *reinterpret_cast<const float4*>(a + h * (TM / H) + ty * 4);
+    const float4 b4 = *reinterpret_cast<const float4*>(b + h * (TN / H) + tx * 4);
+    av[4 * h] = a4.x, av[4 * h + 1] = a4.y, av[4 * h + 2] = a4.z, av[4 * h + 3] = a4.w;
+    bv[4 * h] = b4.x, bv[4 * h + 1] = b4.y, bv[4 * h + 2] = b4.z, bv[4 * h + 3] = b4.w;
+  }
+  SQ_UNROLL
+  for (int i = 0; i < MT; ++i)
+    SQ_UNROLL
+    for (int j = 0; j < MT; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+}
+// The share's outputs through op's epilogue (store_row), a row at a time; z: the split-K slice.
+template <int TM, int TN, class Op, int MT>
+__device__ inline void store_share(const Op& op, int m0, int n0, int ty, int tx, const float (&acc)[MT][MT], int z) {
+  constexpr int H = MT / 4;
+  SQ_UNROLL
+  for (int i = 0; i < MT; ++i) {
+    const int m = m0 + (i / 4) * (TM / H) + ty * 4 + i % 4;
+    if (m >= op.M) continue;
+    int n[MT];
+    SQ_UNROLL
+    for (int j = 0; j < MT; ++j) n[j] = n0 + (j / 4) * (TN / H) + tx * 4 + j % 4;
+    store_row(op, m, n, acc[i], z);
+  }
+}
+
 // The fp32 kernel's block tile is TM x TN outputs, and each thread's share MT x MT of them, MT =
 // 4 (64x64, 32x128, 16x256) or 8 (128x128, 64x256): the 8x8 share reads 4 floats from shared
 // memory per 16 products where the 4x4 share reads 2 per 4, the 4x4 kernel's limit. An 8x8 share
@@ -165,7 +199,7 @@ __device__ void store_row(const Op& op, int m, const int (&n)[J], const float (&
 // hardware serves a warp's 16-byte reads per 128-byte segment.
 template <class Op, int TM, int TN, bool kPrefetch = true>
 __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk, bool square_warps = false) {
-  constexpr int MT = TM * TN / kGemmThreads == 64 ? 8 : 4, H = MT / 4, TX = TN / MT;
+  constexpr int MT = TM * TN / kGemmThreads == 64 ? 8 : 4, TX = TN / MT;
   static_assert((TM / MT) % 4 == 0 && TX % 8 == 0, "the 4 x 8 warp layout tiles the block");
   static_assert((TM / MT) * (TN / MT) == kGemmThreads, "one MT x MT share of outputs per thread");
   using St = Staged<Op, TM, TN>;
@@ -194,32 +228,11 @@ __global__ void __launch_bounds__(kGemmThreads) igemm_kernel(Op op, int k_chunk,
     __syncthreads();  // the tile of step k0 and the keys of step k0 + BK are visible
     if (kPrefetch && k0 + BK < ke) st.load(op, tab, cur ^ 1, m0, k0 + BK, ke);
     SQ_UNROLL
-    for (int kk = 0; kk < BK; ++kk) {
-      float av[MT], bv[MT];
-      SQ_UNROLL
-      for (int h = 0; h < H; ++h) {
-        const float4 a4 = *reinterpret_cast<const float4*>(&As[kk][h * (TM / H) + ty * 4]);
-        const float4 b4 = *reinterpret_cast<const float4*>(&Bs[kk][h * (TN / H) + tx * 4]);
-        av[4 * h] = a4.x, av[4 * h + 1] = a4.y, av[4 * h + 2] = a4.z, av[4 * h + 3] = a4.w;
-        bv[4 * h] = b4.x, bv[4 * h + 1] = b4.y, bv[4 * h + 2] = b4.z, bv[4 * h + 3] = b4.w;
-      }
-      SQ_UNROLL
-      for (int i = 0; i < MT; ++i)
-        SQ_UNROLL
-        for (int j = 0; j < MT; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
-    }
+    for (int kk = 0; kk < BK; ++kk) share_step<TM, TN>(As[kk], Bs[kk], ty, tx, acc);
     __syncthreads();  // every thread is done with the tile before the next is stored
     if (!kPrefetch && k0 + BK < ke) st.load(op, tab, cur ^ 1, m0, k0 + BK, ke);
   }
-  SQ_UNROLL
-  for (int i = 0; i < MT; ++i) {
-    const int m = m0 + (i / 4) * (TM / H) + ty * 4 + i % 4;
-    if (m >= op.M) continue;
-    int n[MT];
-    SQ_UNROLL
-    for (int j = 0; j < MT; ++j) n[j] = n0 + (j / 4) * (TN / H) + tx * 4 + j % 4;
-    store_row(op, m, n, acc[i], blockIdx.z);
-  }
+  store_share<TM, TN>(op, m0, n0, ty, tx, acc, int(blockIdx.z));
 }
 
 // wt[c][ko][r][s] = w[ko][c][r][s], element i of w: the input gradient's A operand along k
