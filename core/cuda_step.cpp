@@ -184,11 +184,10 @@ class CudaStep final : public DeviceStep {
     SQ_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
     return s;
   }
-  // One staging slot: a batch in pinned host memory and on the device; `copied` is recorded on
-  // the copy stream after its host-to-device copy, `consumed` on the compute stream after the
-  // step that read it.
-  // A batch of bytes (prefetch_bytes) passes through `bytes` and `table` (C x 256 floats) into
-  // `input`.
+  // One staging slot: a batch in pinned host memory and on the device (a batch of bytes passes
+  // through `bytes` and `table`, C x 256 floats, into `input`); `copied` is recorded on the copy
+  // stream after its host-to-device copy, `consumed` on the compute stream after the step that
+  // read it.
   struct Slot {
     Slot(size_t per_sample, int max_batch, int in_c)
         : input(per_sample * size_t(max_batch)), labels(size_t(max_batch)), keys(size_t(max_batch)),
