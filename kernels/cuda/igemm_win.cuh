@@ -315,12 +315,12 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_win_kernel(Op op, int l
 //
 // - A block's tile is TM rows of dW by 16 channels under all 9 taps: the 144 columns [9 c0,
 //   9 c0 + 144). A stage holds dz's TM x kWinP piece ([m][k], 16-byte copies), the 16 channels'
-//   windows (16-byte copies from the multiple of 4 below the start) and the chunk's pixels' tap
-//   bits (igemm_ops.h's Key bits, computed at the copy).
+//   windows (16-byte copies from the multiple of 4 below the start) and the chunk's pixels' taps
+//   (bit 3 r + s where tap (r, s) lands inside the pixel's image, computed at the copy).
 // - Warps 4 x 2: warp (wm, wn) takes TM / 4 rows and channels 8 wn .. 8 wn + 7 under each tap, one
 //   8-column fragment a tap, so a fragment's tap is a constant: the B fragment of tap (r, s) is the
 //   [n][k] tile at the window's row 8 wn, shifted by (r - 1) W + (s - 1), its elements zeroed where
-//   their pixel's bits lack the tap's. Its reads: lane (g, t) reads channel g at pixel t (TF32), at
+//   their pixel lacks the tap's bit. Its reads: lane (g, t) reads channel g at pixel t (TF32), at
 //   g ldw + t + shift, conflict-free with ldw = 4 mod 32; BF16 pixels 2t and 2t + 1 one float at a
 //   time (the shift may be odd), two ways a bank.
 // - Split-K as the mma kernel's weight gradient (conv.cu's weight_splits, ws[z]), in slices of
@@ -389,7 +389,10 @@ inline int winw_splits(const Geo& g, int fill) {
 }
 
 // B's fragment of one tap from the [n][k] window tile at p (channel g's row, pixel t), its pixels'
-// tap bits in bits (TF32: pixels t, t + 4; BF16: 2t, 2t + 1, 2t + 8, 2t + 9), zero where they lack tb.
+// taps in pb (TF32: pixels t, t + 4; BF16: 2t, 2t + 1, 2t + 8, 2t + 9; bit 3 r + s set where tap
+// (r, s) lands inside the pixel's image), zero where they lack the tap's bit tb: one test an
+// element, which the compiler makes one LOP3 into a predicate (a tap as two bits, row and column,
+// took a LOP3 and a compare).
 template <class Prec>
 struct WinB;
 template <>
@@ -399,8 +402,8 @@ struct WinB<MmaTf32> {
   __device__ static void load(uint32_t (&b)[2], const float* p, int ld, int g, int t, const unsigned (&pb)[2],
                               unsigned tb) {
     const float* r = p + g * ld + t;
-    b[0] = (pb[0] & tb) == tb ? tf32_operand(r[0]) : 0u;
-    b[1] = (pb[1] & tb) == tb ? tf32_operand(r[4]) : 0u;
+    b[0] = (pb[0] & tb) != 0u ? tf32_operand(r[0]) : 0u;
+    b[1] = (pb[1] & tb) != 0u ? tf32_operand(r[4]) : 0u;
   }
 };
 template <>
@@ -408,7 +411,7 @@ struct WinB<MmaTf32x3> : WinB<MmaTf32> {  // (TF32's pixels and bits; each value
   __device__ static void load(uint32_t (&b)[4], const float* p, int ld, int g, int t, const unsigned (&pb)[2],
                               unsigned tb) {
     const float* r = p + g * ld + t;
-    MmaTf32x3::split_b(b, (pb[0] & tb) == tb ? r[0] : 0.0f, (pb[1] & tb) == tb ? r[4] : 0.0f);
+    MmaTf32x3::split_b(b, (pb[0] & tb) != 0u ? r[0] : 0.0f, (pb[1] & tb) != 0u ? r[4] : 0.0f);
   }
 };
 template <>
@@ -420,8 +423,8 @@ struct WinB<MmaBf16> {
   __device__ static void load(uint32_t (&b)[2], const float* p, int ld, int g, int t, const unsigned (&pb)[4],
                               unsigned tb) {
     const float* r = p + g * ld + 2 * t;
-    b[0] = pack_bf16x2((pb[0] & tb) == tb ? r[0] : 0.0f, (pb[1] & tb) == tb ? r[1] : 0.0f);
-    b[1] = pack_bf16x2((pb[2] & tb) == tb ? r[8] : 0.0f, (pb[3] & tb) == tb ? r[9] : 0.0f);
+    b[0] = pack_bf16x2((pb[0] & tb) != 0u ? r[0] : 0.0f, (pb[1] & tb) != 0u ? r[1] : 0.0f);
+    b[1] = pack_bf16x2((pb[2] & tb) != 0u ? r[8] : 0.0f, (pb[3] & tb) != 0u ? r[9] : 0.0f);
   }
 };
 
@@ -469,13 +472,14 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_winw_kernel(WeightOp op
       }
       copy_windows(Ws, ldw, op.x, c0, kd, win0(p0), npieces, warp, lane);
       if (int(threadIdx.x) < kWinP) {  // (plain stores: visible after the barrier before the chunk's products)
+        // The pixel's taps: bit 3 r + s where row h + r - 1 and column w + s - 1 are in the image.
         const int p = p0 + int(threadIdx.x), hw = p % HW, h = hw / W, w = hw - h * W;
-        unsigned bits = 0;
+        unsigned cols = 0, taps = 0;
         SQ_UNROLL
-        for (int r = 0; r < 3; ++r) bits |= unsigned(h + r - 1) < unsigned(H) ? 1u << r : 0u;
+        for (int s = 0; s < 3; ++s) cols |= unsigned(w + s - 1) < unsigned(W) ? 1u << s : 0u;
         SQ_UNROLL
-        for (int s = 0; s < 3; ++s) bits |= unsigned(w + s - 1) < unsigned(W) ? 1u << (16 + s) : 0u;
-        Pb[threadIdx.x] = p < pe ? bits : 0u;
+        for (int r = 0; r < 3; ++r) taps |= unsigned(h + r - 1) < unsigned(H) ? cols << (3 * r) : 0u;
+        Pb[threadIdx.x] = p < pe ? taps : 0u;
       }
     }
     cp_async_commit();
@@ -503,7 +507,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_winw_kernel(WeightOp op
       for (int tap = 0; tap < 9; ++tap) {
         const int r = tap / 3, s = tap % 3;
         typename Prec::FragB b;
-        WinB<Prec>::load(b, Wc + kk + (r - 1) * W + (s - 1), ldw, g, t, pbits, tap_bits(r, s));
+        WinB<Prec>::load(b, Wc + kk + (r - 1) * W + (s - 1), ldw, g, t, pbits, 1u << tap);
         SQ_UNROLL
         for (int fi = 0; fi < Sh::FM; ++fi) Prec::mma(acc.v[fi][tap], a[fi], b);
       }
