@@ -11,7 +11,7 @@
 //   [n0 - W - 1, n0 + TN + W + 1) of each channel, whatever images and rows it spans: the window,
 //   copied from the multiple of 4 below its start. The taps that land outside the image (the
 //   padding, a neighbouring row's or image's pixels) are zeroed as the fragments are read, by a
-//   pixel's tap bits (igemm_ops.h's Key bits: bit r, bit 16 + s), computed once a tile.
+//   pixel's taps (pixel_taps: bit 3 r + s), computed once a tile.
 // - k is ordered (tap, channel): a 144-deep chunk is 16 channels under each of the 9 taps. A is
 //   read in its own layout, (m, channel, tap): a chunk of a row is 144 consecutive floats of w (the
 //   forward) or of w transposed (the input gradient, whose taps run backwards), copied 16 bytes at
@@ -40,6 +40,15 @@ namespace cuda {
 namespace {
 
 constexpr int kWinC = 16;  // channels a chunk: one BF16 mma deep, two TF32
+
+// A pixel's taps under the 3x3 filter: bit 3 r + s set where row h + r - 1 and column w + s - 1
+// lie in the H x W image (one test a tap: (taps & 1 << tap) != 0, a LOP3 into a predicate).
+SQ_HOST_DEVICE inline unsigned pixel_taps(int h, int w, int H, int W) {
+  unsigned cols = 0, taps = 0;
+  for (int s = 0; s < 3; ++s) cols |= unsigned(w + s - 1) < unsigned(W) ? 1u << s : 0u;
+  for (int r = 0; r < 3; ++r) taps |= unsigned(h + r - 1) < unsigned(H) ? cols << (3 * r) : 0u;
+  return taps;
+}
 
 // The product's window operand and A: the forward convolves x with w; the input gradient convolves
 // dz with wt (w transposed, (C, K, 3, 3)), tap (r, s) of the window taking w's tap (2 - r, 2 - s).
@@ -241,8 +250,8 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_win_kernel(Op op, int l
     cp_async_commit();
   };
 
-  // The multiplied tile's pixels, a thread's column of each fragment: their tap bits (0 past the
-  // product's edge), and where pixel n0 sits in the window.
+  // The multiplied tile's pixels, a thread's column of each fragment: their taps (pixel_taps; 0
+  // past the product's edge), and where pixel n0 sits in the window.
   unsigned pbits[Sh::FN];
   int woff = 0;
   auto tile_pixels = [&](int tn0) {
@@ -250,12 +259,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_win_kernel(Op op, int l
     SQ_UNROLL
     for (int fj = 0; fj < Sh::FN; ++fj) {
       const int n = tn0 + wn + 8 * fj + g, hw = n % HW, h = hw / W, w = hw - h * W;
-      unsigned bits = 0;
-      SQ_UNROLL
-      for (int r = 0; r < 3; ++r) bits |= unsigned(h + r - 1) < unsigned(op.g.H) ? 1u << r : 0u;
-      SQ_UNROLL
-      for (int s = 0; s < 3; ++s) bits |= unsigned(w + s - 1) < unsigned(W) ? 1u << (16 + s) : 0u;
-      pbits[fj] = n < op.N ? bits : 0u;
+      pbits[fj] = n < op.N ? pixel_taps(h, w, op.g.H, W) : 0u;
     }
   };
 
@@ -273,7 +277,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_win_kernel(Op op, int l
     SQ_UNROLL
     for (int tap = 0; tap < 9; ++tap) {
       const int r = tap / 3, s = tap % 3;
-      const unsigned tb = (1u << r) | (1u << (16 + s));
+      const unsigned tb = 1u << tap;
       const float* Wt = Ws + (woff + (r - 1) * W + (s - 1) + wn);
       const float* At = As + wm * LDA + (Win<Op>::kFlip ? 8 - tap : tap);
       SQ_UNROLL
@@ -285,7 +289,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_win_kernel(Op op, int l
         SQ_UNROLL
         for (int fj = 0; fj < Sh::FN; ++fj) {
           Prec::load_b_kn(b[fj], Wt + kk * ldw + 8 * fj, ldw, g, t);
-          const bool on = (pbits[fj] & tb) == tb;  // the tap lands inside the pixel's image
+          const bool on = (pbits[fj] & tb) != 0u;  // the tap lands inside the pixel's image
           for (uint32_t& e : b[fj]) e = on ? e : 0u;
         }
         SQ_UNROLL
@@ -472,14 +476,8 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_winw_kernel(WeightOp op
       }
       copy_windows(Ws, ldw, op.x, c0, kd, win0(p0), npieces, warp, lane);
       if (int(threadIdx.x) < kWinP) {  // (plain stores: visible after the barrier before the chunk's products)
-        // The pixel's taps: bit 3 r + s where row h + r - 1 and column w + s - 1 are in the image.
         const int p = p0 + int(threadIdx.x), hw = p % HW, h = hw / W, w = hw - h * W;
-        unsigned cols = 0, taps = 0;
-        SQ_UNROLL
-        for (int s = 0; s < 3; ++s) cols |= unsigned(w + s - 1) < unsigned(W) ? 1u << s : 0u;
-        SQ_UNROLL
-        for (int r = 0; r < 3; ++r) taps |= unsigned(h + r - 1) < unsigned(H) ? cols << (3 * r) : 0u;
-        Pb[threadIdx.x] = p < pe ? taps : 0u;
+        Pb[threadIdx.x] = p < pe ? pixel_taps(h, w, H, W) : 0u;
       }
     }
     cp_async_commit();
