@@ -6,7 +6,7 @@
 // between two warps' accesses of the same shared memory shows as a wrong result in one of the two
 // orders, and run() takes forward or reverse. __shared__ variables become function-static (one
 // copy shared by the block's threads, as on the device).
-// Supports what the project's kernels use: threadIdx, blockIdx, blockDim, gridDim, float2, float4,
+// Supports what the project's kernels use: threadIdx, blockIdx, blockDim, gridDim, float2, float4, uint4,
 // min, max, isnan, fmaf, exp, log, __fadd_rn/__fmul_rn/__fsub_rn, bfloat16, WMMA, and the mma
 // kernel's asynchronous copies, dynamic shared memory (exactly the launch's bytes, an access past
 // them a fault) and mma.sync (below). Include it before the kernel source.
@@ -37,6 +37,9 @@ struct alignas(8) float2 {
 };
 struct alignas(16) float4 {
   float x, y, z, w;
+};
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
 };
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }

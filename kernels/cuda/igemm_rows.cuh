@@ -24,7 +24,8 @@
 // - Warps 2 x 4: a warp takes M_pad / 2 rows (FM fragments of 16, M <= 32 FM) and 56 columns (7
 //   fragments), in groups of 4 fragments where FM > 1 (A's fragments read again for each), so that
 //   the accumulators fit 128 registers unspilled. The outputs go through FwdOp's epilogue (bias,
-//   ReLU) one at a time.
+//   ReLU) one at a time, each stored through one pointer a row of the lane (a warp's columns lie
+//   in one output row), its column an immediate offset.
 //
 // Kernel source only, no CUDA runtime: tests/test_igemm.cpp runs it on the CPU under
 // tests/simt_host.h.
@@ -81,8 +82,9 @@ struct RowsB<MmaBf16> {
 // input rows (R + 2 a channel) and their pitch, and the dynamic shared memory (floats): A's words,
 // the k table, two stages of input rows.
 struct RowsLayout {
-  int kp, lda, nrows, hp, rp, stage;
-  SQ_HOST_DEVICE int a_words(int mpad) const { return mpad * lda; }
+  int kp, steps, nrows, hp, rp, stage;
+  // A's words in fragment order: k-step, fragment of 16 rows, lane, the lane's 4 registers.
+  SQ_HOST_DEVICE int a_words(int mpad) const { return steps * (mpad / 16) * 128; }
   SQ_HOST_DEVICE int stages_at(int mpad) const { return a_words(mpad) + kp; }
   SQ_HOST_DEVICE int floats(int mpad) const { return stages_at(mpad) + 2 * stage; }
 };
@@ -91,8 +93,7 @@ SQ_HOST_DEVICE inline RowsLayout rows_layout(const Geo& g, bool bf16) {
   const int crs = g.C * g.R * g.S;
   const int step = bf16 ? 16 : 8;  // the mma's depth
   l.kp = (crs + step - 1) / step * step;
-  const int words = l.kp / (bf16 ? 2 : 1);
-  l.lda = words + ((4 - words) % 32 + 32) % 32;  // 4 mod 32
+  l.steps = l.kp / step;
   l.nrows = g.R + 2;
   const int half = (g.W + 1) / 2, reach = kRowsQ + (g.S - 1) / 2;  // the columns past Q read up to q + s/2
   l.hp = half > reach ? half : reach;
@@ -139,17 +140,21 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rows_kernel(FwdOp op, R
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, gq = lane / 4, t = lane % 4;
   const int wm = (warp / 4) * (MPAD / 2), wn = (warp % 4) * (kRowsTN / 4);
 
-  // A, once: word (m, kw) holds k = KW kw .. KW kw + KW - 1 of row m, k = (s, c, r) in order; zero
-  // past the rows and the taps. The k table: tap k's row and column in a stage.
+  // A, once, in fragment order: word i of lane (g, t) in fragment f of k-step st is row m = 16 f +
+  // g + 8 (i & 1), word kw = 8 st + t + 4 (i >> 1) of that row, and word kw holds k = KW kw .. KW
+  // kw + KW - 1, k = (s, c, r) in order; zero past the rows and the taps. A fragment is then one
+  // 16-byte read a lane, the 32 lanes' reads contiguous. The k table: tap k's row and column in a
+  // stage.
   auto a_at = [&](int m, int k) {  // A(m, k) as read, 0 outside
     if (m >= op.M || k >= crs) return 0.0f;
     const int s = k / (g.C * g.R), cr = k - s * (g.C * g.R), c = cr / g.R, r = cr - c * g.R;
     return op.w[size_t(m) * crs + (c * g.R + r) * g.S + s];
   };
-  for (int l = int(threadIdx.x); l < MPAD * (L.kp / KW); l += kGemmThreads) {
-    const int m = l / (L.kp / KW), kw = l % (L.kp / KW);
+  for (int l = int(threadIdx.x); l < L.a_words(MPAD); l += kGemmThreads) {
+    const int i = l % 4, ln = l / 4 % 32, f = l / 128 % (MPAD / 16), st = l / 128 / (MPAD / 16);
+    const int m = 16 * f + ln / 4 + 8 * (i & 1), kw = 8 * st + ln % 4 + 4 * (i >> 1);
     float v[2] = {a_at(m, KW * kw), KW == 2 ? a_at(m, KW * kw + 1) : 0.0f};
-    Aw[m * L.lda + kw] = RowsA<Prec>::word(v);
+    Aw[l] = RowsA<Prec>::word(v);
   }
   for (int k = int(threadIdx.x); k < L.kp; k += kGemmThreads) {
     int o = 0;
@@ -188,15 +193,6 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rows_kernel(FwdOp op, R
     cp_async_commit();
   };
 
-  // The lane's column of each fragment, as a base in a stage: output row pr = n / 112 reads input
-  // rows from 2 pr, column q = n % 112.
-  int cb[FN];
-  SQ_UNROLL
-  for (int fj = 0; fj < FN; ++fj) {
-    const int n = wn + 8 * fj + gq, pr = n / kRowsQ, q = n - pr * kRowsQ;
-    cb[fj] = 2 * pr * L.rp + q;
-  }
-
   // The lane's rows' biases, once (FwdOp::bias_of): rows wm + 16 fi + gq + 8 h.
   float bias[FM][2];
   SQ_UNROLL
@@ -206,6 +202,16 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rows_kernel(FwdOp op, R
       const int m = wm + 16 * fi + gq + 8 * h;
       bias[fi][h] = m < op.M ? op.bias_of(m) : 0.0f;
     }
+  // The warp's output row in a tile and its first column: its 56 columns lie in one row (wn is a
+  // multiple of 56, two warps a row). The lane's outputs of row wm + gq start at out (column
+  // 2t). lead: all of the warp's rows are among the M and all its columns but the last
+  // fragment's are inside Q.
+  const int wpr = wn / kRowsQ, wq = wn - wpr * kRowsQ;
+  const bool lead = wm + 16 * FM <= op.M && wq + 8 * (FN - 1) <= g.Q;
+  float* const out = op.y + (size_t(wm + gq) * op.N + wq + 2 * t);
+  // The lane's column of its first fragment as a base in a stage: output row wpr reads input rows
+  // from 2 wpr, column wq + gq; fragment fj's is 8 fj further, an immediate offset of the loads.
+  const int cb = 2 * wpr * L.rp + wq + gq;
 
   issue(0);
   for (int u = 0; u < ntile_block; ++u) {
@@ -225,8 +231,8 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rows_kernel(FwdOp op, R
         uint32_t a[FM][4];
         SQ_UNROLL
         for (int fi = 0; fi < FM; ++fi) {
-          const uint32_t* r = Aw + (wm + 16 * fi + gq) * L.lda + k0 / KW + t;
-          a[fi][0] = r[0], a[fi][1] = r[8 * L.lda], a[fi][2] = r[4], a[fi][3] = r[8 * L.lda + 4];
+          const uint4 r = *reinterpret_cast<const uint4*>(Aw + ((k0 / Prec::K * (MPAD / 16) + wm / 16 + fi) * 32 + lane) * 4);
+          a[fi][0] = r.x, a[fi][1] = r.y, a[fi][2] = r.z, a[fi][3] = r.w;
         }
         int ko[RowsB<Prec>::kTaps];
         RowsB<Prec>::offsets(ko, koff + k0, t);
@@ -234,29 +240,59 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rows_kernel(FwdOp op, R
         for (int fj = 0; fj < FG; ++fj) {
           if (f0 + fj >= FN) break;
           uint32_t b[2];
-          RowsB<Prec>::load(b, Bs, ko, cb[f0 + fj]);
+          RowsB<Prec>::load(b, Bs, ko, cb + 8 * (f0 + fj));
           SQ_UNROLL
           for (int fi = 0; fi < FM; ++fi) Prec::mma(acc.v[fi][fj], a[fi], b);
         }
       }
-      // The outputs (pr, q) with q < Q and p0 + pr < P, rows m < M: the lane's (16 fi + gq + 8 h,
-      // 8 fj + 2 t + j), as MmaAcc::each lists them, with its rows' biases.
-      SQ_UNROLL
-      for (int fi = 0; fi < FM; ++fi)
-        SQ_UNROLL
-        for (int h = 0; h < 2; ++h) {
-          const int m = wm + 16 * fi + gq + 8 * h;
-          if (m >= op.M) continue;
+      // The outputs: the warp's columns are one output row's (p0 + wpr), columns wq .. wq + 55;
+      // the lane's (16 fi + gq + 8 h, 8 fj + 2 t + j), as MmaAcc::each lists them, with its rows'
+      // biases, where q < Q (every column of a warp that ends inside the row) and m < M. One
+      // pointer a row of the lane, the columns its immediate offsets.
+      if (p0 + wpr < g.P) {
+        float* const yt = out + (size_t(img) * PQ + size_t(p0 + wpr) * g.Q);
+        // FwdOp::out_biased without a branch a store: the bias is 0 where there is none.
+        auto value = [&](int fi, int fj, int h, int j) {
+          const float v = acc.v[fi][fj][2 * h + j] + bias[fi][h];
+          return op.relu ? fmaxf(v, 0.0f) : v;
+        };
+        if (lead) {
+          // Every row of the warp is one of the M, and every column but the last fragment's is
+          // inside Q (conv1 of both models): no test but the last fragment's columns.
           SQ_UNROLL
-          for (int fj = 0; fj < FG; ++fj) {
-            if (f0 + fj >= FN) break;
+          for (int fi = 0; fi < FM; ++fi)
             SQ_UNROLL
-            for (int j = 0; j < 2; ++j) {
-              const int n = wn + 8 * (f0 + fj) + 2 * t + j, pr = n / kRowsQ, q = n - pr * kRowsQ, p = p0 + pr;
-              if (q < g.Q && p < g.P) op.store_biased(m, img * PQ + p * g.Q + q, acc.v[fi][fj][2 * h + j], bias[fi][h]);
+            for (int h = 0; h < 2; ++h) {
+              float* const yr = yt + size_t(16 * fi + 8 * h) * op.N;
+              SQ_UNROLL
+              for (int fj = 0; fj < FG; ++fj) {
+                if (f0 + fj >= FN) break;
+                SQ_UNROLL
+                for (int j = 0; j < 2; ++j) {
+                  const int c = 8 * (f0 + fj) + j;
+                  if (f0 + fj < FN - 1 || wq + 2 * t + c < g.Q) yr[c] = value(fi, fj, h, j);
+                }
+              }
             }
-          }
+        } else {
+          SQ_UNROLL
+          for (int fi = 0; fi < FM; ++fi)
+            SQ_UNROLL
+            for (int h = 0; h < 2; ++h) {
+              if (wm + 16 * fi + gq + 8 * h >= op.M) continue;
+              float* const yr = yt + size_t(16 * fi + 8 * h) * op.N;
+              SQ_UNROLL
+              for (int fj = 0; fj < FG; ++fj) {
+                if (f0 + fj >= FN) break;
+                SQ_UNROLL
+                for (int j = 0; j < 2; ++j) {
+                  const int c = 8 * (f0 + fj) + j;
+                  if (wq + 2 * t + c < g.Q) yr[c] = value(fi, fj, h, j);
+                }
+              }
+            }
         }
+      }
     }
   }
   cp_async_wait<0>();  // (only an empty group remains)
