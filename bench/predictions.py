@@ -269,6 +269,19 @@ def predictions():
         P("squeezenet1.0 fp32 img/s, v8 over v4 (same lease)", "v8",
           lambda r: value(r["async"], "train", SQ10, "own fp32 img/s") / value(r["main"], "train", SQ10, "own fp32 img/s"),
           1.10, 1.35, higher=True, falsified=lambda v: v < 1.0, then="keep v4's tiles"),
+        # conv1's row kernels with about half the instructions (docs/KERNELS.md, "conv1's row
+        # kernels, half the instructions"), with the truncated operands and the bias read once: the
+        # forward's A in fragment order and its stores without divisions; the weight gradient's x
+        # rows in a ring over consecutive output rows and dz's rows in 16-byte copies.
+        *[P(what, "conv1's row kernels, half the instructions", at("layers", layer, col), lo, hi, since="d",
+            falsified=(lambda v, above=above: v > above) if above else None, then=then)
+          for what, layer, col, lo, hi, above, then in [
+              ("conv1 forward, TF32 ms, half the instructions", "conv1 fwd", "own tf32 ms", 0.35, 0.7, 0.95,
+               "the row kernel is not bound by its instructions: read limits' stall reasons for igemm_rows_kernel"),
+              ("conv1 forward, BF16 ms, half the instructions", "conv1 fwd", "own bf16 ms", 0.35, 0.7, None, ""),
+              ("conv1 backward (weight gradient), TF32 ms, the ring", "conv1 bwd", "own tf32 ms", 0.45, 0.7, 0.8,
+               "the copies were not on the issue path: read limits' igemm_rowsw_kernel"),
+              ("conv1 backward (weight gradient), BF16 ms, the ring", "conv1 bwd", "own bf16 ms", 0.45, 0.7, None, "")]],
         # Everything since run d together (docs/BENCHMARKS.md, "What is still owed"): the
         # truncated operands, the bias and the epilogue's loads, the band pools; and the graph,
         # default since session 21, for img/s. 1.5x run d's PyTorch eager is 9,570 img/s.

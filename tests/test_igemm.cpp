@@ -854,7 +854,7 @@ void check_rows(const Case& c, const Case& r) {
   }
 }
 
-// The row kernel's weight gradient with Z split-K slices (output rows z, z + Z, ...), summed by
+// The row kernel's weight gradient with Z split-K slices (ranges of consecutive output rows), summed by
 // splitk_reduce_kernel; with bias, the rows of dz beside them onto db = 1.
 template <class Prec, int FM, int FN>
 void check_rowsw(const Case& c, const Case& r, int slices, bool reverse, bool bias) {
@@ -921,7 +921,8 @@ void check_rows_cases(int* weight_tiles) {
 // The row kernels on the CPU: the first convolution's forward (stride 2, no padding) with w
 // resident and reordered, two output rows of input split by column parity a tile, persistent
 // blocks over the tiles; and its weight gradient, an output row of dz and its input rows a tile,
-// in split-K slices of output rows (some empty), with the bias's row sums. The emulator fills
+// in split-K slices of consecutive output rows (some empty; x's rows in a ring, dz's copied 16
+// bytes at a time where Kd is a multiple of 4, by 4 otherwise), with the bias's row sums. The emulator fills
 // shared memory with NaN and performs a copy only when its thread waits; the reference rounds x,
 // w and dz as the kernels do.
 TEST(ImplicitGemm, RowKernelOnTheCpuReproducesTheFirstConvolution) {

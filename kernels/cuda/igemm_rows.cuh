@@ -301,33 +301,56 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rows_kernel(FwdOp op, R
 // ---- The first convolution's weight gradient -------------------------------------------------
 //
 // dW (K x C*R*S) += dz (K x N*P*Q) * col(x)^T over the same geometry, k an output pixel. A tile is
-// one output row (img, p) for TM filters: a stage holds dz's TM x 112 piece of that row ([m][k],
-// 4-byte copies, zero past Q: Q is odd) and input rows 2p .. 2p + R - 1 of each channel, split by
-// column parity as the forward's. Column n of the product is tap (s, c, r) in that order; its B
-// element at pixel q is at koff(n) + q in the stage, so lane (g, t) reads koff(n_g) + t: with rows
-// RP = 4 mod 32 words apart and consecutive n on consecutive rows, conflict-free in TF32 where r
-// does not wrap (BF16 reads q 2t and 2t + 1: two ways a bank).
+// one output row (img, p) for TM filters. Column n of the product is tap (s, c, r) in that order.
 //
-// Blocks (z, mt): m-tile mt's rows, output rows z, z + Z, ... (Z = gridDim.x, the split-K slices),
-// summed in registers; slice z goes to ws[z] (dW's own layout) and, with op.rows, its row sums of
-// dz to rows[z] (RowSums), for splitk_reduce_kernel. Warps 1 x 8: each takes all TM = 16 FM rows
-// and 8 FN of the 64 FN columns. Two stages of about 45 KB (TF32, conv1 of squeezenet1.0): two
+// - dz's TM x Q piece of the row goes into a stage ([m][k], two stages). Where dz's rows are
+//   16-byte aligned (Kd a multiple of 4, dz aligned: every batch size that is a multiple of 4), a
+//   row is one copy a lane: pixel q at position q + a, a = the row's start mod 4, so that
+//   positions 4 .. 115 are 28 aligned 16-byte copies (zero-filled past Q) and positions 0 .. 3
+//   four 4-byte ones (zero before a). Otherwise 4-byte copies, a = 0. The products run over
+//   positions 0 .. a + Q, in steps of the mma's depth.
+// - x's rows are a ring of kRowswRing rows a channel, split by column parity as the forward's
+//   stage. A block's tiles are consecutive output rows (its slice of them), so the next tile
+//   reads R - 2 of the current tile's rows again: it copies only its last 2 (all R at an image's
+//   first row or the block's first tile). The tile's first row sits at ring position v (v grows
+//   by 2 a tile, by R at a fresh one), row r at (v + r) mod kRowswRing: the rows in use and those
+//   being copied never share a place (R + 2 <= kRowswRing).
+// - Tap n's B element at position j is at kc(n) + j: its row's place in the ring, its column
+//   (s & 1) hp + s / 2, less a. Lane (g, t) reads kc(n_g) + t: rows RP = 4 mod 8 words apart,
+//   consecutive n on consecutive rows, conflict-free in TF32 where r does not wrap (BF16 reads j
+//   2t and 2t + 1: two ways a bank). Positions before a read the word before a row: the
+//   previous row's padding (or a guard before the ring), zeroed once, as is every word a product
+//   reads that no copy writes; it meets zeros in dz.
+//
+// Blocks (z, mt): m-tile mt's rows, slice z of the output rows (Z = gridDim.x, the split-K
+// slices), summed in registers; slice z goes to ws[z] (dW's own layout) and, with op.rows, its row
+// sums of dz to rows[z] (RowSums), for splitk_reduce_kernel. Warps 1 x 8: each takes all TM = 16 FM
+// rows and 8 FN of the 64 FN columns. 95 KB (TF32, conv1 of squeezenet1.0; BF16 97 KB): two
 // blocks an SM.
-constexpr int kRowswK = kRowsQ;  // pixels a tile: one output row, padded
+constexpr int kRowswK = kRowsQ;            // pixels a tile: one output row, padded
+constexpr int kRowswRing = 16;             // ring rows a channel (R + 2 at most 9; a power of two)
+// Positions a product may read: a + Q <= 115 rounded up to the mma's depth.
+template <int K>
+constexpr int kRowswKmax = (kRowswK + 3 + K - 1) / K * K;
 
 struct RowswLayout {
-  int lda, rp, hp, stage;
-  SQ_HOST_DEVICE int a_floats(int tm) const { return tm * lda; }
-  SQ_HOST_DEVICE int floats() const { return 2 * stage; }  // two stages
+  int lda, rp, hp, stage, ring;
+  SQ_HOST_DEVICE int ring_at() const { return 2 * stage + 4; }  // after the two stages and a guard
+  SQ_HOST_DEVICE int floats() const { return ring_at() + ring; }
 };
 SQ_HOST_DEVICE inline RowswLayout rowsw_layout(const Geo& g, int tm, bool bf16) {
   RowswLayout l;
-  l.lda = kRowswK + (bf16 ? 24 : 20);  // 8 mod 32 (BF16 pairs), 4 mod 32 (TF32)
+  l.lda = kRowswK + (bf16 ? 24 : 20);  // 8 mod 32 (BF16 pairs), 4 mod 32 (TF32); holds kmax
+  const int kmax = bf16 ? kRowswKmax<16> : kRowswKmax<8>;
   const int half = (g.W + 1) / 2, reach = kRowswK + (g.S - 1) / 2;
   l.hp = half > reach ? half : reach;
-  const int span = 2 * l.hp;
-  l.rp = span + ((4 - span) % 32 + 32) % 32;
-  l.stage = tm * l.lda + (g.C * g.R * l.rp + 3) / 4 * 4;
+  // A row: its two halves, then room for the furthest read (odd half, column (S - 1) / 2 + kmax -
+  // 1) and for the next row's reads before its start (4 words); an odd multiple of 4 words, so
+  // that 8 consecutive rows start in 8 different banks mod 32 (and fit 99 KB, below).
+  const int span = 2 * l.hp, far = l.hp + (g.S - 1) / 2 + kmax, need = span + 4 > far ? span + 4 : far;
+  l.rp = need + ((4 - need) % 8 + 8) % 8;
+  l.stage = tm * l.lda;
+  l.ring = g.C * kRowswRing * l.rp;
   return l;
 }
 // The tile: FM fragments of 16 filters (3 above 64 filters, else 2), FN of 64 columns.
@@ -359,82 +382,134 @@ inline int rowsw_slices(const Geo& g, int resident) {
 
 template <class Prec, int FM, int FN>
 __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rowsw_kernel(WeightOp op, RowswLayout L) {
-  constexpr int TM = 16 * FM, TN = 64 * FN;
+  constexpr int TM = 16 * FM, TN = 64 * FN, KMAX = kRowswKmax<Prec::K>, NR = kRowswRing;
   SQ_DYNAMIC_SHARED(float, stages);
+  float* const ring = stages + L.ring_at();
   const Geo& g = op.g;
-  const int crs = g.C * g.R * g.S, HW = g.H * g.W, PQ = g.P * g.Q, rows = g.N * g.P;
+  const int crs = g.C * g.R * g.S, HW = g.H * g.W, PQ = g.P * g.Q;
+  const long long rows = (long long)g.N * g.P;
   const int m0 = int(blockIdx.y) * TM, z = int(blockIdx.x);
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, gq = lane / 4, t = lane % 4;
   const int wn = warp * (TN / 8);
-  // The lane's column of each fragment: its tap's place in a stage (row c R + r), 0 past the taps.
-  int kc[FN];
+  // 16-byte copies of dz's rows where every row starts 16-byte aligned but for the pixel offset.
+  const bool vec = op.Kd % 4 == 0 && (reinterpret_cast<uintptr_t>(op.dz) & 15) == 0;
+  // The lane's tap of each fragment: its row r and its channel's ring and column, 0 past the taps.
+  int ktap[FN], kr[FN];
   SQ_UNROLL
   for (int fj = 0; fj < FN; ++fj) {
-    const int n = wn + 8 * fj + gq, s = n / (g.C * g.R), cr = n - s * (g.C * g.R);
-    kc[fj] = n < crs ? cr * L.rp + (s & 1) * L.hp + s / 2 : 0;
+    const int n = wn + 8 * fj + gq, s = n / (g.C * g.R), cr = n - s * (g.C * g.R), c = cr / g.R;
+    ktap[fj] = n < crs ? c * NR * L.rp + (s & 1) * L.hp + s / 2 : 0;
+    kr[fj] = n < crs ? cr - c * g.R : 0;
   }
-  const int ntile = (rows - z + int(gridDim.x) - 1) / int(gridDim.x);  // output rows z, z + Z, ...
-  auto issue = [&](int u) {
+  // The slice's output rows: [r0, r0 + ntile).
+  const int r0 = int(rows * z / int(gridDim.x)), ntile = int(rows * (z + 1) / int(gridDim.x)) - r0;
+  auto tile_of = [&](int u, int& img, int& p) {
+    const int row = r0 + u;
+    img = row / g.P, p = row - img * g.P;
+  };
+  // Once: zero what products and row sums read and no copy writes: the guard before the ring,
+  // each ring row's padding, the stages' positions past 112.
+  for (int i = int(threadIdx.x); i < 4; i += kGemmThreads) ring[i - 4] = 0.0f;
+  const int pad = L.rp - 2 * L.hp;
+  for (int i = int(threadIdx.x); i < g.C * NR * pad; i += kGemmThreads) ring[i / pad * L.rp + 2 * L.hp + i % pad] = 0.0f;
+  for (int i = int(threadIdx.x); i < 2 * TM * (KMAX - kRowswK); i += kGemmThreads)
+    stages[i / (KMAX - kRowswK) * L.lda + kRowswK + i % (KMAX - kRowswK)] = 0.0f;
+  __syncthreads();  // (before any copy lands there)
+
+  // Tile u's copies (an empty group past the last tile): dz's rows into stage u % 2, and x's rows
+  // that the ring lacks at position v.
+  auto issue = [&](int u, int v) {
     if (u < ntile) {
-      const int row = z + u * int(gridDim.x), img = row / g.P, p = row - img * g.P;
+      int img, p;
+      tile_of(u, img, p);
       float* As = stages + (u % 2) * L.stage;
-      float* Bs = As + L.a_floats(TM);
+      const int s0 = img * PQ + p * g.Q, a = vec ? s0 % 4 : 0;
       for (int mm = warp; mm < TM; mm += kGemmThreads / 32) {
         const int m = m0 + mm;
-        const float* src = m < op.M ? op.dz + (size_t(m) * op.Kd + size_t(img) * PQ + size_t(p) * g.Q) : op.dz;
-        for (int q = lane; q < kRowswK; q += 32) {
-          const bool in = m < op.M && q < g.Q;
-          cp_async4(As + mm * L.lda + q, in ? src + q : op.dz, in);
+        const bool mrow = m < op.M;
+        const float* src = mrow ? op.dz + (size_t(m) * op.Kd + size_t(s0 - a)) : op.dz;
+        float* dst = As + mm * L.lda;
+        if (vec) {  // a lane a copy: positions 0 .. 3 by 4 bytes, 4j .. 4j + 3 by 16
+          if (lane < 4) {
+            const bool in = mrow && lane >= a && lane - a < g.Q;
+            cp_async4(dst + lane, in ? src + lane : op.dz, in);
+          } else {
+            const int j = lane - 3, left = g.Q + a - 4 * j, valid = mrow ? (left < 0 ? 0 : left > 4 ? 4 : left) : 0;
+            cp_async16(dst + 4 * j, valid > 0 ? src + 4 * j : op.dz, valid);
+          }
+        } else {
+          for (int q = lane; q < kRowswK; q += 32) {
+            const bool in = mrow && q < g.Q;
+            cp_async4(dst + q, in ? src + q : op.dz, in);
+          }
         }
       }
-      for (int r = warp; r < g.C * g.R; r += kGemmThreads / 32) {  // stage row c R + r': x's row 2p + r'
-        const int c = r / g.R, h = 2 * p + (r - c * g.R);
-        const float* src = op.x + ((size_t(c) * g.N + img) * HW + size_t(h) * g.W);
-        float* dst = Bs + r * L.rp;
+      const bool fresh = u == 0 || p == 0;
+      const int first = fresh ? 0 : g.R - 2, nr = g.R - first;
+      for (int i = warp; i < g.C * nr; i += kGemmThreads / 32) {  // x's row 2p + r of channel c
+        const int c = i / nr, r = first + (i - c * nr);
+        const float* xs = op.x + ((size_t(c) * g.N + img) * HW + size_t(2 * p + r) * g.W);
+        float* xd = ring + (c * NR + ((v + r) & (NR - 1))) * L.rp;
         for (int col = lane; col < 2 * L.hp; col += 32) {
           const bool in = col < g.W;
-          cp_async4(dst + (col & 1) * L.hp + (col >> 1), in ? src + col : op.x, in);
+          cp_async4(xd + (col & 1) * L.hp + (col >> 1), in ? xs + col : op.x, in);
         }
       }
     }
     cp_async_commit();
   };
+  // The ring position of tile u's first row, given tile u - 1's.
+  auto advance = [&](int u, int v) {
+    if (u == 0) return 0;
+    int img, p;
+    tile_of(u, img, p);
+    return v + (p == 0 ? g.R : 2);
+  };
 
   float* const rows_out = op.rows;
-  RowSums<TM, kRowswK> rsum;
+  RowSums<TM, KMAX> rsum;
   MmaAcc<FM, FN> acc;
   acc.clear();
 
-  issue(0);
+  int v = 0;
+  issue(0, v);
   for (int u = 0; u < ntile; ++u) {
     cp_async_wait<0>();
     __syncthreads();  // tile u's copies; everyone done with u - 1
-    issue(u + 1);
+    const int vn = advance(u + 1, v);
+    issue(u + 1, vn);
     const float* As = stages + (u % 2) * L.stage;
-    const float* Bs = As + L.a_floats(TM);
+    int img, p;
+    tile_of(u, img, p);
+    const int a = vec ? (img * PQ + p * g.Q) % 4 : 0, kend = a + g.Q;
+    int kc[FN];
+    SQ_UNROLL
+    for (int fj = 0; fj < FN; ++fj) kc[fj] = ktap[fj] + ((v + kr[fj]) & (NR - 1)) * L.rp - a;
     if (rows_out) rsum.add(As, L.lda);
     SQ_UNROLL
-    for (int k0 = 0; k0 < kRowswK; k0 += Prec::K) {
-      uint32_t a[FM][4];
+    for (int k0 = 0; k0 < KMAX; k0 += Prec::K) {
+      if (k0 >= kend) break;
+      uint32_t af[FM][4];
       SQ_UNROLL
-      for (int fi = 0; fi < FM; ++fi) Prec::load_a(a[fi], As + 16 * fi * L.lda + k0, L.lda, gq, t);
+      for (int fi = 0; fi < FM; ++fi) Prec::load_a(af[fi], As + 16 * fi * L.lda + k0, L.lda, gq, t);
       SQ_UNROLL
       for (int fj = 0; fj < FN; ++fj) {
         uint32_t b[2];
-        Prec::load_b_nk_any(b, Bs + kc[fj] + k0, t);
+        Prec::load_b_nk_any(b, ring + kc[fj] + k0, t);
         SQ_UNROLL
-        for (int fi = 0; fi < FM; ++fi) Prec::mma(acc.v[fi][fj], a[fi], b);
+        for (int fi = 0; fi < FM; ++fi) Prec::mma(acc.v[fi][fj], af[fi], b);
       }
     }
+    v = vn;
   }
   cp_async_wait<0>();  // (only an empty group remains)
   if (rows_out) rsum.finish(stages, rows_out, m0, op.M, z);
   // Column n = (s, c, r) is dW's (c R + r) S + s.
-  acc.each(gq, t, [&](int, int r, int j, float v) {
+  acc.each(gq, t, [&](int, int r, int j, float val) {
     const int m = m0 + r, n = wn + j;
     if (m >= op.M || n >= crs) return;
     const int s = n / (g.C * g.R), cr = n - s * (g.C * g.R);
-    op.store(m, cr * g.S + s, v, z);
+    op.store(m, cr * g.S + s, val, z);
   });
 }
 
