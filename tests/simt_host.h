@@ -9,7 +9,7 @@
 // Supports what the project's kernels use: threadIdx, blockIdx, blockDim, gridDim, float2, float4, uint4,
 // min, max, isnan, fmaf, exp, log, __fadd_rn/__fmul_rn/__fsub_rn, bfloat16, WMMA, and the mma
 // kernel's asynchronous copies, dynamic shared memory (exactly the launch's bytes, an access past
-// them a fault) and mma.sync (below). Include it before the kernel source.
+// them a fault), mma.sync and ldmatrix (below). Include it before the kernel source.
 #pragma once
 #include <signal.h>
 #include <sys/mman.h>
@@ -155,9 +155,11 @@ struct ThreadAsync {
   std::vector<AsyncCopy> open;
   std::vector<std::vector<AsyncCopy>> committed;
 };
-// What a lane brings to a warp's mma: its A and B fragment registers.
+// What a lane brings to a warp's mma: its A and B fragment registers; to an ldmatrix, its row's
+// address.
 struct MmaOperands {
   uint32_t a[4], b[2];
+  const float* row;
 };
 
 struct Scheduler {
@@ -435,8 +437,28 @@ void warp_mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     d[e] = acc;
   }
 }
+
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16, written from the PTX ISA independently of the kernels:
+// four 8x8 matrices of 16-bit elements, lanes 8j .. 8j + 7 giving the addresses of matrix j's rows
+// 0..7 (16 bytes each, 16-byte aligned); lane i receives in register j elements 2 (i % 4) and
+// 2 (i % 4) + 1 of matrix j's row i / 4, the lower in the low half: the 32-bit word i % 4 of that
+// row. The lanes deposit their addresses in the mma's alternating slots (the same argument holds:
+// every lane passes the same sequence of warp-wide operations), a barrier, then each lane reads.
+inline void ldmatrix_x4(uint32_t (&r)[4], const float* row) {
+  if (reinterpret_cast<uintptr_t>(row) % 16) {
+    std::fprintf(stderr, "simt: ldmatrix with a misaligned row address\n");
+    std::abort();
+  }
+  Scheduler& s = sched();
+  const int me = s.cur, base = me / 32 * 32, lane = me % 32;
+  std::vector<MmaOperands>& slot = s.mma_slots[s.mma_count[size_t(me)]++ % 2];
+  slot[size_t(me)].row = row;
+  warp_barrier();
+  for (int j = 0; j < 4; ++j) std::memcpy(&r[j], slot[size_t(base + 8 * j + lane / 4)].row + lane % 4, 4);
+}
 }  // namespace simt
 
+inline void ldmatrix_x4(uint32_t (&r)[4], const float* row) { simt::ldmatrix_x4(r, row); }
 inline void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   simt::warp_mma<true>(d, a, b);
 }

@@ -18,7 +18,7 @@
 //   along k (the weight gradient), so that the copies' stores stay conflict-free too.
 //
 // Kernel source only, no CUDA runtime: tests/test_igemm.cpp runs it on the CPU under
-// tests/simt_host.h, which defines the same cp_async*, pack_bf16x2, tf32_bits, tf32_operand and mma_* functions:
+// tests/simt_host.h, which defines the same cp_async*, ldmatrix_x4, pack_bf16x2, tf32_bits, tf32_operand and mma_* functions:
 // the copies land only when the thread waits for their group, and mma exchanges the 32 lanes'
 // fragments by the PTX ISA's fragment layouts, so a wrong fragment index, a missing wait or a
 // missing barrier gives a wrong product there.
@@ -47,6 +47,16 @@ __device__ __forceinline__ void cp_async16(float* dst, const float* src, int val
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(4 * valid) : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Four 8x8 matrices of 16-bit elements from shared memory (sm_75+): lanes 8j .. 8j + 7 give the
+// addresses of matrix j's rows (16 bytes each, 16-byte aligned), and lane i receives in register j
+// the 32-bit word i % 4 of matrix j's row i / 4. A TF32 A fragment is four such matrices of
+// 32-bit words (MmaTf32::load_a).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const float* row) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
 // Waits until at most N of this thread's committed groups are pending.
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -129,10 +139,12 @@ struct MmaTf32 {
   using FragA = uint32_t[4];
   using FragB = uint32_t[2];
   // Registers: (g, t), (g+8, t), (g, t+4), (g+8, t+4).
+  // One ldmatrix: registers 0-3 are rows g and g + 8 at k t, then at k t + 4, the four 8x4-word
+  // quarters of the [m][k] tile, each row's quarter 16-byte aligned (ld and p multiples of 4
+  // floats). Lane 4g + t gives the address of quarter (lane >> 3)'s row lane & 7.
   __device__ static void load_a(uint32_t (&a)[4], const float* p, int ld, int g, int t) {
-    const float* r = p + g * ld + t;
-    a[0] = tf32_operand(r[0]), a[1] = tf32_operand(r[8 * ld]), a[2] = tf32_operand(r[4]),
-    a[3] = tf32_operand(r[8 * ld + 4]);
+    const int lane = 4 * g + t;
+    ldmatrix_x4(a, p + ((lane & 7) + 8 * ((lane >> 3) & 1)) * ld + 4 * (lane >> 4));
   }
   // Registers: k t and t+4, column g.
   __device__ static void load_b_nk(uint32_t (&b)[2], const float* p, int ld, int g, int t) {
