@@ -171,6 +171,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rows_kernel(FwdOp op, R
     img = tile / ptiles, p0 = (tile - img * ptiles) * 2;
   };
   const int ntile_block = (tiles - int(blockIdx.x) + int(gridDim.x) - 1) / int(gridDim.x);
+  const int warp_c = warp / L.nrows, warp_j = warp - warp_c * L.nrows;  // the warp's first stage row
   // Tile u's input rows into stage u % 2 (an empty group past the last tile): row j of channel c
   // is x's row 2 p0 + j, even columns then odd ones, zero past the image (its address is formed
   // only for a row inside it).
@@ -179,15 +180,17 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rows_kernel(FwdOp op, R
       int img, p0;
       tile_of(u, img, p0);
       float* Bs = stages + (u % 2) * L.stage;
-      // A warp a row, its lanes along x's columns (col < 2 HP: each E and O place once).
-      for (int row = warp; row < g.C * L.nrows; row += kGemmThreads / 32) {
-        const int c = row / L.nrows, h = 2 * p0 + (row - c * L.nrows);
+      // A warp a row, its lanes along x's columns (col < 2 HP: each E and O place once); the
+      // warp's rows warp, warp + 8, ... as (channel c, row j of it), stepped without a division.
+      for (int row = warp, c = warp_c, j = warp_j; row < g.C * L.nrows; row += kGemmThreads / 32) {
+        const int h = 2 * p0 + j;
         const float* src = h < g.H ? op.x + ((size_t(c) * g.N + img) * HW + size_t(h) * g.W) : op.x;
         float* dst = Bs + row * L.rp;
         for (int col = lane; col < 2 * L.hp; col += 32) {
           const bool in = h < g.H && col < g.W;
           cp_async4(dst + (col & 1) * L.hp + (col >> 1), in ? src + col : op.x, in);
         }
+        for (j += kGemmThreads / 32; j >= L.nrows; j -= L.nrows) ++c;
       }
     }
     cp_async_commit();
