@@ -259,6 +259,19 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rows_kernel(FwdOp op, R
           const float v = acc.v[fi][fj][2 * h + j] + bias[fi][h];
           return op.relu ? fmaxf(v, 0.0f) : v;
         };
+        // Row (fi, h) of the lane's outputs where in(fragment, column) holds.
+        auto store_row = [&](int fi, int h, auto in) {
+          float* const yr = yt + size_t(16 * fi + 8 * h) * op.N;
+          SQ_UNROLL
+          for (int fj = 0; fj < FG; ++fj) {
+            if (f0 + fj >= FN) break;
+            SQ_UNROLL
+            for (int j = 0; j < 2; ++j) {
+              const int c = 8 * (f0 + fj) + j;
+              if (in(f0 + fj, c)) yr[c] = value(fi, fj, h, j);
+            }
+          }
+        };
         // Two paths on purpose: with the row and column tests merged under `lead`, nvcc keeps a
         // branch and a 64-bit address a store (about 14 instructions an output, the SASS).
         if (lead) {
@@ -267,35 +280,14 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rows_kernel(FwdOp op, R
           SQ_UNROLL
           for (int fi = 0; fi < FM; ++fi)
             SQ_UNROLL
-            for (int h = 0; h < 2; ++h) {
-              float* const yr = yt + size_t(16 * fi + 8 * h) * op.N;
-              SQ_UNROLL
-              for (int fj = 0; fj < FG; ++fj) {
-                if (f0 + fj >= FN) break;
-                SQ_UNROLL
-                for (int j = 0; j < 2; ++j) {
-                  const int c = 8 * (f0 + fj) + j;
-                  if (f0 + fj < FN - 1 || wq + 2 * t + c < g.Q) yr[c] = value(fi, fj, h, j);
-                }
-              }
-            }
+            for (int h = 0; h < 2; ++h)
+              store_row(fi, h, [&](int f, int c) { return f < FN - 1 || wq + 2 * t + c < g.Q; });
         } else {
           SQ_UNROLL
           for (int fi = 0; fi < FM; ++fi)
             SQ_UNROLL
-            for (int h = 0; h < 2; ++h) {
-              if (wm + 16 * fi + gq + 8 * h >= op.M) continue;
-              float* const yr = yt + size_t(16 * fi + 8 * h) * op.N;
-              SQ_UNROLL
-              for (int fj = 0; fj < FG; ++fj) {
-                if (f0 + fj >= FN) break;
-                SQ_UNROLL
-                for (int j = 0; j < 2; ++j) {
-                  const int c = 8 * (f0 + fj) + j;
-                  if (wq + 2 * t + c < g.Q) yr[c] = value(fi, fj, h, j);
-                }
-              }
-            }
+            for (int h = 0; h < 2; ++h)
+              if (wm + 16 * fi + gq + 8 * h < op.M) store_row(fi, h, [&](int, int c) { return wq + 2 * t + c < g.Q; });
         }
       }
     }
