@@ -174,6 +174,48 @@ TEST(SimtHost, ExposesMissingBarriersInOneOfTheTwoOrders) {
   }
 }
 
+// ldmatrix.x4 as the PTX ISA describes it (the TF32 A fragments of the mma, window and row kernels
+// rely on it): lanes 8j .. 8j + 7 give matrix j's row addresses, lane i receives in register j the
+// 32-bit word i % 4 of matrix j's row i / 4. Rows 16 bytes each, scattered (two matrices
+// interleaved, a gap between rows), two warps with their own matrices, and two loads in a row
+// (the emulator's alternating slots), each word its own value.
+TEST(SimtHost, LdmatrixGivesEachLaneItsWordsOfThePtxLayout) {
+  constexpr int kWarps = 2, kLoads = 2, kPitch = 12;  // words between a matrix's rows
+  // Word w of row r of matrix j of load l of warp v: where it sits, and its value.
+  auto at = [](int v, int l, int j, int r, int w) { return ((v * kLoads + l) * 2 + j / 2) * 8 * kPitch * 2 + r * kPitch * 2 + (j % 2) * 4 + w; };
+  auto value = [](int v, int l, int j, int r, int w) { return uint32_t(100000 * v + 10000 * l + 1000 * j + 10 * r + w); };
+  const int words = kWarps * kLoads * 2 * 8 * kPitch * 2;
+  std::vector<uint32_t> got(size_t(kWarps) * 32 * kLoads * 4, 0u);
+  ASSERT_TRUE(simt::run({1, 1, 1}, 32 * kWarps, [&] {
+    SQ_DYNAMIC_SHARED(float, s);
+    const int t = int(threadIdx.x), v = t / 32, lane = t % 32;
+    for (int i = t; i < words; i += 32 * kWarps) s[i] = 0.0f;
+    __syncthreads();
+    for (int l = 0; l < kLoads; ++l)
+      for (int j = 0; j < 4; ++j)
+        for (int r = 0; r < 8; ++r)
+          for (int w = 0; w < 4; ++w)
+            if (t == 0)
+              for (int vv = 0; vv < kWarps; ++vv) {
+                const uint32_t x = value(vv, l, j, r, w);
+                std::memcpy(&s[at(vv, l, j, r, w)], &x, 4);
+              }
+    __syncthreads();
+    for (int l = 0; l < kLoads; ++l) {
+      uint32_t reg[4];
+      ldmatrix_x4(reg, s + at(v, l, lane / 8, lane % 8, 0));
+      for (int j = 0; j < 4; ++j) got[(size_t(t) * kLoads + size_t(l)) * 4 + size_t(j)] = reg[j];
+    }
+  }, false, size_t(words) * sizeof(float)));
+  for (int t = 0; t < 32 * kWarps; ++t)
+    for (int l = 0; l < kLoads; ++l)
+      for (int j = 0; j < 4; ++j) {
+        const int v = t / 32, lane = t % 32;
+        EXPECT_EQ(got[(size_t(t) * kLoads + size_t(l)) * 4 + size_t(j)], value(v, l, j, lane / 4, lane % 4))
+            << "thread " << t << ", load " << l << ", register " << j;
+      }
+}
+
 // Static shared memory holds nothing of a previous block (SQ_FRESH_SHARED): a read before the
 // block's own write gives NaN, where the emulator's function-static variable would otherwise still
 // hold the previous block's value.
