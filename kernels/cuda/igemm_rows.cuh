@@ -398,11 +398,21 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rowsw_kernel(WeightOp o
     ktap[fj] = n < crs ? c * NR * L.rp + (s & 1) * L.hp + s / 2 : 0;
     kr[fj] = n < crs ? cr - c * g.R : 0;
   }
-  // The slice's output rows: [r0, r0 + ntile).
+  // The slice's output rows: [r0, r0 + ntile), each a tile: its image and row, its first pixel
+  // s0 = img PQ + p Q (consecutive rows are Q pixels apart), dz's shift a, whether it shares no
+  // rows with the tile before (fresh), and the ring position v of its first input row (+2 a
+  // tile, +R at a fresh one).
   const int r0 = int(rows * z / int(gridDim.x)), ntile = int(rows * (z + 1) / int(gridDim.x)) - r0;
-  auto tile_of = [&](int u, int& img, int& p) {
-    const int row = r0 + u;
-    img = row / g.P, p = row - img * g.P;
+  struct Tile {
+    int img, p, s0, a, v;
+    bool fresh;
+  };
+  auto shift = [&](int s0) { return vec ? s0 % 4 : 0; };
+  auto next_tile = [&](Tile u) {
+    u.s0 += g.Q, u.fresh = ++u.p == g.P;
+    if (u.fresh) u.p = 0, ++u.img;
+    u.a = shift(u.s0), u.v += u.fresh ? g.R : 2;
+    return u;
   };
   // Once: zero what products and row sums read and no copy writes: the guard before the ring,
   // each ring row's padding, the stages' positions past 112.
@@ -414,17 +424,15 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rowsw_kernel(WeightOp o
   __syncthreads();  // (before any copy lands there)
 
   // Tile u's copies (an empty group past the last tile): dz's rows into stage u % 2, and x's rows
-  // that the ring lacks at position v.
-  auto issue = [&](int u, int v) {
+  // that the ring lacks.
+  auto issue = [&](int u, const Tile& tl) {
     if (u < ntile) {
-      int img, p;
-      tile_of(u, img, p);
+      const int img = tl.img, p = tl.p, a = tl.a;
       float* As = stages + (u % 2) * L.stage;
-      const int s0 = img * PQ + p * g.Q, a = vec ? s0 % 4 : 0;
       for (int mm = warp; mm < TM; mm += kGemmThreads / 32) {
         const int m = m0 + mm;
         const bool mrow = m < op.M;
-        const float* src = mrow ? op.dz + (size_t(m) * op.Kd + size_t(s0 - a)) : op.dz;
+        const float* src = mrow ? op.dz + (size_t(m) * op.Kd + size_t(tl.s0 - a)) : op.dz;
         float* dst = As + mm * L.lda;
         if (vec) {  // a lane a copy: positions 0 .. 3 by 4 bytes, 4j .. 4j + 3 by 16
           if (lane < 4) {
@@ -441,12 +449,11 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rowsw_kernel(WeightOp o
           }
         }
       }
-      const bool fresh = u == 0 || p == 0;
-      const int first = fresh ? 0 : g.R - 2, nr = g.R - first;
+      const int first = tl.fresh ? 0 : g.R - 2, nr = g.R - first;
       for (int i = warp; i < g.C * nr; i += kGemmThreads / 32) {  // x's row 2p + r of channel c
         const int c = i / nr, r = first + (i - c * nr);
         const float* xs = op.x + ((size_t(c) * g.N + img) * HW + size_t(2 * p + r) * g.W);
-        float* xd = ring + (c * NR + ((v + r) & (NR - 1))) * L.rp;
+        float* xd = ring + (c * NR + ((tl.v + r) & (NR - 1))) * L.rp;
         for (int col = lane; col < 2 * L.hp; col += 32) {
           const bool in = col < g.W;
           cp_async4(xd + (col & 1) * L.hp + (col >> 1), in ? xs + col : op.x, in);
@@ -455,33 +462,24 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rowsw_kernel(WeightOp o
     }
     cp_async_commit();
   };
-  // The ring position of tile u's first row, given tile u - 1's.
-  auto advance = [&](int u, int v) {
-    if (u == 0) return 0;
-    int img, p;
-    tile_of(u, img, p);
-    return v + (p == 0 ? g.R : 2);
-  };
-
   float* const rows_out = op.rows;
   RowSums<TM, KMAX> rsum;
   MmaAcc<FM, FN> acc;
   acc.clear();
 
-  int v = 0;
-  issue(0, v);
+  Tile cur{r0 / g.P, r0 % g.P, 0, 0, 0, true};
+  cur.s0 = cur.img * PQ + cur.p * g.Q, cur.a = shift(cur.s0);
+  issue(0, cur);
   for (int u = 0; u < ntile; ++u) {
     cp_async_wait<0>();
     __syncthreads();  // tile u's copies; everyone done with u - 1
-    const int vn = advance(u + 1, v);
-    issue(u + 1, vn);
+    const Tile next = next_tile(cur);
+    issue(u + 1, next);
     const float* As = stages + (u % 2) * L.stage;
-    int img, p;
-    tile_of(u, img, p);
-    const int a = vec ? (img * PQ + p * g.Q) % 4 : 0, kend = a + g.Q;
+    const int kend = cur.a + g.Q;
     int kc[FN];
     SQ_UNROLL
-    for (int fj = 0; fj < FN; ++fj) kc[fj] = ktap[fj] + ((v + kr[fj]) & (NR - 1)) * L.rp - a;
+    for (int fj = 0; fj < FN; ++fj) kc[fj] = ktap[fj] + ((cur.v + kr[fj]) & (NR - 1)) * L.rp - cur.a;
     if (rows_out) rsum.add(As, L.lda);
     SQ_UNROLL
     for (int k0 = 0; k0 < KMAX; k0 += Prec::K) {
@@ -497,7 +495,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rowsw_kernel(WeightOp o
         for (int fi = 0; fi < FM; ++fi) Prec::mma(acc.v[fi][fj], af[fi], b);
       }
     }
-    v = vn;
+    cur = next;
   }
   cp_async_wait<0>();  // (only an empty group remains)
   if (rows_out) rsum.finish(stages, rows_out, m0, op.M, z);
