@@ -212,15 +212,16 @@ bool launch_fp32_async(const Op& op, int splits, int chunk, cudaStream_t s) {
   const Tile t = wide_tile(op.M, op.N, true);
   if (op.M <= 32 || (t.m != 128 && t.n != 256)) return false;
   const dim3 grid((op.N + t.n - 1) / t.n, (op.M + t.m - 1) / t.m, splits);
-  if (t.m == 128) {
-    constexpr size_t bytes = AsyncShape<128, 128>::kSmemBytes;
-    report_route(op, "fp32", "async tile", t.m, t.n, grid, bytes);
-    smem_limited<igemm_async_kernel<Op, 128, 128>, bytes>()<<<grid, kGemmThreads, bytes, s>>>(op, chunk);
-  } else {
-    constexpr size_t bytes = AsyncShape<64, 256>::kSmemBytes;
-    report_route(op, "fp32", "async tile", t.m, t.n, grid, bytes);
-    smem_limited<igemm_async_kernel<Op, 64, 256>, bytes>()<<<grid, kGemmThreads, bytes, s>>>(op, chunk);
-  }
+  auto launch = [&](auto tm, auto tn) {
+    constexpr int TM = decltype(tm)::value, TN = decltype(tn)::value;
+    constexpr size_t bytes = AsyncShape<TM, TN>::kSmemBytes;
+    report_route(op, "fp32", "async tile", TM, TN, grid, bytes);
+    smem_limited<igemm_async_kernel<Op, TM, TN>, bytes>()<<<grid, kGemmThreads, bytes, s>>>(op, chunk);
+  };
+  if (t.m == 128)
+    launch(std::integral_constant<int, 128>{}, std::integral_constant<int, 128>{});
+  else
+    launch(std::integral_constant<int, 64>{}, std::integral_constant<int, 256>{});
   return true;
 }
 
