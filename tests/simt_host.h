@@ -338,6 +338,34 @@ inline bool run(SimtDim3 grid, int threads, const std::function<void()>& body, b
   return true;
 }
 
+// The global memory a test declares readable (its tensors, as [first, first + count) runs of
+// floats): while a Readable scope is open, a cp.async that reads a float outside all of them ends
+// the run. On the device such a read may fault or read another tensor; here the heap would hand
+// back some value, which a product discards when it lands outside the output (a tile's rows past
+// M, say), so only this check sees it.
+struct ReadableRun {
+  const float* first;
+  size_t count;
+};
+inline std::vector<ReadableRun>& readable_runs() {
+  static std::vector<ReadableRun> runs;
+  return runs;
+}
+struct Readable {
+  explicit Readable(std::vector<ReadableRun> runs) { readable_runs() = std::move(runs); }
+  ~Readable() { readable_runs().clear(); }
+  Readable(const Readable&) = delete;
+  Readable& operator=(const Readable&) = delete;
+};
+inline void check_readable(const float* src) {
+  const std::vector<ReadableRun>& runs = readable_runs();
+  if (runs.empty()) return;
+  for (const ReadableRun& r : runs)
+    if (src >= r.first && src < r.first + r.count) return;
+  std::fprintf(stderr, "simt: cp.async reads a float outside the tensors the test declared readable\n");
+  std::abort();
+}
+
 }  // namespace simt
 
 #define SQ_DYNAMIC_SHARED(T, name) T* name = ::simt::dynamic_shared<T>()
@@ -348,6 +376,7 @@ inline bool run(SimtDim3 grid, int threads, const std::function<void()>& body, b
 // it, or before the barrier after the other threads' waits, reads stale data. In a reverse run it is
 // performed at issue (the earliest). valid false: zero-fill, src not read.
 inline void cp_async4(float* dst, const float* src, bool valid) {
+  if (valid) simt::check_readable(src);
   simt::Scheduler& s = simt::sched();
   if (s.eager_copies)
     *dst = valid ? *src : 0.0f;

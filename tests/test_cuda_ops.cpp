@@ -390,11 +390,12 @@ TEST(CudaOps, TensorCoreConvolution) {
   expect_tensor_core_conv_close(shapes().convs);
 }
 
-// Small convolutions whose products take each of the mma kernel's five tiles (by conv.cu's
+// Small convolutions whose products take each of the mma kernel's six tiles (by igemm_mma.cuh's
 // mma_tile), each of the window kernel's three (win_tile), both of the weight gradient's window
 // tiles (winw_tile) and the row kernel: the 3x3 16 -> 128 over 162 pixels (not a multiple of 4: no window) takes
 // 128x64 (forward, weights) and 16x128 (data), the 1x1 32 -> 48 takes 64x128 (forward), 32x128
-// (data) and 64x64 (weights); over 324 pixels, the 3x3 16 -> 64 takes the window's 64x128
+// (data) and 64x64 (weights), the 1x1 384 -> 512 over 512 pixels the one-block 128x128 (all three,
+// on GPUs that allow it: sm_80, sm_90); over 324 pixels, the 3x3 16 -> 64 takes the window's 64x128
 // (forward) and 16x256 (data, in 2 split-K slices), the 3x3 32 -> 32 its 32x256 (both), their
 // weight gradients 64 rows, the 3x3 16 -> 128's 128 rows; the three stride-2 first convolutions
 // take the row kernel's forward with 3, 2 and 1 fragments a warp row (rows_fm). Small enough for
@@ -403,6 +404,7 @@ TEST(CudaOps, TensorCoreConvolutionEveryTileSmall) {
   REQUIRE_GPU();
   expect_tensor_core_conv_close({{"3x3 16->128", ConvGeom{2, 16, 9, 9, 128, 3, 3, 1, 1}},
                                  {"1x1 32->48", ConvGeom{3, 32, 7, 7, 48, 1, 1, 1, 0}},
+                                 {"1x1 384->512, wide", ConvGeom{2, 384, 16, 16, 512, 1, 1, 1, 0}},
                                  {"3x3 16->64, window", ConvGeom{4, 16, 9, 9, 64, 3, 3, 1, 1}},
                                  {"3x3 32->32, window", ConvGeom{4, 32, 9, 9, 32, 3, 3, 1, 1}},
                                  {"3x3 16->128, window", ConvGeom{4, 16, 9, 9, 128, 3, 3, 1, 1}},
@@ -421,7 +423,8 @@ TEST(CudaOps, TensorCoreProductsTakeTheirKernels) {
   cuda::log_conv_routes(f);
   cuda::set_conv_math(cuda::ConvMath::kTf32);
   for (const ConvGeom& g : {ConvGeom{2, 16, 9, 9, 128, 3, 3, 1, 1}, ConvGeom{4, 16, 9, 9, 64, 3, 3, 1, 1},
-                            ConvGeom{4, 32, 9, 9, 32, 3, 3, 1, 1}, ConvGeom{2, 3, 23, 23, 96, 7, 7, 2, 0}}) {
+                            ConvGeom{4, 32, 9, 9, 32, 3, 3, 1, 1}, ConvGeom{2, 3, 23, 23, 96, 7, 7, 2, 0},
+                            ConvGeom{2, 384, 16, 16, 512, 1, 1, 1, 0}}) {
     const size_t nx = size_t(g.C) * g.N * g.H * g.W, nw = size_t(g.K) * g.C * g.R * g.S;
     const size_t ny = size_t(g.K) * g.N * g.P() * g.Q();
     Dev<float> X(randn(nx)), Wt(randn(nw, 0.1f)), Y(ny), DZ(randn(ny)), DW(nw), DB(size_t(g.K)), DX(nx);
@@ -447,6 +450,10 @@ TEST(CudaOps, TensorCoreProductsTakeTheirKernels) {
       "input gradient of 32->32 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: window kernel, tile 32x256,",
       "forward of 3->96 7x7 stride 2 pad 0 at 23x23, batch 2, TF32: row kernel, tile 96x224,",
       "weight gradient of 3->96 7x7 stride 2 pad 0 at 23x23, batch 2, TF32: row kernel,",
+      // Dense and large in all three dimensions: the one-block tile (sm_80, sm_90).
+      "forward of 384->512 1x1 stride 1 pad 0 at 16x16, batch 2, TF32: mma kernel, tile 128x128,",
+      "input gradient of 384->512 1x1 stride 1 pad 0 at 16x16, batch 2, TF32: mma kernel, tile 128x128,",
+      "weight gradient of 384->512 1x1 stride 1 pad 0 at 16x16, batch 2, TF32: mma kernel, tile 128x128,",
   };
   for (const char* w : want) EXPECT_NE(log.find(w), std::string::npos) << "no line with \"" << w << "\" in:\n" << log;
 }

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <random>
 #include <vector>
@@ -25,6 +26,7 @@
 #include "kernels/cuda/igemm_rows.cuh"
 #include "kernels/cuda/pool_index.h"
 #include "kernels/ops.h"
+#include "core/model.h"
 
 using namespace sq;
 
@@ -33,13 +35,17 @@ namespace {
 // C = A * B through the loaders, with the k and n keys made once each as the kernels' are, then
 // the op's epilogue. B is read at b_key (nullptr in the padding), which must lie inside src, the
 // tensor B comes from, and b_value must give the same element; a key past either edge must match
-// nothing.
+// nothing. In a plain 1x1 product (no padding) b_dense must name b_key's element everywhere.
 template <class Op>
 void multiply(const Op& op, const std::vector<float>& src) {
   std::vector<cuda::Key> ks, ns;
   for (int k = 0; k < op.Kd; ++k) ks.push_back(op.kkey(k));
   for (int n = 0; n < op.N; ++n) ns.push_back(op.nkey(n));
-  long outside = 0, unlike = 0;
+  long outside = 0, unlike = 0, undense = 0;
+  if (cuda::plain_1x1(op.g))
+    for (int n = 0; n < op.N; ++n)
+      for (int k = 0; k < op.Kd; ++k) undense += op.b_dense(k, n) != op.b_key(ks[size_t(k)], ns[size_t(n)]);
+  EXPECT_EQ(0, undense) << "b_dense differs from b_key";
   for (int m = 0; m < op.M; ++m)
     for (int n = 0; n < op.N; ++n) {
       float acc = 0;
@@ -115,6 +121,10 @@ struct Case {
   }
   int npq() const { return g.N * g.P * g.Q; }
   int crs() const { return g.C * g.R * g.S; }
+  // The operands, the memory the kernels' copies may read (simt::Readable).
+  std::vector<simt::ReadableRun> readable() const {
+    return {{x.data(), x.size()}, {w.data(), w.size()}, {wt.data(), wt.size()}, {dz.data(), dz.size()}};
+  }
   cuda::FwdOp fwd(float* y) const { return {g, x.data(), w.data(), b.data(), y, true, g.K, npq(), crs()}; }
   cuda::WeightOp wgt(float* ws) const { return {g, x.data(), dz.data(), ws, g.K, crs(), npq()}; }
   cuda::DataOp data(float* dx) const {
@@ -241,6 +251,7 @@ void check_tiles(const Case& c, bool reverse, bool square_warps = false) {
 
 template <int TM, int TN>
 void check_async(const Case& c, bool reverse) {
+  const simt::Readable readable(c.readable());
   SCOPED_TRACE("async tile " + std::to_string(TM) + "x" + std::to_string(TN) + (reverse ? ", reverse" : ""));
   check_fp32_products(c, reverse, [&](const auto& op, int splits) { run_async_kernel<TM, TN>(op, splits, reverse); });
 }
@@ -405,6 +416,9 @@ bool run_mma(const Op& op, int splits, bool reverse, int resident) {
 template <class Prec, int TM, int TN, int WM>
 void check_mma(const Case& c, double tol, bool reverse, int resident = 0, int* persistent = nullptr) {
   constexpr bool rounds = !Prec::kSplit;
+  // Every copy reads inside the operands (check_rounded_products may round copies of them: those
+  // are declared where it makes them).
+  const simt::Readable readable(c.readable());
   SCOPED_TRACE("mma tile " + std::to_string(TM) + "x" + std::to_string(TN) + (reverse ? ", reverse" : "") +
                (resident ? ", " + std::to_string(resident) + " resident block(s)" : ""));
   auto run = [reverse, resident, persistent](const auto& op, int splits) {
@@ -465,6 +479,7 @@ TEST(ImplicitGemm, MmaKernelOnTheCpuReproducesTheCpuConvolution) {
       check_mma<cuda::MmaBf16, 16, 128, 1>(c, 2e-2, false);
       check_mma<cuda::MmaBf16, 64, 64, 4>(c, 2e-2, false);
       check_mma<cuda::MmaBf16, 128, 64, 4>(c, 2e-2, false);
+      check_mma<cuda::MmaBf16, 128, 128, 2>(c, 2e-2, false);
     }
     {
       SCOPED_TRACE("tf32");
@@ -474,6 +489,7 @@ TEST(ImplicitGemm, MmaKernelOnTheCpuReproducesTheCpuConvolution) {
       check_mma<cuda::MmaTf32, 64, 64, 4>(c, 3e-3, false);
       check_mma<cuda::MmaTf32, 64, 64, 4>(c, 3e-3, true);
       check_mma<cuda::MmaTf32, 128, 64, 4>(c, 3e-3, false);
+      check_mma<cuda::MmaTf32, 128, 128, 2>(c, 3e-3, true);
     }
     {
       // Blocks that take several tiles: one pipeline through all of their k-steps, the outputs of
@@ -491,6 +507,96 @@ TEST(ImplicitGemm, MmaKernelOnTheCpuReproducesTheCpuConvolution) {
   // input gradient at 3 x 17 x 17, the weight gradients of 3 x 7 x 7 and 3 x 3 x 3 filters).
   EXPECT_GT(paired, 10) << "products stored in pairs";
   EXPECT_GT(unpaired, 2) << "products stored one output at a time";
+}
+
+// Whole tiles and whole k-steps of a plain 1x1 product, which the mma kernel copies through row
+// pointers (its dense_copies) where the others go through keys and bounds: the 1x1 136 -> 144 over
+// 2 x 10 x 13 pixels has whole and partial tiles of every size in all three products (M 144, 136,
+// 144; N 260, 260, 136; 136, 144 and 260 deep: 4, 4 and 8 whole 32-deep steps, then a partial
+// one). Every tile, both precisions and 3xTF32, threads in both orders, persistent blocks, against
+// the double reference.
+TEST(ImplicitGemm, MmaKernelCopiesWholeTilesOfPlainProductsThroughRowPointers) {
+  std::mt19937 rng(17);
+  const Case c(ConvGeom{2, 136, 10, 13, 144, 1, 1, 1, 0}, rng);
+  std::vector<float> none;
+  for (const cuda::MmaVec v :
+       {cuda::mma_vec(c.fwd(none.data())), cuda::mma_vec(c.data(none.data())), cuda::mma_vec(c.wgt(none.data()))})
+    ASSERT_TRUE(v.a && v.b) << "both operands dense in every product";
+  check_mma<cuda::MmaTf32, 128, 128, 2>(c, 3e-3, false);
+  check_mma<cuda::MmaTf32, 128, 128, 2>(c, 3e-3, true);
+  check_mma<cuda::MmaBf16, 128, 128, 2>(c, 2e-2, false);
+  check_mma<cuda::MmaTf32, 128, 64, 4>(c, 3e-3, true);
+  check_mma<cuda::MmaBf16, 64, 128, 2>(c, 2e-2, false);
+  check_mma<cuda::MmaTf32, 64, 64, 4>(c, 3e-3, false);
+  check_mma<cuda::MmaTf32, 32, 128, 2>(c, 3e-3, false);
+  check_mma<cuda::MmaBf16, 16, 128, 1>(c, 2e-2, true);
+  check_mma<cuda::MmaTf32x3, 64, 64, 4>(c, 1e-6, false);
+  int persistent = 0;
+  check_mma<cuda::MmaTf32, 128, 64, 4>(c, 3e-3, false, 2, &persistent);
+  check_mma<cuda::MmaBf16, 128, 128, 2>(c, 2e-2, true, 1, &persistent);
+  EXPECT_GE(persistent, 4) << "launches whose blocks took several tiles";
+}
+
+// The tile rule (igemm_mma.cuh's mma_tile): the one-block 128 x 128 tile takes dense products
+// (both operands copied 16 bytes at a time, as conv.cu's mma_vec finds them) of at least 256 rows
+// and columns, more than 256 deep, where the GPU allows its stages. Over every convolution of
+// both models at batch 128 that is exactly conv10's three products, which take 128 x 64 without
+// it; no other product's tile changes (fire8's and fire9's expand 3x3 would pass the sizes, but
+// gather their B).
+TEST(ImplicitGemm, MmaTileTakesTheWideTileForConv10Only) {
+  int wide = 0;
+  for (const char* name : {"squeezenet1.0", "squeezenet1.1"}) {
+    Model m(preset(name), 1);  // (its geometry; the batch is set below)
+    for (const Layer& l : m.layers()) {
+      std::vector<ConvGeom> convs;
+      if (l.kind == LayerKind::kConv) convs = {l.conv};
+      if (l.kind == LayerKind::kFire) convs = {l.fire.squeeze(), l.fire.expand1(), l.fire.expand3()};
+      for (ConvGeom g : convs) {
+        g.N = 128;
+        const int npq = g.N * g.P() * g.Q(), crs = g.C * g.R * g.S;
+        const cuda::Geo geo{g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.stride, g.pad, g.P(), g.Q()};
+        const float* none = nullptr;  // (aligned: conv.cu's tensors are)
+        struct Product {
+          const char* what;
+          int M, N, Kd;
+          bool b_along_k;
+          cuda::MmaVec vec;
+        };
+        const cuda::FwdOp fop{geo, none, none, none, nullptr, false, g.K, npq, crs};
+        const cuda::DataOp dop{geo, none, none, nullptr, false, g.C, g.N * g.H * g.W, g.K * g.R * g.S};
+        const cuda::WeightOp wop{geo, none, none, nullptr, g.K, crs, npq};
+        for (const Product& p : {Product{"forward", fop.M, fop.N, fop.Kd, false, cuda::mma_vec(fop)},
+                                 Product{"input gradient", dop.M, dop.N, dop.Kd, false, cuda::mma_vec(dop)},
+                                 Product{"weight gradient", wop.M, wop.N, wop.Kd, true, cuda::mma_vec(wop)}}) {
+          SCOPED_TRACE(std::string(name) + " " + l.name + " " + p.what);
+          const bool dense = p.vec.a && p.vec.b;
+          const cuda::MmaTileSize on = cuda::mma_tile(p.M, p.N, p.Kd, p.b_along_k, dense, true);
+          const cuda::MmaTileSize off = cuda::mma_tile(p.M, p.N, p.Kd, p.b_along_k, dense, false);
+          EXPECT_NE(off.m * off.n, 128 * 128) << "the wide tile only where the GPU allows it";
+          if (l.name == "conv10") {
+            ++wide;
+            EXPECT_EQ(on.m, 128);
+            EXPECT_EQ(on.n, 128);
+            EXPECT_EQ(off.m, 128);
+            EXPECT_EQ(off.n, 64);
+          } else {
+            EXPECT_EQ(on.m, off.m);
+            EXPECT_EQ(on.n, off.n);
+          }
+        }
+      }
+    }
+  }
+  EXPECT_EQ(wide, 6) << "conv10's three products in each model";
+  // test_cuda_ops' small wide case, 1x1 384 -> 512 over 512 pixels: all three products.
+  for (const auto& [M, N, Kd, along_k] : {std::tuple{512, 512, 384, false}, std::tuple{384, 512, 512, false},
+                                           std::tuple{512, 384, 512, true}}) {
+    const cuda::MmaTileSize t = cuda::mma_tile(M, N, Kd, along_k, true, true);
+    EXPECT_EQ(t.m * t.n, 128 * 128) << M << " x " << N << ", " << Kd << " deep";
+  }
+  // 256 deep or a gathered operand: the two-block tiles.
+  EXPECT_EQ(cuda::mma_tile(512, 512, 256, false, true, true).n, 64);
+  EXPECT_EQ(cuda::mma_tile(512, 512, 384, false, false, true).n, 64);
 }
 
 // conv.cu's grid for the mma kernel (mma_grid): persistent blocks only for a whole product (one
@@ -639,6 +745,7 @@ void run_win(const Op& op, bool reverse, int resident, int splits = 1) {
 // the input gradient again onto an earlier dx under the ReLU of x (the Fire's ds epilogue).
 template <class Prec, int TM, int TN, int WM>
 void check_win(const Case& c, const Case& r, bool reverse, int resident, double tol = 1e-5) {
+  const simt::Readable readable(c.readable());
   SCOPED_TRACE("window tile " + std::to_string(TM) + "x" + std::to_string(TN) + (reverse ? ", reverse" : "") +
                (resident ? ", " + std::to_string(resident) + " resident block(s)" : ""));
   std::vector<float> y(c.y_ref.size(), NAN), dx(c.dx_ref.size(), NAN);
@@ -751,6 +858,7 @@ void run_winw(const cuda::WeightOp& op, int splits, bool reverse) {
 // rows of dz summed beside them onto db = 1 (fp32 as copied, unrounded) against sums in double.
 template <class Prec, int TM>
 void check_winw(const Case& c, const Case& r, int splits, bool reverse, bool bias, double tol = 1e-5) {
+  const simt::Readable readable(c.readable());
   SCOPED_TRACE("weight-gradient window, " + std::to_string(TM) + " rows, " + std::to_string(splits) +
                " slice(s)" + (reverse ? ", reverse" : "") + (bias ? ", bias" : ""));
   std::vector<float> ws(size_t(splits) * c.dw_ref.size(), NAN), rows(size_t(splits) * size_t(c.g.K), NAN);
@@ -844,6 +952,7 @@ void run_rows(const cuda::FwdOp& op, int blocks, bool reverse) {
 
 template <class Prec, int FM>
 void check_rows(const Case& c, const Case& r) {
+  const simt::Readable readable(c.readable());
   for (int blocks : {0, 1, 2}) {
     const bool reverse = blocks == 1;
     SCOPED_TRACE(std::to_string(blocks) + " block(s)" + (reverse ? ", reverse" : ""));
@@ -858,6 +967,7 @@ void check_rows(const Case& c, const Case& r) {
 // splitk_reduce_kernel; with bias, the rows of dz beside them onto db = 1.
 template <class Prec, int FM, int FN>
 void check_rowsw(const Case& c, const Case& r, int slices, bool reverse, bool bias) {
+  const simt::Readable readable(c.readable());
   SCOPED_TRACE("weight gradient, " + std::to_string(slices) + " slice(s)" + (reverse ? ", reverse" : "") +
                (bias ? ", bias" : ""));
   const int K = c.g.K;

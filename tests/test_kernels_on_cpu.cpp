@@ -96,6 +96,38 @@ TEST(SimtHost, AnAccessPastTheLaunchsDynamicSharedMemoryEndsTheRun) {
   EXPECT_DEATH(simt::run({1, 1, 1}, 64, touch(0), false), "past the launch's dynamic shared memory");
 }
 
+// With the test's tensors declared readable (simt::Readable), an asynchronous copy that reads a
+// float outside them ends the run, one of a 16-byte copy's four included; a zero-filled element
+// is not read.
+TEST(SimtHost, ACopyFromOutsideTheDeclaredTensorsEndsTheRun) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  std::vector<float> b(68, 2.0f), out(64);
+  // Threads 0, 4, ..., 60 copy b's floats [t + shift, t + shift + 4), the first `valid` of them.
+  auto copy = [&](int shift, int valid) {
+    return [&, shift, valid] {
+      SQ_DYNAMIC_SHARED(float, s);
+      const int t = int(threadIdx.x);
+      if (t % 4 == 0) cp_async16(s + t, b.data() + t + shift, valid);
+      cp_async_commit();
+      cp_async_wait<0>();
+      out[size_t(t)] = s[t];
+    };
+  };
+  {
+    const simt::Readable readable({{b.data(), 64}});
+    ASSERT_TRUE(simt::run({1, 1, 1}, 64, copy(0, 4), false, 64 * sizeof(float)));
+    for (float v : out) ASSERT_EQ(v, 2.0f);
+    ASSERT_TRUE(simt::run({1, 1, 1}, 64, copy(4, 0), false, 64 * sizeof(float))) << "zero-filled, not read";
+    for (float v : out) ASSERT_EQ(v, 0.0f);
+    EXPECT_DEATH(simt::run({1, 1, 1}, 64, copy(4, 4), false, 64 * sizeof(float)), "outside the tensors");
+    EXPECT_DEATH(simt::run({1, 1, 1}, 64, copy(4, 1), false, 64 * sizeof(float)), "outside the tensors");
+  }
+  {
+    const simt::Readable readable({{b.data(), 63}});
+    EXPECT_DEATH(simt::run({1, 1, 1}, 64, copy(0, 4), false, 64 * sizeof(float)), "outside the tensors");
+  }
+}
+
 // The emulator itself: a kernel whose warps share memory without the barrier between must give a
 // wrong result in one of the two runs, and the same kernel with the barrier the right one in both.
 // Between block barriers the warps run one after another (__syncwarp and mma.sync order a warp's

@@ -225,8 +225,8 @@ bool launch_fp32_async(const Op& op, int splits, int chunk, cudaStream_t s) {
   return true;
 }
 
-// The mma kernel's tiles (rows, columns, warp rows), the one list that mma_tile picks from and
-// prepare_conv_kernels readies.
+// The mma kernel's tiles (rows, columns, warp rows), the one list that mma_tile (igemm_mma.cuh)
+// picks from and prepare_conv_kernels readies.
 template <class F>
 void for_each_mma_tile(F f) {
   f(MmaTile<128, 64, 4>{});
@@ -234,21 +234,13 @@ void for_each_mma_tile(F f) {
   f(MmaTile<16, 128, 1>{});
   f(MmaTile<32, 128, 2>{});
   f(MmaTile<64, 128, 2>{});
+  f(MmaTile<128, 128, 2>{});
 }
 
-// The mma kernel's tile, at most 128 registers a thread so that two blocks share an SM (ptxas,
-// sm_90: 128x128 would spill 160-212 bytes a thread there, so it is not used). The copies, not
-// the multiply, are expected to limit it, and B is the costly operand (a 4-byte gather, where A
-// mostly goes 16 bytes at a time): per output and k a TM x TN tile issues about 1/TM B copies and
-// 1/(4 TN) A copies, so 128 x 64 issues a third fewer than 64 x 128. Hence 128 x 64 wherever M
-// exceeds 64 and 128 rows pad M no more than 64 do (M = 96, 128, 256; not 192); a weight gradient
-// of more than 32 rows (N = C*R*S, 144 to 576 in the Fire modules) pads less to 64 columns than to
-// 128. Otherwise 128 columns and 16, 32 or 64 rows, by M (16 or 32 rows copy A the least).
-Tile mma_tile(int M, int N, bool b_along_k) {
-  if (M > 64 && (M + 127) / 128 * 128 <= (M + 63) / 64 * 64) return {128, 64};
-  if (N <= 64 || (b_along_k && M > 32)) return {64, 64};
-  return {M <= 16 ? 16 : M <= 32 ? 32 : 64, 128};
-}
+// Whether this GPU allows a block the one-block 128 x 128 tile's stages (kMmaWideSmem: sm_80 and
+// sm_90, not sm_86 or sm_89).
+bool mma_wide_fits() { return smem_optin() >= kMmaWideSmem; }
+
 // The tile precision Prec runs for mma_tile's t: t itself, or for MmaTf32x3 (takes_tile) t's
 // columns and warps with one 16-row fragment row a warp (128x64 -> 64x64, 64x128 -> 32x128).
 template <class Prec>
@@ -420,9 +412,13 @@ void launch_mma(const Op& op, int splits, cudaStream_t s) {
     else
       return launch_win<Prec>(op, splits, s);
   }
-  const Tile t = prec_tile<Prec>(mma_tile(op.M, op.N, Op::kBAlongK));
+  const MmaVec vec = mma_vec(op);
+  const MmaTileSize picked = mma_tile(op.M, op.N, op.Kd, Op::kBAlongK, vec.a && vec.b, mma_wide_fits());
+  const Tile t = prec_tile<Prec>(Tile{picked.m, picked.n});
   const int chunk = mma_chunk(op.Kd, splits);
-  const MmaGrid mg = mma_grid(op.M, op.N, t.m, t.n, Op::kBAlongK, chunk, splits, mma_resident());
+  // (a one-block tile's resident blocks: one an SM)
+  const int resident = mma_resident() / (t.m * t.n > 128 * 64 ? 2 : 1);
+  const MmaGrid mg = mma_grid(op.M, op.N, t.m, t.n, Op::kBAlongK, chunk, splits, resident);
   bool launched = false;
   for_each_mma_tile([&](auto tile) {
     using T = decltype(tile);
@@ -431,7 +427,7 @@ void launch_mma(const Op& op, int splits, cudaStream_t s) {
       using Sh = MmaShape<Op, Prec, T::m, T::n, T::wm>;
       auto* kernel = mma_kernel<Op, Prec, T::m, T::n, T::wm>();
       report_route(op, prec_name<Prec>(), "mma", T::m, T::n, dim3(mg.blocks, 1, splits), Sh::kSmemBytes);
-      kernel<<<dim3(mg.blocks, 1, splits), kGemmThreads, Sh::kSmemBytes, s>>>(op, chunk, mma_vec(op), mg.tiles);
+      kernel<<<dim3(mg.blocks, 1, splits), kGemmThreads, Sh::kSmemBytes, s>>>(op, chunk, vec, mg.tiles);
       launched = true;
     }
   });

@@ -260,6 +260,33 @@ inline MmaGrid mma_grid(int M, int N, int TM, int TN, bool b_along_k, int k_chun
   return {tiles, persist ? resident : tiles};
 }
 
+// The mma kernel's tile for an M x N product Kd deep (conv.cu's launch_mma; wide: the GPU allows
+// the one-block 128 x 128 tile's stages, mma_blocks_per_sm). The copies, not the multiply, are
+// expected to limit the two-block tiles (at most 128 registers a thread), and B is the costly
+// operand (a 4-byte gather, where A mostly goes 16 bytes at a time): per output and k a TM x TN
+// tile issues about 1/TM B copies and 1/(4 TN) A copies, so 128 x 64 issues a third fewer than
+// 64 x 128. Hence 128 x 64 wherever M exceeds 64 and 128 rows pad M no more than 64 do (M = 96,
+// 128, 256; not 192); a weight gradient of more than 32 rows (N = C*R*S, 144 to 576 in the Fire
+// modules) pads less to 64 columns than to 128. Otherwise 128 columns and 16, 32 or 64 rows, by M
+// (16 or 32 rows copy A the least).
+// 128 x 128 takes the dense products (dense: plain 1x1, both operands copied 16 bytes at a time,
+// MmaVec a and b) large in all three dimensions: at least 256 rows and columns and more than 256
+// deep (more than kPersistSteps steps: never persistent), which in the models are conv10's three
+// at 13x13 (M 512 or 1000, N 512 or 21,632 at batch 128, 512 to 21,632 deep).
+// Their operands are read from L2 once for every tile of the other dimension: per output and k
+// 1/TM + 1/TN floats, 2/128 against 128 x 64's 3/128; each warp's 64 x 32 takes 4 A and 4 B
+// fragments for 16 mma, where 128 x 64's 32 x 32 takes 2 and 4 for 8.
+struct MmaTileSize {
+  int m, n;
+};
+inline MmaTileSize mma_tile(int M, int N, int Kd, bool b_along_k, bool dense, bool wide) {
+  if (wide && dense && M >= 256 && N >= 256 && Kd > 32 * kPersistSteps && (M + 127) / 128 * 128 <= (M + 63) / 64 * 64)
+    return {128, 128};
+  if (M > 64 && (M + 127) / 128 * 128 <= (M + 63) / 64 * 64) return {128, 64};
+  if (N <= 64 || (b_along_k && M > 32)) return {64, 64};
+  return {M <= 16 ? 16 : M <= 32 ? 32 : 64, 128};
+}
+
 // A warp's accumulators, FM x FN fragments of 16 x 8 outputs (the mma and window kernels).
 template <int FM, int FN>
 struct MmaAcc {
@@ -411,9 +438,21 @@ struct MmaTile {
 // the products that fit the GPU at hand (conv.cu's route).
 constexpr size_t kMinSmemOptin = 99 * 1024;
 
+// Blocks an SM that the mma kernel of a TM x TN tile is built for (its launch bounds): two for the
+// tiles up to 128 x 64 (at most 128 registers a thread), one for 128 x 128, whose 64 accumulators
+// a thread would spill under 128 registers (ptxas, sm_90: 160-212 bytes). The one-block tile
+// takes the large products (conv10's: conv.cu's mma_tile) on GPUs that allow a block
+// kMmaWideSmem (sm_80, sm_90): four stages, the copies three k-steps ahead of the products.
+template <int TM, int TN>
+constexpr int mma_blocks_per_sm() {
+  return TM * TN > 128 * 64 ? 1 : 2;
+}
+constexpr size_t kMmaWideSmem = 160 * 1024;
+
 // The block tile TM x TN, 8 warps as WM x (8 / WM), k-steps of KB; the stage layout in dynamic
-// shared memory (floats), and as many stages (2-4) as fit in 99 KB (kMinSmemOptin), so that two
-// blocks share an SM of sm_90 and every GPU of the build takes them.
+// shared memory (floats), and as many stages (2-4) as fit in kBudget: 99 KB (kMinSmemOptin) for
+// the two-block tiles, so that two blocks share an SM of sm_90 and every GPU of the build takes
+// them; kMmaWideSmem for the one-block tile.
 template <class Op, class Prec, int TM, int TN, int WM>
 struct MmaShape {
   static constexpr int KB = 32, WN = 8 / WM, WTM = TM / WM, WTN = TN / WN, FM = WTM / 16, FN = WTN / 8;
@@ -424,10 +463,13 @@ struct MmaShape {
   static constexpr int kAFloats = TM * LDA, kBFloats = kBnk ? TN * LDB : KB * LDB;
   static constexpr int kStageFloats = kAFloats + kBFloats;
   static_assert(kAFloats % 4 == 0 && kStageFloats % 4 == 0, "16-byte aligned tiles");
-  static constexpr int kFit = int(kMinSmemOptin / (kStageFloats * 4));
+  static constexpr bool kWide = mma_blocks_per_sm<TM, TN>() == 1;
+  static constexpr size_t kBudget = kWide ? kMmaWideSmem : kMinSmemOptin;
+  // (the wide tile's stages leave 4 KB of its budget to the static k and column keys)
+  static constexpr int kFit = int((kWide ? kBudget - 4 * 1024 : kBudget) / (kStageFloats * 4));
   static constexpr int kStages = kFit < 2 ? 2 : kFit > 4 ? 4 : kFit;
   static constexpr size_t kSmemBytes = size_t(kStages) * kStageFloats * sizeof(float);
-  static_assert(kSmemBytes <= kMinSmemOptin, "stages that every GPU of the build allows a block");
+  static_assert(kSmemBytes <= kBudget, "stages within the tile's budget");
   static constexpr int RA = TM * KB / kGemmThreads, RB = KB * TN / kGemmThreads;
   static_assert(RA * kGemmThreads == TM * KB && RB * kGemmThreads == KB * TN, "whole copies per thread");
 };
@@ -473,9 +515,11 @@ struct RowSums {
   }
 };
 
-// Two blocks an SM: at most 128 registers a thread (conv.cu picks the tiles that fit unspilled).
+// Two blocks an SM (at most 128 registers a thread: conv.cu picks the tiles that fit unspilled), or
+// one for the 128 x 128 tile (mma_blocks_per_sm).
 template <class Op, class Prec, int TM, int TN, int WM>
-__global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k_chunk, MmaVec vec, int tiles) {
+__global__ void __launch_bounds__(kGemmThreads, mma_blocks_per_sm<TM, TN>())
+    igemm_mma_kernel(Op op, int k_chunk, MmaVec vec, int tiles) {
   using Sh = MmaShape<Op, Prec, TM, TN, WM>;
   constexpr int KB = Sh::KB, NS = Sh::kStages, LDA = Sh::LDA, LDB = Sh::LDB;
   SQ_DYNAMIC_SHARED(float, smem);
@@ -486,7 +530,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
   constexpr int NK = NS + 1;
   __shared__ Keys<Op, TN, KB, NK> tab;
   SQ_FRESH_SHARED(tab);
-  static_assert(Sh::kSmemBytes + sizeof(tab) <= kMinSmemOptin, "stages and keys that every GPU of the build allows a block");
+  static_assert(Sh::kSmemBytes + sizeof(tab) <= Sh::kBudget, "stages and keys within the tile's budget");
   // The block's tiles (MmaGrid): u-th at tile blockIdx.x + u * gridDim.x, rows of tiles fastest;
   // one tile where B runs along k. Its steps are numbered through all of them, `steps` a tile.
   const int mtiles = (op.M + TM - 1) / TM;
@@ -517,6 +561,32 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
   int iu = 0, ij = 0, m0 = tile_m0(0), n0 = tile_n0(0);
   Key fixed = Sh::kBnk ? Key{0, Op::kNNone} : column_key(op, n0 + fixed_b);
 
+  // A whole step of a whole tile of a plain 1x1 product (vec.a and vec.b: both operands dense,
+  // b_dense): every 16-byte piece inside, so a thread's pieces are row pointers a fixed stride
+  // apart, with no keys and no bounds (the general copies below took about 25 instructions a piece
+  // in the sm_90 SASS, these take about 3). Piece p of a pass: row p / (pieces a row), 4 floats
+  // at (p % (pieces a row)) * 4; rows of A and of [n][k] B are KB deep, rows of [k][n] B TN wide.
+  auto dense_copies = [&](float* As, float* Bs, int m0, int n0, int k0) {
+    constexpr int kRowPieces = KB / 4, kRows = kGemmThreads / kRowPieces;  // [m][k] and [n][k] tiles
+    const int tr = int(threadIdx.x) / kRowPieces, tk = int(threadIdx.x) % kRowPieces * 4;
+    const size_t kd_step = size_t(kRows) * op.Kd;
+    const float* a = op.a_ptr(m0 + tr, k0 + tk);
+    SQ_UNROLL
+    for (int r = 0; r < (TM + kRows - 1) / kRows; ++r, a += kd_step)
+      if (TM % kRows == 0 || tr + r * kRows < TM) cp_async16(As + (tr + r * kRows) * LDA + tk, a, 4);
+    if constexpr (Sh::kBnk) {
+      const float* b = op.b_dense(k0 + tk, n0 + tr);
+      SQ_UNROLL
+      for (int r = 0; r < TN / kRows; ++r, b += kd_step) cp_async16(Bs + (tr + r * kRows) * LDB + tk, b, 4);
+    } else {
+      constexpr int kColPieces = TN / 4, kKRows = kGemmThreads / kColPieces;
+      const int br = int(threadIdx.x) / kColPieces, bn = int(threadIdx.x) % kColPieces * 4;
+      const float* b = op.b_dense(k0 + br, n0 + bn);
+      SQ_UNROLL
+      for (int r = 0; r < KB / kKRows; ++r, b += size_t(kKRows) * op.N) cp_async16(Bs + (br + r * kKRows) * LDB + bn, b, 4);
+    }
+  };
+
   // Step j's copies (none past the last step: an empty group keeps the count of groups per
   // iteration fixed), neighbouring threads on neighbouring addresses. A 16-byte piece starts at a
   // k (or n) that is a multiple of 4 and holds the elements up to the product's edge, zero-filled
@@ -531,6 +601,11 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_mma_kernel(Op op, int k
       ++ij;
       float* As = smem + (j % NS) * Sh::kStageFloats;
       float* Bs = As + Sh::kAFloats;
+      if (vec.a && vec.b && m0 + TM <= op.M && n0 + TN <= op.N && k0 + KB <= ke) {
+        dense_copies(As, Bs, m0, n0, k0);
+        cp_async_commit();
+        return;
+      }
       if (vec.a) {
         constexpr int PA = TM * KB / 4;
         SQ_UNROLL

@@ -89,6 +89,11 @@ inline bool aligned8(const void* p) { return reinterpret_cast<uintptr_t>(p) % 8 
 // there asynchronously, the register-staged kernels (igemm_kernel.cuh) load b_value. kKNone and
 // kNNone: the bits of a key past the product's edge in k and in n.
 //
+// In a plain 1x1 product (stride 1, no padding: every B element inside) B is a dense matrix,
+// b_dense(k, n) = b_key(kkey(k), nkey(n)) without keys: x or dz at k N + n ([k][n]), or x at
+// n Kd + k for the weight gradient ([n][k]); the mma kernel's copies of whole tiles
+// (igemm_mma.cuh) step along its rows.
+//
 // Forward: A = w (K x CRS), B(k, n) = col(x)(k, n): k a tap, n an output pixel.
 // kBAlongK: B's elements are adjacent in memory along k (not n), so the tile loader lets
 // neighbouring threads take neighbouring k for coalesced reads.
@@ -105,6 +110,7 @@ struct FwdOp {
   SQ_HOST_DEVICE const float* any() const { return w; }  // an address to name in zero-filled copies
   SQ_HOST_DEVICE const float* a_ptr(int m, int k) const { return w + (m * Kd + k); }
   SQ_HOST_DEVICE const float* b_key(const Key& kk, const Key& nk) const { return keyed(x, kk, nk); }
+  SQ_HOST_DEVICE const float* b_dense(int k, int n) const { return x + (k * N + n); }
   SQ_HOST_DEVICE float b_value(const Key& kk, const Key& nk) const { return keyed_value(x, kk, nk); }
   // The epilogue with row m's bias read once for all of a thread's outputs of that row (the
   // kernels call store_biased): y's stores may alias b as far as the compiler knows, so store()
@@ -167,6 +173,7 @@ struct DataOp {
   SQ_HOST_DEVICE const float* any() const { return wt; }
   SQ_HOST_DEVICE const float* a_ptr(int m, int k) const { return wt + (m * Kd + k); }
   SQ_HOST_DEVICE const float* b_key(const Key& kk, const Key& nk) const { return keyed(dz, kk, nk); }
+  SQ_HOST_DEVICE const float* b_dense(int k, int n) const { return dz + (k * N + n); }
   SQ_HOST_DEVICE float b_value(const Key& kk, const Key& nk) const { return keyed_value(dz, kk, nk); }
   SQ_HOST_DEVICE float out(size_t i, float v) const {
     return out_loaded(v, relu_x ? relu_x[i] : 1.0f, accumulate ? dx[i] : 0.0f);
@@ -212,6 +219,7 @@ struct WeightOp {
   SQ_HOST_DEVICE const float* any() const { return dz; }
   SQ_HOST_DEVICE const float* a_ptr(int m, int k) const { return dz + (m * Kd + k); }
   SQ_HOST_DEVICE const float* b_key(const Key& kk, const Key& nk) const { return keyed(x, nk, kk); }
+  SQ_HOST_DEVICE const float* b_dense(int k, int n) const { return x + (n * Kd + k); }
   SQ_HOST_DEVICE float b_value(const Key& kk, const Key& nk) const { return keyed_value(x, nk, kk); }
   SQ_HOST_DEVICE void store(int m, int n, float v, int z) const {
     ws[(size_t(z) * M + m) * N + n] = v;
