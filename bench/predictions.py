@@ -8,7 +8,8 @@ the issue's goals against the same lease.
 OUT_DIR holds what `scripts/gpu_check.sh bench` wrote: bench_gpu.json (the defaults),
 bench_gpu_nowin.json (SQUEEZE_IGEMM_WIN=0), bench_gpu_nopersist.json (SQUEEZE_IGEMM_PERSIST=0),
 bench_gpu_3xtf32.json (SQUEEZE_IGEMM_3XTF32=1), bench_gpu_noband.json (SQUEEZE_POOL_BAND=0),
-bench_gpu_floats.json (--float-batches) and bench_gpu_async.json (SQUEEZE_IGEMM_ASYNC=1); a missing
+bench_gpu_floats.json (--float-batches), bench_gpu_async.json (SQUEEZE_IGEMM_ASYNC=1) and
+bench_gpu_nodense.json (SQUEEZE_IGEMM_DENSE=0); a missing
 file leaves its rows "not measured".
 The baseline of a prediction is the run it was made after: run c (its v7 TF32/BF16 times are in
 bench_gpu_mma.json there) or run d (docs/gpu/run-d/bench_gpu.json).
@@ -35,6 +36,7 @@ SQ11 = "squeezenet1.1 224x224"
 FIRES_BWD = ["%s bwd" % f for f in FIRES]
 POOLS_FWD = ["pool1 fwd", "pool2 fwd", "pool3 fwd"]
 POOLS_BWD = ["pool1 bwd", "pool2 bwd", "pool3 bwd"]
+ONE_BY_ONE = ["%s %s" % (f, c) for f in FIRES for c in ("squeeze", "expand1x1")]
 
 
 def load(path):
@@ -282,6 +284,30 @@ def predictions():
               ("conv1 backward (weight gradient), TF32 ms, the ring", "conv1 bwd", "own tf32 ms", 0.45, 0.7, 0.8,
                "the copies were not on the issue path: read limits' igemm_rowsw_kernel"),
               ("conv1 backward (weight gradient), BF16 ms, the ring", "conv1 bwd", "own bf16 ms", 0.45, 0.7, None, "")]],
+        # The 1x1 products through row pointers, and conv10 on the one-block 128 x 128 tile
+        # (docs/KERNELS.md, the section of that name), with the truncated operands; the same
+        # lease's SQUEEZE_IGEMM_DENSE=0 run (bench_gpu_nodense.json) isolates them.
+        *[P(what, "the 1x1 products through row pointers", at("layers", layer, col), lo, hi, since="d",
+            falsified=lambda v, above=above: v > above, then=then)
+          for what, layer, col, lo, hi, above, then in [
+              ("conv10 forward, TF32 ms, 128x128 through row pointers", "conv10 fwd", "own tf32 ms", 0.12, 0.22, 0.26,
+               "neither its copies nor its operands' L2 traffic bound conv10: read limits"),
+              ("conv10 backward, TF32 ms, 128x128 through row pointers", "conv10 bwd", "own tf32 ms", 0.30, 0.48, 0.55,
+               "neither its copies nor its operands' L2 traffic bound conv10's backward: read limits"),
+              ("conv10 forward, BF16 ms, 128x128 through row pointers", "conv10 fwd", "own bf16 ms", 0.10, 0.20, 0.25,
+               "neither its copies nor its operands' L2 traffic bound conv10: read limits")]],
+        P("conv10 forward + backward, TF32, SQUEEZE_IGEMM_DENSE=0 over the default (same lease)",
+          "the 1x1 products through row pointers",
+          lambda r: (value(r["nodense"], "conv", "conv10", "own tf32 fwd ms") + value(r["nodense"], "conv", "conv10", "own tf32 bwd ms")) /
+          (value(r["main"], "conv", "conv10", "own tf32 fwd ms") + value(r["main"], "conv", "conv10", "own tf32 bwd ms")),
+          1.4, 2.2, higher=True, since="d", falsified=lambda v: v < 1.15,
+          then="the copies and the tile were not conv10's limit"),
+        P("the Fires' 1x1 products forward + backward, TF32, SQUEEZE_IGEMM_DENSE=0 over the default (same lease)",
+          "the 1x1 products through row pointers",
+          lambda r: (total(r["nodense"], "conv", ONE_BY_ONE, "own tf32 fwd ms") + total(r["nodense"], "conv", ONE_BY_ONE, "own tf32 bwd ms")) /
+          (total(r["main"], "conv", ONE_BY_ONE, "own tf32 fwd ms") + total(r["main"], "conv", ONE_BY_ONE, "own tf32 bwd ms")),
+          1.1, 1.4, higher=True, since="d", falsified=lambda v: v < 1.03,
+          then="the copies' instructions were not on the 1x1 products' path: they wait on memory"),
         # Everything since run d together (docs/BENCHMARKS.md, "What is still owed"): the
         # truncated operands, the bias and the epilogue's loads, the band pools; and the graph,
         # default since session 21, for img/s. 1.5x run d's PyTorch eager is 9,570 img/s.
@@ -304,6 +330,7 @@ def runs_in(directory, main="bench_gpu.json"):
         "noband": load(os.path.join(directory, "bench_gpu_noband.json")),
         "floats": load(os.path.join(directory, "bench_gpu_floats.json")),
         "async": load(os.path.join(directory, "bench_gpu_async.json")),
+        "nodense": load(os.path.join(directory, "bench_gpu_nodense.json")),
         "pytorch": load(os.path.join(directory, "pytorch_gpu.json")),
     }
 

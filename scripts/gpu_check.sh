@@ -27,6 +27,8 @@
 #            not replayed as a CUDA graph), and the
 #            convolutions and training with SQUEEZE_IGEMM_PERSIST=0 (one block a tile), and with
 #            SQUEEZE_IGEMM_WIN=0 (the expand 3x3 products through the mma kernel's gathers), the
+#            convolutions and layers with SQUEEZE_IGEMM_DENSE=0 (the 1x1 products' copies through
+#            keys, no 128x128 tile), the
 #            step's layers with SQUEEZE_POOL_BAND=0 (the max-pools' gathering kernels), and
 #            the fp32 columns with SQUEEZE_IGEMM_3XTF32=1 (three TF32 products a multiply); the
 #            algorithms cuDNN picked for each geometry ($OUT/cudnn_algos.txt), and the own
@@ -255,6 +257,12 @@ for phase in $phases; do
     SQUEEZE_IGEMM_WIN=0 run "bench_gpu, 3x3 products without the window kernel (convolutions, training)" \
       $B/bench_gpu --reps 20 --sections 1b,2 --variants 'own fp32,own tf32,own bf16' --json "$OUT/bench_gpu_nowin.json" &&
       python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_nowin.json"
+    # ... and the dense 1x1 products' copies through keys and bounds, at most 128 x 64, instead
+    # of through row pointers and the one-block 128 x 128 tile (conv10), same run: the
+    # convolutions and the layers at TF32 and BF16.
+    SQUEEZE_IGEMM_DENSE=0 run "bench_gpu, dense products through keys (convolutions, layers)" \
+      $B/bench_gpu --reps 20 --sections 1b,3 --variants 'own tf32,own bf16' --json "$OUT/bench_gpu_nodense.json" &&
+      python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_nodense.json"
     # ... and the max-pools through their gathering kernels instead of the band kernels (the
     # layers of the TF32 step), same run.
     SQUEEZE_POOL_BAND=0 run "bench_gpu, max-pools without the band kernels (layers)" \

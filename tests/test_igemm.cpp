@@ -521,7 +521,7 @@ TEST(ImplicitGemm, MmaKernelCopiesWholeTilesOfPlainProductsThroughRowPointers) {
   std::vector<float> none;
   for (const cuda::MmaVec v :
        {cuda::mma_vec(c.fwd(none.data())), cuda::mma_vec(c.data(none.data())), cuda::mma_vec(c.wgt(none.data()))})
-    ASSERT_TRUE(v.a && v.b) << "both operands dense in every product";
+    ASSERT_TRUE(v.a && v.b && v.dense) << "both operands dense in every product";
   check_mma<cuda::MmaTf32, 128, 128, 2>(c, 3e-3, false);
   check_mma<cuda::MmaTf32, 128, 128, 2>(c, 3e-3, true);
   check_mma<cuda::MmaBf16, 128, 128, 2>(c, 2e-2, false);
@@ -569,7 +569,7 @@ TEST(ImplicitGemm, MmaTileTakesTheWideTileForConv10Only) {
                                  Product{"input gradient", dop.M, dop.N, dop.Kd, false, cuda::mma_vec(dop)},
                                  Product{"weight gradient", wop.M, wop.N, wop.Kd, true, cuda::mma_vec(wop)}}) {
           SCOPED_TRACE(std::string(name) + " " + l.name + " " + p.what);
-          const bool dense = p.vec.a && p.vec.b;
+          const bool dense = p.vec.dense;
           const cuda::MmaTileSize on = cuda::mma_tile(p.M, p.N, p.Kd, p.b_along_k, dense, true);
           const cuda::MmaTileSize off = cuda::mma_tile(p.M, p.N, p.Kd, p.b_along_k, dense, false);
           EXPECT_NE(off.m * off.n, 128 * 128) << "the wide tile only where the GPU allows it";

@@ -237,6 +237,11 @@ void for_each_mma_tile(F f) {
   f(MmaTile<128, 128, 2>{});
 }
 
+// The dense products' copies through row pointers and their one-block 128 x 128 tile, unless
+// SQUEEZE_IGEMM_DENSE=0 (every product's copies through keys and bounds, at most 128 x 64: the
+// schedule before, for measuring both).
+const bool g_dense = !env_is("SQUEEZE_IGEMM_DENSE", "0");
+
 // Whether this GPU allows a block the one-block 128 x 128 tile's stages (kMmaWideSmem: sm_80 and
 // sm_90, not sm_86 or sm_89).
 bool mma_wide_fits() { return smem_optin() >= kMmaWideSmem; }
@@ -412,8 +417,9 @@ void launch_mma(const Op& op, int splits, cudaStream_t s) {
     else
       return launch_win<Prec>(op, splits, s);
   }
-  const MmaVec vec = mma_vec(op);
-  const MmaTileSize picked = mma_tile(op.M, op.N, op.Kd, Op::kBAlongK, vec.a && vec.b, mma_wide_fits());
+  MmaVec vec = mma_vec(op);
+  vec.dense = vec.dense && g_dense;
+  const MmaTileSize picked = mma_tile(op.M, op.N, op.Kd, Op::kBAlongK, vec.dense, mma_wide_fits());
   const Tile t = prec_tile<Prec>(Tile{picked.m, picked.n});
   const int chunk = mma_chunk(op.Kd, splits);
   // (a one-block tile's resident blocks: one an SM)

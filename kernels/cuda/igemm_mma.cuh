@@ -219,20 +219,25 @@ struct MmaTf32x3 {
 // are. The other operands (the 3x3 and 7x7 gathers, the input gradient's weights) go 4 bytes at a
 // time.
 // pair: the output goes out two neighbouring columns at a time, 8-byte stores (the op's pairs():
-// an even row length and 8-byte aligned outputs).
+// an even row length and 8-byte aligned outputs). dense: both operands copied 16 bytes at a time,
+// so B is b_dense's matrix and a whole tile's whole steps are copied through row pointers
+// (igemm_mma_kernel's dense_copies; conv.cu clears it with SQUEEZE_IGEMM_DENSE=0).
 struct MmaVec {
-  bool a = false, b = false, pair = false;
+  bool a = false, b = false, pair = false, dense = false;
 };
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 inline bool plain_1x1(const Geo& g) { return g.R == 1 && g.S == 1 && g.stride == 1 && g.pad == 0; }
+inline MmaVec vec_of(bool a, bool b, bool pair) { return {a, b, pair, a && b}; }
 inline MmaVec mma_vec(const FwdOp& op) {
-  return {op.Kd % 4 == 0 && aligned16(op.w), plain_1x1(op.g) && op.N % 4 == 0 && aligned16(op.x), op.pairs()};
+  return vec_of(op.Kd % 4 == 0 && aligned16(op.w), plain_1x1(op.g) && op.N % 4 == 0 && aligned16(op.x), op.pairs());
 }
 inline MmaVec mma_vec(const DataOp& op) {
-  return {op.Kd % 4 == 0 && aligned16(op.wt), plain_1x1(op.g) && op.N % 4 == 0 && aligned16(op.dz), op.pairs()};
+  return vec_of(op.Kd % 4 == 0 && aligned16(op.wt), plain_1x1(op.g) && op.N % 4 == 0 && aligned16(op.dz),
+                op.pairs());
 }
 inline MmaVec mma_vec(const WeightOp& op) {
-  return {op.Kd % 4 == 0 && aligned16(op.dz), plain_1x1(op.g) && op.Kd % 4 == 0 && aligned16(op.x), op.pairs()};
+  return vec_of(op.Kd % 4 == 0 && aligned16(op.dz), plain_1x1(op.g) && op.Kd % 4 == 0 && aligned16(op.x),
+                op.pairs());
 }
 // The split-K slice: whole 32-deep k-steps, so that every slice starts 16-byte aligned.
 inline int mma_chunk(int Kd, int splits) {
@@ -269,8 +274,8 @@ inline MmaGrid mma_grid(int M, int N, int TM, int TN, bool b_along_k, int k_chun
 // 128, 256; not 192); a weight gradient of more than 32 rows (N = C*R*S, 144 to 576 in the Fire
 // modules) pads less to 64 columns than to 128. Otherwise 128 columns and 16, 32 or 64 rows, by M
 // (16 or 32 rows copy A the least).
-// 128 x 128 takes the dense products (dense: plain 1x1, both operands copied 16 bytes at a time,
-// MmaVec a and b) large in all three dimensions: at least 256 rows and columns and more than 256
+// 128 x 128 takes the dense products (MmaVec's dense: plain 1x1, both operands copied 16 bytes at
+// a time) large in all three dimensions: at least 256 rows and columns and more than 256
 // deep (more than kPersistSteps steps: never persistent), which in the models are conv10's three
 // at 13x13 (M 512 or 1000, N 512 or 21,632 at batch 128, 512 to 21,632 deep).
 // Their operands are read from L2 once for every tile of the other dimension: per output and k
@@ -561,10 +566,10 @@ __global__ void __launch_bounds__(kGemmThreads, mma_blocks_per_sm<TM, TN>())
   int iu = 0, ij = 0, m0 = tile_m0(0), n0 = tile_n0(0);
   Key fixed = Sh::kBnk ? Key{0, Op::kNNone} : column_key(op, n0 + fixed_b);
 
-  // A whole step of a whole tile of a plain 1x1 product (vec.a and vec.b: both operands dense,
+  // A whole step of a whole tile of a plain 1x1 product (vec.dense: both operands dense,
   // b_dense): every 16-byte piece inside, so a thread's pieces are row pointers a fixed stride
-  // apart, with no keys and no bounds (the general copies below took about 25 instructions a piece
-  // in the sm_90 SASS, these take about 3). Piece p of a pass: row p / (pieces a row), 4 floats
+  // apart, with no keys and no bounds (the general copies below take about 30 instructions a
+  // piece in the sm_90 SASS, these about 6 with their pointers' setup). Piece p of a pass: row p / (pieces a row), 4 floats
   // at (p % (pieces a row)) * 4; rows of A and of [n][k] B are KB deep, rows of [k][n] B TN wide.
   auto dense_copies = [&](float* As, float* Bs, int m0, int n0, int k0) {
     constexpr int kRowPieces = KB / 4, kRows = kGemmThreads / kRowPieces;  // [m][k] and [n][k] tiles
@@ -601,7 +606,7 @@ __global__ void __launch_bounds__(kGemmThreads, mma_blocks_per_sm<TM, TN>())
       ++ij;
       float* As = smem + (j % NS) * Sh::kStageFloats;
       float* Bs = As + Sh::kAFloats;
-      if (vec.a && vec.b && m0 + TM <= op.M && n0 + TN <= op.N && k0 + KB <= ke) {
+      if (vec.dense && m0 + TM <= op.M && n0 + TN <= op.N && k0 + KB <= ke) {
         dense_copies(As, Bs, m0, n0, k0);
         cp_async_commit();
         return;
