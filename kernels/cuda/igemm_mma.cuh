@@ -24,6 +24,7 @@
 // missing barrier gives a wrong product there.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/cuda/igemm_kernel.cuh"
 
@@ -566,29 +567,39 @@ __global__ void __launch_bounds__(kGemmThreads, mma_blocks_per_sm<TM, TN>())
   int iu = 0, ij = 0, m0 = tile_m0(0), n0 = tile_n0(0);
   Key fixed = Sh::kBnk ? Key{0, Op::kNNone} : column_key(op, n0 + fixed_b);
 
-  // A whole step of a whole tile of a plain 1x1 product (vec.dense: both operands dense,
-  // b_dense): every 16-byte piece inside, so a thread's pieces are row pointers a fixed stride
-  // apart, with no keys and no bounds (the general copies below take about 30 instructions a
-  // piece in the sm_90 SASS, these about 6 with their pointers' setup). Piece p of a pass: row p / (pieces a row), 4 floats
-  // at (p % (pieces a row)) * 4; rows of A and of [n][k] B are KB deep, rows of [k][n] B TN wide.
-  auto dense_copies = [&](float* As, float* Bs, int m0, int n0, int k0) {
+  // A step of a whole tile of a plain 1x1 product (vec.dense: both operands dense, b_dense): every
+  // 16-byte piece inside the product's rows and columns, so a thread's pieces are row pointers a
+  // fixed stride apart, with no keys and no bounds but the step's end in k (the slice's end ke: a
+  // piece's floats past it zero-filled, never read), where the general copies below take about 30
+  // instructions a piece in the sm_90 SASS, these about 6 with their pointers' setup. Piece p of
+  // a pass: row p / (pieces a row), 4 floats at (p % (pieces a row)) * 4; rows of A and of
+  // [n][k] B are KB deep, rows of [k][n] B TN wide. kTail: the step may end past ke (tested); the
+  // whole steps go without the tests (about 48 instructions for 8 pieces where the tests take 87).
+  auto dense_copies = [&](auto tail, float* As, float* Bs, int m0, int n0, int k0) {
+    constexpr bool kTail = decltype(tail)::value;
     constexpr int kRowPieces = KB / 4, kRows = kGemmThreads / kRowPieces;  // [m][k] and [n][k] tiles
     const int tr = int(threadIdx.x) / kRowPieces, tk = int(threadIdx.x) % kRowPieces * 4;
     const size_t kd_step = size_t(kRows) * op.Kd;
+    const int kv = kTail ? max(0, min(4, ke - (k0 + tk))) : 4;  // the floats of the thread's [.][k] pieces inside
     const float* a = op.a_ptr(m0 + tr, k0 + tk);
     SQ_UNROLL
     for (int r = 0; r < (TM + kRows - 1) / kRows; ++r, a += kd_step)
-      if (TM % kRows == 0 || tr + r * kRows < TM) cp_async16(As + (tr + r * kRows) * LDA + tk, a, 4);
+      if (TM % kRows == 0 || tr + r * kRows < TM)
+        cp_async16(As + (tr + r * kRows) * LDA + tk, kv > 0 ? a : op.any(), kv);
     if constexpr (Sh::kBnk) {
       const float* b = op.b_dense(k0 + tk, n0 + tr);
       SQ_UNROLL
-      for (int r = 0; r < TN / kRows; ++r, b += kd_step) cp_async16(Bs + (tr + r * kRows) * LDB + tk, b, 4);
+      for (int r = 0; r < TN / kRows; ++r, b += kd_step)
+        cp_async16(Bs + (tr + r * kRows) * LDB + tk, kv > 0 ? b : op.any(), kv);
     } else {
       constexpr int kColPieces = TN / 4, kKRows = kGemmThreads / kColPieces;
       const int br = int(threadIdx.x) / kColPieces, bn = int(threadIdx.x) % kColPieces * 4;
       const float* b = op.b_dense(k0 + br, n0 + bn);
       SQ_UNROLL
-      for (int r = 0; r < KB / kKRows; ++r, b += size_t(kKRows) * op.N) cp_async16(Bs + (br + r * kKRows) * LDB + bn, b, 4);
+      for (int r = 0; r < KB / kKRows; ++r, b += size_t(kKRows) * op.N) {
+        const bool in = !kTail || k0 + br + r * kKRows < ke;
+        cp_async16(Bs + (br + r * kKRows) * LDB + bn, in ? b : op.any(), in ? 4 : 0);
+      }
     }
   };
 
@@ -606,8 +617,11 @@ __global__ void __launch_bounds__(kGemmThreads, mma_blocks_per_sm<TM, TN>())
       ++ij;
       float* As = smem + (j % NS) * Sh::kStageFloats;
       float* Bs = As + Sh::kAFloats;
-      if (vec.dense && m0 + TM <= op.M && n0 + TN <= op.N && k0 + KB <= ke) {
-        dense_copies(As, Bs, m0, n0, k0);
+      if (vec.dense && m0 + TM <= op.M && n0 + TN <= op.N) {
+        if (k0 + KB <= ke)
+          dense_copies(std::false_type{}, As, Bs, m0, n0, k0);
+        else
+          dense_copies(std::true_type{}, As, Bs, m0, n0, k0);
         cp_async_commit();
         return;
       }
