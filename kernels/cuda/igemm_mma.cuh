@@ -567,37 +567,43 @@ __global__ void __launch_bounds__(kGemmThreads, mma_blocks_per_sm<TM, TN>())
   int iu = 0, ij = 0, m0 = tile_m0(0), n0 = tile_n0(0);
   Key fixed = Sh::kBnk ? Key{0, Op::kNNone} : column_key(op, n0 + fixed_b);
 
-  // A step of a whole tile of a plain 1x1 product (vec.dense: both operands dense, b_dense): every
-  // 16-byte piece inside the product's rows and columns, so a thread's pieces are row pointers a
-  // fixed stride apart, with no keys and no bounds but the step's end in k (the slice's end ke: a
-  // piece's floats past it zero-filled, never read), where the general copies below take about 30
-  // instructions a piece in the sm_90 SASS, these about 6 with their pointers' setup. Piece p of
-  // a pass: row p / (pieces a row), 4 floats at (p % (pieces a row)) * 4; rows of A and of
-  // [n][k] B are KB deep, rows of [k][n] B TN wide. kTail: the step may end past ke (tested); the
-  // whole steps go without the tests (about 48 instructions for 8 pieces where the tests take 87).
-  auto dense_copies = [&](auto tail, float* As, float* Bs, int m0, int n0, int k0) {
-    constexpr bool kTail = decltype(tail)::value;
+  // A step of a tile of a plain 1x1 product (vec.dense: both operands dense, b_dense): a thread's
+  // pieces are row pointers a fixed stride apart, with no keys, where the general copies below
+  // take about 30 instructions a piece in the sm_90 SASS (a k key, the keyed address, the bounds).
+  // Piece p of a pass: row p / (pieces a row), 4 floats at (p % (pieces a row)) * 4; rows of A and
+  // of [n][k] B are KB deep, rows of [k][n] B TN wide. kTested: the step ends past the slice's
+  // end ke, or the tile past the product's rows or columns, and each piece is tested against them
+  // (a piece lies wholly inside or outside the columns: N, or Kd for [n][k] B, is a multiple of 4),
+  // zero-filled outside, never read there; a whole step of a whole tile goes without the tests:
+  // about 60 instructions from the branch to the commit for the 8 pieces of 128 x 128, about 85
+  // with them.
+  auto dense_copies = [&](auto tested, float* As, float* Bs, int m0, int n0, int k0) {
+    constexpr bool kTested = decltype(tested)::value;
     constexpr int kRowPieces = KB / 4, kRows = kGemmThreads / kRowPieces;  // [m][k] and [n][k] tiles
     const int tr = int(threadIdx.x) / kRowPieces, tk = int(threadIdx.x) % kRowPieces * 4;
     const size_t kd_step = size_t(kRows) * op.Kd;
-    const int kv = kTail ? max(0, min(4, ke - (k0 + tk))) : 4;  // the floats of the thread's [.][k] pieces inside
+    const int kv = kTested ? max(0, min(4, ke - (k0 + tk))) : 4;  // the floats of the thread's [.][k] pieces inside
     const float* a = op.a_ptr(m0 + tr, k0 + tk);
     SQ_UNROLL
-    for (int r = 0; r < (TM + kRows - 1) / kRows; ++r, a += kd_step)
-      if (TM % kRows == 0 || tr + r * kRows < TM)
-        cp_async16(As + (tr + r * kRows) * LDA + tk, kv > 0 ? a : op.any(), kv);
+    for (int r = 0; r < (TM + kRows - 1) / kRows; ++r, a += kd_step) {
+      const int v = !kTested || m0 + tr + r * kRows < op.M ? kv : 0;
+      if (TM % kRows == 0 || tr + r * kRows < TM) cp_async16(As + (tr + r * kRows) * LDA + tk, v > 0 ? a : op.any(), v);
+    }
     if constexpr (Sh::kBnk) {
       const float* b = op.b_dense(k0 + tk, n0 + tr);
       SQ_UNROLL
-      for (int r = 0; r < TN / kRows; ++r, b += kd_step)
-        cp_async16(Bs + (tr + r * kRows) * LDB + tk, kv > 0 ? b : op.any(), kv);
+      for (int r = 0; r < TN / kRows; ++r, b += kd_step) {
+        const int v = !kTested || n0 + tr + r * kRows < op.N ? kv : 0;
+        cp_async16(Bs + (tr + r * kRows) * LDB + tk, v > 0 ? b : op.any(), v);
+      }
     } else {
       constexpr int kColPieces = TN / 4, kKRows = kGemmThreads / kColPieces;
       const int br = int(threadIdx.x) / kColPieces, bn = int(threadIdx.x) % kColPieces * 4;
+      const bool col_in = !kTested || n0 + bn < op.N;
       const float* b = op.b_dense(k0 + br, n0 + bn);
       SQ_UNROLL
       for (int r = 0; r < KB / kKRows; ++r, b += size_t(kKRows) * op.N) {
-        const bool in = !kTail || k0 + br + r * kKRows < ke;
+        const bool in = col_in && (!kTested || k0 + br + r * kKRows < ke);
         cp_async16(Bs + (br + r * kKRows) * LDB + bn, in ? b : op.any(), in ? 4 : 0);
       }
     }
@@ -617,8 +623,8 @@ __global__ void __launch_bounds__(kGemmThreads, mma_blocks_per_sm<TM, TN>())
       ++ij;
       float* As = smem + (j % NS) * Sh::kStageFloats;
       float* Bs = As + Sh::kAFloats;
-      if (vec.dense && m0 + TM <= op.M && n0 + TN <= op.N) {
-        if (k0 + KB <= ke)
+      if (vec.dense) {
+        if (m0 + TM <= op.M && n0 + TN <= op.N && k0 + KB <= ke)
           dense_copies(std::false_type{}, As, Bs, m0, n0, k0);
         else
           dense_copies(std::true_type{}, As, Bs, m0, n0, k0);
@@ -687,8 +693,10 @@ __global__ void __launch_bounds__(kGemmThreads, mma_blocks_per_sm<TM, TN>())
     __syncthreads();  // every thread's copies of step i; every thread done with step i - 1's stage;
                       // step i + NS - 1's keys
     issue(i + NS - 1);  // into the stage step i - 1 used
-    // Step i + NS's keys, by warp i % 8 (KB = 32 lanes), into the buffer of step i - 1.
-    fill_kkeys(op, tab.k[(i + NS) % NK], kb + fstep * KB, i + NS < total ? ke : kb, (i % (kGemmThreads / KB)) * KB);
+    // Step i + NS's keys, by warp i % 8 (KB = 32 lanes), into the buffer of step i - 1 (none for
+    // the dense copies, which read no keys).
+    if (!vec.dense)
+      fill_kkeys(op, tab.k[(i + NS) % NK], kb + fstep * KB, i + NS < total ? ke : kb, (i % (kGemmThreads / KB)) * KB);
     fstep = fstep + 1 == steps ? 0 : fstep + 1;
     const float* As = smem + (i % NS) * Sh::kStageFloats;
     const float* Bs = As + Sh::kAFloats;
