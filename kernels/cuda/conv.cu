@@ -422,8 +422,7 @@ void launch_mma(const Op& op, int splits, cudaStream_t s) {
   const MmaTileSize picked = mma_tile(op.M, op.N, op.Kd, Op::kBAlongK, vec.dense, mma_wide_fits());
   const Tile t = prec_tile<Prec>(Tile{picked.m, picked.n});
   const int chunk = mma_chunk(op.Kd, splits);
-  // (a one-block tile's resident blocks: one an SM)
-  const int resident = mma_resident() / (t.m * t.n > 128 * 64 ? 2 : 1);
+  const int resident = mma_resident() / 2 * mma_blocks_per_sm(t.m, t.n);  // (mma_resident: two an SM)
   const MmaGrid mg = mma_grid(op.M, op.N, t.m, t.n, Op::kBAlongK, chunk, splits, resident);
   bool launched = false;
   for_each_mma_tile([&](auto tile) {

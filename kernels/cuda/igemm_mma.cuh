@@ -449,10 +449,7 @@ constexpr size_t kMinSmemOptin = 99 * 1024;
 // a thread would spill under 128 registers (ptxas, sm_90: 160-212 bytes). The one-block tile
 // takes the large products (conv10's: conv.cu's mma_tile) on GPUs that allow a block
 // kMmaWideSmem (sm_80, sm_90): four stages, the copies three k-steps ahead of the products.
-template <int TM, int TN>
-constexpr int mma_blocks_per_sm() {
-  return TM * TN > 128 * 64 ? 1 : 2;
-}
+constexpr int mma_blocks_per_sm(int tm, int tn) { return tm * tn > 128 * 64 ? 1 : 2; }
 constexpr size_t kMmaWideSmem = 160 * 1024;
 
 // The block tile TM x TN, 8 warps as WM x (8 / WM), k-steps of KB; the stage layout in dynamic
@@ -469,7 +466,7 @@ struct MmaShape {
   static constexpr int kAFloats = TM * LDA, kBFloats = kBnk ? TN * LDB : KB * LDB;
   static constexpr int kStageFloats = kAFloats + kBFloats;
   static_assert(kAFloats % 4 == 0 && kStageFloats % 4 == 0, "16-byte aligned tiles");
-  static constexpr bool kWide = mma_blocks_per_sm<TM, TN>() == 1;
+  static constexpr bool kWide = mma_blocks_per_sm(TM, TN) == 1;
   static constexpr size_t kBudget = kWide ? kMmaWideSmem : kMinSmemOptin;
   // (the wide tile's stages leave 4 KB of its budget to the static k and column keys)
   static constexpr int kFit = int((kWide ? kBudget - 4 * 1024 : kBudget) / (kStageFloats * 4));
@@ -524,7 +521,7 @@ struct RowSums {
 // Two blocks an SM (at most 128 registers a thread: conv.cu picks the tiles that fit unspilled), or
 // one for the 128 x 128 tile (mma_blocks_per_sm).
 template <class Op, class Prec, int TM, int TN, int WM>
-__global__ void __launch_bounds__(kGemmThreads, mma_blocks_per_sm<TM, TN>())
+__global__ void __launch_bounds__(kGemmThreads, mma_blocks_per_sm(TM, TN))
     igemm_mma_kernel(Op op, int k_chunk, MmaVec vec, int tiles) {
   using Sh = MmaShape<Op, Prec, TM, TN, WM>;
   constexpr int KB = Sh::KB, NS = Sh::kStages, LDA = Sh::LDA, LDB = Sh::LDB;

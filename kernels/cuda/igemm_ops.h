@@ -91,8 +91,8 @@ inline bool aligned8(const void* p) { return reinterpret_cast<uintptr_t>(p) % 8 
 //
 // In a plain 1x1 product (stride 1, no padding: every B element inside) B is a dense matrix,
 // b_dense(k, n) = b_key(kkey(k), nkey(n)) without keys: x or dz at k N + n ([k][n]), or x at
-// n Kd + k for the weight gradient ([n][k]); the mma kernel's copies of whole tiles
-// (igemm_mma.cuh) step along its rows.
+// n Kd + k for the weight gradient ([n][k]); the mma kernel's dense copies (igemm_mma.cuh) step
+// along its rows.
 //
 // Forward: A = w (K x CRS), B(k, n) = col(x)(k, n): k a tap, n an output pixel.
 // kBAlongK: B's elements are adjacent in memory along k (not n), so the tile loader lets
