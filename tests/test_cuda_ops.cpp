@@ -435,10 +435,13 @@ TEST(CudaOps, TensorCoreProductsTakeTheirKernels) {
   cuda::log_conv_routes(nullptr);  // (the lines are written as the launches are made)
   cuda::set_conv_math(cuda::ConvMath::kFp32);
   // The one-block 128x128 tile where the GPU allows a block its 160 KB (igemm_mma.cuh's
-  // kMmaWideSmem: sm_80, sm_90), else 128x64.
+  // kMmaWideSmem: sm_80, sm_90), else 128x64; conv1's forward on the row kernel where a block may
+  // have more than 99 KB (sm_86, sm_89: its resident weights alone pass that, test_igemm's
+  // WindowAndRowKernelsTakeOnlyWhatTheGpuAllowsABlock), else on the mma kernel.
   int optin = 0;
   SQ_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0));
   const std::string wide = optin >= 160 * 1024 ? "tile 128x128," : "tile 128x64,";
+  const std::string conv1 = optin > 99 * 1024 ? "row kernel, tile 96x224," : "mma kernel, tile 128x64,";
   std::string log;
   std::rewind(f);
   for (int c; (c = std::fgetc(f)) != EOF;) log += char(c);
@@ -453,7 +456,7 @@ TEST(CudaOps, TensorCoreProductsTakeTheirKernels) {
       "weight gradient of 16->64 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: window kernel, tile 64x144,",
       "forward of 32->32 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: window kernel, tile 32x256,",
       "input gradient of 32->32 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: window kernel, tile 32x256,",
-      "forward of 3->96 7x7 stride 2 pad 0 at 23x23, batch 2, TF32: row kernel, tile 96x224,",
+      "forward of 3->96 7x7 stride 2 pad 0 at 23x23, batch 2, TF32: " + conv1,
       "weight gradient of 3->96 7x7 stride 2 pad 0 at 23x23, batch 2, TF32: row kernel,",
       // Dense and large in all three dimensions: the one-block tile (sm_80, sm_90).
       "forward of 384->512 1x1 stride 1 pad 0 at 16x16, batch 2, TF32: mma kernel, " + wide,

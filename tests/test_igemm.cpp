@@ -1201,6 +1201,15 @@ TEST(ImplicitGemm, WindowAndRowKernelsTakeOnlyWhatTheGpuAllowsABlock) {
   EXPECT_TRUE(cuda::rows_fits(fwd(3, 64, 3), sm86)) << "squeezenet1.1's conv1 at 99 KB";
   EXPECT_TRUE(cuda::rows_fits(cuda::WeightOp{fwd(3, 96, 7).g, nullptr, nullptr, nullptr, 96, 147, 128 * 109 * 109}, sm86))
       << "squeezenet1.0's conv1 weight gradient at 99 KB";
+  // test_cuda_ops' small first convolution (7x7/2 3 -> 96 at 23x23, batch 2): its forward's
+  // resident weights alone pass 99 KB, so TensorCoreProductsTakeTheirKernels expects it on the mma
+  // kernel there and on the row kernel where a block may have more; its weight gradient fits both.
+  const cuda::Geo small = geo(2, 3, 23, 96, 7, 2, 0);
+  const int small_npq = 2 * small.P * small.Q;
+  const cuda::FwdOp small_fwd{small, nullptr, nullptr, nullptr, nullptr, true, 96, small_npq, 147};
+  EXPECT_TRUE(cuda::rows_fits(small_fwd));
+  EXPECT_FALSE(cuda::rows_fits(small_fwd, sm86));
+  EXPECT_TRUE(cuda::rows_fits(cuda::WeightOp{small, nullptr, nullptr, nullptr, 96, 147, small_npq}, sm86));
 }
 
 // fp32 on the tensor cores (SQUEEZE_IGEMM_3XTF32=1; igemm_mma.cuh, MmaTf32x3): the mma and window
