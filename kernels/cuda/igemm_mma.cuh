@@ -221,8 +221,8 @@ struct MmaTf32x3 {
 // time.
 // pair: the output goes out two neighbouring columns at a time, 8-byte stores (the op's pairs():
 // an even row length and 8-byte aligned outputs). dense: both operands copied 16 bytes at a time,
-// so B is b_dense's matrix and a whole tile's whole steps are copied through row pointers
-// (igemm_mma_kernel's dense_copies; conv.cu clears it with SQUEEZE_IGEMM_DENSE=0).
+// so B is b_dense's matrix and every step is copied through row pointers (igemm_mma_kernel's
+// dense_copies; conv.cu clears it with SQUEEZE_IGEMM_DENSE=0).
 struct MmaVec {
   bool a = false, b = false, pair = false, dense = false;
 };
@@ -286,9 +286,9 @@ struct MmaTileSize {
   int m, n;
 };
 inline MmaTileSize mma_tile(int M, int N, int Kd, bool b_along_k, bool dense, bool wide) {
-  if (wide && dense && M >= 256 && N >= 256 && Kd > 32 * kPersistSteps && (M + 127) / 128 * 128 <= (M + 63) / 64 * 64)
-    return {128, 128};
-  if (M > 64 && (M + 127) / 128 * 128 <= (M + 63) / 64 * 64) return {128, 64};
+  const bool rows128 = (M + 127) / 128 * 128 <= (M + 63) / 64 * 64;  // 128 rows pad M no more than 64
+  if (wide && dense && M >= 256 && N >= 256 && Kd > 32 * kPersistSteps && rows128) return {128, 128};
+  if (M > 64 && rows128) return {128, 64};
   if (N <= 64 || (b_along_k && M > 32)) return {64, 64};
   return {M <= 16 ? 16 : M <= 32 ? 32 : 64, 128};
 }
@@ -447,7 +447,7 @@ constexpr size_t kMinSmemOptin = 99 * 1024;
 // Blocks an SM that the mma kernel of a TM x TN tile is built for (its launch bounds): two for the
 // tiles up to 128 x 64 (at most 128 registers a thread), one for 128 x 128, whose 64 accumulators
 // a thread would spill under 128 registers (ptxas, sm_90: 160-212 bytes). The one-block tile
-// takes the large products (conv10's: conv.cu's mma_tile) on GPUs that allow a block
+// takes the large products (conv10's: mma_tile) on GPUs that allow a block
 // kMmaWideSmem (sm_80, sm_90): four stages, the copies three k-steps ahead of the products.
 constexpr int mma_blocks_per_sm(int tm, int tn) { return tm * tn > 128 * 64 ? 1 : 2; }
 constexpr size_t kMmaWideSmem = 160 * 1024;
@@ -614,7 +614,7 @@ __global__ void __launch_bounds__(kGemmThreads, mma_blocks_per_sm(TM, TN))
     if (j < total) {
       if (ij == steps) {  // the next tile's first step
         ij = 0, ++iu, m0 = tile_m0(iu), n0 = tile_n0(iu);
-        if (!Sh::kBnk) fixed = column_key(op, n0 + fixed_b);
+        if (!Sh::kBnk && !vec.dense) fixed = column_key(op, n0 + fixed_b);  // (the dense copies read no keys)
       }
       const int k0 = kb + ij * KB, buf = j % NK;
       ++ij;
