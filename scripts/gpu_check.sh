@@ -133,7 +133,7 @@ summary=()
 # failing under each switch that routes around what changed since run c (kernels, the graph). The switch under which
 # every one passes names the faulty kernel family, and `bench` then times with it rather than
 # losing its phase. (fp32's changes since run c have no switch: if none helps, look there.)
-switches="SQUEEZE_IGEMM_WIN=0 SQUEEZE_IGEMM_PERSIST=0 SQUEEZE_IGEMM_MMA=0 SQUEEZE_POOL_BAND=0 SQUEEZE_CUDA_GRAPH=0"
+switches="SQUEEZE_IGEMM_DENSE=0 SQUEEZE_IGEMM_WIN=0 SQUEEZE_IGEMM_PERSIST=0 SQUEEZE_IGEMM_MMA=0 SQUEEZE_POOL_BAND=0 SQUEEZE_CUDA_GRAPH=0"
 fallback=""
 isolate() {  # isolate LOG BIN: LOG holds the failed run's output
   local log=$1 bin=$2 t sw failing=() still=()
@@ -230,8 +230,9 @@ for phase in $phases; do
     rm -f /tmp/igemm_routes.txt
     SQUEEZE_CUDNN_ALGOS=1 SQUEEZE_IGEMM_ROUTES=/tmp/igemm_routes.txt run bench_gpu $B/bench_gpu --reps 20 --json "$OUT/bench_gpu.json" || {
       # A fault in a kernel made since run c: time around it (the switch the test phase found,
-      # else the window, row and persistent kernels all off), and say so above the predictions.
-      sw=${fallback:-"SQUEEZE_IGEMM_WIN=0 SQUEEZE_IGEMM_PERSIST=0"}
+      # else the window, row and persistent kernels and the dense copies all off), and say so above
+      # the predictions.
+      sw=${fallback:-"SQUEEZE_IGEMM_WIN=0 SQUEEZE_IGEMM_PERSIST=0 SQUEEZE_IGEMM_DENSE=0"}
       run "bench_gpu with $sw" env $sw SQUEEZE_IGEMM_ROUTES=/tmp/igemm_routes.txt $B/bench_gpu --reps 20 \
         --json "$OUT/bench_gpu.json" && echo "bench_gpu.json was measured with $sw" > "$OUT/bench_gpu.fallback"
     }
