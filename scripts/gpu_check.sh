@@ -109,6 +109,7 @@ if ! { [ -x $B/squeeze ] && $B/squeeze --help > /dev/null 2>&1 && ! ldd $B/test_
   echo "carried binaries do not run here ($(ldd $B/squeeze 2>&1 | grep 'not found' | head -3 | tr '\n' ' ')); building"
   cudnn_root=$(python3 -c "import nvidia.cudnn as c; print(list(c.__path__)[0])" 2>/dev/null || true)
   cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
+  [ "$cap" = 90 ] && cap=90a  # (sm_90's wgmma code: kernels/cuda/wgmma.cuh)
   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$DEPS/usr" \
     -DSQUEEZE_WITH_MPI=OFF ${cudnn_root:+-DCUDNN_ROOT=$cudnn_root} \
     -DCMAKE_CUDA_ARCHITECTURES="${cap:-90}" > /tmp/configure.log 2>&1 || { tail -30 /tmp/configure.log; exit 1; }

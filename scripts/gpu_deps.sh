@@ -6,7 +6,7 @@
 #   .device/debs  Debian packages: OpenBLAS, Open MPI's run time (relocated there by OPAL_PREFIX),
 #                 Fashion-MNIST, and the headers for a build there;
 #   .device/bin.tar.xz  squeeze, test_cuda_ops, test_mpi, test_train, bench_gpu, bench_collectives and
-#                 bench_ddp_gpu built here for sm_90 (x86-64-v3, not -march=native), so that
+#                 bench_ddp_gpu built here for sm_90a (x86-64-v3, not -march=native), so that
 #                 the lease is not spent compiling; gpu_check.sh unpacks them to .device/bin there and builds instead
 #                 when they do not run. (Packed: unpacked, their kernels' code would take the
 #                 carried tree past the device tool's 64 MiB.)
@@ -25,7 +25,7 @@ rm -rf /tmp/sq_blas_dev && dpkg-deb -R "$dev" /tmp/sq_blas_dev
 find /tmp/sq_blas_dev -name '*.a' -delete
 dpkg-deb -b /tmp/sq_blas_dev "$dev" > /dev/null
 cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DSQUEEZE_NATIVE=OFF \
-  -DCMAKE_CXX_FLAGS="-march=x86-64-v3" -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null
+  -DCMAKE_CXX_FLAGS="-march=x86-64-v3" -DCMAKE_CUDA_ARCHITECTURES=90a > /dev/null
 bins="squeeze test_cuda_ops test_mpi test_train bench_gpu bench_collectives bench_ddp_gpu"
 cmake --build build-device -j"$(nproc)" --target $bins
 B=/tmp/sq_device_bin/bin

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -166,5 +167,49 @@ struct ChunkLimitGuard {
   ChunkLimitGuard(const ChunkLimitGuard&) = delete;
   ChunkLimitGuard& operator=(const ChunkLimitGuard&) = delete;
 };
+
+// A wgmma probe case (kernels/cuda/wgmma_probe.cuh), run under the emulator and on an sm_90 GPU:
+// A (rows x K) and B (K x n) row-major, normal values made exact TF32 (the low 13 bits cleared) or
+// BF16 (rounded to nearest even), and their double product with, for each element, the sum of
+// |a b| over k (the bound of its fp32 accumulation error).
+struct WgmmaProbeCase {
+  std::vector<float> A, B;
+  std::vector<double> product, magnitude;
+};
+template <class Gen>
+WgmmaProbeCase wgmma_probe_case(bool bf16, int rows, int K, int n, Gen& gen) {
+  auto exact = [bf16](float v) {
+    uint32_t u;
+    std::memcpy(&u, &v, 4);
+    u = bf16 ? (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u : u & 0xFFFFE000u;
+    std::memcpy(&v, &u, 4);
+    return v;
+  };
+  WgmmaProbeCase c{normal_vec(size_t(rows) * K, gen), normal_vec(size_t(K) * n, gen), {}, {}};
+  for (float& v : c.A) v = exact(v);
+  for (float& v : c.B) v = exact(v);
+  c.product.assign(size_t(rows) * n, 0.0);
+  c.magnitude.assign(size_t(rows) * n, 0.0);
+  for (int r = 0; r < rows; ++r)
+    for (int j = 0; j < n; ++j)
+      for (int k = 0; k < K; ++k) {
+        const double p = double(c.A[size_t(r) * K + k]) * c.B[size_t(k) * n + j];
+        c.product[size_t(r) * n + j] += p;
+        c.magnitude[size_t(r) * n + j] += std::abs(p);
+      }
+  return c;
+}
+// Every element of D within 2^-20 of its |a b| sum of the product (fp32 accumulation of K terms);
+// reports the first few that are not.
+inline void expect_wgmma_probe(const std::vector<float>& D, const WgmmaProbeCase& c, int n, const std::string& what) {
+  ASSERT_EQ(D.size(), c.product.size()) << what;
+  int bad = 0;
+  for (size_t i = 0; i < D.size() && bad < 5; ++i)
+    if (!(std::abs(D[i] - c.product[i]) <= 0x1p-20 * c.magnitude[i])) {
+      ADD_FAILURE() << what << ": D(" << i / size_t(n) << ", " << i % size_t(n) << ") = " << D[i] << ", expected "
+                    << c.product[i];
+      ++bad;
+    }
+}
 
 }  // namespace sq::testing_ops

@@ -9,7 +9,7 @@
 // Supports what the project's kernels use: threadIdx, blockIdx, blockDim, gridDim, float2, float4, uint4,
 // min, max, isnan, fmaf, exp, log, __fadd_rn/__fmul_rn/__fsub_rn, bfloat16, WMMA, and the mma
 // kernel's asynchronous copies, dynamic shared memory (exactly the launch's bytes, an access past
-// them a fault), mma.sync and ldmatrix (below). Include it before the kernel source.
+// them a fault), mma.sync, ldmatrix and Hopper's wgmma (below). Include it before the kernel source.
 #pragma once
 #include <signal.h>
 #include <sys/mman.h>
@@ -24,6 +24,7 @@
 #include <utility>
 #include <cstdlib>
 #include <functional>
+#include <memory>
 #include <vector>
 
 struct SimtDim3 {
@@ -60,6 +61,8 @@ inline float __fsub_rn(float a, float b) {
 
 #define __global__
 #define __device__
+#define __host__
+#define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
@@ -162,6 +165,25 @@ struct MmaOperands {
   const float* row;
 };
 
+// One wgmma.mma_async of a warpgroup: what each of its 128 threads brought (A's registers, where
+// its accumulators live), and the operation, which must be the same in every thread.
+struct WgmmaOp {
+  bool bf16 = false;
+  int n = 0, scale_d = 0, arrived = 0;
+  uint64_t desc = 0;
+  uint32_t a[128][4] = {};
+  float* d[128] = {};
+};
+// A thread's wgmma state: whether it fenced its registers (wgmma.fence) since it last waited, whether
+// copies landed since its last fence.proxy.async, its ops not yet committed, and its committed
+// groups oldest first.
+struct ThreadWgmma {
+  bool fenced = false, landed = false;
+  int issued = 0;  // its wgmma.mma_async so far: the index of its next one in its warpgroup's list
+  std::vector<WgmmaOp*> open;
+  std::vector<std::vector<WgmmaOp*>> committed;
+};
+
 struct Scheduler {
   ucontext_t main;
   std::vector<ucontext_t> ctx;
@@ -175,13 +197,15 @@ struct Scheduler {
   float* dynamic_shared = nullptr;         // the launch's dynamic shared memory (DynamicShared)
   std::vector<std::pair<void*, size_t>> statics;  // the __shared__ variables seen (SQ_FRESH_SHARED)
   bool eager_copies = false;               // cp.async lands at issue (else at its wait)
+  std::vector<ThreadWgmma> wgmma;          // per thread
+  std::vector<std::vector<std::unique_ptr<WgmmaOp>>> wg_ops;  // per warpgroup, in issue order
 };
 inline Scheduler& sched() {
   static Scheduler s;
   return s;
 }
 // Where a thread stands when it hands control back to the scheduler.
-enum ThreadState : char { kRunning, kAtWarpBarrier, kAtBlockBarrier, kDone };
+enum ThreadState : char { kRunning, kAtWarpBarrier, kAtGroupBarrier, kAtBlockBarrier, kDone };
 inline void wait_at(ThreadState where) {
   Scheduler& s = sched();
   s.state[size_t(s.cur)] = where;
@@ -189,6 +213,7 @@ inline void wait_at(ThreadState where) {
 }
 inline void barrier() { wait_at(kAtBlockBarrier); }       // __syncthreads()
 inline void warp_barrier() { wait_at(kAtWarpBarrier); }   // __syncwarp(), and inside mma.sync
+inline void group_barrier() { wait_at(kAtGroupBarrier); } // inside wgmma: its warpgroup's threads
 
 // A static __shared__ variable (kernel_util.cuh's SQ_FRESH_SHARED, after its declaration): filled
 // with 0xFF bytes when first seen, and again at every block's start (run), so that a read before
@@ -261,9 +286,9 @@ inline void entry() {
   s.state[size_t(s.cur)] = kDone;  // returning resumes uc_link: the scheduler
 }
 
-// Runs the live threads [lo, hi) of one warp until each has reached a block barrier or its end,
-// releasing the warp's barriers as all of its live lanes reach them. Returns false if the lanes
-// disagree (some at a warp barrier while others wait at a block barrier or have ended).
+// Runs the live threads [lo, hi) of one warp until each has reached a block or warpgroup barrier or
+// its end, releasing the warp's barriers as all of its live lanes reach them. Returns false if the
+// lanes disagree (some at a warp barrier while others wait at another barrier or have ended).
 inline bool run_warp(int lo, int hi, bool reverse) {
   Scheduler& s = sched();
   for (;;) {
@@ -319,6 +344,9 @@ inline bool run(SimtDim3 grid, int threads, const std::function<void()>& body, b
         s.async.assign(size_t(threads), ThreadAsync{});
         for (auto& slots : s.mma_slots) slots.assign(size_t(threads), MmaOperands{});
         s.mma_count.assign(size_t(threads), 0);
+        s.wgmma.assign(size_t(threads), ThreadWgmma{});
+        s.wg_ops.clear();
+        s.wg_ops.resize(size_t(threads + 127) / 128);
         s.dynamic_shared = dynamic_shared_for(dynamic_bytes);
         for (const auto& v : s.statics) std::memset(v.first, 0xFF, v.second);
         for (int t = 0; t < threads; ++t) start_thread(t);
@@ -328,9 +356,31 @@ inline bool run(SimtDim3 grid, int threads, const std::function<void()>& body, b
             const int w = reverse ? warps - 1 - i : i;
             if (!run_warp(32 * w, min(threads, 32 * w + 32), reverse)) return false;
           }
+          // A warpgroup whose threads all stand at its wgmma barrier goes on; part of one there
+          // while the rest wait elsewhere or have ended is a hang on the device.
+          bool released = false, stuck = false;
+          for (int g = 0; 128 * g < threads; ++g) {
+            int at = 0;
+            for (int t = 128 * g; t < min(threads, 128 * g + 128); ++t) at += s.state[size_t(t)] == kAtGroupBarrier;
+            if (at == 128) {
+              for (int t = 128 * g; t < 128 * g + 128; ++t) s.state[size_t(t)] = kRunning;
+              released = true;
+            } else if (at > 0) {
+              stuck = true;
+            }
+          }
+          if (released) continue;
+          if (stuck) return false;
           int finished = 0;
           for (int t = 0; t < threads; ++t) finished += s.state[size_t(t)] == kDone;
-          if (finished == threads) break;
+          if (finished == threads) {
+            for (const ThreadWgmma& w : s.wgmma)
+              if (!w.open.empty() || !w.committed.empty()) {
+                std::fprintf(stderr, "simt: a thread ended with wgmma operations it did not wait for\n");
+                std::abort();
+              }
+            break;
+          }
           if (finished != 0) return false;  // some threads ended while others wait at a barrier
           for (int t = 0; t < threads; ++t) s.state[size_t(t)] = kRunning;
         }
@@ -400,6 +450,7 @@ inline void cp_async_commit() {
 template <int N>
 void cp_async_wait() {
   simt::ThreadAsync& a = simt::sched().async[size_t(simt::sched().cur)];
+  simt::sched().wgmma[size_t(simt::sched().cur)].landed = true;  // (wgmma's B wants a proxy fence)
   while (a.committed.size() > size_t(N)) {
     for (const simt::AsyncCopy& c : a.committed.front()) *c.dst = c.valid ? *c.src : 0.0f;
     a.committed.erase(a.committed.begin());
@@ -485,7 +536,127 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const float* row) {
   warp_barrier();
   for (int j = 0; j < 4; ++j) std::memcpy(&r[j], slot[size_t(base + 8 * j + lane / 4)].row + lane % 4, 4);
 }
+
+// wgmma (sm_90a), written from the PTX ISA ("Asynchronous Warpgroup Level Matrix Instructions")
+// independently of the kernels. Every thread of the warpgroup deposits its A registers and where
+// its accumulators live, a warpgroup barrier, then the op is complete: in a reverse run each thread
+// computes its own accumulators at once (the earliest the tensor cores may read B), in a forward run
+// when it waits for the op's group (the latest), so a B stage overwritten before the wait, or
+// accumulators read before it, give a wrong result in one of the two orders. Each thread's outputs:
+// D(16w + g + 8 (e / 2), 8i + 2t + e % 2) in d[4i + e], summing k in order in float.
+//   A, TF32 m64nNk8: A(m, k) in the thread of warp m / 16, lane 4 (m % 8) + k % 4, register
+//     (m % 16 >= 8) + 2 (k >= 4) (CUTLASS's ALayout_64x8; mma.m16n8k8's A per warp).
+//   A, BF16 m64nNk16: lane 4 (m % 8) + (k % 8) / 2, register (m % 16 >= 8) + 2 (k >= 8), half k % 2.
+//   B through the descriptor: start address bits 0-13, leading (k) byte offset 16-29, stride (n)
+//     byte offset 32-45, each its value / 16; swizzle bits 62-63 (only 0, none, is emulated). K-major
+//     without swizzle: element (k, n) at start + (n % 8) * 16 + (n / 8) * SBO + (k % T) * size
+//     + (k / T) * LBO, T = 16 / size. Addresses are offsets into the launch's dynamic shared memory
+//     (smem_address), as on the device they are into the block's shared window.
+inline uint32_t smem_offset(const void* p) {
+  const char* c = static_cast<const char*>(p);
+  const DynamicShared& d = dynamic_arena();
+  if (!d.arena || c < d.arena || c >= d.end()) {
+    std::fprintf(stderr, "simt: a wgmma descriptor's address outside the dynamic shared memory\n");
+    std::abort();
+  }
+  return uint32_t(c - d.arena);
+}
+inline void wgmma_compute(const WgmmaOp& op, int me) {
+  const int w = me % 128 / 32, lane = me % 32, g = lane / 4, t = lane % 4;
+  const char* start = dynamic_arena().arena + ((op.desc & 0x3FFF) << 4);
+  const size_t lbo = ((op.desc >> 16) & 0x3FFF) << 4, sbo = ((op.desc >> 32) & 0x3FFF) << 4;
+  const int K = op.bf16 ? 16 : 8, size = op.bf16 ? 2 : 4, T = 16 / size;
+  float* d = op.d[me % 128];
+  for (int i = 0; i < op.n / 8; ++i)
+    for (int e = 0; e < 4; ++e) {
+      const int m = 16 * w + g + 8 * (e / 2), n = 8 * i + 2 * t + e % 2;
+      float acc = op.scale_d ? d[4 * i + e] : 0.0f;
+      for (int k = 0; k < K; ++k) {
+        const char* bp = start + (n % 8) * 16 + size_t(n / 8) * sbo + (k % T) * size + size_t(k / T) * lbo;
+        float av, bv;
+        if (op.bf16) {
+          const uint32_t reg = op.a[32 * (m / 16) + 4 * (m % 8) + (k % 8) / 2][(m % 16 >= 8) + 2 * (k >= 8)];
+          av = bf16_half(reg, k % 2);
+          uint16_t h;
+          std::memcpy(&h, bp, 2);
+          bv = simt_to_float(__nv_bfloat16{h});
+        } else {
+          av = tf32_value(op.a[32 * (m / 16) + 4 * (m % 8) + k % 4][(m % 16 >= 8) + 2 * (k >= 4)]);
+          uint32_t u;
+          std::memcpy(&u, bp, 4);
+          bv = tf32_value(u);
+        }
+        acc += av * bv;
+      }
+      d[4 * i + e] = acc;
+    }
+}
+template <bool kBf16, int N>
+void wgmma(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc, int scale_d) {
+  static_assert(N % 8 == 0 && N >= 8 && N <= 256, "wgmma's N is a multiple of 8 up to 256");
+  Scheduler& s = sched();
+  const int me = s.cur;
+  ThreadWgmma& mine = s.wgmma[size_t(me)];
+  auto fail = [](const char* why) {
+    std::fprintf(stderr, "simt: wgmma.mma_async %s\n", why);
+    std::abort();
+  };
+  if (int(s.state.size()) < (me / 128 + 1) * 128) fail("in a block without whole warpgroups");
+  if (!mine.fenced) fail("without a wgmma.fence since the thread last waited (its registers)");
+  if (mine.landed) fail("after cp.async copies landed without a fence.proxy.async since");
+  if ((desc >> 62) != 0 || ((desc >> 49) & 7) != 0) fail("with a swizzled descriptor (not emulated)");
+  if (!s.dynamic_shared || (desc & 0x3FFF) << 4 < size_t(reinterpret_cast<char*>(s.dynamic_shared) - dynamic_arena().arena))
+    fail("whose B starts before the launch's dynamic shared memory");  // (past its end: the guard page)
+  std::vector<std::unique_ptr<WgmmaOp>>& ops = s.wg_ops[size_t(me / 128)];
+  if (ops.size() <= size_t(mine.issued)) ops.emplace_back(new WgmmaOp);
+  WgmmaOp& op = *ops[size_t(mine.issued++)];
+  if (op.arrived == 0) {
+    op.bf16 = kBf16;
+    op.n = N;
+    op.desc = desc;
+    op.scale_d = scale_d != 0;
+  } else if (op.bf16 != kBf16 || op.n != N || op.desc != desc || op.scale_d != (scale_d != 0)) {
+    fail("differs between the threads of a warpgroup (shape, type, descriptor or scale-d)");
+  }
+  for (int i = 0; i < 4; ++i) op.a[me % 128][i] = a[i];
+  op.d[me % 128] = d;
+  ++op.arrived;
+  group_barrier();
+  if (s.eager_copies)
+    wgmma_compute(op, me);
+  else
+    mine.open.push_back(&op);
+}
 }  // namespace simt
+
+inline uint32_t smem_address(const void* p) { return simt::smem_offset(p); }
+inline void wgmma_fence() { simt::sched().wgmma[size_t(simt::sched().cur)].fenced = true; }
+inline void fence_proxy_async() { simt::sched().wgmma[size_t(simt::sched().cur)].landed = false; }
+inline void wgmma_commit() {
+  simt::ThreadWgmma& w = simt::sched().wgmma[size_t(simt::sched().cur)];
+  w.committed.push_back(std::move(w.open));
+  w.open.clear();
+}
+template <int N>
+void wgmma_wait() {
+  const int me = simt::sched().cur;
+  simt::ThreadWgmma& w = simt::sched().wgmma[size_t(me)];
+  while (w.committed.size() > size_t(N)) {
+    for (const simt::WgmmaOp* op : w.committed.front()) simt::wgmma_compute(*op, me);
+    w.committed.erase(w.committed.begin());
+  }
+  w.fenced = false;  // the registers are the thread's again: the next wgmma wants a fence
+}
+template <int R>
+void wgmma_fence_operands(float (&)[R]) {}
+template <int N>
+void wgmma_tf32(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b, int scale_d) {
+  simt::wgmma<false, N>(d, a, b, scale_d);
+}
+template <int N>
+void wgmma_bf16(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b, int scale_d) {
+  simt::wgmma<true, N>(d, a, b, scale_d);
+}
 
 inline void ldmatrix_x4(uint32_t (&r)[4], const float* row) { simt::ldmatrix_x4(r, row); }
 inline void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {

@@ -174,6 +174,29 @@ const bool g_reset_registered = [] {
 
 }  // namespace
 
+// The wgmma probe (kernels/cuda/wgmma_probe.cuh) on the device: the same cases the emulator runs in
+// SimtHost.WgmmaProbeGivesTheProduct (test_kernels_on_cpu), against the double product. This is
+// what says the project reads wgmma's operand layouts (wgmma.cuh) as the hardware does; if it
+// fails, the emulator's wgmma (tests/simt_host.h) shares the misreading and no kernel built on
+// wgmma.cuh may be trusted.
+TEST(CudaOps, WgmmaProbeGivesTheProduct) {
+  REQUIRE_GPU();
+  if (!cuda::wgmma_available()) GTEST_SKIP() << "no wgmma in this build's code for this GPU (sm_90a only)";
+  for (bool bf16 : {false, true})
+    for (int n : {64, 128})
+      for (int layout : {0, 1})
+        for (int groups : {1, 2}) {
+          const int K = cuda::wgmma_probe_depth(bf16);
+          const testing_ops::WgmmaProbeCase c = testing_ops::wgmma_probe_case(bf16, 64 * groups, K, n, rng());
+          Dev<float> A(c.A), B(c.B), D(size_t(64 * groups) * size_t(n));
+          cuda::wgmma_probe(bf16, n, layout, groups, A.get(), B.get(), D.get(), nullptr);
+          SQ_CUDA(cudaDeviceSynchronize());
+          testing_ops::expect_wgmma_probe(D.download(), c, n,
+                                          std::string(bf16 ? "BF16" : "TF32") + " N " + std::to_string(n) + ", layout " +
+                                              std::to_string(layout) + ", " + std::to_string(groups) + " warpgroup(s)");
+        }
+}
+
 TEST(CudaOps, Convolution) {
   REQUIRE_GPU();
   for (const auto& [name, g] : shapes().convs) {

@@ -27,6 +27,7 @@
 #include "kernels/cuda/elementwise_kernels.cuh"
 #include "kernels/cuda/loss_kernels.cuh"
 #include "kernels/cuda/pool_kernels.cuh"
+#include "kernels/cuda/wgmma_probe.cuh"
 #include "core/rng.h"
 #include "kernels/ops.h"
 
@@ -246,6 +247,106 @@ TEST(SimtHost, LdmatrixGivesEachLaneItsWordsOfThePtxLayout) {
         EXPECT_EQ(got[(size_t(t) * kLoads + size_t(l)) * 4 + size_t(j)], value(v, l, j, lane / 4, lane % 4))
             << "thread " << t << ", load " << l << ", register " << j;
       }
+}
+
+// wgmma as the emulator does it (tests/simt_host.h, from the PTX ISA), through the probe kernel
+// (kernels/cuda/wgmma_probe.cuh) that test_cuda_ops runs on an sm_90 GPU: TF32 and BF16, N 64 and
+// 128, B's core matrices along k and along n (two values of each descriptor offset), one and two
+// warpgroups, threads in both orders (the product at the wait and at issue), against the double
+// product. The device's answer to the same probe is what says the emulator reads the ISA right.
+TEST(SimtHost, WgmmaProbeGivesTheProduct) {
+  for (bool bf16 : {false, true})
+    for (int n : {64, 128})
+      for (int layout : {0, 1})
+        for (int groups : {1, 2})
+          for (bool reverse : {false, true}) {
+            const int K = cuda::wgmma_probe_k(bf16);
+            const testing_ops::WgmmaProbeCase c = testing_ops::wgmma_probe_case(bf16, 64 * groups, K, n, rng());
+            std::vector<float> D(size_t(64 * groups) * size_t(n), 0.0f);
+            const std::string what = std::string(bf16 ? "BF16" : "TF32") + " N " + std::to_string(n) + ", layout " +
+                                     std::to_string(layout) + ", " + std::to_string(groups) + " warpgroup(s)" +
+                                     (reverse ? ", reverse" : "");
+            const float *A = c.A.data(), *B = c.B.data();
+            float* out = D.data();
+            ASSERT_TRUE(simt::run({1, 1, 1}, 128 * groups, [&] {
+              if (bf16) {
+                n == 64 ? cuda::wgmma_probe_kernel<true, 64>(A, B, out, layout)
+                        : cuda::wgmma_probe_kernel<true, 128>(A, B, out, layout);
+              } else {
+                n == 64 ? cuda::wgmma_probe_kernel<false, 64>(A, B, out, layout)
+                        : cuda::wgmma_probe_kernel<false, 128>(A, B, out, layout);
+              }
+            }, reverse, size_t(K) * size_t(n) * (bf16 ? 2 : 4))) << what;
+            testing_ops::expect_wgmma_probe(D, c, n, what);
+          }
+}
+
+// What the emulator's wgmma refuses or exposes, on one warpgroup's 64 x 8 x 8 TF32 product of ones
+// (B's one core-matrix pair at the start of the dynamic shared memory). Each lane's d[0] goes to
+// out. A thread that writes its registers or the stage the wgmma reads before waiting for it gives
+// another result in forward runs (the wgmma performed at the wait) than in reverse ones (at issue).
+struct WgmmaMisuse {
+  bool fence = true, proxy_fence = true, wait = true, read_before_wait = false, overwrite_before_wait = false;
+  bool again_without_fence = false;  // a second wgmma after the wait, without a fence of its own
+};
+std::vector<float> run_wgmma(const WgmmaMisuse& m, bool reverse) {
+  std::vector<float> out(128, -1.0f);
+  alignas(16) static const float ones[64] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+                                             1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+                                             1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+  float* o = out.data();
+  const bool ran = simt::run({1, 1, 1}, 128, [&] {
+    SQ_DYNAMIC_SHARED(float, sm);
+    const int t = int(threadIdx.x);
+    if (t < 16) cp_async16(sm + 4 * t, ones + 4 * t, 4);  // B: 64 ones
+    cp_async_commit();
+    cp_async_wait<0>();
+    if (m.proxy_fence) fence_proxy_async();
+    __syncthreads();
+    const uint32_t one = 0x3f800000u;
+    const uint32_t a[4] = {one, one, one, one};
+    float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (m.fence) wgmma_fence();
+    wgmma_tf32<8>(d, a, cuda::wgmma_desc(smem_address(sm), 128, 256), 0);
+    wgmma_commit();
+    if (m.read_before_wait) o[t] = d[0];
+    if (m.overwrite_before_wait) {
+      __syncthreads();
+      if (t < 64) sm[t] = 2.0f;
+    }
+    if (m.wait) wgmma_wait<0>();
+    if (m.again_without_fence) {
+      wgmma_tf32<8>(d, a, cuda::wgmma_desc(smem_address(sm), 128, 256), 1);
+      wgmma_commit();
+      wgmma_wait<0>();
+    }
+    if (!m.read_before_wait) o[t] = d[0];
+  }, reverse, 64 * sizeof(float));
+  EXPECT_TRUE(ran);
+  return out;
+}
+
+TEST(SimtHost, WgmmaRefusesAMissingFenceAndExposesEarlyAccesses) {
+  EXPECT_EQ(run_wgmma({}, false), std::vector<float>(128, 8.0f));  // 8 products of ones
+  EXPECT_EQ(run_wgmma({}, true), std::vector<float>(128, 8.0f));
+  WgmmaMisuse m;
+  m.fence = false;
+  EXPECT_DEATH(run_wgmma(m, false), "without a wgmma.fence");
+  m = {};
+  m.proxy_fence = false;
+  EXPECT_DEATH(run_wgmma(m, false), "without a fence.proxy.async");
+  m = {};
+  m.wait = false;
+  EXPECT_DEATH(run_wgmma(m, false), "did not wait for");
+  m = {};
+  m.again_without_fence = true;
+  EXPECT_DEATH(run_wgmma(m, false), "without a wgmma.fence");
+  m = {};
+  m.read_before_wait = true;
+  EXPECT_NE(run_wgmma(m, false), run_wgmma(m, true)) << "an accumulator read before the wait went unseen";
+  m = {};
+  m.overwrite_before_wait = true;
+  EXPECT_NE(run_wgmma(m, false), run_wgmma(m, true)) << "B overwritten before the wait went unseen";
 }
 
 // Static shared memory holds nothing of a previous block (SQ_FRESH_SHARED): a read before the
