@@ -8,8 +8,9 @@ the issue's goals against the same lease.
 OUT_DIR holds what `scripts/gpu_check.sh bench` wrote: bench_gpu.json (the defaults),
 bench_gpu_nowin.json (SQUEEZE_IGEMM_WIN=0), bench_gpu_nopersist.json (SQUEEZE_IGEMM_PERSIST=0),
 bench_gpu_3xtf32.json (SQUEEZE_IGEMM_3XTF32=1), bench_gpu_noband.json (SQUEEZE_POOL_BAND=0),
-bench_gpu_floats.json (--float-batches), bench_gpu_async.json (SQUEEZE_IGEMM_ASYNC=1) and
-bench_gpu_nodense.json (SQUEEZE_IGEMM_DENSE=0); a missing
+bench_gpu_floats.json (--float-batches), bench_gpu_async.json (SQUEEZE_IGEMM_ASYNC=1),
+bench_gpu_nodense.json (SQUEEZE_IGEMM_DENSE=0) and bench_gpu_nowgmma.json (SQUEEZE_IGEMM_WGMMA=0);
+a missing
 file leaves its rows "not measured".
 The baseline of a prediction is the run it was made after: run c (its v7 TF32/BF16 times are in
 bench_gpu_mma.json there) or run d (docs/gpu/run-d/bench_gpu.json).
@@ -286,9 +287,13 @@ def predictions():
               ("conv1 backward (weight gradient), BF16 ms, the ring", "conv1 bwd", "own bf16 ms", 0.45, 0.7, None, "")]],
         # The 1x1 products through row pointers, and conv10 on the one-block 128 x 128 tile
         # (docs/KERNELS.md, the section of that name), with the truncated operands; the same
-        # lease's SQUEEZE_IGEMM_DENSE=0 run (bench_gpu_nodense.json) isolates them.
-        *[P(what, "the 1x1 products through row pointers", at("layers", layer, col), lo, hi, since="d",
-            falsified=lambda v, above=above: v > above, then=then)
+        # lease's SQUEEZE_IGEMM_DENSE=0 run (bench_gpu_nodense.json) isolates them. In TF32 the
+        # forward and input gradient of these products go to wgmma since (below): their TF32 rows
+        # read the lease's SQUEEZE_IGEMM_WGMMA=0 run (bench_gpu_nowgmma.json), the schedule these
+        # predictions were made for.
+        *[P(what, "the 1x1 products through row pointers",
+            (lambda r, layer=layer, col=col: value(r["nowgmma" if "tf32" in col else "main"], "layers", layer, col)),
+            lo, hi, since="d", falsified=lambda v, above=above: v > above, then=then)
           for what, layer, col, lo, hi, above, then in [
               ("conv10 forward, TF32 ms, 128x128 through row pointers", "conv10 fwd", "own tf32 ms", 0.12, 0.22, 0.26,
                "neither its copies nor its operands' L2 traffic bound conv10: read limits"),
@@ -296,18 +301,32 @@ def predictions():
                "neither its copies nor its operands' L2 traffic bound conv10's backward: read limits"),
               ("conv10 forward, BF16 ms, 128x128 through row pointers", "conv10 fwd", "own bf16 ms", 0.10, 0.20, 0.25,
                "neither its copies nor its operands' L2 traffic bound conv10: read limits")]],
-        P("conv10 forward + backward, TF32, SQUEEZE_IGEMM_DENSE=0 over the default (same lease)",
+        P("conv10 forward + backward, TF32, SQUEEZE_IGEMM_DENSE=0 over SQUEEZE_IGEMM_WGMMA=0 (same lease)",
           "the 1x1 products through row pointers",
           lambda r: (value(r["nodense"], "conv", "conv10", "own tf32 fwd ms") + value(r["nodense"], "conv", "conv10", "own tf32 bwd ms")) /
-          (value(r["main"], "conv", "conv10", "own tf32 fwd ms") + value(r["main"], "conv", "conv10", "own tf32 bwd ms")),
+          (value(r["nowgmma"], "conv", "conv10", "own tf32 fwd ms") + value(r["nowgmma"], "conv", "conv10", "own tf32 bwd ms")),
           1.4, 2.2, higher=True, since="d", falsified=lambda v: v < 1.15,
           then="the copies and the tile were not conv10's limit"),
-        P("the Fires' 1x1 products forward + backward, TF32, SQUEEZE_IGEMM_DENSE=0 over the default (same lease)",
+        P("the Fires' 1x1 products forward + backward, TF32, SQUEEZE_IGEMM_DENSE=0 over SQUEEZE_IGEMM_WGMMA=0 (same lease)",
           "the 1x1 products through row pointers",
           lambda r: (total(r["nodense"], "conv", ONE_BY_ONE, "own tf32 fwd ms") + total(r["nodense"], "conv", ONE_BY_ONE, "own tf32 bwd ms")) /
-          (total(r["main"], "conv", ONE_BY_ONE, "own tf32 fwd ms") + total(r["main"], "conv", ONE_BY_ONE, "own tf32 bwd ms")),
+          (total(r["nowgmma"], "conv", ONE_BY_ONE, "own tf32 fwd ms") + total(r["nowgmma"], "conv", ONE_BY_ONE, "own tf32 bwd ms")),
           1.1, 1.4, higher=True, since="d", falsified=lambda v: v < 1.03,
           then="the copies' instructions were not on the 1x1 products' path: they wait on memory"),
+        # The plain 1x1 products' forward and input gradient on wgmma (docs/KERNELS.md, "wgmma"),
+        # against the same lease's SQUEEZE_IGEMM_WGMMA=0 run: the mma kernel's dense copies.
+        P("conv10 forward, TF32 ms, wgmma", "wgmma", at("layers", "conv10 fwd", "own tf32 ms"), 0.07, 0.16,
+          since="d", falsified=lambda v: v > 0.22,
+          then="wgmma from registers is no faster than the mma kernel on conv10: read limits' igemm_wg_kernel"),
+        P("conv10 forward, TF32, SQUEEZE_IGEMM_WGMMA=0 over the default (same lease)", "wgmma",
+          lambda r: value(r["nowgmma"], "conv", "conv10", "own tf32 fwd ms") / value(r["main"], "conv", "conv10", "own tf32 fwd ms"),
+          1.3, 2.5, higher=True, since="d", falsified=lambda v: v < 1.1,
+          then="the mma kernel's instructions did not bound conv10's forward"),
+        P("the Fires' 1x1 products forward + backward, TF32, SQUEEZE_IGEMM_WGMMA=0 over the default (same lease)", "wgmma",
+          lambda r: (total(r["nowgmma"], "conv", ONE_BY_ONE, "own tf32 fwd ms") + total(r["nowgmma"], "conv", ONE_BY_ONE, "own tf32 bwd ms")) /
+          (total(r["main"], "conv", ONE_BY_ONE, "own tf32 fwd ms") + total(r["main"], "conv", ONE_BY_ONE, "own tf32 bwd ms")),
+          1.05, 1.3, higher=True, since="d", falsified=lambda v: v < 1.0,
+          then="wgmma's tiles are slower than the mma kernel's on the memory-bound 1x1 products: route them back"),
         # Everything since run d together (docs/BENCHMARKS.md, "What is still owed"): the
         # truncated operands, the bias and the epilogue's loads, the band pools; and the graph,
         # default since session 21, for img/s. 1.5x run d's PyTorch eager is 9,570 img/s.
@@ -331,6 +350,7 @@ def runs_in(directory, main="bench_gpu.json"):
         "floats": load(os.path.join(directory, "bench_gpu_floats.json")),
         "async": load(os.path.join(directory, "bench_gpu_async.json")),
         "nodense": load(os.path.join(directory, "bench_gpu_nodense.json")),
+        "nowgmma": load(os.path.join(directory, "bench_gpu_nowgmma.json")),
         "pytorch": load(os.path.join(directory, "pytorch_gpu.json")),
     }
 
@@ -457,6 +477,9 @@ def self_test():
         "fire8 expand 3x3 forward, fp32 ms, v8": "not measured",  # no such run in run d
         "the eight expand 3x3 forwards, TF32 ms, copies without divisions": "FALSIFIED",  # 1.53, before the change
         "squeezenet1.0 fp32 img/s, v8 over v4 (same lease)": "not measured",
+        "conv10 forward, TF32 ms, wgmma": "FALSIFIED",  # run d itself: 0.338, before the change
+        "conv10 forward, TF32 ms, 128x128 through row pointers": "not measured",  # the WGMMA=0 run's
+        "conv10 forward, BF16 ms, 128x128 through row pointers": "FALSIFIED",  # run d: 0.282, before
     }
     bad += [("run d: " + k, got_d.get(k), w) for k, w in want_d.items() if not (got_d.get(k) or "").startswith(w)]
     # The goals in run d, as docs/BENCHMARKS.md records them.

@@ -28,7 +28,9 @@
 #            convolutions and training with SQUEEZE_IGEMM_PERSIST=0 (one block a tile), and with
 #            SQUEEZE_IGEMM_WIN=0 (the expand 3x3 products through the mma kernel's gathers), the
 #            convolutions and layers with SQUEEZE_IGEMM_DENSE=0 (the 1x1 products' copies through
-#            keys, no 128x128 tile), the
+#            keys, no 128x128 tile), the convolutions, training and layers at TF32 with
+#            SQUEEZE_IGEMM_WGMMA=0 (the 1x1 products' forward and input gradient on the mma
+#            kernel, not wgmma), the
 #            step's layers with SQUEEZE_POOL_BAND=0 (the max-pools' gathering kernels), and
 #            the fp32 columns with SQUEEZE_IGEMM_3XTF32=1 (three TF32 products a multiply); the
 #            algorithms cuDNN picked for each geometry ($OUT/cudnn_algos.txt), and the own
@@ -134,7 +136,7 @@ summary=()
 # failing under each switch that routes around what changed since run c (kernels, the graph). The switch under which
 # every one passes names the faulty kernel family, and `bench` then times with it rather than
 # losing its phase. (fp32's changes since run c have no switch: if none helps, look there.)
-switches="SQUEEZE_IGEMM_DENSE=0 SQUEEZE_IGEMM_WIN=0 SQUEEZE_IGEMM_PERSIST=0 SQUEEZE_IGEMM_MMA=0 SQUEEZE_POOL_BAND=0 SQUEEZE_CUDA_GRAPH=0"
+switches="SQUEEZE_IGEMM_WGMMA=0 SQUEEZE_IGEMM_DENSE=0 SQUEEZE_IGEMM_WIN=0 SQUEEZE_IGEMM_PERSIST=0 SQUEEZE_IGEMM_MMA=0 SQUEEZE_POOL_BAND=0 SQUEEZE_CUDA_GRAPH=0"
 fallback=""
 isolate() {  # isolate LOG BIN: LOG holds the failed run's output
   local log=$1 bin=$2 t sw failing=() still=()
@@ -185,6 +187,10 @@ for phase in $phases; do
     # kernel): every model shape against the double reference.
     SQUEEZE_IGEMM_WIN=0 run "test_cuda_ops, 3x3 products without the window kernel" $B/test_cuda_ops \
       --gtest_color=no --gtest_filter='CudaOps.TensorCoreConvolution*'
+    # The plain 1x1 products' forward and input gradient through the mma kernel (the default on
+    # sm_90a is wgmma, igemm_wg.cuh): every model shape against the double reference.
+    SQUEEZE_IGEMM_WGMMA=0 run "test_cuda_ops, 1x1 products without wgmma" $B/test_cuda_ops \
+      --gtest_color=no --gtest_filter='CudaOps.TensorCoreConvolution*'
     # The max-pools' gathering kernels (the default is the band kernels): every model shape, bit
     # for bit against the CPU.
     SQUEEZE_POOL_BAND=0 run "test_cuda_ops, max-pools without the band kernels" $B/test_cuda_ops \
@@ -233,7 +239,7 @@ for phase in $phases; do
       # A fault in a kernel made since run c: time around it (the switch the test phase found,
       # else the window, row and persistent kernels and the dense copies all off), and say so above
       # the predictions.
-      sw=${fallback:-"SQUEEZE_IGEMM_WIN=0 SQUEEZE_IGEMM_PERSIST=0 SQUEEZE_IGEMM_DENSE=0"}
+      sw=${fallback:-"SQUEEZE_IGEMM_WIN=0 SQUEEZE_IGEMM_PERSIST=0 SQUEEZE_IGEMM_DENSE=0 SQUEEZE_IGEMM_WGMMA=0"}
       run "bench_gpu with $sw" env $sw SQUEEZE_IGEMM_ROUTES=/tmp/igemm_routes.txt $B/bench_gpu --reps 20 \
         --json "$OUT/bench_gpu.json" && echo "bench_gpu.json was measured with $sw" > "$OUT/bench_gpu.fallback"
     }
@@ -265,6 +271,11 @@ for phase in $phases; do
     SQUEEZE_IGEMM_DENSE=0 run "bench_gpu, dense products through keys (convolutions, layers)" \
       $B/bench_gpu --reps 20 --sections 1b,3 --variants 'own tf32,own bf16' --json "$OUT/bench_gpu_nodense.json" &&
       python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_nodense.json"
+    # ... and the plain 1x1 products' forward and input gradient through the mma kernel instead of
+    # wgmma (igemm_wg.cuh), same run: the convolutions, training and the layers at TF32.
+    SQUEEZE_IGEMM_WGMMA=0 run "bench_gpu, 1x1 products without wgmma (convolutions, training, layers)" \
+      $B/bench_gpu --reps 20 --sections 1b,2,3 --variants 'own tf32' --json "$OUT/bench_gpu_nowgmma.json" &&
+      python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_nowgmma.json" --columns '^own tf32'
     # ... and the max-pools through their gathering kernels instead of the band kernels (the
     # layers of the TF32 step), same run.
     SQUEEZE_POOL_BAND=0 run "bench_gpu, max-pools without the band kernels (layers)" \

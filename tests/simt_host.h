@@ -165,13 +165,14 @@ struct MmaOperands {
   const float* row;
 };
 
-// One wgmma.mma_async of a warpgroup: what each of its 128 threads brought (A's registers, where
-// its accumulators live), and the operation, which must be the same in every thread.
+// One wgmma.mma_async of a warpgroup: where each of its 128 threads keeps A's registers and its
+// accumulators (both read when the op is performed, at the thread's wait), and the operation,
+// which must be the same in every thread.
 struct WgmmaOp {
   bool bf16 = false;
   int n = 0, scale_d = 0, arrived = 0;
   uint64_t desc = 0;
-  uint32_t a[128][4] = {};
+  const uint32_t* a[128] = {};
   float* d[128] = {};
 };
 // A thread's wgmma state: whether it fenced its registers (wgmma.fence) since it last waited, whether
@@ -538,11 +539,12 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const float* row) {
 }
 
 // wgmma (sm_90a), written from the PTX ISA ("Asynchronous Warpgroup Level Matrix Instructions")
-// independently of the kernels. Every thread of the warpgroup deposits its A registers and where
-// its accumulators live, a warpgroup barrier, then the op is complete: in a reverse run each thread
-// computes its own accumulators at once (the earliest the tensor cores may read B), in a forward run
-// when it waits for the op's group (the latest), so a B stage overwritten before the wait, or
-// accumulators read before it, give a wrong result in one of the two orders. Each thread's outputs:
+// independently of the kernels. Every thread of the warpgroup deposits where its A registers and
+// its accumulators live, a warpgroup barrier, then the op stands issued; each thread computes its
+// own accumulators when it waits for the op's group, the latest the device may read the operands,
+// in both orders of a run. So A's registers or a B stage written after the issue and before the
+// wait, or accumulators read before it, give a wrong result (and in reverse runs, where copies land
+// at issue, a copy into a stage that an op in flight still reads). Each thread's outputs:
 // D(16w + g + 8 (e / 2), 8i + 2t + e % 2) in d[4i + e], summing k in order in float.
 //   A, TF32 m64nNk8: A(m, k) in the thread of warp m / 16, lane 4 (m % 8) + k % 4, register
 //     (m % 16 >= 8) + 2 (k >= 4) (CUTLASS's ALayout_64x8; mma.m16n8k8's A per warp).
@@ -618,14 +620,11 @@ void wgmma(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc, int scale_d
   } else if (op.bf16 != kBf16 || op.n != N || op.desc != desc || op.scale_d != (scale_d != 0)) {
     fail("differs between the threads of a warpgroup (shape, type, descriptor or scale-d)");
   }
-  for (int i = 0; i < 4; ++i) op.a[me % 128][i] = a[i];
+  op.a[me % 128] = a;
   op.d[me % 128] = d;
   ++op.arrived;
   group_barrier();
-  if (s.eager_copies)
-    wgmma_compute(op, me);
-  else
-    mine.open.push_back(&op);
+  mine.open.push_back(&op);
 }
 }  // namespace simt
 

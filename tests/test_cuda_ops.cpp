@@ -465,6 +465,10 @@ TEST(CudaOps, TensorCoreProductsTakeTheirKernels) {
   SQ_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0));
   const std::string wide = optin >= 160 * 1024 ? "tile 128x128," : "tile 128x64,";
   const std::string conv1 = optin > 99 * 1024 ? "row kernel, tile 96x224," : "mma kernel, tile 128x64,";
+  // The plain 1x1's forward and input gradient on wgmma where the GPU's code has it (sm_90a).
+  const std::string plain = cuda::wgmma_available() && !cuda::env_is("SQUEEZE_IGEMM_WGMMA", "0")
+                                ? "wgmma kernel, tile 128x128,"
+                                : "mma kernel, " + wide;
   std::string log;
   std::rewind(f);
   for (int c; (c = std::fgetc(f)) != EOF;) log += char(c);
@@ -481,9 +485,9 @@ TEST(CudaOps, TensorCoreProductsTakeTheirKernels) {
       "input gradient of 32->32 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: window kernel, tile 32x256,",
       "forward of 3->96 7x7 stride 2 pad 0 at 23x23, batch 2, TF32: " + conv1,
       "weight gradient of 3->96 7x7 stride 2 pad 0 at 23x23, batch 2, TF32: row kernel,",
-      // Dense and large in all three dimensions: the one-block tile (sm_80, sm_90).
-      "forward of 384->512 1x1 stride 1 pad 0 at 16x16, batch 2, TF32: mma kernel, " + wide,
-      "input gradient of 384->512 1x1 stride 1 pad 0 at 16x16, batch 2, TF32: mma kernel, " + wide,
+      // Dense and large in all three dimensions: the one-block tile (sm_80, sm_90), or wgmma.
+      "forward of 384->512 1x1 stride 1 pad 0 at 16x16, batch 2, TF32: " + plain,
+      "input gradient of 384->512 1x1 stride 1 pad 0 at 16x16, batch 2, TF32: " + plain,
       "weight gradient of 384->512 1x1 stride 1 pad 0 at 16x16, batch 2, TF32: mma kernel, " + wide,
   };
   for (const std::string& w : want) EXPECT_NE(log.find(w), std::string::npos) << "no line with \"" << w << "\" in:\n" << log;

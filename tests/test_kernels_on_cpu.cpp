@@ -283,11 +283,12 @@ TEST(SimtHost, WgmmaProbeGivesTheProduct) {
 
 // What the emulator's wgmma refuses or exposes, on one warpgroup's 64 x 8 x 8 TF32 product of ones
 // (B's one core-matrix pair at the start of the dynamic shared memory). Each lane's d[0] goes to
-// out. A thread that writes its registers or the stage the wgmma reads before waiting for it gives
-// another result in forward runs (the wgmma performed at the wait) than in reverse ones (at issue).
+// out. The emulator performs a wgmma at its wait, so accumulators read before the wait, or a B stage
+// or A register written between issue and wait, give a wrong result in both orders.
 struct WgmmaMisuse {
   bool fence = true, proxy_fence = true, wait = true, read_before_wait = false, overwrite_before_wait = false;
   bool again_without_fence = false;  // a second wgmma after the wait, without a fence of its own
+  bool a_written_before_wait = false;
 };
 std::vector<float> run_wgmma(const WgmmaMisuse& m, bool reverse) {
   std::vector<float> out(128, -1.0f);
@@ -304,12 +305,13 @@ std::vector<float> run_wgmma(const WgmmaMisuse& m, bool reverse) {
     if (m.proxy_fence) fence_proxy_async();
     __syncthreads();
     const uint32_t one = 0x3f800000u;
-    const uint32_t a[4] = {one, one, one, one};
+    uint32_t a[4] = {one, one, one, one};
     float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     if (m.fence) wgmma_fence();
     wgmma_tf32<8>(d, a, cuda::wgmma_desc(smem_address(sm), 128, 256), 0);
     wgmma_commit();
     if (m.read_before_wait) o[t] = d[0];
+    if (m.a_written_before_wait) a[0] = a[1] = a[2] = a[3] = 0x40000000u;  // 2.0
     if (m.overwrite_before_wait) {
       __syncthreads();
       if (t < 64) sm[t] = 2.0f;
@@ -341,12 +343,18 @@ TEST(SimtHost, WgmmaRefusesAMissingFenceAndExposesEarlyAccesses) {
   m = {};
   m.again_without_fence = true;
   EXPECT_DEATH(run_wgmma(m, false), "without a wgmma.fence");
-  m = {};
-  m.read_before_wait = true;
-  EXPECT_NE(run_wgmma(m, false), run_wgmma(m, true)) << "an accumulator read before the wait went unseen";
-  m = {};
-  m.overwrite_before_wait = true;
-  EXPECT_NE(run_wgmma(m, false), run_wgmma(m, true)) << "B overwritten before the wait went unseen";
+  const std::vector<float> right(128, 8.0f);
+  for (bool reverse : {false, true}) {
+    m = {};
+    m.read_before_wait = true;
+    EXPECT_NE(run_wgmma(m, reverse), right) << "an accumulator read before the wait went unseen";
+    m = {};
+    m.overwrite_before_wait = true;
+    EXPECT_NE(run_wgmma(m, reverse), right) << "B overwritten before the wait went unseen";
+    m = {};
+    m.a_written_before_wait = true;
+    EXPECT_NE(run_wgmma(m, reverse), right) << "A's registers written before the wait went unseen";
+  }
 }
 
 // Static shared memory holds nothing of a previous block (SQ_FRESH_SHARED): a read before the

@@ -22,6 +22,7 @@
 #include "kernels/cuda/igemm_mma.cuh"
 #include "kernels/cuda/igemm_rows.cuh"
 #include "kernels/cuda/igemm_win.cuh"
+#include "kernels/cuda/igemm_wg.cuh"
 
 namespace sq {
 namespace cuda {
@@ -277,6 +278,29 @@ int mma_resident() {
 // (igemm_rows.cuh), unless SQUEEZE_IGEMM_WIN=0 (the mma kernel's gathers, for measuring both).
 const bool g_win = !env_is("SQUEEZE_IGEMM_WIN", "0");
 
+// The plain 1x1 products' forward and input gradient in TF32 through wgmma (igemm_wg.cuh) where
+// the code loaded for the GPU has it (sm_90a), unless SQUEEZE_IGEMM_WGMMA=0 (the mma kernel's dense
+// copies and mma.sync, for measuring both).
+const bool g_wgmma = !env_is("SQUEEZE_IGEMM_WGMMA", "0");
+template <class Op, int TM>
+auto wg_kernel() {
+  return smem_limited<igemm_wg_kernel<Op, TM>, WgShape<TM>::kSmemBytes>();
+}
+template <class Op>
+void launch_wg(const Op& op, int splits, cudaStream_t s) {
+  const int chunk = mma_chunk(op.Kd, splits);
+  auto launch = [&](auto tm) {
+    constexpr int TM = decltype(tm)::value;
+    const dim3 grid(unsigned((op.N + 127) / 128), unsigned((op.M + TM - 1) / TM), unsigned(splits));
+    report_route(op, "TF32", "wgmma", TM, 128, grid, WgShape<TM>::kSmemBytes);
+    wg_kernel<Op, TM>()<<<grid, kWgThreads, WgShape<TM>::kSmemBytes, s>>>(op, chunk);
+  };
+  if (op.M > 64)
+    launch(std::integral_constant<int, 128>{});
+  else
+    launch(std::integral_constant<int, 64>{});
+}
+
 // The window kernel of one tile (igemm_win.cuh's for_each_win_tile), its limit raised to kWinSmem.
 template <class Op, class Prec, int TM, int TN, int WM>
 auto win_kernel() {
@@ -419,6 +443,9 @@ void launch_mma(const Op& op, int splits, cudaStream_t s) {
   }
   MmaVec vec = mma_vec(op);
   vec.dense = vec.dense && g_dense;
+  if constexpr (std::is_same_v<Prec, MmaTf32> && !Op::kBAlongK) {
+    if (vec.dense && g_wgmma && wgmma_available()) return launch_wg(op, splits, s);
+  }
   const MmaTileSize picked = mma_tile(op.M, op.N, op.Kd, Op::kBAlongK, vec.dense, mma_wide_fits());
   const Tile t = prec_tile<Prec>(Tile{picked.m, picked.n});
   const int chunk = mma_chunk(op.Kd, splits);
@@ -540,6 +567,10 @@ void log_conv_routes(FILE* f) {
 void prepare_conv_kernels() {
   if (!g_mma) return;
   mma_resident(), smem_optin();  // (their device queries, too, before any graph capture)
+  if (g_wgmma && wgmma_available()) {
+    wg_kernel<FwdOp, 64>(), wg_kernel<FwdOp, 128>();
+    wg_kernel<DataOp, 64>(), wg_kernel<DataOp, 128>();
+  }
   for_each_mma_tile([](auto tile) {
     using T = decltype(tile);
     mma_kernel<FwdOp, MmaTf32, T::m, T::n, T::wm>();

@@ -1,0 +1,144 @@
+// The plain 1x1 products' forward and input gradient on Hopper's warpgroup MMA (sm_90a, TF32;
+// docs/KERNELS.md, "wgmma"): the products that the mma kernel copies through row pointers
+// (MmaVec::dense), with their multiply turned around so that the weights are wgmma's shared-memory
+// operand and the activations its register operand.
+//
+// A product is D (M x N) = W (M x K) * X (K x N): the forward's w and x, or the input gradient's
+// w transposed (wt) and dz. wgmma takes its B from shared memory K-major, which for TF32 it must
+// be (only 16-bit types may be transposed there): W's rows run along k, X's along n. So the kernel
+// computes D's transpose, D^T (N x M) = X^T * W^T: wgmma's A (64 x 8 a warpgroup and k-step) is
+// X^T, read from the X stage into registers as mma.sync's A fragments are; its B (8 x TM) is W^T,
+// W's rows as they are, in core matrices of 8 rows by 4 k (128 contiguous bytes), the k pieces of a
+// row side by side (lbo 128 bytes), rows 8 apart at sbo = KS / 4 core matrices. Per warp and
+// 8-deep step: 4 fragment loads and one wgmma of 16 x TM x 8, where the mma kernel's 32 x 64 warp
+// tile issues 16 mma and their fragments' loads (docs/KERNELS.md, "What bounds the convolution
+// kernels": issue, not the tensor pipe, bounded those).
+//
+// - A block: two warpgroups, 128 pixels (columns n, 64 a warpgroup) by TM = 64 or 128 rows m.
+// - Stages: 4 of 32-deep k-steps, X (32 rows of 128 pixels, pitch 136: fragment reads at 8 mod 32
+//   words, conflict-free) and W (TM x 32 in core matrices), filled by 16-byte cp.async, zero past
+//   the product's edges and the slice's end. Copies run three k-steps ahead; a step's wgmma group
+//   is waited for at the step's end, so the stage it read is free at the next barrier. (Keeping
+//   one group in flight across the next step, as a second set of fragment registers would allow,
+//   makes ptxas serialise every wgmma (its C7513): it will not have other instructions write a
+//   wgmma's input registers while a group is in flight. The tensor cores are shared by the
+//   block's two warpgroups and, at 64 rows, by two blocks an SM instead.)
+// - Split-K (the input gradient's data_splits) over blockIdx.z, chunks of whole k-steps (conv.cu
+//   passes mma_chunk's, a multiple of 32, so every slice starts 16-byte aligned): slice z's
+//   raw sums to op.partial (DataOp::store), an empty slice stores zeros.
+// - The epilogue stores through op.store (bias and ReLU, or accumulation and the ReLU of x):
+//   lanes g hold 8 consecutive pixels of a row, 32-byte segments.
+//
+// Kernel source only: tests/test_igemm.cpp runs it under tests/simt_host.h, whose wgmma is
+// written from the PTX ISA and checked on the device by the wgmma probe (wgmma_probe.cuh).
+#pragma once
+#include <cstdint>
+
+#include "kernels/cuda/igemm_ops.h"
+#include "kernels/cuda/kernel_util.cuh"
+#include "kernels/cuda/mma_device.cuh"
+#include "kernels/cuda/wgmma.cuh"
+
+namespace sq {
+namespace cuda {
+namespace {
+
+constexpr int kWgThreads = 256;
+
+template <int TM>
+struct WgShape {
+  static_assert(TM == 64 || TM == 128, "wgmma tiles of 64 or 128 rows");
+  static constexpr int kPix = 128, KS = 32, kStages = 4, kAhead = 3;
+  static constexpr int kLdx = kPix + 8;
+  static constexpr int kXFloats = KS * kLdx, kWFloats = TM * KS;
+  static constexpr int kStageFloats = kXFloats + kWFloats;
+  static constexpr size_t kSmemBytes = size_t(kStages) * kStageFloats * sizeof(float);
+  static constexpr int kBlocksPerSm = TM == 128 ? 1 : 2;  // 135 KB and 102 KB of stages
+  static constexpr uint32_t kLbo = 128, kSbo = KS / 4 * 128;
+};
+
+template <class Op, int TM>
+__global__ void __launch_bounds__(kWgThreads, WgShape<TM>::kBlocksPerSm) igemm_wg_kernel(Op op, int chunk) {
+  using Sh = WgShape<TM>;
+  constexpr int KS = Sh::KS;
+  SQ_DYNAMIC_SHARED(float, smem);
+  const int tid = int(threadIdx.x);
+  const int n0 = int(blockIdx.x) * Sh::kPix, m0 = int(blockIdx.y) * TM, z = int(blockIdx.z);
+  const int kb = z * chunk, ke = min(op.Kd, kb + chunk);
+  const int steps = ke > kb ? (ke - kb + KS - 1) / KS : 0;
+
+  // k-step j's operands into stage `stage`. Each thread's pieces are the same every step: of X,
+  // column piece xq of rows xk + 8u; of W, row wr of core matrices (wrg + 4u, wkq).
+  const int xq = tid % 32, xk = tid / 32, xn = n0 + 4 * xq, xvalid = max(0, min(4, op.N - xn));
+  const int wr = tid % 8, wkq = tid / 8 % (KS / 4), wrg = tid / 64;
+  auto copy = [&](int j, int stage) {
+    float* xs = smem + stage * Sh::kStageFloats;
+    float* ws = xs + Sh::kXFloats;
+    const int k0 = kb + j * KS;
+    SQ_UNROLL
+    for (int u = 0; u < KS / 8; ++u) {
+      const int k = k0 + xk + 8 * u, valid = k < ke ? xvalid : 0;
+      cp_async16(xs + (xk + 8 * u) * Sh::kLdx + 4 * xq, valid > 0 ? op.b_dense(k, xn) : op.any(), valid);
+    }
+    SQ_UNROLL
+    for (int u = 0; u < TM / 32; ++u) {
+      const int m = m0 + 8 * (wrg + 4 * u) + wr, k = k0 + 4 * wkq;
+      const int valid = m < op.M ? max(0, min(4, ke - k)) : 0;
+      cp_async16(ws + ((wrg + 4 * u) * (KS / 4) + wkq) * 32 + 4 * wr, valid > 0 ? op.a_ptr(m, k) : op.any(), valid);
+    }
+  };
+  static_assert(kWgThreads == 256 && KS == 32 && Sh::kPix == 128, "the copies' thread map");
+
+  const int w = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int px = 64 * (w / 4) + 16 * (w % 4) + g;  // the thread's first pixel in the tile
+  float d[TM / 2];
+  SQ_UNROLL
+  for (int i = 0; i < TM / 2; ++i) d[i] = 0.0f;
+  for (int j = 0; j < Sh::kAhead; ++j) {
+    if (j < steps) copy(j, j);
+    cp_async_commit();
+  }
+  uint32_t a[KS / 8][4];
+  for (int j = 0; j < steps; ++j) {
+    cp_async_wait<Sh::kAhead - 1>();  // this thread's copies of step j landed
+    fence_proxy_async();              // ... where wgmma reads them
+    __syncthreads();                  // everyone's; and everyone waited for step j - 1's group
+    const float* xs = smem + (j % Sh::kStages) * Sh::kStageFloats;
+    const float* ws = xs + Sh::kXFloats;
+    // Every input of the group's wgmmas made before the fence (fragments and descriptors): ptxas
+    // serialises wgmmas whose input registers other instructions write inside the group.
+    uint64_t desc[KS / 8];
+    SQ_UNROLL
+    for (int s = 0; s < KS / 8; ++s) {
+      const float* p = xs + (8 * s + t) * Sh::kLdx + px;
+      a[s][0] = tf32_operand(p[0]);
+      a[s][1] = tf32_operand(p[8]);
+      a[s][2] = tf32_operand(p[4 * Sh::kLdx]);
+      a[s][3] = tf32_operand(p[4 * Sh::kLdx + 8]);
+      desc[s] = wgmma_desc(smem_address(ws + 64 * s), Sh::kLbo, Sh::kSbo);
+    }
+    wgmma_fence_operands(d);
+    wgmma_fence();
+    SQ_UNROLL
+    for (int s = 0; s < KS / 8; ++s) wgmma_tf32<TM>(d, a[s], desc[s], 1);
+    wgmma_commit();
+    // The copies three steps ahead, into the stage step j - 1 read, while the tensor cores work.
+    if (j + Sh::kAhead < steps) copy(j + Sh::kAhead, (j + Sh::kAhead) % Sh::kStages);
+    cp_async_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operands(d);
+  }
+  cp_async_wait<0>();  // (the last steps' empty groups)
+
+  SQ_UNROLL
+  for (int i = 0; i < TM / 8; ++i)
+    SQ_UNROLL
+    for (int e = 0; e < 4; ++e) {
+      const int m = m0 + 8 * i + 2 * t + e % 2, n = n0 + px + 8 * (e / 2);
+      if (m < op.M && n < op.N) op.store(m, n, d[4 * i + e], z);
+    }
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace sq
