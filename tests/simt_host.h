@@ -443,6 +443,14 @@ inline void cp_async16(float* dst, const float* src, int valid) {
   }
   for (int i = 0; i < 4; ++i) cp_async4(dst + i, src + i, i < valid);
 }
+// All 4 floats or none (read false: 16 zero bytes, src not read, so it may point anywhere).
+inline void cp_async16_if(float* dst, const float* src, bool read) {
+  if (reinterpret_cast<uintptr_t>(dst) % 16 || (read && reinterpret_cast<uintptr_t>(src) % 16)) {
+    std::fprintf(stderr, "simt: cp_async16_if with a misaligned address\n");
+    std::abort();
+  }
+  for (int i = 0; i < 4; ++i) cp_async4(dst + i, read ? src + i : nullptr, read);
+}
 inline void cp_async_commit() {
   simt::ThreadAsync& a = simt::sched().async[size_t(simt::sched().cur)];
   a.committed.push_back(std::move(a.open));

@@ -517,19 +517,22 @@ __global__ void __launch_bounds__(kGemmThreads, mma_blocks_per_sm(TM, TN))
     constexpr int kRowPieces = KB / 4, kRows = kGemmThreads / kRowPieces;  // [m][k] and [n][k] tiles
     const int tr = int(threadIdx.x) / kRowPieces, tk = int(threadIdx.x) % kRowPieces * 4;
     const size_t kd_step = size_t(kRows) * op.Kd;
-    const int kv = kTested ? max(0, min(4, ke - (k0 + tk))) : 4;  // the floats of the thread's [.][k] pieces inside
+    // The floats of the thread's [.][k] pieces inside: 4 or 0, since Kd and the slices' ends are
+    // multiples of 4 in a dense product, so every piece is whole or outside and the copies take
+    // the zero-fill predicate (cp_async16_if: no source adjusted by a run-time byte count).
+    const int kv = kTested ? max(0, min(4, ke - (k0 + tk))) : 4;
     const float* a = op.a_ptr(m0 + tr, k0 + tk);
     SQ_UNROLL
     for (int r = 0; r < (TM + kRows - 1) / kRows; ++r, a += kd_step) {
-      const int v = !kTested || m0 + tr + r * kRows < op.M ? kv : 0;
-      if (TM % kRows == 0 || tr + r * kRows < TM) cp_async16(As + (tr + r * kRows) * LDA + tk, v > 0 ? a : op.any(), v);
+      const bool in = kv > 0 && (!kTested || m0 + tr + r * kRows < op.M);
+      if (TM % kRows == 0 || tr + r * kRows < TM) cp_async16_if(As + (tr + r * kRows) * LDA + tk, a, in);
     }
     if constexpr (Sh::kBnk) {
       const float* b = op.b_dense(k0 + tk, n0 + tr);
       SQ_UNROLL
       for (int r = 0; r < TN / kRows; ++r, b += kd_step) {
-        const int v = !kTested || n0 + tr + r * kRows < op.N ? kv : 0;
-        cp_async16(Bs + (tr + r * kRows) * LDB + tk, v > 0 ? b : op.any(), v);
+        const bool in = kv > 0 && (!kTested || n0 + tr + r * kRows < op.N);
+        cp_async16_if(Bs + (tr + r * kRows) * LDB + tk, b, in);
       }
     } else {
       constexpr int kColPieces = TN / 4, kKRows = kGemmThreads / kColPieces;
@@ -539,7 +542,7 @@ __global__ void __launch_bounds__(kGemmThreads, mma_blocks_per_sm(TM, TN))
       SQ_UNROLL
       for (int r = 0; r < KB / kKRows; ++r, b += size_t(kKRows) * op.N) {
         const bool in = col_in && (!kTested || k0 + br + r * kKRows < ke);
-        cp_async16(Bs + (br + r * kKRows) * LDB + bn, in ? b : op.any(), in ? 4 : 0);
+        cp_async16_if(Bs + (br + r * kKRows) * LDB + bn, b, in);
       }
     }
   };

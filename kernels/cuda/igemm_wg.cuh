@@ -48,12 +48,12 @@ constexpr int kWgThreads = 256;
 template <int TM>
 struct WgShape {
   static_assert(TM == 64 || TM == 128, "wgmma tiles of 64 or 128 rows");
-  static constexpr int kPix = 128, KS = 32, kStages = 4, kAhead = 3;
+  static constexpr int kPix = 128, KS = 32, kStages = TM == 128 ? 3 : 4, kAhead = kStages - 1;
   static constexpr int kLdx = kPix + 8;
   static constexpr int kXFloats = KS * kLdx, kWFloats = TM * KS;
   static constexpr int kStageFloats = kXFloats + kWFloats;
   static constexpr size_t kSmemBytes = size_t(kStages) * kStageFloats * sizeof(float);
-  static constexpr int kBlocksPerSm = TM == 128 ? 1 : 2;  // 135 KB and 102 KB of stages
+  static constexpr int kBlocksPerSm = 2;
   static constexpr uint32_t kLbo = 128, kSbo = KS / 4 * 128;
 };
 
@@ -67,25 +67,36 @@ __global__ void __launch_bounds__(kWgThreads, WgShape<TM>::kBlocksPerSm) igemm_w
   const int kb = z * chunk, ke = min(op.Kd, kb + chunk);
   const int steps = ke > kb ? (ke - kb + KS - 1) / KS : 0;
 
-  // k-step j's operands into stage `stage`. Each thread's pieces are the same every step: of X,
-  // column piece xq of rows xk + 8u; of W, row wr of core matrices (wrg + 4u, wkq).
-  const int xq = tid % 32, xk = tid / 32, xn = n0 + 4 * xq, xvalid = max(0, min(4, op.N - xn));
+  // k-step j's operands into stage `stage`. Each thread's pieces are the same every step, their
+  // addresses made once: of X, the 16 bytes at column xn of rows kb + xk + 8u (b_dense's rows are N
+  // floats apart); of W, those at k piece wkq of rows m0 + 8 (wrg + 4u) + wr. A step adds KS rows
+  // of X, KS floats of W. Every piece is whole or outside (N, Kd and the slices' ends are
+  // multiples of 4: MmaVec::dense), so the copies take the zero-fill predicate (cp_async16_if).
+  const int xq = tid % 32, xk = tid / 32, xn = n0 + 4 * xq;
+  const bool xin = xn < op.N;
+  const size_t xrows8 = size_t(8) * size_t(op.N);
+  const float* xp = op.b_dense(0, 0) + (size_t(kb + xk) * size_t(op.N) + size_t(xn));
   const int wr = tid % 8, wkq = tid / 8 % (KS / 4), wrg = tid / 64;
+  const float* wp[TM / 32];
+  bool wrow[TM / 32];
+  SQ_UNROLL
+  for (int u = 0; u < TM / 32; ++u) {
+    const int m = m0 + 8 * (wrg + 4 * u) + wr;
+    wrow[u] = m < op.M;
+    wp[u] = op.a_ptr(0, 0) + (size_t(m) * size_t(op.Kd) + size_t(kb + 4 * wkq));
+  }
   auto copy = [&](int j, int stage) {
     float* xs = smem + stage * Sh::kStageFloats;
     float* ws = xs + Sh::kXFloats;
     const int k0 = kb + j * KS;
+    const float* xj = xp + size_t(j) * size_t(KS) * size_t(op.N);
     SQ_UNROLL
-    for (int u = 0; u < KS / 8; ++u) {
-      const int k = k0 + xk + 8 * u, valid = k < ke ? xvalid : 0;
-      cp_async16(xs + (xk + 8 * u) * Sh::kLdx + 4 * xq, valid > 0 ? op.b_dense(k, xn) : op.any(), valid);
-    }
+    for (int u = 0; u < KS / 8; ++u)
+      cp_async16_if(xs + (xk + 8 * u) * Sh::kLdx + 4 * xq, xj + u * xrows8, xin && k0 + xk + 8 * u < ke);
+    const bool kin = k0 + 4 * wkq < ke;
     SQ_UNROLL
-    for (int u = 0; u < TM / 32; ++u) {
-      const int m = m0 + 8 * (wrg + 4 * u) + wr, k = k0 + 4 * wkq;
-      const int valid = m < op.M ? max(0, min(4, ke - k)) : 0;
-      cp_async16(ws + ((wrg + 4 * u) * (KS / 4) + wkq) * 32 + 4 * wr, valid > 0 ? op.a_ptr(m, k) : op.any(), valid);
-    }
+    for (int u = 0; u < TM / 32; ++u)
+      cp_async16_if(ws + ((wrg + 4 * u) * (KS / 4) + wkq) * 32 + 4 * wr, wp[u] + j * KS, wrow[u] && kin);
   };
   static_assert(kWgThreads == 256 && KS == 32 && Sh::kPix == 128, "the copies' thread map");
 

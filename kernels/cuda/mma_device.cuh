@@ -28,6 +28,16 @@ __device__ __forceinline__ void cp_async16(float* dst, const float* src, int val
   const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(4 * valid) : "memory");
 }
+// The 16-byte copy, all 4 floats or none: read false writes 16 zero bytes and reads nothing (src
+// may then point anywhere). The zero-fill predicate form: where the byte count is a run-time
+// value (cp_async16), ptxas also adjusts the source by it, about 5 instructions a copy.
+__device__ __forceinline__ void cp_async16_if(float* dst, const float* src, bool read) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.eq.u32 p, %2, 0;\ncp.async.cg.shared.global [%0], [%1], 16, p;\n}\n" ::"r"(d),
+      "l"(src), "r"(static_cast<unsigned>(read))
+      : "memory");
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 // Four 8x8 matrices of 16-bit elements from shared memory (sm_75+): lanes 8j .. 8j + 7 give the
 // addresses of matrix j's rows (16 bytes each, 16-byte aligned), and lane i receives in register j
