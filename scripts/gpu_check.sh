@@ -28,7 +28,7 @@
 #            convolutions and training with SQUEEZE_IGEMM_PERSIST=0 (one block a tile), and with
 #            SQUEEZE_IGEMM_WIN=0 (the expand 3x3 products through the mma kernel's gathers), the
 #            convolutions and layers with SQUEEZE_IGEMM_DENSE=0 (the 1x1 products' copies through
-#            keys, no 128x128 tile), the convolutions, training and layers at TF32 with
+#            keys, no 128x128 tile), the convolutions, training and layers at TF32 and BF16 with
 #            SQUEEZE_IGEMM_WGMMA=0 (the 1x1 products' forward and input gradient on the mma
 #            kernel, not wgmma), the
 #            step's layers with SQUEEZE_POOL_BAND=0 (the max-pools' gathering kernels), and
@@ -272,10 +272,10 @@ for phase in $phases; do
       $B/bench_gpu --reps 20 --sections 1b,3 --variants 'own tf32,own bf16' --json "$OUT/bench_gpu_nodense.json" &&
       python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_nodense.json"
     # ... and the plain 1x1 products' forward and input gradient through the mma kernel instead of
-    # wgmma (igemm_wg.cuh), same run: the convolutions, training and the layers at TF32.
+    # wgmma (igemm_wg.cuh), same run: the convolutions, training and the layers at TF32 and BF16.
     SQUEEZE_IGEMM_WGMMA=0 run "bench_gpu, 1x1 products without wgmma (convolutions, training, layers)" \
-      $B/bench_gpu --reps 20 --sections 1b,2,3 --variants 'own tf32' --json "$OUT/bench_gpu_nowgmma.json" &&
-      python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_nowgmma.json" --columns '^own tf32'
+      $B/bench_gpu --reps 20 --sections 1b,2,3 --variants 'own tf32,own bf16' --json "$OUT/bench_gpu_nowgmma.json" &&
+      python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_nowgmma.json"
     # ... and the max-pools through their gathering kernels instead of the band kernels (the
     # layers of the TF32 step), same run.
     SQUEEZE_POOL_BAND=0 run "bench_gpu, max-pools without the band kernels (layers)" \

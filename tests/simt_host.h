@@ -413,7 +413,7 @@ inline void check_readable(const float* src) {
   if (runs.empty()) return;
   for (const ReadableRun& r : runs)
     if (src >= r.first && src < r.first + r.count) return;
-  std::fprintf(stderr, "simt: cp.async reads a float outside the tensors the test declared readable\n");
+  std::fprintf(stderr, "simt: cp.async or load16 reads a float outside the tensors the test declared readable\n");
   std::abort();
 }
 
@@ -450,6 +450,15 @@ inline void cp_async16_if(float* dst, const float* src, bool read) {
     std::abort();
   }
   for (int i = 0; i < 4; ++i) cp_async4(dst + i, read ? src + i : nullptr, read);
+}
+// A 16-byte load into registers: checked as a copy's read is (simt::Readable), and aligned.
+inline float4 load16(const float* src) {
+  if (reinterpret_cast<uintptr_t>(src) % 16) {
+    std::fprintf(stderr, "simt: load16 from a misaligned address\n");
+    std::abort();
+  }
+  for (int i = 0; i < 4; ++i) simt::check_readable(src + i);
+  return float4{src[0], src[1], src[2], src[3]};
 }
 inline void cp_async_commit() {
   simt::ThreadAsync& a = simt::sched().async[size_t(simt::sched().cur)];

@@ -725,31 +725,34 @@ void expect_weight_slices(const Case& c, const Case& r, std::vector<float>& ws, 
 
 // The wgmma kernel (kernels/cuda/igemm_wg.cuh) on one op, its grid and split-K chunks as conv.cu's
 // launch_wg makes them, threads resumed in the given order.
-template <int TM, class Op>
+template <bool kBf16, int TM, class Op>
 void run_wg(const Op& op, int splits, bool reverse) {
-  static_assert(cuda::WgShape<TM>::kSmemBytes <= simt::kDynamicSharedFloats * sizeof(float), "the stages fit the emulator");
+  using Sh = cuda::WgShape<kBf16, TM>;
+  static_assert(Sh::kSmemBytes <= simt::kDynamicSharedFloats * sizeof(float), "the stages fit the emulator");
   ASSERT_TRUE(cuda::mma_vec(op).dense);
   const int chunk = cuda::mma_chunk(op.Kd, splits);
   const SimtDim3 grid{unsigned((op.N + 127) / 128), unsigned((op.M + TM - 1) / TM), unsigned(splits)};
-  ASSERT_TRUE(simt::run(grid, cuda::kWgThreads, [&] { cuda::igemm_wg_kernel<Op, TM>(op, chunk); }, reverse,
-                        cuda::WgShape<TM>::kSmemBytes))
+  ASSERT_TRUE(simt::run(grid, cuda::kWgThreads, [&] { cuda::igemm_wg_kernel<Op, kBf16, TM>(op, chunk); }, reverse,
+                        Sh::kSmemBytes))
       << "threads disagree on barriers";
 }
 
-// One tile: the forward and the input gradient (whole, in 3 split-K slices summed by
+// One tile and precision: the forward and the input gradient (whole, in 3 split-K slices summed by
 // data_splitk_reduce_kernel, and onto an earlier dx under the ReLU of x) against the double
-// reference on TF32-rounded operands (r), to fp32's accumulation error.
-template <int TM>
+// reference on operands rounded as the kernel rounds them (r: TF32 or BF16), to fp32's
+// accumulation error.
+template <bool kBf16, int TM>
 void check_wg(const Case& c, const Case& r, bool reverse) {
   const simt::Readable readable(c.readable());
-  SCOPED_TRACE("wgmma tile " + std::to_string(TM) + "x128" + (reverse ? ", reverse" : ""));
+  SCOPED_TRACE(std::string("wgmma tile ") + (kBf16 ? "BF16 " : "TF32 ") + std::to_string(TM) + "x128" +
+               (reverse ? ", reverse" : ""));
   std::vector<float> y(c.y_ref.size(), NAN), dx(c.dx_ref.size(), NAN), dx3(c.dx_ref.size(), NAN);
-  run_wg<TM>(c.fwd(y.data()), 1, reverse);
+  run_wg<kBf16, TM>(c.fwd(y.data()), 1, reverse);
   EXPECT_LT(rel(y, r.y_ref), 1e-5) << "forward";
   EXPECT_GT(rel(y, c.y_ref), 1e-7) << "the operands were not rounded";
-  run_wg<TM>(c.data(dx.data()), 1, reverse);
+  run_wg<kBf16, TM>(c.data(dx.data()), 1, reverse);
   EXPECT_LT(rel(dx, r.dx_ref), 1e-5) << "input gradient";
-  data_in_slices(c.data(dx3.data()), 3, [&](const cuda::DataOp& op, int splits) { run_wg<TM>(op, splits, reverse); },
+  data_in_slices(c.data(dx3.data()), 3, [&](const cuda::DataOp& op, int splits) { run_wg<kBf16, TM>(op, splits, reverse); },
                  reverse);
   EXPECT_LT(rel(dx3, r.dx_ref), 1e-5) << "input gradient, 3 slices";
   // dx = relu'(x) * (old dx + the product): the Fire's squeeze input gradient.
@@ -758,7 +761,7 @@ void check_wg(const Case& c, const Case& r, bool reverse) {
   cuda::DataOp op = c.data(acc.data());
   op.accumulate = true;
   op.relu_x = c.x.data();
-  run_wg<TM>(op, 1, reverse);
+  run_wg<kBf16, TM>(op, 1, reverse);
   std::vector<double> want(old.size());
   for (size_t i = 0; i < want.size(); ++i) want[i] = c.x[i] > 0.0f ? old[i] + r.dx_ref[i] : 0.0;
   EXPECT_LT(rel(acc, want), 1e-5) << "input gradient onto dx, under the ReLU of x";
@@ -861,8 +864,8 @@ void check_win_cases(int& chunked, int& misaligned_a) {
 }  // namespace
 
 // The plain 1x1 products' forward and input gradient on wgmma (igemm_wg.cuh), the emulator's wgmma
-// checked against the device by the probe (CudaOps.WgmmaProbeGivesTheProduct): both tiles on two
-// products, threads in both orders. 136 -> 144 over 2 x 10 x 13 pixels: M 144 and 136 (two row
+// checked against the device by the probe (CudaOps.WgmmaProbeGivesTheProduct): both tiles and
+// both precisions on two products, threads in both orders. 136 -> 144 over 2 x 10 x 13 pixels: M 144 and 136 (two row
 // tiles of 128, the second partial; three of 64), N 260 (three pixel tiles, the last of 4 pixels),
 // 136 and 144 deep (four whole 32-deep steps and a partial one: both fragment register sets, the
 // pipeline's whole depth), 3 slices of 64, 64 and 16. 40 -> 16 over 2 x 6 x 6: M 16 and 40 (one
@@ -872,10 +875,12 @@ TEST(ImplicitGemm, WgmmaKernelReproducesThePlain1x1Products) {
   std::mt19937 rng(29);
   for (const ConvGeom& cg : {ConvGeom{2, 136, 10, 13, 144, 1, 1, 1, 0}, ConvGeom{2, 40, 6, 6, 16, 1, 1, 1, 0}}) {
     const Case c(cg, rng);
-    const Case r = rounded_case<cuda::MmaTf32>(c);
+    const Case r = rounded_case<cuda::MmaTf32>(c), rb = rounded_case<cuda::MmaBf16>(c);
     SCOPED_TRACE(c.name());
-    check_wg<128>(c, r, false);
-    check_wg<64>(c, r, true);
+    check_wg<false, 128>(c, r, false);
+    check_wg<false, 64>(c, r, true);
+    check_wg<true, 128>(c, rb, true);
+    check_wg<true, 64>(c, rb, false);
   }
 }
 

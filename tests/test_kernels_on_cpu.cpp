@@ -97,9 +97,9 @@ TEST(SimtHost, AnAccessPastTheLaunchsDynamicSharedMemoryEndsTheRun) {
   EXPECT_DEATH(simt::run({1, 1, 1}, 64, touch(0), false), "past the launch's dynamic shared memory");
 }
 
-// With the test's tensors declared readable (simt::Readable), an asynchronous copy that reads a
-// float outside them ends the run, one of a 16-byte copy's four included; a zero-filled element
-// is not read.
+// With the test's tensors declared readable (simt::Readable), an asynchronous copy or a 16-byte
+// load that reads a float outside them ends the run, one of a 16-byte copy's four included; a
+// zero-filled element is not read.
 TEST(SimtHost, ACopyFromOutsideTheDeclaredTensorsEndsTheRun) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   std::vector<float> b(68, 2.0f), out(64);
@@ -127,6 +127,33 @@ TEST(SimtHost, ACopyFromOutsideTheDeclaredTensorsEndsTheRun) {
     const simt::Readable readable({{b.data(), 63}});
     EXPECT_DEATH(simt::run({1, 1, 1}, 64, copy(0, 4), false, 64 * sizeof(float)), "outside the tensors");
   }
+  // The whole-or-nothing copy (cp_async16_if) and the load into registers (load16) alike.
+  const simt::Readable readable({{b.data(), 64}});
+  auto copy_if = [&](int shift, bool read) {
+    return [&, shift, read] {
+      SQ_DYNAMIC_SHARED(float, s);
+      const int t = int(threadIdx.x);
+      if (t % 4 == 0) cp_async16_if(s + t, b.data() + t + shift, read);
+      cp_async_commit();
+      cp_async_wait<0>();
+      out[size_t(t)] = s[t];
+    };
+  };
+  ASSERT_TRUE(simt::run({1, 1, 1}, 64, copy_if(4, false), false, 64 * sizeof(float))) << "zero-filled, not read";
+  for (float v : out) ASSERT_EQ(v, 0.0f);
+  EXPECT_DEATH(simt::run({1, 1, 1}, 64, copy_if(4, true), false, 64 * sizeof(float)), "outside the tensors");
+  auto load = [&](int shift) {
+    return [&, shift] {
+      const int t = int(threadIdx.x);
+      if (t % 4 == 0) {
+        const float4 v = load16(b.data() + t + shift);
+        out[size_t(t)] = v.x + v.y + v.z + v.w;
+      }
+    };
+  };
+  ASSERT_TRUE(simt::run({1, 1, 1}, 64, load(0)));
+  EXPECT_EQ(out[60], 8.0f);
+  EXPECT_DEATH(simt::run({1, 1, 1}, 64, load(4)), "outside the tensors");
 }
 
 // The emulator itself: a kernel whose warps share memory without the barrier between must give a

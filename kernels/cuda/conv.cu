@@ -278,22 +278,23 @@ int mma_resident() {
 // (igemm_rows.cuh), unless SQUEEZE_IGEMM_WIN=0 (the mma kernel's gathers, for measuring both).
 const bool g_win = !env_is("SQUEEZE_IGEMM_WIN", "0");
 
-// The plain 1x1 products' forward and input gradient in TF32 through wgmma (igemm_wg.cuh) where
-// the code loaded for the GPU has it (sm_90a), unless SQUEEZE_IGEMM_WGMMA=0 (the mma kernel's dense
-// copies and mma.sync, for measuring both).
+// The plain 1x1 products' forward and input gradient in TF32 and BF16 through wgmma (igemm_wg.cuh)
+// where the code loaded for the GPU has it (sm_90a), unless SQUEEZE_IGEMM_WGMMA=0 (the mma
+// kernel's dense copies and mma.sync, for measuring both).
 const bool g_wgmma = !env_is("SQUEEZE_IGEMM_WGMMA", "0");
-template <class Op, int TM>
+template <class Op, bool kBf16, int TM>
 auto wg_kernel() {
-  return smem_limited<igemm_wg_kernel<Op, TM>, WgShape<TM>::kSmemBytes>();
+  return smem_limited<igemm_wg_kernel<Op, kBf16, TM>, WgShape<kBf16, TM>::kSmemBytes>();
 }
-template <class Op>
+template <bool kBf16, class Op>
 void launch_wg(const Op& op, int splits, cudaStream_t s) {
   const int chunk = mma_chunk(op.Kd, splits);
   auto launch = [&](auto tm) {
     constexpr int TM = decltype(tm)::value;
+    using Sh = WgShape<kBf16, TM>;
     const dim3 grid(unsigned((op.N + 127) / 128), unsigned((op.M + TM - 1) / TM), unsigned(splits));
-    report_route(op, "TF32", "wgmma", TM, 128, grid, WgShape<TM>::kSmemBytes);
-    wg_kernel<Op, TM>()<<<grid, kWgThreads, WgShape<TM>::kSmemBytes, s>>>(op, chunk);
+    report_route(op, kBf16 ? "BF16" : "TF32", "wgmma", TM, 128, grid, Sh::kSmemBytes);
+    wg_kernel<Op, kBf16, TM>()<<<grid, kWgThreads, Sh::kSmemBytes, s>>>(op, chunk);
   };
   if (op.M > 64)
     launch(std::integral_constant<int, 128>{});
@@ -443,8 +444,8 @@ void launch_mma(const Op& op, int splits, cudaStream_t s) {
   }
   MmaVec vec = mma_vec(op);
   vec.dense = vec.dense && g_dense;
-  if constexpr (std::is_same_v<Prec, MmaTf32> && !Op::kBAlongK) {
-    if (vec.dense && g_wgmma && wgmma_available()) return launch_wg(op, splits, s);
+  if constexpr ((std::is_same_v<Prec, MmaTf32> || std::is_same_v<Prec, MmaBf16>) && !Op::kBAlongK) {
+    if (vec.dense && g_wgmma && wgmma_available()) return launch_wg<std::is_same_v<Prec, MmaBf16>>(op, splits, s);
   }
   const MmaTileSize picked = mma_tile(op.M, op.N, op.Kd, Op::kBAlongK, vec.dense, mma_wide_fits());
   const Tile t = prec_tile<Prec>(Tile{picked.m, picked.n});
@@ -568,8 +569,10 @@ void prepare_conv_kernels() {
   if (!g_mma) return;
   mma_resident(), smem_optin();  // (their device queries, too, before any graph capture)
   if (g_wgmma && wgmma_available()) {
-    wg_kernel<FwdOp, 64>(), wg_kernel<FwdOp, 128>();
-    wg_kernel<DataOp, 64>(), wg_kernel<DataOp, 128>();
+    wg_kernel<FwdOp, false, 64>(), wg_kernel<FwdOp, false, 128>();
+    wg_kernel<DataOp, false, 64>(), wg_kernel<DataOp, false, 128>();
+    wg_kernel<FwdOp, true, 64>(), wg_kernel<FwdOp, true, 128>();
+    wg_kernel<DataOp, true, 64>(), wg_kernel<DataOp, true, 128>();
   }
   for_each_mma_tile([](auto tile) {
     using T = decltype(tile);

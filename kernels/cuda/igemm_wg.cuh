@@ -45,21 +45,26 @@ namespace {
 
 constexpr int kWgThreads = 256;
 
-template <int TM>
+// TF32 (kBf16 false) or BF16, TM rows. A core matrix is 8 rows by 16 bytes of k (4 TF32, 8 BF16)
+// and the stage's W holds TM x 32 of them in the multiply's type: 16 or 8 KB at TM 128.
+template <bool kBf16, int TM>
 struct WgShape {
   static_assert(TM == 64 || TM == 128, "wgmma tiles of 64 or 128 rows");
-  static constexpr int kPix = 128, KS = 32, kStages = TM == 128 ? 3 : 4, kAhead = kStages - 1;
-  static constexpr int kLdx = kPix + 8;
-  static constexpr int kXFloats = KS * kLdx, kWFloats = TM * KS;
+  static constexpr int kPix = 128, KS = 32, kStages = TM == 128 && !kBf16 ? 3 : 4, kAhead = kStages - 1;
+  static constexpr int kT = kBf16 ? 8 : 4;  // k a core matrix's row holds
+  // X's pitch: TF32 fragments read (k t, pixel g): 8 mod 32 words; BF16 read the pairs (2t, 2t + 1):
+  // 4 mod 32. Either way conflict-free.
+  static constexpr int kLdx = kPix + (kBf16 ? 4 : 8);
+  static constexpr int kXFloats = KS * kLdx, kWFloats = TM * KS / (kBf16 ? 2 : 1);
   static constexpr int kStageFloats = kXFloats + kWFloats;
   static constexpr size_t kSmemBytes = size_t(kStages) * kStageFloats * sizeof(float);
-  static constexpr int kBlocksPerSm = 2;
-  static constexpr uint32_t kLbo = 128, kSbo = KS / 4 * 128;
+  static constexpr int kBlocksPerSm = 2;  // 101 KB (TF32, 128 rows) or at most 102 KB of stages
+  static constexpr uint32_t kLbo = 128, kSbo = KS / kT * 128;
 };
 
-template <class Op, int TM>
-__global__ void __launch_bounds__(kWgThreads, WgShape<TM>::kBlocksPerSm) igemm_wg_kernel(Op op, int chunk) {
-  using Sh = WgShape<TM>;
+template <class Op, bool kBf16, int TM>
+__global__ void __launch_bounds__(kWgThreads, WgShape<kBf16, TM>::kBlocksPerSm) igemm_wg_kernel(Op op, int chunk) {
+  using Sh = WgShape<kBf16, TM>;
   constexpr int KS = Sh::KS;
   SQ_DYNAMIC_SHARED(float, smem);
   const int tid = int(threadIdx.x);
@@ -72,6 +77,9 @@ __global__ void __launch_bounds__(kWgThreads, WgShape<TM>::kBlocksPerSm) igemm_w
   // floats apart); of W, those at k piece wkq of rows m0 + 8 (wrg + 4u) + wr. A step adds KS rows
   // of X, KS floats of W. Every piece is whole or outside (N, Kd and the slices' ends are
   // multiples of 4: MmaVec::dense), so the copies take the zero-fill predicate (cp_async16_if).
+  // BF16's W goes through registers instead, converted: 4 floats loaded, 8 bytes stored, half a
+  // core matrix's row (the loads are made after the step's wgmmas are issued, so they wait
+  // beside the tensor cores' work).
   const int xq = tid % 32, xk = tid / 32, xn = n0 + 4 * xq;
   const bool xin = xn < op.N;
   const size_t xrows8 = size_t(8) * size_t(op.N);
@@ -94,9 +102,23 @@ __global__ void __launch_bounds__(kWgThreads, WgShape<TM>::kBlocksPerSm) igemm_w
     for (int u = 0; u < KS / 8; ++u)
       cp_async16_if(xs + (xk + 8 * u) * Sh::kLdx + 4 * xq, xj + u * xrows8, xin && k0 + xk + 8 * u < ke);
     const bool kin = k0 + 4 * wkq < ke;
-    SQ_UNROLL
-    for (int u = 0; u < TM / 32; ++u)
-      cp_async16_if(ws + ((wrg + 4 * u) * (KS / 4) + wkq) * 32 + 4 * wr, wp[u] + j * KS, wrow[u] && kin);
+    if constexpr (kBf16) {
+      float4 v[TM / 32];
+      SQ_UNROLL
+      for (int u = 0; u < TM / 32; ++u)
+        v[u] = wrow[u] && kin ? load16(wp[u] + j * KS) : float4{0.0f, 0.0f, 0.0f, 0.0f};
+      SQ_UNROLL
+      for (int u = 0; u < TM / 32; ++u) {
+        // Row wr of core matrix (wrg + 4u, wkq / 2), its half wkq % 2: 32 floats a core matrix.
+        uint32_t* at = reinterpret_cast<uint32_t*>(ws + ((wrg + 4 * u) * (KS / 8) + wkq / 2) * 32 + 4 * wr + 2 * (wkq % 2));
+        at[0] = pack_bf16x2(v[u].x, v[u].y);
+        at[1] = pack_bf16x2(v[u].z, v[u].w);
+      }
+    } else {
+      SQ_UNROLL
+      for (int u = 0; u < TM / 32; ++u)
+        cp_async16_if(ws + ((wrg + 4 * u) * (KS / 4) + wkq) * 32 + 4 * wr, wp[u] + j * KS, wrow[u] && kin);
+    }
   };
   static_assert(kWgThreads == 256 && KS == 32 && Sh::kPix == 128, "the copies' thread map");
 
@@ -109,7 +131,7 @@ __global__ void __launch_bounds__(kWgThreads, WgShape<TM>::kBlocksPerSm) igemm_w
     if (j < steps) copy(j, j);
     cp_async_commit();
   }
-  uint32_t a[KS / 8][4];
+  uint32_t a[KS / 8][4];  // (BF16 uses the first KS / 16)
   for (int j = 0; j < steps; ++j) {
     cp_async_wait<Sh::kAhead - 1>();  // this thread's copies of step j landed
     fence_proxy_async();              // ... where wgmma reads them
@@ -118,20 +140,36 @@ __global__ void __launch_bounds__(kWgThreads, WgShape<TM>::kBlocksPerSm) igemm_w
     const float* ws = xs + Sh::kXFloats;
     // Every input of the group's wgmmas made before the fence (fragments and descriptors): ptxas
     // serialises wgmmas whose input registers other instructions write inside the group.
-    uint64_t desc[KS / 8];
+    // A wgmma's k: 8 (TF32: fragment rows t, t + 4) or 16 (BF16: row pairs 2t, 2t + 1 and
+    // 2t + 8, 2t + 9); its B: two core matrices along k, 256 bytes, 64 floats of the stage.
+    constexpr int KW = kBf16 ? 16 : 8;
+    uint64_t desc[KS / KW];
     SQ_UNROLL
-    for (int s = 0; s < KS / 8; ++s) {
-      const float* p = xs + (8 * s + t) * Sh::kLdx + px;
-      a[s][0] = tf32_operand(p[0]);
-      a[s][1] = tf32_operand(p[8]);
-      a[s][2] = tf32_operand(p[4 * Sh::kLdx]);
-      a[s][3] = tf32_operand(p[4 * Sh::kLdx + 8]);
+    for (int s = 0; s < KS / KW; ++s) {
+      if constexpr (kBf16) {
+        const float* p = xs + (16 * s + 2 * t) * Sh::kLdx + px;
+        a[s][0] = pack_bf16x2(p[0], p[Sh::kLdx]);
+        a[s][1] = pack_bf16x2(p[8], p[Sh::kLdx + 8]);
+        a[s][2] = pack_bf16x2(p[8 * Sh::kLdx], p[9 * Sh::kLdx]);
+        a[s][3] = pack_bf16x2(p[8 * Sh::kLdx + 8], p[9 * Sh::kLdx + 8]);
+      } else {
+        const float* p = xs + (8 * s + t) * Sh::kLdx + px;
+        a[s][0] = tf32_operand(p[0]);
+        a[s][1] = tf32_operand(p[8]);
+        a[s][2] = tf32_operand(p[4 * Sh::kLdx]);
+        a[s][3] = tf32_operand(p[4 * Sh::kLdx + 8]);
+      }
       desc[s] = wgmma_desc(smem_address(ws + 64 * s), Sh::kLbo, Sh::kSbo);
     }
     wgmma_fence_operands(d);
     wgmma_fence();
     SQ_UNROLL
-    for (int s = 0; s < KS / 8; ++s) wgmma_tf32<TM>(d, a[s], desc[s], 1);
+    for (int s = 0; s < KS / KW; ++s) {
+      if constexpr (kBf16)
+        wgmma_bf16<TM>(d, a[s], desc[s], 1);
+      else
+        wgmma_tf32<TM>(d, a[s], desc[s], 1);
+    }
     wgmma_commit();
     // The copies three steps ahead, into the stage step j - 1 read, while the tensor cores work.
     if (j + Sh::kAhead < steps) copy(j + Sh::kAhead, (j + Sh::kAhead) % Sh::kStages);

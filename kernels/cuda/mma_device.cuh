@@ -38,6 +38,9 @@ __device__ __forceinline__ void cp_async16_if(float* dst, const float* src, bool
       "l"(src), "r"(static_cast<unsigned>(read))
       : "memory");
 }
+// A 16-byte load of 4 floats from global memory (16-byte aligned), where a kernel needs them in
+// registers (BF16's converted copies); the emulator checks it against the readable tensors.
+__device__ __forceinline__ float4 load16(const float* src) { return *reinterpret_cast<const float4*>(src); }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 // Four 8x8 matrices of 16-bit elements from shared memory (sm_75+): lanes 8j .. 8j + 7 give the
 // addresses of matrix j's rows (16 bytes each, 16-byte aligned), and lane i receives in register j

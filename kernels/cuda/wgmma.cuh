@@ -25,8 +25,9 @@
 // A TF32 operand is fp32's bits, of which the tensor cores read the upper 19 (as tf32_operand).
 //
 // Kernel source only, no CUDA runtime: tests/simt_host.h defines the same functions for the CPU,
-// from the PTX ISA independently of the kernels (its wgmma reads B at the wait in forward runs,
-// at issue in reverse ones, and ends the run on a missing wgmma.fence or fence.proxy.async).
+// from the PTX ISA independently of the kernels (its wgmma reads A's registers and B at the
+// thread's wait, the latest the device may, and ends the run on a missing wgmma.fence or
+// fence.proxy.async); wgmma_probe.cuh checks that reading on an sm_90 GPU.
 #pragma once
 #include <cstdint>
 
