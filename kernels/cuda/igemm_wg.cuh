@@ -1,28 +1,29 @@
-// The plain 1x1 products' forward and input gradient on Hopper's warpgroup MMA (sm_90a, TF32;
-// docs/KERNELS.md, "wgmma"): the products that the mma kernel copies through row pointers
+// The plain 1x1 products' forward and input gradient on Hopper's warpgroup MMA (sm_90a, TF32 and
+// BF16; docs/KERNELS.md, "wgmma"): the products that the mma kernel copies through row pointers
 // (MmaVec::dense), with their multiply turned around so that the weights are wgmma's shared-memory
 // operand and the activations its register operand.
 //
 // A product is D (M x N) = W (M x K) * X (K x N): the forward's w and x, or the input gradient's
 // w transposed (wt) and dz. wgmma takes its B from shared memory K-major, which for TF32 it must
 // be (only 16-bit types may be transposed there): W's rows run along k, X's along n. So the kernel
-// computes D's transpose, D^T (N x M) = X^T * W^T: wgmma's A (64 x 8 a warpgroup and k-step) is
-// X^T, read from the X stage into registers as mma.sync's A fragments are; its B (8 x TM) is W^T,
-// W's rows as they are, in core matrices of 8 rows by 4 k (128 contiguous bytes), the k pieces of a
-// row side by side (lbo 128 bytes), rows 8 apart at sbo = KS / 4 core matrices. Per warp and
-// 8-deep step: 4 fragment loads and one wgmma of 16 x TM x 8, where the mma kernel's 32 x 64 warp
-// tile issues 16 mma and their fragments' loads (docs/KERNELS.md, "What bounds the convolution
+// computes D's transpose, D^T (N x M) = X^T * W^T: wgmma's A (64 x 8 a warpgroup and k-step, or
+// x 16 in BF16) is X^T, read from the X stage into registers as mma.sync's A fragments are; its B
+// is W^T, W's rows as they are, in core matrices of 8 rows by 16 bytes of k (128 contiguous bytes),
+// the k pieces of a row side by side (lbo 128 bytes), rows 8 apart (sbo). Per warp and 8 k: 4
+// fragment loads and one wgmma of 16 x TM x 8 a warp, where the mma kernel's 32 x 64 warp tile
+// issues 16 mma and their fragments' loads (docs/KERNELS.md, "What bounds the convolution
 // kernels": issue, not the tensor pipe, bounded those).
 //
-// - A block: two warpgroups, 128 pixels (columns n, 64 a warpgroup) by TM = 64 or 128 rows m.
-// - Stages: 4 of 32-deep k-steps, X (32 rows of 128 pixels, pitch 136: fragment reads at 8 mod 32
-//   words, conflict-free) and W (TM x 32 in core matrices), filled by 16-byte cp.async, zero past
-//   the product's edges and the slice's end. Copies run three k-steps ahead; a step's wgmma group
-//   is waited for at the step's end, so the stage it read is free at the next barrier. (Keeping
-//   one group in flight across the next step, as a second set of fragment registers would allow,
-//   makes ptxas serialise every wgmma (its C7513): it will not have other instructions write a
-//   wgmma's input registers while a group is in flight. The tensor cores are shared by the
-//   block's two warpgroups and, at 64 rows, by two blocks an SM instead.)
+// - A block: two warpgroups, 128 pixels (columns n, 64 a warpgroup) by TM = 64 or 128 rows m; two
+//   blocks an SM.
+// - Stages (WgShape): 3 or 4 of 32-deep k-steps, X (32 rows of 128 pixels, pitch 136 for TF32's
+//   fragment reads, 132 for BF16's pairs: conflict-free) and W (TM x 32 in core matrices), zero
+//   past the product's edges and the slice's end. Copies run a stage short of the pipeline's
+//   depth ahead; a step's wgmma group is waited for at the step's end, so the stage it read is
+//   free at the next barrier. (Keeping one group in flight across the next step, as a second set
+//   of fragment registers would allow, makes ptxas serialise every wgmma (its C7513): it will not
+//   have other instructions write a wgmma's input registers while a group is in flight. The two
+//   blocks an SM share the tensor cores instead.)
 // - Split-K (the input gradient's data_splits) over blockIdx.z, chunks of whole k-steps (conv.cu
 //   passes mma_chunk's, a multiple of 32, so every slice starts 16-byte aligned): slice z's
 //   raw sums to op.partial (DataOp::store), an empty slice stores zeros.
