@@ -443,12 +443,14 @@ inline void cp_async16(float* dst, const float* src, int valid) {
   }
   for (int i = 0; i < 4; ++i) cp_async4(dst + i, src + i, i < valid);
 }
-// All 4 floats or none (read false: 16 zero bytes, src not read, so it may point anywhere).
-inline void cp_async16_if(float* dst, const float* src, bool read) {
+// All 4 floats or none (read false: 16 zero bytes, src not read, so it may point anywhere; the
+// address the device is given then, safe, must lie inside a declared tensor).
+inline void cp_async16_if(float* dst, const float* src, bool read, const float* safe) {
   if (reinterpret_cast<uintptr_t>(dst) % 16 || (read && reinterpret_cast<uintptr_t>(src) % 16)) {
     std::fprintf(stderr, "simt: cp_async16_if with a misaligned address\n");
     std::abort();
   }
+  if (!read) simt::check_readable(safe);
   for (int i = 0; i < 4; ++i) cp_async4(dst + i, read ? src + i : nullptr, read);
 }
 // A 16-byte load into registers: checked as a copy's read is (simt::Readable), and aligned.

@@ -133,7 +133,7 @@ TEST(SimtHost, ACopyFromOutsideTheDeclaredTensorsEndsTheRun) {
     return [&, shift, read] {
       SQ_DYNAMIC_SHARED(float, s);
       const int t = int(threadIdx.x);
-      if (t % 4 == 0) cp_async16_if(s + t, b.data() + t + shift, read);
+      if (t % 4 == 0) cp_async16_if(s + t, b.data() + t + shift, read, b.data());
       cp_async_commit();
       cp_async_wait<0>();
       out[size_t(t)] = s[t];

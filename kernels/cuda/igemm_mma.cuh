@@ -525,14 +525,14 @@ __global__ void __launch_bounds__(kGemmThreads, mma_blocks_per_sm(TM, TN))
     SQ_UNROLL
     for (int r = 0; r < (TM + kRows - 1) / kRows; ++r, a += kd_step) {
       const bool in = kv > 0 && (!kTested || m0 + tr + r * kRows < op.M);
-      if (TM % kRows == 0 || tr + r * kRows < TM) cp_async16_if(As + (tr + r * kRows) * LDA + tk, a, in);
+      if (TM % kRows == 0 || tr + r * kRows < TM) cp_async16_if(As + (tr + r * kRows) * LDA + tk, a, in, op.any());
     }
     if constexpr (Sh::kBnk) {
       const float* b = op.b_dense(k0 + tk, n0 + tr);
       SQ_UNROLL
       for (int r = 0; r < TN / kRows; ++r, b += kd_step) {
         const bool in = kv > 0 && (!kTested || n0 + tr + r * kRows < op.N);
-        cp_async16_if(Bs + (tr + r * kRows) * LDB + tk, b, in);
+        cp_async16_if(Bs + (tr + r * kRows) * LDB + tk, b, in, op.any());
       }
     } else {
       constexpr int kColPieces = TN / 4, kKRows = kGemmThreads / kColPieces;
@@ -542,7 +542,7 @@ __global__ void __launch_bounds__(kGemmThreads, mma_blocks_per_sm(TM, TN))
       SQ_UNROLL
       for (int r = 0; r < KB / kKRows; ++r, b += size_t(kKRows) * op.N) {
         const bool in = col_in && (!kTested || k0 + br + r * kKRows < ke);
-        cp_async16_if(Bs + (br + r * kKRows) * LDB + bn, b, in);
+        cp_async16_if(Bs + (br + r * kKRows) * LDB + bn, b, in, op.any());
       }
     }
   };

@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(kWgThreads, WgShape<kBf16, TM>::kBlocksPerSm) 
     const float* xj = xp + size_t(j) * size_t(KS) * size_t(op.N);
     SQ_UNROLL
     for (int u = 0; u < KS / 8; ++u)
-      cp_async16_if(xs + (xk + 8 * u) * Sh::kLdx + 4 * xq, xj + u * xrows8, xin && k0 + xk + 8 * u < ke);
+      cp_async16_if(xs + (xk + 8 * u) * Sh::kLdx + 4 * xq, xj + u * xrows8, xin && k0 + xk + 8 * u < ke, op.any());
     const bool kin = k0 + 4 * wkq < ke;
     if constexpr (kBf16) {
       float4 v[TM / 32];
@@ -118,7 +118,7 @@ __global__ void __launch_bounds__(kWgThreads, WgShape<kBf16, TM>::kBlocksPerSm) 
     } else {
       SQ_UNROLL
       for (int u = 0; u < TM / 32; ++u)
-        cp_async16_if(ws + ((wrg + 4 * u) * (KS / 4) + wkq) * 32 + 4 * wr, wp[u] + j * KS, wrow[u] && kin);
+        cp_async16_if(ws + ((wrg + 4 * u) * (KS / 4) + wkq) * 32 + 4 * wr, wp[u] + j * KS, wrow[u] && kin, op.any());
     }
   };
   static_assert(kWgThreads == 256 && KS == 32 && Sh::kPix == 128, "the copies' thread map");

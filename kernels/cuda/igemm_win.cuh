@@ -178,7 +178,7 @@ __device__ inline void copy_windows(float* Ws, int ldw, const float* src, int c0
     for (int i = lane; i < npieces; i += 32) {
       const int pos = a0 + 4 * i;
       const bool in = pos >= 0 && pos < n;
-      cp_async16_if(row + 4 * i, run + pos, in);
+      cp_async16_if(row + 4 * i, run + pos, in, src);
     }
   }
 }
@@ -235,7 +235,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_win_kernel(Op op, int l
           SQ_UNROLL
           for (int r = 0; r < (TM + kARows - 1) / kARows; ++r) {
             const int mm = a_row + r * kARows, m = m0 + mm;
-            if (mm < TM) cp_async16_if(As + mm * LDA + a_kk, a, m < op.M);
+            if (mm < TM) cp_async16_if(As + mm * LDA + a_kk, a, m < op.M, A);
             a += size_t(kARows) * op.Kd;
           }
         }

@@ -28,14 +28,16 @@ __device__ __forceinline__ void cp_async16(float* dst, const float* src, int val
   const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(4 * valid) : "memory");
 }
-// The 16-byte copy, all 4 floats or none: read false writes 16 zero bytes and reads nothing (src
-// may then point anywhere). The zero-fill predicate form: where the byte count is a run-time
-// value (cp_async16), ptxas also adjusts the source by it, about 5 instructions a copy.
-__device__ __forceinline__ void cp_async16_if(float* dst, const float* src, bool read) {
+// The 16-byte copy, all 4 floats or none: read false writes 16 zero bytes and reads nothing, the
+// instruction then given `safe` (an address inside a tensor) rather than src, which may point
+// outside every allocation: the PTX ISA says an ignored source is not read, not that its address
+// goes untranslated. The zero-fill predicate form (ignore-src): where the byte count is a
+// run-time value (cp_async16), ptxas also offsets the source by it, about 5 instructions a copy.
+__device__ __forceinline__ void cp_async16_if(float* dst, const float* src, bool read, const float* safe) {
   const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
   asm volatile(
       "{\n.reg .pred p;\nsetp.eq.u32 p, %2, 0;\ncp.async.cg.shared.global [%0], [%1], 16, p;\n}\n" ::"r"(d),
-      "l"(src), "r"(static_cast<unsigned>(read))
+      "l"(read ? src : safe), "r"(static_cast<unsigned>(read))
       : "memory");
 }
 // A 16-byte load of 4 floats from global memory (16-byte aligned), where a kernel needs them in
