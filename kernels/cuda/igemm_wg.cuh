@@ -27,14 +27,16 @@
 // - Split-K (the input gradient's data_splits) over blockIdx.z, chunks of whole k-steps (conv.cu
 //   passes mma_chunk's, a multiple of 32, so every slice starts 16-byte aligned): slice z's
 //   raw sums to op.partial (DataOp::store), an empty slice stores zeros.
-// - The epilogue stores through op.store (bias and ReLU, or accumulation and the ReLU of x):
-//   lanes g hold 8 consecutive pixels of a row, 32-byte segments.
+// - The epilogue stores through store_row (igemm_kernel.cuh: bias and ReLU, or accumulation and the
+//   ReLU of x, their loads ahead of the row's stores): lanes g hold 8 consecutive pixels of a row,
+//   32-byte segments.
 //
 // Kernel source only: tests/test_igemm.cpp runs it under tests/simt_host.h, whose wgmma is
 // written from the PTX ISA and checked on the device by the wgmma probe (wgmma_probe.cuh).
 #pragma once
 #include <cstdint>
 
+#include "kernels/cuda/igemm_kernel.cuh"  // store_row
 #include "kernels/cuda/igemm_ops.h"
 #include "kernels/cuda/kernel_util.cuh"
 #include "kernels/cuda/mma_device.cuh"
@@ -132,7 +134,10 @@ __global__ void __launch_bounds__(kWgThreads, WgShape<kBf16, TM>::kBlocksPerSm) 
     if (j < steps) copy(j, j);
     cp_async_commit();
   }
-  uint32_t a[KS / 8][4];  // (BF16 uses the first KS / 16)
+  // A wgmma's k: 8 (TF32: fragment rows t, t + 4) or 16 (BF16: row pairs 2t, 2t + 1 and
+  // 2t + 8, 2t + 9); its B: two core matrices along k, 256 bytes, 64 floats of the stage.
+  constexpr int KW = kBf16 ? 16 : 8;
+  uint32_t a[KS / KW][4];
   for (int j = 0; j < steps; ++j) {
     cp_async_wait<Sh::kAhead - 1>();  // this thread's copies of step j landed
     fence_proxy_async();              // ... where wgmma reads them
@@ -141,9 +146,6 @@ __global__ void __launch_bounds__(kWgThreads, WgShape<kBf16, TM>::kBlocksPerSm) 
     const float* ws = xs + Sh::kXFloats;
     // Every input of the group's wgmmas made before the fence (fragments and descriptors): ptxas
     // serialises wgmmas whose input registers other instructions write inside the group.
-    // A wgmma's k: 8 (TF32: fragment rows t, t + 4) or 16 (BF16: row pairs 2t, 2t + 1 and
-    // 2t + 8, 2t + 9); its B: two core matrices along k, 256 bytes, 64 floats of the stage.
-    constexpr int KW = kBf16 ? 16 : 8;
     uint64_t desc[KS / KW];
     SQ_UNROLL
     for (int s = 0; s < KS / KW; ++s) {
@@ -180,12 +182,16 @@ __global__ void __launch_bounds__(kWgThreads, WgShape<kBf16, TM>::kBlocksPerSm) 
   }
   cp_async_wait<0>();  // (the last steps' empty groups)
 
+  // Row m = m0 + 8i + 2t + p of D holds the thread's pixels px and px + 8: d[4i + p], d[4i + 2 + p].
+  // store_row (igemm_kernel.cuh) reads the row's bias, or its x and old dx, before its stores.
+  const int n[2] = {n0 + px, n0 + px + 8};
   SQ_UNROLL
   for (int i = 0; i < TM / 8; ++i)
     SQ_UNROLL
-    for (int e = 0; e < 4; ++e) {
-      const int m = m0 + 8 * i + 2 * t + e % 2, n = n0 + px + 8 * (e / 2);
-      if (m < op.M && n < op.N) op.store(m, n, d[4 * i + e], z);
+    for (int p = 0; p < 2; ++p) {
+      const int m = m0 + 8 * i + 2 * t + p;
+      const float v[2] = {d[4 * i + p], d[4 * i + 2 + p]};
+      if (m < op.M) store_row(op, m, n, v, z);
     }
 }
 
