@@ -339,9 +339,10 @@ int main(int argc, char** argv) {
         for (const Variant& v : variants) {
           use(v);
           try {
-            const double fwd = time_ms(reps, [&] { cuda::fire_forward(f, x.get(), fp, s.get(), y.get(), nullptr); });
+            const double fwd =
+                time_ms(reps, [&] { cuda::fire_forward(f, x.get(), fp, s.get(), y.get(), nullptr, ws.get()); });
             const double both = time_ms(reps, [&] {
-              cuda::fire_forward(f, x.get(), fp, s.get(), y.get(), nullptr);
+              cuda::fire_forward(f, x.get(), fp, s.get(), y.get(), nullptr, ws.get());
               cuda::fire_backward(f, x.get(), fp, s.get(), y.get(), dy.get(), fg, dx.get(), false, ws.get(), nullptr);
             });
             std::printf(" %.3f / %.3f |", fwd, both);
@@ -409,14 +410,14 @@ int main(int argc, char** argv) {
           auto x = random_buffer(nx, 1.0f), y = random_buffer(ny), dz = random_buffer(ny, 1.0f),
                dx = random_buffer(nx), w = random_buffer(nw), b = random_buffer(g.K),
                dw = random_buffer(nw), db = random_buffer(g.K),
-               ws = random_buffer(cuda::conv_backward_workspace(g));
+               ws = random_buffer(std::max(cuda::conv_backward_workspace(g), cuda::conv_forward_workspace(g)));
           std::printf("| %s: %d→%d %dx%d/%d @ %dx%d |", name.c_str(), g.C, g.K, g.R, g.S, g.stride, g.H, g.W);
           nlohmann::json row = {{"conv", name}, {"gflop_fwd", 2.0 * ny * g.C * g.R * g.S / 1e9}};
           for (const Variant& v : variants) {
             use(v);
             try {
               const double fwd = time_ms(reps, [&] {
-                cuda::conv_forward(g, x.get(), w.get(), b.get(), y.get(), true, nullptr);
+                cuda::conv_forward(g, x.get(), w.get(), b.get(), y.get(), true, nullptr, ws.get());
               });
               const double bwd = time_ms(reps, [&] {
                 cuda::conv_backward(g, x.get(), w.get(), dz.get(), dw.get(), db.get(), dx.get(), false,

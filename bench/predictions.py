@@ -38,6 +38,7 @@ FIRES_BWD = ["%s bwd" % f for f in FIRES]
 POOLS_FWD = ["pool1 fwd", "pool2 fwd", "pool3 fwd"]
 POOLS_BWD = ["pool1 bwd", "pool2 bwd", "pool3 bwd"]
 ONE_BY_ONE = ["%s %s" % (f, c) for f in FIRES for c in ("squeeze", "expand1x1")]
+EXPAND3 = ["%s expand3x3" % f for f in FIRES]
 
 
 def load(path):
@@ -250,15 +251,16 @@ def predictions():
               ("dropout forward ms, a warp a plane", "dropout fwd", 0.035, 0.055, 0.062,
                "the divisions were not the forward's cost: the hash alone is")]],
         # The window kernels' copies without divisions (docs/KERNELS.md, the section of that
-        # name), with the TF32 operands truncated: the expand 3x3 products.
+        # name), with the TF32 operands truncated: the expand 3x3 products. Their forward and input
+        # gradient go to wgmma since (below): these rows read the SQUEEZE_IGEMM_WGMMA=0 run.
         P("the eight expand 3x3 forwards, TF32 ms, copies without divisions", "the window kernels' copies without divisions",
-          lambda r: total(r["main"], "conv", ["%s expand3x3" % f for f in FIRES], "own tf32 fwd ms"), 0.95, 1.25,
+          lambda r: total(r["nowgmma"], "conv", EXPAND3, "own tf32 fwd ms"), 0.95, 1.25,
           since="d", falsified=lambda v: v > 1.40, then="the copies were not on the issue path"),
         P("the eight expand 3x3 backwards, TF32 ms, copies without divisions", "the window kernels' copies without divisions",
-          lambda r: total(r["main"], "conv", ["%s expand3x3" % f for f in FIRES], "own tf32 bwd ms"), 2.9, 3.6,
+          lambda r: total(r["nowgmma"], "conv", EXPAND3, "own tf32 bwd ms"), 2.9, 3.6,
           since="d", falsified=lambda v: v > 3.9, then="the copies were not on the issue path"),
         P("the eight expand 3x3 forwards, BF16 ms, copies without divisions", "the window kernels' copies without divisions",
-          lambda r: total(r["main"], "conv", ["%s expand3x3" % f for f in FIRES], "own bf16 fwd ms"), 0.95, 1.2,
+          lambda r: total(r["nowgmma"], "conv", EXPAND3, "own bf16 fwd ms"), 0.95, 1.2,
           since="d"),
         # v8 (opt-in): the fp32 8x8-share tiles on cp.async stages (docs/KERNELS.md, "v8"), in the
         # same lease as v4's tiles and cuDNN fp32 (bench_gpu.json).
@@ -329,6 +331,24 @@ def predictions():
           (total(r["main"], "conv", ONE_BY_ONE, "own tf32 fwd ms") + total(r["main"], "conv", ONE_BY_ONE, "own tf32 bwd ms")),
           1.05, 1.3, higher=True, since="d", falsified=lambda v: v < 1.0,
           then="wgmma's tiles are slower than the mma kernel's on the memory-bound 1x1 products: route them back"),
+        # The 3x3 window products' forward and input gradient on wgmma (docs/KERNELS.md, "wgmma
+        # window"): 114.5 GFLOP of forwards at batch 128, 0.23 ms at the TF32 tensor peak; run d's
+        # window kernel ran them at 75 TFLOP/s (1.53 ms). The backward keeps the weight gradient's
+        # window kernel (about half of run d's 4.13 ms).
+        P("the eight expand 3x3 forwards, TF32 ms, wgmma window", "wgmma window",
+          lambda r: total(r["main"], "conv", EXPAND3, "own tf32 fwd ms"), 0.45, 0.8, since="d",
+          falsified=lambda v: v > 0.95, then="the window on wgmma is no faster than on mma.sync: read limits' igemm_wgwin_kernel"),
+        P("the eight expand 3x3 forwards, BF16 ms, wgmma window", "wgmma window",
+          lambda r: total(r["main"], "conv", EXPAND3, "own bf16 fwd ms"), 0.35, 0.7, since="d",
+          falsified=lambda v: v > 0.95, then="the window on wgmma is no faster than on mma.sync in BF16"),
+        P("the eight expand 3x3 forwards, TF32, SQUEEZE_IGEMM_WGMMA=0 over the default (same lease)", "wgmma window",
+          lambda r: total(r["nowgmma"], "conv", EXPAND3, "own tf32 fwd ms") / total(r["main"], "conv", EXPAND3, "own tf32 fwd ms"),
+          1.4, 2.5, higher=True, since="d", falsified=lambda v: v < 1.15,
+          then="the mma.sync window kernel's instructions did not bound the forwards"),
+        P("the eight expand 3x3 backwards, TF32, SQUEEZE_IGEMM_WGMMA=0 over the default (same lease)", "wgmma window",
+          lambda r: total(r["nowgmma"], "conv", EXPAND3, "own tf32 bwd ms") / total(r["main"], "conv", EXPAND3, "own tf32 bwd ms"),
+          1.1, 1.4, higher=True, since="d", falsified=lambda v: v < 1.0,
+          then="the input gradient's 64-row wgmma tiles (M = 16 to 64) lose to the window kernel's narrow ones: route them back"),
         # Everything since run d together (docs/BENCHMARKS.md, "What is still owed"): the
         # truncated operands, the bias and the epilogue's loads, the band pools; and the graph,
         # default since session 21, for img/s. 1.5x run d's PyTorch eager is 9,570 img/s.
@@ -477,7 +497,9 @@ def self_test():
         "max-pools, band over gathering kernels (same lease)": "not measured",  # no such run in run d
         "squeezenet1.1 TF32 img/s, bytes over floats (same lease)": "not measured",  # no such run in run d
         "fire8 expand 3x3 forward, fp32 ms, v8": "not measured",  # no such run in run d
-        "the eight expand 3x3 forwards, TF32 ms, copies without divisions": "FALSIFIED",  # 1.53, before the change
+        "the eight expand 3x3 forwards, TF32 ms, copies without divisions": "not measured",  # the WGMMA=0 run's
+        "the eight expand 3x3 forwards, TF32 ms, wgmma window": "FALSIFIED",  # run d itself: 1.53, before the change
+        "the eight expand 3x3 forwards, TF32, SQUEEZE_IGEMM_WGMMA=0 over the default (same lease)": "not measured",
         "squeezenet1.0 fp32 img/s, v8 over v4 (same lease)": "not measured",
         "conv10 forward, TF32 ms, wgmma": "FALSIFIED",  # run d itself: 0.338, before the change
         "conv10 forward, TF32 ms, 128x128 through row pointers": "not measured",  # the WGMMA=0 run's

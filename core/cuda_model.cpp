@@ -32,7 +32,7 @@ CudaModel::CudaModel(const ModelConfig& cfg, int max_batch, cudaStream_t stream)
     if (l.kind == LayerKind::kConv) {
       ConvGeom g = l.conv;
       g.N = max_batch_;
-      ws = std::max(ws, cuda::conv_backward_workspace(g));
+      ws = std::max({ws, cuda::conv_backward_workspace(g), cuda::conv_forward_workspace(g)});
     } else if (l.kind == LayerKind::kFire) {
       FireGeom f = l.fire;
       f.N = max_batch_;
@@ -111,7 +111,7 @@ const float* CudaModel::forward(const float* params, const float* input, int N, 
       case LayerKind::kConv: {
         ConvGeom g = l.conv;
         g.N = N;
-        cuda::conv_forward(g, act(l.in), P + l.w, P + l.b, act(l.out), true, s);
+        cuda::conv_forward(g, act(l.in), P + l.w, P + l.b, act(l.out), true, s, ws_);
         break;
       }
       case LayerKind::kMaxPool: {
@@ -125,7 +125,7 @@ const float* CudaModel::forward(const float* params, const float* input, int N, 
         f.N = N;
         FireParams<const float> fp{P + l.ws, P + l.bs, P + l.w1, P + l.b1, P + l.w3, P + l.b3};
         float* y = l.bypass == Bypass::kNone ? act(l.out) : act(l.fire_act);
-        cuda::fire_forward(f, act(l.in), fp, act(l.squeeze_act), y, s);
+        cuda::fire_forward(f, act(l.in), fp, act(l.squeeze_act), y, s, ws_);
         if (l.bypass == Bypass::kSimple) {
           SQ_CUDA(cudaMemcpyAsync(act(l.out), act(l.in), sizeof(float) * n_in,
                                   cudaMemcpyDeviceToDevice, s));
@@ -133,7 +133,7 @@ const float* CudaModel::forward(const float* params, const float* input, int N, 
         } else if (l.bypass == Bypass::kComplex) {
           ConvGeom g = l.bypass_conv;
           g.N = N;
-          cuda::conv_forward(g, act(l.in), P + l.bw, P + l.bb, act(l.out), false, s);
+          cuda::conv_forward(g, act(l.in), P + l.bw, P + l.bb, act(l.out), false, s, ws_);
           cuda::add_inplace(act(l.out), y, size_t(acts[size_t(l.out)].per_sample()) * N, s);
         }
         break;

@@ -166,10 +166,10 @@ struct MmaOperands {
 };
 
 // One wgmma.mma_async of a warpgroup: where each of its 128 threads keeps A's registers and its
-// accumulators (both read when the op is performed, at the thread's wait), and the operation,
-// which must be the same in every thread.
+// accumulators (both read when a warp's part of the op is performed, at the warp's wait), the
+// operation, which must be the same in every thread, and which warps' parts are done.
 struct WgmmaOp {
-  bool bf16 = false;
+  bool bf16 = false, done[4] = {};
   int n = 0, scale_d = 0, arrived = 0;
   uint64_t desc = 0;
   const uint32_t* a[128] = {};
@@ -559,11 +559,15 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const float* row) {
 
 // wgmma (sm_90a), written from the PTX ISA ("Asynchronous Warpgroup Level Matrix Instructions")
 // independently of the kernels. Every thread of the warpgroup deposits where its A registers and
-// its accumulators live, a warpgroup barrier, then the op stands issued; each thread computes its
-// own accumulators when it waits for the op's group, the latest the device may read the operands,
-// in both orders of a run. So A's registers or a B stage written after the issue and before the
-// wait, or accumulators read before it, give a wrong result (and in reverse runs, where copies land
-// at issue, a copy into a stage that an op in flight still reads). Each thread's outputs:
+// its accumulators live, a warpgroup barrier, then the op stands issued. A warp's part of the op
+// (its 16 rows of D, from its 16 rows of A and all of B) is performed when the warp waits for the
+// op's group (wgmma.wait_group is .sync.aligned: the warp's lanes wait together, a warp barrier
+// here, after which the part is complete), the latest the device may read the operands, in both
+// orders of a run. So A's registers or a B stage written after the issue and before the warp's
+// wait, or accumulators read before it, give a wrong result (and in reverse runs, where copies
+// land at issue, a copy into a stage that an op in flight still reads); a lane may rewrite its A
+// registers once its own wait returns, as another warp's part may still be in flight. Each
+// thread's outputs:
 // D(16w + g + 8 (e / 2), 8i + 2t + e % 2) in d[4i + e], summing k in order in float.
 //   A, TF32 m64nNk8: A(m, k) in the thread of warp m / 16, lane 4 (m % 8) + k % 4, register
 //     (m % 16 >= 8) + 2 (k >= 4) (CUTLASS's ALayout_64x8; mma.m16n8k8's A per warp).
@@ -657,11 +661,18 @@ inline void wgmma_commit() {
 }
 template <int N>
 void wgmma_wait() {
-  const int me = simt::sched().cur;
+  const int me = simt::sched().cur, warp = me / 32;
   simt::ThreadWgmma& w = simt::sched().wgmma[size_t(me)];
-  while (w.committed.size() > size_t(N)) {
-    for (const simt::WgmmaOp* op : w.committed.front()) simt::wgmma_compute(*op, me);
-    w.committed.erase(w.committed.begin());
+  if (w.committed.size() > size_t(N)) {
+    simt::warp_barrier();  // (every lane commits the same groups: all of the warp's lanes wait here)
+    while (w.committed.size() > size_t(N)) {
+      for (simt::WgmmaOp* op : w.committed.front()) {
+        if (op->done[warp % 4]) continue;  // (a lane before this one performed the warp's part)
+        for (int lane = 0; lane < 32; ++lane) simt::wgmma_compute(*op, 32 * warp + lane);
+        op->done[warp % 4] = true;
+      }
+      w.committed.erase(w.committed.begin());
+    }
   }
   w.fenced = false;  // the registers are the thread's again: the next wgmma wants a fence
 }

@@ -395,8 +395,8 @@ void expect_tensor_core_conv_close(const std::vector<std::pair<std::string, Conv
       conv_backward<double>(g, to_double(x).data(), to_double(w).data(), to_double(dz).data(),
                             dwd.data(), dbd.data(), dxd.data(), false, ws.data());
       Dev<float> X(x), Wt(w), Y(ny), DZ(dz), DW(std::vector<float>(nw, 0.0f)), DB(db0), DX(nx);
-      Dev<float> WS(cuda::conv_backward_workspace(g));
-      cuda::conv_forward(g, X.get(), Wt.get(), nullptr, Y.get(), false, nullptr);
+      Dev<float> WS(std::max(cuda::conv_backward_workspace(g), cuda::conv_forward_workspace(g)));
+      cuda::conv_forward(g, X.get(), Wt.get(), nullptr, Y.get(), false, nullptr, WS.get());
       cuda::conv_backward(g, X.get(), Wt.get(), DZ.get(), DW.get(), DB.get(), DX.get(), false, WS.get(), nullptr);
       expect_close(Y.download(), yd, tol, "forward");
       expect_close(DW.download(), dwd, tol, "weight gradient");
@@ -438,7 +438,7 @@ TEST(CudaOps, TensorCoreConvolutionEveryTileSmall) {
 
 // The products of the small convolutions above take the kernels and tiles their comment names:
 // conv.cu's route and tile rules, read back from its route log (log_conv_routes) after one TF32
-// forward and backward each.
+// forward (with scratch, and again without) and backward each.
 TEST(CudaOps, TensorCoreProductsTakeTheirKernels) {
   REQUIRE_GPU();
   FILE* f = std::tmpfile();
@@ -446,13 +446,14 @@ TEST(CudaOps, TensorCoreProductsTakeTheirKernels) {
   cuda::log_conv_routes(f);
   cuda::set_conv_math(cuda::ConvMath::kTf32);
   for (const ConvGeom& g : {ConvGeom{2, 16, 9, 9, 128, 3, 3, 1, 1}, ConvGeom{4, 16, 9, 9, 64, 3, 3, 1, 1},
-                            ConvGeom{4, 32, 9, 9, 32, 3, 3, 1, 1}, ConvGeom{2, 3, 23, 23, 96, 7, 7, 2, 0},
-                            ConvGeom{2, 384, 16, 16, 512, 1, 1, 1, 0}}) {
+                            ConvGeom{4, 32, 9, 9, 32, 3, 3, 1, 1}, ConvGeom{4, 16, 9, 9, 128, 3, 3, 1, 1},
+                            ConvGeom{2, 3, 23, 23, 96, 7, 7, 2, 0}, ConvGeom{2, 384, 16, 16, 512, 1, 1, 1, 0}}) {
     const size_t nx = size_t(g.C) * g.N * g.H * g.W, nw = size_t(g.K) * g.C * g.R * g.S;
     const size_t ny = size_t(g.K) * g.N * g.P() * g.Q();
     Dev<float> X(randn(nx)), Wt(randn(nw, 0.1f)), Y(ny), DZ(randn(ny)), DW(nw), DB(size_t(g.K)), DX(nx);
-    Dev<float> WS(cuda::conv_backward_workspace(g));
-    cuda::conv_forward(g, X.get(), Wt.get(), nullptr, Y.get(), false, nullptr);
+    Dev<float> WS(std::max(cuda::conv_backward_workspace(g), cuda::conv_forward_workspace(g)));
+    cuda::conv_forward(g, X.get(), Wt.get(), nullptr, Y.get(), false, nullptr, WS.get());
+    cuda::conv_forward(g, X.get(), Wt.get(), nullptr, Y.get(), false, nullptr);  // (no scratch)
     cuda::conv_backward(g, X.get(), Wt.get(), DZ.get(), DW.get(), DB.get(), DX.get(), false, WS.get(), nullptr);
   }
   cuda::log_conv_routes(nullptr);  // (the lines are written as the launches are made)
@@ -466,9 +467,13 @@ TEST(CudaOps, TensorCoreProductsTakeTheirKernels) {
   const std::string wide = optin >= 160 * 1024 ? "tile 128x128," : "tile 128x64,";
   const std::string conv1 = optin > 99 * 1024 ? "row kernel, tile 96x224," : "mma kernel, tile 128x64,";
   // The plain 1x1's forward and input gradient on wgmma where the GPU's code has it (sm_90a).
-  const std::string plain = cuda::wgmma_available() && !cuda::env_is("SQUEEZE_IGEMM_WGMMA", "0")
-                                ? "wgmma kernel, tile 128x128,"
-                                : "mma kernel, " + wide;
+  const bool wg = cuda::wgmma_available() && !cuda::env_is("SQUEEZE_IGEMM_WGMMA", "0");
+  const std::string plain = wg ? "wgmma kernel, tile 128x128," : "mma kernel, " + wide;
+  // The 3x3 window products' forward (given scratch) and input gradient on wgmma there too: 128
+  // rows where M passes 64, else 64.
+  auto wgwin = [&](const std::string& win, int tm) {
+    return wg ? "wgmma window kernel, tile " + std::to_string(tm) + "x128," : "window kernel, tile " + win + ",";
+  };
   std::string log;
   std::rewind(f);
   for (int c; (c = std::fgetc(f)) != EOF;) log += char(c);
@@ -478,11 +483,14 @@ TEST(CudaOps, TensorCoreProductsTakeTheirKernels) {
       "forward of 16->128 3x3 stride 1 pad 1 at 9x9, batch 2, TF32: mma kernel, tile 128x64,",
       "input gradient of 16->128 3x3 stride 1 pad 1 at 9x9, batch 2, TF32: mma kernel, tile 16x128,",
       "weight gradient of 16->128 3x3 stride 1 pad 1 at 9x9, batch 2, TF32: mma kernel, tile 128x64,",
-      "forward of 16->64 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: window kernel, tile 64x128,",
-      "input gradient of 16->64 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: window kernel, tile 16x256,",
+      "forward of 16->64 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: " + wgwin("64x128", 64),
+      "forward of 16->64 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: window kernel, tile 64x128,",  // (no scratch)
+      "input gradient of 16->64 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: " + wgwin("16x256", 64),
       "weight gradient of 16->64 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: window kernel, tile 64x144,",
+      "forward of 32->32 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: " + wgwin("32x256", 64),
       "forward of 32->32 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: window kernel, tile 32x256,",
-      "input gradient of 32->32 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: window kernel, tile 32x256,",
+      "input gradient of 32->32 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: " + wgwin("32x256", 64),
+      "forward of 16->128 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: " + wgwin("64x128", 128),
       "forward of 3->96 7x7 stride 2 pad 0 at 23x23, batch 2, TF32: " + conv1,
       "weight gradient of 3->96 7x7 stride 2 pad 0 at 23x23, batch 2, TF32: row kernel,",
       // Dense and large in all three dimensions: the one-block tile (sm_80, sm_90), or wgmma.
@@ -527,7 +535,7 @@ TEST(CudaOps, FireModule) {
     FireParams<const float> dP{dp[0]->get(), dp[1]->get(), dp[2]->get(), dp[3]->get(), dp[4]->get(), dp[5]->get()};
     FireParams<float> dG{dg[0]->get(), dg[1]->get(), dg[2]->get(), dg[3]->get(), dg[4]->get(), dg[5]->get()};
     Dev<float> X(x), S(ns), Y(ny), DY(dy), DX(dx0), WS(cuda::fire_workspace(f));
-    cuda::fire_forward(f, X.get(), dP, S.get(), Y.get(), nullptr);
+    cuda::fire_forward(f, X.get(), dP, S.get(), Y.get(), nullptr, WS.get());
     const std::vector<float> s_gpu = S.download(), y_gpu = Y.download();
     expect_close(s_gpu, sd, kTol, "squeeze output");
     expect_close(y_gpu, yd, kTol, "expand output (both slices)");

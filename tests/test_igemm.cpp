@@ -25,6 +25,7 @@
 #include "kernels/cuda/igemm_win.cuh"
 #include "kernels/cuda/igemm_rows.cuh"
 #include "kernels/cuda/igemm_wg.cuh"
+#include "kernels/cuda/igemm_wgwin.cuh"
 #include "kernels/cuda/pool_index.h"
 #include "kernels/ops.h"
 #include "core/model.h"
@@ -785,28 +786,25 @@ void run_win(const Op& op, bool reverse, int resident, int splits = 1) {
       << "threads disagree on barriers";
 }
 
-// One tile and precision: the forward and the input gradient against the double reference of the
-// same convolution on operands rounded as the kernel rounds them (r), to fp32's accumulation error;
-// the input gradient again onto an earlier dx under the ReLU of x (the Fire's ds epilogue).
-template <class Prec, int TM, int TN, int WM>
-void check_win(const Case& c, const Case& r, bool reverse, int resident, double tol = 1e-5) {
+// A window product's forward and input gradient through run(op, splits) (a FwdOp or a DataOp;
+// splits > 1 for the input gradient's split-K slices) against the double reference of the same
+// convolution on operands rounded as the kernel rounds them (r), to fp32's accumulation error: the
+// input gradient whole, in 3 split-K slices of whole chunks summed (and the epilogue applied) by
+// data_splitk_reduce_kernel (3 slices of 1, 2 or 5 chunks leave some empty (zeros) and give others
+// 2), and onto an earlier dx under the ReLU of x (the Fire's ds epilogue).
+template <class Run>
+void check_window_products(const Case& c, const Case& r, bool reverse, bool rounds, double tol, Run run) {
   const simt::Readable readable(c.readable());
-  SCOPED_TRACE("window tile " + std::to_string(TM) + "x" + std::to_string(TN) + (reverse ? ", reverse" : "") +
-               (resident ? ", " + std::to_string(resident) + " resident block(s)" : ""));
   std::vector<float> y(c.y_ref.size(), NAN), dx(c.dx_ref.size(), NAN);
-  run_win<Prec, TM, TN, WM>(c.fwd(y.data()), reverse, resident);
+  run(c.fwd(y.data()), 1);
   EXPECT_LT(rel(y, r.y_ref), tol) << "forward";
-  if constexpr (!Prec::kSplit) {  // (MmaTf32x3 does not round: r is c)
+  if (rounds) {
     EXPECT_GT(rel(y, c.y_ref), 1e-7) << "the operands were not rounded";
   }
-  run_win<Prec, TM, TN, WM>(c.data(dx.data()), reverse, resident);
+  run(c.data(dx.data()), 1);
   EXPECT_LT(rel(dx, r.dx_ref), tol) << "input gradient";
-  // In split-K slices of whole chunks, summed (and the epilogue applied) by data_splitk_reduce_kernel;
-  // 3 slices of 1, 2 or 5 chunks leave some slices empty (zeros) and give others 2.
   std::fill(dx.begin(), dx.end(), NAN);
-  data_in_slices(c.data(dx.data()), 3, [&](const cuda::DataOp& op, int splits) {
-    run_win<Prec, TM, TN, WM>(op, reverse, resident, splits);
-  }, reverse);
+  data_in_slices(c.data(dx.data()), 3, [&](const cuda::DataOp& op, int splits) { run(op, splits); }, reverse);
   EXPECT_LT(rel(dx, r.dx_ref), tol) << "input gradient, 3 slices";
   std::vector<float> d0(dx.size()), dx2(dx.size());
   std::vector<double> want(dx.size());
@@ -817,8 +815,19 @@ void check_win(const Case& c, const Case& r, bool reverse, int resident, double 
   dx2 = d0;
   cuda::DataOp onto = c.data(dx2.data());
   onto.accumulate = true, onto.relu_x = c.x.data();
-  run_win<Prec, TM, TN, WM>(onto, reverse, resident);
+  run(onto, 1);
   EXPECT_LT(rel(dx2, want), tol) << "input gradient added onto dx under the ReLU of x";
+}
+
+// One tile and precision of the window kernel (resident > 0: persistent blocks).
+template <class Prec, int TM, int TN, int WM>
+void check_win(const Case& c, const Case& r, bool reverse, int resident, double tol = 1e-5) {
+  SCOPED_TRACE("window tile " + std::to_string(TM) + "x" + std::to_string(TN) + (reverse ? ", reverse" : "") +
+               (resident ? ", " + std::to_string(resident) + " resident block(s)" : ""));
+  // (MmaTf32x3 does not round: r is c)
+  check_window_products(c, r, reverse, !Prec::kSplit, tol, [&](const auto& op, int splits) {
+    run_win<Prec, TM, TN, WM>(op, reverse, resident, splits);
+  });
 }
 
 // The window kernels' geometries (N, C, H, W, K): pixel runs of 4k floats, channels in chunks of
@@ -881,6 +890,62 @@ TEST(ImplicitGemm, WgmmaKernelReproducesThePlain1x1Products) {
     check_wg<false, 64>(c, r, true);
     check_wg<true, 128>(c, rb, true);
     check_wg<true, 64>(c, rb, false);
+  }
+}
+
+namespace {
+
+// The wgmma window kernel (kernels/cuda/igemm_wgwin.cuh) on one op: A rewritten with its taps
+// outermost by reorder_taps_kernel, then the kernel on conv.cu's grid (splits > 1: slices of whole
+// 16-channel chunks), threads resumed in the given order. The rewritten A joins the memory the
+// copies may read.
+template <bool kBf16, int TM, class Op>
+void run_wgwin(const Op& op, int splits, bool reverse) {
+  ASSERT_TRUE(cuda::win_fits(op) && cuda::wgwin_fits(op.g));
+  const int channels = cuda::Win<Op>::channels(op);
+  std::vector<uint32_t> ar(size_t(op.M) * 9 * size_t(channels / (kBf16 ? 2 : 1)), 0x7FC00000u);
+  const cuda::TapsOp top{cuda::Win<Op>::a(op), op.M, channels, kBf16, ar.data()};
+  ASSERT_EQ(size_t(top.words()), ar.size());
+  ASSERT_TRUE(simt::run({unsigned((top.words() + 255) / 256), 1, 1}, 256, [&] { cuda::reorder_taps_kernel(top); },
+                        reverse));
+  std::vector<simt::ReadableRun>& runs = simt::readable_runs();
+  const size_t declared = runs.size();
+  if (declared) runs.push_back({reinterpret_cast<const float*>(ar.data()), ar.size()});
+  const SimtDim3 grid{unsigned((op.N + 127) / 128), unsigned((op.M + TM - 1) / TM), unsigned(splits)};
+  const int ldw = cuda::wgwin_ld(op.g.W, kBf16), slice_chunks = cuda::win_slice_chunks(channels, splits);
+  const bool ok = simt::run(
+      grid, cuda::kWgThreads, [&] { cuda::igemm_wgwin_kernel<Op, kBf16, TM>(op, ar.data(), ldw, slice_chunks); },
+      reverse, cuda::wgwin_smem_bytes<kBf16, TM>(op.g.W));
+  runs.resize(declared);
+  ASSERT_TRUE(ok) << "threads disagree on barriers";
+}
+
+template <bool kBf16, int TM>
+void check_wgwin(const Case& c, const Case& r, bool reverse) {
+  SCOPED_TRACE(std::string("wgmma window tile ") + (kBf16 ? "BF16 " : "TF32 ") + std::to_string(TM) + "x128" +
+               (reverse ? ", reverse" : ""));
+  check_window_products(c, r, reverse, true, 1e-5,
+                        [&](const auto& op, int splits) { run_wgwin<kBf16, TM>(op, splits, reverse); });
+}
+
+}  // namespace
+
+// The expand 3x3's forward and input gradient on wgmma (igemm_wgwin.cuh): both tiles and both
+// precisions, threads in both orders, on the window kernel's geometries and 32 -> 144 over 2 x 8 x
+// 8 (one whole 128-pixel tile; M 144: two row tiles of 128, the second partial, three of 64; the
+// input gradient 9 chunks deep, 3 slices of 3).
+TEST(ImplicitGemm, WgmmaWindowKernelReproducesTheExpand3x3Products) {
+  std::mt19937 rng(31);
+  std::vector<ConvGeom> cases(std::begin(kWinCases), std::end(kWinCases));
+  cases.push_back({2, 32, 8, 8, 144, 3, 3, 1, 1});
+  for (const ConvGeom& cg : cases) {
+    const Case c(cg, rng);
+    const Case r = rounded_case<cuda::MmaTf32>(c), rb = rounded_case<cuda::MmaBf16>(c);
+    SCOPED_TRACE(c.name());
+    check_wgwin<false, 128>(c, r, false);
+    check_wgwin<false, 64>(c, r, true);
+    check_wgwin<true, 128>(c, rb, true);
+    check_wgwin<true, 64>(c, rb, false);
   }
 }
 

@@ -23,6 +23,7 @@
 #include "kernels/cuda/igemm_rows.cuh"
 #include "kernels/cuda/igemm_win.cuh"
 #include "kernels/cuda/igemm_wg.cuh"
+#include "kernels/cuda/igemm_wgwin.cuh"
 
 namespace sq {
 namespace cuda {
@@ -302,6 +303,40 @@ void launch_wg(const Op& op, int splits, cudaStream_t s) {
     launch(std::integral_constant<int, 64>{});
 }
 
+// The 3x3 window products' forward and input gradient in TF32 and BF16 through wgmma
+// (igemm_wgwin.cuh), on the same switch and condition as the 1x1 products', where the caller gave
+// scratch for A's rewritten taps (conv_forward's ws; conv_backward's plan) and the stages fit.
+template <class Op, bool kBf16, int TM>
+auto wgwin_kernel() {
+  return smem_limited<igemm_wgwin_kernel<Op, kBf16, TM>, kWgWinSmem>();
+}
+template <class Op>
+bool wgwin_takes(const Op& op, const float* taps) {
+  return taps && g_wgmma && wgwin_fits(op.g, std::min(kWgWinSmem, smem_optin())) && wgmma_available();
+}
+// A rewritten into taps (reorder_taps_kernel), then the kernel: 128-pixel by 128-row tiles (64
+// where M is at most 64), a block a tile and split-K slice of whole 16-channel chunks.
+template <bool kBf16, class Op>
+void launch_wgwin(const Op& op, int splits, float* taps, cudaStream_t s) {
+  const int channels = Win<Op>::channels(op);
+  uint32_t* ar = reinterpret_cast<uint32_t*>(taps);
+  const TapsOp top{Win<Op>::a(op), op.M, channels, kBf16, ar};
+  reorder_taps_kernel<<<blocks_for(size_t(top.words())), kThreads, 0, s>>>(top);
+  SQ_CUDA_LAUNCH("reorder_taps_kernel");
+  const int slice_chunks = win_slice_chunks(channels, splits), ldw = wgwin_ld(op.g.W, kBf16);
+  auto launch = [&](auto tm) {
+    constexpr int TM = decltype(tm)::value;
+    const size_t smem = wgwin_smem_bytes<kBf16, TM>(op.g.W);
+    const dim3 grid(unsigned((op.N + 127) / 128), unsigned((op.M + TM - 1) / TM), unsigned(splits));
+    report_route(op, kBf16 ? "BF16" : "TF32", "wgmma window", TM, 128, grid, smem);
+    wgwin_kernel<Op, kBf16, TM>()<<<grid, kWgThreads, smem, s>>>(op, ar, ldw, slice_chunks);
+  };
+  if (op.M > 64)
+    launch(std::integral_constant<int, 128>{});
+  else
+    launch(std::integral_constant<int, 64>{});
+}
+
 // The window kernel of one tile (igemm_win.cuh's for_each_win_tile), its limit raised to kWinSmem.
 template <class Op, class Prec, int TM, int TN, int WM>
 auto win_kernel() {
@@ -427,8 +462,9 @@ Route route(const Op& op) {
   return win_fits(op, std::min(kWinSmem, smem_optin())) ? Route::kWin : Route::kMma;
 }
 
+// taps: null, or scratch for the wgmma window kernel's rewritten A (its M x 9 x channels words).
 template <class Prec, class Op>
-void launch_mma(const Op& op, int splits, cudaStream_t s) {
+void launch_mma(const Op& op, int splits, cudaStream_t s, float* taps = nullptr) {
   const Route r = route(op);
   if constexpr (Prec::kRowKernels) {
     if (r == Route::kRows) {  // (never the input gradient)
@@ -437,10 +473,14 @@ void launch_mma(const Op& op, int splits, cudaStream_t s) {
     }
   }
   if (r == Route::kWin) {
-    if constexpr (Op::kBAlongK)
+    if constexpr (Op::kBAlongK) {
       return launch_winw<Prec>(op, splits, s);
-    else
+    } else {
+      if constexpr (std::is_same_v<Prec, MmaTf32> || std::is_same_v<Prec, MmaBf16>) {
+        if (wgwin_takes(op, taps)) return launch_wgwin<std::is_same_v<Prec, MmaBf16>>(op, splits, taps, s);
+      }
       return launch_win<Prec>(op, splits, s);
+    }
   }
   MmaVec vec = mma_vec(op);
   vec.dense = vec.dense && g_dense;
@@ -482,7 +522,7 @@ bool mma_path() {
 }
 
 template <class Op>
-void launch_igemm(const Op& op, int splits, cudaStream_t s, const char* what) {
+void launch_igemm(const Op& op, int splits, cudaStream_t s, const char* what, float* taps = nullptr) {
   if (op.M == 0 || op.N == 0) return;
   if (!fits_int32(op.g))
     fail(what, ": a tensor of 2^31 or more elements (batch ", op.g.N, "); use a smaller batch per GPU");
@@ -491,9 +531,9 @@ void launch_igemm(const Op& op, int splits, cudaStream_t s, const char* what) {
   const int chunk = (op.Kd + splits - 1) / splits;
   const bool mma = mma_path();
   if (mma && g_math == ConvMath::kTf32) {
-    launch_mma<MmaTf32>(op, splits, s);
+    launch_mma<MmaTf32>(op, splits, s, taps);
   } else if (mma && g_math == ConvMath::kBf16) {
-    launch_mma<MmaBf16>(op, splits, s);
+    launch_mma<MmaBf16>(op, splits, s, taps);
   } else if (mma) {
     launch_mma<MmaTf32x3>(op, splits, s);
   } else if (g_math == ConvMath::kTf32 || g_math == ConvMath::kBf16) {
@@ -573,6 +613,10 @@ void prepare_conv_kernels() {
     wg_kernel<DataOp, false, 64>(), wg_kernel<DataOp, false, 128>();
     wg_kernel<FwdOp, true, 64>(), wg_kernel<FwdOp, true, 128>();
     wg_kernel<DataOp, true, 64>(), wg_kernel<DataOp, true, 128>();
+    wgwin_kernel<FwdOp, false, 64>(), wgwin_kernel<FwdOp, false, 128>();
+    wgwin_kernel<DataOp, false, 64>(), wgwin_kernel<DataOp, false, 128>();
+    wgwin_kernel<FwdOp, true, 64>(), wgwin_kernel<FwdOp, true, 128>();
+    wgwin_kernel<DataOp, true, 64>(), wgwin_kernel<DataOp, true, 128>();
   }
   for_each_mma_tile([](auto tile) {
     using T = decltype(tile);
@@ -622,13 +666,22 @@ void prepare_conv_kernels() {
 }
 ConvMath conv_math() { return g_math; }
 
+// The 3x3 stride-1 products' scratch for A's rewritten taps (the wgmma window kernel): w's size.
+template <class G>
+bool window_geometry(const G& g) {
+  return g.R == 3 && g.S == 3 && g.stride == 1 && g.pad == 1;
+}
+size_t conv_forward_workspace(const ConvGeom& g) {
+  return window_geometry(g) ? size_t(g.K) * g.C * g.R * g.S : 0;
+}
+
 void conv_forward(const ConvGeom& cg, const float* x, const float* w, const float* b, float* y,
-                  bool relu, cudaStream_t s) {
+                  bool relu, cudaStream_t s, float* ws) {
   if (cg.N == 0) return;
   if (g_impl == ConvImpl::kCudnn) return cudnn_conv_forward(cg, x, w, b, y, relu, s);
   const Geo g = geo_of(cg);
   FwdOp op{g, x, w, b, y, relu, g.K, g.N * g.P * g.Q, g.C * g.R * g.S};
-  launch_igemm(op, 1, s, "conv_forward");
+  launch_igemm(op, 1, s, "conv_forward", window_geometry(cg) ? ws : nullptr);
 }
 
 // A convolution backward's split-K factors and scratch, sized for every precision:
@@ -639,10 +692,12 @@ void conv_forward(const ConvGeom& cg, const float* x, const float* w, const floa
 //     apart from them, and at a multiple of 4 floats (16 bytes: the mma kernel's copies of A).
 //   The weight gradient's slices: `splits`, or `win_splits` through the window kernel (TF32/BF16
 //   where win_fits), or up to 256 through the row kernel (rowsw_slices), the space for the larger.
+//   [taps, end), 3x3 stride-1 products only: wt rewritten for the wgmma window kernel
+//   (reorder_taps_kernel), read by the input gradient beside its slices.
 constexpr int kWinwFill = 512;  // the window kernel's weight-gradient blocks: two waves, two an SM
 struct BackwardPlan {
   int splits, win_splits, dsplits;
-  size_t wt, end;
+  size_t wt, taps, end;
 };
 BackwardPlan backward_plan(const Geo& g) {
   BackwardPlan b;
@@ -655,7 +710,8 @@ BackwardPlan backward_plan(const Geo& g) {
       size_t(most) * kcrs + size_t(g.K) * std::max(most, bias_chunks(g.K, (long long)g.N * g.P * g.Q));
   const size_t data = b.dsplits > 1 ? size_t(b.dsplits) * g.C * g.N * g.H * g.W : 0;
   b.wt = (std::max(weights, data) + 3) / 4 * 4;
-  b.end = b.wt + kcrs;
+  b.taps = b.wt + (kcrs + 3) / 4 * 4;
+  b.end = b.taps + (window_geometry(g) ? kcrs : 0);
   return b;
 }
 
@@ -707,7 +763,7 @@ void conv_backward(const ConvGeom& cg, const float* x, const float* w, const flo
     const int dsplits = plan.dsplits;
     DataOp dop{g, wt, dz, dx, accumulate, g.C, g.N * g.H * g.W, g.K * g.R * g.S, relu_x ? x : nullptr};
     if (dsplits > 1) dop.partial = ws;
-    launch_igemm(dop, dsplits, s, "conv_backward (data)");
+    launch_igemm(dop, dsplits, s, "conv_backward (data)", plan.end > plan.taps ? ws + plan.taps : nullptr);
     if (dsplits > 1) {
       data_splitk_reduce_kernel<<<blocks_for(size_t(dop.M) * dop.N), kThreads, 0, s>>>(dop, dsplits);
       SQ_CUDA_LAUNCH("conv_backward (data split-K sum)");

@@ -144,9 +144,12 @@ void cudnn_bf16_forward(const ConvGeom& g, const uint16_t* x, const uint16_t* w,
 void cudnn_bf16_backward(const ConvGeom& g, const uint16_t* x, const uint16_t* w, const uint16_t* dz,
                          uint16_t* dw, uint16_t* dx, bool accumulate, cudaStream_t s);
 
-// y = conv(x, w) + b (b may be null), then ReLU if relu. Shapes as kernels/ops.h.
+// y = conv(x, w) + b (b may be null), then ReLU if relu. Shapes as kernels/ops.h. ws: null, or
+// conv_forward_workspace(g) floats of scratch (the 3x3 products' weights rewritten for the wgmma
+// window kernel, which without it leaves those products to the mma.sync window kernel).
+size_t conv_forward_workspace(const ConvGeom& g);
 void conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b, float* y,
-                  bool relu, cudaStream_t s);
+                  bool relu, cudaStream_t s, float* ws = nullptr);
 // dw += ..., db += ... (may be null), dx = or += (accumulate) the input gradient (may be null).
 // relu_x: x is a ReLU's output, and dx also goes through that ReLU's backward (dx = x > 0 ? dx :
 // 0, after any accumulation), in the input gradient's epilogue (the own kernels) or a pass after
@@ -166,10 +169,10 @@ void conv_backward(const ConvGeom& g, const float* x, const float* w, const floa
 // As kernels/ops.h: squeeze 1x1 + ReLU into s, expand 1x1 and 3x3 + ReLU straight into their
 // channel slices of y. This first version composes the implicit-GEMM convolutions; the fused
 // kernels (squeeze tile kept on chip for both expands) replace it behind the same declarations.
-// ws: fire_workspace(g) floats.
+// ws: fire_workspace(g) floats (fire_forward: null, or as conv_forward's).
 size_t fire_workspace(const FireGeom& g);
 void fire_forward(const FireGeom& g, const float* x, FireParams<const float> p, float* s,
-                  float* y, cudaStream_t st);
+                  float* y, cudaStream_t st, float* ws = nullptr);
 // dy_relu_done: dy already went through the backward of the Fire's output ReLU (the layer after
 // it applied it), so it is the expands' output gradient as it is. relu_x: x is a ReLU's output and
 // dx also goes through that ReLU's backward (as conv_backward's), after any accumulation.

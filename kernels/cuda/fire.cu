@@ -18,14 +18,15 @@ size_t fire_workspace(const FireGeom& g) {
   size_t conv = conv_backward_workspace(g.squeeze());
   if (g.E1 > 0) conv = std::max(conv, conv_backward_workspace(g.expand1()));
   if (g.E3 > 0) conv = std::max(conv, conv_backward_workspace(g.expand3()));
-  return size_t(g.E1 + g.E3 + g.S) * nhw(g) + conv;
+  const size_t fwd = g.E3 > 0 ? conv_forward_workspace(g.expand3()) : 0;
+  return std::max(size_t(g.E1 + g.E3 + g.S) * nhw(g) + conv, fwd);
 }
 
 void fire_forward(const FireGeom& g, const float* x, FireParams<const float> p, float* s,
-                  float* y, cudaStream_t st) {
+                  float* y, cudaStream_t st, float* ws) {
   conv_forward(g.squeeze(), x, p.ws, p.bs, s, true, st);
   if (g.E1 > 0) conv_forward(g.expand1(), s, p.w1, p.b1, y, true, st);
-  if (g.E3 > 0) conv_forward(g.expand3(), s, p.w3, p.b3, y + size_t(g.E1) * nhw(g), true, st);
+  if (g.E3 > 0) conv_forward(g.expand3(), s, p.w3, p.b3, y + size_t(g.E1) * nhw(g), true, st, ws);
 }
 
 void fire_backward(const FireGeom& g, const float* x, FireParams<const float> p, const float* s,

@@ -65,6 +65,23 @@ struct WgShape {
   static constexpr uint32_t kLbo = 128, kSbo = KS / kT * 128;
 };
 
+// The epilogue of a 128-pixel x TM tile of D^T: row m = m0 + 8i + 2t + p of D holds the thread's
+// pixels n and n + 8 (n = its first pixel: 64 its warpgroup, 16 its warp in the warpgroup, g) in
+// d[4i + p], d[4i + 2 + p]. store_row (igemm_kernel.cuh) reads the row's bias, or its x and old dx,
+// before its stores; split-K slice z's raw sums go to op.partial.
+template <int TM, class Op>
+__device__ void wg_store(const Op& op, const float (&d)[TM / 2], int m0, int n, int t, int z) {
+  const int ns[2] = {n, n + 8};
+  SQ_UNROLL
+  for (int i = 0; i < TM / 8; ++i)
+    SQ_UNROLL
+    for (int p = 0; p < 2; ++p) {
+      const int m = m0 + 8 * i + 2 * t + p;
+      const float v[2] = {d[4 * i + p], d[4 * i + 2 + p]};
+      if (m < op.M) store_row(op, m, ns, v, z);
+    }
+}
+
 template <class Op, bool kBf16, int TM>
 __global__ void __launch_bounds__(kWgThreads, WgShape<kBf16, TM>::kBlocksPerSm) igemm_wg_kernel(Op op, int chunk) {
   using Sh = WgShape<kBf16, TM>;
@@ -182,17 +199,7 @@ __global__ void __launch_bounds__(kWgThreads, WgShape<kBf16, TM>::kBlocksPerSm) 
   }
   cp_async_wait<0>();  // (the last steps' empty groups)
 
-  // Row m = m0 + 8i + 2t + p of D holds the thread's pixels px and px + 8: d[4i + p], d[4i + 2 + p].
-  // store_row (igemm_kernel.cuh) reads the row's bias, or its x and old dx, before its stores.
-  const int n[2] = {n0 + px, n0 + px + 8};
-  SQ_UNROLL
-  for (int i = 0; i < TM / 8; ++i)
-    SQ_UNROLL
-    for (int p = 0; p < 2; ++p) {
-      const int m = m0 + 8 * i + 2 * t + p;
-      const float v[2] = {d[4 * i + p], d[4 * i + 2 + p]};
-      if (m < op.M) store_row(op, m, n, v, z);
-    }
+  wg_store<TM>(op, d, m0, n0 + px, t, z);
 }
 
 }  // namespace

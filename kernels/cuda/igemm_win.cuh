@@ -162,17 +162,19 @@ bool win_fits(const Op& op, size_t limit = kWinSmem) {
 // The chunks of a split-K slice (the input gradient's, DataOp::partial; conv.cu's data_splits).
 inline int win_slice_chunks(int channels, int splits) { return (channels / kWinC + splits - 1) / splits; }
 
-// The windows of a chunk's kWinC channels: channel c0 + cc's pieces [a0, a0 + 4 npieces) of its
-// run of n floats (from src) into row cc of Ws (ldw floats apart), 16 bytes a copy, zero-filled
-// outside the run (a piece lies wholly inside or outside it: n and a0 are multiples of 4). Warp w
-// takes channels w, w + 8, its lanes along the pieces: no division, one pointer a channel (the
-// block's pieces by a flat index took a division by npieces and a 64-bit product a copy).
+// The windows of kChannels channels (a chunk's kWinC; 8 for the wgmma window kernel's TF32 stages):
+// channel c0 + cc's pieces [a0, a0 + 4 npieces) of its run of n floats (from src) into row cc of
+// Ws (ldw floats apart), 16 bytes a copy, zero-filled outside the run (a piece lies wholly inside
+// or outside it: n and a0 are multiples of 4). The block's 8 warps: warp w takes channels w,
+// w + 8, its lanes along the pieces: no division, one pointer a channel (the block's pieces by a
+// flat index took a division by npieces and a 64-bit product a copy).
+template <int kChannels = kWinC>
 __device__ inline void copy_windows(float* Ws, int ldw, const float* src, int c0, int n, int a0, int npieces, int warp,
                                     int lane) {
-  static_assert(kWinC % (kGemmThreads / 32) == 0, "whole channels a warp");
+  static_assert(kChannels % 8 == 0, "whole channels a warp, 8 warps");
   SQ_UNROLL
-  for (int q = 0; q < kWinC / (kGemmThreads / 32); ++q) {
-    const int cc = warp + q * (kGemmThreads / 32);
+  for (int q = 0; q < kChannels / 8; ++q) {
+    const int cc = warp + q * 8;
     const float* run = src + size_t(c0 + cc) * n;
     float* row = Ws + cc * ldw;
     for (int i = lane; i < npieces; i += 32) {
