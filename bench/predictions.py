@@ -345,10 +345,27 @@ def predictions():
           lambda r: total(r["nowgmma"], "conv", EXPAND3, "own tf32 fwd ms") / total(r["main"], "conv", EXPAND3, "own tf32 fwd ms"),
           1.4, 2.5, higher=True, since="d", falsified=lambda v: v < 1.15,
           then="the mma.sync window kernel's instructions did not bound the forwards"),
-        P("the eight expand 3x3 backwards, TF32, SQUEEZE_IGEMM_WGMMA=0 over the default (same lease)", "wgmma window",
+        # ... and their weight gradients (docs/KERNELS.md, "the wgmma window weight gradient"):
+        # run d's window kernel 2.50 ms TF32, 1.89 BF16 (the "bwd weights" column: the slices'
+        # sum included).
+        P("the eight expand 3x3 weight gradients, TF32 ms, wgmma window", "wgmma window weight gradient",
+          lambda r: total(r["main"], "conv", EXPAND3, "own tf32 bwd weights ms"), 1.0, 1.7, since="d",
+          falsified=lambda v: v > 2.2, then="the window's copies or the barrier a step bound it: read limits' igemm_wgwinw_kernel"),
+        P("the eight expand 3x3 weight gradients, BF16 ms, wgmma window", "wgmma window weight gradient",
+          lambda r: total(r["main"], "conv", EXPAND3, "own bf16 bwd weights ms"), 0.8, 1.4, since="d",
+          falsified=lambda v: v > 1.7, then="the window's copies or the barrier a step bound it in BF16"),
+        P("the eight expand 3x3 backwards, TF32, SQUEEZE_IGEMM_WGMMA=0 over the default (same lease)", "wgmma window weight gradient",
           lambda r: total(r["nowgmma"], "conv", EXPAND3, "own tf32 bwd ms") / total(r["main"], "conv", EXPAND3, "own tf32 bwd ms"),
-          1.1, 1.4, higher=True, since="d", falsified=lambda v: v < 1.0,
-          then="the input gradient's 64-row wgmma tiles (M = 16 to 64) lose to the window kernel's narrow ones: route them back"),
+          1.5, 2.3, higher=True, since="d", falsified=lambda v: v < 1.1,
+          then="the 3x3 backwards on wgmma are no faster: read limits' igemm_wgwinw_kernel and igemm_wgwin_kernel"),
+        # The plain 1x1 weight gradients on wgmma (docs/KERNELS.md, "the 1x1 weight gradients on
+        # wgmma"): conv10's 22 GFLOP, and the Fires' 16, within 2x of their bytes in run d.
+        P("conv10 weight gradient, TF32 ms, wgmma", "the 1x1 weight gradients on wgmma",
+          at("conv", "conv10", "own tf32 bwd weights ms"), 0.08, 0.18, since="d",
+          falsified=lambda v: v > 0.25, then="wgmma does not pay on conv10's weight gradient: read limits' igemm_wgw_kernel"),
+        P("the Fires' 1x1 weight gradients, TF32 ms, wgmma", "the 1x1 weight gradients on wgmma",
+          lambda r: total(r["main"], "conv", ONE_BY_ONE, "own tf32 bwd weights ms"), 0.9, 1.3, since="d",
+          falsified=lambda v: v > 1.45, then="the 1x1 weight gradients wait on memory, not on issue: route them back"),
         # Everything since run d together (docs/BENCHMARKS.md, "What is still owed"): the
         # truncated operands, the bias and the epilogue's loads, the band pools; and the graph,
         # default since session 21, for img/s. 1.5x run d's PyTorch eager is 9,570 img/s.
@@ -500,6 +517,9 @@ def self_test():
         "the eight expand 3x3 forwards, TF32 ms, copies without divisions": "not measured",  # the WGMMA=0 run's
         "the eight expand 3x3 forwards, TF32 ms, wgmma window": "FALSIFIED",  # run d itself: 1.53, before the change
         "the eight expand 3x3 forwards, TF32, SQUEEZE_IGEMM_WGMMA=0 over the default (same lease)": "not measured",
+        "the eight expand 3x3 weight gradients, TF32 ms, wgmma window": "FALSIFIED",  # run d itself: 2.50, before
+        "the eight expand 3x3 weight gradients, BF16 ms, wgmma window": "FALSIFIED",  # run d itself: 1.89, before
+        "conv10 weight gradient, TF32 ms, wgmma": "FALSIFIED",  # run d itself: 0.338, before the change
         "squeezenet1.0 fp32 img/s, v8 over v4 (same lease)": "not measured",
         "conv10 forward, TF32 ms, wgmma": "FALSIFIED",  # run d itself: 0.338, before the change
         "conv10 forward, TF32 ms, 128x128 through row pointers": "not measured",  # the WGMMA=0 run's

@@ -421,8 +421,11 @@ TEST(CudaOps, TensorCoreConvolution) {
 // on GPUs that allow it: sm_80, sm_90); over 324 pixels, the 3x3 16 -> 64 takes the window's 64x128
 // (forward) and 16x256 (data, in 2 split-K slices), the 3x3 32 -> 32 its 32x256 (both), their
 // weight gradients 64 rows, the 3x3 16 -> 128's 128 rows; the three stride-2 first convolutions
-// take the row kernel's forward with 3, 2 and 1 fragments a warp row (rows_fm). Small enough for
-// compute-sanitizer's racecheck (gpu_check.sh sanitize), which the model shapes are not.
+// take the row kernel's forward with 3, 2 and 1 fragments a warp row (rows_fm). Where wgmma is
+// available (sm_90a), the window products and weight gradients take the wgmma window kernels
+// instead (TensorCoreProductsTakeTheirKernels), and the 1x1 384 -> 512's forward and input
+// gradient the wgmma kernel. Small enough for compute-sanitizer's racecheck (gpu_check.sh
+// sanitize), which the model shapes are not.
 TEST(CudaOps, TensorCoreConvolutionEveryTileSmall) {
   REQUIRE_GPU();
   expect_tensor_core_conv_close({{"3x3 16->128", ConvGeom{2, 16, 9, 9, 128, 3, 3, 1, 1}},
@@ -469,8 +472,9 @@ TEST(CudaOps, TensorCoreProductsTakeTheirKernels) {
   // The plain 1x1's forward and input gradient on wgmma where the GPU's code has it (sm_90a).
   const bool wg = cuda::wgmma_available() && !cuda::env_is("SQUEEZE_IGEMM_WGMMA", "0");
   const std::string plain = wg ? "wgmma kernel, tile 128x128," : "mma kernel, " + wide;
-  // The 3x3 window products' forward (given scratch) and input gradient on wgmma there too: 128
-  // rows where M passes 64, else 64.
+  // The 3x3 window products' forward (given scratch) and input gradient on wgmma there too (128
+  // rows where M passes 64, else 64), and their weight gradient (128 filters where they divide K,
+  // else 64).
   auto wgwin = [&](const std::string& win, int tm) {
     return wg ? "wgmma window kernel, tile " + std::to_string(tm) + "x128," : "window kernel, tile " + win + ",";
   };
@@ -486,17 +490,19 @@ TEST(CudaOps, TensorCoreProductsTakeTheirKernels) {
       "forward of 16->64 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: " + wgwin("64x128", 64),
       "forward of 16->64 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: window kernel, tile 64x128,",  // (no scratch)
       "input gradient of 16->64 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: " + wgwin("16x256", 64),
-      "weight gradient of 16->64 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: window kernel, tile 64x144,",
+      "weight gradient of 16->64 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: " + wgwin("64x144", 64),
       "forward of 32->32 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: " + wgwin("32x256", 64),
       "forward of 32->32 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: window kernel, tile 32x256,",
       "input gradient of 32->32 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: " + wgwin("32x256", 64),
       "forward of 16->128 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: " + wgwin("64x128", 128),
+      "weight gradient of 16->128 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: " + wgwin("128x144", 128),
       "forward of 3->96 7x7 stride 2 pad 0 at 23x23, batch 2, TF32: " + conv1,
       "weight gradient of 3->96 7x7 stride 2 pad 0 at 23x23, batch 2, TF32: row kernel,",
       // Dense and large in all three dimensions: the one-block tile (sm_80, sm_90), or wgmma.
       "forward of 384->512 1x1 stride 1 pad 0 at 16x16, batch 2, TF32: " + plain,
       "input gradient of 384->512 1x1 stride 1 pad 0 at 16x16, batch 2, TF32: " + plain,
-      "weight gradient of 384->512 1x1 stride 1 pad 0 at 16x16, batch 2, TF32: mma kernel, " + wide,
+      "weight gradient of 384->512 1x1 stride 1 pad 0 at 16x16, batch 2, TF32: " +
+          (wg ? "wgmma (dz as registers) kernel, tile 128x128," : "mma kernel, " + wide),
   };
   for (const std::string& w : want) EXPECT_NE(log.find(w), std::string::npos) << "no line with \"" << w << "\" in:\n" << log;
 }

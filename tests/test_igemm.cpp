@@ -26,6 +26,8 @@
 #include "kernels/cuda/igemm_rows.cuh"
 #include "kernels/cuda/igemm_wg.cuh"
 #include "kernels/cuda/igemm_wgwin.cuh"
+#include "kernels/cuda/igemm_wgwinw.cuh"
+#include "kernels/cuda/igemm_wgw.cuh"
 #include "kernels/cuda/pool_index.h"
 #include "kernels/ops.h"
 #include "core/model.h"
@@ -1031,6 +1033,107 @@ TEST(ImplicitGemm, WindowKernelOnTheCpuReproducesTheWeightGradient) {
     check_winw_cases<cuda::MmaBf16>(sliced_empty);
   }
   EXPECT_EQ(sliced_empty, 2) << "3 slices of which some are empty";
+}
+
+namespace {
+
+// The wgmma window weight gradient (igemm_wgwinw.cuh) on one op, its grid and split-K slices as
+// conv.cu launches it (the window kernel's slices), threads resumed in the given order; then as
+// check_winw, the slices summed and against the reference on rounded operands.
+template <bool kBf16, int TN>
+void check_wgwinw(const Case& c, const Case& r, int splits, bool reverse, bool bias) {
+  const simt::Readable readable(c.readable());
+  SCOPED_TRACE(std::string("wgmma weight-gradient window, ") + (kBf16 ? "BF16, " : "TF32, ") + std::to_string(TN) +
+               " filters, " + std::to_string(splits) + " slice(s)" + (reverse ? ", reverse" : "") + (bias ? ", bias" : ""));
+  std::vector<float> ws(size_t(splits) * c.dw_ref.size(), NAN), rows(size_t(splits) * size_t(c.g.K), NAN);
+  cuda::WeightOp op = c.wgt(ws.data());
+  if (bias) op.rows = rows.data();
+  ASSERT_TRUE(cuda::win_fits(op) && cuda::wgwinw_fits(op.g));
+  const int rtiles = (9 * op.g.C + 127) / 128, tiles = rtiles * ((op.M + TN - 1) / TN);
+  const int ldw = cuda::wgwinw_ld(op.g.W), slice = cuda::winw_slice_pixels(op.Kd, splits);
+  ASSERT_TRUE(simt::run({unsigned(tiles), 1, unsigned(splits)}, cuda::kWgThreads,
+                        [&] { cuda::igemm_wgwinw_kernel<kBf16, TN>(op, ldw, slice); }, reverse,
+                        cuda::wgwinw_smem_bytes<kBf16, TN>(op.g.W)))
+      << "threads disagree on barriers";
+  expect_weight_slices(c, r, ws, rows, splits, bias, reverse);
+}
+
+}  // namespace
+
+// The expand 3x3's weight gradient on wgmma: the window kernel's geometries (C 16, 48, 32: 2, 4
+// and 3 row tiles of 128 columns of dW, the last partial and, at C = 16, its second warpgroup
+// idle; K 32, 16, 80: one filter tile of 64 partial, two at 80), 3 slices of which some are
+// empty, and 48 -> 128 over 2 x 6 x 6 (a filter tile of 128; 72 pixels: 3 steps, the last
+// partial); TF32 and BF16, both tiles, with and without the bias's row sums, threads in both
+// orders.
+TEST(ImplicitGemm, WgmmaWindowKernelReproducesTheWeightGradient) {
+  std::mt19937 rng(37);
+  std::vector<ConvGeom> cases(std::begin(kWinCases), std::end(kWinCases));
+  cases.push_back({2, 48, 6, 6, 128, 3, 3, 1, 1});
+  for (const ConvGeom& cg : cases) {
+    const Case c(cg, rng);
+    const Case r = rounded_case<cuda::MmaTf32>(c), rb = rounded_case<cuda::MmaBf16>(c);
+    SCOPED_TRACE(c.name());
+    check_wgwinw<false, 64>(c, r, 1, false, true);
+    check_wgwinw<false, 128>(c, r, 3, true, false);
+    check_wgwinw<true, 64>(c, rb, 3, true, true);
+    check_wgwinw<true, 128>(c, rb, 1, false, false);
+  }
+}
+
+namespace {
+
+// The 1x1 weight gradient on wgmma (igemm_wgw.cuh) on one op, its grid and split-K slices as
+// conv.cu's launch_wgw makes them, threads resumed in the given order; then as check_winw.
+template <bool kBf16, int TN, bool kXRows>
+void check_wgw(const Case& c, const Case& r, int splits, bool reverse, bool bias) {
+  const simt::Readable readable(c.readable());
+  SCOPED_TRACE(std::string("wgmma 1x1 weight gradient, ") + (kBf16 ? "BF16, " : "TF32, ") +
+               (kXRows ? "x" : "dz") + " as registers, " + std::to_string(TN) + " columns, " + std::to_string(splits) +
+               " slice(s)" + (reverse ? ", reverse" : "") + (bias ? ", bias" : ""));
+  std::vector<float> ws(size_t(splits) * c.dw_ref.size(), NAN), rows(size_t(splits) * size_t(c.g.K), NAN);
+  cuda::WeightOp op = c.wgt(ws.data());
+  if (bias) op.rows = rows.data();
+  ASSERT_TRUE(cuda::mma_vec(op).dense);
+  ASSERT_EQ(cuda::wgw_x_rows(op), kXRows);
+  ASSERT_EQ(cuda::wgw_tile(op), TN);
+  const int rcount = kXRows ? op.N : op.M, qcount = kXRows ? op.M : op.N, chunk = cuda::mma_chunk(op.Kd, splits);
+  const SimtDim3 grid{unsigned((rcount + 127) / 128), unsigned((qcount + TN - 1) / TN), unsigned(splits)};
+  ASSERT_TRUE(simt::run(grid, cuda::kWgThreads, [&] { cuda::igemm_wgw_kernel<kBf16, TN, kXRows>(op, chunk); },
+                        reverse, cuda::WgwShape<kBf16, TN>::kSmemBytes))
+      << "threads disagree on barriers";
+  expect_weight_slices(c, r, ws, rows, splits, bias, reverse);
+}
+
+template <bool kBf16, int TN, bool kXRows>
+void check_wgw_case(const ConvGeom& cg, std::mt19937& rng) {
+  const Case c(cg, rng);
+  const Case r = rounded_case<std::conditional_t<kBf16, cuda::MmaBf16, cuda::MmaTf32>>(c);
+  SCOPED_TRACE(c.name());
+  check_wgw<kBf16, TN, kXRows>(c, r, 1, false, true);
+  check_wgw<kBf16, TN, kXRows>(c, r, 3, true, true);
+  check_wgw<kBf16, TN, kXRows>(c, r, 3, false, false);
+}
+
+}  // namespace
+
+// The plain 1x1 weight gradient on wgmma, both sides as the register operand, both column tiles,
+// both precisions: 136 -> 40 over 2 x 10 x 13 (x's 136 channels as registers, two row tiles, the
+// second partial; 40 filters in a column tile of 64; 260 pixels: 8 whole steps and a partial one;
+// 3 slices of 96, 96 and 68), 24 -> 144 over 2 x 6 x 6 (dz's 144 filters as registers; 24
+// channels; 72 pixels, slices of 32, 32 and 8), 136 -> 200 over 1 x 4 x 8 and 200 -> 72 over 1 x 4
+// x 4 (128-column tiles, two of them at 136; 32 and 16 pixels, so two or all three slices past
+// the first empty, storing zeros); with and without the bias's row sums, threads in both orders.
+TEST(ImplicitGemm, WgmmaKernelReproducesThe1x1WeightGradient) {
+  std::mt19937 rng(41);
+  check_wgw_case<false, 64, true>({2, 136, 10, 13, 40, 1, 1, 1, 0}, rng);
+  check_wgw_case<true, 64, true>({2, 136, 10, 13, 40, 1, 1, 1, 0}, rng);
+  check_wgw_case<false, 64, false>({2, 24, 6, 6, 144, 1, 1, 1, 0}, rng);
+  check_wgw_case<true, 64, false>({2, 24, 6, 6, 144, 1, 1, 1, 0}, rng);
+  check_wgw_case<false, 128, false>({1, 136, 4, 8, 200, 1, 1, 1, 0}, rng);
+  check_wgw_case<true, 128, false>({1, 136, 4, 8, 200, 1, 1, 1, 0}, rng);
+  check_wgw_case<false, 128, true>({1, 200, 4, 4, 72, 1, 1, 1, 0}, rng);
+  check_wgw_case<true, 128, true>({1, 200, 4, 4, 72, 1, 1, 1, 0}, rng);
 }
 
 // The weight gradient's slices through the window kernel (winw_splits): about 512 blocks (two

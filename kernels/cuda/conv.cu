@@ -24,6 +24,8 @@
 #include "kernels/cuda/igemm_win.cuh"
 #include "kernels/cuda/igemm_wg.cuh"
 #include "kernels/cuda/igemm_wgwin.cuh"
+#include "kernels/cuda/igemm_wgwinw.cuh"
+#include "kernels/cuda/igemm_wgw.cuh"
 
 namespace sq {
 namespace cuda {
@@ -337,6 +339,62 @@ void launch_wgwin(const Op& op, int splits, float* taps, cudaStream_t s) {
     launch(std::integral_constant<int, 64>{});
 }
 
+// The 3x3 weight gradients in TF32 and BF16 through wgmma (igemm_wgwinw.cuh), on the same switch
+// and condition, where the stages fit: the window kernel's split-K slices (conv_backward's
+// win_splits, the workspace sized for them), a block a tile and slice.
+template <bool kBf16, int TN>
+auto wgwinw_kernel() {
+  return smem_limited<igemm_wgwinw_kernel<kBf16, TN>, kWgWinwSmem>();
+}
+bool wgwinw_takes(const WeightOp& op) {
+  return g_wgmma && wgwinw_fits(op.g, std::min(kWgWinwSmem, smem_optin())) && wgmma_available();
+}
+template <bool kBf16>
+void launch_wgwinw(const WeightOp& op, int splits, cudaStream_t s) {
+  const int tn = wgwinw_tile(op.M), rtiles = (9 * op.g.C + 127) / 128;
+  const int tiles = rtiles * ((op.M + tn - 1) / tn), ldw = wgwinw_ld(op.g.W), slice = winw_slice_pixels(op.Kd, splits);
+  auto launch = [&](auto n) {
+    constexpr int TN = decltype(n)::value;
+    const size_t smem = wgwinw_smem_bytes<kBf16, TN>(op.g.W);
+    report_route(op, kBf16 ? "BF16" : "TF32", "wgmma window", TN, 128, dim3(tiles, 1, splits), smem);
+    wgwinw_kernel<kBf16, TN>()<<<dim3(tiles, 1, splits), kWgThreads, smem, s>>>(op, ldw, slice);
+  };
+  if (tn == 128)
+    launch(std::integral_constant<int, 128>{});
+  else
+    launch(std::integral_constant<int, 64>{});
+}
+
+// The plain 1x1 weight gradients in TF32 and BF16 through wgmma (igemm_wgw.cuh), on the same
+// switch and condition as their forward and input gradient: the mma kernel's split-K slices
+// (weight_splits, mma_chunk), a block a tile and slice.
+template <bool kBf16, int TN, bool kXRows>
+auto wgw_kernel() {
+  return smem_limited<igemm_wgw_kernel<kBf16, TN, kXRows>, WgwShape<kBf16, TN>::kSmemBytes>();
+}
+template <bool kBf16>
+void launch_wgw(const WeightOp& op, int splits, cudaStream_t s) {
+  const int chunk = mma_chunk(op.Kd, splits);
+  const bool xrows = wgw_x_rows(op);
+  const int rcount = xrows ? op.N : op.M, qcount = xrows ? op.M : op.N;
+  auto launch = [&](auto n, auto x) {
+    constexpr int TN = decltype(n)::value;
+    constexpr bool kX = decltype(x)::value;
+    using Sh = WgwShape<kBf16, TN>;
+    const dim3 grid(unsigned((rcount + 127) / 128), unsigned((qcount + TN - 1) / TN), unsigned(splits));
+    // (the route log names the tile as dW's: filters by channels)
+    report_route(op, kBf16 ? "BF16" : "TF32", kX ? "wgmma (x as registers)" : "wgmma (dz as registers)",
+                 kX ? TN : 128, kX ? 128 : TN, grid, Sh::kSmemBytes);
+    wgw_kernel<kBf16, TN, kX>()<<<grid, kWgThreads, Sh::kSmemBytes, s>>>(op, chunk);
+  };
+  using T = std::true_type;
+  using F = std::false_type;
+  if (wgw_tile(op) == 128)
+    xrows ? launch(std::integral_constant<int, 128>{}, T{}) : launch(std::integral_constant<int, 128>{}, F{});
+  else
+    xrows ? launch(std::integral_constant<int, 64>{}, T{}) : launch(std::integral_constant<int, 64>{}, F{});
+}
+
 // The window kernel of one tile (igemm_win.cuh's for_each_win_tile), its limit raised to kWinSmem.
 template <class Op, class Prec, int TM, int TN, int WM>
 auto win_kernel() {
@@ -474,6 +532,9 @@ void launch_mma(const Op& op, int splits, cudaStream_t s, float* taps = nullptr)
   }
   if (r == Route::kWin) {
     if constexpr (Op::kBAlongK) {
+      if constexpr (std::is_same_v<Prec, MmaTf32> || std::is_same_v<Prec, MmaBf16>) {
+        if (wgwinw_takes(op)) return launch_wgwinw<std::is_same_v<Prec, MmaBf16>>(op, splits, s);
+      }
       return launch_winw<Prec>(op, splits, s);
     } else {
       if constexpr (std::is_same_v<Prec, MmaTf32> || std::is_same_v<Prec, MmaBf16>) {
@@ -484,8 +545,13 @@ void launch_mma(const Op& op, int splits, cudaStream_t s, float* taps = nullptr)
   }
   MmaVec vec = mma_vec(op);
   vec.dense = vec.dense && g_dense;
-  if constexpr ((std::is_same_v<Prec, MmaTf32> || std::is_same_v<Prec, MmaBf16>) && !Op::kBAlongK) {
-    if (vec.dense && g_wgmma && wgmma_available()) return launch_wg<std::is_same_v<Prec, MmaBf16>>(op, splits, s);
+  if constexpr (std::is_same_v<Prec, MmaTf32> || std::is_same_v<Prec, MmaBf16>) {
+    if (vec.dense && g_wgmma && wgmma_available()) {
+      if constexpr (Op::kBAlongK)
+        return launch_wgw<std::is_same_v<Prec, MmaBf16>>(op, splits, s);
+      else
+        return launch_wg<std::is_same_v<Prec, MmaBf16>>(op, splits, s);
+    }
   }
   const MmaTileSize picked = mma_tile(op.M, op.N, op.Kd, Op::kBAlongK, vec.dense, mma_wide_fits());
   const Tile t = prec_tile<Prec>(Tile{picked.m, picked.n});
@@ -617,6 +683,10 @@ void prepare_conv_kernels() {
     wgwin_kernel<DataOp, false, 64>(), wgwin_kernel<DataOp, false, 128>();
     wgwin_kernel<FwdOp, true, 64>(), wgwin_kernel<FwdOp, true, 128>();
     wgwin_kernel<DataOp, true, 64>(), wgwin_kernel<DataOp, true, 128>();
+    wgwinw_kernel<false, 64>(), wgwinw_kernel<false, 128>(), wgwinw_kernel<true, 64>(), wgwinw_kernel<true, 128>();
+    wgw_kernel<false, 64, false>(), wgw_kernel<false, 128, false>(), wgw_kernel<true, 64, false>();
+    wgw_kernel<true, 128, false>(), wgw_kernel<false, 64, true>(), wgw_kernel<false, 128, true>();
+    wgw_kernel<true, 64, true>(), wgw_kernel<true, 128, true>();
   }
   for_each_mma_tile([](auto tile) {
     using T = decltype(tile);

@@ -48,6 +48,76 @@ namespace {
 
 constexpr int kWgThreads = 256;
 
+// wgmma's K-major shared-memory operand from a row-major fp32 matrix (rows ld floats apart): TM
+// rows from row m0 (of M) by a 32-deep k-step, in core matrices of 8 rows by 16 bytes of k (4 TF32,
+// 8 BF16), the k pieces of a row side by side (lbo 128 bytes), rows 8 apart (sbo: KS / T core
+// matrices): TM x 32 of the multiply's type, kFloats floats. A block's 256 threads: thread
+// (r = tid % 8, kq = tid / 8 % 8, rg = tid / 64) copies the 16 bytes at k piece kq of rows
+// m0 + 8 (rg + 4u) + r, u < TM / 32, their addresses made once (a step adds KS). Every piece is whole
+// or outside (M's rows, ke a multiple of 4), so TF32's copies take cp.async's zero-fill predicate
+// (cp_async16_if, an unread piece naming `safe`); BF16's go through registers, converted: 4 floats
+// loaded, 8 bytes stored, half a core matrix's row (its multiply's operand must be BF16 itself).
+template <bool kBf16, int TM>
+struct KMajorCopy {
+  static constexpr int KS = 32, kT = kBf16 ? 8 : 4, kU = TM / 32;
+  static constexpr int kFloats = TM * KS / (kBf16 ? 2 : 1);
+  static constexpr uint32_t kLbo = 128, kSbo = KS / kT * 128;
+  const float* p;    // the thread's piece of its first row (row u: 32 u rows on)
+  size_t rows32;     // 32 rows' floats
+  int left, r, kq, rg;  // left: the rows from the thread's first to M (row u exists where 32 u < left)
+  __device__ KMajorCopy(const float* a, int m0, int M, size_t ld, int k0)
+      : r(int(threadIdx.x) % 8), kq(int(threadIdx.x) / 8 % (KS / 4)), rg(int(threadIdx.x) / 64) {
+    static_assert(kWgThreads == 256 && KS == 32, "the copies' thread map");
+    const int m = m0 + 8 * rg + r;
+    left = M - m;
+    rows32 = 32 * ld;
+    p = a + (size_t(m) * ld + size_t(k0 + 4 * kq));
+  }
+  __device__ bool row(int u) const { return 32 * u < left; }
+  __device__ const float* at_row(int u) const { return p + size_t(u) * rows32; }
+  // The thread's piece of row u in the stage (floats): row r of core matrix (rg + 4u, its k piece).
+  __device__ int at(int u) const {
+    return kBf16 ? ((rg + 4 * u) * (KS / 8) + kq / 2) * 32 + 4 * r + 2 * (kq % 2) : ((rg + 4 * u) * (KS / 4) + kq) * 32 + 4 * r;
+  }
+  // Step j (its first k: kj) into stage b, k at or past ke zero. BF16 with kSums: sums += each
+  // row's 4 floats as loaded.
+  template <bool kSums = false>
+  __device__ void copy(float* b, int j, int kj, int ke, const float* safe, float* sums = nullptr) const {
+    const bool kin = kj + 4 * kq < ke;
+    if constexpr (kBf16) {
+      float4 v[kU];
+      SQ_UNROLL
+      for (int u = 0; u < kU; ++u)
+        v[u] = row(u) && kin ? load16(at_row(u) + j * KS) : float4{0.0f, 0.0f, 0.0f, 0.0f};
+      SQ_UNROLL
+      for (int u = 0; u < kU; ++u) {
+        if (kSums) sums[u] += (v[u].x + v[u].y) + (v[u].z + v[u].w);
+        uint32_t* to = reinterpret_cast<uint32_t*>(b + at(u));
+        to[0] = pack_bf16x2(v[u].x, v[u].y);
+        to[1] = pack_bf16x2(v[u].z, v[u].w);
+      }
+    } else {
+      (void)sums;
+      SQ_UNROLL
+      for (int u = 0; u < kU; ++u) cp_async16_if(b + at(u), at_row(u) + j * KS, row(u) && kin, safe);
+    }
+  }
+  // The rows' sums over their 8 k-piece threads into rows[z M + m0 + i]: the whole block calls it
+  // once its stages are done with (smem: 8 TM floats).
+  __device__ void finish_rows(const float* sums, float* smem, float* rows, int m0, int M, int z) const {
+    __syncthreads();
+    SQ_UNROLL
+    for (int u = 0; u < kU; ++u) smem[(8 * (rg + 4 * u) + r) * 8 + kq] = sums[u];
+    __syncthreads();
+    const int i = int(threadIdx.x);
+    if (i < TM && m0 + i < M) {
+      float s = 0.0f;
+      for (int q = 0; q < 8; ++q) s += smem[i * 8 + q];
+      rows[size_t(z) * M + m0 + i] = s;
+    }
+  }
+};
+
 // TF32 (kBf16 false) or BF16, TM rows. A core matrix is 8 rows by 16 bytes of k (4 TF32, 8 BF16)
 // and the stage's W holds TM x 32 of them in the multiply's type: 16 or 8 KB at TM 128.
 template <bool kBf16, int TM>
@@ -58,11 +128,11 @@ struct WgShape {
   // X's pitch: TF32 fragments read (k t, pixel g): 8 mod 32 words; BF16 read the pairs (2t, 2t + 1):
   // 4 mod 32. Either way conflict-free.
   static constexpr int kLdx = kPix + (kBf16 ? 4 : 8);
-  static constexpr int kXFloats = KS * kLdx, kWFloats = TM * KS / (kBf16 ? 2 : 1);
+  static constexpr int kXFloats = KS * kLdx, kWFloats = KMajorCopy<kBf16, TM>::kFloats;
   static constexpr int kStageFloats = kXFloats + kWFloats;
   static constexpr size_t kSmemBytes = size_t(kStages) * kStageFloats * sizeof(float);
   static constexpr int kBlocksPerSm = 2;  // 101 KB (TF32, 128 rows) or at most 102 KB of stages
-  static constexpr uint32_t kLbo = 128, kSbo = KS / kT * 128;
+  static constexpr uint32_t kLbo = KMajorCopy<kBf16, TM>::kLbo, kSbo = KMajorCopy<kBf16, TM>::kSbo;
 };
 
 // The epilogue of a 128-pixel x TM tile of D^T: row m = m0 + 8i + 2t + p of D holds the thread's
@@ -94,51 +164,23 @@ __global__ void __launch_bounds__(kWgThreads, WgShape<kBf16, TM>::kBlocksPerSm) 
 
   // k-step j's operands into stage `stage`. Each thread's pieces are the same every step, their
   // addresses made once: of X, the 16 bytes at column xn of rows kb + xk + 8u (b_dense's rows are N
-  // floats apart); of W, those at k piece wkq of rows m0 + 8 (wrg + 4u) + wr. A step adds KS rows
-  // of X, KS floats of W. Every piece is whole or outside (N, Kd and the slices' ends are
-  // multiples of 4: MmaVec::dense), so the copies take the zero-fill predicate (cp_async16_if).
-  // BF16's W goes through registers instead, converted: 4 floats loaded, 8 bytes stored, half a
-  // core matrix's row (the loads are made after the step's wgmmas are issued, so they wait
-  // beside the tensor cores' work).
+  // floats apart); of W, KMajorCopy's. A step adds KS rows of X, KS floats of W. Every piece is
+  // whole or outside (N, Kd and the slices' ends are multiples of 4: MmaVec::dense), so the copies
+  // take the zero-fill predicate (cp_async16_if). BF16's W goes through registers (KMajorCopy; the
+  // loads are made after the step's wgmmas are issued, so they wait beside the tensor cores' work).
   const int xq = tid % 32, xk = tid / 32, xn = n0 + 4 * xq;
   const bool xin = xn < op.N;
   const size_t xrows8 = size_t(8) * size_t(op.N);
   const float* xp = op.b_dense(0, 0) + (size_t(kb + xk) * size_t(op.N) + size_t(xn));
-  const int wr = tid % 8, wkq = tid / 8 % (KS / 4), wrg = tid / 64;
-  const float* wp[TM / 32];
-  bool wrow[TM / 32];
-  SQ_UNROLL
-  for (int u = 0; u < TM / 32; ++u) {
-    const int m = m0 + 8 * (wrg + 4 * u) + wr;
-    wrow[u] = m < op.M;
-    wp[u] = op.a_ptr(0, 0) + (size_t(m) * size_t(op.Kd) + size_t(kb + 4 * wkq));
-  }
+  const KMajorCopy<kBf16, TM> wcopy(op.a_ptr(0, 0), m0, op.M, size_t(op.Kd), kb);
   auto copy = [&](int j, int stage) {
     float* xs = smem + stage * Sh::kStageFloats;
-    float* ws = xs + Sh::kXFloats;
     const int k0 = kb + j * KS;
     const float* xj = xp + size_t(j) * size_t(KS) * size_t(op.N);
     SQ_UNROLL
     for (int u = 0; u < KS / 8; ++u)
       cp_async16_if(xs + (xk + 8 * u) * Sh::kLdx + 4 * xq, xj + u * xrows8, xin && k0 + xk + 8 * u < ke, op.any());
-    const bool kin = k0 + 4 * wkq < ke;
-    if constexpr (kBf16) {
-      float4 v[TM / 32];
-      SQ_UNROLL
-      for (int u = 0; u < TM / 32; ++u)
-        v[u] = wrow[u] && kin ? load16(wp[u] + j * KS) : float4{0.0f, 0.0f, 0.0f, 0.0f};
-      SQ_UNROLL
-      for (int u = 0; u < TM / 32; ++u) {
-        // Row wr of core matrix (wrg + 4u, wkq / 2), its half wkq % 2: 32 floats a core matrix.
-        uint32_t* at = reinterpret_cast<uint32_t*>(ws + ((wrg + 4 * u) * (KS / 8) + wkq / 2) * 32 + 4 * wr + 2 * (wkq % 2));
-        at[0] = pack_bf16x2(v[u].x, v[u].y);
-        at[1] = pack_bf16x2(v[u].z, v[u].w);
-      }
-    } else {
-      SQ_UNROLL
-      for (int u = 0; u < TM / 32; ++u)
-        cp_async16_if(ws + ((wrg + 4 * u) * (KS / 4) + wkq) * 32 + 4 * wr, wp[u] + j * KS, wrow[u] && kin, op.any());
-    }
+    wcopy.copy(xs + Sh::kXFloats, j, k0, ke, op.any());
   };
   static_assert(kWgThreads == 256 && KS == 32 && Sh::kPix == 128, "the copies' thread map");
 
