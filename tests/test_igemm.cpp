@@ -1050,7 +1050,7 @@ void check_wgwinw(const Case& c, const Case& r, int splits, bool reverse, bool b
   if (bias) op.rows = rows.data();
   ASSERT_TRUE(cuda::win_fits(op) && cuda::wgwinw_fits(op.g));
   const int rtiles = (9 * op.g.C + 127) / 128, tiles = rtiles * ((op.M + TN - 1) / TN);
-  const int ldw = cuda::wgwinw_ld(op.g.W), slice = cuda::winw_slice_pixels(op.Kd, splits);
+  const int ldw = cuda::wgwinw_ld(op.g.W, kBf16), slice = cuda::winw_slice_pixels(op.Kd, splits);
   ASSERT_TRUE(simt::run({unsigned(tiles), 1, unsigned(splits)}, cuda::kWgThreads,
                         [&] { cuda::igemm_wgwinw_kernel<kBf16, TN>(op, ldw, slice); }, reverse,
                         cuda::wgwinw_smem_bytes<kBf16, TN>(op.g.W)))

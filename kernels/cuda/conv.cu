@@ -352,7 +352,8 @@ bool wgwinw_takes(const WeightOp& op) {
 template <bool kBf16>
 void launch_wgwinw(const WeightOp& op, int splits, cudaStream_t s) {
   const int tn = wgwinw_tile(op.M), rtiles = (9 * op.g.C + 127) / 128;
-  const int tiles = rtiles * ((op.M + tn - 1) / tn), ldw = wgwinw_ld(op.g.W), slice = winw_slice_pixels(op.Kd, splits);
+  const int tiles = rtiles * ((op.M + tn - 1) / tn), ldw = wgwinw_ld(op.g.W, kBf16);
+  const int slice = winw_slice_pixels(op.Kd, splits);
   auto launch = [&](auto n) {
     constexpr int TN = decltype(n)::value;
     const size_t smem = wgwinw_smem_bytes<kBf16, TN>(op.g.W);

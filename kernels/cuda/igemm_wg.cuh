@@ -223,21 +223,11 @@ __global__ void __launch_bounds__(kWgThreads, WgShape<kBf16, TM>::kBlocksPerSm) 
       }
       desc[s] = wgmma_desc(smem_address(ws + 64 * s), Sh::kLbo, Sh::kSbo);
     }
-    wgmma_fence_operands(d);
-    wgmma_fence();
-    SQ_UNROLL
-    for (int s = 0; s < KS / KW; ++s) {
-      if constexpr (kBf16)
-        wgmma_bf16<TM>(d, a[s], desc[s], 1);
-      else
-        wgmma_tf32<TM>(d, a[s], desc[s], 1);
-    }
-    wgmma_commit();
+    wgmma_issue<kBf16, TM>(d, a, desc);
     // The copies three steps ahead, into the stage step j - 1 read, while the tensor cores work.
     if (j + Sh::kAhead < steps) copy(j + Sh::kAhead, (j + Sh::kAhead) % Sh::kStages);
     cp_async_commit();
-    wgmma_wait<0>();
-    wgmma_fence_operands(d);
+    wgmma_retire(d);
   }
   cp_async_wait<0>();  // (the last steps' empty groups)
 

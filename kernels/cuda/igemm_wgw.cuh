@@ -134,21 +134,11 @@ __global__ void __launch_bounds__(kWgThreads, 2) igemm_wgw_kernel(WeightOp op, i
       }
       desc[s] = wgmma_desc(smem_address(qs + 64 * s), Sh::kLbo, Sh::kSbo);
     }
-    wgmma_fence_operands(d);
-    wgmma_fence();
-    SQ_UNROLL
-    for (int s = 0; s < KS / KW; ++s) {
-      if constexpr (kBf16)
-        wgmma_bf16<TN>(d, a[s], desc[s], 1);
-      else
-        wgmma_tf32<TN>(d, a[s], desc[s], 1);
-    }
-    wgmma_commit();
+    wgmma_issue<kBf16, TN>(d, a, desc);
     // The copies kAhead steps ahead, into the stage step j - 1 read, while the tensor cores work.
     if (j + Sh::kAhead < steps) copy(j + Sh::kAhead, (j + Sh::kAhead) % Sh::kStages);
     cp_async_commit();
-    wgmma_wait<0>();
-    wgmma_fence_operands(d);
+    wgmma_retire(d);
   }
   cp_async_wait<0>();  // (the last steps' empty groups)
   if (rows) {  // (the same for the whole block)

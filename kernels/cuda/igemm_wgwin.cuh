@@ -177,18 +177,8 @@ __global__ void __launch_bounds__(kWgThreads, 2) igemm_wgwin_kernel(Op op, const
         const int bt = Win<Op>::kFlip ? 8 - tap : tap;  // (the input gradient's taps run backwards)
         desc[u] = wgmma_desc(b0 + uint32_t(bt * Sh::kTapWords * 4), Sh::kLbo, Sh::kSbo);
       }
-      wgmma_fence_operands(d);
-      wgmma_fence();
-      SQ_UNROLL
-      for (int u = 0; u < Sh::kTapGroup; ++u) {
-        if constexpr (kBf16)
-          wgmma_bf16<TM>(d, a[u], desc[u], 1);
-        else
-          wgmma_tf32<TM>(d, a[u], desc[u], 1);
-      }
-      wgmma_commit();
-      wgmma_wait<0>();
-      wgmma_fence_operands(d);
+      wgmma_issue<kBf16, TM>(d, a, desc);
+      wgmma_retire(d);
     }
   }
   cp_async_wait<0>();  // (the last step's empty group)

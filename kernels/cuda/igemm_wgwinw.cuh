@@ -40,16 +40,16 @@ struct WgWinwShape {
   static constexpr int kBFloats = KMajorCopy<kBf16, TN>::kFloats;
   static constexpr uint32_t kLbo = KMajorCopy<kBf16, TN>::kLbo, kSbo = KMajorCopy<kBf16, TN>::kSbo;
 };
-// The window's row stride: the 32 pixels' reach, a multiple of 4 (16-byte copies), at 16 mod 32
-// (a channel's rows away from the next one's banks).
-SQ_HOST_DEVICE inline int wgwinw_ld(int W) {
-  const int span = 4 * win_pieces(32, W);
-  return span + ((16 - span) % 32 + 32) % 32;
-}
+// The window's row stride: the 32 pixels' reach, a multiple of 4 (16-byte copies), at 8 mod 32
+// (TF32) or 4 mod 32 (BF16), win_ld's. A warp's 8 rows g read their channels' rows at their taps'
+// shifts, + t (TF32) or + 2t (BF16); over SqueezeNet's rows (W = 55, 27, 13) and every window
+// offset these strides average 1.0-1.7 ways a bank in TF32 and 1.3-2.0 in BF16, where 16 mod 32
+// gave 1.7-1.8 and 1.8-2.0 (a count of the distinct words a bank serves, docs/KERNELS.md).
+SQ_HOST_DEVICE inline int wgwinw_ld(int W, bool bf16) { return win_ld(32, W, bf16); }
 // A stage: dz's piece, the 16 windows, the 32 pixels' tap bits.
 template <bool kBf16, int TN>
 SQ_HOST_DEVICE inline int wgwinw_stage_floats(int W) {
-  return WgWinwShape<kBf16, TN>::kBFloats + kWinC * wgwinw_ld(W) + 32;
+  return WgWinwShape<kBf16, TN>::kBFloats + kWinC * wgwinw_ld(W, kBf16) + 32;
 }
 template <bool kBf16, int TN>
 size_t wgwinw_smem_bytes(int W) {
@@ -168,22 +168,12 @@ __global__ void __launch_bounds__(kWgThreads, 2) igemm_wgwinw_kernel(WeightOp op
         }
         desc[s] = wgmma_desc(smem_address(bs + 64 * s), Sh::kLbo, Sh::kSbo);
       }
-      wgmma_fence_operands(d);
-      wgmma_fence();
-      SQ_UNROLL
-      for (int s = 0; s < KS / KW; ++s) {
-        if constexpr (kBf16)
-          wgmma_bf16<TN>(d, a[s], desc[s], 1);
-        else
-          wgmma_tf32<TN>(d, a[s], desc[s], 1);
-      }
-      wgmma_commit();
+      wgmma_issue<kBf16, TN>(d, a, desc);
     }
     // The copies kAhead steps ahead, into the stage step j - 1 read, while the tensor cores work.
     if (j + Sh::kAhead < steps) copy(j + Sh::kAhead, (j + Sh::kAhead) % Sh::kStages);
     cp_async_commit();
-    wgmma_wait<0>();
-    wgmma_fence_operands(d);
+    wgmma_retire(d);
   }
   cp_async_wait<0>();  // (the last steps' empty groups)
   if (rows) {  // (the same for the whole block)

@@ -31,6 +31,8 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/cuda/kernel_util.cuh"  // SQ_UNROLL
+
 namespace sq {
 namespace cuda {
 
@@ -122,6 +124,31 @@ __device__ __forceinline__ void wgmma_bf16<128>(float (&d)[64], const uint32_t (
 #undef SQ_WG_F8
 #undef SQ_WGMMA_ASM
 #endif  // __CUDACC__
+
+// The sequence every wgmma kernel here runs a step (or a group of taps): S wgmmas on the
+// accumulators d, A's registers a[s] and B's descriptors desc[s], all made before the call
+// (ptxas serialises wgmmas whose input registers are written inside the group, its C7513): the
+// fence, the S products in one group, the commit. The thread then waits for the group
+// (wgmma_retire) before it writes a, d or B's stage again. (Defined for the emulator too, from
+// tests/simt_host.h's primitives.)
+template <bool kBf16, int N, int S>
+__device__ __forceinline__ void wgmma_issue(float (&d)[N / 2], const uint32_t (&a)[S][4], const uint64_t (&desc)[S]) {
+  wgmma_fence_operands(d);
+  wgmma_fence();
+  SQ_UNROLL
+  for (int s = 0; s < S; ++s) {
+    if constexpr (kBf16)
+      wgmma_bf16<N>(d, a[s], desc[s], 1);
+    else
+      wgmma_tf32<N>(d, a[s], desc[s], 1);
+  }
+  wgmma_commit();
+}
+template <int R>
+__device__ __forceinline__ void wgmma_retire(float (&d)[R]) {
+  wgmma_wait<0>();
+  wgmma_fence_operands(d);
+}
 
 }  // namespace cuda
 }  // namespace sq
