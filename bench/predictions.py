@@ -333,8 +333,8 @@ def predictions():
           then="wgmma's tiles are slower than the mma kernel's on the memory-bound 1x1 products: route them back"),
         # The 3x3 window products' forward and input gradient on wgmma (docs/KERNELS.md, "wgmma
         # window"): 114.5 GFLOP of forwards at batch 128, 0.23 ms at the TF32 tensor peak; run d's
-        # window kernel ran them at 75 TFLOP/s (1.53 ms). The backward keeps the weight gradient's
-        # window kernel (about half of run d's 4.13 ms).
+        # window kernel ran them at 75 TFLOP/s (1.53 ms). Their weight gradients went to wgmma in the
+        # same session (below).
         P("the eight expand 3x3 forwards, TF32 ms, wgmma window", "wgmma window",
           lambda r: total(r["main"], "conv", EXPAND3, "own tf32 fwd ms"), 0.45, 0.8, since="d",
           falsified=lambda v: v > 0.95, then="the window on wgmma is no faster than on mma.sync: read limits' igemm_wgwin_kernel"),

@@ -135,6 +135,24 @@ struct WgShape {
   static constexpr uint32_t kLbo = KMajorCopy<kBf16, TM>::kLbo, kSbo = KMajorCopy<kBf16, TM>::kSbo;
 };
 
+// The pipeline the wgmma kernels with kAhead copies in flight share: the first kAhead steps'
+// copies (an empty group for each past the last step, so that the waits stay exact), and a step's
+// start: this thread's copies of it landed, made visible to wgmma's reads (the async proxy), and
+// every thread's, every warpgroup having waited for the previous step's group.
+template <int kAhead, class Copy>
+__device__ void wg_prologue(int steps, Copy&& copy) {
+  for (int j = 0; j < kAhead; ++j) {
+    if (j < steps) copy(j, j);
+    cp_async_commit();
+  }
+}
+template <int kAhead>
+__device__ void wg_step_begin() {
+  cp_async_wait<kAhead - 1>();
+  fence_proxy_async();
+  __syncthreads();
+}
+
 // The epilogue of a 128-pixel x TM tile of D^T: row m = m0 + 8i + 2t + p of D holds the thread's
 // pixels n and n + 8 (n = its first pixel: 64 its warpgroup, 16 its warp in the warpgroup, g) in
 // d[4i + p], d[4i + 2 + p]. store_row (igemm_kernel.cuh) reads the row's bias, or its x and old dx,
@@ -189,18 +207,13 @@ __global__ void __launch_bounds__(kWgThreads, WgShape<kBf16, TM>::kBlocksPerSm) 
   float d[TM / 2];
   SQ_UNROLL
   for (int i = 0; i < TM / 2; ++i) d[i] = 0.0f;
-  for (int j = 0; j < Sh::kAhead; ++j) {
-    if (j < steps) copy(j, j);
-    cp_async_commit();
-  }
+  wg_prologue<Sh::kAhead>(steps, copy);
   // A wgmma's k: 8 (TF32: fragment rows t, t + 4) or 16 (BF16: row pairs 2t, 2t + 1 and
   // 2t + 8, 2t + 9); its B: two core matrices along k, 256 bytes, 64 floats of the stage.
   constexpr int KW = kBf16 ? 16 : 8;
   uint32_t a[KS / KW][4];
   for (int j = 0; j < steps; ++j) {
-    cp_async_wait<Sh::kAhead - 1>();  // this thread's copies of step j landed
-    fence_proxy_async();              // ... where wgmma reads them
-    __syncthreads();                  // everyone's; and everyone waited for step j - 1's group
+    wg_step_begin<Sh::kAhead>();
     const float* xs = smem + (j % Sh::kStages) * Sh::kStageFloats;
     const float* ws = xs + Sh::kXFloats;
     // Every input of the group's wgmmas made before the fence (fragments and descriptors): ptxas

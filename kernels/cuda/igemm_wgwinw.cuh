@@ -117,15 +117,10 @@ __global__ void __launch_bounds__(kWgThreads, 2) igemm_wgwinw_kernel(WeightOp op
   float d[TN / 2];
   SQ_UNROLL
   for (int i = 0; i < TN / 2; ++i) d[i] = 0.0f;
-  for (int j = 0; j < Sh::kAhead; ++j) {
-    if (j < steps) copy(j, j);
-    cp_async_commit();
-  }
+  wg_prologue<Sh::kAhead>(steps, copy);
   constexpr int KW = kBf16 ? 16 : 8;
   for (int j = 0; j < steps; ++j) {
-    cp_async_wait<Sh::kAhead - 1>();  // this thread's copies of step j landed
-    fence_proxy_async();              // ... where wgmma reads them
-    __syncthreads();                  // everyone's, and the tap bits; everyone waited for step j - 1
+    wg_step_begin<Sh::kAhead>();  // (the tap bits too: plain stores before the barrier)
     const float* bs = smem + (j % Sh::kStages) * stage;
     const float* ws = bs + Sh::kBFloats;
     const unsigned* pbits = reinterpret_cast<const unsigned*>(ws + kWinC * ldw);
