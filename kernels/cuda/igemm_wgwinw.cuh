@@ -87,6 +87,15 @@ __global__ void __launch_bounds__(kWgThreads, 2) igemm_wgwinw_kernel(WeightOp op
   float* const rows = r0 == 0 ? op.rows : nullptr;
   float rsum[kBf16 ? TN / 32 : 1] = {};
   RowSums<TN, KS> rs;
+  // Warp 0's lane l computes the tap bits of pixel pb + 32 j + l, step by step (copy's j runs
+  // 0, 1, 2, ...): its row and column in the image, found by two divisions once and moved 32
+  // pixels a step (the divisions a step made warp 0 the last at every barrier); packed in one
+  // register, row above column (H, W < 2^15), which keeps the 128-filter TF32 kernel unspilled.
+  int prc = 0;
+  if (tid < KS) {
+    const int hw = (pb + tid) % HW, h = hw / W;
+    prc = h << 16 | (hw - h * W);
+  }
   auto copy = [&](int j, int st) {
     float* bs = smem + st * stage;
     float* ws = bs + Sh::kBFloats;
@@ -95,8 +104,11 @@ __global__ void __launch_bounds__(kWgThreads, 2) igemm_wgwinw_kernel(WeightOp op
     bcopy.template copy<kBf16>(bs, j, p0, pe, op.dz, rsum);
     copy_windows(ws, ldw, op.x, cbase, op.Kd, win0(p0), npieces, warp, lane);
     if (tid < KS) {  // (plain stores: visible after the barrier before the step's products)
-      const int p = p0 + tid, hw = p % HW, h = hw / W, w = hw - h * W;
-      pbits[tid] = p < pe ? pixel_taps(h, w, H, W) : 0u;
+      int ph = prc >> 16, pw = prc & 0xFFFF;
+      pbits[tid] = p0 + tid < pe ? pixel_taps(ph, pw, H, W) : 0u;
+      for (pw += KS; pw >= W; pw -= W)
+        if (++ph == H) ph = 0;
+      prc = ph << 16 | pw;
     }
   };
 
