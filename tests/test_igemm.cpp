@@ -985,20 +985,30 @@ void run_winw(const cuda::WeightOp& op, int splits, bool reverse) {
       << "threads disagree on barriers";
 }
 
-// One tile, precision and slicing: the slices (ws filled with NaN first, so that an output left
-// unwritten shows) summed by conv.cu's splitk_reduce_kernel into dw, against the double reference
-// on operands rounded as the kernel rounds them (r), to fp32's accumulation error; with bias, the
-// rows of dz summed beside them onto db = 1 (fp32 as copied, unrounded) against sums in double.
-template <class Prec, int TM>
-void check_winw(const Case& c, const Case& r, int splits, bool reverse, bool bias, double tol = 1e-5) {
+// A weight-gradient kernel's split-K slices through run(op) (ws filled with NaN first, so that an
+// output left unwritten shows), summed by conv.cu's splitk_reduce_kernel into dw, against the
+// double reference on operands rounded as the kernel rounds them (r), to fp32's accumulation
+// error; with bias, the rows of dz summed beside them onto db = 1 (fp32 as copied, unrounded)
+// against sums in double (expect_weight_slices). Every weight-gradient kernel's test goes through it.
+template <class Run>
+void check_weight_kernel(const Case& c, const Case& r, int splits, bool reverse, bool bias, Run run,
+                         double tol = 1e-5, bool rounds = true) {
   const simt::Readable readable(c.readable());
-  SCOPED_TRACE("weight-gradient window, " + std::to_string(TM) + " rows, " + std::to_string(splits) +
-               " slice(s)" + (reverse ? ", reverse" : "") + (bias ? ", bias" : ""));
   std::vector<float> ws(size_t(splits) * c.dw_ref.size(), NAN), rows(size_t(splits) * size_t(c.g.K), NAN);
   cuda::WeightOp op = c.wgt(ws.data());
   if (bias) op.rows = rows.data();
-  run_winw<Prec, TM>(op, splits, reverse);
-  expect_weight_slices(c, r, ws, rows, splits, bias, reverse, tol, !Prec::kSplit);
+  run(op);
+  if (::testing::Test::HasFatalFailure()) return;  // (run's own ASSERTs)
+  expect_weight_slices(c, r, ws, rows, splits, bias, reverse, tol, rounds);
+}
+
+// One tile, precision and slicing of the window kernel's weight gradient.
+template <class Prec, int TM>
+void check_winw(const Case& c, const Case& r, int splits, bool reverse, bool bias, double tol = 1e-5) {
+  SCOPED_TRACE("weight-gradient window, " + std::to_string(TM) + " rows, " + std::to_string(splits) +
+               " slice(s)" + (reverse ? ", reverse" : "") + (bias ? ", bias" : ""));
+  check_weight_kernel(c, r, splits, reverse, bias, [&](const cuda::WeightOp& op) { run_winw<Prec, TM>(op, splits, reverse); },
+                      tol, !Prec::kSplit);
 }
 
 template <class Prec>
@@ -1042,20 +1052,17 @@ namespace {
 // check_winw, the slices summed and against the reference on rounded operands.
 template <bool kBf16, int TN>
 void check_wgwinw(const Case& c, const Case& r, int splits, bool reverse, bool bias) {
-  const simt::Readable readable(c.readable());
   SCOPED_TRACE(std::string("wgmma weight-gradient window, ") + (kBf16 ? "BF16, " : "TF32, ") + std::to_string(TN) +
                " filters, " + std::to_string(splits) + " slice(s)" + (reverse ? ", reverse" : "") + (bias ? ", bias" : ""));
-  std::vector<float> ws(size_t(splits) * c.dw_ref.size(), NAN), rows(size_t(splits) * size_t(c.g.K), NAN);
-  cuda::WeightOp op = c.wgt(ws.data());
-  if (bias) op.rows = rows.data();
-  ASSERT_TRUE(cuda::win_fits(op) && cuda::wgwinw_fits(op.g));
-  const int rtiles = (9 * op.g.C + 127) / 128, tiles = rtiles * ((op.M + TN - 1) / TN);
-  const int ldw = cuda::wgwinw_ld(op.g.W, kBf16), slice = cuda::winw_slice_pixels(op.Kd, splits);
-  ASSERT_TRUE(simt::run({unsigned(tiles), 1, unsigned(splits)}, cuda::kWgThreads,
-                        [&] { cuda::igemm_wgwinw_kernel<kBf16, TN>(op, ldw, slice); }, reverse,
-                        cuda::wgwinw_smem_bytes<kBf16, TN>(op.g.W)))
-      << "threads disagree on barriers";
-  expect_weight_slices(c, r, ws, rows, splits, bias, reverse);
+  check_weight_kernel(c, r, splits, reverse, bias, [&](const cuda::WeightOp& op) {
+    ASSERT_TRUE(cuda::win_fits(op) && cuda::wgwinw_fits(op.g));
+    const int rtiles = (9 * op.g.C + 127) / 128, tiles = rtiles * ((op.M + TN - 1) / TN);
+    const int ldw = cuda::wgwinw_ld(op.g.W, kBf16), slice = cuda::winw_slice_pixels(op.Kd, splits);
+    ASSERT_TRUE(simt::run({unsigned(tiles), 1, unsigned(splits)}, cuda::kWgThreads,
+                          [&] { cuda::igemm_wgwinw_kernel<kBf16, TN>(op, ldw, slice); }, reverse,
+                          cuda::wgwinw_smem_bytes<kBf16, TN>(op.g.W)))
+        << "threads disagree on barriers";
+  });
 }
 
 }  // namespace
@@ -1087,22 +1094,19 @@ namespace {
 // conv.cu's launch_wgw makes them, threads resumed in the given order; then as check_winw.
 template <bool kBf16, int TN, bool kXRows>
 void check_wgw(const Case& c, const Case& r, int splits, bool reverse, bool bias) {
-  const simt::Readable readable(c.readable());
   SCOPED_TRACE(std::string("wgmma 1x1 weight gradient, ") + (kBf16 ? "BF16, " : "TF32, ") +
                (kXRows ? "x" : "dz") + " as registers, " + std::to_string(TN) + " columns, " + std::to_string(splits) +
                " slice(s)" + (reverse ? ", reverse" : "") + (bias ? ", bias" : ""));
-  std::vector<float> ws(size_t(splits) * c.dw_ref.size(), NAN), rows(size_t(splits) * size_t(c.g.K), NAN);
-  cuda::WeightOp op = c.wgt(ws.data());
-  if (bias) op.rows = rows.data();
-  ASSERT_TRUE(cuda::mma_vec(op).dense);
-  ASSERT_EQ(cuda::wgw_x_rows(op), kXRows);
-  ASSERT_EQ(cuda::wgw_tile(op), TN);
-  const int rcount = kXRows ? op.N : op.M, qcount = kXRows ? op.M : op.N, chunk = cuda::mma_chunk(op.Kd, splits);
-  const SimtDim3 grid{unsigned((rcount + 127) / 128), unsigned((qcount + TN - 1) / TN), unsigned(splits)};
-  ASSERT_TRUE(simt::run(grid, cuda::kWgThreads, [&] { cuda::igemm_wgw_kernel<kBf16, TN, kXRows>(op, chunk); },
-                        reverse, cuda::WgwShape<kBf16, TN>::kSmemBytes))
-      << "threads disagree on barriers";
-  expect_weight_slices(c, r, ws, rows, splits, bias, reverse);
+  check_weight_kernel(c, r, splits, reverse, bias, [&](const cuda::WeightOp& op) {
+    ASSERT_TRUE(cuda::mma_vec(op).dense);
+    ASSERT_EQ(cuda::wgw_x_rows(op), kXRows);
+    ASSERT_EQ(cuda::wgw_tile(op), TN);
+    const int rcount = kXRows ? op.N : op.M, qcount = kXRows ? op.M : op.N, chunk = cuda::mma_chunk(op.Kd, splits);
+    const SimtDim3 grid{unsigned((rcount + 127) / 128), unsigned((qcount + TN - 1) / TN), unsigned(splits)};
+    ASSERT_TRUE(simt::run(grid, cuda::kWgThreads, [&] { cuda::igemm_wgw_kernel<kBf16, TN, kXRows>(op, chunk); },
+                          reverse, cuda::WgwShape<kBf16, TN>::kSmemBytes))
+        << "threads disagree on barriers";
+  });
 }
 
 template <bool kBf16, int TN, bool kXRows>

@@ -102,6 +102,19 @@ struct KMajorCopy {
       for (int u = 0; u < kU; ++u) cp_async16_if(b + at(u), at_row(u) + j * KS, row(u) && kin, safe);
     }
   }
+  // TF32: a RowSums-style partial sum rs.v += the landed stage b's pieces of row tid / T (fp32 as
+  // copied; Sums::T threads a row, pieces tid % T, + T, ... of the row's KS / 4).
+  template <class Sums>
+  __device__ static void add_landed_rows(Sums& rs, const float* b) {
+    const int tid = int(threadIdx.x);
+    if (tid >= Sums::T * TM) return;
+    const int n = tid / Sums::T;
+    SQ_UNROLL
+    for (int q = tid % Sums::T; q < KS / 4; q += Sums::T) {
+      const float4 v = *reinterpret_cast<const float4*>(b + ((n / 8) * (KS / 4) + q) * 32 + n % 8 * 4);
+      rs.v += (v.x + v.y) + (v.z + v.w);
+    }
+  }
   // The rows' sums over their 8 k-piece threads into rows[z M + m0 + i]: the whole block calls it
   // once its stages are done with (smem: 8 TM floats).
   __device__ void finish_rows(const float* sums, float* smem, float* rows, int m0, int M, int z) const {
@@ -151,6 +164,14 @@ __device__ void wg_step_begin() {
   cp_async_wait<kAhead - 1>();
   fence_proxy_async();
   __syncthreads();
+}
+// A step's end, its group issued (wgmma_issue): the copies kAhead steps ahead, into the stage step
+// j - 1 read, while the tensor cores work; then the wait for the group.
+template <int kAhead, int kStages, class Copy, int R>
+__device__ void wg_step_end(int j, int steps, Copy&& copy, float (&d)[R]) {
+  if (j + kAhead < steps) copy(j + kAhead, (j + kAhead) % kStages);
+  cp_async_commit();
+  wgmma_retire(d);
 }
 
 // The epilogue of a 128-pixel x TM tile of D^T: row m = m0 + 8i + 2t + p of D holds the thread's
@@ -237,10 +258,7 @@ __global__ void __launch_bounds__(kWgThreads, WgShape<kBf16, TM>::kBlocksPerSm) 
       desc[s] = wgmma_desc(smem_address(ws + 64 * s), Sh::kLbo, Sh::kSbo);
     }
     wgmma_issue<kBf16, TM>(d, a, desc);
-    // The copies three steps ahead, into the stage step j - 1 read, while the tensor cores work.
-    if (j + Sh::kAhead < steps) copy(j + Sh::kAhead, (j + Sh::kAhead) % Sh::kStages);
-    cp_async_commit();
-    wgmma_retire(d);
+    wg_step_end<Sh::kAhead, Sh::kStages>(j, steps, copy, d);
   }
   cp_async_wait<0>();  // (the last steps' empty groups)
 

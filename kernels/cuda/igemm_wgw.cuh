@@ -96,14 +96,7 @@ __global__ void __launch_bounds__(kWgThreads, 2) igemm_wgw_kernel(WeightOp op, i
       if constexpr (!kXRows) {
         rs.add(rs_, LDR);
       } else if constexpr (!kBf16) {
-        if (tid < rs.T * TN) {  // row tid / T's pieces tid % T, + T, ... of the 8 (KMajorCopy's layout)
-          const int n = tid / rs.T;
-          SQ_UNROLL
-          for (int q = tid % rs.T; q < KS / 4; q += rs.T) {
-            const float4 v = *reinterpret_cast<const float4*>(qs + ((n / 8) * (KS / 4) + q) * 32 + n % 8 * 4);
-            rs.v += (v.x + v.y) + (v.z + v.w);
-          }
-        }
+        KMajorCopy<kBf16, TN>::add_landed_rows(rs, qs);
       }
     }
     uint32_t a[KS / KW][4];  // (live until the wait below: the tensor cores read them)
@@ -130,10 +123,7 @@ __global__ void __launch_bounds__(kWgThreads, 2) igemm_wgw_kernel(WeightOp op, i
       desc[s] = wgmma_desc(smem_address(qs + 64 * s), Sh::kLbo, Sh::kSbo);
     }
     wgmma_issue<kBf16, TN>(d, a, desc);
-    // The copies kAhead steps ahead, into the stage step j - 1 read, while the tensor cores work.
-    if (j + Sh::kAhead < steps) copy(j + Sh::kAhead, (j + Sh::kAhead) % Sh::kStages);
-    cp_async_commit();
-    wgmma_retire(d);
+    wg_step_end<Sh::kAhead, Sh::kStages>(j, steps, copy, d);
   }
   cp_async_wait<0>();  // (the last steps' empty groups)
   if (rows) {  // (the same for the whole block)

@@ -137,50 +137,38 @@ __global__ void __launch_bounds__(kWgThreads, 2) igemm_wgwinw_kernel(WeightOp op
     const float* ws = bs + Sh::kBFloats;
     const unsigned* pbits = reinterpret_cast<const unsigned*>(ws + kWinC * ldw);
     if constexpr (!kBf16) {
-      if (rows && tid < rs.T * TN) {  // row tid / T's pieces tid % T, + T, ... of the 8
-        const int n = tid / rs.T;
-        SQ_UNROLL
-        for (int q = tid % rs.T; q < KS / 4; q += rs.T) {
-          const float4 v = *reinterpret_cast<const float4*>(bs + ((n / 8) * (KS / 4) + q) * 32 + n % 8 * 4);
-          rs.v += (v.x + v.y) + (v.z + v.w);
-        }
-      }
+      if (rows) KMajorCopy<kBf16, TN>::add_landed_rows(rs, bs);
     }
     // The fragments live until the wait below, where the tensor cores have read them. (A
     // warpgroup whose rows all lie past 9C multiplies zeros: skipping its wgmmas on a condition the
     // compiler cannot see is uniform made ptxas serialise every wgmma, its C7518.)
     uint32_t a[KS / KW][4];
-    {
-      const int p0 = pb + j * KS, woff = p0 - win0(p0);
-      const float* x0 = ws + (off[0] + woff);
-      const float* x1 = ws + (off[1] + woff);
-      uint64_t desc[KS / KW];
-      SQ_UNROLL
-      for (int s = 0; s < KS / KW; ++s) {
-        if constexpr (kBf16) {  // pixels 2t, 2t + 1 and 2t + 8, 2t + 9 of the 16
-          const int q = 16 * s + 2 * t;
-          const unsigned b0 = pbits[q], b1 = pbits[q + 1], b8 = pbits[q + 8], b9 = pbits[q + 9];
-          auto v = [&](const float* x, int k, unsigned bits, unsigned tb) { return (bits & tb) != 0u ? x[k] : 0.0f; };
-          a[s][0] = pack_bf16x2(v(x0, q, b0, bit[0]), v(x0, q + 1, b1, bit[0]));
-          a[s][1] = pack_bf16x2(v(x1, q, b0, bit[1]), v(x1, q + 1, b1, bit[1]));
-          a[s][2] = pack_bf16x2(v(x0, q + 8, b8, bit[0]), v(x0, q + 9, b9, bit[0]));
-          a[s][3] = pack_bf16x2(v(x1, q + 8, b8, bit[1]), v(x1, q + 9, b9, bit[1]));
-        } else {  // pixels t and t + 4 of the 8
-          const int q = 8 * s + t;
-          const unsigned b0 = pbits[q], b4 = pbits[q + 4];
-          a[s][0] = (b0 & bit[0]) != 0u ? tf32_operand(x0[q]) : 0u;
-          a[s][1] = (b0 & bit[1]) != 0u ? tf32_operand(x1[q]) : 0u;
-          a[s][2] = (b4 & bit[0]) != 0u ? tf32_operand(x0[q + 4]) : 0u;
-          a[s][3] = (b4 & bit[1]) != 0u ? tf32_operand(x1[q + 4]) : 0u;
-        }
-        desc[s] = wgmma_desc(smem_address(bs + 64 * s), Sh::kLbo, Sh::kSbo);
+    const int p0 = pb + j * KS, woff = p0 - win0(p0);
+    const float* x0 = ws + (off[0] + woff);
+    const float* x1 = ws + (off[1] + woff);
+    uint64_t desc[KS / KW];
+    SQ_UNROLL
+    for (int s = 0; s < KS / KW; ++s) {
+      if constexpr (kBf16) {  // pixels 2t, 2t + 1 and 2t + 8, 2t + 9 of the 16
+        const int q = 16 * s + 2 * t;
+        const unsigned b0 = pbits[q], b1 = pbits[q + 1], b8 = pbits[q + 8], b9 = pbits[q + 9];
+        auto v = [&](const float* x, int k, unsigned bits, unsigned tb) { return (bits & tb) != 0u ? x[k] : 0.0f; };
+        a[s][0] = pack_bf16x2(v(x0, q, b0, bit[0]), v(x0, q + 1, b1, bit[0]));
+        a[s][1] = pack_bf16x2(v(x1, q, b0, bit[1]), v(x1, q + 1, b1, bit[1]));
+        a[s][2] = pack_bf16x2(v(x0, q + 8, b8, bit[0]), v(x0, q + 9, b9, bit[0]));
+        a[s][3] = pack_bf16x2(v(x1, q + 8, b8, bit[1]), v(x1, q + 9, b9, bit[1]));
+      } else {  // pixels t and t + 4 of the 8
+        const int q = 8 * s + t;
+        const unsigned b0 = pbits[q], b4 = pbits[q + 4];
+        a[s][0] = (b0 & bit[0]) != 0u ? tf32_operand(x0[q]) : 0u;
+        a[s][1] = (b0 & bit[1]) != 0u ? tf32_operand(x1[q]) : 0u;
+        a[s][2] = (b4 & bit[0]) != 0u ? tf32_operand(x0[q + 4]) : 0u;
+        a[s][3] = (b4 & bit[1]) != 0u ? tf32_operand(x1[q + 4]) : 0u;
       }
-      wgmma_issue<kBf16, TN>(d, a, desc);
+      desc[s] = wgmma_desc(smem_address(bs + 64 * s), Sh::kLbo, Sh::kSbo);
     }
-    // The copies kAhead steps ahead, into the stage step j - 1 read, while the tensor cores work.
-    if (j + Sh::kAhead < steps) copy(j + Sh::kAhead, (j + Sh::kAhead) % Sh::kStages);
-    cp_async_commit();
-    wgmma_retire(d);
+    wgmma_issue<kBf16, TN>(d, a, desc);
+    wg_step_end<Sh::kAhead, Sh::kStages>(j, steps, copy, d);
   }
   cp_async_wait<0>();  // (the last steps' empty groups)
   if (rows) {  // (the same for the whole block)
