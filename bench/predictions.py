@@ -208,8 +208,10 @@ def predictions():
           lambda r: total(r["main"], "layers", FIRES_BWD, "own fp32 ms"), 13.5, 14.8, since="d"),
         P("squeezenet1.0 fp32 img/s", "the input gradient's epilogue loads before it stores",
           at("train", SQ10, "own fp32 img/s"), 4150, 4400, higher=True, since="d"),
+        # (conv1's forward goes to wgmma since session 27, below: this row and the row kernel's
+        # forward rows read the lease's SQUEEZE_IGEMM_WGMMA=0 run, the schedule they were made for.)
         P("conv1 forward, TF32 ms, bias once a row", "the forward's bias read once a row",
-          at("layers", "conv1 fwd", "own tf32 ms"), 0.6, 0.95, since="d",
+          lambda r: value(r["nowgmma"], "layers", "conv1 fwd", "own tf32 ms"), 0.6, 0.95, since="d",
           falsified=lambda v: v > 1.2, then="the waits were the copies', not the bias's: read limits' long-scoreboard share"),
         # The max-pools staged through shared memory (docs/KERNELS.md, "The pools through shared
         # memory"), against run d and against SQUEEZE_POOL_BAND=0 in the same lease.
@@ -278,8 +280,9 @@ def predictions():
         # kernels, half the instructions"), with the truncated operands and the bias read once: the
         # forward's A in fragment order and its stores without divisions; the weight gradient's x
         # rows in a ring over consecutive output rows and dz's rows in 16-byte copies.
-        *[P(what, "conv1's row kernels, half the instructions", at("layers", layer, col), lo, hi, since="d",
-            falsified=(lambda v, above=above: v > above) if above else None, then=then)
+        *[P(what, "conv1's row kernels, half the instructions",
+            (lambda r, layer=layer, col=col: value(r["nowgmma" if "fwd" in layer else "main"], "layers", layer, col)),
+            lo, hi, since="d", falsified=(lambda v, above=above: v > above) if above else None, then=then)
           for what, layer, col, lo, hi, above, then in [
               ("conv1 forward, TF32 ms, half the instructions", "conv1 fwd", "own tf32 ms", 0.35, 0.7, 0.95,
                "the row kernel is not bound by its instructions: read limits' stall reasons for igemm_rows_kernel"),
@@ -366,6 +369,19 @@ def predictions():
         P("the Fires' 1x1 weight gradients, TF32 ms, wgmma", "the 1x1 weight gradients on wgmma",
           lambda r: total(r["main"], "conv", ONE_BY_ONE, "own tf32 bwd weights ms"), 0.9, 1.3, since="d",
           falsified=lambda v: v > 1.45, then="the 1x1 weight gradients wait on memory, not on issue: route them back"),
+        # conv1's forward on wgmma (docs/KERNELS.md, "the wgmma row kernel"): 42.9 GFLOP (about
+        # 0.1 ms at the TF32 rate) writing 584 MB (0.12-0.17 ms on an H200 or H100), a tile an
+        # output row, the im2col from registers and w resident as wgmma's shared-memory operand.
+        P("conv1 forward, TF32 ms, wgmma row kernel", "the wgmma row kernel",
+          at("layers", "conv1 fwd", "own tf32 ms"), 0.15, 0.3, since="d",
+          falsified=lambda v: v > 0.4, then="the wgmma row kernel is bound by its copies or stores: read limits' igemm_wgrows_kernel"),
+        P("conv1 forward, BF16 ms, wgmma row kernel", "the wgmma row kernel",
+          at("layers", "conv1 fwd", "own bf16 ms"), 0.14, 0.28, since="d",
+          falsified=lambda v: v > 0.4, then="the wgmma row kernel is bound by its copies or stores in BF16"),
+        P("conv1 forward, TF32, SQUEEZE_IGEMM_WGMMA=0 over the default (same lease)", "the wgmma row kernel",
+          lambda r: value(r["nowgmma"], "layers", "conv1 fwd", "own tf32 ms") / value(r["main"], "layers", "conv1 fwd", "own tf32 ms"),
+          1.5, 3.5, higher=True, since="d", falsified=lambda v: v < 1.2,
+          then="the row kernel on wgmma is no faster than on mma.sync: route conv1 back"),
         # Everything since run d together (docs/BENCHMARKS.md, "What is still owed"): the
         # truncated operands, the bias and the epilogue's loads, the band pools; and the graph,
         # default since session 21, for img/s. 1.5x run d's PyTorch eager is 9,570 img/s.
@@ -518,7 +534,9 @@ def self_test():
         "fire8 expand 3x3 forward, TF32 ms, operands truncated": "FALSIFIED",  # run d itself: 0.330, before
         "the eight Fire modules forward + backward, TF32 ms": "FALSIFIED",  # 10.945
         "squeezenet1.0 TF32 step, sum of the layers ms": "short of the prediction",  # 15.34
-        "conv1 forward, TF32 ms, bias once a row": "FALSIFIED",  # 1.50, before the change
+        "conv1 forward, TF32 ms, bias once a row": "not measured",  # the WGMMA=0 run's (since session 27)
+        "conv1 forward, TF32 ms, wgmma row kernel": "FALSIFIED",  # run d itself: 1.50, before the change
+        "conv1 forward, TF32, SQUEEZE_IGEMM_WGMMA=0 over the default (same lease)": "not measured",
         "the eight Fire backwards of the TF32 step ms": "FALSIFIED",  # 7.28, before the changes
         "the three max-pool forwards ms, band kernels": "FALSIFIED",  # 0.842, before the change
         "max-pools, band over gathering kernels (same lease)": "not measured",  # no such run in run d

@@ -29,8 +29,8 @@
 #            SQUEEZE_IGEMM_WIN=0 (the expand 3x3 products through the mma kernel's gathers), the
 #            convolutions and layers with SQUEEZE_IGEMM_DENSE=0 (the 1x1 products' copies through
 #            keys, no 128x128 tile), the convolutions, training and layers at TF32 and BF16 with
-#            SQUEEZE_IGEMM_WGMMA=0 (the 1x1 products' forward and input gradient on the mma
-#            kernel, not wgmma), the
+#            SQUEEZE_IGEMM_WGMMA=0 (every product's wgmma kernel off: the 1x1 and 3x3 products
+#            and conv1's forward on the mma, window and row kernels' mma.sync), the
 #            step's layers with SQUEEZE_POOL_BAND=0 (the max-pools' gathering kernels), and
 #            the fp32 columns with SQUEEZE_IGEMM_3XTF32=1 (three TF32 products a multiply); the
 #            algorithms cuDNN picked for each geometry ($OUT/cudnn_algos.txt), and the own
@@ -187,8 +187,8 @@ for phase in $phases; do
     # kernel): every model shape against the double reference.
     SQUEEZE_IGEMM_WIN=0 run "test_cuda_ops, 3x3 products without the window kernel" $B/test_cuda_ops \
       --gtest_color=no --gtest_filter='CudaOps.TensorCoreConvolution*'
-    # The plain 1x1 products' forward and input gradient through the mma kernel (the default on
-    # sm_90a is wgmma, igemm_wg.cuh): every model shape against the double reference.
+    # Every product through its mma.sync kernel (the default on sm_90a is wgmma: the 1x1 and 3x3
+    # products, conv1's forward): every model shape against the double reference.
     SQUEEZE_IGEMM_WGMMA=0 run "test_cuda_ops, 1x1 products without wgmma" $B/test_cuda_ops \
       --gtest_color=no --gtest_filter='CudaOps.TensorCoreConvolution*'
     # The max-pools' gathering kernels (the default is the band kernels): every model shape, bit
@@ -271,8 +271,8 @@ for phase in $phases; do
     SQUEEZE_IGEMM_DENSE=0 run "bench_gpu, dense products through keys (convolutions, layers)" \
       $B/bench_gpu --reps 20 --sections 1b,3 --variants 'own tf32,own bf16' --json "$OUT/bench_gpu_nodense.json" &&
       python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_nodense.json"
-    # ... and the plain 1x1 products' forward and input gradient through the mma kernel instead of
-    # wgmma (igemm_wg.cuh), same run: the convolutions, training and the layers at TF32 and BF16.
+    # ... and every product through its mma.sync kernel instead of wgmma (the 1x1 and 3x3 products,
+    # conv1's forward), same run: the convolutions, training and the layers at TF32 and BF16.
     SQUEEZE_IGEMM_WGMMA=0 run "bench_gpu, 1x1 products without wgmma (convolutions, training, layers)" \
       $B/bench_gpu --reps 20 --sections 1b,2,3 --variants 'own tf32,own bf16' --json "$OUT/bench_gpu_nowgmma.json" &&
       python3 bench/gpu_compare.py "$OUT/bench_gpu.json" "$OUT/bench_gpu_nowgmma.json"

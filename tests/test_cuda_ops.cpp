@@ -183,7 +183,7 @@ TEST(CudaOps, WgmmaProbeGivesTheProduct) {
   REQUIRE_GPU();
   if (!cuda::wgmma_available()) GTEST_SKIP() << "no wgmma in this build's code for this GPU (sm_90a only)";
   for (bool bf16 : {false, true})
-    for (int n : {64, 128})
+    for (int n : {64, 96, 128})
       for (int layout : {0, 1})
         for (int groups : {1, 2}) {
           const int K = cuda::wgmma_probe_depth(bf16);
@@ -423,8 +423,9 @@ TEST(CudaOps, TensorCoreConvolution) {
 // weight gradients 64 rows, the 3x3 16 -> 128's 128 rows; the three stride-2 first convolutions
 // take the row kernel's forward with 3, 2 and 1 fragments a warp row (rows_fm). Where wgmma is
 // available (sm_90a), the window products and weight gradients take the wgmma window kernels
-// instead (TensorCoreProductsTakeTheirKernels), and the 1x1 384 -> 512's forward and input
-// gradient the wgmma kernel. Small enough for compute-sanitizer's racecheck (gpu_check.sh
+// instead (TensorCoreProductsTakeTheirKernels), the 1x1 384 -> 512's forward and input gradient
+// the wgmma kernel, and the first convolutions' forwards the wgmma row kernel (96 and 64 filters).
+// Small enough for compute-sanitizer's racecheck (gpu_check.sh
 // sanitize), which the model shapes are not.
 TEST(CudaOps, TensorCoreConvolutionEveryTileSmall) {
   REQUIRE_GPU();
@@ -468,9 +469,12 @@ TEST(CudaOps, TensorCoreProductsTakeTheirKernels) {
   int optin = 0;
   SQ_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0));
   const std::string wide = optin >= 160 * 1024 ? "tile 128x128," : "tile 128x64,";
-  const std::string conv1 = optin > 99 * 1024 ? "row kernel, tile 96x224," : "mma kernel, tile 128x64,";
-  // The plain 1x1's forward and input gradient on wgmma where the GPU's code has it (sm_90a).
+  // The plain 1x1's forward and input gradient on wgmma where the GPU's code has it (sm_90a), and
+  // conv1's forward on the wgmma row kernel (96 filters by 128 columns).
   const bool wg = cuda::wgmma_available() && !cuda::env_is("SQUEEZE_IGEMM_WGMMA", "0");
+  const std::string conv1 = wg                  ? "wgmma row kernel, tile 96x128,"
+                            : optin > 99 * 1024 ? "row kernel, tile 96x224,"
+                                                : "mma kernel, tile 128x64,";
   const std::string plain = wg ? "wgmma kernel, tile 128x128," : "mma kernel, " + wide;
   // The 3x3 window products' forward (given scratch) and input gradient on wgmma there too (128
   // rows where M passes 64, else 64), and their weight gradient (128 filters where they divide K,

@@ -28,6 +28,7 @@
 #include "kernels/cuda/igemm_wgwin.cuh"
 #include "kernels/cuda/igemm_wgwinw.cuh"
 #include "kernels/cuda/igemm_wgw.cuh"
+#include "kernels/cuda/igemm_wgrows.cuh"
 #include "kernels/cuda/pool_index.h"
 #include "kernels/ops.h"
 #include "core/model.h"
@@ -1188,17 +1189,42 @@ void run_rows(const cuda::FwdOp& op, int blocks, bool reverse) {
       << "threads disagree on barriers";
 }
 
-template <class Prec, int FM>
-void check_rows(const Case& c, const Case& r) {
+// The wgmma row kernel (igemm_wgrows.cuh), the same way.
+template <bool kBf16, int TN>
+void run_wgrows(const cuda::FwdOp& op, int blocks, bool reverse) {
+  ASSERT_TRUE(cuda::wgrows_fits(op));
+  ASSERT_EQ(cuda::wgrows_tn(op.M), TN);
+  const cuda::WgRowsLayout l = cuda::wgrows_layout(op.g, TN, kBf16);
+  const int tiles = cuda::wgrows_tiles(op.g);
+  const int grid = blocks > 0 ? std::min(blocks, tiles) : tiles;
+  ASSERT_TRUE(simt::run({unsigned(grid), 1, 1}, cuda::kWgThreads,
+                        [&] { cuda::igemm_wgrows_kernel<kBf16, TN>(op, l); }, reverse,
+                        cuda::wgrows_smem_bytes<kBf16, TN>(op.g)))
+      << "threads disagree on barriers";
+}
+
+// A first-convolution forward through run(op, blocks, reverse) with a block a tile, one persistent
+// block (threads resumed in reverse) and two, against the reference on rounded operands r.
+template <class Run>
+void check_row_forward(const Case& c, const Case& r, Run run) {
   const simt::Readable readable(c.readable());
   for (int blocks : {0, 1, 2}) {
     const bool reverse = blocks == 1;
     SCOPED_TRACE(std::to_string(blocks) + " block(s)" + (reverse ? ", reverse" : ""));
     std::vector<float> y(c.y_ref.size(), NAN);
-    run_rows<Prec, FM>(c.fwd(y.data()), blocks, reverse);
+    run(c.fwd(y.data()), blocks, reverse);
     EXPECT_LT(rel(y, r.y_ref), 1e-5) << "forward";
     EXPECT_GT(rel(y, c.y_ref), 1e-7) << "the operands were not rounded";
   }
+}
+template <class Prec, int FM>
+void check_rows(const Case& c, const Case& r) {
+  check_row_forward(c, r, [](const cuda::FwdOp& op, int blocks, bool reverse) { run_rows<Prec, FM>(op, blocks, reverse); });
+}
+template <bool kBf16, int TN>
+void check_wgrows(const Case& c, const Case& r) {
+  SCOPED_TRACE("wgmma row kernel, " + std::to_string(TN) + " filters");
+  check_row_forward(c, r, [](const cuda::FwdOp& op, int blocks, bool reverse) { run_wgrows<kBf16, TN>(op, blocks, reverse); });
 }
 
 // The row kernel's weight gradient with Z split-K slices (ranges of consecutive output rows), summed by
@@ -1232,7 +1258,7 @@ void check_rowsw_slicings(const Case& c, const Case& r) {
 }
 
 template <class Prec>
-void check_rows_cases(int* weight_tiles) {
+void check_rows_cases(int* weight_tiles, int* wgrows) {
   std::mt19937 rng(23);
   // Stride 2, no padding: squeezenet1.0's conv1 (7x7, 3 channels) and 1.1's (3x3) on small
   // images; rows of Q = 112 (the tile's width) at 96 filters (3 fragments a warp row); W odd and
@@ -1249,6 +1275,12 @@ void check_rows_cases(int* weight_tiles) {
   for (const ConvGeom& cg : cases) {
     const Case c(cg, rng), r = rounded_case<Prec>(c);
     SCOPED_TRACE(c.name());
+    constexpr bool kBf16 = Prec::K == 16;
+    if (cuda::wgrows_tn(cg.K) == 96)
+      check_wgrows<kBf16, 96>(c, r);
+    else
+      check_wgrows<kBf16, 64>(c, r);
+    ++*wgrows;
     switch (cuda::rows_fm(cg.K)) {
       case 1: check_rows<Prec, 1>(c, r); break;
       case 2: check_rows<Prec, 2>(c, r); break;
@@ -1262,6 +1294,19 @@ void check_rows_cases(int* weight_tiles) {
     else ADD_FAILURE() << "no weight-gradient tile for FM " << fm << ", FN " << fn;
     ++*weight_tiles;
   }
+  // The wgmma row kernel alone: 72 filters under its 96 (rows past M), and rows of 128 outputs
+  // (its tile's width; the row kernel takes at most 112).
+  for (const ConvGeom& cg : {ConvGeom{2, 3, 19, 27, 72, 7, 7, 2, 0}, ConvGeom{1, 2, 9, 257, 24, 3, 3, 2, 0}}) {
+    const Case c(cg, rng), r = rounded_case<Prec>(c);
+    SCOPED_TRACE(c.name());
+    if (cg.K == 72) {
+      check_wgrows<Prec::K == 16, 96>(c, r);
+    } else {
+      EXPECT_FALSE(cuda::rows_fits(c.fwd(nullptr)));
+      check_wgrows<Prec::K == 16, 64>(c, r);
+    }
+    ++*wgrows;
+  }
 }
 
 }  // namespace
@@ -1274,16 +1319,17 @@ void check_rows_cases(int* weight_tiles) {
 // shared memory with NaN and performs a copy only when its thread waits; the reference rounds x,
 // w and dz as the kernels do.
 TEST(ImplicitGemm, RowKernelOnTheCpuReproducesTheFirstConvolution) {
-  int weight_tiles = 0;
+  int weight_tiles = 0, wgrows = 0;
   {
     SCOPED_TRACE("tf32");
-    check_rows_cases<cuda::MmaTf32>(&weight_tiles);
+    check_rows_cases<cuda::MmaTf32>(&weight_tiles, &wgrows);
   }
   {
     SCOPED_TRACE("bf16");
-    check_rows_cases<cuda::MmaBf16>(&weight_tiles);
+    check_rows_cases<cuda::MmaBf16>(&weight_tiles, &wgrows);
   }
   EXPECT_EQ(weight_tiles, 12);
+  EXPECT_EQ(wgrows, 16);
 }
 
 // Which forwards the row kernel takes (rows_fits): the first convolution of squeezenet1.0 and 1.1
@@ -1304,6 +1350,18 @@ TEST(ImplicitGemm, RowKernelTakesTheFirstConvolutions) {
   EXPECT_FALSE(cuda::rows_fits(fwd(128, 3, 224, 96, 9, 2, 0))) << "9x9";
   EXPECT_FALSE(cuda::rows_fits(fwd(128, 16, 64, 64, 3, 2, 0))) << "16 channels: A and the rows do not fit";
   EXPECT_FALSE(cuda::rows_fits(fwd(128, 96, 55, 64, 1, 2, 0))) << "a 1x1 at stride 2 over 96 channels";
+  // The wgmma row kernel: the same, but rows of up to 128 outputs.
+  EXPECT_TRUE(cuda::wgrows_fits(fwd(128, 3, 224, 96, 7, 2, 0))) << "wgmma: squeezenet1.0's conv1";
+  EXPECT_TRUE(cuda::wgrows_fits(fwd(7, 3, 224, 96, 7, 2, 0))) << "wgmma: squeezenet1.0's conv1, batch 7";
+  EXPECT_TRUE(cuda::wgrows_fits(fwd(128, 3, 224, 64, 3, 2, 0))) << "wgmma: squeezenet1.1's conv1";
+  EXPECT_TRUE(cuda::wgrows_fits(fwd(128, 3, 235, 96, 7, 2, 0))) << "wgmma: rows of 115 outputs";
+  EXPECT_TRUE(cuda::wgrows_fits(fwd(2, 3, 261, 96, 7, 2, 0))) << "wgmma: rows of 128 outputs";
+  EXPECT_FALSE(cuda::wgrows_fits(fwd(2, 3, 263, 96, 7, 2, 0))) << "wgmma: rows of 129 outputs";
+  EXPECT_FALSE(cuda::wgrows_fits(fwd(128, 1, 28, 64, 3, 1, 1))) << "wgmma: stride 1";
+  EXPECT_FALSE(cuda::wgrows_fits(fwd(128, 3, 224, 96, 7, 2, 1))) << "wgmma: padding";
+  EXPECT_FALSE(cuda::wgrows_fits(fwd(128, 3, 224, 97, 7, 2, 0))) << "wgmma: 97 filters";
+  EXPECT_FALSE(cuda::wgrows_fits(fwd(128, 3, 224, 96, 9, 2, 0))) << "wgmma: 9x9";
+  EXPECT_FALSE(cuda::wgrows_fits(fwd(128, 16, 64, 64, 7, 2, 0))) << "wgmma: 16 channels at 7x7: the rows do not fit";
   auto wgt = [&](int N, int C, int H, int K, int R, int stride, int pad) {
     const cuda::FwdOp f = fwd(N, C, H, K, R, stride, pad);
     return cuda::WeightOp{f.g, nullptr, nullptr, nullptr, K, f.Kd, f.N};

@@ -283,7 +283,7 @@ TEST(SimtHost, LdmatrixGivesEachLaneItsWordsOfThePtxLayout) {
 // product. The device's answer to the same probe is what says the emulator reads the ISA right.
 TEST(SimtHost, WgmmaProbeGivesTheProduct) {
   for (bool bf16 : {false, true})
-    for (int n : {64, 128})
+    for (int n : {64, 96, 128})
       for (int layout : {0, 1})
         for (int groups : {1, 2})
           for (bool reverse : {false, true}) {
@@ -297,11 +297,13 @@ TEST(SimtHost, WgmmaProbeGivesTheProduct) {
             float* out = D.data();
             ASSERT_TRUE(simt::run({1, 1, 1}, 128 * groups, [&] {
               if (bf16) {
-                n == 64 ? cuda::wgmma_probe_kernel<true, 64>(A, B, out, layout)
-                        : cuda::wgmma_probe_kernel<true, 128>(A, B, out, layout);
+                n == 64   ? cuda::wgmma_probe_kernel<true, 64>(A, B, out, layout)
+                : n == 96 ? cuda::wgmma_probe_kernel<true, 96>(A, B, out, layout)
+                          : cuda::wgmma_probe_kernel<true, 128>(A, B, out, layout);
               } else {
-                n == 64 ? cuda::wgmma_probe_kernel<false, 64>(A, B, out, layout)
-                        : cuda::wgmma_probe_kernel<false, 128>(A, B, out, layout);
+                n == 64   ? cuda::wgmma_probe_kernel<false, 64>(A, B, out, layout)
+                : n == 96 ? cuda::wgmma_probe_kernel<false, 96>(A, B, out, layout)
+                          : cuda::wgmma_probe_kernel<false, 128>(A, B, out, layout);
               }
             }, reverse, size_t(K) * size_t(n) * (bf16 ? 2 : 4))) << what;
             testing_ops::expect_wgmma_probe(D, c, n, what);

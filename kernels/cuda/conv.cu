@@ -21,6 +21,7 @@
 #include "kernels/cuda/igemm_kernel.cuh"
 #include "kernels/cuda/igemm_mma.cuh"
 #include "kernels/cuda/igemm_rows.cuh"
+#include "kernels/cuda/igemm_wgrows.cuh"
 #include "kernels/cuda/igemm_win.cuh"
 #include "kernels/cuda/igemm_wg.cuh"
 #include "kernels/cuda/igemm_wgwin.cuh"
@@ -478,6 +479,33 @@ void launch_rows(const FwdOp& op, cudaStream_t s) {
   });
 }
 
+// The first convolution's forward in TF32 and BF16 through wgmma (igemm_wgrows.cuh), on the same
+// switch and condition as the other wgmma kernels, where the row kernel takes it and the stages
+// fit: 64 or 96 filters, blocks persistent over the output rows as the row kernel's.
+template <bool kBf16, int TN>
+auto wgrows_kernel() {
+  return smem_limited<igemm_wgrows_kernel<kBf16, TN>, kWgRowsSmem>();
+}
+bool wgrows_takes(const FwdOp& op) {
+  return g_wgmma && wgrows_fits(op, std::min(kWgRowsSmem, smem_optin())) && wgmma_available();
+}
+template <bool kBf16>
+void launch_wgrows(const FwdOp& op, cudaStream_t s) {
+  const int tiles = wgrows_tiles(op.g), resident = mma_resident();
+  const int blocks = resident > 0 ? std::min(tiles, resident) : tiles;
+  auto launch = [&](auto n) {
+    constexpr int TN = decltype(n)::value;
+    const WgRowsLayout l = wgrows_layout(op.g, TN, kBf16);
+    const size_t smem = wgrows_smem_bytes<kBf16, TN>(op.g);
+    report_route(op, kBf16 ? "BF16" : "TF32", "wgmma row", TN, kWgRowsQ, dim3(blocks), smem);
+    wgrows_kernel<kBf16, TN>()<<<blocks, kWgThreads, smem, s>>>(op, l);
+  };
+  if (wgrows_tn(op.M) == 96)
+    launch(std::integral_constant<int, 96>{});
+  else
+    launch(std::integral_constant<int, 64>{});
+}
+
 // The row kernel's weight gradient, its limit raised; its tiles (fragments of filters and of taps).
 template <class Prec, int FM, int FN>
 auto rowsw_kernel() {
@@ -527,7 +555,12 @@ void launch_mma(const Op& op, int splits, cudaStream_t s, float* taps = nullptr)
   const Route r = route(op);
   if constexpr (Prec::kRowKernels) {
     if (r == Route::kRows) {  // (never the input gradient)
-      if constexpr (std::is_same_v<Op, FwdOp>) return launch_rows<Prec>(op, s);
+      if constexpr (std::is_same_v<Op, FwdOp>) {
+        if constexpr (std::is_same_v<Prec, MmaTf32> || std::is_same_v<Prec, MmaBf16>) {
+          if (wgrows_takes(op)) return launch_wgrows<std::is_same_v<Prec, MmaBf16>>(op, s);
+        }
+        return launch_rows<Prec>(op, s);
+      }
       if constexpr (std::is_same_v<Op, WeightOp>) return launch_rowsw<Prec>(op, splits, s);
     }
   }
@@ -688,6 +721,7 @@ void prepare_conv_kernels() {
     wgw_kernel<false, 64, false>(), wgw_kernel<false, 128, false>(), wgw_kernel<true, 64, false>();
     wgw_kernel<true, 128, false>(), wgw_kernel<false, 64, true>(), wgw_kernel<false, 128, true>();
     wgw_kernel<true, 64, true>(), wgw_kernel<true, 128, true>();
+    wgrows_kernel<false, 64>(), wgrows_kernel<false, 96>(), wgrows_kernel<true, 64>(), wgrows_kernel<true, 96>();
   }
   for_each_mma_tile([](auto tile) {
     using T = decltype(tile);

@@ -186,7 +186,7 @@ void fire_backward(const FireGeom& g, const float* x, FireParams<const float> p,
 bool wgmma_available();
 // The probe of wgmma.cuh's operand layouts (wgmma_probe.cuh): D (64 groups x n) = A (64 groups x K)
 // * B (K x n), row-major device arrays of TF32 or BF16 values, on one block of `groups` warpgroups;
-// n 64 or 128, layout 0 or 1 (B's core matrices along k or along n), K = wgmma_probe_depth(bf16).
+// n 64, 96 or 128, layout 0 or 1 (B's core matrices along k or along n), K = wgmma_probe_depth(bf16).
 // Throws sq::Error where wgmma_available() is false.
 int wgmma_probe_depth(bool bf16);
 void wgmma_probe(bool bf16, int n, int layout, int groups, const float* A, const float* B, float* D,

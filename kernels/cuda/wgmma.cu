@@ -1,5 +1,7 @@
 // Hopper's warpgroup MMA on the device: whether this build's code for the GPU in use has it
 // (sm_90a), and the probe that checks wgmma.cuh's operand layouts there (wgmma_probe.cuh).
+#include <type_traits>
+
 #include "core/error.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
@@ -45,12 +47,15 @@ int wgmma_probe_depth(bool bf16) { return wgmma_probe_k(bf16); }
 void wgmma_probe(bool bf16, int n, int layout, int groups, const float* A, const float* B, float* D,
                  cudaStream_t s) {
   SQ_ASSERT(wgmma_available(), "wgmma_probe on a GPU without wgmma code in this build");
-  SQ_ASSERT((n == 64 || n == 128) && (layout == 0 || layout == 1) && (groups == 1 || groups == 2),
-            "wgmma_probe: N 64 or 128, layout 0 or 1, 1 or 2 warpgroups");
-  if (bf16)
-    n == 64 ? launch_probe<true, 64>(A, B, D, layout, groups, s) : launch_probe<true, 128>(A, B, D, layout, groups, s);
-  else
-    n == 64 ? launch_probe<false, 64>(A, B, D, layout, groups, s) : launch_probe<false, 128>(A, B, D, layout, groups, s);
+  SQ_ASSERT((n == 64 || n == 96 || n == 128) && (layout == 0 || layout == 1) && (groups == 1 || groups == 2),
+            "wgmma_probe: N 64, 96 or 128, layout 0 or 1, 1 or 2 warpgroups");
+  auto launch = [&](auto kb) {
+    constexpr bool kBf16 = decltype(kb)::value;
+    if (n == 64) return launch_probe<kBf16, 64>(A, B, D, layout, groups, s);
+    if (n == 96) return launch_probe<kBf16, 96>(A, B, D, layout, groups, s);
+    launch_probe<kBf16, 128>(A, B, D, layout, groups, s);
+  };
+  bf16 ? launch(std::true_type{}) : launch(std::false_type{});
 }
 
 }  // namespace cuda

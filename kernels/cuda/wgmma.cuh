@@ -78,16 +78,20 @@ template <int N>
 __device__ void wgmma_tf32(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b, int scale_d);
 template <int N>
 __device__ void wgmma_bf16(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b, int scale_d);
-// The four instantiations' PTX, their operand lists spelled once: the accumulators ("+f", D32 or
-// D64), their names in the instruction (R32, R64), then A's four registers, scale-d and B's
+// The six instantiations' PTX, their operand lists spelled once: the accumulators ("+f", D32, D48
+// or D64), their names in the instruction (R32, R48, R64), then A's four registers, scale-d and B's
 // descriptor, numbered after them.
 #define SQ_WG_F8(i)                                                                                       \
   "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), \
       "+f"(d[i + 7])
 #define SQ_WG_D32 SQ_WG_F8(0), SQ_WG_F8(8), SQ_WG_F8(16), SQ_WG_F8(24)
-#define SQ_WG_D64 SQ_WG_D32, SQ_WG_F8(32), SQ_WG_F8(40), SQ_WG_F8(48), SQ_WG_F8(56)
+#define SQ_WG_D48 SQ_WG_D32, SQ_WG_F8(32), SQ_WG_F8(40)
+#define SQ_WG_D64 SQ_WG_D48, SQ_WG_F8(48), SQ_WG_F8(56)
 #define SQ_WG_R32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "               \
                   "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define SQ_WG_R48 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "               \
+                  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "  \
+                  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47}"
 #define SQ_WG_R64 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "               \
                   "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "  \
                   "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "  \
@@ -105,6 +109,10 @@ __device__ __forceinline__ void wgmma_tf32<64>(float (&d)[32], const uint32_t (&
   SQ_WGMMA_RS("m64n64k8.f32.tf32.tf32", SQ_WG_R32, SQ_WG_D32, "%32, %33, %34, %35", "%36", "%37", "");
 }
 template <>
+__device__ __forceinline__ void wgmma_tf32<96>(float (&d)[48], const uint32_t (&a)[4], uint64_t b, int scale_d) {
+  SQ_WGMMA_RS("m64n96k8.f32.tf32.tf32", SQ_WG_R48, SQ_WG_D48, "%48, %49, %50, %51", "%52", "%53", "");
+}
+template <>
 __device__ __forceinline__ void wgmma_tf32<128>(float (&d)[64], const uint32_t (&a)[4], uint64_t b, int scale_d) {
   SQ_WGMMA_RS("m64n128k8.f32.tf32.tf32", SQ_WG_R64, SQ_WG_D64, "%64, %65, %66, %67", "%68", "%69", "");
 }
@@ -113,13 +121,19 @@ __device__ __forceinline__ void wgmma_bf16<64>(float (&d)[32], const uint32_t (&
   SQ_WGMMA_RS("m64n64k16.f32.bf16.bf16", SQ_WG_R32, SQ_WG_D32, "%32, %33, %34, %35", "%36", "%37", ", 0");
 }
 template <>
+__device__ __forceinline__ void wgmma_bf16<96>(float (&d)[48], const uint32_t (&a)[4], uint64_t b, int scale_d) {
+  SQ_WGMMA_RS("m64n96k16.f32.bf16.bf16", SQ_WG_R48, SQ_WG_D48, "%48, %49, %50, %51", "%52", "%53", ", 0");
+}
+template <>
 __device__ __forceinline__ void wgmma_bf16<128>(float (&d)[64], const uint32_t (&a)[4], uint64_t b, int scale_d) {
   SQ_WGMMA_RS("m64n128k16.f32.bf16.bf16", SQ_WG_R64, SQ_WG_D64, "%64, %65, %66, %67", "%68", "%69", ", 0");
 }
 #undef SQ_WGMMA_RS
 #undef SQ_WG_R64
+#undef SQ_WG_R48
 #undef SQ_WG_R32
 #undef SQ_WG_D64
+#undef SQ_WG_D48
 #undef SQ_WG_D32
 #undef SQ_WG_F8
 #undef SQ_WGMMA_ASM
