@@ -436,9 +436,18 @@ def table(runs, bases):
         except (TypeError, ZeroDivisionError):
             return None
 
+    def device(r):
+        return ((r or {}).get("main") or {}).get("device")
+
     for p in predictions():
         now, before = get(p, runs), get(p, bases.get(p.since))
         v = p.verdict(now)
+        # A time or rate predicted for the base run's GPU, measured on another (run d: an H200; a
+        # lease may give an H100, with 30 % less memory bandwidth): the verdict stands, flagged.
+        # Ratios of two runs of one lease (" over " in the row's name) hold on any GPU.
+        ran, made_for = device(runs), device(bases.get(p.since))
+        if now is not None and " over " not in p.what and ran and made_for and ran != made_for:
+            v = "on %s, predicted for %s: %s" % (ran, made_for, v)
         verdicts.append((p.what, v))
         lines.append("| %s (\"%s\") | %s | %s | %s | %s |" %
                      (p.what, p.section, fmt(before) + (" (%s)" % p.since if before is not None else ""), fmt(now),
@@ -578,6 +587,14 @@ def self_test():
     f = P("z", "s", lambda r: None, None, None, falsified=lambda v: v > 1.0, then="u")
     rules += [(f.verdict(0.5), "not falsified"), (f.verdict(1.5), "FALSIFIED: u"), (f.verdict(None), "not measured")]
     bad += [("rule", g, w) for g, w in rules if g != w]
+    # Run d's numbers as if measured on another GPU: times flagged, same-lease ratios not.
+    other = dict(bases["d"])
+    other["main"] = dict(other["main"], device="NVIDIA H100 80GB HBM3")
+    got_o = dict(table(other, bases)[1])
+    for what, w in [("conv10 backward, TF32 ms", "on NVIDIA H100 80GB HBM3, predicted for NVIDIA H200: "),
+                    ("fire8 forward + backward, 3xTF32 over TF32", "short of the prediction")]:
+        if not (got_o.get(what) or "").startswith(w):
+            bad.append(("other GPU: " + what, got_o.get(what), w))
     for what, g, w in bad:
         print(f"predictions self-test: {what}: got {g!r}, want {w!r}")
     return 1 if bad else 0
@@ -599,7 +616,14 @@ def main():
     runs = runs_in(a.out_dir)
     if runs["main"] is None:
         sys.exit(f"predictions: {a.out_dir}: no bench_gpu.json")
-    text, _ = table(runs, baselines(a.docs))
+    bases = baselines(a.docs)
+    ran = runs["main"].get("device")
+    other = sorted("run %s on %s" % (name, (b.get("main") or {}).get("device")) for name, b in bases.items()
+                   if ran and (b.get("main") or {}).get("device") not in (None, ran))
+    if other:
+        print(f"(This run is on {ran}; the bases of its predictions were not ({', '.join(other)}): the verdicts on "
+              "times and rates are flagged, the same-lease ratios and the goals are not.)\n")
+    text, _ = table(runs, bases)
     print(text)
     print("\n### The goals of issue 4 in this run\n")
     print(goals(runs)[0])

@@ -94,19 +94,33 @@ __global__ void __launch_bounds__(kWgThreads, 2) igemm_wgrows_kernel(FwdOp op, W
   const int RS = g.R * g.S, crs = g.C * RS, HW = g.H * g.W, PQ = g.P * g.Q, rows = g.C * g.R;
   const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32, t = lane % 4;
 
-  // Once a block: w in core matrices (word l: k-step st, filter group ni, k half kh, filter row r,
-  // word kw of the core matrix's row), its k (s, c, r) in order, rounded; zero past M and crs. The
-  // k table, each lane's four offsets a step; the biases (0 where there are none).
-  auto w_at = [&](int m, int k) {
-    if (m >= op.M || k >= crs) return 0.0f;
-    const int s = k / rows, cr = k - s * rows, c = cr / g.R, r = cr - c * g.R;
-    return op.w[size_t(m) * crs + (c * g.R + r) * g.S + s];
-  };
-  for (int l = tid; l < L.steps * kStepWords; l += kWgThreads) {
-    const int kw = l % 4, r = l / 4 % 8, kh = l / 32 % 2, ni = l / 64 % (TN / 8), st = l / 64 / (TN / 8);
-    const int m = 8 * ni + r, k = st * KW + kh * (KW / 2) + kw * (KW / 8);
-    ws[l] = kBf16 ? pack_bf16x2(w_at(m, k), w_at(m, k + 1)) : tf32_operand(w_at(m, k));
+  // Once a block: w in core matrices, its k (s, c, r) in order, rounded; zero past M and crs. First
+  // where each k lies in a row of w, (c R + r) S + s (-1 past crs), in stage 1 (unused until tile 1's
+  // copies). Word l of w is ((st TN / 8 + ni) 2 + kh) 32 + 4 r + kw (k-step st, filter group ni, k
+  // half kh, filter row r, word kw of the core matrix's row); a thread's words l = tid + 256 j keep
+  // (kh, r, kw) = l mod 64 and step (st, ni) by 4 filter groups, without a division a word.
+  int* const ksrc = reinterpret_cast<int*>(stages + L.stage);
+  for (int k = tid; k < L.kp; k += kWgThreads) {
+    const int s = k / rows, cr = k - s * rows;
+    ksrc[k] = k < crs ? cr * g.S + s : -1;
   }
+  __syncthreads();
+  {
+    static_assert(kWgThreads % 64 == 0 && kWgThreads / 64 <= TN / 8, "a thread's words: (st, ni) one wrap at most a step");
+    const int kw = tid % 4, r = tid / 4 % 8, kh = tid / 32 % 2, kin = kh * (KW / 2) + kw * (KW / 8);
+    int ni = tid / 64, st = 0;
+    for (int l = tid; l < L.steps * kStepWords; l += kWgThreads) {
+      const int m = 8 * ni + r, k = st * KW + kin;
+      const float* const wm = op.w + size_t(m < op.M ? m : 0) * crs;
+      auto at = [&](int kk) {
+        const int o = ksrc[kk];
+        return m < op.M && o >= 0 ? wm[o] : 0.0f;
+      };
+      ws[l] = kBf16 ? pack_bf16x2(at(k), at(k + 1)) : tf32_operand(at(k));
+      if ((ni += kWgThreads / 64) >= TN / 8) ni -= TN / 8, ++st;
+    }
+  }
+  // The k table, each lane's four offsets a step; the biases (0 where there are none).
   auto koff = [&](int k) {
     if (k >= crs) return 0;  // (w is zero there; row 0's words are copied every tile)
     const int s = k / rows, cr = k - s * rows;
