@@ -5,6 +5,7 @@
 // (tests/simt_host.h). Runs everywhere, GPU or not; test_cuda_ops checks the kernels on a GPU.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -1301,6 +1302,18 @@ void check_rows_cases(int* weight_tiles, int* wgrows) {
     SCOPED_TRACE(c.name());
     if (cg.K == 72) {
       check_wgrows<Prec::K == 16, 96>(c, r);
+      // Without bias or ReLU (the layer's bias absent, as the GPU tests' convolutions run it): the
+      // stores of negative sums and the bias of 0, on 2 persistent blocks.
+      const simt::Readable readable(c.readable());
+      std::vector<float> y(c.y_ref.size(), NAN);
+      cuda::FwdOp op = c.fwd(y.data());
+      op.b = nullptr, op.relu = false;
+      run_wgrows<Prec::K == 16, 96>(op, 2, false);
+      std::vector<double> want(y.size()), ws(conv_workspace(cg) + 1);
+      const std::vector<double> xd(r.x.begin(), r.x.end()), wd(r.w.begin(), r.w.end());
+      conv_forward<double>(cg, xd.data(), wd.data(), nullptr, want.data(), false, ws.data());
+      EXPECT_LT(rel(y, want), 1e-5) << "forward without bias or ReLU";
+      EXPECT_TRUE(std::any_of(y.begin(), y.end(), [](float v) { return v < 0.0f; })) << "no ReLU: negative outputs";
     } else {
       EXPECT_FALSE(cuda::rows_fits(c.fwd(nullptr)));
       check_wgrows<Prec::K == 16, 64>(c, r);
