@@ -22,7 +22,8 @@
 //   of 32 k (4 TF32 or 2 BF16 wgmmas): the group's fragments made before its fence, the group
 //   waited for before the next group's fragments are written (ptxas's C7513 otherwise).
 // - The epilogue: filter m = 8i + 2t + j of the thread's columns q and q + 8 (d[4i + j], d[4i + 2
-//   + j]) with m's bias (from shared memory, once a block) and the ReLU, where m < M and q < Q.
+//   + j]) plus m's bias (copied to shared memory once a block, 0 where there is none), the ReLU as
+//   a max, stored where q < Q (and m < M where M < TN), without a branch an output.
 //
 // Kernel source only: tests/test_igemm.cpp runs it under tests/simt_host.h.
 #pragma once
