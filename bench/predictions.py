@@ -281,7 +281,7 @@ def predictions():
         # forward's A in fragment order and its stores without divisions; the weight gradient's x
         # rows in a ring over consecutive output rows and dz's rows in 16-byte copies.
         *[P(what, "conv1's row kernels, half the instructions",
-            (lambda r, layer=layer, col=col: value(r["nowgmma" if "fwd" in layer else "main"], "layers", layer, col)),
+            (lambda r, layer=layer, col=col: value(r["nowgmma"], "layers", layer, col)),
             lo, hi, since="d", falsified=(lambda v, above=above: v > above) if above else None, then=then)
           for what, layer, col, lo, hi, above, then in [
               ("conv1 forward, TF32 ms, half the instructions", "conv1 fwd", "own tf32 ms", 0.35, 0.7, 0.95,
@@ -382,6 +382,15 @@ def predictions():
           lambda r: value(r["nowgmma"], "layers", "conv1 fwd", "own tf32 ms") / value(r["main"], "layers", "conv1 fwd", "own tf32 ms"),
           1.5, 3.5, higher=True, since="d", falsified=lambda v: v < 1.2,
           then="the row kernel on wgmma is no faster than on mma.sync: route conv1 back"),
+        # conv1's TF32 weight gradient on wgmma (docs/KERNELS.md, "the wgmma row weight gradient"):
+        # dz (584 MB, about 0.14 ms) read once, col(x) from the ring as registers.
+        P("conv1 backward (weight gradient), TF32 ms, wgmma", "the wgmma row weight gradient",
+          at("layers", "conv1 bwd", "own tf32 ms"), 0.18, 0.35, since="d",
+          falsified=lambda v: v > 0.45, then="the copies or one block an SM bound it: read limits' igemm_wgrowsw_kernel"),
+        P("conv1 backward, TF32, SQUEEZE_IGEMM_WGMMA=0 over the default (same lease)", "the wgmma row weight gradient",
+          lambda r: value(r["nowgmma"], "layers", "conv1 bwd", "own tf32 ms") / value(r["main"], "layers", "conv1 bwd", "own tf32 ms"),
+          1.4, 3.0, higher=True, since="d", falsified=lambda v: v < 1.15,
+          then="the weight gradient on wgmma is no faster than the row kernel's: route it back"),
         # Everything since run d together (docs/BENCHMARKS.md, "What is still owed"): the
         # truncated operands, the bias and the epilogue's loads, the band pools; and the graph,
         # default since session 21, for img/s. 1.5x run d's PyTorch eager is 9,570 img/s.
@@ -546,6 +555,8 @@ def self_test():
         "conv1 forward, TF32 ms, bias once a row": "not measured",  # the WGMMA=0 run's (since session 27)
         "conv1 forward, TF32 ms, wgmma row kernel": "FALSIFIED",  # run d itself: 1.50, before the change
         "conv1 forward, TF32, SQUEEZE_IGEMM_WGMMA=0 over the default (same lease)": "not measured",
+        "conv1 backward (weight gradient), TF32 ms, wgmma": "FALSIFIED",  # run d itself: 0.92, before the change
+        "conv1 backward (weight gradient), TF32 ms, the ring": "not measured",  # the WGMMA=0 run's
         "the eight Fire backwards of the TF32 step ms": "FALSIFIED",  # 7.28, before the changes
         "the three max-pool forwards ms, band kernels": "FALSIFIED",  # 0.842, before the change
         "max-pools, band over gathering kernels (same lease)": "not measured",  # no such run in run d

@@ -451,7 +451,8 @@ TEST(CudaOps, TensorCoreProductsTakeTheirKernels) {
   cuda::set_conv_math(cuda::ConvMath::kTf32);
   for (const ConvGeom& g : {ConvGeom{2, 16, 9, 9, 128, 3, 3, 1, 1}, ConvGeom{4, 16, 9, 9, 64, 3, 3, 1, 1},
                             ConvGeom{4, 32, 9, 9, 32, 3, 3, 1, 1}, ConvGeom{4, 16, 9, 9, 128, 3, 3, 1, 1},
-                            ConvGeom{2, 3, 23, 23, 96, 7, 7, 2, 0}, ConvGeom{2, 384, 16, 16, 512, 1, 1, 1, 0}}) {
+                            ConvGeom{2, 3, 23, 23, 96, 7, 7, 2, 0}, ConvGeom{4, 3, 23, 23, 96, 7, 7, 2, 0},
+                            ConvGeom{2, 384, 16, 16, 512, 1, 1, 1, 0}}) {
     const size_t nx = size_t(g.C) * g.N * g.H * g.W, nw = size_t(g.K) * g.C * g.R * g.S;
     const size_t ny = size_t(g.K) * g.N * g.P() * g.Q();
     Dev<float> X(randn(nx)), Wt(randn(nw, 0.1f)), Y(ny), DZ(randn(ny)), DW(nw), DB(size_t(g.K)), DX(nx);
@@ -502,6 +503,10 @@ TEST(CudaOps, TensorCoreProductsTakeTheirKernels) {
       "weight gradient of 16->128 3x3 stride 1 pad 1 at 9x9, batch 4, TF32: " + wgwin("128x144", 128),
       "forward of 3->96 7x7 stride 2 pad 0 at 23x23, batch 2, TF32: " + conv1,
       "weight gradient of 3->96 7x7 stride 2 pad 0 at 23x23, batch 2, TF32: row kernel,",
+      // Batch 4: dz's rows (324 pixels) 16-byte aligned, so wgmma takes the weight gradient (96
+      // filters by three warpgroups of taps).
+      "weight gradient of 3->96 7x7 stride 2 pad 0 at 23x23, batch 4, TF32: " +
+          std::string(wg ? "wgmma row kernel, tile 96x192," : "row kernel,"),
       // Dense and large in all three dimensions: the one-block tile (sm_80, sm_90), or wgmma.
       "forward of 384->512 1x1 stride 1 pad 0 at 16x16, batch 2, TF32: " + plain,
       "input gradient of 384->512 1x1 stride 1 pad 0 at 16x16, batch 2, TF32: " + plain,

@@ -30,6 +30,7 @@
 #include "kernels/cuda/igemm_wgwinw.cuh"
 #include "kernels/cuda/igemm_wgw.cuh"
 #include "kernels/cuda/igemm_wgrows.cuh"
+#include "kernels/cuda/igemm_wgrowsw.cuh"
 #include "kernels/cuda/pool_index.h"
 #include "kernels/ops.h"
 #include "core/model.h"
@@ -1250,6 +1251,44 @@ void check_rowsw(const Case& c, const Case& r, int slices, bool reverse, bool bi
   expect_weight_slices(c, r, ws, rows, slices, bias, reverse);
 }
 
+// The wgmma row kernel's weight gradient (igemm_wgrowsw.cuh, TF32), the same way.
+template <int TN, int WG>
+void check_wgrowsw(const Case& c, const Case& r, int slices, bool reverse, bool bias) {
+  const simt::Readable readable(c.readable());
+  SCOPED_TRACE("wgmma weight gradient, " + std::to_string(TN) + " filters, " + std::to_string(WG) +
+               " warpgroup(s), " + std::to_string(slices) + " slice(s)" + (reverse ? ", reverse" : "") +
+               (bias ? ", bias" : ""));
+  const int K = c.g.K;
+  std::vector<float> ws(size_t(slices) * c.dw_ref.size(), NAN), rows(size_t(slices) * size_t(K), NAN);
+  cuda::WeightOp op = c.wgt(ws.data());
+  if (bias) op.rows = rows.data();
+  ASSERT_TRUE(cuda::wgrowsw_fits(op));
+  ASSERT_EQ(cuda::wgrowsw_tn(K), TN);
+  ASSERT_EQ(cuda::wgrowsw_wg(c.g), WG);
+  const cuda::WgRowswLayout l = cuda::wgrowsw_layout(c.g, TN);
+  ASSERT_TRUE(simt::run({unsigned(slices), 1, 1}, 128 * WG, [&] { cuda::igemm_wgrowsw_kernel<TN, WG>(op, l); },
+                        reverse, cuda::wgrowsw_smem_bytes<TN>(c.g)))
+      << "threads disagree on barriers";
+  expect_weight_slices(c, r, ws, rows, slices, bias, reverse);
+}
+template <int TN, int WG>
+void check_wgrowsw_slicings(const Case& c, const Case& r) {
+  const int rows = c.g.N * c.g.P;
+  check_wgrowsw<TN, WG>(c, r, 1, false, true);
+  check_wgrowsw<TN, WG>(c, r, 3, true, false);
+  check_wgrowsw<TN, WG>(c, r, rows + 2, false, true);  // two slices past the last row: zeros
+}
+// Where it takes the case (TF32, dz's rows aligned but for the pixel offset): its tile.
+void check_wgrowsw_case(const Case& c, const Case& r, int* taken) {
+  if (!cuda::wgrowsw_fits(c.wgt(nullptr))) return;
+  const int tn = cuda::wgrowsw_tn(c.g.K), wg = cuda::wgrowsw_wg(c.g);
+  if (tn == 96 && wg == 3) check_wgrowsw_slicings<96, 3>(c, r);
+  else if (tn == 96 && wg == 2) check_wgrowsw_slicings<96, 2>(c, r);
+  else if (tn == 64 && wg == 1) check_wgrowsw_slicings<64, 1>(c, r);
+  else ADD_FAILURE() << "no wgmma weight-gradient tile for TN " << tn << ", " << wg << " warpgroups";
+  ++*taken;
+}
+
 template <class Prec, int FM, int FN>
 void check_rowsw_slicings(const Case& c, const Case& r) {
   const int rows = c.g.N * c.g.P;
@@ -1259,7 +1298,7 @@ void check_rowsw_slicings(const Case& c, const Case& r) {
 }
 
 template <class Prec>
-void check_rows_cases(int* weight_tiles, int* wgrows) {
+void check_rows_cases(int* weight_tiles, int* wgrows, int* wgrowsw) {
   std::mt19937 rng(23);
   // Stride 2, no padding: squeezenet1.0's conv1 (7x7, 3 channels) and 1.1's (3x3) on small
   // images; rows of Q = 112 (the tile's width) at 96 filters (3 fragments a warp row); W odd and
@@ -1294,9 +1333,16 @@ void check_rows_cases(int* weight_tiles, int* wgrows) {
     else if (fm == 2 && fn == 1) check_rowsw_slicings<Prec, 2, 1>(c, r);
     else ADD_FAILURE() << "no weight-gradient tile for FM " << fm << ", FN " << fn;
     ++*weight_tiles;
+    if constexpr (Prec::K == 8) check_wgrowsw_case(c, r, wgrowsw);
   }
   // The wgmma row kernel alone: 72 filters under its 96 (rows past M), and rows of 128 outputs
   // (its tile's width; the row kernel takes at most 112).
+  // The wgmma weight gradient alone: 98 taps (two warpgroups) under 72 filters of its 96.
+  if constexpr (Prec::K == 8) {
+    const Case c(ConvGeom{2, 2, 15, 21, 72, 7, 7, 2, 0}, rng), r = rounded_case<Prec>(c);
+    SCOPED_TRACE(c.name());
+    check_wgrowsw_case(c, r, wgrowsw);
+  }
   for (const ConvGeom& cg : {ConvGeom{2, 3, 19, 27, 72, 7, 7, 2, 0}, ConvGeom{1, 2, 9, 257, 24, 3, 3, 2, 0}}) {
     const Case c(cg, rng), r = rounded_case<Prec>(c);
     SCOPED_TRACE(c.name());
@@ -1332,17 +1378,18 @@ void check_rows_cases(int* weight_tiles, int* wgrows) {
 // shared memory with NaN and performs a copy only when its thread waits; the reference rounds x,
 // w and dz as the kernels do.
 TEST(ImplicitGemm, RowKernelOnTheCpuReproducesTheFirstConvolution) {
-  int weight_tiles = 0, wgrows = 0;
+  int weight_tiles = 0, wgrows = 0, wgrowsw = 0;
   {
     SCOPED_TRACE("tf32");
-    check_rows_cases<cuda::MmaTf32>(&weight_tiles, &wgrows);
+    check_rows_cases<cuda::MmaTf32>(&weight_tiles, &wgrows, &wgrowsw);
   }
   {
     SCOPED_TRACE("bf16");
-    check_rows_cases<cuda::MmaBf16>(&weight_tiles, &wgrows);
+    check_rows_cases<cuda::MmaBf16>(&weight_tiles, &wgrows, &wgrowsw);
   }
   EXPECT_EQ(weight_tiles, 12);
   EXPECT_EQ(wgrows, 16);
+  EXPECT_EQ(wgrowsw, 5);  // (TF32: the cases whose Kd is a multiple of 4)
 }
 
 // Which forwards the row kernel takes (rows_fits): the first convolution of squeezenet1.0 and 1.1

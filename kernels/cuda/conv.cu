@@ -22,6 +22,7 @@
 #include "kernels/cuda/igemm_mma.cuh"
 #include "kernels/cuda/igemm_rows.cuh"
 #include "kernels/cuda/igemm_wgrows.cuh"
+#include "kernels/cuda/igemm_wgrowsw.cuh"
 #include "kernels/cuda/igemm_win.cuh"
 #include "kernels/cuda/igemm_wg.cuh"
 #include "kernels/cuda/igemm_wgwin.cuh"
@@ -506,6 +507,39 @@ void launch_wgrows(const FwdOp& op, cudaStream_t s) {
     launch(std::integral_constant<int, 64>{});
 }
 
+// The first convolution's weight gradient in TF32 through wgmma (igemm_wgrowsw.cuh), on the same
+// switch and condition, where the row kernel takes it, dz's rows are 16-byte aligned but for the
+// pixel offset and the stages fit: all filters (64 or 96) by the taps in 1 to 3 warpgroups of 64,
+// a block a split-K slice (conv_backward's, as the row kernel's), one block an SM.
+template <int TN, int WG>
+auto wgrowsw_kernel() {
+  return smem_limited<igemm_wgrowsw_kernel<TN, WG>, kWgRowswSmem>();
+}
+bool wgrowsw_takes(const WeightOp& op) {
+  return g_wgmma && wgrowsw_fits(op, std::min(kWgRowswSmem, smem_optin())) && wgmma_available();
+}
+template <class F>
+void for_each_wgrowsw_tile(F f) {
+  f(std::integral_constant<int, 64>{}, std::integral_constant<int, 1>{});
+  f(std::integral_constant<int, 64>{}, std::integral_constant<int, 2>{});
+  f(std::integral_constant<int, 64>{}, std::integral_constant<int, 3>{});
+  f(std::integral_constant<int, 96>{}, std::integral_constant<int, 1>{});
+  f(std::integral_constant<int, 96>{}, std::integral_constant<int, 2>{});
+  f(std::integral_constant<int, 96>{}, std::integral_constant<int, 3>{});
+}
+void launch_wgrowsw(const WeightOp& op, int splits, cudaStream_t s) {
+  const int tn = wgrowsw_tn(op.M), wg = wgrowsw_wg(op.g);
+  for_each_wgrowsw_tile([&](auto n, auto w) {
+    constexpr int TN = decltype(n)::value, WG = decltype(w)::value;
+    if (TN != tn || WG != wg) return;
+    const WgRowswLayout l = wgrowsw_layout(op.g, TN);
+    const size_t smem = wgrowsw_smem_bytes<TN>(op.g);
+    // (the route log names the tile as dW's: filters by taps)
+    report_route(op, "TF32", "wgmma row", TN, 64 * WG, dim3(splits), smem);
+    wgrowsw_kernel<TN, WG>()<<<splits, 128 * WG, smem, s>>>(op, l);
+  });
+}
+
 // The row kernel's weight gradient, its limit raised; its tiles (fragments of filters and of taps).
 template <class Prec, int FM, int FN>
 auto rowsw_kernel() {
@@ -561,7 +595,12 @@ void launch_mma(const Op& op, int splits, cudaStream_t s, float* taps = nullptr)
         }
         return launch_rows<Prec>(op, s);
       }
-      if constexpr (std::is_same_v<Op, WeightOp>) return launch_rowsw<Prec>(op, splits, s);
+      if constexpr (std::is_same_v<Op, WeightOp>) {
+        if constexpr (std::is_same_v<Prec, MmaTf32>) {
+          if (wgrowsw_takes(op)) return launch_wgrowsw(op, splits, s);
+        }
+        return launch_rowsw<Prec>(op, splits, s);
+      }
     }
   }
   if (r == Route::kWin) {
@@ -722,6 +761,7 @@ void prepare_conv_kernels() {
     wgw_kernel<true, 128, false>(), wgw_kernel<false, 64, true>(), wgw_kernel<false, 128, true>();
     wgw_kernel<true, 64, true>(), wgw_kernel<true, 128, true>();
     wgrows_kernel<false, 64>(), wgrows_kernel<false, 96>(), wgrows_kernel<true, 64>(), wgrows_kernel<true, 96>();
+    for_each_wgrowsw_tile([](auto n, auto w) { wgrowsw_kernel<decltype(n)::value, decltype(w)::value>(); });
   }
   for_each_mma_tile([](auto tile) {
     using T = decltype(tile);

@@ -1,0 +1,230 @@
+// The first convolution's weight gradient on Hopper's warpgroup MMA (sm_90a, TF32; docs/KERNELS.md,
+// "the wgmma row weight gradient"): the row kernel's weight gradient (igemm_rows.cuh,
+// igemm_rowsw_kernel: dW (K x C R S) += dz (K x N P Q) * col(x)^T, an output row of dz and its
+// input rows a tile, x's rows in a ring, split-K slices of consecutive output rows) with the
+// multiply turned around: D = dW^T = col(x) * dz^T, so that col(x) is wgmma's register operand and
+// dz its shared-memory operand.
+//
+// - M = the taps, (s, c, r) in order as the row kernel's columns: WG warpgroups of 64 (WG 64 >= C R
+//   S: 3 for squeezenet1.0's 147, 1 for 1.1's 27), a block of 128 WG threads. N = TN = 64 or 96
+//   filters (all of them: M <= TN). K = a tile's positions.
+// - A's fragments are the ring's words exactly as igemm_rowsw_kernel reads its B: tap n at
+//   position j is kc(n) + j (its ring row, its column (s & 1) hp + s / 2, less the shift a), lanes
+//   g on 8 taps (rows RP = 4 mod 8 words apart: conflict-free) and t on positions.
+// - dz's TN rows of the tile's output row go into a K-major stage: core matrices of 8 filters by 4
+//   positions (16 bytes), position chunk j of filter m at ((m / 8) KP / 4 + j) 32 + (m % 8) 4 words
+//   (LBO 128 bytes, SBO KP / 4 core matrices). Position p holds pixel s0 - a + p, a = s0 mod 4, so
+//   that chunks 1 .. KP / 4 - 1 are 16-byte copies (zero-filled past Q; a lane a chunk, a warp a
+//   group of 8 filters) and chunk 0 four 4-byte ones (zero before a: col(x) is not zero there): dz's rows must be 16-byte aligned but for the pixel offset (Kd a multiple of 4,
+//   dz aligned: wgrowsw_fits' `vec`). KP = 120 positions (a + Q <= 115), 15 wgmmas a tile in 3 groups
+//   of 5; the positions past a + Q meet zeros in dz.
+// - Two dz stages, the next tile's copies (dz's rows, x's 2 new rows or all R at a fresh image) in
+//   flight while this one multiplies, one barrier a tile. The accumulators run over the slice's
+//   tiles; slice z's sums go to ws[z] (dW's layout, op.store) and, with op.rows, dz's row sums to
+//   rows[z] (from the landed K-major stage), for splitk_reduce_kernel.
+// - One block an SM: two dz stages (45 KB each for 96 filters) and the ring (46 KB for conv1 of 1.0)
+//   pass half of an SM's shared memory.
+//
+// Kernel source only: tests/test_igemm.cpp runs it under tests/simt_host.h.
+#pragma once
+#include <cstdint>
+
+#include "kernels/cuda/igemm_rows.cuh"
+#include "kernels/cuda/igemm_wg.cuh"
+
+namespace sq {
+namespace cuda {
+namespace {
+
+constexpr int kWgRowswKP = kRowswKmax<8>;  // positions a tile: a + Q <= 115, whole TF32 k-steps (120)
+constexpr int kWgRowswGroup = 5;           // k-steps a wgmma group
+static_assert(kWgRowswKP % (8 * kWgRowswGroup) == 0, "whole groups");
+
+// The layout (floats): two dz stages, a guard, the ring (igemm_rowsw_kernel's, its rows and pitch),
+// then the row sums' scratch (TN x 4 at most).
+struct WgRowswLayout {
+  int tn, stage, rp, hp, ring;
+  SQ_HOST_DEVICE int ring_at() const { return 2 * stage + 4; }
+  SQ_HOST_DEVICE int sums_at() const { return ring_at() + ring; }
+  SQ_HOST_DEVICE int floats() const { return sums_at() + 4 * tn; }
+};
+inline int wgrowsw_tn(int M) { return M > 64 ? 96 : 64; }
+inline int wgrowsw_wg(const Geo& g) { return (g.C * g.R * g.S + 63) / 64; }
+SQ_HOST_DEVICE inline WgRowswLayout wgrowsw_layout(const Geo& g, int tn) {
+  const RowswLayout r = rowsw_layout(g, 16, false);  // (its ring, rows and pitch; the stage is ours)
+  WgRowswLayout l;
+  l.tn = tn, l.stage = tn * kWgRowswKP, l.rp = r.rp, l.hp = r.hp, l.ring = r.ring;
+  return l;
+}
+template <int TN>
+size_t wgrowsw_smem_bytes(const Geo& g) {
+  return size_t(wgrowsw_layout(g, TN).floats()) * sizeof(float);
+}
+constexpr size_t kWgRowswSmem = 200 * 1024;  // one block an SM
+// The weight gradients it takes: the row kernel's (rows_fits), at most 96 filters and 192 taps, dz's
+// rows 16-byte aligned but for the pixel offset, its shared memory within `limit`.
+inline bool wgrowsw_fits(const WeightOp& op, size_t limit = kWgRowswSmem) {
+  const Geo& g = op.g;
+  if (!rows_fits(op, limit) || op.M > 96 || g.C * g.R * g.S > 192) return false;
+  if (op.Kd % 4 != 0 || (reinterpret_cast<uintptr_t>(op.dz) & 15) != 0) return false;
+  return size_t(wgrowsw_layout(g, wgrowsw_tn(op.M)).floats()) * sizeof(float) <= limit;
+}
+
+template <int TN, int WG>
+__global__ void __launch_bounds__(128 * WG, 1) igemm_wgrowsw_kernel(WeightOp op, WgRowswLayout L) {
+  static_assert(TN == 64 || TN == 96, "wgmma's N: 64 or 96 filters");
+  constexpr int NT = 128 * WG, NR = kRowswRing, KP = kWgRowswKP, KC = KP / 4;
+  constexpr uint32_t kLbo = 128, kSbo = KC * 128;
+  SQ_DYNAMIC_SHARED(float, stages);
+  float* const ring = stages + L.ring_at();
+  float* const sums = stages + L.sums_at();
+  const Geo& g = op.g;
+  const int crs = g.C * g.R * g.S, HW = g.H * g.W, PQ = g.P * g.Q;
+  const long long rows = (long long)g.N * g.P;
+  const int z = int(blockIdx.x);
+  const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32, gq = lane / 4, t = lane % 4;
+
+  // The thread's taps n and n + 8 (64 its warpgroup, 16 its warp in it, g): their channel's ring
+  // and column, and their row r; 0 past the taps (their products are not stored).
+  int ktap[2], kr[2];
+  SQ_UNROLL
+  for (int e = 0; e < 2; ++e) {
+    const int n = 16 * warp + gq + 8 * e, s = n / (g.C * g.R), cr = n - s * (g.C * g.R), c = cr / g.R;
+    ktap[e] = n < crs ? c * NR * L.rp + (s & 1) * L.hp + s / 2 : 0;
+    kr[e] = n < crs ? cr - c * g.R : 0;
+  }
+  // The slice's output rows [r0, r0 + ntile), each a tile (as igemm_rowsw_kernel's).
+  const int r0 = int(rows * z / int(gridDim.x)), ntile = int(rows * (z + 1) / int(gridDim.x)) - r0;
+  struct Tile {
+    int img, p, s0, a, v;
+    bool fresh;
+  };
+  auto next_tile = [&](Tile u) {
+    u.s0 += g.Q, u.fresh = ++u.p == g.P;
+    if (u.fresh) u.p = 0, ++u.img;
+    u.a = u.s0 % 4, u.v += u.fresh ? g.R : 2;
+    return u;
+  };
+  // Once: the guard before the ring and each ring row's padding, zero (read, never copied).
+  for (int i = tid; i < 4; i += NT) ring[i - 4] = 0.0f;
+  const int pad = L.rp - 2 * L.hp;
+  for (int i = tid; i < g.C * NR * pad; i += NT) ring[i / pad * L.rp + 2 * L.hp + i % pad] = 0.0f;
+  __syncthreads();  // (before any copy lands there)
+
+  // Tile u's copies (an empty group past the last tile): dz's TN rows into stage u % 2, K-major;
+  // x's rows the ring lacks.
+  auto issue = [&](int u, const Tile& tl) {
+    if (u < ntile) {
+      float* const st = stages + (u % 2) * L.stage;
+      const int a = tl.a;
+      const float* const row0 = op.dz + size_t(tl.s0 - a);  // (filter 0's position 0)
+      // Chunks 1 .. KC - 1: lane j - 1 a chunk (its valid count the same for every filter), a warp
+      // a group of 8 filters (w, w + NT / 32, ...), the group's rows 16 bytes apart in the stage
+      // and Kd floats apart in dz: one 16-byte copy each, its addresses stepped.
+      if (lane < KC - 1) {
+        const int j = lane + 1, left = g.Q + a - 4 * j, valid = left < 0 ? 0 : left > 4 ? 4 : left;
+        for (int gi = warp; gi < TN / 8; gi += NT / 32) {
+          float* dst = st + (gi * KC + j) * 32;
+          const float* src = row0 + (size_t(8 * gi) * op.Kd + 4 * j);
+          SQ_UNROLL
+          for (int r = 0; r < 8; ++r, dst += 4, src += op.Kd) {
+            const bool mrow = 8 * gi + r < op.M;
+            cp_async16(dst, mrow && valid > 0 ? src : op.dz, mrow ? valid : 0);
+          }
+        }
+      }
+      // Chunk 0 (positions 0 .. 3, zero before a): position e = tid % 4 of filters tid / 4, + NT / 4.
+      for (int i = tid; i < 4 * TN; i += NT) {
+        const int m = i >> 2, e = i & 3;
+        const bool in = m < op.M && e >= a && e - a < g.Q;
+        cp_async4(st + (m >> 3) * KC * 32 + (m & 7) * 4 + e, in ? row0 + (size_t(m) * op.Kd + e) : op.dz, in);
+      }
+      const int first = tl.fresh ? 0 : g.R - 2, nr = g.R - first;
+      for (int i = warp; i < g.C * nr; i += NT / 32) {  // x's row 2p + r of channel c
+        const int c = i / nr, r = first + (i - c * nr);
+        const float* xs = op.x + ((size_t(c) * g.N + tl.img) * HW + size_t(2 * tl.p + r) * g.W);
+        float* xd = ring + (c * NR + ((tl.v + r) & (NR - 1))) * L.rp;
+        for (int col = lane; col < 2 * L.hp; col += 32) {
+          const bool in = col < g.W;
+          cp_async4(xd + (col & 1) * L.hp + (col >> 1), in ? xs + col : op.x, in);
+        }
+      }
+    }
+    cp_async_commit();
+  };
+
+  // The row sums of dz (op.rows): threads kT m .. kT m + kT - 1 take filter m's chunks j = tid %
+  // kT + kT i.
+  constexpr int kT = NT >= 4 * TN ? 4 : NT >= 2 * TN ? 2 : 1;
+  float rsum = 0.0f;
+  const bool summer = op.rows && tid < kT * TN;
+  const int sm = tid / kT, sq = tid % kT;
+  float d[TN / 2];
+  SQ_UNROLL
+  for (int i = 0; i < TN / 2; ++i) d[i] = 0.0f;
+
+  Tile cur{r0 / g.P, r0 % g.P, 0, 0, 0, true};
+  cur.s0 = cur.img * PQ + cur.p * g.Q, cur.a = cur.s0 % 4;
+  issue(0, cur);
+  for (int u = 0; u < ntile; ++u) {
+    cp_async_wait<0>();
+    fence_proxy_async();  // this thread's copies of dz, before wgmma reads them
+    __syncthreads();      // everyone's; everyone done with u - 1
+    const Tile next = next_tile(cur);
+    issue(u + 1, next);
+    const float* const st = stages + (u % 2) * L.stage;
+    if (summer) {
+      for (int j = sq; j < KC; j += kT) {
+        const float4 v = *reinterpret_cast<const float4*>(st + ((sm / 8) * KC + j) * 32 + (sm % 8) * 4);
+        rsum += (v.x + v.y) + (v.z + v.w);
+      }
+    }
+    // The thread's taps' bases this tile: their rows' places in the ring, less the shift a.
+    const float* const ka = ring + (ktap[0] + ((cur.v + kr[0]) & (NR - 1)) * L.rp - cur.a) + t;
+    const float* const kb = ring + (ktap[1] + ((cur.v + kr[1]) & (NR - 1)) * L.rp - cur.a) + t;
+    const uint64_t sdesc = wgmma_desc(smem_address(st), kLbo, kSbo);
+    SQ_UNROLL
+    for (int s0 = 0; s0 < KP / 8; s0 += kWgRowswGroup) {
+      uint32_t af[kWgRowswGroup][4];
+      uint64_t desc[kWgRowswGroup];
+      SQ_UNROLL
+      for (int e = 0; e < kWgRowswGroup; ++e) {
+        const int k0 = 8 * (s0 + e);  // (positions k0 + t and k0 + t + 4)
+        af[e][0] = tf32_operand(ka[k0]);
+        af[e][1] = tf32_operand(kb[k0]);
+        af[e][2] = tf32_operand(ka[k0 + 4]);
+        af[e][3] = tf32_operand(kb[k0 + 4]);
+        desc[e] = sdesc + uint64_t((s0 + e) * 256 / 16);  // (two chunks, 256 bytes, a k-step)
+      }
+      wgmma_issue<false, TN>(d, af, desc);
+      wgmma_retire(d);
+    }
+    cur = next;
+  }
+  cp_async_wait<0>();  // (only an empty group remains)
+  // D's row n (tap (s, c, r)) is dW's column (c R + r) S + s; its column m the filter.
+  SQ_UNROLL
+  for (int i = 0; i < TN / 8; ++i)
+    SQ_UNROLL
+    for (int e = 0; e < 4; ++e) {
+      const int n = 16 * warp + gq + 8 * (e / 2), m = 8 * i + 2 * t + e % 2;
+      if (n >= crs || m >= op.M) continue;
+      const int s = n / (g.C * g.R), cr = n - s * (g.C * g.R);
+      op.store(m, cr * g.S + s, d[4 * i + e], z);
+    }
+  if (op.rows) {  // each filter's kT partial sums, in order
+    __syncthreads();  // (sums: its own region)
+    if (summer) sums[tid] = rsum;
+    __syncthreads();
+    for (int m = tid; m < op.M; m += NT) {
+      float v = 0.0f;
+      SQ_UNROLL
+      for (int q = 0; q < kT; ++q) v += sums[kT * m + q];
+      op.rows[size_t(z) * op.M + m] = v;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace sq
