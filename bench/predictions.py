@@ -410,6 +410,14 @@ def predictions():
         P("squeezenet1.0 TF32 img/s, with the wgmma kernels", "what is still owed",
           at("train", SQ10, "own tf32 img/s"), 11500, 14500, higher=True, since="d",
           falsified=lambda v: v < 10500, then="the wgmma kernels add little to the step: read limits"),
+        # ... and with session 27's conv1 on wgmma (forward and TF32 weight gradient): about 0.5-0.75
+        # ms of conv1's predicted 0.8-1.4 beyond the rows above.
+        P("squeezenet1.0 TF32 step, sum of the layers ms, with conv1 on wgmma too", "what is still owed",
+          lambda r: layers_total(r["main"], "layers", "own tf32 ms"), 8.0, 9.8, since="d",
+          falsified=lambda v: v > 11.0, then="the wgmma kernels add little to the step: read limits"),
+        P("squeezenet1.0 TF32 img/s, with conv1 on wgmma too", "what is still owed",
+          at("train", SQ10, "own tf32 img/s"), 12000, 15500, higher=True, since="d",
+          falsified=lambda v: v < 11000, then="the wgmma kernels add little to the step: read limits"),
     ]
     return ps
 
