@@ -377,13 +377,34 @@ inline int rowsw_slices(const Geo& g, int resident) {
   return int(std::max<long long>(1, std::min<long long>({kRowswSlices, rows, per})));
 }
 
+// A weight-gradient tile of the row kernels (this one's and igemm_wgrowsw.cuh's): output row p of
+// image img, its first pixel s0 (consecutive rows are Q pixels apart), dz's shift a (s0 mod 4 where
+// dz's rows are copied 16 bytes at a time, else 0), whether it shares no input rows with the tile
+// before (fresh), and the ring position v of its first input row (+2 a tile, +R at a fresh one).
+struct RowswTile {
+  int img, p, s0, a, v;
+  bool fresh;
+  SQ_HOST_DEVICE static RowswTile first(int r, const Geo& g, bool vec) {  // output row r of N P
+    RowswTile u{r / g.P, r % g.P, 0, 0, 0, true};
+    u.s0 = u.img * g.P * g.Q + u.p * g.Q, u.a = vec ? u.s0 % 4 : 0;
+    return u;
+  }
+  SQ_HOST_DEVICE RowswTile next(const Geo& g, bool vec) const {
+    RowswTile u = *this;
+    u.s0 += g.Q, u.fresh = ++u.p == g.P;
+    if (u.fresh) u.p = 0, ++u.img;
+    u.a = vec ? u.s0 % 4 : 0, u.v += u.fresh ? g.R : 2;
+    return u;
+  }
+};
+
 template <class Prec, int FM, int FN>
 __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rowsw_kernel(WeightOp op, RowswLayout L) {
   constexpr int TM = 16 * FM, TN = 64 * FN, KMAX = kRowswKmax<Prec::K>, NR = kRowswRing;
   SQ_DYNAMIC_SHARED(float, stages);
   float* const ring = stages + L.ring_at();
   const Geo& g = op.g;
-  const int crs = g.C * g.R * g.S, HW = g.H * g.W, PQ = g.P * g.Q;
+  const int crs = g.C * g.R * g.S, HW = g.H * g.W;
   const long long rows = (long long)g.N * g.P;
   const int m0 = int(blockIdx.y) * TM, z = int(blockIdx.x);
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, gq = lane / 4, t = lane % 4;
@@ -398,22 +419,8 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rowsw_kernel(WeightOp o
     ktap[fj] = n < crs ? c * NR * L.rp + (s & 1) * L.hp + s / 2 : 0;
     kr[fj] = n < crs ? cr - c * g.R : 0;
   }
-  // The slice's output rows: [r0, r0 + ntile), each a tile: its image and row, its first pixel
-  // s0 = img PQ + p Q (consecutive rows are Q pixels apart), dz's shift a, whether it shares no
-  // rows with the tile before (fresh), and the ring position v of its first input row (+2 a
-  // tile, +R at a fresh one).
+  // The slice's output rows: [r0, r0 + ntile), each a tile (RowswTile).
   const int r0 = int(rows * z / int(gridDim.x)), ntile = int(rows * (z + 1) / int(gridDim.x)) - r0;
-  struct Tile {
-    int img, p, s0, a, v;
-    bool fresh;
-  };
-  auto shift = [&](int s0) { return vec ? s0 % 4 : 0; };
-  auto next_tile = [&](Tile u) {
-    u.s0 += g.Q, u.fresh = ++u.p == g.P;
-    if (u.fresh) u.p = 0, ++u.img;
-    u.a = shift(u.s0), u.v += u.fresh ? g.R : 2;
-    return u;
-  };
   // Once: zero what products and row sums read and no copy writes: the guard before the ring,
   // each ring row's padding, the stages' positions past 112.
   for (int i = int(threadIdx.x); i < 4; i += kGemmThreads) ring[i - 4] = 0.0f;
@@ -425,7 +432,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rowsw_kernel(WeightOp o
 
   // Tile u's copies (an empty group past the last tile): dz's rows into stage u % 2, and x's rows
   // that the ring lacks.
-  auto issue = [&](int u, const Tile& tl) {
+  auto issue = [&](int u, const RowswTile& tl) {
     if (u < ntile) {
       const int img = tl.img, p = tl.p, a = tl.a;
       float* As = stages + (u % 2) * L.stage;
@@ -467,13 +474,12 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rowsw_kernel(WeightOp o
   MmaAcc<FM, FN> acc;
   acc.clear();
 
-  Tile cur{r0 / g.P, r0 % g.P, 0, 0, 0, true};
-  cur.s0 = cur.img * PQ + cur.p * g.Q, cur.a = shift(cur.s0);
+  RowswTile cur = RowswTile::first(r0, g, vec);
   issue(0, cur);
   for (int u = 0; u < ntile; ++u) {
     cp_async_wait<0>();
     __syncthreads();  // tile u's copies; everyone done with u - 1
-    const Tile next = next_tile(cur);
+    const RowswTile next = cur.next(g, vec);
     issue(u + 1, next);
     const float* As = stages + (u % 2) * L.stage;
     const int kend = cur.a + g.Q;

@@ -79,7 +79,7 @@ __global__ void __launch_bounds__(128 * WG, 1) igemm_wgrowsw_kernel(WeightOp op,
   float* const ring = stages + L.ring_at();
   float* const sums = stages + L.sums_at();
   const Geo& g = op.g;
-  const int crs = g.C * g.R * g.S, HW = g.H * g.W, PQ = g.P * g.Q;
+  const int crs = g.C * g.R * g.S, HW = g.H * g.W;
   const long long rows = (long long)g.N * g.P;
   const int z = int(blockIdx.x);
   const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32, gq = lane / 4, t = lane % 4;
@@ -93,18 +93,9 @@ __global__ void __launch_bounds__(128 * WG, 1) igemm_wgrowsw_kernel(WeightOp op,
     ktap[e] = n < crs ? c * NR * L.rp + (s & 1) * L.hp + s / 2 : 0;
     kr[e] = n < crs ? cr - c * g.R : 0;
   }
-  // The slice's output rows [r0, r0 + ntile), each a tile (as igemm_rowsw_kernel's).
+  // The slice's output rows [r0, r0 + ntile), each a tile (RowswTile, as igemm_rowsw_kernel's; dz
+  // always copied 16 bytes at a time).
   const int r0 = int(rows * z / int(gridDim.x)), ntile = int(rows * (z + 1) / int(gridDim.x)) - r0;
-  struct Tile {
-    int img, p, s0, a, v;
-    bool fresh;
-  };
-  auto next_tile = [&](Tile u) {
-    u.s0 += g.Q, u.fresh = ++u.p == g.P;
-    if (u.fresh) u.p = 0, ++u.img;
-    u.a = u.s0 % 4, u.v += u.fresh ? g.R : 2;
-    return u;
-  };
   // Once: the guard before the ring and each ring row's padding, zero (read, never copied).
   for (int i = tid; i < 4; i += NT) ring[i - 4] = 0.0f;
   const int pad = L.rp - 2 * L.hp;
@@ -113,7 +104,7 @@ __global__ void __launch_bounds__(128 * WG, 1) igemm_wgrowsw_kernel(WeightOp op,
 
   // Tile u's copies (an empty group past the last tile): dz's TN rows into stage u % 2, K-major;
   // x's rows the ring lacks.
-  auto issue = [&](int u, const Tile& tl) {
+  auto issue = [&](int u, const RowswTile& tl) {
     if (u < ntile) {
       float* const st = stages + (u % 2) * L.stage;
       const int a = tl.a;
@@ -163,14 +154,13 @@ __global__ void __launch_bounds__(128 * WG, 1) igemm_wgrowsw_kernel(WeightOp op,
   SQ_UNROLL
   for (int i = 0; i < TN / 2; ++i) d[i] = 0.0f;
 
-  Tile cur{r0 / g.P, r0 % g.P, 0, 0, 0, true};
-  cur.s0 = cur.img * PQ + cur.p * g.Q, cur.a = cur.s0 % 4;
+  RowswTile cur = RowswTile::first(r0, g, true);
   issue(0, cur);
   for (int u = 0; u < ntile; ++u) {
     cp_async_wait<0>();
     fence_proxy_async();  // this thread's copies of dz, before wgmma reads them
     __syncthreads();      // everyone's; everyone done with u - 1
-    const Tile next = next_tile(cur);
+    const RowswTile next = cur.next(g, true);
     issue(u + 1, next);
     const float* const st = stages + (u % 2) * L.stage;
     if (summer) {
