@@ -141,6 +141,19 @@ Shapes model_shapes() {
     add_model("squeezenet1.0", preset("squeezenet1.0"), N);
     add_model("squeezenet1.1", preset("squeezenet1.1"), N);
   }
+  // conv1 of both models at batch 4 as well: dz's rows are 16-byte aligned there (N P Q a multiple
+  // of 4), so on sm_90a the TF32 weight gradient takes the wgmma row kernel, which the odd batches
+  // above leave to the row kernel.
+  for (const char* tag : {"squeezenet1.0", "squeezenet1.1"}) {
+    const Model m(preset(tag), 4);
+    for (const Layer& l : m.layers())
+      if (l.kind == LayerKind::kConv) {
+        ConvGeom g = l.conv;
+        g.N = 4;
+        sh.convs.push_back({std::string(tag) + " " + l.name + " N=4", g});
+        break;
+      }
+  }
   ModelConfig small = preset("squeezenet1.0");
   small.stem = Stem::kSmall;
   small.in_c = 1, small.in_h = 28, small.in_w = 28, small.num_classes = 10;
@@ -421,7 +434,8 @@ TEST(CudaOps, TensorCoreConvolution) {
 // on GPUs that allow it: sm_80, sm_90); over 324 pixels, the 3x3 16 -> 64 takes the window's 64x128
 // (forward) and 16x256 (data, in 2 split-K slices), the 3x3 32 -> 32 its 32x256 (both), their
 // weight gradients 64 rows, the 3x3 16 -> 128's 128 rows; the three stride-2 first convolutions
-// take the row kernel's forward with 3, 2 and 1 fragments a warp row (rows_fm). Where wgmma is
+// take the row kernel's forward with 3, 2 and 1 fragments a warp row (rows_fm), and at batch 4 the
+// 7x7's weight gradient the wgmma row kernel's three warpgroups (Kd a multiple of 4). Where wgmma is
 // available (sm_90a), the window products and weight gradients take the wgmma window kernels
 // instead (TensorCoreProductsTakeTheirKernels), the 1x1 384 -> 512's forward and input gradient
 // the wgmma kernel, and the first convolutions' forwards the wgmma row kernel (96 and 64 filters).
@@ -436,6 +450,7 @@ TEST(CudaOps, TensorCoreConvolutionEveryTileSmall) {
                                  {"3x3 32->32, window", ConvGeom{4, 32, 9, 9, 32, 3, 3, 1, 1}},
                                  {"3x3 16->128, window", ConvGeom{4, 16, 9, 9, 128, 3, 3, 1, 1}},
                                  {"7x7/2 3->96, rows", ConvGeom{2, 3, 23, 23, 96, 7, 7, 2, 0}},
+                                 {"7x7/2 3->96, rows, batch 4", ConvGeom{4, 3, 23, 23, 96, 7, 7, 2, 0}},
                                  {"3x3/2 3->64, rows", ConvGeom{3, 3, 17, 17, 64, 3, 3, 2, 0}},
                                  {"5x5/2 1->16, rows", ConvGeom{2, 1, 12, 16, 16, 5, 5, 2, 0}}});
 }
