@@ -398,6 +398,19 @@ struct RowswTile {
   }
 };
 
+// Tap n = (s, c, r) of the row kernels' weight gradients (this one's B, igemm_wgrowsw.cuh's A):
+// its channel's ring and column in it, (s & 1) hp + s / 2, and its row r; 0 past the C R S taps
+// (their products are not stored). Its word at position j of a tile is at(tile) + j.
+struct RowswTap {
+  int base = 0, r = 0;
+  SQ_HOST_DEVICE static RowswTap of(int n, const Geo& g, int rp, int hp) {
+    const int s = n / (g.C * g.R), cr = n - s * (g.C * g.R), c = cr / g.R;
+    const bool in = n < g.C * g.R * g.S;
+    return {in ? c * kRowswRing * rp + (s & 1) * hp + s / 2 : 0, in ? cr - c * g.R : 0};
+  }
+  SQ_HOST_DEVICE int at(const RowswTile& u, int rp) const { return base + ((u.v + r) & (kRowswRing - 1)) * rp - u.a; }
+};
+
 template <class Prec, int FM, int FN>
 __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rowsw_kernel(WeightOp op, RowswLayout L) {
   constexpr int TM = 16 * FM, TN = 64 * FN, KMAX = kRowswKmax<Prec::K>, NR = kRowswRing;
@@ -411,14 +424,10 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rowsw_kernel(WeightOp o
   const int wn = warp * (TN / 8);
   // 16-byte copies of dz's rows where every row starts 16-byte aligned but for the pixel offset.
   const bool vec = op.Kd % 4 == 0 && (reinterpret_cast<uintptr_t>(op.dz) & 15) == 0;
-  // The lane's tap of each fragment: its row r and its channel's ring and column, 0 past the taps.
-  int ktap[FN], kr[FN];
+  // The lane's tap of each fragment (RowswTap).
+  RowswTap tap[FN];
   SQ_UNROLL
-  for (int fj = 0; fj < FN; ++fj) {
-    const int n = wn + 8 * fj + gq, s = n / (g.C * g.R), cr = n - s * (g.C * g.R), c = cr / g.R;
-    ktap[fj] = n < crs ? c * NR * L.rp + (s & 1) * L.hp + s / 2 : 0;
-    kr[fj] = n < crs ? cr - c * g.R : 0;
-  }
+  for (int fj = 0; fj < FN; ++fj) tap[fj] = RowswTap::of(wn + 8 * fj + gq, g, L.rp, L.hp);
   // The slice's output rows: [r0, r0 + ntile), each a tile (RowswTile).
   const int r0 = int(rows * z / int(gridDim.x)), ntile = int(rows * (z + 1) / int(gridDim.x)) - r0;
   // Once: zero what products and row sums read and no copy writes: the guard before the ring,
@@ -485,7 +494,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rowsw_kernel(WeightOp o
     const int kend = cur.a + g.Q;
     int kc[FN];
     SQ_UNROLL
-    for (int fj = 0; fj < FN; ++fj) kc[fj] = ktap[fj] + ((cur.v + kr[fj]) & (NR - 1)) * L.rp - cur.a;
+    for (int fj = 0; fj < FN; ++fj) kc[fj] = tap[fj].at(cur, L.rp);
     if (rows_out) rsum.add(As, L.lda);
     SQ_UNROLL
     for (int k0 = 0; k0 < KMAX; k0 += Prec::K) {

@@ -48,6 +48,17 @@ namespace {
 
 constexpr int kWgThreads = 256;
 
+// The first of the two rows of wgmma's M (64 a warpgroup) whose A registers and accumulators thread
+// tid holds, counted over the block's warpgroups: 64 (warp / 4) + 16 (warp % 4) + g, that is 16
+// warp + g; the other is 8 rows on.
+SQ_HOST_DEVICE inline int wg_row(int tid) { return 16 * (tid / 32) + tid % 32 / 4; }
+// The accumulators zeroed (the kernels' wgmma_issue always adds to them).
+template <int R>
+__device__ inline void wg_clear(float (&d)[R]) {
+  SQ_UNROLL
+  for (int i = 0; i < R; ++i) d[i] = 0.0f;
+}
+
 // wgmma's K-major shared-memory operand from a row-major fp32 matrix (rows ld floats apart): TM
 // rows from row m0 (of M) by a 32-deep k-step, in core matrices of 8 rows by 16 bytes of k (4 TF32,
 // 8 BF16), the k pieces of a row side by side (lbo 128 bytes), rows 8 apart (sbo: KS / T core
@@ -223,11 +234,10 @@ __global__ void __launch_bounds__(kWgThreads, WgShape<kBf16, TM>::kBlocksPerSm) 
   };
   static_assert(kWgThreads == 256 && KS == 32 && Sh::kPix == 128, "the copies' thread map");
 
-  const int w = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
-  const int px = 64 * (w / 4) + 16 * (w % 4) + g;  // the thread's first pixel in the tile
+  const int t = tid % 4;
+  const int px = wg_row(tid);  // the thread's first pixel in the tile
   float d[TM / 2];
-  SQ_UNROLL
-  for (int i = 0; i < TM / 2; ++i) d[i] = 0.0f;
+  wg_clear(d);
   wg_prologue<Sh::kAhead>(steps, copy);
   // A wgmma's k: 8 (TF32: fragment rows t, t + 4) or 16 (BF16: row pairs 2t, 2t + 1 and
   // 2t + 8, 2t + 9); its B: two core matrices along k, 256 bytes, 64 floats of the stage.

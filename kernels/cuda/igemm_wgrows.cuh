@@ -165,7 +165,7 @@ __global__ void __launch_bounds__(kWgThreads, 2) igemm_wgrows_kernel(FwdOp op, W
   };
 
   // The thread's columns q and q + 8 of the tile (64 its warpgroup, 16 its warp in it, g).
-  const int q = 64 * (warp / 4) + 16 * (warp % 4) + lane / 4;
+  const int q = wg_row(tid);
   // w's descriptor; k-step st's starts st TN 8 words on, added to its address field (addr / 16 in
   // bits 0-13, which w's end, under 256 KB, does not overflow): fewer instructions a wgmma than a
   // descriptor made anew.
@@ -179,8 +179,7 @@ __global__ void __launch_bounds__(kWgThreads, 2) igemm_wgrows_kernel(FwdOp op, W
     issue(u + 1);
     const float* const xs = stages + (u % 2) * L.stage + q;
     float d[TN / 2];
-    SQ_UNROLL
-    for (int i = 0; i < TN / 2; ++i) d[i] = 0.0f;
+    wg_clear(d);
     uint64_t gdesc = wdesc;  // (the group's first k-step's)
     for (int s0 = 0; s0 < L.steps; s0 += kGroup, gdesc += uint64_t(kGroup * kStepWords / 4)) {
       uint32_t a[kGroup][4];

@@ -82,17 +82,11 @@ __global__ void __launch_bounds__(128 * WG, 1) igemm_wgrowsw_kernel(WeightOp op,
   const int crs = g.C * g.R * g.S, HW = g.H * g.W;
   const long long rows = (long long)g.N * g.P;
   const int z = int(blockIdx.x);
-  const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32, gq = lane / 4, t = lane % 4;
+  const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32, t = lane % 4;
 
-  // The thread's taps n and n + 8 (64 its warpgroup, 16 its warp in it, g): their channel's ring
-  // and column, and their row r; 0 past the taps (their products are not stored).
-  int ktap[2], kr[2];
-  SQ_UNROLL
-  for (int e = 0; e < 2; ++e) {
-    const int n = 16 * warp + gq + 8 * e, s = n / (g.C * g.R), cr = n - s * (g.C * g.R), c = cr / g.R;
-    ktap[e] = n < crs ? c * NR * L.rp + (s & 1) * L.hp + s / 2 : 0;
-    kr[e] = n < crs ? cr - c * g.R : 0;
-  }
+  // The thread's taps n and n + 8 (RowswTap; n = wg_row, its first row of wgmma's M).
+  const int n0 = wg_row(tid);
+  const RowswTap tap0 = RowswTap::of(n0, g, L.rp, L.hp), tap1 = RowswTap::of(n0 + 8, g, L.rp, L.hp);
   // The slice's output rows [r0, r0 + ntile), each a tile (RowswTile, as igemm_rowsw_kernel's; dz
   // always copied 16 bytes at a time).
   const int r0 = int(rows * z / int(gridDim.x)), ntile = int(rows * (z + 1) / int(gridDim.x)) - r0;
@@ -151,8 +145,7 @@ __global__ void __launch_bounds__(128 * WG, 1) igemm_wgrowsw_kernel(WeightOp op,
   const bool summer = op.rows && tid < kT * TN;
   const int sm = tid / kT, sq = tid % kT;
   float d[TN / 2];
-  SQ_UNROLL
-  for (int i = 0; i < TN / 2; ++i) d[i] = 0.0f;
+  wg_clear(d);
 
   RowswTile cur = RowswTile::first(r0, g, true);
   issue(0, cur);
@@ -170,8 +163,8 @@ __global__ void __launch_bounds__(128 * WG, 1) igemm_wgrowsw_kernel(WeightOp op,
       }
     }
     // The thread's taps' bases this tile: their rows' places in the ring, less the shift a.
-    const float* const ka = ring + (ktap[0] + ((cur.v + kr[0]) & (NR - 1)) * L.rp - cur.a) + t;
-    const float* const kb = ring + (ktap[1] + ((cur.v + kr[1]) & (NR - 1)) * L.rp - cur.a) + t;
+    const float* const ka = ring + tap0.at(cur, L.rp) + t;
+    const float* const kb = ring + tap1.at(cur, L.rp) + t;
     const uint64_t sdesc = wgmma_desc(smem_address(st), kLbo, kSbo);
     SQ_UNROLL
     for (int s0 = 0; s0 < KP / 8; s0 += kWgRowswGroup) {
@@ -197,7 +190,7 @@ __global__ void __launch_bounds__(128 * WG, 1) igemm_wgrowsw_kernel(WeightOp op,
   for (int i = 0; i < TN / 8; ++i)
     SQ_UNROLL
     for (int e = 0; e < 4; ++e) {
-      const int n = 16 * warp + gq + 8 * (e / 2), m = 8 * i + 2 * t + e % 2;
+      const int n = n0 + 8 * (e / 2), m = 8 * i + 2 * t + e % 2;
       if (n >= crs || m >= op.M) continue;
       const int s = n / (g.C * g.R), cr = n - s * (g.C * g.R);
       op.store(m, cr * g.S + s, d[4 * i + e], z);

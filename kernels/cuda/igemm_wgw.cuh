@@ -51,7 +51,7 @@ __global__ void __launch_bounds__(kWgThreads, 2) igemm_wgw_kernel(WeightOp op, i
   using Sh = WgwShape<kBf16, TN>;
   constexpr int KS = Sh::KS, LDR = Sh::kLdr;
   SQ_DYNAMIC_SHARED(float, smem);
-  const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int tid = int(threadIdx.x), lane = tid % 32, t = lane % 4;
   const int r0 = int(blockIdx.x) * Sh::kRows, q0 = int(blockIdx.y) * TN, z = int(blockIdx.z);
   const int kb = z * chunk, ke = min(op.Kd, kb + chunk);
   const int steps = ke > kb ? (ke - kb + KS - 1) / KS : 0;
@@ -82,10 +82,9 @@ __global__ void __launch_bounds__(kWgThreads, 2) igemm_wgw_kernel(WeightOp op, i
     qcopy.template copy<kXRows && kBf16>(rs_ + Sh::kRFloats, j, k0, ke, qsrc, qsum);
   };
 
-  const int fr = 64 * (warp / 4) + 16 * (warp % 4) + g;  // the thread's first row in the tile
+  const int fr = wg_row(tid);  // the thread's first row in the tile
   float d[TN / 2];
-  SQ_UNROLL
-  for (int i = 0; i < TN / 2; ++i) d[i] = 0.0f;
+  wg_clear(d);
   wg_prologue<Sh::kAhead>(steps, copy);
   constexpr int KW = kBf16 ? 16 : 8;
   for (int j = 0; j < steps; ++j) {

@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(kWgThreads, 2) igemm_wgwin_kernel(Op op, const
   SQ_DYNAMIC_SHARED(float, smem);
   const float* const src = Win<Op>::src(op);
   const int channels = Win<Op>::channels(op);
-  const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32, t = lane % 4;
   const int n0 = int(blockIdx.x) * Sh::kPix, m0 = int(blockIdx.y) * TM, z = int(blockIdx.z);
   const int cb = z * slice_chunks * kWinC, ce = min(channels, cb + slice_chunks * kWinC);
   const int steps = ce > cb ? (ce - cb) / kC : 0;
@@ -131,7 +131,7 @@ __global__ void __launch_bounds__(kWgThreads, 2) igemm_wgwin_kernel(Op op, const
 
   // The thread's pixels px and px + 8 of the tile: their taps (0 past the product's edge), and
   // pixel px's place in the window.
-  const int px = 64 * (warp / 4) + 16 * (warp % 4) + g;
+  const int px = wg_row(tid);
   unsigned pb[2];
   SQ_UNROLL
   for (int e = 0; e < 2; ++e) {
@@ -141,8 +141,7 @@ __global__ void __launch_bounds__(kWgThreads, 2) igemm_wgwin_kernel(Op op, const
   const int woff = n0 - a0 + px + (kBf16 ? 2 : 1) * t * ldw;
 
   float d[TM / 2];
-  SQ_UNROLL
-  for (int i = 0; i < TM / 2; ++i) d[i] = 0.0f;
+  wg_clear(d);
   if (steps > 0) copy(0, 0);
   cp_async_commit();
   for (int j = 0; j < steps; ++j) {

@@ -69,7 +69,7 @@ __global__ void __launch_bounds__(kWgThreads, 2) igemm_wgwinw_kernel(WeightOp op
   using Sh = WgWinwShape<kBf16, TN>;
   constexpr int KS = Sh::KS;
   SQ_DYNAMIC_SHARED(float, smem);
-  const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32, t = lane % 4;
   const int C = op.g.C, rows9 = 9 * C, rtiles = (rows9 + Sh::kRows - 1) / Sh::kRows;
   const int r0 = int(blockIdx.x) % rtiles * Sh::kRows, n0 = int(blockIdx.x) / rtiles * TN, z = int(blockIdx.z);
   const int pb = z * slice_pixels, pe = min(op.Kd, pb + slice_pixels);
@@ -115,7 +115,7 @@ __global__ void __launch_bounds__(kWgThreads, 2) igemm_wgwinw_kernel(WeightOp op
   // The thread's two rows of D^T (dW's columns m = 9c + tap): their place in the window (the
   // channel's row, the tap's shift) and their tap bit; a row past 9C reads the window's start
   // under no tap.
-  const int wrow = r0 + 64 * (warp / 4) + 16 * (warp % 4) + g;
+  const int wrow = r0 + wg_row(tid);
   int off[2];
   unsigned bit[2];
   SQ_UNROLL
@@ -127,8 +127,7 @@ __global__ void __launch_bounds__(kWgThreads, 2) igemm_wgwinw_kernel(WeightOp op
   }
 
   float d[TN / 2];
-  SQ_UNROLL
-  for (int i = 0; i < TN / 2; ++i) d[i] = 0.0f;
+  wg_clear(d);
   wg_prologue<Sh::kAhead>(steps, copy);
   constexpr int KW = kBf16 ? 16 : 8;
   for (int j = 0; j < steps; ++j) {
