@@ -435,7 +435,9 @@ TEST(CudaOps, TensorCoreConvolution) {
 // (forward) and 16x256 (data, in 2 split-K slices), the 3x3 32 -> 32 its 32x256 (both), their
 // weight gradients 64 rows, the 3x3 16 -> 128's 128 rows; the three stride-2 first convolutions
 // take the row kernel's forward with 3, 2 and 1 fragments a warp row (rows_fm), and at batch 4 the
-// 7x7's weight gradient the wgmma row kernel's three warpgroups (Kd a multiple of 4). Where wgmma is
+// 7x7's weight gradient the wgmma row kernel's three warpgroups (Kd a multiple of 4), at batch 36 the
+// 3x3's its one warpgroup in more slices than SMs (288 rows: over conv.cu's workspace for the row
+// kernel's 256). Where wgmma is
 // available (sm_90a), the window products and weight gradients take the wgmma window kernels
 // instead (TensorCoreProductsTakeTheirKernels), the 1x1 384 -> 512's forward and input gradient
 // the wgmma kernel, and the first convolutions' forwards the wgmma row kernel (96 and 64 filters).
@@ -452,6 +454,7 @@ TEST(CudaOps, TensorCoreConvolutionEveryTileSmall) {
                                  {"7x7/2 3->96, rows", ConvGeom{2, 3, 23, 23, 96, 7, 7, 2, 0}},
                                  {"7x7/2 3->96, rows, batch 4", ConvGeom{4, 3, 23, 23, 96, 7, 7, 2, 0}},
                                  {"3x3/2 3->64, rows", ConvGeom{3, 3, 17, 17, 64, 3, 3, 2, 0}},
+                                 {"3x3/2 3->64, rows, batch 36", ConvGeom{36, 3, 17, 17, 64, 3, 3, 2, 0}},
                                  {"5x5/2 1->16, rows", ConvGeom{2, 1, 12, 16, 16, 5, 5, 2, 0}}});
 }
 
@@ -467,7 +470,7 @@ TEST(CudaOps, TensorCoreProductsTakeTheirKernels) {
   for (const ConvGeom& g : {ConvGeom{2, 16, 9, 9, 128, 3, 3, 1, 1}, ConvGeom{4, 16, 9, 9, 64, 3, 3, 1, 1},
                             ConvGeom{4, 32, 9, 9, 32, 3, 3, 1, 1}, ConvGeom{4, 16, 9, 9, 128, 3, 3, 1, 1},
                             ConvGeom{2, 3, 23, 23, 96, 7, 7, 2, 0}, ConvGeom{4, 3, 23, 23, 96, 7, 7, 2, 0},
-                            ConvGeom{2, 384, 16, 16, 512, 1, 1, 1, 0}}) {
+                            ConvGeom{36, 3, 17, 17, 64, 3, 3, 2, 0}, ConvGeom{2, 384, 16, 16, 512, 1, 1, 1, 0}}) {
     const size_t nx = size_t(g.C) * g.N * g.H * g.W, nw = size_t(g.K) * g.C * g.R * g.S;
     const size_t ny = size_t(g.K) * g.N * g.P() * g.Q();
     Dev<float> X(randn(nx)), Wt(randn(nw, 0.1f)), Y(ny), DZ(randn(ny)), DW(nw), DB(size_t(g.K)), DX(nx);
@@ -529,6 +532,20 @@ TEST(CudaOps, TensorCoreProductsTakeTheirKernels) {
           (wg ? "wgmma (dz as registers) kernel, tile 128x128," : "mma kernel, " + wide),
   };
   for (const std::string& w : want) EXPECT_NE(log.find(w), std::string::npos) << "no line with \"" << w << "\" in:\n" << log;
+  // squeezenet1.1's conv1 in small (one warpgroup of 27 taps, 288 output rows): the wgmma weight
+  // gradient's slices as many as the SMs hold at once, at least two an SM (wgrowsw_slices), not
+  // the row kernel's one (4 warps an SM).
+  if (wg) {
+    const std::string w1 = "weight gradient of 3->64 3x3 stride 2 pad 0 at 17x17, batch 36, TF32: "
+                           "wgmma row kernel, tile 64x64, grid ";
+    const size_t at = log.find(w1);
+    ASSERT_NE(at, std::string::npos) << "no line with \"" << w1 << "\" in:\n" << log;
+    int sms = 0;
+    SQ_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+    const int slices = std::atoi(log.c_str() + at + w1.size());
+    EXPECT_GE(slices, std::min(288, 2 * sms)) << log.substr(at, 200);
+    EXPECT_LE(slices, 288) << log.substr(at, 200);
+  }
 }
 
 TEST(CudaOps, FireModule) {

@@ -1437,6 +1437,24 @@ TEST(ImplicitGemm, RowKernelTakesTheFirstConvolutions) {
   EXPECT_EQ(cuda::rowsw_slices(g10, 264), 132);
   EXPECT_EQ(cuda::rowsw_slices(g10, 1000), 256);
   EXPECT_EQ(cuda::rowsw_slices(wgt(1, 3, 23, 96, 7, 2, 0).g, 264), 9) << "9 output rows";
+  // The wgmma weight gradient's (TF32): a block a slice over all filters, as many as resident
+  // (conv.cu's occupancy query), at most 512, one row each. An SM of sm_90's 228 KB (1 KB a block
+  // reserved) holds one block of conv1 of squeezenet1.0 (three warpgroups) and two of 1.1's (one
+  // warpgroup), so 1.1's gets twice the slices of the row kernel's 132.
+  const cuda::Geo g11 = wgt(128, 3, 224, 64, 3, 2, 0).g;
+  EXPECT_TRUE(cuda::wgrowsw_geometry_fits(g10, 96));
+  EXPECT_TRUE(cuda::wgrowsw_geometry_fits(g11, 64));
+  EXPECT_FALSE(cuda::wgrowsw_geometry_fits(g10, 97)) << "97 filters";
+  EXPECT_FALSE(cuda::wgrowsw_geometry_fits(wgt(128, 4, 224, 96, 7, 2, 0).g, 96)) << "196 taps";
+  EXPECT_EQ(cuda::wgrowsw_wg(g10), 3);
+  EXPECT_EQ(cuda::wgrowsw_wg(g11), 1);
+  constexpr size_t sm90 = 228 * 1024, reserved = 1024;
+  EXPECT_EQ(sm90 / (cuda::wgrowsw_smem_bytes<96>(g10) + reserved), 1u) << cuda::wgrowsw_smem_bytes<96>(g10);
+  EXPECT_EQ(sm90 / (cuda::wgrowsw_smem_bytes<64>(g11) + reserved), 2u) << cuda::wgrowsw_smem_bytes<64>(g11);
+  EXPECT_EQ(cuda::wgrowsw_slices(g11, 2 * 132), 264);
+  EXPECT_EQ(cuda::wgrowsw_slices(g11, 1000), 512);
+  EXPECT_EQ(cuda::wgrowsw_slices(g11, 0), 1);
+  EXPECT_EQ(cuda::wgrowsw_slices(wgt(1, 3, 23, 96, 7, 2, 0).g, 264), 9) << "9 output rows";
 }
 
 // Which products the window kernel takes (win_fits): the expand 3x3's forward and input gradient

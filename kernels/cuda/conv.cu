@@ -267,14 +267,17 @@ Tile prec_tile(Tile t) {
 // Blocks of the mma kernel resident on the GPU at once (two an SM: igemm_mma_kernel's launch
 // bounds and about 100 KB of shared memory), the persistent launches' grid (MmaGrid); 0 with
 // SQUEEZE_IGEMM_PERSIST=0, a block a tile everywhere (the schedule before, for measuring both).
-int mma_resident() {
+int sm_count() {
   static const int n = [] {
-    if (env_is("SQUEEZE_IGEMM_PERSIST", "0")) return 0;
     int dev = 0, sms = 0;
     SQ_CUDA(cudaGetDevice(&dev));
     SQ_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    return 2 * sms;
+    return sms;
   }();
+  return n;
+}
+int mma_resident() {
+  static const int n = env_is("SQUEEZE_IGEMM_PERSIST", "0") ? 0 : 2 * sm_count();
   return n;
 }
 
@@ -510,7 +513,7 @@ void launch_wgrows(const FwdOp& op, cudaStream_t s) {
 // The first convolution's weight gradient in TF32 through wgmma (igemm_wgrowsw.cuh), on the same
 // switch and condition, where the row kernel takes it, dz's rows are 16-byte aligned but for the
 // pixel offset and the stages fit: all filters (64 or 96) by the taps in 1 to 3 warpgroups of 64,
-// a block a split-K slice (conv_backward's, as the row kernel's), one block an SM.
+// a block a split-K slice (wgrowsw_slices: as many as the GPU holds at once).
 template <int TN, int WG>
 auto wgrowsw_kernel() {
   return smem_limited<igemm_wgrowsw_kernel<TN, WG>, kWgRowswSmem>();
@@ -526,6 +529,30 @@ void for_each_wgrowsw_tile(F f) {
   f(std::integral_constant<int, 96>{}, std::integral_constant<int, 1>{});
   f(std::integral_constant<int, 96>{}, std::integral_constant<int, 2>{});
   f(std::integral_constant<int, 96>{}, std::integral_constant<int, 3>{});
+}
+// Its blocks resident on the GPU at once, by their shared memory, registers and threads: 1 an SM
+// for conv1 of squeezenet1.0 (three warpgroups, 137 KB), 2 for 1.1's (one warpgroup, 105 KB),
+// where a slice an SM would leave 4 warps an SM to hide dz's latency. 0 where its stages do not
+// fit the GPU's block (no sm_90a code then either).
+int wgrowsw_resident(const Geo& g, int M) {
+  const int tn = wgrowsw_tn(M), wg = wgrowsw_wg(g);
+  int blocks = 0;
+  for_each_wgrowsw_tile([&](auto n, auto w) {
+    constexpr int TN = decltype(n)::value, WG = decltype(w)::value;
+    const size_t smem = wgrowsw_smem_bytes<TN>(g);
+    if (TN != tn || WG != wg || smem > std::min(kWgRowswSmem, smem_optin())) return;
+    SQ_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, wgrowsw_kernel<TN, WG>(), 128 * WG, smem));
+  });
+  return blocks * sm_count();
+}
+// The row kernel's weight-gradient blocks: as many as resident, or two waves' worth of a 132-SM GPU
+// with SQUEEZE_IGEMM_PERSIST=0.
+int rowsw_resident() { return mma_resident() > 0 ? mma_resident() : 264; }
+// The first convolution's weight-gradient slices: the wgmma kernel's where it takes the product
+// (TF32), else the row kernel's.
+int rows_weight_slices(const WeightOp& op) {
+  if (g_math == ConvMath::kTf32 && wgrowsw_takes(op)) return wgrowsw_slices(op.g, wgrowsw_resident(op.g, op.M));
+  return rowsw_slices(op.g, rowsw_resident());
 }
 void launch_wgrowsw(const WeightOp& op, int splits, cudaStream_t s) {
   const int tn = wgrowsw_tn(op.M), wg = wgrowsw_wg(op.g);
@@ -565,9 +592,6 @@ void launch_rowsw(const WeightOp& op, int splits, cudaStream_t s) {
     rowsw_kernel<Prec, FM, FN>()<<<dim3(splits, mtiles), kGemmThreads, smem, s>>>(op, l);
   });
 }
-// The row kernel's weight-gradient blocks: as many as resident, or two waves' worth of a 132-SM GPU
-// with SQUEEZE_IGEMM_PERSIST=0.
-int rowsw_resident() { return mma_resident() > 0 ? mma_resident() : 264; }
 
 // Which tensor-core kernel takes a product: the row kernels (the first convolution's forward and
 // weight gradient), the window kernels (3x3 stride 1), else the mma kernel's gathers. The one
@@ -849,7 +873,8 @@ BackwardPlan backward_plan(const Geo& g) {
   b.splits = weight_splits(g), b.dsplits = data_splits(g);
   b.win_splits = winw_geometry_fits(g) ? winw_splits(g, kWinwFill) : b.splits;
   const bool rows = rows_fits(WeightOp{g, nullptr, nullptr, nullptr, g.K, g.C * g.R * g.S, g.N * g.P * g.Q});
-  const int most = std::max({b.splits, b.win_splits, rows ? kRowswSlices : 0});
+  const int wgrows = rows && g_wgmma && wgrowsw_geometry_fits(g, g.K) ? wgrowsw_slices(g, wgrowsw_resident(g, g.K)) : 0;
+  const int most = std::max({b.splits, b.win_splits, rows ? kRowswSlices : 0, wgrows});
   const size_t kcrs = size_t(g.K) * g.C * g.R * g.S;
   const size_t weights =
       size_t(most) * kcrs + size_t(g.K) * std::max(most, bias_chunks(g.K, (long long)g.N * g.P * g.Q));
@@ -878,7 +903,7 @@ void conv_backward(const ConvGeom& cg, const float* x, const float* w, const flo
   WeightOp wop{g, x, dz, ws, g.K, crs, npq};
   const Route r = mma_path() ? route(wop) : Route::kMma;  // (launch_mma follows the same route)
   const int splits = r == Route::kWin    ? plan.win_splits
-                     : r == Route::kRows ? rowsw_slices(g, rowsw_resident())
+                     : r == Route::kRows ? rows_weight_slices(wop)
                                          : plan.splits;
   const size_t mn = size_t(g.K) * crs;
   // The bias gradient: in the mma kernel, as dz's row sums (2 launches and a pass over dz fewer),

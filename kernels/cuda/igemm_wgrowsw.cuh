@@ -22,8 +22,10 @@
 //   flight while this one multiplies, one barrier a tile. The accumulators run over the slice's
 //   tiles; slice z's sums go to ws[z] (dW's layout, op.store) and, with op.rows, dz's row sums to
 //   rows[z] (from the landed K-major stage), for splitk_reduce_kernel.
-// - One block an SM: two dz stages (45 KB each for 96 filters) and the ring (46 KB for conv1 of 1.0)
-//   pass half of an SM's shared memory.
+// - One block an SM for conv1 of 1.0: two dz stages (45 KB each for 96 filters) and the ring (46 KB)
+//   pass half of an SM's shared memory. Two for 1.1's (30 KB stages for 64 filters, a 44 KB ring:
+//   105 KB), whose one warpgroup a block would otherwise be 4 warps an SM: conv.cu sizes the
+//   slices by occupancy (wgrowsw_slices).
 //
 // Kernel source only: tests/test_igemm.cpp runs it under tests/simt_host.h.
 #pragma once
@@ -60,12 +62,21 @@ template <int TN>
 size_t wgrowsw_smem_bytes(const Geo& g) {
   return size_t(wgrowsw_layout(g, TN).floats()) * sizeof(float);
 }
-constexpr size_t kWgRowswSmem = 200 * 1024;  // one block an SM
+constexpr size_t kWgRowswSmem = 200 * 1024;  // a block's most (conv1 of squeezenet1.0: 137 KB)
+// Its split-K slices: a block a slice, as many as the GPU holds at once (`resident`, conv.cu's
+// occupancy query: 1 block an SM for conv1 of squeezenet1.0, 2 for 1.1's), at most kWgRowswSlices
+// (conv.cu's workspace holds that many) and one output row a slice.
+constexpr int kWgRowswSlices = 512;
+inline int wgrowsw_slices(const Geo& g, int resident) {
+  const long long rows = (long long)g.N * g.P;
+  return int(std::max<long long>(1, std::min<long long>({kWgRowswSlices, rows, resident})));
+}
 // The weight gradients it takes: the row kernel's (rows_fits), at most 96 filters and 192 taps, dz's
 // rows 16-byte aligned but for the pixel offset, its shared memory within `limit`.
+inline bool wgrowsw_geometry_fits(const Geo& g, int M) { return M <= 96 && g.C * g.R * g.S <= 192; }
 inline bool wgrowsw_fits(const WeightOp& op, size_t limit = kWgRowswSmem) {
   const Geo& g = op.g;
-  if (!rows_fits(op, limit) || op.M > 96 || g.C * g.R * g.S > 192) return false;
+  if (!rows_fits(op, limit) || !wgrowsw_geometry_fits(g, op.M)) return false;
   if (op.Kd % 4 != 0 || (reinterpret_cast<uintptr_t>(op.dz) & 15) != 0) return false;
   return size_t(wgrowsw_layout(g, wgrowsw_tn(op.M)).floats()) * sizeof(float) <= limit;
 }
