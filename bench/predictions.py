@@ -391,6 +391,11 @@ def predictions():
           lambda r: value(r["nowgmma"], "layers", "conv1 bwd", "own tf32 ms") / value(r["main"], "layers", "conv1 bwd", "own tf32 ms"),
           1.4, 3.0, higher=True, since="d", falsified=lambda v: v < 1.15,
           then="the weight gradient on wgmma is no faster than the row kernel's: route it back"),
+        # Its BF16 (session 28): TF32's wgmma on operands rounded in place to BF16, a pass and a
+        # barrier a tile more; dz's bytes bound it as in TF32.
+        P("conv1 backward (weight gradient), BF16 ms, wgmma", "the wgmma row weight gradient",
+          at("layers", "conv1 bwd", "own bf16 ms"), 0.18, 0.38, since="d",
+          falsified=lambda v: v > 0.5, then="the BF16 rounding pass costs more than counted: read limits' igemm_wgrowsw_kernel"),
         # squeezenet1.1's conv1 weight gradient on wgmma (one warpgroup of 27 taps, two blocks an
         # SM since session 28: its slices by occupancy): dz 404 MB and x about 80 MB, 0.10 ms on
         # an H200, 0.15 on an H100; 13 GFLOP with the taps padded to 64.

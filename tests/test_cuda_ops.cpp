@@ -478,6 +478,11 @@ TEST(CudaOps, TensorCoreProductsTakeTheirKernels) {
     cuda::conv_forward(g, X.get(), Wt.get(), nullptr, Y.get(), false, nullptr, WS.get());
     cuda::conv_forward(g, X.get(), Wt.get(), nullptr, Y.get(), false, nullptr);  // (no scratch)
     cuda::conv_backward(g, X.get(), Wt.get(), DZ.get(), DW.get(), DB.get(), DX.get(), false, WS.get(), nullptr);
+    if (g.N == 4 && g.R == 7) {  // the 7x7 at batch 4 in BF16 too: its weight gradient's kernel
+      cuda::set_conv_math(cuda::ConvMath::kBf16);
+      cuda::conv_backward(g, X.get(), Wt.get(), DZ.get(), DW.get(), DB.get(), DX.get(), false, WS.get(), nullptr);
+      cuda::set_conv_math(cuda::ConvMath::kTf32);
+    }
   }
   cuda::log_conv_routes(nullptr);  // (the lines are written as the launches are made)
   cuda::set_conv_math(cuda::ConvMath::kFp32);
@@ -524,6 +529,9 @@ TEST(CudaOps, TensorCoreProductsTakeTheirKernels) {
       // Batch 4: dz's rows (324 pixels) 16-byte aligned, so wgmma takes the weight gradient (96
       // filters by three warpgroups of taps).
       "weight gradient of 3->96 7x7 stride 2 pad 0 at 23x23, batch 4, TF32: " +
+          std::string(wg ? "wgmma row kernel, tile 96x192," : "row kernel,"),
+      // In BF16 too (TF32's wgmma on BF16-rounded operands).
+      "weight gradient of 3->96 7x7 stride 2 pad 0 at 23x23, batch 4, BF16: " +
           std::string(wg ? "wgmma row kernel, tile 96x192," : "row kernel,"),
       // Dense and large in all three dimensions: the one-block tile (sm_80, sm_90), or wgmma.
       "forward of 384->512 1x1 stride 1 pad 0 at 16x16, batch 2, TF32: " + plain,

@@ -1251,8 +1251,9 @@ void check_rowsw(const Case& c, const Case& r, int slices, bool reverse, bool bi
   expect_weight_slices(c, r, ws, rows, slices, bias, reverse);
 }
 
-// The wgmma row kernel's weight gradient (igemm_wgrowsw.cuh, TF32), the same way.
-template <int TN, int WG>
+// The wgmma row kernel's weight gradient (igemm_wgrowsw.cuh; BF16 as TF32 products of rounded
+// operands), the same way.
+template <int TN, int WG, bool kBf16>
 void check_wgrowsw(const Case& c, const Case& r, int slices, bool reverse, bool bias) {
   const simt::Readable readable(c.readable());
   SCOPED_TRACE("wgmma weight gradient, " + std::to_string(TN) + " filters, " + std::to_string(WG) +
@@ -1266,25 +1267,26 @@ void check_wgrowsw(const Case& c, const Case& r, int slices, bool reverse, bool 
   ASSERT_EQ(cuda::wgrowsw_tn(K), TN);
   ASSERT_EQ(cuda::wgrowsw_wg(c.g), WG);
   const cuda::WgRowswLayout l = cuda::wgrowsw_layout(c.g, TN);
-  ASSERT_TRUE(simt::run({unsigned(slices), 1, 1}, 128 * WG, [&] { cuda::igemm_wgrowsw_kernel<TN, WG>(op, l); },
+  ASSERT_TRUE(simt::run({unsigned(slices), 1, 1}, 128 * WG, [&] { cuda::igemm_wgrowsw_kernel<TN, WG, kBf16>(op, l); },
                         reverse, cuda::wgrowsw_smem_bytes<TN>(c.g)))
       << "threads disagree on barriers";
   expect_weight_slices(c, r, ws, rows, slices, bias, reverse);
 }
-template <int TN, int WG>
+template <int TN, int WG, bool kBf16>
 void check_wgrowsw_slicings(const Case& c, const Case& r) {
   const int rows = c.g.N * c.g.P;
-  check_wgrowsw<TN, WG>(c, r, 1, false, true);
-  check_wgrowsw<TN, WG>(c, r, 3, true, false);
-  check_wgrowsw<TN, WG>(c, r, rows + 2, false, true);  // two slices past the last row: zeros
+  check_wgrowsw<TN, WG, kBf16>(c, r, 1, false, true);
+  check_wgrowsw<TN, WG, kBf16>(c, r, 3, true, false);
+  check_wgrowsw<TN, WG, kBf16>(c, r, rows + 2, false, true);  // two slices past the last row: zeros
 }
-// Where it takes the case (TF32, dz's rows aligned but for the pixel offset): its tile.
+// Where it takes the case (dz's rows aligned but for the pixel offset): its tile.
+template <bool kBf16>
 void check_wgrowsw_case(const Case& c, const Case& r, int* taken) {
   if (!cuda::wgrowsw_fits(c.wgt(nullptr))) return;
   const int tn = cuda::wgrowsw_tn(c.g.K), wg = cuda::wgrowsw_wg(c.g);
-  if (tn == 96 && wg == 3) check_wgrowsw_slicings<96, 3>(c, r);
-  else if (tn == 96 && wg == 2) check_wgrowsw_slicings<96, 2>(c, r);
-  else if (tn == 64 && wg == 1) check_wgrowsw_slicings<64, 1>(c, r);
+  if (tn == 96 && wg == 3) check_wgrowsw_slicings<96, 3, kBf16>(c, r);
+  else if (tn == 96 && wg == 2) check_wgrowsw_slicings<96, 2, kBf16>(c, r);
+  else if (tn == 64 && wg == 1) check_wgrowsw_slicings<64, 1, kBf16>(c, r);
   else ADD_FAILURE() << "no wgmma weight-gradient tile for TN " << tn << ", " << wg << " warpgroups";
   ++*taken;
 }
@@ -1333,15 +1335,15 @@ void check_rows_cases(int* weight_tiles, int* wgrows, int* wgrowsw) {
     else if (fm == 2 && fn == 1) check_rowsw_slicings<Prec, 2, 1>(c, r);
     else ADD_FAILURE() << "no weight-gradient tile for FM " << fm << ", FN " << fn;
     ++*weight_tiles;
-    if constexpr (Prec::K == 8) check_wgrowsw_case(c, r, wgrowsw);
+    check_wgrowsw_case<kBf16>(c, r, wgrowsw);
   }
   // The wgmma row kernel alone: 72 filters under its 96 (rows past M), and rows of 128 outputs
   // (its tile's width; the row kernel takes at most 112).
   // The wgmma weight gradient alone: 98 taps (two warpgroups) under 72 filters of its 96.
-  if constexpr (Prec::K == 8) {
+  {
     const Case c(ConvGeom{2, 2, 15, 21, 72, 7, 7, 2, 0}, rng), r = rounded_case<Prec>(c);
     SCOPED_TRACE(c.name());
-    check_wgrowsw_case(c, r, wgrowsw);
+    check_wgrowsw_case<Prec::K == 16>(c, r, wgrowsw);
   }
   for (const ConvGeom& cg : {ConvGeom{2, 3, 19, 27, 72, 7, 7, 2, 0}, ConvGeom{1, 2, 9, 257, 24, 3, 3, 2, 0}}) {
     const Case c(cg, rng), r = rounded_case<Prec>(c);
@@ -1389,7 +1391,7 @@ TEST(ImplicitGemm, RowKernelOnTheCpuReproducesTheFirstConvolution) {
   }
   EXPECT_EQ(weight_tiles, 12);
   EXPECT_EQ(wgrows, 16);
-  EXPECT_EQ(wgrowsw, 5);  // (TF32: the cases whose Kd is a multiple of 4)
+  EXPECT_EQ(wgrowsw, 10);  // (the cases whose Kd is a multiple of 4, in TF32 and BF16)
 }
 
 // Which forwards the row kernel takes (rows_fits): the first convolution of squeezenet1.0 and 1.1

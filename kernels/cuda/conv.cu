@@ -510,13 +510,14 @@ void launch_wgrows(const FwdOp& op, cudaStream_t s) {
     launch(std::integral_constant<int, 64>{});
 }
 
-// The first convolution's weight gradient in TF32 through wgmma (igemm_wgrowsw.cuh), on the same
-// switch and condition, where the row kernel takes it, dz's rows are 16-byte aligned but for the
-// pixel offset and the stages fit: all filters (64 or 96) by the taps in 1 to 3 warpgroups of 64,
-// a block a split-K slice (wgrowsw_slices: as many as the GPU holds at once).
-template <int TN, int WG>
+// The first convolution's weight gradient in TF32 and BF16 through wgmma (igemm_wgrowsw.cuh; BF16
+// as TF32 products of BF16-rounded operands), on the same switch and condition, where the row
+// kernel takes it, dz's rows are 16-byte aligned but for the pixel offset and the stages fit: all
+// filters (64 or 96) by the taps in 1 to 3 warpgroups of 64, a block a split-K slice
+// (wgrowsw_slices: as many as the GPU holds at once).
+template <int TN, int WG, bool kBf16>
 auto wgrowsw_kernel() {
-  return smem_limited<igemm_wgrowsw_kernel<TN, WG>, kWgRowswSmem>();
+  return smem_limited<igemm_wgrowsw_kernel<TN, WG, kBf16>, kWgRowswSmem>();
 }
 bool wgrowsw_takes(const WeightOp& op) {
   return g_wgmma && wgrowsw_fits(op, std::min(kWgRowswSmem, smem_optin())) && wgmma_available();
@@ -534,14 +535,15 @@ void for_each_wgrowsw_tile(F f) {
 // for conv1 of squeezenet1.0 (three warpgroups, 137 KB), 2 for 1.1's (one warpgroup, 105 KB),
 // where a slice an SM would leave 4 warps an SM to hide dz's latency. 0 where its stages do not
 // fit the GPU's block (no sm_90a code then either).
-int wgrowsw_resident(const Geo& g, int M) {
+int wgrowsw_resident(const Geo& g, int M, bool bf16) {
   const int tn = wgrowsw_tn(M), wg = wgrowsw_wg(g);
   int blocks = 0;
   for_each_wgrowsw_tile([&](auto n, auto w) {
     constexpr int TN = decltype(n)::value, WG = decltype(w)::value;
     const size_t smem = wgrowsw_smem_bytes<TN>(g);
     if (TN != tn || WG != wg || smem > std::min(kWgRowswSmem, smem_optin())) return;
-    SQ_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, wgrowsw_kernel<TN, WG>(), 128 * WG, smem));
+    const auto kernel = bf16 ? wgrowsw_kernel<TN, WG, true>() : wgrowsw_kernel<TN, WG, false>();
+    SQ_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, 128 * WG, smem));
   });
   return blocks * sm_count();
 }
@@ -549,11 +551,14 @@ int wgrowsw_resident(const Geo& g, int M) {
 // with SQUEEZE_IGEMM_PERSIST=0.
 int rowsw_resident() { return mma_resident() > 0 ? mma_resident() : 264; }
 // The first convolution's weight-gradient slices: the wgmma kernel's where it takes the product
-// (TF32), else the row kernel's.
+// (TF32, BF16), else the row kernel's.
 int rows_weight_slices(const WeightOp& op) {
-  if (g_math == ConvMath::kTf32 && wgrowsw_takes(op)) return wgrowsw_slices(op.g, wgrowsw_resident(op.g, op.M));
+  const bool bf16 = g_math == ConvMath::kBf16;
+  if ((bf16 || g_math == ConvMath::kTf32) && wgrowsw_takes(op))
+    return wgrowsw_slices(op.g, wgrowsw_resident(op.g, op.M, bf16));
   return rowsw_slices(op.g, rowsw_resident());
 }
+template <bool kBf16>
 void launch_wgrowsw(const WeightOp& op, int splits, cudaStream_t s) {
   const int tn = wgrowsw_tn(op.M), wg = wgrowsw_wg(op.g);
   for_each_wgrowsw_tile([&](auto n, auto w) {
@@ -562,8 +567,8 @@ void launch_wgrowsw(const WeightOp& op, int splits, cudaStream_t s) {
     const WgRowswLayout l = wgrowsw_layout(op.g, TN);
     const size_t smem = wgrowsw_smem_bytes<TN>(op.g);
     // (the route log names the tile as dW's: filters by taps)
-    report_route(op, "TF32", "wgmma row", TN, 64 * WG, dim3(splits), smem);
-    wgrowsw_kernel<TN, WG>()<<<splits, 128 * WG, smem, s>>>(op, l);
+    report_route(op, kBf16 ? "BF16" : "TF32", "wgmma row", TN, 64 * WG, dim3(splits), smem);
+    wgrowsw_kernel<TN, WG, kBf16>()<<<splits, 128 * WG, smem, s>>>(op, l);
   });
 }
 
@@ -620,8 +625,8 @@ void launch_mma(const Op& op, int splits, cudaStream_t s, float* taps = nullptr)
         return launch_rows<Prec>(op, s);
       }
       if constexpr (std::is_same_v<Op, WeightOp>) {
-        if constexpr (std::is_same_v<Prec, MmaTf32>) {
-          if (wgrowsw_takes(op)) return launch_wgrowsw(op, splits, s);
+        if constexpr (std::is_same_v<Prec, MmaTf32> || std::is_same_v<Prec, MmaBf16>) {
+          if (wgrowsw_takes(op)) return launch_wgrowsw<std::is_same_v<Prec, MmaBf16>>(op, splits, s);
         }
         return launch_rowsw<Prec>(op, splits, s);
       }
@@ -785,7 +790,10 @@ void prepare_conv_kernels() {
     wgw_kernel<true, 128, false>(), wgw_kernel<false, 64, true>(), wgw_kernel<false, 128, true>();
     wgw_kernel<true, 64, true>(), wgw_kernel<true, 128, true>();
     wgrows_kernel<false, 64>(), wgrows_kernel<false, 96>(), wgrows_kernel<true, 64>(), wgrows_kernel<true, 96>();
-    for_each_wgrowsw_tile([](auto n, auto w) { wgrowsw_kernel<decltype(n)::value, decltype(w)::value>(); });
+    for_each_wgrowsw_tile([](auto n, auto w) {
+      wgrowsw_kernel<decltype(n)::value, decltype(w)::value, false>();
+      wgrowsw_kernel<decltype(n)::value, decltype(w)::value, true>();
+    });
   }
   for_each_mma_tile([](auto tile) {
     using T = decltype(tile);
@@ -873,7 +881,9 @@ BackwardPlan backward_plan(const Geo& g) {
   b.splits = weight_splits(g), b.dsplits = data_splits(g);
   b.win_splits = winw_geometry_fits(g) ? winw_splits(g, kWinwFill) : b.splits;
   const bool rows = rows_fits(WeightOp{g, nullptr, nullptr, nullptr, g.K, g.C * g.R * g.S, g.N * g.P * g.Q});
-  const int wgrows = rows && g_wgmma && wgrowsw_geometry_fits(g, g.K) ? wgrowsw_slices(g, wgrowsw_resident(g, g.K)) : 0;
+  const int wgrows = rows && g_wgmma && wgrowsw_geometry_fits(g, g.K)
+                         ? wgrowsw_slices(g, std::max(wgrowsw_resident(g, g.K, false), wgrowsw_resident(g, g.K, true)))
+                         : 0;
   const int most = std::max({b.splits, b.win_splits, rows ? kRowswSlices : 0, wgrows});
   const size_t kcrs = size_t(g.K) * g.C * g.R * g.S;
   const size_t weights =

@@ -1,5 +1,5 @@
-// The first convolution's weight gradient on Hopper's warpgroup MMA (sm_90a, TF32; docs/KERNELS.md,
-// "the wgmma row weight gradient"): the row kernel's weight gradient (igemm_rows.cuh,
+// The first convolution's weight gradient on Hopper's warpgroup MMA (sm_90a, TF32 and BF16;
+// docs/KERNELS.md, "the wgmma row weight gradient"): the row kernel's weight gradient (igemm_rows.cuh,
 // igemm_rowsw_kernel: dW (K x C R S) += dz (K x N P Q) * col(x)^T, an output row of dz and its
 // input rows a tile, x's rows in a ring, split-K slices of consecutive output rows) with the
 // multiply turned around: D = dW^T = col(x) * dz^T, so that col(x) is wgmma's register operand and
@@ -15,13 +15,18 @@
 //   positions (16 bytes), position chunk j of filter m at ((m / 8) KP / 4 + j) 32 + (m % 8) 4 words
 //   (LBO 128 bytes, SBO KP / 4 core matrices). Position p holds pixel s0 - a + p, a = s0 mod 4, so
 //   that chunks 1 .. KP / 4 - 1 are 16-byte copies (zero-filled past Q; a lane a chunk, a warp a
-//   group of 8 filters) and chunk 0 four 4-byte ones (zero before a: col(x) is not zero there): dz's rows must be 16-byte aligned but for the pixel offset (Kd a multiple of 4,
-//   dz aligned: wgrowsw_fits' `vec`). KP = 120 positions (a + Q <= 115), 15 wgmmas a tile in 3 groups
+//   group of 8 filters) and chunk 0 four 4-byte ones (zero before a: col(x) is not zero there):
+//   dz's rows must be 16-byte aligned but for the pixel offset (Kd a multiple of 4, dz aligned). KP = 120 positions (a + Q <= 115), 15 wgmmas a tile in 3 groups
 //   of 5; the positions past a + Q meet zeros in dz.
 // - Two dz stages, the next tile's copies (dz's rows, x's 2 new rows or all R at a fresh image) in
 //   flight while this one multiplies, one barrier a tile. The accumulators run over the slice's
 //   tiles; slice z's sums go to ws[z] (dW's layout, op.store) and, with op.rows, dz's row sums to
 //   rows[z] (from the landed K-major stage), for splitk_reduce_kernel.
+// - BF16 (kBf16) runs the same TF32 wgmma on BF16-rounded operands: after a tile's copies land, the
+//   threads that sum dz's rows round its stage in place (the sums from the values as copied) and
+//   the ring's new rows, then a second barrier. A product of two BF16 values is exact in fp32, as
+//   on BF16's wgmma; the tensor cores' TF32 rate is half BF16's, but dz's bytes bound this kernel
+//   (docs/KERNELS.md), and a BF16 stage would need dz converted through registers.
 // - One block an SM for conv1 of 1.0: two dz stages (45 KB each for 96 filters) and the ring (46 KB)
 //   pass half of an SM's shared memory. Two for 1.1's (30 KB stages for 64 filters, a 44 KB ring:
 //   105 KB), whose one warpgroup a block would otherwise be 4 warps an SM: conv.cu sizes the
@@ -81,7 +86,15 @@ inline bool wgrowsw_fits(const WeightOp& op, size_t limit = kWgRowswSmem) {
   return size_t(wgrowsw_layout(g, wgrowsw_tn(op.M)).floats()) * sizeof(float) <= limit;
 }
 
-template <int TN, int WG>
+// Four floats rounded to BF16 (to nearest even, cvt.rn.bf16x2 in pack_bf16x2) and back: BF16's 8
+// exponent and 7 mantissa bits, which a TF32 operand holds exactly.
+__device__ inline float4 bf16_rounded(float4 v) {
+  const uint32_t lo = pack_bf16x2(v.x, v.y), hi = pack_bf16x2(v.z, v.w);
+  return {__uint_as_float(lo << 16), __uint_as_float(lo & 0xffff0000u), __uint_as_float(hi << 16),
+          __uint_as_float(hi & 0xffff0000u)};
+}
+
+template <int TN, int WG, bool kBf16>
 __global__ void __launch_bounds__(128 * WG, 1) igemm_wgrowsw_kernel(WeightOp op, WgRowswLayout L) {
   static_assert(TN == 64 || TN == 96, "wgmma's N: 64 or 96 filters");
   constexpr int NT = 128 * WG, NR = kRowswRing, KP = kWgRowswKP, KC = KP / 4;
@@ -149,11 +162,11 @@ __global__ void __launch_bounds__(128 * WG, 1) igemm_wgrowsw_kernel(WeightOp op,
     cp_async_commit();
   };
 
-  // The row sums of dz (op.rows): threads kT m .. kT m + kT - 1 take filter m's chunks j = tid %
-  // kT + kT i.
+  // The row sums of dz (op.rows), and in BF16 its rounding: threads kT m .. kT m + kT - 1 take
+  // filter m's chunks j = tid % kT + kT i (all TN filters' chunks).
   constexpr int kT = NT >= 4 * TN ? 4 : NT >= 2 * TN ? 2 : 1;
   float rsum = 0.0f;
-  const bool summer = op.rows && tid < kT * TN;
+  const bool summer = (op.rows || kBf16) && tid < kT * TN;
   const int sm = tid / kT, sq = tid % kT;
   float d[TN / 2];
   wg_clear(d);
@@ -166,12 +179,27 @@ __global__ void __launch_bounds__(128 * WG, 1) igemm_wgrowsw_kernel(WeightOp op,
     __syncthreads();      // everyone's; everyone done with u - 1
     const RowswTile next = cur.next(g, true);
     issue(u + 1, next);
-    const float* const st = stages + (u % 2) * L.stage;
+    float* const st = stages + (u % 2) * L.stage;
     if (summer) {
       for (int j = sq; j < KC; j += kT) {
-        const float4 v = *reinterpret_cast<const float4*>(st + ((sm / 8) * KC + j) * 32 + (sm % 8) * 4);
-        rsum += (v.x + v.y) + (v.z + v.w);
+        float4* const at = reinterpret_cast<float4*>(st + ((sm / 8) * KC + j) * 32 + (sm % 8) * 4);
+        const float4 v = *at;
+        rsum += (v.x + v.y) + (v.z + v.w);  // (unrounded: the bias's gradient is fp32's)
+        if constexpr (kBf16) *at = bf16_rounded(v);
       }
+    }
+    if constexpr (kBf16) {
+      // BF16: the products of BF16 operands through TF32's wgmma, exactly (each rounded operand a
+      // TF32 value). dz's stage is rounded above; x's rows that landed for this tile here, in the
+      // ring, whole (padding and guard columns are zeros), once: the tiles after read them rounded.
+      const int first = cur.fresh ? 0 : g.R - 2, nr = g.R - first;
+      for (int i = warp; i < g.C * nr; i += NT / 32) {  // (a warp a row, as issue() copies them)
+        const int c = i / nr, r = first + (i - c * nr);
+        float4* const row = reinterpret_cast<float4*>(ring + (c * NR + ((cur.v + r) & (NR - 1))) * L.rp);
+        for (int q = lane; q < L.rp / 4; q += 32) row[q] = bf16_rounded(row[q]);
+      }
+      fence_proxy_async();  // the stage's rounded words, before wgmma reads them
+      __syncthreads();
     }
     // The thread's taps' bases this tile: their rows' places in the ring, less the shift a.
     const float* const ka = ring + tap0.at(cur, L.rp) + t;
