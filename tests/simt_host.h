@@ -200,6 +200,15 @@ struct Scheduler {
   bool eager_copies = false;               // cp.async lands at issue (else at its wait)
   std::vector<ThreadWgmma> wgmma;          // per thread
   std::vector<std::vector<std::unique_ptr<WgmmaOp>>> wg_ops;  // per warpgroup, in issue order
+  // Plain stores to shared memory (the generic proxy), which wgmma's B (the async proxy) may read
+  // only after a fence.proxy.async (look_at_shared): the dynamic shared memory's words as last
+  // looked at, copies' landings applied as they land; the words a look found changed with no
+  // fence.proxy.async since the look before; the fences since; and whether the block looks at all
+  // (from its first wgmma.fence or fence.proxy.async: kernels without wgmma pay nothing).
+  std::vector<uint32_t> seen;
+  std::vector<char> unfenced;
+  int fences = 0;
+  bool watching = false;
 };
 inline Scheduler& sched() {
   static Scheduler s;
@@ -281,6 +290,40 @@ template <class T>
 T* dynamic_shared() {
   return reinterpret_cast<T*>(sched().dynamic_shared);
 }
+// The arena's word of a shared-memory address (its whole 4-byte word for a BF16 half), or -1.
+inline long shared_word(const void* p) {
+  const char* c = static_cast<const char*>(p);
+  const DynamicShared& d = dynamic_arena();
+  return d.arena && c >= d.arena && c < d.end() ? long((c - d.arena) / 4) : -1;
+}
+// A block's start: the arena as filled (NaN), nothing unfenced.
+inline void reset_shared_watch() {
+  Scheduler& s = sched();
+  const uint32_t* all = reinterpret_cast<const uint32_t*>(dynamic_arena().arena);
+  s.seen.assign(all, all + kDynamicSharedFloats);
+  s.unfenced.assign(kDynamicSharedFloats, 0);
+  s.fences = 0;
+  s.watching = false;
+}
+// A copy landed at dst: its word as the async side sees it (cp.async has its own fence rule, the
+// thread's `landed`), so that the next look does not take it for a plain store.
+inline void copy_landed(const float* dst) {
+  const long w = shared_word(dst);
+  if (w >= 0) std::memcpy(&sched().seen[size_t(w)], dst, 4);
+}
+// Each word of the launch's dynamic shared memory that changed since the last look was written by
+// a plain store: unfenced, unless a fence.proxy.async came since the last look (then nothing is:
+// which thread stored and which fenced is not told apart, so a missing fence shows only where no
+// thread fenced between the stores and the wgmma that reads them).
+inline void look_at_shared() {
+  Scheduler& s = sched();
+  const long first = shared_word(s.dynamic_shared);
+  if (first < 0) return;
+  const uint32_t* all = reinterpret_cast<const uint32_t*>(dynamic_arena().arena);
+  for (size_t i = size_t(first); i < size_t(kDynamicSharedFloats); ++i)
+    if (all[i] != s.seen[i]) s.seen[i] = all[i], s.unfenced[i] = 1;
+  if (s.fences > 0) std::fill(s.unfenced.begin(), s.unfenced.end(), char(0)), s.fences = 0;
+}
 inline void entry() {
   Scheduler& s = sched();
   (*s.body)();
@@ -349,6 +392,7 @@ inline bool run(SimtDim3 grid, int threads, const std::function<void()>& body, b
         s.wg_ops.clear();
         s.wg_ops.resize(size_t(threads + 127) / 128);
         s.dynamic_shared = dynamic_shared_for(dynamic_bytes);
+        reset_shared_watch();
         for (const auto& v : s.statics) std::memset(v.first, 0xFF, v.second);
         for (int t = 0; t < threads; ++t) start_thread(t);
         const int warps = (threads + 31) / 32;
@@ -357,6 +401,7 @@ inline bool run(SimtDim3 grid, int threads, const std::function<void()>& body, b
             const int w = reverse ? warps - 1 - i : i;
             if (!run_warp(32 * w, min(threads, 32 * w + 32), reverse)) return false;
           }
+          if (s.watching) look_at_shared();  // (every thread stands at a barrier or has ended)
           // A warpgroup whose threads all stand at its wgmma barrier goes on; part of one there
           // while the rest wait elsewhere or have ended is a hang on the device.
           bool released = false, stuck = false;
@@ -430,7 +475,7 @@ inline void cp_async4(float* dst, const float* src, bool valid) {
   if (valid) simt::check_readable(src);
   simt::Scheduler& s = simt::sched();
   if (s.eager_copies)
-    *dst = valid ? *src : 0.0f;
+    *dst = valid ? *src : 0.0f, simt::copy_landed(dst);
   else
     s.async[size_t(s.cur)].open.push_back({dst, src, valid});
 }
@@ -472,7 +517,7 @@ void cp_async_wait() {
   simt::ThreadAsync& a = simt::sched().async[size_t(simt::sched().cur)];
   simt::sched().wgmma[size_t(simt::sched().cur)].landed = true;  // (wgmma's B wants a proxy fence)
   while (a.committed.size() > size_t(N)) {
-    for (const simt::AsyncCopy& c : a.committed.front()) *c.dst = c.valid ? *c.src : 0.0f;
+    for (const simt::AsyncCopy& c : a.committed.front()) *c.dst = c.valid ? *c.src : 0.0f, simt::copy_landed(c.dst);
     a.committed.erase(a.committed.begin());
   }
 }
@@ -640,6 +685,16 @@ void wgmma(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc, int scale_d
     op.n = N;
     op.desc = desc;
     op.scale_d = scale_d != 0;
+    // B's words: none written by a plain store without a fence.proxy.async since.
+    look_at_shared();
+    const char* start = dynamic_arena().arena + ((desc & 0x3FFF) << 4);
+    const size_t lbo = ((desc >> 16) & 0x3FFF) << 4, sbo = ((desc >> 32) & 0x3FFF) << 4;
+    const int K = kBf16 ? 16 : 8, size = kBf16 ? 2 : 4, T = 16 / size;
+    for (int n = 0; n < N; ++n)
+      for (int k = 0; k < K; ++k) {
+        const long w = shared_word(start + (n % 8) * 16 + size_t(n / 8) * sbo + (k % T) * size + size_t(k / T) * lbo);
+        if (w >= 0 && s.unfenced[size_t(w)]) fail("reads shared memory that plain stores wrote with no fence.proxy.async since");
+      }
   } else if (op.bf16 != kBf16 || op.n != N || op.desc != desc || op.scale_d != (scale_d != 0)) {
     fail("differs between the threads of a warpgroup (shape, type, descriptor or scale-d)");
   }
@@ -652,8 +707,15 @@ void wgmma(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc, int scale_d
 }  // namespace simt
 
 inline uint32_t smem_address(const void* p) { return simt::smem_offset(p); }
-inline void wgmma_fence() { simt::sched().wgmma[size_t(simt::sched().cur)].fenced = true; }
-inline void fence_proxy_async() { simt::sched().wgmma[size_t(simt::sched().cur)].landed = false; }
+inline void wgmma_fence() {
+  simt::sched().wgmma[size_t(simt::sched().cur)].fenced = true;
+  simt::sched().watching = true;
+}
+inline void fence_proxy_async() {
+  simt::Scheduler& s = simt::sched();
+  s.wgmma[size_t(s.cur)].landed = false;
+  ++s.fences, s.watching = true;
+}
 inline void wgmma_commit() {
   simt::ThreadWgmma& w = simt::sched().wgmma[size_t(simt::sched().cur)];
   w.committed.push_back(std::move(w.open));

@@ -313,11 +313,13 @@ TEST(SimtHost, WgmmaProbeGivesTheProduct) {
 // What the emulator's wgmma refuses or exposes, on one warpgroup's 64 x 8 x 8 TF32 product of ones
 // (B's one core-matrix pair at the start of the dynamic shared memory). Each lane's d[0] goes to
 // out. The emulator performs a wgmma at its wait, so accumulators read before the wait, or a B stage
-// or A register written between issue and wait, give a wrong result in both orders.
+// or A register written between issue and wait, give a wrong result in both orders; and it refuses
+// a B written by plain stores with no fence.proxy.async between them and the wgmma.
 struct WgmmaMisuse {
   bool fence = true, proxy_fence = true, wait = true, read_before_wait = false, overwrite_before_wait = false;
   bool again_without_fence = false;  // a second wgmma after the wait, without a fence of its own
   bool a_written_before_wait = false;
+  bool b_stored = false;  // B written by plain stores (the generic proxy), not copied
 };
 std::vector<float> run_wgmma(const WgmmaMisuse& m, bool reverse) {
   std::vector<float> out(128, -1.0f);
@@ -328,9 +330,13 @@ std::vector<float> run_wgmma(const WgmmaMisuse& m, bool reverse) {
   const bool ran = simt::run({1, 1, 1}, 128, [&] {
     SQ_DYNAMIC_SHARED(float, sm);
     const int t = int(threadIdx.x);
-    if (t < 16) cp_async16(sm + 4 * t, ones + 4 * t, 4);  // B: 64 ones
-    cp_async_commit();
-    cp_async_wait<0>();
+    if (m.b_stored) {
+      if (t < 64) sm[t] = ones[t];
+    } else {
+      if (t < 16) cp_async16(sm + 4 * t, ones + 4 * t, 4);  // B: 64 ones
+      cp_async_commit();
+      cp_async_wait<0>();
+    }
     if (m.proxy_fence) fence_proxy_async();
     __syncthreads();
     const uint32_t one = 0x3f800000u;
@@ -366,6 +372,15 @@ TEST(SimtHost, WgmmaRefusesAMissingFenceAndExposesEarlyAccesses) {
   m = {};
   m.proxy_fence = false;
   EXPECT_DEATH(run_wgmma(m, false), "without a fence.proxy.async");
+  // B through plain stores: fenced, the product; without the fence, refused (the async proxy need
+  // not see them), in both orders.
+  m = {};
+  m.b_stored = true;
+  EXPECT_EQ(run_wgmma(m, false), std::vector<float>(128, 8.0f));
+  EXPECT_EQ(run_wgmma(m, true), std::vector<float>(128, 8.0f));
+  m.proxy_fence = false;
+  EXPECT_DEATH(run_wgmma(m, false), "plain stores wrote with no fence.proxy.async");
+  EXPECT_DEATH(run_wgmma(m, true), "plain stores wrote with no fence.proxy.async");
   m = {};
   m.wait = false;
   EXPECT_DEATH(run_wgmma(m, false), "did not wait for");
