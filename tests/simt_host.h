@@ -202,11 +202,12 @@ struct Scheduler {
   std::vector<std::vector<std::unique_ptr<WgmmaOp>>> wg_ops;  // per warpgroup, in issue order
   // Plain stores to shared memory (the generic proxy), which wgmma's B (the async proxy) may read
   // only after a fence.proxy.async (look_at_shared): the dynamic shared memory's words as last
-  // looked at, copies' landings applied as they land; the words a look found changed with no
-  // fence.proxy.async since the look before; the fences since; and whether the block looks at all
-  // (from its first wgmma.fence or fence.proxy.async: kernels without wgmma pay nothing).
+  // looked at, copies' landings applied as they land; for each word a look found changed, the warp
+  // that stored it (1 + its index; 0: fenced or never stored); the fences since the last look (all
+  // by the warp running: a look follows every stretch of a warp); and whether the block looks at
+  // all (from its first wgmma.fence or fence.proxy.async: kernels without wgmma pay nothing).
   std::vector<uint32_t> seen;
-  std::vector<char> unfenced;
+  std::vector<int16_t> unfenced;
   int fences = 0;
   bool watching = false;
 };
@@ -311,18 +312,22 @@ inline void copy_landed(const float* dst) {
   const long w = shared_word(dst);
   if (w >= 0) std::memcpy(&sched().seen[size_t(w)], dst, 4);
 }
-// Each word of the launch's dynamic shared memory that changed since the last look was written by
-// a plain store: unfenced, unless a fence.proxy.async came since the last look (then nothing is:
-// which thread stored and which fenced is not told apart, so a missing fence shows only where no
-// thread fenced between the stores and the wgmma that reads them).
-inline void look_at_shared() {
+// A look after warp `warp` ran: each word of the launch's dynamic shared memory that changed since
+// the last look was written by that warp's plain stores, unfenced; if the warp ran a
+// fence.proxy.async meanwhile, every word it stored is fenced (its lanes are not told apart, nor
+// whether a store came before or after the fence: a fence missing in one lane while another of its
+// warp fenced goes unseen, one missing in a whole warp does not).
+inline void look_at_shared(int warp) {
   Scheduler& s = sched();
   const long first = shared_word(s.dynamic_shared);
   if (first < 0) return;
   const uint32_t* all = reinterpret_cast<const uint32_t*>(dynamic_arena().arena);
-  for (size_t i = size_t(first); i < size_t(kDynamicSharedFloats); ++i)
-    if (all[i] != s.seen[i]) s.seen[i] = all[i], s.unfenced[i] = 1;
-  if (s.fences > 0) std::fill(s.unfenced.begin(), s.unfenced.end(), char(0)), s.fences = 0;
+  const int16_t me = int16_t(warp + 1);
+  for (size_t i = size_t(first); i < size_t(kDynamicSharedFloats); ++i) {
+    if (all[i] != s.seen[i]) s.seen[i] = all[i], s.unfenced[i] = me;
+    if (s.fences > 0 && s.unfenced[i] == me) s.unfenced[i] = 0;
+  }
+  s.fences = 0;
 }
 inline void entry() {
   Scheduler& s = sched();
@@ -400,8 +405,8 @@ inline bool run(SimtDim3 grid, int threads, const std::function<void()>& body, b
           for (int i = 0; i < warps; ++i) {
             const int w = reverse ? warps - 1 - i : i;
             if (!run_warp(32 * w, min(threads, 32 * w + 32), reverse)) return false;
+            if (s.watching) look_at_shared(w);  // (what warp w did until it stopped)
           }
-          if (s.watching) look_at_shared();  // (every thread stands at a barrier or has ended)
           // A warpgroup whose threads all stand at its wgmma barrier goes on; part of one there
           // while the rest wait elsewhere or have ended is a hang on the device.
           bool released = false, stuck = false;
@@ -686,7 +691,7 @@ void wgmma(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc, int scale_d
     op.desc = desc;
     op.scale_d = scale_d != 0;
     // B's words: none written by a plain store without a fence.proxy.async since.
-    look_at_shared();
+    look_at_shared(me / 32);
     const char* start = dynamic_arena().arena + ((desc & 0x3FFF) << 4);
     const size_t lbo = ((desc >> 16) & 0x3FFF) << 4, sbo = ((desc >> 32) & 0x3FFF) << 4;
     const int K = kBf16 ? 16 : 8, size = kBf16 ? 2 : 4, T = 16 / size;

@@ -320,6 +320,7 @@ struct WgmmaMisuse {
   bool again_without_fence = false;  // a second wgmma after the wait, without a fence of its own
   bool a_written_before_wait = false;
   bool b_stored = false;  // B written by plain stores (the generic proxy), not copied
+  int unfenced_warp = -1;  // a warp that skips the fence.proxy.async
 };
 std::vector<float> run_wgmma(const WgmmaMisuse& m, bool reverse) {
   std::vector<float> out(128, -1.0f);
@@ -337,7 +338,7 @@ std::vector<float> run_wgmma(const WgmmaMisuse& m, bool reverse) {
       cp_async_commit();
       cp_async_wait<0>();
     }
-    if (m.proxy_fence) fence_proxy_async();
+    if (m.proxy_fence && t / 32 != m.unfenced_warp) fence_proxy_async();
     __syncthreads();
     const uint32_t one = 0x3f800000u;
     uint32_t a[4] = {one, one, one, one};
@@ -381,6 +382,14 @@ TEST(SimtHost, WgmmaRefusesAMissingFenceAndExposesEarlyAccesses) {
   m.proxy_fence = false;
   EXPECT_DEATH(run_wgmma(m, false), "plain stores wrote with no fence.proxy.async");
   EXPECT_DEATH(run_wgmma(m, true), "plain stores wrote with no fence.proxy.async");
+  // A warp's stores want a fence of its own: warp 1 stored half of B, warp 3 nothing.
+  m = {};
+  m.b_stored = true;
+  m.unfenced_warp = 1;
+  EXPECT_DEATH(run_wgmma(m, false), "plain stores wrote with no fence.proxy.async");
+  EXPECT_DEATH(run_wgmma(m, true), "plain stores wrote with no fence.proxy.async");
+  m.unfenced_warp = 3;
+  EXPECT_EQ(run_wgmma(m, false), std::vector<float>(128, 8.0f));
   m = {};
   m.wait = false;
   EXPECT_DEATH(run_wgmma(m, false), "did not wait for");
