@@ -11,8 +11,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <set>
 #include <string>
+#include <tuple>
 #include <type_traits>
 
 #include "core/error.h"
@@ -264,9 +266,7 @@ Tile prec_tile(Tile t) {
   return r;
 }
 
-// Blocks of the mma kernel resident on the GPU at once (two an SM: igemm_mma_kernel's launch
-// bounds and about 100 KB of shared memory), the persistent launches' grid (MmaGrid); 0 with
-// SQUEEZE_IGEMM_PERSIST=0, a block a tile everywhere (the schedule before, for measuring both).
+// The GPU's SMs.
 int sm_count() {
   static const int n = [] {
     int dev = 0, sms = 0;
@@ -276,6 +276,9 @@ int sm_count() {
   }();
   return n;
 }
+// Blocks of the mma kernel resident on the GPU at once (two an SM: igemm_mma_kernel's launch
+// bounds and about 100 KB of shared memory), the persistent launches' grid (MmaGrid); 0 with
+// SQUEEZE_IGEMM_PERSIST=0, a block a tile everywhere (the schedule before, for measuring both).
 int mma_resident() {
   static const int n = env_is("SQUEEZE_IGEMM_PERSIST", "0") ? 0 : 2 * sm_count();
   return n;
@@ -534,16 +537,25 @@ void for_each_wgrowsw_tile(F f) {
 // Its blocks resident on the GPU at once, by their shared memory, registers and threads: 1 an SM
 // for conv1 of squeezenet1.0 (three warpgroups, 137 KB), 2 for 1.1's (one warpgroup, 105 KB),
 // where a slice an SM would leave 4 warps an SM to hide dz's latency. 0 where its stages do not
-// fit the GPU's block (no sm_90a code then either).
+// fit the GPU's block (no sm_90a code then either). Asked once for each kernel and size (the
+// workspace's planning asks first, before any graph capture).
 int wgrowsw_resident(const Geo& g, int M, bool bf16) {
+  static std::map<std::tuple<int, int, bool, size_t>, int> known;
   const int tn = wgrowsw_tn(M), wg = wgrowsw_wg(g);
   int blocks = 0;
   for_each_wgrowsw_tile([&](auto n, auto w) {
     constexpr int TN = decltype(n)::value, WG = decltype(w)::value;
     const size_t smem = wgrowsw_smem_bytes<TN>(g);
     if (TN != tn || WG != wg || smem > std::min(kWgRowswSmem, smem_optin())) return;
+    const auto key = std::make_tuple(TN, WG, bf16, smem);
+    const auto it = known.find(key);
+    if (it != known.end()) {
+      blocks = it->second;
+      return;
+    }
     const auto kernel = bf16 ? wgrowsw_kernel<TN, WG, true>() : wgrowsw_kernel<TN, WG, false>();
     SQ_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, 128 * WG, smem));
+    known.emplace(key, blocks);
   });
   return blocks * sm_count();
 }
