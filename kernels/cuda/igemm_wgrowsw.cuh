@@ -16,8 +16,9 @@
 //   (LBO 128 bytes, SBO KP / 4 core matrices). Position p holds pixel s0 - a + p, a = s0 mod 4, so
 //   that chunks 1 .. KP / 4 - 1 are 16-byte copies (zero-filled past Q; a lane a chunk, a warp a
 //   group of 8 filters) and chunk 0 four 4-byte ones (zero before a: col(x) is not zero there):
-//   dz's rows must be 16-byte aligned but for the pixel offset (Kd a multiple of 4, dz aligned). KP = 120 positions (a + Q <= 115), 15 wgmmas a tile in 3 groups
-//   of 5; the positions past a + Q meet zeros in dz.
+//   dz's rows must be 16-byte aligned but for the pixel offset (Kd a multiple of 4, dz aligned).
+//   KP = 120 positions (a + Q <= 115), 15 wgmmas a tile in 3 groups of 5; the positions past a + Q
+//   meet zeros in dz.
 // - Two dz stages, the next tile's copies (dz's rows, x's 2 new rows or all R at a fresh image) in
 //   flight while this one multiplies, one barrier a tile. The accumulators run over the slice's
 //   tiles; slice z's sums go to ws[z] (dW's layout, op.store) and, with op.rows, dz's row sums to
@@ -191,7 +192,7 @@ __global__ void __launch_bounds__(128 * WG, 1) igemm_wgrowsw_kernel(WeightOp op,
     if constexpr (kBf16) {
       // BF16: the products of BF16 operands through TF32's wgmma, exactly (each rounded operand a
       // TF32 value). dz's stage is rounded above; x's rows that landed for this tile here, in the
-      // ring, whole (padding and guard columns are zeros), once: the tiles after read them rounded.
+      // ring, whole (the padding columns are zeros), once: the tiles after read them rounded.
       const int first = cur.fresh ? 0 : g.R - 2, nr = g.R - first;
       for (int i = warp; i < g.C * nr; i += NT / 32) {  // (a warp a row, as issue() copies them)
         const int c = i / nr, r = first + (i - c * nr);
