@@ -16,6 +16,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -297,12 +298,17 @@ inline long shared_word(const void* p) {
   const DynamicShared& d = dynamic_arena();
   return d.arena && c >= d.arena && c < d.end() ? long((c - d.arena) / 4) : -1;
 }
-// A block's start: the arena as filled (NaN), nothing unfenced.
+// A block's start: the launch's words as filled (NaN), none unfenced (the words before them are
+// never looked at).
 inline void reset_shared_watch() {
   Scheduler& s = sched();
-  const uint32_t* all = reinterpret_cast<const uint32_t*>(dynamic_arena().arena);
-  s.seen.assign(all, all + kDynamicSharedFloats);
-  s.unfenced.assign(kDynamicSharedFloats, 0);
+  const long first = shared_word(s.dynamic_shared);
+  s.seen.resize(kDynamicSharedFloats), s.unfenced.resize(kDynamicSharedFloats);
+  if (first >= 0) {
+    const uint32_t* all = reinterpret_cast<const uint32_t*>(dynamic_arena().arena);
+    std::copy(all + first, all + kDynamicSharedFloats, s.seen.begin() + first);
+    std::fill(s.unfenced.begin() + first, s.unfenced.end(), int16_t(0));
+  }
   s.fences = 0;
   s.watching = false;
 }
@@ -636,18 +642,23 @@ inline uint32_t smem_offset(const void* p) {
   }
   return uint32_t(c - d.arena);
 }
+// B's element (k, n) through the descriptor (above), K-major without swizzle.
+inline const char* wgmma_b_address(uint64_t desc, bool bf16, int k, int n) {
+  const char* start = dynamic_arena().arena + ((desc & 0x3FFF) << 4);
+  const size_t lbo = ((desc >> 16) & 0x3FFF) << 4, sbo = ((desc >> 32) & 0x3FFF) << 4;
+  const int size = bf16 ? 2 : 4, T = 16 / size;
+  return start + (n % 8) * 16 + size_t(n / 8) * sbo + (k % T) * size + size_t(k / T) * lbo;
+}
 inline void wgmma_compute(const WgmmaOp& op, int me) {
   const int w = me % 128 / 32, lane = me % 32, g = lane / 4, t = lane % 4;
-  const char* start = dynamic_arena().arena + ((op.desc & 0x3FFF) << 4);
-  const size_t lbo = ((op.desc >> 16) & 0x3FFF) << 4, sbo = ((op.desc >> 32) & 0x3FFF) << 4;
-  const int K = op.bf16 ? 16 : 8, size = op.bf16 ? 2 : 4, T = 16 / size;
+  const int K = op.bf16 ? 16 : 8;
   float* d = op.d[me % 128];
   for (int i = 0; i < op.n / 8; ++i)
     for (int e = 0; e < 4; ++e) {
       const int m = 16 * w + g + 8 * (e / 2), n = 8 * i + 2 * t + e % 2;
       float acc = op.scale_d ? d[4 * i + e] : 0.0f;
       for (int k = 0; k < K; ++k) {
-        const char* bp = start + (n % 8) * 16 + size_t(n / 8) * sbo + (k % T) * size + size_t(k / T) * lbo;
+        const char* bp = wgmma_b_address(op.desc, op.bf16, k, n);
         float av, bv;
         if (op.bf16) {
           const uint32_t reg = op.a[32 * (m / 16) + 4 * (m % 8) + (k % 8) / 2][(m % 16 >= 8) + 2 * (k >= 8)];
@@ -692,12 +703,9 @@ void wgmma(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc, int scale_d
     op.scale_d = scale_d != 0;
     // B's words: none written by a plain store without a fence.proxy.async since.
     look_at_shared(me / 32);
-    const char* start = dynamic_arena().arena + ((desc & 0x3FFF) << 4);
-    const size_t lbo = ((desc >> 16) & 0x3FFF) << 4, sbo = ((desc >> 32) & 0x3FFF) << 4;
-    const int K = kBf16 ? 16 : 8, size = kBf16 ? 2 : 4, T = 16 / size;
     for (int n = 0; n < N; ++n)
-      for (int k = 0; k < K; ++k) {
-        const long w = shared_word(start + (n % 8) * 16 + size_t(n / 8) * sbo + (k % T) * size + size_t(k / T) * lbo);
+      for (int k = 0; k < (kBf16 ? 16 : 8); ++k) {
+        const long w = shared_word(wgmma_b_address(desc, kBf16, k, n));
         if (w >= 0 && s.unfenced[size_t(w)]) fail("reads shared memory that plain stores wrote with no fence.proxy.async since");
       }
   } else if (op.bf16 != kBf16 || op.n != N || op.desc != desc || op.scale_d != (scale_d != 0)) {

@@ -1272,12 +1272,17 @@ void check_wgrowsw(const Case& c, const Case& r, int slices, bool reverse, bool 
       << "threads disagree on barriers";
   expect_weight_slices(c, r, ws, rows, slices, bias, reverse);
 }
+// The row kernels' weight-gradient slicings, check(slices, reverse, bias): 1 slice with the bias,
+// 3 in reverse without, and two slices past the last row (zeros) with it.
+template <class Check>
+void each_row_slicing(const Case& c, Check check) {
+  check(1, false, true);
+  check(3, true, false);
+  check(c.g.N * c.g.P + 2, false, true);
+}
 template <int TN, int WG, bool kBf16>
 void check_wgrowsw_slicings(const Case& c, const Case& r) {
-  const int rows = c.g.N * c.g.P;
-  check_wgrowsw<TN, WG, kBf16>(c, r, 1, false, true);
-  check_wgrowsw<TN, WG, kBf16>(c, r, 3, true, false);
-  check_wgrowsw<TN, WG, kBf16>(c, r, rows + 2, false, true);  // two slices past the last row: zeros
+  each_row_slicing(c, [&](int z, bool reverse, bool bias) { check_wgrowsw<TN, WG, kBf16>(c, r, z, reverse, bias); });
 }
 // Where it takes the case (dz's rows aligned but for the pixel offset): its tile.
 template <bool kBf16>
@@ -1293,10 +1298,7 @@ void check_wgrowsw_case(const Case& c, const Case& r, int* taken) {
 
 template <class Prec, int FM, int FN>
 void check_rowsw_slicings(const Case& c, const Case& r) {
-  const int rows = c.g.N * c.g.P;
-  check_rowsw<Prec, FM, FN>(c, r, 1, false, true);
-  check_rowsw<Prec, FM, FN>(c, r, 3, true, false);
-  check_rowsw<Prec, FM, FN>(c, r, rows + 2, false, true);  // two slices past the last row: zeros
+  each_row_slicing(c, [&](int z, bool reverse, bool bias) { check_rowsw<Prec, FM, FN>(c, r, z, reverse, bias); });
 }
 
 template <class Prec>

@@ -562,12 +562,10 @@ int wgrowsw_resident(const Geo& g, int M, bool bf16) {
 // The row kernel's weight-gradient blocks: as many as resident, or two waves' worth of a 132-SM GPU
 // with SQUEEZE_IGEMM_PERSIST=0.
 int rowsw_resident() { return mma_resident() > 0 ? mma_resident() : 264; }
-// The first convolution's weight-gradient slices: the wgmma kernel's where it takes the product
-// (TF32, BF16), else the row kernel's.
+// The first convolution's weight-gradient slices (route kRows: TF32 or BF16): the wgmma kernel's
+// where it takes the product, else the row kernel's.
 int rows_weight_slices(const WeightOp& op) {
-  const bool bf16 = g_math == ConvMath::kBf16;
-  if ((bf16 || g_math == ConvMath::kTf32) && wgrowsw_takes(op))
-    return wgrowsw_slices(op.g, wgrowsw_resident(op.g, op.M, bf16));
+  if (wgrowsw_takes(op)) return wgrowsw_slices(op.g, wgrowsw_resident(op.g, op.M, g_math == ConvMath::kBf16));
   return rowsw_slices(op.g, rowsw_resident());
 }
 template <bool kBf16>
