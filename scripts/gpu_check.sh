@@ -13,6 +13,12 @@
 #            test_cuda_ops fails: every test that did not pass again alone, then under each of
 #            SQUEEZE_IGEMM_WIN=0, PERSIST=0 and MMA=0, to name the kernel family at fault
 #            (`isolate`); `bench` then times with the switch that passed
+#   older    the older GPUs' routes on this one: test_cuda_ops and --check-layers (fp32, TF32, BF16;
+#            squeezenet1.0 and 1.1) with the shared memory a block capped at sm_86/89's 99 KB and
+#            at sm_80's 163 KB (SQUEEZE_SMEM_OPTIN, which also turns wgmma off); then the same
+#            tests and one training epoch on compute_80's code (.device/bin/sm80: PTX the driver
+#            compiles for this GPU on first use, the code older GPUs get: no wgmma), at the GPU's
+#            own limit and at 99 KB
 #   nccl     the NCCL test of test_mpi at 1 rank (and at 2 ranks on the one GPU, which NCCL
 #            refuses before 2.30), `mpirun -np 1 squeeze train --device cuda` over NCCL; two GPU
 #            ranks on the one GPU over MPI through pinned host memory (test_mpi's test and one
@@ -207,6 +213,35 @@ for phase in $phases; do
       --gtest_filter='CudaOps.Convolution:CudaOps.FireModule:CudaModel.*'
     SQUEEZE_IGEMM_ASYNC=1 run "check-layers, fp32 through v8's async tiles" $B/squeeze train --device cuda \
       --check-layers --model squeezenet1.0 --batch-size 32 --data-dir "$data"
+    ;;
+  older)
+    # Each cap: every GPU test (the route test expects that limit's kernels), and each precision
+    # and model layer by layer against the CPU.
+    older_checks() {  # older_checks BIN_DIR LABEL
+      run "test_cuda_ops, $2" $1/test_cuda_ops --gtest_color=no
+      for m in squeezenet1.0 squeezenet1.1; do
+        for prec in fp32 tf32 bf16; do
+          run "check-layers --model $m --precision $prec, $2" $1/squeeze train --device cuda --check-layers \
+            --model $m --precision $prec --batch-size 32 --data-dir "$data"
+        done
+      done
+    }
+    for cap in 101376 166912; do
+      SQUEEZE_SMEM_OPTIN=$cap older_checks $B "sm_90a's code, $cap bytes a block"
+    done
+    if [ -x .device/bin/sm80/test_cuda_ops ]; then
+      # The driver's compilation of compute_80's PTX is cached (CUDA_CACHE_PATH) after the first
+      # process that loads it: the first test's time holds it.
+      export CUDA_CACHE_PATH=/tmp/sq_jit_cache CUDA_CACHE_MAXSIZE=4294967296
+      run "no wgmma in compute_80's code (the probe skips)" bash -o pipefail -c ".device/bin/sm80/test_cuda_ops \
+        --gtest_color=no --gtest_filter=CudaOps.WgmmaProbeGivesTheProduct | grep 'no wgmma in this build'"
+      older_checks .device/bin/sm80 "compute_80's code"
+      SQUEEZE_SMEM_OPTIN=101376 older_checks .device/bin/sm80 "compute_80's code, 101376 bytes a block"
+      run "train --device cuda on compute_80's code (1 epoch, TF32)" .device/bin/sm80/squeeze train --device cuda \
+        --precision tf32 --epochs 1 --data-dir "$data" --out /tmp/sq_gpu_sm80 --overwrite
+    else
+      status=1; echo "!! older: no .device/bin/sm80 (run scripts/gpu_deps.sh here)"
+    fi
     ;;
   nccl)
     run "test_mpi Nccl, 1 rank" mpirun -np 1 $B/test_mpi --gtest_color=no --gtest_filter='Nccl.*:Mpi/*'

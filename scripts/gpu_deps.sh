@@ -9,7 +9,9 @@
 #                 bench_ddp_gpu built here for sm_90a (x86-64-v3, not -march=native), so that
 #                 the lease is not spent compiling; gpu_check.sh unpacks them to .device/bin there and builds instead
 #                 when they do not run. (Packed: unpacked, their kernels' code would take the
-#                 carried tree past the device tool's 64 MiB.)
+#                 carried tree past the device tool's 64 MiB.) Beside them, bin/sm80: squeeze and
+#                 test_cuda_ops with compute_80's PTX alone, the code older GPUs get (no wgmma),
+#                 which the driver there compiles for the sm_90 GPU (gpu_check.sh's `older` phase).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .device/debs
@@ -30,6 +32,11 @@ bins="squeeze test_cuda_ops test_mpi test_train bench_gpu bench_collectives benc
 cmake --build build-device -j"$(nproc)" --target $bins
 B=/tmp/sq_device_bin/bin
 for b in $bins; do strip -o $B/$b build-device/$b; done
+cmake -S . -B build-device80 -G Ninja -DCMAKE_BUILD_TYPE=Release -DSQUEEZE_NATIVE=OFF \
+  -DCMAKE_CXX_FLAGS="-march=x86-64-v3" -DCMAKE_CUDA_ARCHITECTURES=80-virtual > /dev/null
+cmake --build build-device80 -j"$(nproc)" --target squeeze test_cuda_ops
+mkdir -p $B/sm80
+for b in squeeze test_cuda_ops; do strip -o $B/sm80/$b build-device80/$b; done
 git rev-parse HEAD > $B/COMMIT
 git diff --quiet || echo "(uncommitted changes)" >> $B/COMMIT
 # xz -9's 64 MiB window spans the binaries, which share most of their code (the kernels): 4.4 MB

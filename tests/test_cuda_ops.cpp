@@ -490,12 +490,13 @@ TEST(CudaOps, TensorCoreProductsTakeTheirKernels) {
   // kMmaWideSmem: sm_80, sm_90), else 128x64; conv1's forward on the row kernel where a block may
   // have more than 99 KB (sm_86, sm_89: its resident weights alone pass that, test_igemm's
   // WindowAndRowKernelsTakeOnlyWhatTheGpuAllowsABlock), else on the mma kernel.
-  int optin = 0;
-  SQ_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0));
+  // (The GPU's limit, or SQUEEZE_SMEM_OPTIN's: gpu_check.sh's `older` phase runs this test as on
+  // sm_80 and sm_86.)
+  const size_t optin = cuda::conv_smem_limit();
   const std::string wide = optin >= 160 * 1024 ? "tile 128x128," : "tile 128x64,";
   // The plain 1x1's forward and input gradient on wgmma where the GPU's code has it (sm_90a), and
   // conv1's forward on the wgmma row kernel (96 filters by 128 columns).
-  const bool wg = cuda::wgmma_available() && !cuda::env_is("SQUEEZE_IGEMM_WGMMA", "0");
+  const bool wg = cuda::conv_uses_wgmma();
   const std::string conv1 = wg                  ? "wgmma row kernel, tile 96x128,"
                             : optin > 99 * 1024 ? "row kernel, tile 96x224,"
                                                 : "mma kernel, tile 128x64,";

@@ -1590,6 +1590,30 @@ TEST(ImplicitGemm, WindowAndRowKernelsTakeOnlyWhatTheGpuAllowsABlock) {
   EXPECT_TRUE(cuda::rows_fits(cuda::WeightOp{small, nullptr, nullptr, nullptr, 96, 147, small_npq}, sm86));
 }
 
+// SQUEEZE_SMEM_OPTIN (smem_optin_capped): a cap from 99 KB to the GPU's own limit is the limit the
+// rules above are given instead of the GPU's; anything else is refused, in one line that names
+// the variable.
+TEST(ImplicitGemm, SharedMemoryCapOnlyLowersTheGpusLimit) {
+  const size_t h100 = 227 * 1024, sm86 = 99 * 1024;
+  EXPECT_EQ(cuda::smem_optin_capped(h100, nullptr), h100);
+  EXPECT_EQ(cuda::smem_optin_capped(h100, "101376"), sm86);
+  EXPECT_EQ(cuda::smem_optin_capped(h100, "166912"), size_t(163 * 1024));
+  EXPECT_EQ(cuda::smem_optin_capped(h100, "232448"), h100);
+  EXPECT_EQ(cuda::smem_optin_capped(sm86, "101376"), sm86);
+  for (const char* bad : {"", "101375", "232449", "99K", " 101376", "+101376", "-1", "101376 ", "1e6",
+                          "0x18c00", "18446744073709551616"}) {
+    SCOPED_TRACE(std::string("'") + bad + "'");
+    try {
+      cuda::smem_optin_capped(h100, bad);
+      ADD_FAILURE() << "accepted";
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("SQUEEZE_SMEM_OPTIN: '" + std::string(bad) + "'"), std::string::npos) << what;
+      EXPECT_EQ(what.find('\n'), std::string::npos) << what;
+    }
+  }
+}
+
 // fp32 on the tensor cores (SQUEEZE_IGEMM_3XTF32=1; igemm_mma.cuh, MmaTf32x3): the mma and window
 // kernels with each operand split into two TF32 parts and three products a multiply, on the CPU,
 // in the tiles conv.cu gives that precision (takes_tile: one 16-row fragment row a warp),

@@ -179,14 +179,15 @@ void launch_tc_tile(const Op& op, int splits, int chunk, cudaStream_t s) {
 }
 
 // The dynamic shared memory a block of this GPU may have (bytes): 227 KB on sm_90, 163 KB on
-// sm_80, 99 KB on sm_86 and sm_89, whose blocks run sm_80's code. The window and row kernels take
-// only the products whose stages fit it (route); the mma kernel's stages fit 99 KB (MmaShape).
+// sm_80, 99 KB on sm_86 and sm_89, whose blocks run sm_80's code; less with SQUEEZE_SMEM_OPTIN
+// (smem_optin_capped: an older GPU's routes on this one). The window and row kernels take only
+// the products whose stages fit it (route); the mma kernel's stages fit 99 KB (MmaShape).
 size_t smem_optin() {
   static const size_t n = [] {
     int dev = 0, bytes = 0;
     SQ_CUDA(cudaGetDevice(&dev));
     SQ_CUDA(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    return size_t(bytes);
+    return smem_optin_capped(size_t(bytes), std::getenv("SQUEEZE_SMEM_OPTIN"));
   }();
   return n;
 }
@@ -289,10 +290,11 @@ int mma_resident() {
 // (igemm_rows.cuh), unless SQUEEZE_IGEMM_WIN=0 (the mma kernel's gathers, for measuring both).
 const bool g_win = !env_is("SQUEEZE_IGEMM_WIN", "0");
 
-// The plain 1x1 products' forward and input gradient in TF32 and BF16 through wgmma (igemm_wg.cuh)
-// where the code loaded for the GPU has it (sm_90a), unless SQUEEZE_IGEMM_WGMMA=0 (the mma
-// kernel's dense copies and mma.sync, for measuring both).
-const bool g_wgmma = !env_is("SQUEEZE_IGEMM_WGMMA", "0");
+// Every product in TF32 and BF16 through its wgmma kernel (igemm_wg*.cuh: the 1x1 and 3x3
+// products, conv1's forward and weight gradient) where the code loaded for the GPU has it
+// (sm_90a), unless SQUEEZE_IGEMM_WGMMA=0 (the mma, window and row kernels' mma.sync, for measuring
+// both) or SQUEEZE_SMEM_OPTIN is set (an older GPU's routes, and older GPUs have no wgmma).
+const bool g_wgmma = !env_is("SQUEEZE_IGEMM_WGMMA", "0") && !std::getenv("SQUEEZE_SMEM_OPTIN");
 template <class Op, bool kBf16, int TM>
 auto wg_kernel() {
   return smem_limited<igemm_wg_kernel<Op, kBf16, TM>, WgShape<kBf16, TM>::kSmemBytes>();
@@ -782,6 +784,8 @@ void set_conv_math(ConvMath m) { g_math = m; }
 void log_conv_routes(FILE* f) {
   route_log() = RouteLog{f, {}};
 }
+size_t conv_smem_limit() { return smem_optin(); }
+bool conv_uses_wgmma() { return g_wgmma && wgmma_available(); }
 
 void prepare_conv_kernels() {
   if (!g_mma) return;

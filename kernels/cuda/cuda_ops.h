@@ -128,6 +128,13 @@ ConvMath conv_math();
 // product, geometry, precision, kernel, tile and grid runs; nullptr: nowhere). Initially from
 // SQUEEZE_IGEMM_ROUTES: 1 for stderr, or a file to append to.
 void log_conv_routes(FILE* f);
+// The dynamic shared memory the own convolutions give a block: this GPU's limit, or less with
+// SQUEEZE_SMEM_OPTIN (an older GPU's routes on this one; igemm_ops.h, smem_optin_capped). Throws
+// sq::Error naming the variable where its value is refused.
+size_t conv_smem_limit();
+// Whether the own convolutions run their wgmma kernels: the GPU's code has them (sm_90a), and
+// neither SQUEEZE_IGEMM_WGMMA=0 nor SQUEEZE_SMEM_OPTIN turns them off.
+bool conv_uses_wgmma();
 // The cuDNN implementation itself (kernels/cuda/conv_cudnn.cpp), same contract as below.
 void cudnn_conv_forward(const ConvGeom& g, const float* x, const float* w, const float* b,
                         float* y, bool relu, cudaStream_t s);

@@ -11,9 +11,12 @@
 // shared memory per step, and an element is an addition, an AND and a compare away (Key).
 // Offsets are 32-bit: launch checks that every tensor has fewer than 2^31 elements.
 #pragma once
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 
+#include "core/error.h"
 #include "core/rng.h"  // SQ_HOST_DEVICE
 
 namespace sq {
@@ -239,6 +242,24 @@ inline bool fits_int32(const Geo& g) {
   const long long lim = 2147483647LL;
   return (long long)g.C * g.N * g.H * g.W < lim && (long long)g.K * g.N * g.P * g.Q < lim &&
          (long long)g.K * g.C * g.R * g.S < lim;
+}
+
+// The dynamic shared memory a block may have (bytes): the GPU's own limit `device`, or the value
+// of SQUEEZE_SMEM_OPTIN (`cap`, null where unset) where that is smaller. A cap routes and sizes
+// every convolution as on a GPU with that limit, and without wgmma (conv.cu), so one sm_90 GPU
+// also runs the older GPUs' routes (gpu_check.sh's `older` phase): 101376 is sm_86's and sm_89's
+// 99 KB, 166912 sm_80's 163 KB. Anything but a whole number of bytes from 99 KB to the GPU's own
+// limit is refused: below, no GPU the build has code for; above, a limit the GPU cannot give.
+constexpr size_t kSmemOptinLeast = 99 * 1024;
+inline size_t smem_optin_capped(size_t device, const char* cap) {
+  if (!cap) return device;
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long v = std::strtoull(cap, &end, 10);
+  if (*cap < '0' || *cap > '9' || *end != '\0' || errno == ERANGE || v < kSmemOptinLeast || v > device)
+    fail("SQUEEZE_SMEM_OPTIN: '", cap, "' is not a number of bytes from ", kSmemOptinLeast,
+         " (sm_86's 99 KB) to this GPU's own limit, ", device);
+  return size_t(v);
 }
 
 }  // namespace cuda
