@@ -295,6 +295,7 @@ const bool g_win = !env_is("SQUEEZE_IGEMM_WIN", "0");
 // (sm_90a), unless SQUEEZE_IGEMM_WGMMA=0 (the mma, window and row kernels' mma.sync, for measuring
 // both) or SQUEEZE_SMEM_OPTIN is set (an older GPU's routes, and older GPUs have no wgmma).
 const bool g_wgmma = !env_is("SQUEEZE_IGEMM_WGMMA", "0") && !std::getenv("SQUEEZE_SMEM_OPTIN");
+// (Whether they run, the switch and the GPU's code together: conv_uses_wgmma, below.)
 template <class Op, bool kBf16, int TM>
 auto wg_kernel() {
   return smem_limited<igemm_wg_kernel<Op, kBf16, TM>, WgShape<kBf16, TM>::kSmemBytes>();
@@ -324,7 +325,7 @@ auto wgwin_kernel() {
 }
 template <class Op>
 bool wgwin_takes(const Op& op, const float* taps) {
-  return taps && g_wgmma && wgwin_fits(op.g, std::min(kWgWinSmem, smem_optin())) && wgmma_available();
+  return taps && conv_uses_wgmma() && wgwin_fits(op.g, std::min(kWgWinSmem, smem_optin()));
 }
 // A rewritten into taps (reorder_taps_kernel), then the kernel: 128-pixel by 128-row tiles (64
 // where M is at most 64), a block a tile and split-K slice of whole 16-channel chunks.
@@ -357,7 +358,7 @@ auto wgwinw_kernel() {
   return smem_limited<igemm_wgwinw_kernel<kBf16, TN>, kWgWinwSmem>();
 }
 bool wgwinw_takes(const WeightOp& op) {
-  return g_wgmma && wgwinw_fits(op.g, std::min(kWgWinwSmem, smem_optin())) && wgmma_available();
+  return conv_uses_wgmma() && wgwinw_fits(op.g, std::min(kWgWinwSmem, smem_optin()));
 }
 template <bool kBf16>
 void launch_wgwinw(const WeightOp& op, int splits, cudaStream_t s) {
@@ -496,7 +497,7 @@ auto wgrows_kernel() {
   return smem_limited<igemm_wgrows_kernel<kBf16, TN>, kWgRowsSmem>();
 }
 bool wgrows_takes(const FwdOp& op) {
-  return g_wgmma && wgrows_fits(op, std::min(kWgRowsSmem, smem_optin())) && wgmma_available();
+  return conv_uses_wgmma() && wgrows_fits(op, std::min(kWgRowsSmem, smem_optin()));
 }
 template <bool kBf16>
 void launch_wgrows(const FwdOp& op, cudaStream_t s) {
@@ -525,7 +526,7 @@ auto wgrowsw_kernel() {
   return smem_limited<igemm_wgrowsw_kernel<TN, WG, kBf16>, kWgRowswSmem>();
 }
 bool wgrowsw_takes(const WeightOp& op) {
-  return g_wgmma && wgrowsw_fits(op, std::min(kWgRowswSmem, smem_optin())) && wgmma_available();
+  return conv_uses_wgmma() && wgrowsw_fits(op, std::min(kWgRowswSmem, smem_optin()));
 }
 template <class F>
 void for_each_wgrowsw_tile(F f) {
@@ -660,7 +661,7 @@ void launch_mma(const Op& op, int splits, cudaStream_t s, float* taps = nullptr)
   MmaVec vec = mma_vec(op);
   vec.dense = vec.dense && g_dense;
   if constexpr (std::is_same_v<Prec, MmaTf32> || std::is_same_v<Prec, MmaBf16>) {
-    if (vec.dense && g_wgmma && wgmma_available()) {
+    if (vec.dense && conv_uses_wgmma()) {
       if constexpr (Op::kBAlongK)
         return launch_wgw<std::is_same_v<Prec, MmaBf16>>(op, splits, s);
       else
@@ -785,12 +786,13 @@ void log_conv_routes(FILE* f) {
   route_log() = RouteLog{f, {}};
 }
 size_t conv_smem_limit() { return smem_optin(); }
+// (wgmma_available asks the GPU once; prepare_conv_kernels asks first, before any graph capture.)
 bool conv_uses_wgmma() { return g_wgmma && wgmma_available(); }
 
 void prepare_conv_kernels() {
   if (!g_mma) return;
   mma_resident(), smem_optin();  // (their device queries, too, before any graph capture)
-  if (g_wgmma && wgmma_available()) {
+  if (conv_uses_wgmma()) {
     wg_kernel<FwdOp, false, 64>(), wg_kernel<FwdOp, false, 128>();
     wg_kernel<DataOp, false, 64>(), wg_kernel<DataOp, false, 128>();
     wg_kernel<FwdOp, true, 64>(), wg_kernel<FwdOp, true, 128>();
@@ -895,7 +897,7 @@ BackwardPlan backward_plan(const Geo& g) {
   b.splits = weight_splits(g), b.dsplits = data_splits(g);
   b.win_splits = winw_geometry_fits(g) ? winw_splits(g, kWinwFill) : b.splits;
   const bool rows = rows_fits(WeightOp{g, nullptr, nullptr, nullptr, g.K, g.C * g.R * g.S, g.N * g.P * g.Q});
-  const int wgrows = rows && g_wgmma && wgrowsw_geometry_fits(g, g.K)
+  const int wgrows = rows && conv_uses_wgmma() && wgrowsw_geometry_fits(g, g.K)
                          ? wgrowsw_slices(g, std::max(wgrowsw_resident(g, g.K, false), wgrowsw_resident(g, g.K, true)))
                          : 0;
   const int most = std::max({b.splits, b.win_splits, rows ? kRowswSlices : 0, wgrows});

@@ -396,7 +396,30 @@ struct RowswTile {
     u.a = vec ? u.s0 % 4 : 0, u.v += u.fresh ? g.R : 2;
     return u;
   }
+  // The input rows the ring lacks for this tile, warp w of `warps` taking rows w, w + warps, ...:
+  // f(c, r, at) for row 2p + r of channel c (r from R - 2, all R at a fresh tile), at its place
+  // in the ring (floats from the ring's start; rows rp apart).
+  template <class F>
+  __device__ void each_new_row(const Geo& g, int rp, int warp, int warps, F f) const {
+    const int first = fresh ? 0 : g.R - 2, nr = g.R - first;
+    for (int i = warp; i < g.C * nr; i += warps) {
+      const int c = i / nr, r = first + (i - c * nr);
+      f(c, r, (c * kRowswRing + ((v + r) & (kRowswRing - 1))) * rp);
+    }
+  }
 };
+
+// x's row 2p + r of channel c of tile tl into the ring row at xd: its even columns, then its odd
+// ones hp on, a lane a column (cp.async; zeros past W).
+__device__ inline void rowsw_copy_x_row(const WeightOp& op, const RowswTile& tl, int c, int r, float* xd, int hp,
+                                        int lane) {
+  const Geo& g = op.g;
+  const float* xs = op.x + ((size_t(c) * g.N + tl.img) * (g.H * g.W) + size_t(2 * tl.p + r) * g.W);
+  for (int col = lane; col < 2 * hp; col += 32) {
+    const bool in = col < g.W;
+    cp_async4(xd + (col & 1) * hp + (col >> 1), in ? xs + col : op.x, in);
+  }
+}
 
 // Tap n = (s, c, r) of the row kernels' weight gradients (this one's B, igemm_wgrowsw.cuh's A):
 // its channel's ring and column in it, (s & 1) hp + s / 2, and its row r; 0 past the C R S taps
@@ -417,7 +440,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rowsw_kernel(WeightOp o
   SQ_DYNAMIC_SHARED(float, stages);
   float* const ring = stages + L.ring_at();
   const Geo& g = op.g;
-  const int crs = g.C * g.R * g.S, HW = g.H * g.W;
+  const int crs = g.C * g.R * g.S;
   const long long rows = (long long)g.N * g.P;
   const int m0 = int(blockIdx.y) * TM, z = int(blockIdx.x);
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, gq = lane / 4, t = lane % 4;
@@ -443,7 +466,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rowsw_kernel(WeightOp o
   // that the ring lacks.
   auto issue = [&](int u, const RowswTile& tl) {
     if (u < ntile) {
-      const int img = tl.img, p = tl.p, a = tl.a;
+      const int a = tl.a;
       float* As = stages + (u % 2) * L.stage;
       for (int mm = warp; mm < TM; mm += kGemmThreads / 32) {
         const int m = m0 + mm;
@@ -465,16 +488,8 @@ __global__ void __launch_bounds__(kGemmThreads, 2) igemm_rowsw_kernel(WeightOp o
           }
         }
       }
-      const int first = tl.fresh ? 0 : g.R - 2, nr = g.R - first;
-      for (int i = warp; i < g.C * nr; i += kGemmThreads / 32) {  // x's row 2p + r of channel c
-        const int c = i / nr, r = first + (i - c * nr);
-        const float* xs = op.x + ((size_t(c) * g.N + img) * HW + size_t(2 * p + r) * g.W);
-        float* xd = ring + (c * NR + ((tl.v + r) & (NR - 1))) * L.rp;
-        for (int col = lane; col < 2 * L.hp; col += 32) {
-          const bool in = col < g.W;
-          cp_async4(xd + (col & 1) * L.hp + (col >> 1), in ? xs + col : op.x, in);
-        }
-      }
+      tl.each_new_row(g, L.rp, warp, kGemmThreads / 32,
+                      [&](int c, int r, int at) { rowsw_copy_x_row(op, tl, c, r, ring + at, L.hp, lane); });
     }
     cp_async_commit();
   };

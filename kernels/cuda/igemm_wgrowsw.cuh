@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(128 * WG, 1) igemm_wgrowsw_kernel(WeightOp op,
   float* const ring = stages + L.ring_at();
   float* const sums = stages + L.sums_at();
   const Geo& g = op.g;
-  const int crs = g.C * g.R * g.S, HW = g.H * g.W;
+  const int crs = g.C * g.R * g.S;
   const long long rows = (long long)g.N * g.P;
   const int z = int(blockIdx.x);
   const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32, t = lane % 4;
@@ -149,16 +149,8 @@ __global__ void __launch_bounds__(128 * WG, 1) igemm_wgrowsw_kernel(WeightOp op,
         const bool in = m < op.M && e >= a && e - a < g.Q;
         cp_async4(st + (m >> 3) * KC * 32 + (m & 7) * 4 + e, in ? row0 + (size_t(m) * op.Kd + e) : op.dz, in);
       }
-      const int first = tl.fresh ? 0 : g.R - 2, nr = g.R - first;
-      for (int i = warp; i < g.C * nr; i += NT / 32) {  // x's row 2p + r of channel c
-        const int c = i / nr, r = first + (i - c * nr);
-        const float* xs = op.x + ((size_t(c) * g.N + tl.img) * HW + size_t(2 * tl.p + r) * g.W);
-        float* xd = ring + (c * NR + ((tl.v + r) & (NR - 1))) * L.rp;
-        for (int col = lane; col < 2 * L.hp; col += 32) {
-          const bool in = col < g.W;
-          cp_async4(xd + (col & 1) * L.hp + (col >> 1), in ? xs + col : op.x, in);
-        }
-      }
+      tl.each_new_row(g, L.rp, warp, NT / 32,
+                      [&](int c, int r, int at) { rowsw_copy_x_row(op, tl, c, r, ring + at, L.hp, lane); });
     }
     cp_async_commit();
   };
@@ -193,12 +185,10 @@ __global__ void __launch_bounds__(128 * WG, 1) igemm_wgrowsw_kernel(WeightOp op,
       // BF16: the products of BF16 operands through TF32's wgmma, exactly (each rounded operand a
       // TF32 value). dz's stage is rounded above; x's rows that landed for this tile here, in the
       // ring, whole (the padding columns are zeros), once: the tiles after read them rounded.
-      const int first = cur.fresh ? 0 : g.R - 2, nr = g.R - first;
-      for (int i = warp; i < g.C * nr; i += NT / 32) {  // (a warp a row, as issue() copies them)
-        const int c = i / nr, r = first + (i - c * nr);
-        float4* const row = reinterpret_cast<float4*>(ring + (c * NR + ((cur.v + r) & (NR - 1))) * L.rp);
+      cur.each_new_row(g, L.rp, warp, NT / 32, [&](int, int, int at) {  // (the rows issue() copied)
+        float4* const row = reinterpret_cast<float4*>(ring + at);
         for (int q = lane; q < L.rp / 4; q += 32) row[q] = bf16_rounded(row[q]);
-      }
+      });
       fence_proxy_async();  // the stage's rounded words, before wgmma reads them
       __syncthreads();
     }
